@@ -1,0 +1,136 @@
+"""Checkpoints: atomic writes, safe loads, and rebuilding a model from what was saved.
+
+A checkpoint is a plain dict of tensors, numbers, strings and lists, written with torch.save to a
+temporary file in the same directory and renamed into place, so a crash or a full disk never
+leaves a half-written `last.pt`. It is read with `torch.load(weights_only=True)`, which refuses
+any pickle that would import or call code.
+"""
+from __future__ import annotations
+
+import os
+import pickle
+import tempfile
+import zipfile
+from pathlib import Path
+from typing import Any, Optional
+
+import torch
+
+from .config import ConfigError, RunConfig
+
+FORMAT = "mnist-diffusion/1"
+
+
+class CheckpointError(RuntimeError):
+    """A checkpoint is missing, corrupt, hostile, or does not fit the requested model."""
+
+
+def atomic_save(obj: Any, path: str | os.PathLike) -> None:
+    """torch.save to a temp file + fsync + rename: the old file survives any failure."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix="." + path.name + ".", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            torch.save(obj, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except FileNotFoundError:
+            pass
+        raise
+
+
+def atomic_write_text(path: str | os.PathLike, text: str) -> None:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix="." + path.name + ".", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except FileNotFoundError:
+            pass
+        raise
+
+
+def load(path: str | os.PathLike, map_location="cpu") -> dict:
+    """Load and sanity-check a checkpoint; every failure is a one-line CheckpointError."""
+    path = Path(path)
+    if not path.exists():
+        raise CheckpointError(f"checkpoint {path} does not exist")
+    if path.is_dir():
+        raise CheckpointError(f"checkpoint {path} is a directory, not a file")
+    try:
+        ckpt = torch.load(path, map_location=map_location, weights_only=True)
+    except pickle.UnpicklingError as e:
+        lines = [ln.strip() for ln in str(e).splitlines() if "Unsupported global" in ln or "Unpickler error" in ln]
+        first = lines[0] if lines else "unsupported content"
+        raise CheckpointError(f"{path}: refused to load (not a plain-weights checkpoint: {first[:200]})") from None
+    except (RuntimeError, EOFError, OSError, zipfile.BadZipFile, ValueError, KeyError) as e:
+        raise CheckpointError(f"{path}: not a readable checkpoint (truncated or corrupt: "
+                              f"{str(e).splitlines()[0][:160] if str(e) else type(e).__name__})") from None
+    if not isinstance(ckpt, dict) or ckpt.get("format") != FORMAT:
+        raise CheckpointError(f"{path}: not an mnist-diffusion checkpoint (missing format tag {FORMAT!r})")
+    for key in ("config", "model", "step"):
+        if key not in ckpt:
+            raise CheckpointError(f"{path}: checkpoint has no {key!r} entry")
+    return ckpt
+
+
+def config_of(ckpt: dict, path: str = "checkpoint") -> RunConfig:
+    try:
+        return RunConfig.from_dict(ckpt["config"])
+    except ConfigError as e:
+        raise CheckpointError(f"{path}: stored config is invalid: {e}") from None
+
+
+def load_model(path: str | os.PathLike, device="cpu", use_ema: bool = True):
+    """Rebuild the network from a checkpoint: returns (model in eval mode, RunConfig, ckpt dict)."""
+    from .models import build_model
+
+    ckpt = load(path)
+    cfg = config_of(ckpt, str(path))
+    model = build_model(cfg.model)
+    weights = ckpt.get("ema") if use_ema and ckpt.get("ema") is not None else ckpt["model"]
+    load_state(model, weights, str(path))
+    return model.to(device).eval(), cfg, ckpt
+
+
+def load_state(model: torch.nn.Module, state: dict, origin: str) -> None:
+    """load_state_dict with a message that says which tensor does not fit."""
+    own = model.state_dict()
+    missing = [k for k in own if k not in state]
+    unexpected = [k for k in state if k not in own]
+    if missing or unexpected:
+        raise CheckpointError(f"{origin}: weights do not fit this model (missing {missing[:3]}, "
+                              f"unexpected {unexpected[:3]}); was it trained with another --model?")
+    for k, v in own.items():
+        if tuple(state[k].shape) != tuple(v.shape):
+            raise CheckpointError(f"{origin}: tensor {k} has shape {tuple(state[k].shape)}, model expects "
+                                  f"{tuple(v.shape)}; was it trained with another --base-dim?")
+    model.load_state_dict(state)
+
+
+def find_latest(run_dir: str | os.PathLike) -> Optional[Path]:
+    """The newest checkpoint in run_dir/checkpoints that loads cleanly (for --resume auto)."""
+    ck_dir = Path(run_dir) / "checkpoints"
+    if not ck_dir.is_dir():
+        return None
+    best, best_step = None, -1
+    for p in ck_dir.glob("*.pt"):
+        try:
+            step = int(load(p)["step"])
+        except CheckpointError:
+            continue
+        if step > best_step or (step == best_step and p.name == "last.pt"):
+            best, best_step = p, step
+    return best

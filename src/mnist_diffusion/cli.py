@@ -1,0 +1,415 @@
+"""The `mnist-diffusion` command line: argparse -> config -> one library call per command.
+
+Every expected failure (bad option, bad file, interrupted run) ends as one line on stderr and a
+non-zero exit; `--debug` shows the traceback instead.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+from typing import Callable
+
+from .config import DATASETS, SCHEDULES, ConfigError
+
+EXIT_ERROR = 2
+COMMANDS: dict[str, tuple[str, Callable]] = {}  # name -> (help text, run)
+
+
+def command(name: str, help: str):
+    def deco(fn):
+        COMMANDS[name] = (help, fn)
+        return fn
+    return deco
+
+
+# ---------------------------------------------------------------------------------------------
+# argument types: reject nonsense at parse time with a message naming the option
+
+def positive_int(text: str) -> int:
+    try:
+        v = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
+    if v <= 0:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {v}")
+    if v > 10**9:
+        raise argparse.ArgumentTypeError(f"{v} is unreasonably large")
+    return v
+
+
+def nonneg_int(text: str) -> int:
+    try:
+        v = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a non-negative integer, got {text!r}") from None
+    if v < 0 or v > 10**9:
+        raise argparse.ArgumentTypeError(f"expected an integer in [0, 1e9], got {v}")
+    return v
+
+
+def positive_float(text: str) -> float:
+    try:
+        v = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive number, got {text!r}") from None
+    if not (v > 0 and v < float("inf")):
+        raise argparse.ArgumentTypeError(f"expected a positive finite number, got {text}")
+    return v
+
+
+def unit_float(text: str) -> float:
+    try:
+        v = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number in [0, 1), got {text!r}") from None
+    if not 0.0 <= v < 1.0:
+        raise argparse.ArgumentTypeError(f"expected a number in [0, 1), got {v}")
+    return v
+
+
+def nonneg_float(text: str) -> float:
+    try:
+        v = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a non-negative number, got {text!r}") from None
+    if not (0.0 <= v < float("inf")):
+        raise argparse.ArgumentTypeError(f"expected a non-negative finite number, got {text}")
+    return v
+
+
+def int_list(text: str) -> list[int]:
+    try:
+        vals = [int(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from None
+    if not vals or any(v < 0 for v in vals):
+        raise argparse.ArgumentTypeError(f"expected comma-separated non-negative integers, got {text!r}")
+    return vals
+
+
+# ---------------------------------------------------------------------------------------------
+# data
+
+def _add_data(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--dataset", choices=DATASETS, default="mnist")
+    p.add_argument("--data-dir", help="folder with the standard IDX files (tried first)")
+    p.add_argument("--no-download", action="store_true", help="never download from the mirrors")
+
+
+@command("data", "fetch, verify and cache a dataset")
+def cmd_data(args) -> int:
+    from .data import cache_dir, prepare
+    splits = prepare(args.dataset, data_dir=args.data_dir, download=not args.no_download, log=_info)
+    for name, s in splits.items():
+        print(f"{args.dataset} {name}: {s.images.shape[0]} images, {len(set(s.labels.tolist()))} classes, verified")
+    print(f"cache: {cache_dir() / (args.dataset + '.npz')}")
+    return 0
+
+
+def _info(msg: str) -> None:
+    print(msg, file=sys.stderr)
+
+
+# ---------------------------------------------------------------------------------------------
+# train
+
+TRAIN_OVERRIDES = {
+    # option dest -> (section, key)
+    "epochs": ("train", "epochs"), "max_steps": ("train", "max_steps"), "subset": ("train", "subset"),
+    "batch_size": ("train", "batch_size"), "lr": ("train", "lr"), "ema_decay": ("train", "ema_decay"),
+    "sample_interval": ("train", "sample_interval"), "save_interval": ("train", "save_interval"),
+    "num_samples": ("train", "num_samples"), "seed": ("train", "seed"), "device": ("train", "device"),
+    "precision": ("train", "precision"), "warmup_steps": ("train", "warmup_steps"),
+    "log_interval": ("train", "log_interval"), "keep_checkpoints": ("train", "keep_checkpoints"),
+    "cond_drop_prob": ("train", "cond_drop_prob"), "dataset": ("train", "dataset"),
+    "timesteps": ("diffusion", "timesteps"), "schedule": ("diffusion", "schedule"),
+    "model": ("model", "name"), "base_dim": ("model", "base_dim"), "num_res_blocks": ("model", "num_res_blocks"),
+    "channel_mults": ("model", "channel_mults"), "dropout": ("model", "dropout"),
+}
+# what may change when resuming (the rest must match the checkpoint)
+RESUME_MUTABLE = {"epochs", "max_steps", "sample_interval", "save_interval", "num_samples", "device",
+                  "log_interval", "keep_checkpoints", "precision"}
+
+
+def _add_train(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--preset", choices=["quick", "default"], default=None,
+                   help="starting configuration (default: 'default'); other options override it")
+    p.add_argument("--config", help="a config.json to start from (e.g. a previous run's)")
+    p.add_argument("--dataset", choices=DATASETS)
+    p.add_argument("--data-dir", help="folder with the standard IDX files")
+    p.add_argument("--output-dir", help="run directory (default: runs/<preset>-<dataset>)")
+    p.add_argument("--epochs", type=positive_int)
+    p.add_argument("--max-steps", type=positive_int, help="stop after this many optimiser steps")
+    p.add_argument("--subset", type=positive_int, help="train on the first N images only")
+    p.add_argument("--batch-size", type=positive_int)
+    p.add_argument("--lr", type=positive_float)
+    p.add_argument("--warmup-steps", type=nonneg_int)
+    p.add_argument("--timesteps", type=positive_int, help="T, the number of diffusion steps")
+    p.add_argument("--schedule", choices=SCHEDULES)
+    p.add_argument("--model", help="network name (see `mnist-diffusion models`)")
+    p.add_argument("--base-dim", type=positive_int, help="channels at full resolution")
+    p.add_argument("--channel-mults", type=int_list, help="e.g. 1,2,2")
+    p.add_argument("--num-res-blocks", type=positive_int)
+    p.add_argument("--dropout", type=unit_float)
+    p.add_argument("--conditional", action="store_true", help="class-conditional model (classifier-free guidance)")
+    p.add_argument("--cond-drop-prob", type=unit_float, help="label drop probability for guidance (default 0.1)")
+    p.add_argument("--ema-decay", type=unit_float)
+    p.add_argument("--sample-interval", type=nonneg_int, help="steps between sample grids (0 = each epoch)")
+    p.add_argument("--save-interval", type=nonneg_int, help="steps between checkpoints (0 = each epoch)")
+    p.add_argument("--log-interval", type=positive_int)
+    p.add_argument("--keep-checkpoints", type=nonneg_int, help="periodic checkpoints to keep (0 = all)")
+    p.add_argument("--num-samples", type=positive_int, help="images per sample grid")
+    p.add_argument("--no-clip", action="store_true", help="do not clip predicted x0 in training previews")
+    p.add_argument("--seed", type=nonneg_int)
+    p.add_argument("--device", choices=["auto", "cpu", "cuda", "mps"])
+    p.add_argument("--precision", choices=["auto", "fp32", "bf16", "fp16"])
+    p.add_argument("--skip-nonfinite", action="store_true", help="skip batches whose loss is NaN/inf instead of stopping")
+    p.add_argument("--resume", help="checkpoint to resume from, or 'auto' for the newest good one in --output-dir")
+    p.add_argument("--dry-run", action="store_true", help="print the resolved config and exit")
+    p.add_argument("--no-progress", action="store_true")
+
+
+def resolve_train_config(args):
+    """Preset/config/checkpoint first, then the options given on the command line."""
+    from . import checkpoint as ckpt_io
+    from .config import RunConfig, preset
+
+    resume = args.resume
+    run_dir = Path(args.output_dir) if args.output_dir else None
+    if resume == "auto":
+        if run_dir is None:
+            raise ConfigError("--resume auto needs --output-dir (the run to resume)")
+        found = ckpt_io.find_latest(run_dir)
+        resume = str(found) if found else None
+        if found is None:
+            _info(f"no checkpoint in {run_dir}: starting a new run")
+    if resume:
+        ck = ckpt_io.load(resume)
+        cfg = ckpt_io.config_of(ck, resume)
+        if run_dir is None:
+            run_dir = Path(resume).resolve().parent.parent
+    elif args.config:
+        try:
+            cfg = RunConfig.from_json(Path(args.config).read_text())
+        except OSError as e:
+            raise ConfigError(f"cannot read --config {args.config}: {e.strerror}") from None
+    else:
+        cfg = preset(args.preset or "default")
+
+    changes: dict[str, dict] = {"model": {}, "diffusion": {}, "train": {}}
+    for dest, (section, key) in TRAIN_OVERRIDES.items():
+        v = getattr(args, dest, None)
+        if v is None:
+            continue
+        if resume and dest not in RESUME_MUTABLE and getattr(getattr(cfg, section), key) != v:
+            raise ConfigError(f"--{dest.replace('_', '-')} {v} differs from the checkpoint's {section}.{key}="
+                              f"{getattr(getattr(cfg, section), key)!r}; it cannot change when resuming")
+        changes[section][key] = list(v) if isinstance(v, list) else v
+    if args.no_clip:
+        changes["train"]["clip"] = False
+    if args.skip_nonfinite:
+        changes["train"]["nonfinite"] = "skip"
+    if args.conditional:
+        if resume and cfg.model.num_classes is None:
+            raise ConfigError("--conditional differs from the checkpoint (an unconditional model)")
+        changes["model"]["num_classes"] = 10
+    cfg = cfg.replace(**{k: v for k, v in changes.items() if v})
+    if run_dir is None:
+        run_dir = Path("runs") / f"{args.preset or 'default'}-{cfg.train.dataset}"
+    return cfg, run_dir, resume
+
+
+@command("train", "train a noise-prediction network")
+def cmd_train(args) -> int:
+    from .data import prepare
+    from .training import train
+
+    cfg, run_dir, resume = resolve_train_config(args)
+    if args.dry_run:
+        print(cfg.to_json())
+        print(f"run directory: {run_dir}" + (f" (resuming {resume})" if resume else ""))
+        return 0
+    data = prepare(cfg.train.dataset, data_dir=args.data_dir, log=_info)["train"]
+    result = train(cfg, data, run_dir, resume=resume, progress=not args.no_progress, log=_info)
+    print(f"done: {result.step} steps in {result.seconds:.0f} s, final loss {result.final_loss:.4f}")
+    print(f"checkpoint: {result.checkpoint}")
+    return 0
+
+
+# ---------------------------------------------------------------------------------------------
+# sample
+
+def add_sampler_options(p: argparse.ArgumentParser, num_images_default: int = 64) -> None:
+    """Options shared by every command that draws samples (sample, evaluate)."""
+    from .samplers import SAMPLERS
+    p.add_argument("--checkpoint", required=False, help="a checkpoint written by `train`")
+    p.add_argument("--seed", type=nonneg_int, default=0)
+    p.add_argument("--sampler", choices=SAMPLERS, default="ddpm")
+    p.add_argument("--steps", type=positive_int, help="network evaluations (default: ddpm all T, ddim 50, dpmpp 20)")
+    p.add_argument("--eta", type=nonneg_float, default=0.0, help="DDIM stochasticity (0 = deterministic)")
+    p.add_argument("--spacing", choices=["uniform", "quadratic"], default="uniform")
+    p.add_argument("--no-clip", action="store_true", help="do not clip predicted x0 to [-1, 1]")
+    p.add_argument("--batch-size", type=positive_int, default=256)
+    p.add_argument("--device", choices=["auto", "cpu", "cuda", "mps"], default="auto")
+    p.add_argument("--precision", choices=["auto", "fp32", "bf16", "fp16"], default="auto")
+    p.add_argument("--no-ema", action="store_true", help="use the raw weights instead of the EMA weights")
+    p.add_argument("--no-progress", action="store_true")
+
+
+def _add_sample(p: argparse.ArgumentParser) -> None:
+    add_sampler_options(p)
+    p.add_argument("--output", default="samples.png", help="PNG grid to write")
+    p.add_argument("--num-images", type=positive_int, default=64)
+    p.add_argument("--nrow", type=positive_int, help="images per grid row")
+    p.add_argument("--npz", help="also write the images as uint8 `images` (N, 28, 28)")
+    p.add_argument("--show-intermediate", metavar="DIR", help="save the denoising trajectory into DIR")
+    p.add_argument("--intermediate-steps", type=int_list,
+                   help="timesteps to save with --show-intermediate (default: 10 spread over the run)")
+
+
+def load_for_sampling(args):
+    from .checkpoint import load_model
+    from .device import resolve_device, resolve_precision
+    from .schedule import make_schedule
+
+    if not args.checkpoint:
+        raise ConfigError("--checkpoint is required")
+    device = resolve_device(args.device)
+    model, cfg, _ = load_model(args.checkpoint, device=device, use_ema=not args.no_ema)
+    schedule = make_schedule(cfg.diffusion.schedule, cfg.diffusion.timesteps)
+    return model, cfg, schedule, device, resolve_precision(args.precision, device)
+
+
+@command("sample", "draw images from a checkpoint")
+def cmd_sample(args) -> int:
+    import numpy as np
+
+    from .images import grid, save_grid, save_npz, save_png
+    from .sampling import generate
+
+    model, cfg, schedule, device, amp = load_for_sampling(args)
+    _check_output_path(args.output)
+    frames: dict[int, list] = {}
+    wanted = None
+    if args.show_intermediate:
+        T = schedule.timesteps
+        wanted = set(args.intermediate_steps or [int(round(v)) for v in np.linspace(T - 1, 0, 10)])
+        bad = [t for t in wanted if t >= T]
+        if bad:
+            raise ConfigError(f"--intermediate-steps {bad} outside [0, {T - 1}]")
+
+    def cb(start, i, t, x, x0):
+        # keep x_t for the requested t (the nearest visited step for respaced samplers)
+        if wanted is not None and (t in wanted or not args.sampler == "ddpm"):
+            frames.setdefault(t, []).append(x.float().clamp(-1, 1).cpu())
+
+    imgs = generate(model, schedule, args.num_images, seed=args.seed, sampler=args.sampler, steps=args.steps,
+                    eta=args.eta, spacing=args.spacing, clip=not args.no_clip, batch_size=args.batch_size,
+                    device=device, amp_dtype=amp, null_label=cfg.model.num_classes,
+                    progress=not args.no_progress, callback=cb if wanted is not None else None)
+    save_grid(imgs, args.output, nrow=args.nrow)
+    print(f"wrote {args.output} ({len(imgs)} images)")
+    if args.npz:
+        save_npz(imgs, args.npz)
+        print(f"wrote {args.npz}")
+    if wanted is not None:
+        import torch
+
+        from .data import to_uint8
+        out = Path(args.show_intermediate)
+        ts = sorted(frames, reverse=True)
+        if args.sampler != "ddpm":  # respaced: keep the visited steps nearest to the requested ones
+            ts = sorted({min(frames, key=lambda v: abs(v - w)) for w in wanted}, reverse=True)
+        columns = []
+        for t in ts:
+            x = torch.cat(frames[t])
+            u8 = to_uint8(x)
+            save_grid(u8, out / f"step_{t:04d}.png", nrow=args.nrow)
+            columns.append(u8[: min(8, len(u8))])
+        columns.append(imgs[: min(8, len(imgs))])
+        # strip: one row per image, noise on the left, the final sample on the right
+        strip = np.stack(columns, axis=1).reshape(-1, 28, 28)
+        save_png(grid(strip, nrow=len(columns)), out / "strip.png", scale=2)
+        print(f"wrote {len(ts)} intermediate grids and {out / 'strip.png'} (columns: t = "
+              f"{', '.join(map(str, ts))}, final)")
+    return 0
+
+
+def _check_output_path(path: str) -> None:
+    p = Path(path)
+    if p.exists() and p.is_dir():
+        raise ConfigError(f"--output {p} is a directory")
+    if p.parent.exists() and not p.parent.is_dir():
+        raise ConfigError(f"--output {p}: {p.parent} is a file, not a directory")
+
+
+# ---------------------------------------------------------------------------------------------
+# models
+
+@command("models", "list the available networks")
+def cmd_models(args) -> int:
+    import io
+
+    import torch
+
+    from .config import ModelConfig
+    from .models import available, build_model, count_parameters
+
+    print(f"{'name':<12} {'params':>10} {'checkpoint MB':>14}  description")
+    for name, desc in available().items():
+        model = build_model(ModelConfig(name=name, base_dim=args.base_dim))
+        buf = io.BytesIO()
+        torch.save(model.state_dict(), buf)
+        # a training checkpoint holds the weights, the EMA copy and Adam's two moments: ~4x
+        print(f"{name:<12} {count_parameters(model):>10,} {4 * buf.tell() / 1e6:>14.1f}  {desc}")
+    return 0
+
+
+def _add_models(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--base-dim", type=positive_int, default=64)
+
+
+ADDERS = {"data": _add_data, "train": _add_train, "sample": _add_sample, "models": _add_models}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="mnist-diffusion",
+                                     description="Denoising diffusion models on MNIST and Fashion-MNIST.")
+    parser.add_argument("--debug", action="store_true", help="show tracebacks on errors")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for name, (help_text, _) in COMMANDS.items():
+        p = sub.add_parser(name, help=help_text, description=help_text)
+        p.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help="show tracebacks on errors")
+        ADDERS[name](p)
+    return parser
+
+
+def main(argv=None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    debug = getattr(args, "debug", False)
+    from .checkpoint import CheckpointError
+    from .data import DataError
+    from .training import Interrupted, TrainingError
+
+    try:
+        return COMMANDS[args.command][1](args) or 0
+    except Interrupted as e:
+        print(f"mnist-diffusion: {e}", file=sys.stderr)
+        return 128 + e.signum
+    except (ConfigError, DataError, CheckpointError, TrainingError, ValueError, OSError) as e:
+        if debug:
+            raise
+        msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        if isinstance(e, OSError) and e.filename:
+            msg = f"{e.filename}: {e.strerror}"
+        print(f"mnist-diffusion {args.command}: error: {msg}", file=sys.stderr)
+        return EXIT_ERROR
+    except KeyboardInterrupt:
+        print("mnist-diffusion: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

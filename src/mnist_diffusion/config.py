@@ -1,0 +1,229 @@
+"""Run configuration as frozen dataclasses with a strict JSON round trip.
+
+Three parts, as in the paper's split of concerns: the network (`ModelConfig`), the forward
+process (`DiffusionConfig`) and the optimisation (`TrainConfig`). No torch here, so configs can be
+read, validated and printed without importing the heavy stack. Unknown keys and wrong types are
+errors, never silently ignored: a typo in a config.json must not train the wrong model.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import typing
+from dataclasses import dataclass, field
+
+
+class ConfigError(ValueError):
+    """A configuration value or file is invalid; the message names the key."""
+
+
+DATASETS = ("mnist", "fashion_mnist")
+SCHEDULES = ("linear", "cosine")
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    name: str = "unet"
+    base_dim: int = 64
+    channel_mults: tuple[int, ...] = (1, 2, 2)
+    num_res_blocks: int = 2
+    dropout: float = 0.0
+    # None = unconditional; an int = number of classes for class-conditional models.
+    num_classes: typing.Optional[int] = None
+
+    def validate(self) -> None:
+        _positive(self, "base_dim", "num_res_blocks")
+        if not self.channel_mults or any(int(m) <= 0 for m in self.channel_mults):
+            raise ConfigError("model.channel_mults must be a non-empty list of positive integers")
+        if not 0.0 <= self.dropout < 1.0:
+            raise ConfigError(f"model.dropout must be in [0, 1), got {self.dropout}")
+        if self.num_classes is not None and self.num_classes < 2:
+            raise ConfigError(f"model.num_classes must be >= 2 or null, got {self.num_classes}")
+
+
+@dataclass(frozen=True)
+class DiffusionConfig:
+    timesteps: int = 1000
+    schedule: str = "cosine"
+
+    def validate(self) -> None:
+        _positive(self, "timesteps")
+        if self.timesteps < 2 or self.timesteps > 100_000:
+            raise ConfigError(f"diffusion.timesteps must be in [2, 100000], got {self.timesteps}")
+        if self.schedule not in SCHEDULES:
+            raise ConfigError(f"diffusion.schedule must be one of {SCHEDULES}, got {self.schedule!r}")
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    dataset: str = "mnist"
+    epochs: int = 20
+    max_steps: typing.Optional[int] = None  # stops early when reached, whatever `epochs` says
+    subset: typing.Optional[int] = None  # first N training images only
+    batch_size: int = 128
+    lr: float = 2e-4
+    weight_decay: float = 0.0
+    warmup_steps: int = 200
+    lr_decay: bool = True  # cosine decay to 10% over the planned steps
+    grad_clip: float = 1.0
+    ema_decay: float = 0.999
+    sample_interval: int = 0  # steps between sample grids; 0 = once per epoch
+    save_interval: int = 0  # steps between checkpoints; 0 = once per epoch
+    log_interval: int = 50
+    num_samples: int = 64
+    clip: bool = True  # clip predicted x0 to [-1, 1] when sampling during training
+    seed: int = 0
+    device: str = "auto"
+    precision: str = "auto"  # auto: bf16 autocast where it is fast (CPU with bf16, CUDA), else fp32
+    cond_drop_prob: float = 0.1
+    nonfinite: str = "stop"  # "stop" or "skip" a batch whose loss is not finite
+    keep_checkpoints: int = 0  # periodic checkpoints to keep (0 = all)
+
+    def validate(self) -> None:
+        if self.dataset not in DATASETS:
+            raise ConfigError(f"train.dataset must be one of {DATASETS}, got {self.dataset!r}")
+        _positive(self, "epochs", "batch_size", "num_samples", "log_interval")
+        if self.max_steps is not None and self.max_steps <= 0:
+            raise ConfigError(f"train.max_steps must be positive, got {self.max_steps}")
+        if self.subset is not None and self.subset <= 0:
+            raise ConfigError(f"train.subset must be positive, got {self.subset}")
+        if self.batch_size > 65536:
+            raise ConfigError(f"train.batch_size {self.batch_size} is too large (max 65536)")
+        if not (0.0 < self.lr < 1.0):
+            raise ConfigError(f"train.lr must be in (0, 1), got {self.lr}")
+        if not (0.0 <= self.ema_decay < 1.0):
+            raise ConfigError(f"train.ema_decay must be in [0, 1), got {self.ema_decay}")
+        for key in ("sample_interval", "save_interval", "warmup_steps", "keep_checkpoints"):
+            if getattr(self, key) < 0:
+                raise ConfigError(f"train.{key} must be >= 0, got {getattr(self, key)}")
+        if self.grad_clip < 0 or self.weight_decay < 0:
+            raise ConfigError("train.grad_clip and train.weight_decay must be >= 0")
+        if not 0.0 <= self.cond_drop_prob < 1.0:
+            raise ConfigError(f"train.cond_drop_prob must be in [0, 1), got {self.cond_drop_prob}")
+        if self.device not in ("auto", "cpu", "cuda", "mps") and not self.device.startswith("cuda:"):
+            raise ConfigError(f"train.device must be auto, cpu, cuda or mps, got {self.device!r}")
+        if self.precision not in ("auto", "fp32", "bf16", "fp16"):
+            raise ConfigError(f"train.precision must be auto, fp32, bf16 or fp16, got {self.precision!r}")
+        if self.nonfinite not in ("stop", "skip"):
+            raise ConfigError(f"train.nonfinite must be 'stop' or 'skip', got {self.nonfinite!r}")
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    model: ModelConfig = field(default_factory=ModelConfig)
+    diffusion: DiffusionConfig = field(default_factory=DiffusionConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+
+    def validate(self) -> "RunConfig":
+        self.model.validate()
+        self.diffusion.validate()
+        self.train.validate()
+        return self
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), indent=2, sort_keys=True)
+
+    @classmethod
+    def from_dict(cls, data: dict) -> "RunConfig":
+        if not isinstance(data, dict):
+            raise ConfigError("config must be a JSON object")
+        parts = {"model": ModelConfig, "diffusion": DiffusionConfig, "train": TrainConfig}
+        unknown = set(data) - set(parts)
+        if unknown:
+            raise ConfigError(f"unknown config section(s): {', '.join(sorted(unknown))}")
+        built = {name: _build(klass, data.get(name, {}), name) for name, klass in parts.items()}
+        return cls(**built).validate()
+
+    @classmethod
+    def from_json(cls, text: str) -> "RunConfig":
+        try:
+            data = json.loads(text)
+        except json.JSONDecodeError as e:
+            raise ConfigError(f"config is not valid JSON: {e}") from None
+        return cls.from_dict(data)
+
+    def replace(self, **sections) -> "RunConfig":
+        """Replace fields per section: cfg.replace(train={"lr": 1e-3})."""
+        new = {}
+        for name, changes in sections.items():
+            part = getattr(self, name)
+            new[name] = _build(type(part), {**dataclasses.asdict(part), **changes}, name)
+        return dataclasses.replace(self, **new).validate()
+
+
+def _positive(obj, *names: str) -> None:
+    for n in names:
+        v = getattr(obj, n)
+        if v <= 0:
+            section = type(obj).__name__.replace("Config", "").lower()
+            raise ConfigError(f"{section}.{n} must be positive, got {v}")
+
+
+def _check_type(value, hint, key: str):
+    """Return `value` coerced to the annotated type, or raise ConfigError naming `key`."""
+    origin = typing.get_origin(hint)
+    args = typing.get_args(hint)
+    if origin is typing.Union:  # Optional[X]
+        if value is None:
+            return None
+        inner = [a for a in args if a is not type(None)][0]
+        return _check_type(value, inner, key)
+    if origin is tuple:
+        if not isinstance(value, (list, tuple)):
+            raise ConfigError(f"{key} must be a list, got {type(value).__name__}")
+        return tuple(_check_type(v, args[0], key) for v in value)
+    if hint is bool:
+        if not isinstance(value, bool):
+            raise ConfigError(f"{key} must be true or false, got {value!r}")
+        return value
+    if hint is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ConfigError(f"{key} must be an integer, got {value!r}")
+        return value
+    if hint is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ConfigError(f"{key} must be a number, got {value!r}")
+        return float(value)
+    if hint is str:
+        if not isinstance(value, str):
+            raise ConfigError(f"{key} must be a string, got {value!r}")
+        return value
+    raise TypeError(f"unsupported config type {hint}")  # a bug in this module, not user input
+
+
+def _build(klass, data: dict, section: str):
+    if not isinstance(data, dict):
+        raise ConfigError(f"config section {section!r} must be an object")
+    hints = typing.get_type_hints(klass)
+    names = {f.name for f in dataclasses.fields(klass)}
+    unknown = set(data) - names
+    if unknown:
+        raise ConfigError(f"unknown key(s) in {section}: {', '.join(sorted(unknown))}")
+    values = {k: _check_type(v, hints[k], f"{section}.{k}") for k, v in data.items()}
+    return klass(**values)
+
+
+# Presets: `quick` is tuned to give recognisable MNIST digits within `make run`'s budget on a
+# 2-core CPU; `default` is the model the README's quality numbers are measured on.
+PRESETS: dict[str, dict[str, dict]] = {
+    "quick": {
+        "model": {"name": "unet", "base_dim": 32, "channel_mults": [1, 2, 2], "num_res_blocks": 1},
+        "diffusion": {"timesteps": 1000, "schedule": "cosine"},
+        "train": {"epochs": 100, "max_steps": 3000, "batch_size": 128, "lr": 2e-3, "warmup_steps": 100,
+                  "ema_decay": 0.999, "sample_interval": 500, "save_interval": 500},
+    },
+    "default": {
+        "model": {"name": "unet", "base_dim": 64, "channel_mults": [1, 2, 2], "num_res_blocks": 2},
+        "diffusion": {"timesteps": 1000, "schedule": "cosine"},
+        "train": {"epochs": 20, "batch_size": 128, "lr": 1e-3, "warmup_steps": 500, "ema_decay": 0.9995},
+    },
+}
+
+
+def preset(name: str) -> RunConfig:
+    if name not in PRESETS:
+        raise ConfigError(f"unknown preset {name!r}; choose from {', '.join(PRESETS)}")
+    return RunConfig.from_dict(PRESETS[name])

@@ -1,0 +1,42 @@
+"""Noise-prediction networks and a registry by name.
+
+Every model maps (x_t: (B,1,28,28), t: (B,) long[, y: (B,) long]) -> predicted eps (B,1,28,28).
+Models know nothing of betas or samplers. `y` is a class label, or `num_classes` for "no label"
+(the null token used by classifier-free guidance); y=None means "no label" for every image.
+"""
+from __future__ import annotations
+
+from typing import Callable
+
+import torch.nn as nn
+
+from ..config import ModelConfig
+
+_REGISTRY: dict[str, Callable[[ModelConfig], nn.Module]] = {}
+_DESCRIPTIONS: dict[str, str] = {}
+
+
+def register(name: str, description: str):
+    def deco(builder):
+        _REGISTRY[name] = builder
+        _DESCRIPTIONS[name] = description
+        return builder
+    return deco
+
+
+def available() -> dict[str, str]:
+    """Registered model names with a one-line description each."""
+    return dict(_DESCRIPTIONS)
+
+
+def build_model(cfg: ModelConfig) -> nn.Module:
+    if cfg.name not in _REGISTRY:
+        raise ValueError(f"unknown model {cfg.name!r}; choose from {', '.join(sorted(_REGISTRY))}")
+    return _REGISTRY[cfg.name](cfg)
+
+
+def count_parameters(model: nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())
+
+
+from . import unet  # noqa: E402,F401  (registers "unet")

@@ -1,0 +1,123 @@
+"""The DDPM forward process: beta schedules and every closed-form quantity derived from them.
+
+All arrays are float64 (the products over 1000 steps lose precision in float32) and are cast to
+the sample's dtype only when gathered for a batch. Nothing here knows about networks: functions
+that need a noise prediction take it as an argument. Names follow Ho et al. (2020).
+
+Not here: sampling loops (samplers.py) and the training loss (training.py).
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+
+
+def linear_betas(timesteps: int, beta_start: float = 1e-4, beta_end: float = 0.02) -> torch.Tensor:
+    """Ho et al. (2020): betas linear in t. The endpoints are given for T = 1000 and rescaled
+    for other T so that the total amount of noise (and alpha_bar_T) stays comparable."""
+    scale = 1000.0 / timesteps
+    return torch.linspace(beta_start * scale, min(beta_end * scale, 0.999), timesteps, dtype=torch.float64)
+
+
+def cosine_betas(timesteps: int, s: float = 0.008, max_beta: float = 0.999) -> torch.Tensor:
+    """Nichol & Dhariwal (2021), eq. 17: alpha_bar(t) = cos^2(((t/T + s) / (1 + s)) * pi/2),
+    betas clipped at `max_beta` to avoid the singularity at t = T."""
+    steps = torch.arange(timesteps + 1, dtype=torch.float64) / timesteps
+    f = torch.cos((steps + s) / (1 + s) * math.pi / 2) ** 2
+    alpha_bar = f / f[0]
+    betas = 1 - alpha_bar[1:] / alpha_bar[:-1]
+    return betas.clamp(max=max_beta)
+
+
+BETA_SCHEDULES = {"linear": linear_betas, "cosine": cosine_betas}
+
+
+@dataclass(frozen=True)
+class Schedule:
+    """Precomputed forward-process coefficients, indexed by t in [0, T)."""
+
+    betas: torch.Tensor
+    alphas: torch.Tensor
+    alpha_bar: torch.Tensor
+    alpha_bar_prev: torch.Tensor
+    sqrt_alpha_bar: torch.Tensor
+    sqrt_one_minus_alpha_bar: torch.Tensor
+    sqrt_recip_alpha_bar: torch.Tensor
+    sqrt_recipm1_alpha_bar: torch.Tensor
+    posterior_variance: torch.Tensor
+    posterior_log_variance_clipped: torch.Tensor
+    posterior_mean_coef1: torch.Tensor  # multiplies x_0 in mu~_t (eq. 7)
+    posterior_mean_coef2: torch.Tensor  # multiplies x_t in mu~_t (eq. 7)
+    snr: torch.Tensor  # alpha_bar / (1 - alpha_bar)
+
+    @property
+    def timesteps(self) -> int:
+        return int(self.betas.shape[0])
+
+    @classmethod
+    def from_betas(cls, betas: torch.Tensor) -> "Schedule":
+        betas = betas.to(torch.float64)
+        if betas.ndim != 1 or not bool(((betas > 0) & (betas < 1)).all()):
+            raise ValueError("betas must be a 1-D tensor with values in (0, 1)")
+        alphas = 1.0 - betas
+        alpha_bar = torch.cumprod(alphas, dim=0)
+        alpha_bar_prev = torch.cat([torch.ones(1, dtype=torch.float64), alpha_bar[:-1]])
+        # eq. 7: beta~_t = (1 - alpha_bar_{t-1}) / (1 - alpha_bar_t) * beta_t
+        posterior_variance = betas * (1.0 - alpha_bar_prev) / (1.0 - alpha_bar)
+        # beta~_0 = 0; use beta~_1 for the log so it stays finite (improved-diffusion does the same)
+        log_var = torch.log(torch.cat([posterior_variance[1:2], posterior_variance[1:]]))
+        return cls(
+            betas=betas,
+            alphas=alphas,
+            alpha_bar=alpha_bar,
+            alpha_bar_prev=alpha_bar_prev,
+            sqrt_alpha_bar=alpha_bar.sqrt(),
+            sqrt_one_minus_alpha_bar=(1.0 - alpha_bar).sqrt(),
+            sqrt_recip_alpha_bar=(1.0 / alpha_bar).sqrt(),
+            sqrt_recipm1_alpha_bar=(1.0 / alpha_bar - 1.0).sqrt(),
+            posterior_variance=posterior_variance,
+            posterior_log_variance_clipped=log_var,
+            posterior_mean_coef1=betas * alpha_bar_prev.sqrt() / (1.0 - alpha_bar),
+            posterior_mean_coef2=(1.0 - alpha_bar_prev) * alphas.sqrt() / (1.0 - alpha_bar),
+            snr=alpha_bar / (1.0 - alpha_bar),
+        )
+
+
+def make_schedule(name: str = "cosine", timesteps: int = 1000) -> Schedule:
+    if name not in BETA_SCHEDULES:
+        raise ValueError(f"unknown schedule {name!r}; choose from {', '.join(BETA_SCHEDULES)}")
+    return Schedule.from_betas(BETA_SCHEDULES[name](timesteps))
+
+
+def extract(arr: torch.Tensor, t: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+    """Gather arr[t] for a batch of timesteps and shape it to broadcast against `like`."""
+    out = arr.to(t.device)[t].to(like.dtype)
+    return out.reshape(t.shape[0], *([1] * (like.ndim - 1)))
+
+
+def q_sample(schedule: Schedule, x0: torch.Tensor, t: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
+    """Eq. 4: x_t = sqrt(alpha_bar_t) x_0 + sqrt(1 - alpha_bar_t) eps, in one jump."""
+    return extract(schedule.sqrt_alpha_bar, t, x0) * x0 + extract(schedule.sqrt_one_minus_alpha_bar, t, x0) * noise
+
+
+def predict_x0_from_eps(schedule: Schedule, x_t: torch.Tensor, t: torch.Tensor, eps: torch.Tensor) -> torch.Tensor:
+    """Eq. 4 solved for x_0: x_0 = (x_t - sqrt(1 - alpha_bar_t) eps) / sqrt(alpha_bar_t)."""
+    return extract(schedule.sqrt_recip_alpha_bar, t, x_t) * x_t - extract(schedule.sqrt_recipm1_alpha_bar, t, x_t) * eps
+
+
+def predict_eps_from_x0(schedule: Schedule, x_t: torch.Tensor, t: torch.Tensor, x0: torch.Tensor) -> torch.Tensor:
+    return (extract(schedule.sqrt_recip_alpha_bar, t, x_t) * x_t - x0) / extract(schedule.sqrt_recipm1_alpha_bar, t, x_t)
+
+
+def q_posterior(schedule: Schedule, x0: torch.Tensor, x_t: torch.Tensor, t: torch.Tensor):
+    """Eqs. 6-7: mean and variance of q(x_{t-1} | x_t, x_0)."""
+    mean = extract(schedule.posterior_mean_coef1, t, x_t) * x0 + extract(schedule.posterior_mean_coef2, t, x_t) * x_t
+    var = extract(schedule.posterior_variance, t, x_t)
+    return mean, var
+
+
+def q_step(schedule: Schedule, x_prev: torch.Tensor, t: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
+    """Eq. 2, one forward step: x_t ~ N(sqrt(1 - beta_t) x_{t-1}, beta_t I)."""
+    return extract(schedule.alphas, t, x_prev).sqrt() * x_prev + extract(schedule.betas, t, x_prev).sqrt() * noise
