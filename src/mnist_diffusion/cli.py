@@ -13,12 +13,13 @@ from typing import Callable
 from .config import DATASETS, SCHEDULES, ConfigError
 
 EXIT_ERROR = 2
-COMMANDS: dict[str, tuple[str, Callable]] = {}  # name -> (help text, run)
+# name -> (help text, add_arguments(parser), run(args) -> exit code); filled by @command below
+COMMANDS: dict[str, tuple[str, Callable, Callable]] = {}
 
 
-def command(name: str, help: str):
+def command(name: str, help: str, add_arguments: Callable[[argparse.ArgumentParser], None]):
     def deco(fn):
-        COMMANDS[name] = (help, fn)
+        COMMANDS[name] = (help, add_arguments, fn)
         return fn
     return deco
 
@@ -97,7 +98,7 @@ def _add_data(p: argparse.ArgumentParser) -> None:
     p.add_argument("--no-download", action="store_true", help="never download from the mirrors")
 
 
-@command("data", "fetch, verify and cache a dataset")
+@command("data", "fetch, verify and cache a dataset", _add_data)
 def cmd_data(args) -> int:
     from .data import cache_dir, prepare
     splits = prepare(args.dataset, data_dir=args.data_dir, download=not args.no_download, log=_info)
@@ -220,7 +221,7 @@ def resolve_train_config(args):
     return cfg, run_dir, resume
 
 
-@command("train", "train a noise-prediction network")
+@command("train", "train a noise-prediction network", _add_train)
 def cmd_train(args) -> int:
     from .data import prepare
     from .training import train
@@ -281,7 +282,7 @@ def load_for_sampling(args):
     return model, cfg, schedule, device, resolve_precision(args.precision, device)
 
 
-@command("sample", "draw images from a checkpoint")
+@command("sample", "draw images from a checkpoint", _add_sample)
 def cmd_sample(args) -> int:
     import numpy as np
 
@@ -347,7 +348,11 @@ def _check_output_path(path: str) -> None:
 # ---------------------------------------------------------------------------------------------
 # models
 
-@command("models", "list the available networks")
+def _add_models(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--base-dim", type=positive_int, default=64)
+
+
+@command("models", "list the available networks", _add_models)
 def cmd_models(args) -> int:
     import io
 
@@ -366,22 +371,16 @@ def cmd_models(args) -> int:
     return 0
 
 
-def _add_models(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--base-dim", type=positive_int, default=64)
-
-
-ADDERS = {"data": _add_data, "train": _add_train, "sample": _add_sample, "models": _add_models}
-
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="mnist-diffusion",
                                      description="Denoising diffusion models on MNIST and Fashion-MNIST.")
     parser.add_argument("--debug", action="store_true", help="show tracebacks on errors")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    for name, (help_text, _) in COMMANDS.items():
+    for name, (help_text, add_arguments, _) in COMMANDS.items():
         p = sub.add_parser(name, help=help_text, description=help_text)
         p.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help="show tracebacks on errors")
-        ADDERS[name](p)
+        add_arguments(p)
     return parser
 
 
@@ -394,7 +393,7 @@ def main(argv=None) -> int:
     from .training import Interrupted, TrainingError
 
     try:
-        return COMMANDS[args.command][1](args) or 0
+        return COMMANDS[args.command][2](args) or 0
     except Interrupted as e:
         print(f"mnist-diffusion: {e}", file=sys.stderr)
         return 128 + e.signum

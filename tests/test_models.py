@@ -1,0 +1,60 @@
+import io
+
+import pytest
+import torch
+
+from mnist_diffusion.config import ModelConfig
+from mnist_diffusion.models import available, build_model, count_parameters
+
+
+@pytest.mark.parametrize("name", sorted(available()))
+@pytest.mark.parametrize("batch", [1, 3, 5])
+def test_shapes_for_odd_batches(name, batch):
+    model = build_model(ModelConfig(name=name, base_dim=16, channel_mults=(1, 2, 2), num_res_blocks=1))
+    x = torch.randn(batch, 1, 28, 28)
+    t = torch.randint(0, 1000, (batch,))
+    assert model(x, t).shape == (batch, 1, 28, 28)
+
+
+@pytest.mark.parametrize("name", sorted(available()))
+def test_conditional_models_use_labels(name):
+    model = build_model(ModelConfig(name=name, base_dim=16, channel_mults=(1, 2), num_res_blocks=1, num_classes=10))
+    for p in model.parameters():  # zero-initialised output layers would hide the label's effect
+        torch.nn.init.normal_(p, std=0.05)
+    x, t = torch.randn(3, 1, 28, 28), torch.tensor([1, 2, 3])
+    a = model(x, t, torch.tensor([0, 1, 2]))
+    b = model(x, t, torch.tensor([5, 6, 7]))
+    null = model(x, t)  # no label = the null token
+    assert a.shape == (3, 1, 28, 28)
+    assert not torch.allclose(a, b)
+    assert torch.allclose(null, model(x, t, torch.full((3,), 10)))
+
+
+@pytest.mark.parametrize("name", sorted(available()))
+def test_state_dict_round_trip(name):
+    cfg = ModelConfig(name=name, base_dim=16, channel_mults=(1, 2), num_res_blocks=1)
+    a = build_model(cfg)
+    buf = io.BytesIO()
+    torch.save(a.state_dict(), buf)
+    buf.seek(0)
+    b = build_model(cfg)
+    b.load_state_dict(torch.load(buf, weights_only=True))
+    x, t = torch.randn(2, 1, 28, 28), torch.tensor([3, 700])
+    for p in a.parameters():
+        torch.nn.init.normal_(p, std=0.02)
+    buf = io.BytesIO()
+    torch.save(a.state_dict(), buf)
+    buf.seek(0)
+    b.load_state_dict(torch.load(buf, weights_only=True))
+    assert torch.equal(a(x, t), b(x, t))
+
+
+def test_size_grows_with_base_dim():
+    small = count_parameters(build_model(ModelConfig(base_dim=16)))
+    big = count_parameters(build_model(ModelConfig(base_dim=32)))
+    assert 3.5 < big / small < 4.5  # conv weights scale with channels squared
+
+
+def test_unknown_model_name():
+    with pytest.raises(ValueError, match="unknown model"):
+        build_model(ModelConfig(name="resnet9000"))

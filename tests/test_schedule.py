@@ -1,0 +1,103 @@
+import math
+
+import pytest
+import torch
+
+from mnist_diffusion.schedule import (Schedule, cosine_betas, linear_betas, make_schedule, predict_eps_from_x0,
+                                      predict_x0_from_eps, q_posterior, q_sample, q_step)
+
+
+@pytest.mark.parametrize("name", ["linear", "cosine"])
+@pytest.mark.parametrize("T", [10, 300, 1000])
+def test_alpha_bar_is_cumulative_product(name, T):
+    s = make_schedule(name, T)
+    assert s.betas.dtype == torch.float64 and s.timesteps == T
+    assert torch.allclose(s.alpha_bar, torch.cumprod(1 - s.betas, 0), rtol=0, atol=1e-15)
+    assert torch.allclose(s.alpha_bar_prev[1:], s.alpha_bar[:-1])
+    assert s.alpha_bar_prev[0] == 1.0
+    assert bool((s.betas > 0).all() and (s.betas < 1).all())
+    assert bool((s.alpha_bar[1:] < s.alpha_bar[:-1]).all())  # noise only grows
+    assert s.alpha_bar[-1] < 0.01  # x_T is (almost) pure noise
+
+
+def test_linear_endpoints_for_T_1000():
+    b = linear_betas(1000)
+    assert b[0].item() == pytest.approx(1e-4) and b[-1].item() == pytest.approx(0.02)
+    assert torch.allclose(b[1:] - b[:-1], torch.full((999,), (0.02 - 1e-4) / 999, dtype=torch.float64))
+
+
+def test_cosine_matches_closed_form():
+    T, s = 1000, 0.008
+    sched = make_schedule("cosine", T)
+    f = lambda t: math.cos((t / T + s) / (1 + s) * math.pi / 2) ** 2  # noqa: E731
+    for t in [0, 1, 10, 500, 900]:  # alpha_bar_t here is alpha_bar(t+1) of the paper (t is 0-based)
+        assert sched.alpha_bar[t].item() == pytest.approx(f(t + 1) / f(0), rel=1e-9)
+    assert cosine_betas(T).max().item() <= 0.999
+
+
+def test_posterior_matches_bayes_rule():
+    """q(x_{t-1}|x_t,x_0) ∝ q(x_t|x_{t-1}) q(x_{t-1}|x_0): product of two Gaussians in x_{t-1}."""
+    s = make_schedule("linear", 100)
+    x0 = torch.randn(5, 1, 4, 4, dtype=torch.float64)
+    xt = torch.randn(5, 1, 4, 4, dtype=torch.float64)
+    for t in [1, 10, 50, 99]:
+        tt = torch.full((5,), t)
+        a, b, ab_prev = s.alphas[t], s.betas[t], s.alpha_bar_prev[t]
+        # likelihood in x_{t-1}: N(x_t; sqrt(a) x_{t-1}, b) -> precision a/b, mean x_t/sqrt(a)
+        prec = a / b + 1 / (1 - ab_prev)
+        mean = (a.sqrt() / b * xt + ab_prev.sqrt() / (1 - ab_prev) * x0) / prec
+        m, v = q_posterior(s, x0, xt, tt)
+        assert torch.allclose(m, mean, atol=1e-12)
+        assert torch.allclose(v, (1 / prec).expand_as(v), atol=1e-15)
+        assert s.posterior_variance[t] == pytest.approx(b * (1 - ab_prev) / (1 - s.alpha_bar[t]))
+
+
+def test_snr_and_log_variance():
+    s = make_schedule("cosine", 200)
+    assert torch.allclose(s.snr, s.alpha_bar / (1 - s.alpha_bar))
+    assert torch.isfinite(s.posterior_log_variance_clipped).all()
+    assert s.posterior_variance[0] == 0
+
+
+def test_q_sample_closed_form_and_inverse():
+    s = make_schedule("cosine", 1000)
+    g = torch.Generator().manual_seed(0)
+    x0 = torch.rand(8, 1, 28, 28, generator=g) * 2 - 1
+    eps = torch.randn(8, 1, 28, 28, generator=g)
+    t = torch.tensor([0, 1, 5, 100, 400, 700, 998, 999])
+    xt = q_sample(s, x0, t, eps)
+    for i, ti in enumerate(t.tolist()):
+        expect = s.alpha_bar[ti].sqrt() * x0[i] + (1 - s.alpha_bar[ti]).sqrt() * eps[i]
+        assert torch.allclose(xt[i], expect.float(), atol=1e-6)
+    # inversion in float64 (near t = T the float32 round trip amplifies rounding by 1/sqrt(alpha_bar))
+    x0d, epsd = x0.double(), eps.double()
+    xtd = q_sample(s, x0d, t, epsd)
+    assert torch.allclose(predict_x0_from_eps(s, xtd, t, epsd), x0d, atol=1e-9)
+    assert torch.allclose(predict_eps_from_x0(s, xtd, t, x0d), epsd, atol=1e-9)
+
+
+def test_q_sample_moments():
+    s = make_schedule("linear", 1000)
+    g = torch.Generator().manual_seed(1)
+    x0 = torch.full((20000, 1, 1, 1), 0.7)
+    t = torch.full((20000,), 300)
+    xt = q_sample(s, x0, t, torch.randn(x0.shape, generator=g))
+    assert xt.mean().item() == pytest.approx(0.7 * s.sqrt_alpha_bar[300].item(), abs=0.02)
+    assert xt.var().item() == pytest.approx(1 - s.alpha_bar[300].item(), abs=0.02)
+
+
+def test_iterated_forward_steps_match_closed_form_in_distribution():
+    s = make_schedule("linear", 100)
+    g = torch.Generator().manual_seed(2)
+    x = torch.full((20000, 1), 0.5)
+    for t in range(60):
+        x = q_step(s, x, torch.full((20000,), t), torch.randn(x.shape, generator=g))
+    assert x.mean().item() == pytest.approx(0.5 * s.sqrt_alpha_bar[59].item(), abs=0.02)
+    assert x.var().item() == pytest.approx(1 - s.alpha_bar[59].item(), abs=0.02)
+
+
+def test_bad_betas_rejected():
+    with pytest.raises(ValueError):
+        Schedule.from_betas(torch.tensor([0.1, 1.5]))
+    with pytest.raises(ValueError):
+        make_schedule("sigmoid", 10)
