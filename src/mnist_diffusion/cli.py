@@ -203,9 +203,10 @@ def resolve_train_config(args):
         v = getattr(args, dest, None)
         if v is None:
             continue
-        if resume and dest not in RESUME_MUTABLE and getattr(getattr(cfg, section), key) != v:
+        current = getattr(getattr(cfg, section), key)
+        if resume and dest not in RESUME_MUTABLE and current != (tuple(v) if isinstance(v, list) else v):
             raise ConfigError(f"--{dest.replace('_', '-')} {v} differs from the checkpoint's {section}.{key}="
-                              f"{getattr(getattr(cfg, section), key)!r}; it cannot change when resuming")
+                              f"{current!r}; it cannot change when resuming")
         changes[section][key] = list(v) if isinstance(v, list) else v
     if args.no_clip:
         changes["train"]["clip"] = False

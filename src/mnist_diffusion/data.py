@@ -24,6 +24,7 @@ import struct
 import subprocess
 import tempfile
 import urllib.request
+import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Optional
@@ -174,11 +175,16 @@ class RestrictedUnpickler(pickle.Unpickler):
         ("numpy._core.multiarray", "_reconstruct"),
         ("numpy", "ndarray"),
         ("numpy", "dtype"),
+        # Python 3 writes bytes in protocol-2 pickles as _codecs.encode(str, "latin1"): pure data
+        ("_codecs", "encode"),
     }
 
     def find_class(self, module: str, name: str):
         if (module, name) not in self.ALLOWED:
             raise pickle.UnpicklingError(f"refusing to load global {module}.{name} from a data pickle")
+        if module == "_codecs":
+            import _codecs
+            return _codecs.encode
         if name == "_reconstruct":
             try:
                 from numpy._core.multiarray import _reconstruct
@@ -310,7 +316,7 @@ def _load_cache(dataset: str) -> Optional[dict[str, Split]]:
         with np.load(path, allow_pickle=False) as z:
             splits = {k: Split(z[f"{k}_images"], z[f"{k}_labels"]) for k in ("train", "test")}
         return {k: _verify(dataset, k, s, str(path)) for k, s in splits.items()}
-    except (DataError, OSError, KeyError, ValueError):
+    except (DataError, OSError, KeyError, ValueError, EOFError, zipfile.BadZipFile):
         return None  # a stale or damaged cache is rebuilt from a real source, never trusted
 
 

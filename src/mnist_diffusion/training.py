@@ -191,7 +191,10 @@ def train(cfg: RunConfig, data: Split, run_dir: str | os.PathLike, *, resume: Op
     images = images.to(device)
     labels = labels.to(device)
 
-    model = build_model(cfg.model).to(device)
+    # initial weights from the run's seed (isolated from the global generator's other users)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(_mix(tc.seed, 0, 3))
+        model = build_model(cfg.model).to(device)
     ema = copy.deepcopy(model).eval().requires_grad_(False)
     opt = torch.optim.AdamW(model.parameters(), lr=tc.lr, weight_decay=tc.weight_decay)
     start_step, skipped = 0, 0

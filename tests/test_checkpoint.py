@@ -1,0 +1,81 @@
+import os
+import pickle
+
+import pytest
+import torch
+
+from mnist_diffusion import checkpoint as ckpt_io
+from mnist_diffusion.checkpoint import CheckpointError
+
+
+class _Evil:
+    def __reduce__(self):
+        return (os.system, ("touch /tmp/mnist-diffusion-pwned",))
+
+
+def test_atomic_save_round_trip(tmp_path):
+    obj = {"format": ckpt_io.FORMAT, "a": torch.arange(5), "step": 3, "config": {}, "model": {}}
+    ckpt_io.atomic_save(obj, tmp_path / "x.pt")
+    back = torch.load(tmp_path / "x.pt", weights_only=True)
+    assert torch.equal(back["a"], obj["a"]) and back["step"] == 3
+    assert [p.name for p in tmp_path.iterdir()] == ["x.pt"]  # no temp file left behind
+
+
+def test_failed_save_keeps_the_old_file(tmp_path, monkeypatch):
+    target = tmp_path / "last.pt"
+    ckpt_io.atomic_save({"v": 1}, target)
+    before = target.read_bytes()
+
+    def boom(obj, f):
+        f.write(b"partial")
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(torch, "save", boom)
+    with pytest.raises(OSError):
+        ckpt_io.atomic_save({"v": 2}, target)
+    assert target.read_bytes() == before
+    assert [p.name for p in tmp_path.iterdir()] == ["last.pt"]
+
+
+def test_malicious_pickle_is_refused_and_not_run(tmp_path):
+    marker = "/tmp/mnist-diffusion-pwned"
+    if os.path.exists(marker):
+        os.unlink(marker)
+    p = tmp_path / "evil.pt"
+    with open(p, "wb") as f:
+        pickle.dump({"format": ckpt_io.FORMAT, "x": _Evil()}, f)
+    torch.save({"format": ckpt_io.FORMAT, "x": _Evil()}, tmp_path / "evil2.pt")
+    for path in (p, tmp_path / "evil2.pt"):
+        with pytest.raises(CheckpointError, match="refused|not a readable"):
+            ckpt_io.load(path)
+    assert not os.path.exists(marker)
+
+
+@pytest.mark.parametrize("content", [b"", b"\x00" * 100, os.urandom(4096)])
+def test_garbage_is_a_clear_error(tmp_path, content):
+    p = tmp_path / "bad.pt"
+    p.write_bytes(content)
+    with pytest.raises(CheckpointError, match="bad.pt"):
+        ckpt_io.load(p)
+
+
+def test_truncated_checkpoint(tmp_path):
+    p = tmp_path / "t.pt"
+    ckpt_io.atomic_save({"format": ckpt_io.FORMAT, "model": {"w": torch.zeros(1000)}, "config": {}, "step": 1}, p)
+    p.write_bytes(p.read_bytes()[:-500])
+    with pytest.raises(CheckpointError, match="truncated or corrupt"):
+        ckpt_io.load(p)
+
+
+def test_foreign_checkpoint(tmp_path):
+    p = tmp_path / "other.pt"
+    torch.save({"state_dict": {}}, p)
+    with pytest.raises(CheckpointError, match="not an mnist-diffusion checkpoint"):
+        ckpt_io.load(p)
+
+
+def test_missing_and_directory(tmp_path):
+    with pytest.raises(CheckpointError, match="does not exist"):
+        ckpt_io.load(tmp_path / "nope.pt")
+    with pytest.raises(CheckpointError, match="directory"):
+        ckpt_io.load(tmp_path)

@@ -1,0 +1,124 @@
+"""The command line, end to end, with tiny models: train -> sample on both datasets, errors."""
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from mnist_diffusion.cli import main
+
+TINY = ["--base-dim", "8", "--channel-mults", "1,2", "--num-res-blocks", "1", "--timesteps", "40",
+        "--batch-size", "16", "--subset", "64", "--max-steps", "6", "--sample-interval", "3",
+        "--save-interval", "3", "--num-samples", "4", "--device", "cpu", "--no-progress", "--precision", "fp32"]
+
+
+@pytest.mark.parametrize("dataset", ["mnist", "fashion_mnist"])
+def test_train_then_sample(tmp_path, dataset, request):
+    request.getfixturevalue("mnist" if dataset == "mnist" else "fashion")
+    run = tmp_path / "run"
+    assert main(["train", "--dataset", dataset, "--output-dir", str(run), *TINY]) == 0
+    cfg = json.loads((run / "config.json").read_text())
+    assert cfg["train"]["dataset"] == dataset and cfg["model"]["base_dim"] == 8
+    assert sorted(p.name for p in (run / "checkpoints").iterdir()) == ["last.pt", "step_0000003.pt", "step_0000006.pt"]
+    assert sorted(p.name for p in (run / "samples").iterdir()) == ["step_0000003.png", "step_0000006.png"]
+
+    out, npz = tmp_path / "grid.png", tmp_path / "s.npz"
+    args = ["sample", "--checkpoint", str(run / "checkpoints/last.pt"), "--num-images", "5", "--seed", "3",
+            "--output", str(out), "--npz", str(npz), "--no-progress", "--device", "cpu"]
+    assert main(args) == 0
+    imgs = np.load(npz)["images"]
+    assert imgs.shape == (5, 28, 28) and imgs.dtype == np.uint8
+    assert Image.open(out).size[0] > 28
+    # same seed -> identical bytes, also with another batch size
+    out2, npz2 = tmp_path / "grid2.png", tmp_path / "s2.npz"
+    args2 = [a if a not in (str(out), str(npz)) else (str(out2) if a == str(out) else str(npz2)) for a in args]
+    assert main(args2 + ["--batch-size", "2"]) == 0
+    assert np.array_equal(np.load(npz2)["images"], imgs)
+    assert main(args2) == 0
+    assert out.read_bytes() == out2.read_bytes()
+
+
+def test_resume_auto_continues_the_run(tmp_path, mnist):
+    run = tmp_path / "run"
+    assert main(["train", "--output-dir", str(run), *TINY]) == 0
+    more = [a if a != "6" else "9" for a in TINY]
+    assert main(["train", "--output-dir", str(run), "--resume", "auto", *more]) == 0
+    from mnist_diffusion.checkpoint import load
+    assert load(run / "checkpoints/last.pt")["step"] == 9
+
+
+def test_resume_rejects_a_changed_architecture(tmp_path, mnist, capsys):
+    run = tmp_path / "run"
+    assert main(["train", "--output-dir", str(run), *TINY]) == 0
+    before = (run / "checkpoints/last.pt").read_bytes()
+    changed = [a if a != "8" else "16" for a in TINY]
+    assert main(["train", "--output-dir", str(run), "--resume", "auto", *changed]) == 2
+    assert "--base-dim 16 differs from the checkpoint's model.base_dim=8" in capsys.readouterr().err
+    assert (run / "checkpoints/last.pt").read_bytes() == before
+
+
+def test_show_intermediate(tmp_path, mnist):
+    run = tmp_path / "run"
+    assert main(["train", "--output-dir", str(run), *TINY]) == 0
+    inter = tmp_path / "inter"
+    assert main(["sample", "--checkpoint", str(run / "checkpoints/last.pt"), "--num-images", "3", "--no-progress",
+                 "--output", str(tmp_path / "g.png"), "--show-intermediate", str(inter),
+                 "--intermediate-steps", "39,20,0"]) == 0
+    assert sorted(p.name for p in inter.iterdir()) == ["step_0000.png", "step_0020.png", "step_0039.png", "strip.png"]
+    w, h = Image.open(inter / "strip.png").size
+    assert w > h  # 4 columns (three steps + final) x 3 rows
+
+
+def test_dry_run_prints_config(tmp_path, capsys):
+    assert main(["train", "--preset", "quick", "--dry-run", "--output-dir", str(tmp_path / "r")]) == 0
+    out = capsys.readouterr().out
+    assert '"base_dim": 32' in out and not (tmp_path / "r").exists()
+
+
+@pytest.mark.parametrize("argv, words", [
+    (["train", "--epochs", "0", "--dry-run"], "expected a positive integer"),
+    (["train", "--batch-size", "-4", "--dry-run"], "expected a positive integer"),
+    (["train", "--lr", "nan", "--dry-run"], "positive finite"),
+    (["train", "--timesteps", "99999999999", "--dry-run"], "unreasonably large"),
+    (["train", "--timesteps", "1", "--dry-run"], "diffusion.timesteps must be in"),
+    (["train", "--model", "nope", "--max-steps", "1", "--subset", "64", "--batch-size", "16"], "unknown model"),
+])
+def test_bad_options_are_one_line_errors(argv, words, capsys, tmp_path):
+    if "--dry-run" not in argv:
+        argv = argv + ["--output-dir", str(tmp_path / "r")]
+    with pytest.raises(SystemExit) if "expected" in words or "large" in words or "finite" in words else _noop():
+        code = main(argv)
+        assert code == 2
+    err = capsys.readouterr().err
+    assert words in err and "Traceback" not in err
+
+
+class _noop:
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *a):
+        return False
+
+
+def test_console_script_errors_without_traceback(tmp_path):
+    bad = tmp_path / "bad.pt"
+    bad.write_bytes(b"not a checkpoint")
+    r = subprocess.run([sys.executable, "-m", "mnist_diffusion", "sample", "--checkpoint", str(bad),
+                        "--output", str(tmp_path / "x.png")], capture_output=True, text=True)
+    assert r.returncode == 2
+    assert r.stderr.strip().count("\n") == 0 and "bad.pt" in r.stderr and "Traceback" not in r.stderr
+    r = subprocess.run([sys.executable, "-m", "mnist_diffusion", "--debug", "sample", "--checkpoint", str(bad),
+                        "--output", str(tmp_path / "x.png")], capture_output=True, text=True)
+    assert r.returncode != 0 and "Traceback" in r.stderr
+    assert not (tmp_path / "x.png").exists()
+
+
+def test_output_dir_is_a_file(tmp_path, mnist, capsys):
+    f = tmp_path / "f"
+    f.write_text("keep me")
+    assert main(["train", "--output-dir", str(f), *TINY]) == 2
+    assert "is a file" in capsys.readouterr().err
+    assert f.read_text() == "keep me"

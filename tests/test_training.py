@@ -1,0 +1,148 @@
+import csv
+
+import numpy as np
+import pytest
+import torch
+
+from mnist_diffusion import checkpoint as ckpt_io
+from mnist_diffusion.data import Split
+from mnist_diffusion.models import build_model
+from mnist_diffusion.schedule import make_schedule
+from mnist_diffusion.training import (NonFiniteLoss, TrainingError, diffusion_loss, ema_update, lr_at,
+                                      planned_steps, train)
+from tests.conftest import tiny_config
+
+
+def _quiet(_):
+    pass
+
+
+def _split(mnist, n=256):
+    return Split(mnist["train"].images[:n], mnist["train"].labels[:n])
+
+
+def _synthetic(n=64, seed=0):
+    rng = np.random.default_rng(seed)
+    return Split(rng.integers(0, 256, (n, 28, 28), dtype=np.uint8), rng.integers(0, 10, n).astype(np.uint8))
+
+
+def test_loss_goes_down_on_a_tiny_subset(tmp_path, mnist):
+    cfg = tiny_config(max_steps=60, epochs=100, sample_interval=1000, save_interval=1000, log_interval=10)
+    train(cfg, _split(mnist), tmp_path, progress=False, log=_quiet)
+    with open(tmp_path / "loss.csv") as f:
+        losses = [float(r["loss"]) for r in csv.DictReader(f)]
+    assert len(losses) == 6
+    assert losses[-1] < 0.6 * losses[0]
+    for name in ("config.json", "loss.csv", "loss.png", "checkpoints/last.pt", "samples/step_0000060.png"):
+        assert (tmp_path / name).exists(), name
+
+
+def test_resume_gives_the_same_weights_as_an_uninterrupted_run(tmp_path):
+    data = _synthetic()
+    cfg = tiny_config(max_steps=12, epochs=100, save_interval=5, sample_interval=1000)
+    train(cfg, data, tmp_path / "full", progress=False, log=_quiet)
+
+    class Crash(Exception):
+        pass
+
+    def crash_at_7(step, loss):
+        if step == 7:
+            raise Crash  # dies between checkpoints: steps 6-7 are lost and redone
+
+    with pytest.raises(Crash):
+        train(cfg, data, tmp_path / "split", progress=False, log=_quiet, step_hook=crash_at_7)
+    assert ckpt_io.load(tmp_path / "split/checkpoints/last.pt")["step"] == 5
+    train(cfg, data, tmp_path / "split", resume=str(tmp_path / "split/checkpoints/last.pt"), progress=False, log=_quiet)
+
+    a = ckpt_io.load(tmp_path / "full/checkpoints/last.pt")
+    b = ckpt_io.load(tmp_path / "split/checkpoints/last.pt")
+    assert a["step"] == b["step"] == 12
+    for key in ("model", "ema"):
+        for k in a[key]:
+            assert torch.equal(a[key][k], b[key][k]), f"{key}.{k} differs after resume"
+    with open(tmp_path / "split/loss.csv") as f:
+        steps = [int(r["step"]) for r in csv.DictReader(f)]
+    assert steps == sorted(set(steps))  # no duplicated rows after resuming
+
+
+def test_resume_refuses_a_different_model(tmp_path):
+    data = _synthetic()
+    cfg = tiny_config(max_steps=2, sample_interval=1000)
+    train(cfg, data, tmp_path, progress=False, log=_quiet)
+    other = cfg.replace(model={"base_dim": 16})
+    with pytest.raises(TrainingError, match="model.base_dim=8"):
+        train(other, data, tmp_path, resume=str(tmp_path / "checkpoints/last.pt"), progress=False, log=_quiet)
+
+
+def test_new_run_refuses_to_overwrite(tmp_path):
+    data = _synthetic()
+    cfg = tiny_config(max_steps=1, sample_interval=1000)
+    train(cfg, data, tmp_path, progress=False, log=_quiet)
+    before = (tmp_path / "checkpoints/last.pt").read_bytes()
+    with pytest.raises(TrainingError, match="already holds a run"):
+        train(cfg, data, tmp_path, progress=False, log=_quiet)
+    assert (tmp_path / "checkpoints/last.pt").read_bytes() == before
+
+
+def test_nonfinite_loss_stops_and_keeps_last_good_checkpoint(tmp_path, monkeypatch):
+    data = _synthetic()
+    cfg = tiny_config(max_steps=6, epochs=100, save_interval=2, sample_interval=1000)
+    import mnist_diffusion.training as tr
+    real = tr.diffusion_loss
+    calls = {"n": 0}
+
+    def flaky(*a, **k):
+        calls["n"] += 1
+        loss = real(*a, **k)
+        return loss * float("nan") if calls["n"] == 4 else loss
+
+    monkeypatch.setattr(tr, "diffusion_loss", flaky)
+    with pytest.raises(NonFiniteLoss, match="step 4"):
+        train(cfg, data, tmp_path, progress=False, log=_quiet)
+    assert ckpt_io.load(tmp_path / "checkpoints/last.pt")["step"] == 2
+
+    calls["n"] = 0
+    skip = cfg.replace(train={"nonfinite": "skip"})
+    train(skip, data, tmp_path / "skip", progress=False, log=_quiet)
+    ck = ckpt_io.load(tmp_path / "skip/checkpoints/last.pt")
+    assert ck["step"] == 6 and ck["skipped"] == 1
+    assert all(torch.isfinite(v).all() for v in ck["model"].values())
+
+
+def test_output_dir_that_is_a_file(tmp_path):
+    f = tmp_path / "file"
+    f.write_text("x")
+    with pytest.raises(TrainingError, match="is a file"):
+        train(tiny_config(max_steps=1), _synthetic(), f, progress=False, log=_quiet)
+
+
+def test_batch_larger_than_data(tmp_path):
+    with pytest.raises(TrainingError, match="larger than"):
+        train(tiny_config(max_steps=1, batch_size=128), _synthetic(64), tmp_path, progress=False, log=_quiet)
+
+
+def test_lr_schedule_warmup_and_decay():
+    cfg = tiny_config(warmup_steps=10, lr=1e-3)
+    assert lr_at(cfg, 0, 100) == pytest.approx(1e-4)
+    assert lr_at(cfg, 9, 100) == pytest.approx(1e-3)
+    assert lr_at(cfg, 100, 100) == pytest.approx(1e-4)  # decays to 10%
+    assert planned_steps(tiny_config(epochs=3, batch_size=16), 64) == 12
+
+
+def test_ema_update_is_a_convex_combination():
+    cfg = tiny_config()
+    a, b = build_model(cfg.model), build_model(cfg.model)
+    for p in b.parameters():
+        torch.nn.init.constant_(p, 1.0)
+    for p in a.parameters():
+        torch.nn.init.constant_(p, 0.0)
+    ema_update(a, b, decay=0.9, step=10_000)
+    assert all(torch.allclose(p, torch.full_like(p, 0.1)) for p in a.parameters())
+
+
+def test_loss_is_zero_for_an_oracle():
+    s = make_schedule("cosine", 50)
+    x0 = torch.randn(4, 1, 28, 28)
+    noise = torch.randn(4, 1, 28, 28)
+    t = torch.tensor([0, 10, 20, 49])
+    assert diffusion_loss(lambda x, tt: noise, s, x0, t, noise).item() == 0.0
