@@ -99,7 +99,7 @@ def load_model(path: str | os.PathLike, device="cpu", use_ema: bool = True):
 
     ckpt = load(path)
     cfg = config_of(ckpt, str(path))
-    model = build_model(cfg.model)
+    model = build_model(cfg.model, cfg.diffusion.timesteps)
     weights = ckpt.get("ema") if use_ema and ckpt.get("ema") is not None else ckpt["model"]
     load_state(model, weights, str(path))
     return model.to(device).eval(), cfg, ckpt

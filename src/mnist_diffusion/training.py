@@ -194,7 +194,7 @@ def train(cfg: RunConfig, data: Split, run_dir: str | os.PathLike, *, resume: Op
     # initial weights from the run's seed (isolated from the global generator's other users)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(_mix(tc.seed, 0, 3))
-        model = build_model(cfg.model).to(device)
+        model = build_model(cfg.model, cfg.diffusion.timesteps).to(device)
     ema = copy.deepcopy(model).eval().requires_grad_(False)
     opt = torch.optim.AdamW(model.parameters(), lr=tc.lr, weight_decay=tc.weight_decay)
     start_step, skipped = 0, 0

@@ -12,14 +12,18 @@ import torch.nn as nn
 
 from ..config import ModelConfig
 
-_REGISTRY: dict[str, Callable[[ModelConfig], nn.Module]] = {}
+_REGISTRY: dict[str, Callable[..., nn.Module]] = {}
 _DESCRIPTIONS: dict[str, str] = {}
+_NEEDS_T: set[str] = set()
 
 
-def register(name: str, description: str):
+def register(name: str, description: str, needs_timesteps: bool = False):
+    """Register a builder; builders of models with a learned per-timestep table also take T."""
     def deco(builder):
         _REGISTRY[name] = builder
         _DESCRIPTIONS[name] = description
+        if needs_timesteps:
+            _NEEDS_T.add(name)
         return builder
     return deco
 
@@ -29,9 +33,12 @@ def available() -> dict[str, str]:
     return dict(_DESCRIPTIONS)
 
 
-def build_model(cfg: ModelConfig) -> nn.Module:
+def build_model(cfg: ModelConfig, timesteps: int = 1000) -> nn.Module:
+    """The network named by cfg.name; `timesteps` (T) sizes learned timestep tables."""
     if cfg.name not in _REGISTRY:
         raise ValueError(f"unknown model {cfg.name!r}; choose from {', '.join(sorted(_REGISTRY))}")
+    if cfg.name in _NEEDS_T:
+        return _REGISTRY[cfg.name](cfg, timesteps)
     return _REGISTRY[cfg.name](cfg)
 
 
@@ -39,4 +46,4 @@ def count_parameters(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())
 
 
-from . import unet  # noqa: E402,F401  (registers "unet")
+from . import simple, tiny, unet, unet_basic  # noqa: E402,F401  (each registers its models)
