@@ -372,6 +372,127 @@ def cmd_models(args) -> int:
 
 
 
+# ---------------------------------------------------------------------------------------------
+# visualize: figures and animations that explain the process (docs/VISUALIZE.md shows each)
+
+def _figure_output(p: argparse.ArgumentParser, default: str) -> None:
+    p.add_argument("--output", default=default, help=f"file to write (default: {default})")
+
+
+def _data_options(p: argparse.ArgumentParser, index: bool = True) -> None:
+    p.add_argument("--dataset", choices=DATASETS, default="mnist")
+    p.add_argument("--data-dir", help="folder with the standard IDX files (tried first)")
+    if index:
+        p.add_argument("--index", type=nonneg_int, default=0, help="which training image to use (default 0)")
+
+
+def _process_options(p: argparse.ArgumentParser, default_ts: str) -> None:
+    p.add_argument("--timesteps", type=int_list, default=[int(v) for v in default_ts.split(",")],
+                   help=f"columns, 0-based t < T (default {default_ts})")
+    p.add_argument("--num-timesteps", type=positive_int, default=1000, help="T (default 1000)")
+    p.add_argument("--seed", type=nonneg_int, default=0, help="seed of the noise drawn for the figure")
+
+
+def _add_visualize(p: argparse.ArgumentParser) -> None:
+    sub = p.add_subparsers(dest="figure", required=True, metavar="FIGURE")
+
+    def add(name, help_text):
+        q = sub.add_parser(name, help=help_text, description=help_text)
+        q.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help="show tracebacks on errors")
+        return q
+
+    q = add("schedule", "beta_t, signal/noise coefficients and SNR of the cosine and linear schedules, "
+                        "and one image diffused under both")
+    _data_options(q)
+    _process_options(q, "0,50,100,200,400,600,800,999")
+    _figure_output(q, "schedule.png")
+
+    q = add("forward", "a grid of forward-diffused images: rows = images, columns = timesteps")
+    _data_options(q, index=False)
+    q.add_argument("--num-images", type=positive_int, default=6,
+                   help="rows: the first image of each class in turn (default 6, at most 64)")
+    q.add_argument("--schedule", choices=SCHEDULES, default="cosine")
+    _process_options(q, "0,50,100,200,400,600,800,999")
+    _figure_output(q, "forward.png")
+
+    q = add("noisers", "one image noised by the simple noising rules side by side, and the one DDPM uses")
+    _data_options(q)
+    q.add_argument("--beta", type=unit_float, default=0.02, help="the fixed beta of the repeated rule (default 0.02)")
+    q.add_argument("--schedule", choices=SCHEDULES, default="linear",
+                   help="schedule of the stepwise and closed-form rows (default linear, as in DDPM)")
+    _process_options(q, "0,25,50,100,200,400,700,999")
+    _figure_output(q, "noisers.png")
+
+    q = add("math", "the DDPM equations as a figure (matplotlib mathtext, no LaTeX needed)")
+    _figure_output(q, "math.png")
+
+    q = add("progress", "GIF of a training run's sample grids (same noise every time), labelled by step/epoch")
+    q.add_argument("--run", required=True, help="the training run directory (holds samples/step_*.png)")
+    q.add_argument("--output", help="GIF to write (default: RUN/progress.gif)")
+    q.add_argument("--frame-ms", type=positive_int, default=400, help="milliseconds per frame (default 400)")
+
+
+def _check_suffix(path: str, suffix: str) -> None:
+    _check_output_path(path)
+    if Path(path).suffix.lower() != suffix:
+        raise ConfigError(f"--output {path}: expected a {suffix} file")
+
+
+def _training_images(args):
+    from .data import prepare
+    return prepare(args.dataset, data_dir=args.data_dir, log=_info)["train"]
+
+
+def _one_image(args):
+    data = _training_images(args)
+    if args.index >= len(data.images):
+        raise ConfigError(f"--index {args.index} is out of range (the {args.dataset} training set has "
+                          f"{len(data.images)} images)")
+    return data.images[args.index]
+
+
+@command("visualize", "figures and animations that explain diffusion (schedule, forward, noisers, math, "
+                      "progress)", _add_visualize)
+def cmd_visualize(args) -> int:
+    from . import visualize as viz
+
+    if args.figure == "progress":
+        out = args.output or str(Path(args.run) / "progress.gif")
+        _check_suffix(out, ".gif")
+        path = viz.progress_gif(args.run, out, duration_ms=args.frame_ms)
+        print(f"wrote {path}")
+        return 0
+    _check_suffix(args.output, ".png")
+    if args.figure == "math":
+        path = viz.plot_math(args.output)
+    elif args.figure == "schedule":
+        path = viz.plot_schedule(_one_image(args), args.output, timesteps=args.timesteps, T=args.num_timesteps,
+                                 seed=args.seed)
+    elif args.figure == "noisers":
+        path = viz.plot_noisers(_one_image(args), args.output, timesteps=args.timesteps, T=args.num_timesteps,
+                                beta=args.beta, schedule=args.schedule, seed=args.seed)
+    else:  # forward
+        import numpy as np
+
+        from .data import CLASS_NAMES
+        if args.num_images > 64:
+            raise ConfigError(f"--num-images {args.num_images}: at most 64 rows fit in one figure")
+        data = _training_images(args)
+        # the first image of class 0, 1, 2, ... in turn, then the second of each, and so on
+        order = np.argsort(data.labels, kind="stable")
+        per_class = [order[data.labels[order] == c] for c in range(10)]
+        idx = [per_class[i % 10][i // 10] for i in range(args.num_images)]
+        names = CLASS_NAMES[args.dataset]
+        path = viz.plot_forward(data.images[idx], args.output, row_labels=[names[data.labels[i]] for i in idx],
+                                timesteps=args.timesteps, schedule=args.schedule, T=args.num_timesteps,
+                                seed=args.seed,
+                                title=f"Forward diffusion $q(x_t\\,|\\,x_0)$ on {args.dataset.replace('_', '-')}"
+                                      f", {args.schedule} schedule, T = {args.num_timesteps}")
+    print(f"wrote {path}")
+    return 0
+
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="mnist-diffusion",
                                      description="Denoising diffusion models on MNIST and Fashion-MNIST.")

@@ -78,6 +78,22 @@ def save_gif(frames: Sequence[np.ndarray], path: str | os.PathLike, duration_ms:
     return path
 
 
+def label_frame(array: np.ndarray, text: str, height: int = 18) -> np.ndarray:
+    """A uint8 2-D image with a white caption strip above it (Pillow's default font, so GIFs can
+    be labelled frame by frame without matplotlib)."""
+    from PIL import ImageDraw, ImageFont
+
+    array = np.asarray(array, dtype=np.uint8)
+    img = Image.new("L", (array.shape[1], array.shape[0] + height), 255)
+    img.paste(Image.fromarray(array, mode="L"), (0, height))
+    try:
+        font = ImageFont.load_default(size=max(8, height - 5))
+    except TypeError:  # Pillow < 10.1: only the fixed-size bitmap font
+        font = ImageFont.load_default()
+    ImageDraw.Draw(img).text((4, height // 2), text, fill=0, font=font, anchor="lm")
+    return np.asarray(img)
+
+
 def load_images(path: str | os.PathLike) -> np.ndarray:
     """Read a set of 28x28 images from an .npz (uint8 `images`, (N,28,28) or (N,1,28,28)) or a
     folder of PNGs (sorted by name). Returns uint8 (N, 28, 28). Raises ValueError on bad input."""
