@@ -267,6 +267,9 @@ def _add_sample(p: argparse.ArgumentParser) -> None:
     p.add_argument("--show-intermediate", metavar="DIR", help="save the denoising trajectory into DIR")
     p.add_argument("--intermediate-steps", type=int_list,
                    help="timesteps to save with --show-intermediate (default: 10 spread over the run)")
+    p.add_argument("--gif", metavar="PATH", help="also write an animation of the reverse process (first 64 images)")
+    p.add_argument("--gif-frames", type=positive_int, default=40,
+                   help="frames in --gif, spaced so the late low-noise steps get most (default 40)")
 
 
 def load_for_sampling(args):
@@ -300,20 +303,48 @@ def cmd_sample(args) -> int:
         if bad:
             raise ConfigError(f"--intermediate-steps {bad} outside [0, {T - 1}]")
 
+    gif_ts, gif_frames = None, {}
+    if args.gif:
+        from .samplers import DEFAULT_STEPS, timestep_sequence
+        from .visualize import gif_timesteps
+        if Path(args.gif).suffix.lower() != ".gif":
+            raise ConfigError(f"--gif {args.gif}: expected a .gif file")
+        if Path(args.gif).is_dir():
+            raise ConfigError(f"--gif {args.gif} is a directory")
+        steps = args.steps if args.steps is not None else DEFAULT_STEPS[args.sampler]
+        gif_ts = set(gif_timesteps(timestep_sequence(schedule.timesteps, steps, args.spacing),
+                                   max(2, args.gif_frames - 1)))  # the last frame is the final sample
+
     def cb(start, i, t, x, x0):
         # keep x_t for the requested t (the nearest visited step for respaced samplers)
         if wanted is not None and (t in wanted or not args.sampler == "ddpm"):
             frames.setdefault(t, []).append(x.float().clamp(-1, 1).cpu())
+        if gif_ts is not None and t in gif_ts and start < 64:
+            from .data import to_uint8
+            gif_frames.setdefault(t, []).append(to_uint8(x[: 64 - start]))
 
     imgs = generate(model, schedule, args.num_images, seed=args.seed, sampler=args.sampler, steps=args.steps,
                     eta=args.eta, spacing=args.spacing, clip=not args.no_clip, batch_size=args.batch_size,
                     device=device, amp_dtype=amp, null_label=cfg.model.num_classes,
-                    progress=not args.no_progress, callback=cb if wanted is not None else None)
+                    progress=not args.no_progress,
+                    callback=cb if wanted is not None or gif_ts is not None else None)
     save_grid(imgs, args.output, nrow=args.nrow)
     print(f"wrote {args.output} ({len(imgs)} images)")
     if args.npz:
         save_npz(imgs, args.npz)
         print(f"wrote {args.npz}")
+    if gif_ts is not None:
+        from .images import label_frame, save_gif
+        shown = imgs[:64]
+        nrow = args.nrow or max(1, int(np.ceil(np.sqrt(len(shown)))))
+
+        def frame(u8, text):
+            g = grid(u8, nrow=nrow).repeat(2, axis=0).repeat(2, axis=1)
+            return label_frame(g, text, height=max(18, g.shape[1] // 18))
+        seq = [frame(np.concatenate(gif_frames[t]), f"x_t at t = {t}") for t in sorted(gif_frames, reverse=True)]
+        seq.append(frame(shown, f"t = 0: samples ({args.sampler})"))
+        save_gif(seq, args.gif, duration_ms=90, final_hold_ms=2500, scale=1)
+        print(f"wrote {args.gif} ({len(seq)} frames)")
     if wanted is not None:
         import torch
 

@@ -72,7 +72,9 @@ def save_gif(frames: Sequence[np.ndarray], path: str | os.PathLike, duration_ms:
         imgs.append(im)
     durations = [duration_ms] * (len(imgs) - 1) + [final_hold_ms]
     buf = io.BytesIO()
-    imgs[0].save(buf, format="GIF", save_all=True, append_images=imgs[1:], duration=durations, loop=0)
+    # optimize=False: Pillow's frame-difference optimisation does not round-trip L frames exactly
+    imgs[0].save(buf, format="GIF", save_all=True, append_images=imgs[1:], duration=durations, loop=0,
+                 optimize=False)
     path = Path(path)
     _atomic_bytes(path, buf.getvalue())
     return path
