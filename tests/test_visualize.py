@@ -133,3 +133,15 @@ def test_sample_gif(tmp_path, tiny_checkpoint, sampler, extra, frames):
         last = np.asarray(im.convert("L"))[18:]
     with Image.open(tmp_path / "s.png") as s:  # the final frame is the sample grid itself
         assert np.array_equal(last, np.asarray(s.convert("L")))
+
+
+def test_loss_plot_and_centred_smoothing(tmp_path):
+    v = np.exp(np.linspace(0, -3, 50))
+    assert np.allclose(viz.smooth_centred(v, 7), v)  # a geometric mean does not bend an exponential
+    assert viz.smooth_centred(v, 7)[0] == v[0] and viz.smooth_centred(v, 7)[-1] == pytest.approx(v[-1])
+    for n in (0, 5, 400):
+        csv_path = tmp_path / f"loss{n}.csv"
+        lines = ["step,epoch,loss,lr,images_per_s,skipped"]
+        lines += [f"{10 * (i + 1)},{(i + 1) / 10:.3f},{0.05 + 1 / (i + 2):.6f},1e-3,100,0" for i in range(n)]
+        csv_path.write_text("\n".join(lines) + "\n")
+        _png(viz.plot_loss(csv_path, tmp_path / f"loss{n}.png"), 400, 250)

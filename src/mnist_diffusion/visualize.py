@@ -38,23 +38,54 @@ def smooth(values: np.ndarray, weight: float = 0.9) -> np.ndarray:
     return out
 
 
+def smooth_centred(values: np.ndarray, window: int) -> np.ndarray:
+    """Centred moving average of log(values) (a geometric mean over `window` points; near the
+    ends the window shrinks symmetrically, so the first and last points are kept). Unlike an EMA
+    it does not lag, so on a falling curve it stays on the data."""
+    v = np.log(np.maximum(np.asarray(values, dtype=np.float64), 1e-12))
+    n = len(v)
+    c = np.concatenate([[0.0], np.cumsum(v)])
+    i = np.arange(n)
+    h = np.minimum(np.minimum(i, n - 1 - i), max(0, int(window) // 2))
+    return np.exp((c[i + h + 1] - c[i - h]) / (2 * h + 1))
+
+
 def plot_loss(loss_csv: str | os.PathLike, output: str | os.PathLike) -> Path:
-    """Training loss (raw and smoothed) against step, log scale."""
+    """Training loss (raw and smoothed) against step, log scale, with epochs on the top axis."""
+    from matplotlib.ticker import FuncFormatter, LogLocator
+
     with open(loss_csv, newline="") as f:
         rows = list(csv.DictReader(f))
-    fig, ax = plt.subplots(figsize=(7, 4))
+    fig, ax = plt.subplots(figsize=(7.5, 4.2))
     if rows:
         steps = np.array([int(r["step"]) for r in rows])
         loss = np.array([float(r["loss"]) for r in rows])
-        ax.plot(steps, loss, color="tab:blue", alpha=0.35, lw=1, label="loss (per log interval)")
-        ax.plot(steps, smooth(loss), color="tab:blue", lw=2, label="smoothed (EMA 0.9)")
+        window = 2 * (len(loss) // 80) + 1  # about 2.5% of the run, odd
+        if window >= 3:
+            ax.plot(steps, loss, color="tab:blue", alpha=0.3, lw=1, label="loss (mean per log interval)")
+            ax.plot(steps, smooth_centred(loss, window), color="tab:blue", lw=2,
+                    label=f"smoothed (centred, {window} points)")
+        else:
+            ax.plot(steps, loss, color="tab:blue", lw=2, marker="o", ms=3, label="loss (mean per log interval)")
         ax.set_yscale("log")
-        ax.legend()
+        plain = FuncFormatter(lambda v, _: f"{v:.3g}")
+        ax.yaxis.set_major_formatter(plain)
+        ax.yaxis.set_minor_locator(LogLocator(subs=(2, 3, 5)))
+        ax.yaxis.set_minor_formatter(plain)
+        ax.tick_params(axis="y", which="minor", labelsize=8)
+        ax.legend(loc="upper right")
+        try:  # epochs on the top axis, from the csv's own step/epoch ratio
+            spe = steps[-1] / float(rows[-1]["epoch"])
+            if np.isfinite(spe) and spe > 0:
+                top = ax.secondary_xaxis("top", functions=(lambda s_: s_ / spe, lambda e: e * spe))
+                top.set_xlabel("epoch")
+        except (KeyError, ValueError, ZeroDivisionError):
+            pass
     else:
         ax.text(0.5, 0.5, "no loss logged yet", ha="center", va="center", transform=ax.transAxes)
     ax.set_xlabel("training step")
-    ax.set_ylabel("noise-prediction MSE")
-    ax.set_title("Training loss")
+    ax.set_ylabel("noise-prediction MSE (log scale)")
+    ax.set_title("Training loss", pad=10)
     ax.grid(True, which="both", alpha=0.3)
     return _save_fig(fig, output)
 
