@@ -145,3 +145,7 @@ def test_loss_plot_and_centred_smoothing(tmp_path):
         lines += [f"{10 * (i + 1)},{(i + 1) / 10:.3f},{0.05 + 1 / (i + 2):.6f},1e-3,100,0" for i in range(n)]
         csv_path.write_text("\n".join(lines) + "\n")
         _png(viz.plot_loss(csv_path, tmp_path / f"loss{n}.png"), 400, 250)
+    assert main(["visualize", "loss", "--run", str(tmp_path), "--output", str(tmp_path / "l.png")]) == 2  # no loss.csv
+    (tmp_path / "loss.csv").write_text((tmp_path / "loss400.csv").read_text())
+    assert main(["visualize", "loss", "--run", str(tmp_path)]) == 0
+    _png(tmp_path / "loss.png", 400, 250)

@@ -462,6 +462,10 @@ def _add_visualize(p: argparse.ArgumentParser) -> None:
     q.add_argument("--output", help="GIF to write (default: RUN/progress.gif)")
     q.add_argument("--frame-ms", type=positive_int, default=400, help="milliseconds per frame (default 400)")
 
+    q = add("loss", "redraw a training run's loss.png (raw and smoothed loss, log scale) from its loss.csv")
+    q.add_argument("--run", required=True, help="the training run directory (holds loss.csv)")
+    q.add_argument("--output", help="PNG to write (default: RUN/loss.png)")
+
 
 def _check_suffix(path: str, suffix: str) -> None:
     _check_output_path(path)
@@ -483,7 +487,7 @@ def _one_image(args):
 
 
 @command("visualize", "figures and animations that explain diffusion (schedule, forward, noisers, math, "
-                      "progress)", _add_visualize)
+                      "progress, loss)", _add_visualize)
 def cmd_visualize(args) -> int:
     from . import visualize as viz
 
@@ -492,6 +496,13 @@ def cmd_visualize(args) -> int:
         _check_suffix(out, ".gif")
         path = viz.progress_gif(args.run, out, duration_ms=args.frame_ms)
         print(f"wrote {path}")
+        return 0
+    if args.figure == "loss":
+        out = args.output or str(Path(args.run) / "loss.png")
+        _check_suffix(out, ".png")
+        if not (Path(args.run) / "loss.csv").is_file():
+            raise ConfigError(f"{args.run} has no loss.csv (is it a training run directory?)")
+        print(f"wrote {viz.plot_loss(Path(args.run) / 'loss.csv', out)}")
         return 0
     _check_suffix(args.output, ".png")
     if args.figure == "math":
