@@ -133,6 +133,9 @@ def test_sample_gif(tmp_path, tiny_checkpoint, sampler, extra, frames):
         last = np.asarray(im.convert("L"))[18:]
     with Image.open(tmp_path / "s.png") as s:  # the final frame is the sample grid itself
         assert np.array_equal(last, np.asarray(s.convert("L")))
+    bad = ["sample", "--checkpoint", str(tiny_checkpoint), "--num-images", "1", "--output", str(tmp_path / "b.png")]
+    assert main([*bad, "--gif", str(tmp_path / "b.gif"), "--gif-frames", "2"]) == 2
+    assert main([*bad, "--gif", str(tmp_path / "b.png")]) == 2
 
 
 def test_loss_plot_and_centred_smoothing(tmp_path):

@@ -311,6 +311,8 @@ def cmd_sample(args) -> int:
             raise ConfigError(f"--gif {args.gif}: expected a .gif file")
         if Path(args.gif).is_dir():
             raise ConfigError(f"--gif {args.gif} is a directory")
+        if args.gif_frames < 3:
+            raise ConfigError(f"--gif-frames {args.gif_frames}: need at least 3 (noise, one step, the samples)")
         steps = args.steps if args.steps is not None else DEFAULT_STEPS[args.sampler]
         gif_ts = set(gif_timesteps(timestep_sequence(schedule.timesteps, steps, args.spacing),
                                    max(2, args.gif_frames - 1)))  # the last frame is the final sample

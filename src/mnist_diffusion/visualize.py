@@ -1,7 +1,10 @@
-"""Figures: loss curves (and, as the project grows, schedule and process figures).
+"""Figures and animations that explain the process: loss curves, schedules, forward diffusion,
+noising rules, the DDPM equations, reverse-process and training-progress GIFs.
 
 The only module that imports matplotlib, always with the Agg backend so figures build without a
-display.
+display; GIF frames are drawn with Pillow (images.py), never with matplotlib. Each function
+takes arrays and returns the path it wrote (atomically); loading data and checkpoints is the
+CLI's job. docs/VISUALIZE.md shows every figure with the command that made it.
 """
 from __future__ import annotations
 
