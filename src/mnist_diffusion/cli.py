@@ -268,6 +268,9 @@ def _add_sample(p: argparse.ArgumentParser) -> None:
     p.add_argument("--show-intermediate", metavar="DIR", help="save the denoising trajectory into DIR")
     p.add_argument("--intermediate-steps", type=int_list,
                    help="timesteps to save with --show-intermediate (default: 10 spread over the run)")
+    p.add_argument("--gif", metavar="PATH", help="also write an animation of the reverse process (first 64 images)")
+    p.add_argument("--gif-frames", type=positive_int, default=40,
+                   help="frames in --gif, spaced so the late low-noise steps get most (default 40)")
 
 
 def load_for_sampling(args):
@@ -301,20 +304,50 @@ def cmd_sample(args) -> int:
         if bad:
             raise ConfigError(f"--intermediate-steps {bad} outside [0, {T - 1}]")
 
+    gif_ts, gif_frames = None, {}
+    if args.gif:
+        from .samplers import DEFAULT_STEPS, timestep_sequence
+        from .visualize import gif_timesteps
+        if Path(args.gif).suffix.lower() != ".gif":
+            raise ConfigError(f"--gif {args.gif}: expected a .gif file")
+        if Path(args.gif).is_dir():
+            raise ConfigError(f"--gif {args.gif} is a directory")
+        if args.gif_frames < 3:
+            raise ConfigError(f"--gif-frames {args.gif_frames}: need at least 3 (noise, one step, the samples)")
+        steps = args.steps if args.steps is not None else DEFAULT_STEPS[args.sampler]
+        gif_ts = set(gif_timesteps(timestep_sequence(schedule.timesteps, steps, args.spacing),
+                                   max(2, args.gif_frames - 1)))  # the last frame is the final sample
+
     def cb(start, i, t, x, x0):
         # keep x_t for the requested t (the nearest visited step for respaced samplers)
         if wanted is not None and (t in wanted or not args.sampler == "ddpm"):
             frames.setdefault(t, []).append(x.float().clamp(-1, 1).cpu())
+        if gif_ts is not None and t in gif_ts and start < 64:
+            from .data import to_uint8
+            gif_frames.setdefault(t, []).append(to_uint8(x[: 64 - start]))
 
     imgs = generate(model, schedule, args.num_images, seed=args.seed, sampler=args.sampler, steps=args.steps,
                     eta=args.eta, spacing=args.spacing, clip=not args.no_clip, batch_size=args.batch_size,
                     device=device, amp_dtype=amp, null_label=cfg.model.num_classes,
-                    progress=not args.no_progress, callback=cb if wanted is not None else None)
+                    progress=not args.no_progress,
+                    callback=cb if wanted is not None or gif_ts is not None else None)
     save_grid(imgs, args.output, nrow=args.nrow)
     print(f"wrote {args.output} ({len(imgs)} images)")
     if args.npz:
         save_npz(imgs, args.npz)
         print(f"wrote {args.npz}")
+    if gif_ts is not None:
+        from .images import label_frame, save_gif
+        shown = imgs[:64]
+        nrow = args.nrow or max(1, int(np.ceil(np.sqrt(len(shown)))))
+
+        def frame(u8, text):
+            g = grid(u8, nrow=nrow).repeat(2, axis=0).repeat(2, axis=1)
+            return label_frame(g, text, height=max(18, g.shape[1] // 18))
+        seq = [frame(np.concatenate(gif_frames[t]), f"x_t at t = {t}") for t in sorted(gif_frames, reverse=True)]
+        seq.append(frame(shown, f"t = 0: samples ({args.sampler})"))
+        save_gif(seq, args.gif, duration_ms=90, final_hold_ms=2500, scale=1)
+        print(f"wrote {args.gif} ({len(seq)} frames)")
     if wanted is not None:
         import torch
 
@@ -369,6 +402,138 @@ def cmd_models(args) -> int:
         torch.save(model.state_dict(), buf)
         # a training checkpoint holds the weights, the EMA copy and Adam's two moments: ~4x
         print(f"{name:<12} {count_parameters(model):>10,} {4 * buf.tell() / 1e6:>14.1f}  {desc}")
+    return 0
+
+
+
+# ---------------------------------------------------------------------------------------------
+# visualize: figures and animations that explain the process (docs/VISUALIZE.md shows each)
+
+def _figure_output(p: argparse.ArgumentParser, default: str) -> None:
+    p.add_argument("--output", default=default, help=f"file to write (default: {default})")
+
+
+def _data_options(p: argparse.ArgumentParser, index: bool = True) -> None:
+    p.add_argument("--dataset", choices=DATASETS, default="mnist")
+    p.add_argument("--data-dir", help="folder with the standard IDX files (tried first)")
+    if index:
+        p.add_argument("--index", type=nonneg_int, default=0, help="which training image to use (default 0)")
+
+
+def _process_options(p: argparse.ArgumentParser, default_ts: str) -> None:
+    p.add_argument("--timesteps", type=int_list, default=[int(v) for v in default_ts.split(",")],
+                   help=f"columns, 0-based t < T (default {default_ts})")
+    p.add_argument("--num-timesteps", type=positive_int, default=1000, help="T (default 1000)")
+    p.add_argument("--seed", type=nonneg_int, default=0, help="seed of the noise drawn for the figure")
+
+
+def _add_visualize(p: argparse.ArgumentParser) -> None:
+    sub = p.add_subparsers(dest="figure", required=True, metavar="FIGURE")
+
+    def add(name, help_text):
+        q = sub.add_parser(name, help=help_text, description=help_text)
+        q.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help="show tracebacks on errors")
+        return q
+
+    q = add("schedule", "beta_t, signal/noise coefficients and SNR of the cosine and linear schedules, "
+                        "and one image diffused under both")
+    _data_options(q)
+    _process_options(q, "0,50,100,200,400,600,800,999")
+    _figure_output(q, "schedule.png")
+
+    q = add("forward", "a grid of forward-diffused images: rows = images, columns = timesteps")
+    _data_options(q, index=False)
+    q.add_argument("--num-images", type=positive_int, default=6,
+                   help="rows: the first image of each class in turn (default 6, at most 64)")
+    q.add_argument("--schedule", choices=SCHEDULES, default="cosine")
+    _process_options(q, "0,50,100,200,400,600,800,999")
+    _figure_output(q, "forward.png")
+
+    q = add("noisers", "one image noised by the simple noising rules side by side, and the one DDPM uses")
+    _data_options(q)
+    q.add_argument("--beta", type=unit_float, default=0.02, help="the fixed beta of the repeated rule (default 0.02)")
+    q.add_argument("--schedule", choices=SCHEDULES, default="linear",
+                   help="schedule of the stepwise and closed-form rows (default linear, as in DDPM)")
+    _process_options(q, "0,25,50,100,200,400,700,999")
+    _figure_output(q, "noisers.png")
+
+    q = add("math", "the DDPM equations as a figure (matplotlib mathtext, no LaTeX needed)")
+    _figure_output(q, "math.png")
+
+    q = add("progress", "GIF of a training run's sample grids (same noise every time), labelled by step/epoch")
+    q.add_argument("--run", required=True, help="the training run directory (holds samples/step_*.png)")
+    q.add_argument("--output", help="GIF to write (default: RUN/progress.gif)")
+    q.add_argument("--frame-ms", type=positive_int, default=400, help="milliseconds per frame (default 400)")
+
+    q = add("loss", "redraw a training run's loss.png (raw and smoothed loss, log scale) from its loss.csv")
+    q.add_argument("--run", required=True, help="the training run directory (holds loss.csv)")
+    q.add_argument("--output", help="PNG to write (default: RUN/loss.png)")
+
+
+def _check_suffix(path: str, suffix: str) -> None:
+    _check_output_path(path)
+    if Path(path).suffix.lower() != suffix:
+        raise ConfigError(f"--output {path}: expected a {suffix} file")
+
+
+def _training_images(args):
+    from .data import prepare
+    return prepare(args.dataset, data_dir=args.data_dir, log=_info)["train"]
+
+
+def _one_image(args):
+    data = _training_images(args)
+    if args.index >= len(data.images):
+        raise ConfigError(f"--index {args.index} is out of range (the {args.dataset} training set has "
+                          f"{len(data.images)} images)")
+    return data.images[args.index]
+
+
+@command("visualize", "figures and animations that explain diffusion (schedule, forward, noisers, math, "
+                      "progress, loss)", _add_visualize)
+def cmd_visualize(args) -> int:
+    from . import visualize as viz
+
+    if args.figure == "progress":
+        out = args.output or str(Path(args.run) / "progress.gif")
+        _check_suffix(out, ".gif")
+        path = viz.progress_gif(args.run, out, duration_ms=args.frame_ms)
+        print(f"wrote {path}")
+        return 0
+    if args.figure == "loss":
+        out = args.output or str(Path(args.run) / "loss.png")
+        _check_suffix(out, ".png")
+        if not (Path(args.run) / "loss.csv").is_file():
+            raise ConfigError(f"{args.run} has no loss.csv (is it a training run directory?)")
+        print(f"wrote {viz.plot_loss(Path(args.run) / 'loss.csv', out)}")
+        return 0
+    _check_suffix(args.output, ".png")
+    if args.figure == "math":
+        path = viz.plot_math(args.output)
+    elif args.figure == "schedule":
+        path = viz.plot_schedule(_one_image(args), args.output, timesteps=args.timesteps, T=args.num_timesteps,
+                                 seed=args.seed)
+    elif args.figure == "noisers":
+        path = viz.plot_noisers(_one_image(args), args.output, timesteps=args.timesteps, T=args.num_timesteps,
+                                beta=args.beta, schedule=args.schedule, seed=args.seed)
+    else:  # forward
+        import numpy as np
+
+        from .data import CLASS_NAMES
+        if args.num_images > 64:
+            raise ConfigError(f"--num-images {args.num_images}: at most 64 rows fit in one figure")
+        data = _training_images(args)
+        # the first image of class 0, 1, 2, ... in turn, then the second of each, and so on
+        order = np.argsort(data.labels, kind="stable")
+        per_class = [order[data.labels[order] == c] for c in range(10)]
+        idx = [per_class[i % 10][i // 10] for i in range(args.num_images)]
+        names = CLASS_NAMES[args.dataset]
+        path = viz.plot_forward(data.images[idx], args.output, row_labels=[names[data.labels[i]] for i in idx],
+                                timesteps=args.timesteps, schedule=args.schedule, T=args.num_timesteps,
+                                seed=args.seed,
+                                title=f"Forward diffusion $q(x_t\\,|\\,x_0)$ on {args.dataset.replace('_', '-')}"
+                                      f", {args.schedule} schedule, T = {args.num_timesteps}")
+    print(f"wrote {path}")
     return 0
 
 

@@ -72,10 +72,28 @@ def save_gif(frames: Sequence[np.ndarray], path: str | os.PathLike, duration_ms:
         imgs.append(im)
     durations = [duration_ms] * (len(imgs) - 1) + [final_hold_ms]
     buf = io.BytesIO()
-    imgs[0].save(buf, format="GIF", save_all=True, append_images=imgs[1:], duration=durations, loop=0)
+    # optimize=False: Pillow's frame-difference optimisation does not round-trip L frames exactly
+    imgs[0].save(buf, format="GIF", save_all=True, append_images=imgs[1:], duration=durations, loop=0,
+                 optimize=False)
     path = Path(path)
     _atomic_bytes(path, buf.getvalue())
     return path
+
+
+def label_frame(array: np.ndarray, text: str, height: int = 18) -> np.ndarray:
+    """A uint8 2-D image with a white caption strip above it (Pillow's default font, so GIFs can
+    be labelled frame by frame without matplotlib)."""
+    from PIL import ImageDraw, ImageFont
+
+    array = np.asarray(array, dtype=np.uint8)
+    img = Image.new("L", (array.shape[1], array.shape[0] + height), 255)
+    img.paste(Image.fromarray(array, mode="L"), (0, height))
+    try:
+        font = ImageFont.load_default(size=max(8, height - 5))
+    except TypeError:  # Pillow < 10.1: only the fixed-size bitmap font
+        font = ImageFont.load_default()
+    ImageDraw.Draw(img).text((4, height // 2), text, fill=0, font=font, anchor="lm")
+    return np.asarray(img)
 
 
 def load_images(path: str | os.PathLike) -> np.ndarray:

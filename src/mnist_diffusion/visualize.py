@@ -1,7 +1,10 @@
-"""Figures: loss curves (and, as the project grows, schedule and process figures).
+"""Figures and animations that explain the process: loss curves, schedules, forward diffusion,
+noising rules, the DDPM equations, reverse-process and training-progress GIFs.
 
 The only module that imports matplotlib, always with the Agg backend so figures build without a
-display.
+display; GIF frames are drawn with Pillow (images.py), never with matplotlib. Each function
+takes arrays and returns the path it wrote (atomically); loading data and checkpoints is the
+CLI's job. docs/VISUALIZE.md shows every figure with the command that made it.
 """
 from __future__ import annotations
 
@@ -38,22 +41,376 @@ def smooth(values: np.ndarray, weight: float = 0.9) -> np.ndarray:
     return out
 
 
+def smooth_centred(values: np.ndarray, window: int) -> np.ndarray:
+    """Centred moving average of log(values) (a geometric mean over `window` points; near the
+    ends the window shrinks symmetrically, so the first and last points are kept). Unlike an EMA
+    it does not lag, so on a falling curve it stays on the data."""
+    v = np.log(np.maximum(np.asarray(values, dtype=np.float64), 1e-12))
+    n = len(v)
+    c = np.concatenate([[0.0], np.cumsum(v)])
+    i = np.arange(n)
+    h = np.minimum(np.minimum(i, n - 1 - i), max(0, int(window) // 2))
+    return np.exp((c[i + h + 1] - c[i - h]) / (2 * h + 1))
+
+
 def plot_loss(loss_csv: str | os.PathLike, output: str | os.PathLike) -> Path:
-    """Training loss (raw and smoothed) against step, log scale."""
+    """Training loss (raw and smoothed) against step, log scale, with epochs on the top axis."""
+    from matplotlib.ticker import FuncFormatter, LogLocator
+
     with open(loss_csv, newline="") as f:
         rows = list(csv.DictReader(f))
-    fig, ax = plt.subplots(figsize=(7, 4))
+    fig, ax = plt.subplots(figsize=(7.5, 4.2))
     if rows:
         steps = np.array([int(r["step"]) for r in rows])
         loss = np.array([float(r["loss"]) for r in rows])
-        ax.plot(steps, loss, color="tab:blue", alpha=0.35, lw=1, label="loss (per log interval)")
-        ax.plot(steps, smooth(loss), color="tab:blue", lw=2, label="smoothed (EMA 0.9)")
+        window = 2 * (len(loss) // 80) + 1  # about 2.5% of the run, odd
+        if window >= 3:
+            ax.plot(steps, loss, color="tab:blue", alpha=0.3, lw=1, label="loss (mean per log interval)")
+            ax.plot(steps, smooth_centred(loss, window), color="tab:blue", lw=2,
+                    label=f"smoothed (centred, {window} points)")
+        else:
+            ax.plot(steps, loss, color="tab:blue", lw=2, marker="o", ms=3, label="loss (mean per log interval)")
         ax.set_yscale("log")
-        ax.legend()
+        plain = FuncFormatter(lambda v, _: f"{v:.3g}")
+        ax.yaxis.set_major_formatter(plain)
+        ax.yaxis.set_minor_locator(LogLocator(subs=(2, 3, 5)))
+        ax.yaxis.set_minor_formatter(plain)
+        ax.tick_params(axis="y", which="minor", labelsize=8)
+        ax.legend(loc="upper right")
+        try:  # epochs on the top axis, from the csv's own step/epoch ratio
+            spe = steps[-1] / float(rows[-1]["epoch"])
+            if np.isfinite(spe) and spe > 0:
+                top = ax.secondary_xaxis("top", functions=(lambda s_: s_ / spe, lambda e: e * spe))
+                top.set_xlabel("epoch")
+        except (KeyError, ValueError, ZeroDivisionError):
+            pass
     else:
         ax.text(0.5, 0.5, "no loss logged yet", ha="center", va="center", transform=ax.transAxes)
     ax.set_xlabel("training step")
-    ax.set_ylabel("noise-prediction MSE")
-    ax.set_title("Training loss")
+    ax.set_ylabel("noise-prediction MSE (log scale)")
+    ax.set_title("Training loss", pad=10)
     ax.grid(True, which="both", alpha=0.3)
     return _save_fig(fig, output)
+
+
+# ---------------------------------------------------------------------------------------------
+# Shared look: one colour per schedule and per noising rule, used by every figure.
+
+SCHEDULE_COLORS = {"linear": "tab:blue", "cosine": "tab:orange"}
+RULE_COLORS = {"fixed_mix": "tab:red", "fixed_beta": "tab:purple", "stepwise": "tab:blue",
+               "closed_form": "tab:green"}
+DEFAULT_TIMESTEPS = (0, 50, 100, 200, 400, 600, 800, 999)
+
+
+def _tile(cells: np.ndarray, pad: int = 2, pad_value: float = 1.0) -> np.ndarray:
+    """(rows, cols, H, W) float images in [-1, 1] -> one array with `pad` pixels between cells
+    (white by default, so black backgrounds stay separate)."""
+    rows, cols, h, w = cells.shape
+    out = np.full((rows * (h + pad) - pad, cols * (w + pad) - pad), pad_value, dtype=np.float64)
+    for r in range(rows):
+        for c in range(cols):
+            out[r * (h + pad):r * (h + pad) + h, c * (w + pad):c * (w + pad) + w] = cells[r, c]
+    return out
+
+
+def _image_table(ax, cells: np.ndarray, col_labels, row_labels, pad: int = 2) -> None:
+    """Show (rows, cols, 28, 28) images in [-1, 1] (clipped for display) as one labelled table."""
+    rows, cols, h, w = cells.shape
+    ax.imshow(_tile(np.clip(cells, -1, 1), pad), cmap="gray", vmin=-1, vmax=1, interpolation="nearest")
+    ax.set_xticks([c * (w + pad) + w / 2 - 0.5 for c in range(cols)], list(col_labels))
+    ax.set_yticks([r * (h + pad) + h / 2 - 0.5 for r in range(rows)], list(row_labels))
+    ax.tick_params(length=0)
+    for s in ax.spines.values():
+        s.set_visible(False)
+
+
+def _check_timesteps(timesteps, T: int) -> list[int]:
+    ts = [int(t) for t in timesteps]
+    bad = [t for t in ts if not 0 <= t < T]
+    if not ts or bad:
+        raise ValueError(f"timesteps must be in [0, {T - 1}], got {bad or 'none'}")
+    return ts
+
+
+# ---------------------------------------------------------------------------------------------
+# Schedules
+
+def plot_schedule(image_u8: np.ndarray, output, *, timesteps=DEFAULT_TIMESTEPS, T: int = 1000,
+                  seed: int = 0) -> Path:
+    """(a) beta_t, (b) sqrt(alpha_bar_t) and sqrt(1 - alpha_bar_t), (c) SNR(t), for the cosine
+    and linear schedules; (d) one real image diffused under both with the same noise."""
+    import torch
+
+    from .data import to_model_range
+    from .schedule import make_schedule, q_sample
+
+    ts = _check_timesteps(timesteps, T)
+    scheds = {name: make_schedule(name, T) for name in ("linear", "cosine")}
+    t_axis = np.arange(T)
+    fig = plt.figure(figsize=(14, 8.2))
+    gs = fig.add_gridspec(2, 3, height_ratios=[1.0, 0.9], hspace=0.38, wspace=0.28)
+    ax_b, ax_c, ax_s = (fig.add_subplot(gs[0, i]) for i in range(3))
+    for name, s in scheds.items():
+        col = SCHEDULE_COLORS[name]
+        ax_b.plot(t_axis, s.betas.numpy(), color=col, lw=2, label=name)
+        ax_c.plot(t_axis, s.sqrt_alpha_bar.numpy(), color=col, lw=2)
+        ax_c.plot(t_axis, s.sqrt_one_minus_alpha_bar.numpy(), color=col, lw=2, ls="--")
+        ax_s.plot(t_axis, s.snr.numpy(), color=col, lw=2, label=name)
+    ax_b.set_yscale("log")
+    ax_b.set_title(r"(a) noise added per step, $\beta_t$")
+    ax_b.set_ylabel(r"$\beta_t$ (log scale)")
+    ax_c.set_title(r"(b) what is left of $x_0$ and of the noise")
+    ax_c.set_ylabel("coefficient in $x_t$")
+    ax_c.set_ylim(-0.02, 1.32)
+    ax_c.set_yticks(np.linspace(0, 1, 6))
+    from matplotlib.lines import Line2D
+    handles = [Line2D([], [], color=SCHEDULE_COLORS["linear"], lw=2, label="linear"),
+               Line2D([], [], color="0.2", lw=2, label=r"signal $\sqrt{\bar\alpha_t}$"),
+               Line2D([], [], color=SCHEDULE_COLORS["cosine"], lw=2, label="cosine"),
+               Line2D([], [], color="0.2", lw=2, ls="--", label=r"noise $\sqrt{1-\bar\alpha_t}$")]
+    ax_s.set_yscale("log")
+    ax_s.axhline(1.0, color="0.4", lw=1, ls=":")
+    ax_s.text(T * 0.97, 2.0, "SNR = 1", color="0.3", fontsize=9, ha="right", va="bottom")
+    ax_s.set_title(r"(c) signal-to-noise ratio $\bar\alpha_t / (1-\bar\alpha_t)$")
+    ax_s.set_ylabel("SNR (log scale)")
+    for ax in (ax_b, ax_c, ax_s):
+        ax.set_xlabel("timestep t")
+        ax.set_xlim(0, T - 1)
+        ax.grid(True, which="major", alpha=0.3)
+    ax_b.legend(loc="lower right")
+    ax_c.legend(handles=handles, loc="upper center", ncol=2, fontsize=8.5)
+    ax_s.legend(loc="upper right")
+
+    x0 = to_model_range(np.asarray(image_u8, dtype=np.uint8).reshape(1, 28, 28)).double()
+    eps = torch.randn(x0.shape, generator=torch.Generator().manual_seed(seed), dtype=torch.float64)
+    cells = []
+    for name in ("cosine", "linear"):
+        row = [q_sample(scheds[name], x0, torch.tensor([t]), eps)[0, 0].numpy() for t in ts]
+        cells.append(row)
+    ax_d = fig.add_subplot(gs[1, :])
+    _image_table(ax_d, np.array(cells), [f"t = {t}" for t in ts], ["cosine", "linear"])
+    for lbl, name in zip(ax_d.get_yticklabels(), ("cosine", "linear")):
+        lbl.set_color(SCHEDULE_COLORS[name])
+        lbl.set_fontweight("bold")
+    ax_d.set_title(r"(d) one digit under both schedules, $x_t = \sqrt{\bar\alpha_t}\,x_0 + \sqrt{1-\bar\alpha_t}\,"
+                   r"\epsilon$ (same $\epsilon$ everywhere; pixels clipped to [-1, 1] for display)")
+    fig.suptitle(f"Noise schedules, T = {T}: linear (Ho et al. 2020) vs cosine (Nichol & Dhariwal 2021)",
+                 fontsize=14, fontweight="bold")
+    return _save_fig(fig, output)
+
+
+def plot_forward(images_u8: np.ndarray, output, *, row_labels=None, timesteps=DEFAULT_TIMESTEPS,
+                 schedule: str = "cosine", T: int = 1000, seed: int = 0, title: str | None = None) -> Path:
+    """A table of forward-diffused images: rows = images, columns = timesteps. Each image keeps
+    one noise draw eps across its row (its own generator, seeded from (seed, row))."""
+    import torch
+
+    from .data import to_model_range
+    from .schedule import make_schedule, q_sample
+
+    images_u8 = np.asarray(images_u8, dtype=np.uint8).reshape(-1, 28, 28)
+    ts = _check_timesteps(timesteps, T)
+    s = make_schedule(schedule, T)
+    x0 = to_model_range(images_u8).double()
+    eps = torch.stack([torch.randn((1, 28, 28), generator=torch.Generator().manual_seed(seed * 1_000_003 + i),
+                                   dtype=torch.float64) for i in range(len(x0))])
+    cells = np.stack([q_sample(s, x0, torch.full((len(x0),), t), eps)[:, 0].numpy() for t in ts], axis=1)
+    n, c = cells.shape[:2]
+    fig, ax = plt.subplots(figsize=(1.0 * c + 1.6, 1.0 * n + 1.5))
+    col_labels = [f"t = {t}\n" + r"$\sqrt{\bar\alpha_t}$" + f" = {s.sqrt_alpha_bar[t].item():.2f}" for t in ts]
+    _image_table(ax, cells, col_labels, row_labels if row_labels is not None else [f"#{i}" for i in range(n)])
+    ax.xaxis.tick_top()
+    ax.set_title(title or f"Forward diffusion $q(x_t\\,|\\,x_0)$, {schedule} schedule, T = {T}",
+                 fontsize=12, fontweight="bold", pad=12)
+    ax.set_xlabel("timestep t  (noise grows to the right; pixels clipped to [-1, 1] for display)")
+    return _save_fig(fig, output)
+
+
+# ---------------------------------------------------------------------------------------------
+# Noising rules
+
+RULE_LABELS = {
+    "fixed_mix": "fixed mix\n" + r"$x = (1-s)\,x_0 + s\,\epsilon$",
+    "fixed_beta": "one fixed $\\beta$, repeated\n" + r"$x_t = \sqrt{1-\beta}\,x_{t-1} + \sqrt{\beta}\,\epsilon_t$",
+    "stepwise": "stepwise $\\beta_t$ (DDPM def.)\n" + r"$x_t = \sqrt{1-\beta_t}\,x_{t-1} + \sqrt{\beta_t}\,\epsilon_t$",
+    "closed_form": "closed-form jump (DDPM training)\n"
+                   + r"$x_t = \sqrt{\bar\alpha_t}\,x_0 + \sqrt{1-\bar\alpha_t}\,\epsilon$",
+}
+
+
+def plot_noisers(image_u8: np.ndarray, output, *, timesteps=(0, 25, 50, 100, 200, 400, 700, 999),
+                 T: int = 1000, beta: float = 0.02, schedule: str = "linear", seed: int = 0) -> Path:
+    """One image noised by each rule in noising.py (rows) at the same timesteps (columns), with
+    each rule's signal coefficient and noise std against t beside it."""
+    import torch
+
+    from . import noising
+    from .data import to_model_range
+
+    ts = _check_timesteps(timesteps, T)
+    x0 = to_model_range(np.asarray(image_u8, dtype=np.uint8).reshape(1, 28, 28)).double()
+    rows = noising.noise_all(x0, ts, torch.Generator().manual_seed(seed), T=T, beta=beta, schedule=schedule)
+    cells = np.stack([rows[r][:, 0, 0].numpy() for r in noising.RULES])
+    fig = plt.figure(figsize=(15, 6.4))
+    gs = fig.add_gridspec(1, 2, width_ratios=[2.25, 1.0], wspace=0.12)
+    ax = fig.add_subplot(gs[0, 0])
+    labels = [RULE_LABELS[r] for r in noising.RULES]
+    labels[1] = labels[1].replace(r"\beta$,", fr"\beta = {beta:g}$,")
+    labels[2] = labels[2].replace("stepwise", f"stepwise {schedule}")
+    _image_table(ax, cells, [f"t = {t}" for t in ts], labels)
+    for lbl, r in zip(ax.get_yticklabels(), noising.RULES):
+        lbl.set_color(RULE_COLORS[r])
+        lbl.set_fontsize(10)
+    ax.xaxis.tick_top()
+    ax.set_xlabel("fixed mix: s = t / (T-1).  Same $x_0$; pixels clipped to [-1, 1] for display.\n"
+                  "The last two rows are the same distribution: DDPM defines the process step by step "
+                  "and trains with the one-jump closed form.", fontsize=9.5)
+
+    ax2 = fig.add_subplot(gs[0, 1])
+    t_axis = np.arange(T)
+    for r in noising.RULES:
+        c, sd = noising.signal_and_noise(r, t_axis, T=T, beta=beta, schedule=schedule)
+        # stepwise and closed_form coincide; draw the closed form thinner on top so both show
+        lw, dash = (3.5, (0, (6, 3))) if r == "stepwise" else (1.6, (0, (2, 2)))
+        kw = dict(color=RULE_COLORS[r], lw=lw if r in ("stepwise", "closed_form") else 2)
+        ax2.plot(t_axis, c.numpy(), **kw, label=r.replace("_", " "))
+        ax2.plot(t_axis, sd.numpy(), **kw, ls=dash if r in ("stepwise", "closed_form") else "--")
+    ax2.set_xlim(0, T - 1)
+    ax2.set_ylim(-0.02, 1.02)
+    ax2.set_xlabel("timestep t")
+    ax2.set_ylabel("coefficient")
+    ax2.set_title("$x_t = c\\,x_0 + \\sigma\\,\\epsilon$: signal c (solid), noise $\\sigma$ (dashed)", fontsize=11)
+    ax2.grid(True, alpha=0.3)
+    ax2.legend(loc="center right", fontsize=9)
+    fig.suptitle("Four ways to add noise to a digit, and the one DDPM uses", fontsize=14, fontweight="bold")
+    return _save_fig(fig, output)
+
+
+# ---------------------------------------------------------------------------------------------
+# The equations
+
+MATH_SECTIONS = [
+    ("Forward process: a fixed chain that adds a little Gaussian noise at each step", [
+        r"$q(x_t\,|\,x_{t-1}) = \mathcal{N}\left(x_t;\ \sqrt{1-\beta_t}\,x_{t-1},\ \beta_t\,\mathbf{I}\right),"
+        r"\qquad t = 1,\ \ldots,\ T$",
+        r"$\alpha_t = 1 - \beta_t, \qquad \bar\alpha_t = \prod_{s=1}^{t}\,\alpha_s$",
+    ]),
+    ("Closed form: jump from $x_0$ to any $x_t$ in one draw", [
+        r"$q(x_t\,|\,x_0) = \mathcal{N}\left(x_t;\ \sqrt{\bar\alpha_t}\,x_0,\ (1-\bar\alpha_t)\,\mathbf{I}\right)"
+        r"\quad\Longleftrightarrow\quad x_t = \sqrt{\bar\alpha_t}\,x_0 + \sqrt{1-\bar\alpha_t}\,\epsilon,"
+        r"\quad \epsilon \sim \mathcal{N}(0, \mathbf{I})$",
+    ]),
+    ("Training loss: predict the noise that was added", [
+        r"$L_{\mathrm{simple}} = \mathbb{E}_{t,\,x_0,\,\epsilon}\left[\ \Vert\,\epsilon - "
+        r"\epsilon_\theta\left(\sqrt{\bar\alpha_t}\,x_0 + \sqrt{1-\bar\alpha_t}\,\epsilon,\ t\right)\Vert^2\ \right],"
+        r"\qquad t \sim \mathrm{Uniform}\{1, \ldots, T\}$",
+    ]),
+    ("Reverse process: a learned chain that removes the noise, from $x_T \\sim \\mathcal{N}(0, \\mathbf{I})$ "
+     "to $x_0$", [
+        r"$p_\theta(x_{t-1}\,|\,x_t) = \mathcal{N}\left(x_{t-1};\ \mu_\theta(x_t, t),\ \sigma_t^2\,\mathbf{I}\right)$",
+        r"$\mu_\theta(x_t, t) = \frac{1}{\sqrt{\alpha_t}}\left(x_t - \frac{\beta_t}{\sqrt{1-\bar\alpha_t}}\,"
+        r"\epsilon_\theta(x_t, t)\right), \qquad \sigma_t^2 = \tilde\beta_t = "
+        r"\frac{1-\bar\alpha_{t-1}}{1-\bar\alpha_t}\,\beta_t \quad (\mathrm{or}\ \sigma_t^2 = \beta_t)$",
+    ]),
+    ("What the symbols mean", [
+        r"$\beta_t$: variance of the fresh noise added at step t (small: $10^{-4}$ to 0.02 in the linear schedule)",
+        r"$\alpha_t = 1-\beta_t$: share of the signal's variance one step keeps ($\sqrt{\alpha_t}$ shrinks the "
+        r"image so the total variance stays 1)",
+        r"$\bar\alpha_t$: share of the original image's variance left after t steps; "
+        r"$\sqrt{\bar\alpha_t}$ scales $x_0$, $\sqrt{1-\bar\alpha_t}$ scales the noise",
+        r"$\mathrm{SNR}(t) = \bar\alpha_t / (1-\bar\alpha_t)$: falls from $\infty$ (clean) to $\approx 0$ "
+        r"(pure noise) as t goes from 0 to T",
+    ]),
+]
+
+
+def plot_math(output) -> Path:
+    """The DDPM equations (Ho et al. 2020) as a figure, in matplotlib mathtext (no LaTeX needed)."""
+    heading_h, eq_h, gap = 0.42, 0.62, 0.34  # inches
+    n_eq = sum(len(lines) for _, lines in MATH_SECTIONS)
+    height = 0.9 + len(MATH_SECTIONS) * (heading_h + gap) + n_eq * eq_h
+    fig = plt.figure(figsize=(12.5, height))
+    y = height - 0.35
+    fig.text(0.5, y / height, "DDPM at a glance (Ho et al. 2020)", ha="center", va="top",
+             fontsize=16, fontweight="bold")
+    y -= 0.6
+    for i, (heading, lines) in enumerate(MATH_SECTIONS):
+        fig.text(0.03, y / height, f"{i + 1}. {heading}", ha="left", va="top", fontsize=12.5,
+                 fontweight="bold", color="tab:blue")
+        y -= heading_h
+        for line in lines:
+            small = i == len(MATH_SECTIONS) - 1
+            fig.text(0.06, (y - 0.08) / height, line, ha="left", va="top", fontsize=12 if small else 15)
+            y -= eq_h * (0.75 if small else 1.0)
+        y -= gap
+    return _save_fig(fig, output)
+
+
+# ---------------------------------------------------------------------------------------------
+# Animations (Pillow only: no matplotlib per frame)
+
+def gif_timesteps(visited: list[int], num_frames: int) -> list[int]:
+    """Pick up to `num_frames` of the visited timesteps (in visiting order, T-1 ... 0), spaced
+    quadratically in t so the late, low-noise steps where detail forms get most of the frames."""
+    if num_frames < 2:
+        raise ValueError(f"a GIF needs at least 2 frames, got {num_frames}")
+    visited = sorted(set(int(t) for t in visited), reverse=True)
+    if len(visited) <= num_frames:
+        return visited
+    top = visited[0]
+    picked = {min(visited, key=lambda v: abs(v - top * u * u)) for u in np.linspace(1.0, 0.0, num_frames)}
+    # quadratic targets collide near t = 0; fill up with the lowest unpicked steps
+    for v in sorted(visited):
+        if len(picked) >= num_frames:
+            break
+        picked.add(v)
+    return sorted(picked, reverse=True)
+
+
+def _run_epoch_length(run_dir: Path):
+    """Steps per epoch of a training run, from its config.json (None when it cannot be read)."""
+    import json
+
+    from .data import SIZES
+    try:
+        train = json.loads((run_dir / "config.json").read_text())["train"]
+        n = int(train.get("subset") or SIZES["train"])
+        return max(1, min(n, SIZES["train"]) // int(train["batch_size"]))
+    except (OSError, ValueError, KeyError, TypeError, ZeroDivisionError):
+        return None
+
+
+def progress_gif(run_dir, output, *, duration_ms: int = 400, final_hold_ms: int = 2000,
+                 max_frames: int = 200) -> Path:
+    """The training run's preview grids (run_dir/samples/step_XXXXXXX.png, all drawn from the
+    same noise seed) as one GIF, each frame labelled with its step and epoch."""
+    import re
+
+    from PIL import Image
+
+    from .images import label_frame, save_gif
+
+    run_dir = Path(run_dir)
+    sample_dir = run_dir / "samples"
+    if not sample_dir.is_dir():
+        raise ValueError(f"{run_dir} has no samples/ folder (is it a training run directory?)")
+    found = sorted((int(m.group(1)), p) for p in sample_dir.iterdir()
+                   if (m := re.fullmatch(r"step_(\d+)\.png", p.name)))
+    if not found:
+        raise ValueError(f"{sample_dir} holds no step_XXXXXXX.png sample grids yet")
+    if len(found) > max_frames:  # keep the first and last, thin the middle evenly
+        keep = np.unique(np.linspace(0, len(found) - 1, max_frames).round().astype(int))
+        found = [found[i] for i in keep]
+    spe = _run_epoch_length(run_dir)
+    frames, size = [], None
+    for step, path in found:
+        with Image.open(path) as im:
+            a = np.asarray(im.convert("L"))
+        if size is None:
+            size = a.shape
+        elif a.shape != size:
+            raise ValueError(f"{path.name} is {a.shape[1]}x{a.shape[0]}, but earlier grids are "
+                             f"{size[1]}x{size[0]}; the run's sample grids must all have the same size")
+        text = f"step {step:,}" + (f"   epoch {step / spe:.2f}" if spe else "")
+        frames.append(label_frame(a, text, height=max(18, a.shape[1] // 16)))
+    return save_gif(frames, output, duration_ms=duration_ms, final_hold_ms=final_hold_ms, scale=1)
