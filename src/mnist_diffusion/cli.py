@@ -199,6 +199,10 @@ def resolve_train_config(args):
         cfg = preset(args.preset or "default")
 
     changes: dict[str, dict] = {"model": {}, "diffusion": {}, "train": {}}
+    if args.model and args.model != cfg.model.name and not resume:
+        # another network: start from its canonical size, then apply the explicit options below
+        from .models import default_config
+        changes["model"] = {k: v for k, v in default_config(args.model).__dict__.items() if k != "num_classes"}
     for dest, (section, key) in TRAIN_OVERRIDES.items():
         v = getattr(args, dest, None)
         if v is None:
@@ -383,7 +387,7 @@ def _check_output_path(path: str) -> None:
 # models
 
 def _add_models(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--base-dim", type=positive_int, default=64)
+    p.add_argument("--base-dim", type=positive_int, help="override every model's base width")
 
 
 @command("models", "list the available networks", _add_models)
@@ -392,16 +396,18 @@ def cmd_models(args) -> int:
 
     import torch
 
-    from .config import ModelConfig
-    from .models import available, build_model, count_parameters
+    from .models import available, build_model, count_parameters, default_config
 
-    print(f"{'name':<12} {'params':>10} {'checkpoint MB':>14}  description")
+    print(f"{'name':<12} {'params':>10} {'weights MB':>10} {'checkpoint MB':>13}  {'size':<26} description")
     for name, desc in available().items():
-        model = build_model(ModelConfig(name=name, base_dim=args.base_dim))
+        cfg = default_config(name, **({"base_dim": args.base_dim} if args.base_dim else {}))
+        model = build_model(cfg)
         buf = io.BytesIO()
         torch.save(model.state_dict(), buf)
         # a training checkpoint holds the weights, the EMA copy and Adam's two moments: ~4x
-        print(f"{name:<12} {count_parameters(model):>10,} {4 * buf.tell() / 1e6:>14.1f}  {desc}")
+        size = f"base {cfg.base_dim}, mults {','.join(map(str, cfg.channel_mults))}, x{cfg.num_res_blocks}"
+        mb = buf.tell() / 1e6
+        print(f"{name:<12} {count_parameters(model):>10,} {mb:>10.1f} {4 * mb:>13.1f}  {size:<26} {desc}")
     return 0
 
 

@@ -15,17 +15,30 @@ from ..config import ModelConfig
 _REGISTRY: dict[str, Callable[..., nn.Module]] = {}
 _DESCRIPTIONS: dict[str, str] = {}
 _NEEDS_T: set[str] = set()
+_DEFAULTS: dict[str, dict] = {}
 
 
-def register(name: str, description: str, needs_timesteps: bool = False):
-    """Register a builder; builders of models with a learned per-timestep table also take T."""
+def register(name: str, description: str, needs_timesteps: bool = False, defaults: dict | None = None):
+    """Register a builder; builders of models with a learned per-timestep table also take T.
+    `defaults` are the ModelConfig fields of the model's canonical size (used by --model NAME)."""
     def deco(builder):
         _REGISTRY[name] = builder
         _DESCRIPTIONS[name] = description
+        _DEFAULTS[name] = dict(defaults or {})
         if needs_timesteps:
             _NEEDS_T.add(name)
         return builder
     return deco
+
+
+def default_config(name: str, **overrides) -> ModelConfig:
+    """The canonical ModelConfig of a registered model."""
+    if name not in _REGISTRY:
+        raise ValueError(f"unknown model {name!r}; choose from {', '.join(sorted(_REGISTRY))}")
+    fields = {**_DEFAULTS[name], **overrides}
+    if "channel_mults" in fields:
+        fields["channel_mults"] = tuple(fields["channel_mults"])
+    return ModelConfig(name=name, **fields)
 
 
 def available() -> dict[str, str]:

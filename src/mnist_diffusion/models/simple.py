@@ -35,6 +35,7 @@ class SimpleCNN(nn.Module):
         return self.out(h)
 
 
-@register("simple", "plain CNN at full resolution, linear t embedding (a baseline)", needs_timesteps=True)
+@register("simple", "plain CNN at full resolution, linear t embedding (a baseline)", needs_timesteps=True,
+          defaults={"base_dim": 64, "num_res_blocks": 2})
 def _simple(cfg: ModelConfig, timesteps: int) -> nn.Module:
     return SimpleCNN(cfg, timesteps)

@@ -57,9 +57,16 @@ class TinyUNet(nn.Module):
         self.label_emb = LabelEmbedding(cfg.num_classes, emb_dim) if cfg.num_classes else None
         self.stem = nn.Conv2d(1, c, 3, padding=1)
         chans = [c] + [c * m for m in mults]
-        self.enc = nn.ModuleList(Block(chans[i], chans[i + 1], emb_dim) for i in range(len(mults)))
+        n = cfg.num_res_blocks
+        self.enc = nn.ModuleList(
+            nn.ModuleList([Block(chans[i], chans[i + 1], emb_dim)] + [Block(chans[i + 1], chans[i + 1], emb_dim)
+                                                                       for _ in range(n - 1)])
+            for i in range(len(mults)))
         self.mid = Block(chans[-1], chans[-1], emb_dim)
-        self.dec = nn.ModuleList(Block(chans[i + 1] * 2, chans[i], emb_dim) for i in reversed(range(len(mults))))
+        self.dec = nn.ModuleList(
+            nn.ModuleList([Block(chans[i + 1] * 2, chans[i], emb_dim)] + [Block(chans[i], chans[i], emb_dim)
+                                                                          for _ in range(n - 1)])
+            for i in reversed(range(len(mults))))
         self.head = nn.Conv2d(c, 1, 1)
         self.num_levels = len(mults)
 
@@ -69,20 +76,24 @@ class TinyUNet(nn.Module):
             emb = emb + self.label_emb(y, x.shape[0], x.device)
         h = self.stem(x)
         skips = []
-        for i, block in enumerate(self.enc):
-            h = block(h, emb)
+        for i, blocks in enumerate(self.enc):
+            for block in blocks:
+                h = block(h, emb)
             skips.append(h)
             if i < self.num_levels - 1:
                 h = F.avg_pool2d(h, 2)  # 28 -> 14 -> 7
         h = self.mid(h, emb)
-        for i, block in enumerate(self.dec):
+        for blocks in self.dec:
             s = skips.pop()
             if h.shape[-1] != s.shape[-1]:
                 h = F.interpolate(h, size=s.shape[-2:], mode="nearest")
-            h = block(torch.cat([h, s], dim=1), emb)
+            h = blocks[0](torch.cat([h, s], dim=1), emb)
+            for block in blocks[1:]:
+                h = block(h, emb)
         return self.head(h)
 
 
-@register("tiny", "depthwise-separable U-Net, learned t embedding (~1.1M params at base_dim 64)", needs_timesteps=True)
+@register("tiny", "depthwise-separable U-Net, learned t embedding (~1.1M params at base_dim 64)", needs_timesteps=True,
+          defaults={"base_dim": 64, "channel_mults": (2, 4), "num_res_blocks": 3})
 def _tiny(cfg: ModelConfig, timesteps: int) -> nn.Module:
     return TinyUNet(cfg, timesteps)

@@ -68,6 +68,7 @@ class BasicUNet(nn.Module):
         return self.out(h)
 
 
-@register("unet_basic", "plain U-Net, concatenated skips, nn.Embedding for t", needs_timesteps=True)
+@register("unet_basic", "plain U-Net, concatenated skips, nn.Embedding for t", needs_timesteps=True,
+          defaults={"base_dim": 32, "channel_mults": (1, 2, 4)})
 def _unet_basic(cfg: ModelConfig, timesteps: int) -> nn.Module:
     return BasicUNet(cfg, timesteps)
