@@ -203,6 +203,8 @@ def train(cfg: RunConfig, data: Split, run_dir: str | os.PathLike, *, resume: Op
 
     ck_dir = run_dir / "checkpoints"
     loss_csv = run_dir / "loss.csv"
+    for stale in ck_dir.glob(".*.tmp"):  # temp files of a save that a crash interrupted
+        stale.unlink()
     if resume:
         ck = ckpt_io.load(resume, map_location=device)
         saved = ckpt_io.config_of(ck, str(resume))
