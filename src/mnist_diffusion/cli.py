@@ -6,6 +6,7 @@ non-zero exit; `--debug` shows the traceback instead.
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from pathlib import Path
 from typing import Callable
@@ -229,7 +230,7 @@ def resolve_train_config(args):
 @command("train", "train a noise-prediction network", _add_train)
 def cmd_train(args) -> int:
     from .data import prepare
-    from .training import train
+    from .training import TrainingError, train
 
     cfg, run_dir, resume = resolve_train_config(args)
     if args.dry_run:
@@ -237,8 +238,19 @@ def cmd_train(args) -> int:
         print(f"run directory: {run_dir}" + (f" (resuming {resume})" if resume else ""))
         return 0
     data = prepare(cfg.train.dataset, data_dir=args.data_dir, log=_info)["train"]
-    result = train(cfg, data, run_dir, resume=resume, progress=not args.no_progress, log=_info)
+    rank = int(os.environ.get("RANK", "0"))
+    result = train(cfg, data, run_dir, resume=resume, progress=not args.no_progress,
+                   log=_info if rank == 0 else (lambda _: None))
+    if rank != 0:
+        return 0
     print(f"done: {result.step} steps in {result.seconds:.0f} s, final loss {result.final_loss:.4f}")
+    if result.world_size > 1:
+        sums = result.rank_checksums
+        same = all(v == sums[0] for v in sums)
+        print(f"{result.world_size} processes; weights identical on every rank: {'yes' if same else 'NO'} "
+              f"(checksums {', '.join(f'{v:.6f}' for v in sums)})")
+        if not same:
+            raise TrainingError("weights differ between ranks; the run is not trustworthy")
     print(f"checkpoint: {result.checkpoint}")
     return 0
 

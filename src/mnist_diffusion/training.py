@@ -25,6 +25,7 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from . import checkpoint as ckpt_io
+from . import distributed
 from .config import RunConfig
 from .data import Split
 from .device import autocast, resolve_device, resolve_precision
@@ -59,6 +60,8 @@ class TrainResult:
     final_loss: float
     checkpoint: Path
     seconds: float
+    world_size: int = 1
+    rank_checksums: tuple = ()  # sum of the weights on every rank (they must agree under DDP)
 
 
 def _mix(seed: int, k: int, salt: int) -> int:
@@ -173,10 +176,24 @@ def train(cfg: RunConfig, data: Split, run_dir: str | os.PathLike, *, resume: Op
           progress: bool = True, log: Callable[[str], None] = print,
           step_hook: Optional[Callable[[int, float], None]] = None) -> TrainResult:
     """Train (or resume) a run in `run_dir`. Returns the final step, loss and checkpoint path."""
-    tc = cfg.train
     run_dir = Path(run_dir)
-    check_writable(run_dir)
-    device = resolve_device(tc.device)
+    world, device = distributed.setup(resolve_device(cfg.train.device))
+    try:
+        return _train(cfg, data, run_dir, world, device, resume=resume, progress=progress, log=log,
+                      step_hook=step_hook)
+    finally:
+        distributed.teardown(world)
+
+
+def _train(cfg: RunConfig, data: Split, run_dir: Path, world: "distributed.World", device: torch.device, *,
+           resume, progress, log, step_hook) -> TrainResult:
+    tc = cfg.train
+    if not world.main:
+        log = _silent  # only rank 0 talks and writes
+    if world.main:
+        check_writable(run_dir)
+    if tc.batch_size % world.size:
+        raise TrainingError(f"--batch-size {tc.batch_size} must be divisible by the {world.size} processes")
     amp = resolve_precision(tc.precision, device)
     schedule = make_schedule(cfg.diffusion.schedule, cfg.diffusion.timesteps)
 
@@ -203,8 +220,9 @@ def train(cfg: RunConfig, data: Split, run_dir: str | os.PathLike, *, resume: Op
 
     ck_dir = run_dir / "checkpoints"
     loss_csv = run_dir / "loss.csv"
-    for stale in ck_dir.glob(".*.tmp"):  # temp files of a save that a crash interrupted
-        stale.unlink()
+    if world.main:
+        for stale in ck_dir.glob(".*.tmp"):  # temp files of a save that a crash interrupted
+            stale.unlink()
     if resume:
         ck = ckpt_io.load(resume, map_location=device)
         saved = ckpt_io.config_of(ck, str(resume))
@@ -222,18 +240,26 @@ def train(cfg: RunConfig, data: Split, run_dir: str | os.PathLike, *, resume: Op
             raise TrainingError(f"{run_dir} already holds a run; resume it with --resume auto "
                                 "or choose another --output-dir")
         rows = []
-    ckpt_io.atomic_write_text(run_dir / "config.json", cfg.to_json() + "\n")
-    _write_loss_csv(loss_csv, rows)
+    if world.main:
+        ckpt_io.atomic_write_text(run_dir / "config.json", cfg.to_json() + "\n")
+        _write_loss_csv(loss_csv, rows)
+    net = model
+    if world.active:
+        # gradients are averaged over ranks: with equal shards that is the global-batch gradient
+        net = torch.nn.parallel.DistributedDataParallel(model, device_ids=[device] if device.type == "cuda" else None)
     log(f"training {cfg.model.name} ({count_parameters(model):,} parameters) on {tc.dataset} "
-        f"({n} images) for {total} steps on {device}" + (f" with {str(amp).split('.')[-1]} autocast" if amp else ""))
+        f"({n} images) for {total} steps on {device}" + (f" with {str(amp).split('.')[-1]} autocast" if amp else "")
+        + (f" on {world.size} processes" if world.active else ""))
 
     def save(step: int, periodic: bool) -> Path:
+        last = ck_dir / "last.pt"
+        if not world.main:
+            return last
         state = {
             "format": ckpt_io.FORMAT, "config": cfg.to_dict(), "step": step, "epoch": step // spe,
             "model": model.state_dict(), "ema": ema.state_dict(), "optimizer": opt.state_dict(),
             "skipped": skipped, "torch": str(torch.__version__),
         }
-        last = ck_dir / "last.pt"
         ckpt_io.atomic_save(state, last)
         if periodic:
             ckpt_io.atomic_save(state, ck_dir / f"step_{step:07d}.pt")
@@ -243,6 +269,8 @@ def train(cfg: RunConfig, data: Split, run_dir: str | os.PathLike, *, resume: Op
         return last
 
     def preview(step: int) -> None:
+        if not world.main:
+            return
         from .sampling import generate
         imgs = generate(ema, schedule, tc.num_samples, seed=PREVIEW_SEED, sampler=PREVIEW_SAMPLER[0],
                         steps=PREVIEW_SAMPLER[1], clip=tc.clip, device=device, amp_dtype=amp,
@@ -254,7 +282,7 @@ def train(cfg: RunConfig, data: Split, run_dir: str | os.PathLike, *, resume: Op
     sample_every = tc.sample_interval or spe
     save_every = tc.save_interval or spe
     perm_epoch, perm = -1, None
-    bar = tqdm(total=total, initial=start_step, desc="training", unit="step", disable=not progress,
+    bar = tqdm(total=total, initial=start_step, desc="training", unit="step", disable=not progress or not world.main,
                dynamic_ncols=True)
     t_start = time.time()
     window_loss, window_n, window_t = 0.0, 0, time.time()
@@ -271,20 +299,23 @@ def train(cfg: RunConfig, data: Split, run_dir: str | os.PathLike, *, resume: Op
                 perm_epoch = epoch
             idx = perm[i * tc.batch_size:(i + 1) * tc.batch_size]
             g = torch.Generator(device=device).manual_seed(_mix(tc.seed, step, 2))
-            x0 = images[idx].unsqueeze(1).float() / 127.5 - 1.0
+            # the whole global batch's draws are made on every rank, then each keeps its shard, so
+            # N processes see exactly the images, timesteps and noise that one process would
             t = torch.randint(0, schedule.timesteps, (tc.batch_size,), device=device, generator=g)
-            noise = torch.randn(x0.shape, device=device, generator=g)
+            noise = torch.randn((tc.batch_size, 1, 28, 28), device=device, generator=g)
+            drop = torch.rand(tc.batch_size, device=device, generator=g) < tc.cond_drop_prob
+            shard = slice(world.rank, None, world.size)
+            idx, t, noise, drop = idx[shard], t[shard], noise[shard], drop[shard]
+            x0 = images[idx].unsqueeze(1).float() / 127.5 - 1.0
             y = None
             if cfg.model.num_classes:
-                y = labels[idx]
-                drop = torch.rand(tc.batch_size, device=device, generator=g) < tc.cond_drop_prob
-                y = torch.where(drop, torch.full_like(y, cfg.model.num_classes), y)
+                y = torch.where(drop, torch.full_like(labels[idx], cfg.model.num_classes), labels[idx])
 
             for group in opt.param_groups:
                 group["lr"] = lr_at(cfg, step, total)
             with autocast(device, amp):
-                loss = diffusion_loss(model, schedule, x0, t, noise, y)
-            loss_value = float(loss.detach())
+                loss = diffusion_loss(net, schedule, x0, t, noise, y)
+            loss_value, stop = distributed.agree(world, float(loss.detach()), sig.signum is not None, device)
             if not math.isfinite(loss_value):
                 if tc.nonfinite == "stop":
                     raise NonFiniteLoss(f"loss became {loss_value} at step {step + 1}; the last good checkpoint "
@@ -305,7 +336,7 @@ def train(cfg: RunConfig, data: Split, run_dir: str | os.PathLike, *, resume: Op
             if step_hook is not None:
                 step_hook(step, loss_value)
 
-            if step % tc.log_interval == 0 or step == total:
+            if world.main and (step % tc.log_interval == 0 or step == total):
                 dt = max(time.time() - window_t, 1e-9)
                 ips = window_n * tc.batch_size / dt
                 mean = window_loss / max(window_n, 1)
@@ -321,16 +352,23 @@ def train(cfg: RunConfig, data: Split, run_dir: str | os.PathLike, *, resume: Op
             if step % sample_every == 0 or done:
                 preview(step)
                 model.train()
-            if sig.signum is not None and not done:
+            if stop and not done:
                 last_ck = save(step, periodic=False)
                 bar.close()
-                raise Interrupted(sig.signum, last_ck)
+                raise Interrupted(sig.signum or signal.SIGTERM, last_ck)
     bar.close()
     if step == start_step:  # nothing left to train: still leave a loadable last.pt
         last_ck = save(step, periodic=False)
-    try:
-        from .visualize import plot_loss
-        plot_loss(loss_csv, run_dir / "loss.png")
-    except Exception as e:  # a plotting failure must not lose a finished run
-        log(f"warning: could not draw loss.png ({e})")
-    return TrainResult(step=step, final_loss=loss_value, checkpoint=last_ck, seconds=time.time() - t_start)
+    if world.main:
+        try:
+            from .visualize import plot_loss
+            plot_loss(loss_csv, run_dir / "loss.png")
+        except Exception as e:  # a plotting failure must not lose a finished run
+            log(f"warning: could not draw loss.png ({e})")
+    sums = tuple(distributed.gather_floats(world, distributed.weights_checksum(model), device))
+    return TrainResult(step=step, final_loss=loss_value, checkpoint=last_ck, seconds=time.time() - t_start,
+                       world_size=world.size, rank_checksums=sums)
+
+
+def _silent(_msg: str) -> None:
+    pass
