@@ -161,3 +161,41 @@ def test_interpolate_endpoints_and_determinism(uncond_model, sched):
     assert torch.equal(frames, interpolate(uncond_model, sched, z0, z1, 5, steps=4))
     with pytest.raises(ValueError, match="2 frames"):
         interpolate(uncond_model, sched, z0, z1, 1)
+
+
+# ---------------------------------------------------------------------------------------------
+# conditional training (train --conditional) feeds labels, dropped to the null label with p
+
+@pytest.mark.parametrize("p", [0.0, 0.5])
+def test_conditional_training_drops_labels_with_probability_p(tmp_path, monkeypatch, p):
+    import numpy as np
+
+    from mnist_diffusion import training
+    from mnist_diffusion.checkpoint import load_model
+    from mnist_diffusion.data import Split
+
+    from conftest import tiny_config
+
+    rng = np.random.default_rng(0)
+    split = Split(images=rng.integers(0, 256, (64, 28, 28), dtype=np.uint8),
+                  labels=rng.integers(0, 10, 64, dtype=np.uint8))
+    seen = []
+    real_loss = training.diffusion_loss
+
+    def spy(model, schedule, x0, t, noise, y=None):
+        seen.append(y.clone())
+        return real_loss(model, schedule, x0, t, noise, y)
+
+    monkeypatch.setattr(training, "diffusion_loss", spy)
+    cfg = tiny_config(max_steps=6, num_samples=2, cond_drop_prob=p).replace(model={"num_classes": C},
+                                                                         diffusion={"timesteps": 10})
+    result = training.train(cfg, split, tmp_path, progress=False, log=lambda s: None)
+    y = torch.cat(seen)  # 6 steps x 16 labels
+    dropped = float((y == C).float().mean())
+    assert y.min() >= 0 and y.max() <= C
+    if p == 0.0:
+        assert dropped == 0.0
+    else:  # 96 Bernoulli(0.5) draws: 4 standard deviations is +-0.2
+        assert abs(dropped - p) < 0.2
+    model, saved, _ = load_model(result.checkpoint)
+    assert saved.model.num_classes == C and model.label_emb is not None
