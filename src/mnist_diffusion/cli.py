@@ -249,9 +249,9 @@ def add_sampler_options(p: argparse.ArgumentParser, num_images_default: int = 64
     p.add_argument("--sampler", choices=SAMPLERS, default="ddpm")
     p.add_argument("--steps", type=positive_int, help="network evaluations (default: ddpm all T, ddim 50, dpmpp 20)")
     p.add_argument("--eta", type=nonneg_float, default=0.0, help="DDIM stochasticity (0 = deterministic)")
-    p.add_argument("--spacing", choices=SPACINGS, default="uniform",
+    p.add_argument("--spacing", choices=SPACINGS,
                    help="timestep grid for respaced samplers: uniform in t, quadratic (denser near t=0), "
-                        "or logsnr (uniform in log-SNR)")
+                        "or logsnr (uniform in log-SNR); default logsnr for dpmpp, uniform otherwise")
     p.add_argument("--no-clip", action="store_true", help="do not clip predicted x0 to [-1, 1]")
     p.add_argument("--batch-size", type=positive_int, default=256)
     p.add_argument("--device", choices=["auto", "cpu", "cuda", "mps"], default="auto")

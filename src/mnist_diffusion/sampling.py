@@ -13,7 +13,7 @@ from tqdm.auto import tqdm
 
 from .data import to_uint8
 from .device import autocast
-from .samplers import DEFAULT_STEPS, PerImageNoise, ddim, ddim_invert, run_sampler, slerp, timestep_sequence
+from .samplers import DEFAULT_SPACING, DEFAULT_STEPS, PerImageNoise, ddim, ddim_invert, run_sampler, slerp, timestep_sequence
 from .schedule import Schedule
 
 
@@ -58,7 +58,7 @@ def eps_function(model: torch.nn.Module, labels: Optional[torch.Tensor] = None, 
 
 @torch.no_grad()
 def generate(model: torch.nn.Module, schedule: Schedule, num_images: int, seed: int = 0, *,
-             sampler: str = "ddpm", steps: Optional[int] = None, eta: float = 0.0, spacing: str = "uniform",
+             sampler: str = "ddpm", steps: Optional[int] = None, eta: float = 0.0, spacing: Optional[str] = None,
              clip: bool = True, batch_size: int = 256, device="cpu", labels: Optional[torch.Tensor] = None,
              guidance: float = 0.0, null_label: Optional[int] = None, amp_dtype: Optional[torch.dtype] = None,
              progress: bool = True, callback: Optional[Callable] = None, return_tensor: bool = False):
@@ -69,7 +69,7 @@ def generate(model: torch.nn.Module, schedule: Schedule, num_images: int, seed: 
     model.eval()
     out = []
     eff_steps = DEFAULT_STEPS.get(sampler) if steps is None else steps
-    n_evals = len(timestep_sequence(schedule, eff_steps, spacing))
+    n_evals = len(timestep_sequence(schedule, eff_steps, spacing or DEFAULT_SPACING.get(sampler, "uniform")))
     bar = tqdm(total=n_evals * ((num_images + batch_size - 1) // batch_size), desc=f"sampling ({sampler})",
                unit="step", disable=not progress, leave=False)
     for start in range(0, num_images, batch_size):
