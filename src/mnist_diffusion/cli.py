@@ -444,6 +444,7 @@ def _add_interpolate(p: argparse.ArgumentParser) -> None:
     p.add_argument("--precision", choices=["auto", "fp32", "bf16", "fp16"], default="fp32",
                    help="fp32 by default: inversion is only as exact as the arithmetic")
     p.add_argument("--no-ema", action="store_true", help="use the raw weights instead of the EMA weights")
+    p.add_argument("--no-clip", action="store_true", help="do not clip predicted x0 to [-1, 1] when decoding")
 
 
 @command("interpolate", "spherical interpolation between two noises or two inverted real digits", _add_interpolate)
@@ -482,7 +483,8 @@ def cmd_interpolate(args) -> int:
     else:
         z0, z1 = (PerImageNoise(seed, 1, device=device).initial((1, 28, 28)) for seed in args.seeds)
     with torch.no_grad():
-        x = interpolate(model, schedule, z0, z1, args.frames, steps=args.steps, spacing=args.spacing, amp_dtype=amp)
+        x = interpolate(model, schedule, z0, z1, args.frames, steps=args.steps, spacing=args.spacing,
+                        clip=not args.no_clip, amp_dtype=amp)
     frames = to_uint8(x)
     save_png(grid(frames, nrow=len(frames)), args.output, scale=2)
     print(f"wrote {args.output} ({len(frames)} frames)")

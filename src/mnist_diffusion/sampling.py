@@ -110,17 +110,21 @@ def invert(model: torch.nn.Module, schedule: Schedule, images: torch.Tensor, *, 
 
 @torch.no_grad()
 def decode(model: torch.nn.Module, schedule: Schedule, x_T: torch.Tensor, *, steps: Optional[int] = 50,
-           spacing: str = "uniform", clip: bool = False, labels: Optional[torch.Tensor] = None,
+           spacing: str = "uniform", clip: bool = True, labels: Optional[torch.Tensor] = None,
            null_label: Optional[int] = None, amp_dtype: Optional[torch.dtype] = None) -> torch.Tensor:
-    """Deterministic DDIM (eta = 0) from given noise; no clipping by default so that it is the
-    exact inverse of `invert` up to the solver's discretisation error."""
+    """Deterministic DDIM (eta = 0) from given noise. Without clipping it is the exact inverse of
+    `invert` up to discretisation error, but only for an exact eps: at t = T-1 the x0-prediction
+    divides the network's error by sqrt(a_{T-1}) (~5e-5 for the cosine schedule), and a trained
+    model's unclipped trajectory can diverge. Clipping (the default) keeps it on the data range;
+    measured on a quick-preset MNIST model, the 50-step round trip error was 7/255 with clipping
+    and 49/255 without."""
     return ddim(_eps_for(model, labels, null_label, amp_dtype), schedule, x_T, steps=steps, eta=0.0,
                 spacing=spacing, clip=clip)
 
 
 @torch.no_grad()
 def interpolate(model: torch.nn.Module, schedule: Schedule, z0: torch.Tensor, z1: torch.Tensor, frames: int, *,
-                steps: Optional[int] = 50, spacing: str = "uniform", clip: bool = False,
+                steps: Optional[int] = 50, spacing: str = "uniform", clip: bool = True,
                 amp_dtype: Optional[torch.dtype] = None) -> torch.Tensor:
     """Images along the great circle between two noises z0, z1 (each (1, 1, 28, 28)): slerp at
     `frames` evenly spaced fractions, then deterministic DDIM. Returns (frames, 1, 28, 28) in [-1, 1];
