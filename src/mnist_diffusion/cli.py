@@ -428,7 +428,7 @@ def _add_interpolate(p: argparse.ArgumentParser) -> None:
     p.add_argument("--checkpoint", help="a checkpoint written by `train`")
     src = p.add_mutually_exclusive_group()
     src.add_argument("--seeds", type=two_ints, default=(0, 1),
-                     help="A,B: interpolate between the noises of image 0 of `sample --seed A` and --seed B (default 0,1)")
+                     help="A,B: the noises of image 0 of `sample --seed A` and of `--seed B` (default 0,1)")
     src.add_argument("--real", type=two_ints, metavar="I,J",
                      help="interpolate between two real images, inverted to noise with deterministic DDIM")
     p.add_argument("--images", help="with --real: take images I and J from this .npz or PNG folder "

@@ -194,7 +194,8 @@ def dpmpp(eps_fn: EpsFn, schedule: Schedule, x_T: torch.Tensor, noise_fn: Option
           callback: Callback = None) -> torch.Tensor:
     """DPM-Solver++(2M), Lu et al. (2022b), Algorithm 2, on the discrete schedule (deterministic;
     `noise_fn` is accepted for a uniform signature and never used).
-    With alpha_t = sqrt(a_t), sigma_t = sqrt(1 - a_t), lambda_t = log(alpha_t / sigma_t), h_i = lambda_{t_i} - lambda_{t_{i-1}}:
+    With alpha_t = sqrt(a_t), sigma_t = sqrt(1 - a_t), lambda_t = log(alpha_t / sigma_t) and
+    h_i = lambda_{t_i} - lambda_{t_{i-1}}:
       x_{t_i} = (sigma_{t_i} / sigma_{t_{i-1}}) x_{t_{i-1}} - alpha_{t_i} (exp(-h_i) - 1) D_i,
       D_1 = x0_{t_0};  D_i = (1 + 1/(2 r_i)) x0_{t_{i-1}} - 1/(2 r_i) x0_{t_{i-2}},  r_i = h_{i-1} / h_i.
     The time grid omits t = 0 (see timestep_sequence): each of the `steps` evaluations is followed

@@ -2,7 +2,8 @@
 
 `eps_function` turns a network into the eps_fn(x_t, t) the samplers take (with autocast and
 classifier-free guidance); `generate` draws N images in batches with per-image seeds, so the
-result depends only on (seed, image index), never on the batch size.
+result depends only on (seed, image index), never on the batch size. `invert`, `decode` and
+`interpolate` run deterministic DDIM both ways for image <-> noise round trips and slerp paths.
 """
 from __future__ import annotations
 
@@ -13,7 +14,8 @@ from tqdm.auto import tqdm
 
 from .data import to_uint8
 from .device import autocast
-from .samplers import DEFAULT_SPACING, DEFAULT_STEPS, PerImageNoise, ddim, ddim_invert, run_sampler, slerp, timestep_sequence
+from .samplers import (DEFAULT_SPACING, DEFAULT_STEPS, PerImageNoise, ddim, ddim_invert, run_sampler, slerp,
+                       timestep_sequence)
 from .schedule import Schedule
 
 
@@ -90,7 +92,6 @@ def generate(model: torch.nn.Module, schedule: Schedule, num_images: int, seed: 
     bar.close()
     x = torch.cat(out)
     return x if return_tensor else to_uint8(x)
-
 
 
 def _eps_for(model, labels, null_label, amp_dtype):
