@@ -73,6 +73,14 @@ def test_sample_label_all_is_one_row_per_class(checkpoints, tmp_path):
     assert png_size(out) == (2 * (2 * CELL + 2), 2 * (10 * CELL + 2))
 
 
+def test_sample_label_all_with_intermediate_steps_and_spacing(checkpoints, tmp_path):
+    out, inter = tmp_path / "a.png", tmp_path / "steps"
+    assert run_cli("sample", "--checkpoint", checkpoints["cond"], "--sampler", "ddim", "--steps", "4",
+                   "--spacing", "quadratic", "--label", "all", "--nrow", "1", "--output", str(out),
+                   "--show-intermediate", str(inter), "--intermediate-steps", "19,0") == 0
+    assert png_size(inter / "step_0019.png") == png_size(out) == (2 * (CELL + 2), 2 * (10 * CELL + 2))
+
+
 def test_sample_one_label_with_guidance(checkpoints, tmp_path):
     outs = []
     for w in ["0", "3"]:

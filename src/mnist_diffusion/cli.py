@@ -333,7 +333,7 @@ def cmd_sample(args) -> int:
         for t in ts:
             x = torch.cat(frames[t])
             u8 = to_uint8(x)
-            save_grid(u8, out / f"step_{t:04d}.png", nrow=args.nrow)
+            save_grid(u8, out / f"step_{t:04d}.png", nrow=nrow)
             columns.append(u8[: min(8, len(u8))])
         columns.append(imgs[: min(8, len(imgs))])
         # strip: one row per image, noise on the left, the final sample on the right
