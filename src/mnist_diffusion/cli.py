@@ -260,13 +260,15 @@ def cmd_train(args) -> int:
 
 def add_sampler_options(p: argparse.ArgumentParser, num_images_default: int = 64) -> None:
     """Options shared by every command that draws samples (sample, evaluate)."""
-    from .samplers import SAMPLERS
+    from .samplers import SAMPLERS, SPACINGS
     p.add_argument("--checkpoint", required=False, help="a checkpoint written by `train`")
     p.add_argument("--seed", type=nonneg_int, default=0)
     p.add_argument("--sampler", choices=SAMPLERS, default="ddpm")
     p.add_argument("--steps", type=positive_int, help="network evaluations (default: ddpm all T, ddim 50, dpmpp 20)")
     p.add_argument("--eta", type=nonneg_float, default=0.0, help="DDIM stochasticity (0 = deterministic)")
-    p.add_argument("--spacing", choices=["uniform", "quadratic"], default="uniform")
+    p.add_argument("--spacing", choices=SPACINGS,
+                   help="timestep grid for respaced samplers: uniform in t, quadratic (denser near t=0), "
+                        "or logsnr (uniform in log-SNR); default logsnr for dpmpp, uniform otherwise")
     p.add_argument("--no-clip", action="store_true", help="do not clip predicted x0 to [-1, 1]")
     p.add_argument("--batch-size", type=positive_int, default=256)
     p.add_argument("--device", choices=["auto", "cpu", "cuda", "mps"], default="auto")
@@ -278,8 +280,11 @@ def add_sampler_options(p: argparse.ArgumentParser, num_images_default: int = 64
 def _add_sample(p: argparse.ArgumentParser) -> None:
     add_sampler_options(p)
     p.add_argument("--output", default="samples.png", help="PNG grid to write")
-    p.add_argument("--num-images", type=positive_int, default=64)
-    p.add_argument("--nrow", type=positive_int, help="images per grid row")
+    p.add_argument("--num-images", type=positive_int, help="images to draw (default 64)")
+    p.add_argument("--nrow", type=positive_int, help="images per grid row (with --label all: per class, default 10)")
+    p.add_argument("--label", type=label_arg, help="class to draw (conditional models), or 'all' for one row per class")
+    p.add_argument("--guidance", type=nonneg_float, default=0.0,
+                   help="classifier-free guidance weight w (needs --label; 0 = plain conditional)")
     p.add_argument("--npz", help="also write the images as uint8 `images` (N, 28, 28)")
     p.add_argument("--show-intermediate", metavar="DIR", help="save the denoising trajectory into DIR")
     p.add_argument("--intermediate-steps", type=int_list,
@@ -311,6 +316,7 @@ def cmd_sample(args) -> int:
 
     model, cfg, schedule, device, amp = load_for_sampling(args)
     _check_output_path(args.output)
+    labels, num_images, nrow = resolve_labels(args, cfg.model.num_classes)
     frames: dict[int, list] = {}
     wanted = None
     if args.show_intermediate:
@@ -322,7 +328,7 @@ def cmd_sample(args) -> int:
 
     gif_ts, gif_frames = None, {}
     if args.gif:
-        from .samplers import DEFAULT_STEPS, timestep_sequence
+        from .samplers import visited_timesteps
         from .visualize import gif_timesteps
         if Path(args.gif).suffix.lower() != ".gif":
             raise ConfigError(f"--gif {args.gif}: expected a .gif file")
@@ -330,8 +336,7 @@ def cmd_sample(args) -> int:
             raise ConfigError(f"--gif {args.gif} is a directory")
         if args.gif_frames < 3:
             raise ConfigError(f"--gif-frames {args.gif_frames}: need at least 3 (noise, one step, the samples)")
-        steps = args.steps if args.steps is not None else DEFAULT_STEPS[args.sampler]
-        gif_ts = set(gif_timesteps(timestep_sequence(schedule.timesteps, steps, args.spacing),
+        gif_ts = set(gif_timesteps(visited_timesteps(args.sampler, schedule, args.steps, args.spacing),
                                    max(2, args.gif_frames - 1)))  # the last frame is the final sample
 
     def cb(start, i, t, x, x0):
@@ -342,12 +347,12 @@ def cmd_sample(args) -> int:
             from .data import to_uint8
             gif_frames.setdefault(t, []).append(to_uint8(x[: 64 - start]))
 
-    imgs = generate(model, schedule, args.num_images, seed=args.seed, sampler=args.sampler, steps=args.steps,
+    imgs = generate(model, schedule, num_images, seed=args.seed, sampler=args.sampler, steps=args.steps,
                     eta=args.eta, spacing=args.spacing, clip=not args.no_clip, batch_size=args.batch_size,
-                    device=device, amp_dtype=amp, null_label=cfg.model.num_classes,
-                    progress=not args.no_progress,
+                    device=device, amp_dtype=amp, labels=labels, guidance=args.guidance,
+                    null_label=cfg.model.num_classes, progress=not args.no_progress,
                     callback=cb if wanted is not None or gif_ts is not None else None)
-    save_grid(imgs, args.output, nrow=args.nrow)
+    save_grid(imgs, args.output, nrow=nrow)
     print(f"wrote {args.output} ({len(imgs)} images)")
     if args.npz:
         save_npz(imgs, args.npz)
@@ -376,7 +381,7 @@ def cmd_sample(args) -> int:
         for t in ts:
             x = torch.cat(frames[t])
             u8 = to_uint8(x)
-            save_grid(u8, out / f"step_{t:04d}.png", nrow=args.nrow)
+            save_grid(u8, out / f"step_{t:04d}.png", nrow=nrow)
             columns.append(u8[: min(8, len(u8))])
         columns.append(imgs[: min(8, len(imgs))])
         # strip: one row per image, noise on the left, the final sample on the right
@@ -385,6 +390,40 @@ def cmd_sample(args) -> int:
         print(f"wrote {len(ts)} intermediate grids and {out / 'strip.png'} (columns: t = "
               f"{', '.join(map(str, ts))}, final)")
     return 0
+
+
+def label_arg(text: str):
+    if text == "all":
+        return "all"
+    try:
+        v = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a class number or 'all', got {text!r}") from None
+    if v < 0:
+        raise argparse.ArgumentTypeError(f"expected a class number >= 0 or 'all', got {v}")
+    return v
+
+
+def resolve_labels(args, num_classes):
+    """--label/--guidance -> (labels tensor or None, number of images, images per grid row)."""
+    import torch
+
+    num_images = args.num_images or 64
+    if args.label is None:
+        if args.guidance:
+            raise ConfigError("--guidance needs --label (guidance steers towards a class)")
+        return None, num_images, args.nrow
+    if not num_classes:
+        raise ConfigError(f"--label {args.label}: this checkpoint is an unconditional model "
+                          "(train with --conditional for class labels)")
+    if args.label == "all":
+        if args.num_images is not None:
+            raise ConfigError("--label all draws one row per class; set the row length with --nrow, not --num-images")
+        per_class = args.nrow or 10
+        return torch.arange(num_classes).repeat_interleave(per_class), num_classes * per_class, per_class
+    if args.label >= num_classes:
+        raise ConfigError(f"--label {args.label}: the model knows classes 0..{num_classes - 1}")
+    return torch.full((num_images,), args.label, dtype=torch.long), num_images, args.nrow
 
 
 def _check_output_path(path: str) -> None:
@@ -554,6 +593,90 @@ def cmd_visualize(args) -> int:
     print(f"wrote {path}")
     return 0
 
+
+
+# ---------------------------------------------------------------------------------------------
+# interpolate
+
+def two_ints(text: str) -> tuple[int, int]:
+    vals = int_list(text)
+    if len(vals) != 2:
+        raise argparse.ArgumentTypeError(f"expected two comma-separated integers A,B, got {text!r}")
+    return vals[0], vals[1]
+
+
+def _add_interpolate(p: argparse.ArgumentParser) -> None:
+    from .samplers import SPACINGS
+    p.add_argument("--checkpoint", help="a checkpoint written by `train`")
+    src = p.add_mutually_exclusive_group()
+    src.add_argument("--seeds", type=two_ints, default=(0, 1),
+                     help="A,B: the noises of image 0 of `sample --seed A` and of `--seed B` (default 0,1)")
+    src.add_argument("--real", type=two_ints, metavar="I,J",
+                     help="interpolate between two real images, inverted to noise with deterministic DDIM")
+    p.add_argument("--images", help="with --real: take images I and J from this .npz or PNG folder "
+                                    "(default: the --dataset test split)")
+    p.add_argument("--dataset", choices=DATASETS, default="mnist")
+    p.add_argument("--data-dir", help="folder with the standard IDX files")
+    p.add_argument("--frames", type=positive_int, default=10, help="images along the path, ends included")
+    p.add_argument("--steps", type=positive_int, default=50, help="DDIM steps for inversion and decoding")
+    p.add_argument("--spacing", choices=SPACINGS, default="uniform")
+    p.add_argument("--output", default="interpolation.png", help="PNG strip to write (one row, left to right)")
+    p.add_argument("--gif", help="also write the frames as an animated GIF")
+    p.add_argument("--device", choices=["auto", "cpu", "cuda", "mps"], default="auto")
+    p.add_argument("--precision", choices=["auto", "fp32", "bf16", "fp16"], default="fp32",
+                   help="fp32 by default: inversion is only as exact as the arithmetic")
+    p.add_argument("--no-ema", action="store_true", help="use the raw weights instead of the EMA weights")
+    p.add_argument("--no-clip", action="store_true", help="do not clip predicted x0 to [-1, 1] when decoding")
+
+
+@command("interpolate", "spherical interpolation between two noises or two inverted real digits", _add_interpolate)
+def cmd_interpolate(args) -> int:
+    import torch
+
+    from .data import to_model_range, to_uint8
+    from .images import grid, load_images, save_gif, save_png
+    from .samplers import PerImageNoise
+    from .sampling import interpolate, invert
+
+    if args.frames < 2:
+        raise ConfigError("--frames must be at least 2 (the two ends)")
+    if args.images and not args.real:
+        raise ConfigError("--images is used with --real I,J")
+    model, cfg, schedule, device, amp = load_for_sampling(args)
+    _check_output_path(args.output)
+    if args.gif:
+        _check_output_path(args.gif)
+    originals = None
+    if args.real:
+        if args.images:
+            pool = load_images(args.images)
+            where = args.images
+        else:
+            from .data import prepare
+            pool = prepare(args.dataset, data_dir=args.data_dir, log=_info)["test"].images
+            where = f"the {args.dataset} test split"
+        bad = [i for i in args.real if i >= len(pool)]
+        if bad:
+            raise ConfigError(f"--real {bad[0]} is out of range: {where} holds {len(pool)} images")
+        originals = pool[list(args.real)]
+        x0 = to_model_range(originals).to(device)
+        z = invert(model, schedule, x0, steps=args.steps, spacing=args.spacing, amp_dtype=amp)
+        z0, z1 = z[:1], z[1:]
+    else:
+        z0, z1 = (PerImageNoise(seed, 1, device=device).initial((1, 28, 28)) for seed in args.seeds)
+    with torch.no_grad():
+        x = interpolate(model, schedule, z0, z1, args.frames, steps=args.steps, spacing=args.spacing,
+                        clip=not args.no_clip, amp_dtype=amp)
+    frames = to_uint8(x)
+    save_png(grid(frames, nrow=len(frames)), args.output, scale=2)
+    print(f"wrote {args.output} ({len(frames)} frames)")
+    if originals is not None:
+        err = abs(frames[[0, -1]].astype(int) - originals.astype(int)).mean()
+        print(f"round trip: mean |reconstruction - original| = {err:.1f} / 255 at the two ends")
+    if args.gif:
+        save_gif(list(frames) + list(frames[::-1][1:-1]), args.gif, duration_ms=120, final_hold_ms=120, scale=4)
+        print(f"wrote {args.gif}")
+    return 0
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -1,0 +1,135 @@
+"""CLI smoke tests for sampling: each sampler, --label/--guidance, their one-line errors, interpolate.
+
+Checkpoints come from a few training steps of a tiny model on synthetic images, so these tests
+need no dataset; they check that the commands run and write what they say, not image quality.
+"""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from mnist_diffusion.cli import main
+from mnist_diffusion.data import Split
+from mnist_diffusion.images import save_npz
+from mnist_diffusion.training import train
+
+from conftest import tiny_config
+
+CELL = 28 + 2  # grid cell: image plus padding
+
+
+def synthetic_split(n=64, seed=0) -> Split:
+    rng = np.random.default_rng(seed)
+    return Split(images=rng.integers(0, 256, (n, 28, 28), dtype=np.uint8),
+                 labels=rng.integers(0, 10, n, dtype=np.uint8))
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    n = torch.get_num_threads()  # see test_sampling.py: tiny networks run faster on one thread
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+@pytest.fixture(scope="module")
+def checkpoints(tmp_path_factory, one_thread):
+    out = {}
+    for name, classes in [("cond", 10), ("uncond", None)]:
+        cfg = tiny_config(max_steps=2, num_samples=2).replace(model={"num_classes": classes},
+                                                              diffusion={"timesteps": 20})
+        run = tmp_path_factory.mktemp(name)
+        out[name] = str(train(cfg, synthetic_split(), run, progress=False, log=lambda s: None).checkpoint)
+    return out
+
+
+def run_cli(*argv):
+    return main([*argv, "--device", "cpu", "--precision", "fp32", "--no-progress"]
+                if argv[0] == "sample" else [*argv, "--device", "cpu"])
+
+
+def png_size(path):
+    with Image.open(path) as im:
+        return im.size  # (width, height)
+
+
+@pytest.mark.parametrize("sampler", ["ddpm", "ddim", "dpmpp"])
+def test_sample_each_sampler(checkpoints, tmp_path, sampler, capsys):
+    out = tmp_path / "s.png"
+    assert run_cli("sample", "--checkpoint", checkpoints["uncond"], "--sampler", sampler, "--steps", "3",
+                   "--eta", "0.5", "--num-images", "3", "--nrow", "3", "--output", str(out),
+                   "--npz", str(tmp_path / "s.npz")) == 0
+    assert png_size(out) == (2 * (3 * CELL + 2), 2 * (CELL + 2))
+    with np.load(tmp_path / "s.npz") as z:
+        assert z["images"].shape == (3, 28, 28) and z["images"].dtype == np.uint8
+
+
+def test_sample_label_all_is_one_row_per_class(checkpoints, tmp_path):
+    out = tmp_path / "all.png"
+    assert run_cli("sample", "--checkpoint", checkpoints["cond"], "--sampler", "ddim", "--steps", "2",
+                   "--label", "all", "--nrow", "2", "--guidance", "1.5", "--output", str(out)) == 0
+    assert png_size(out) == (2 * (2 * CELL + 2), 2 * (10 * CELL + 2))
+
+
+def test_sample_label_all_with_intermediate_steps_and_spacing(checkpoints, tmp_path):
+    out, inter = tmp_path / "a.png", tmp_path / "steps"
+    assert run_cli("sample", "--checkpoint", checkpoints["cond"], "--sampler", "ddim", "--steps", "4",
+                   "--spacing", "quadratic", "--label", "all", "--nrow", "1", "--output", str(out),
+                   "--show-intermediate", str(inter), "--intermediate-steps", "19,0") == 0
+    assert png_size(inter / "step_0019.png") == png_size(out) == (2 * (CELL + 2), 2 * (10 * CELL + 2))
+
+
+def test_sample_one_label_with_guidance(checkpoints, tmp_path):
+    outs = []
+    for w in ["0", "3"]:
+        out = tmp_path / f"g{w}.npz"
+        assert run_cli("sample", "--checkpoint", checkpoints["cond"], "--sampler", "dpmpp", "--steps", "3",
+                       "--label", "7", "--guidance", w, "--num-images", "2", "--output",
+                       str(tmp_path / "g.png"), "--npz", str(out)) == 0
+        outs.append(np.load(out)["images"])
+    assert outs[0].shape == (2, 28, 28)
+
+
+@pytest.mark.parametrize("which,args,message", [
+    ("cond", ["--label", "10"], "classes 0..9"),
+    ("uncond", ["--label", "1"], "unconditional"),
+    ("cond", ["--guidance", "2"], "--guidance needs --label"),
+    ("cond", ["--label", "all", "--num-images", "5"], "--nrow"),
+])
+def test_sample_label_errors_are_one_line(checkpoints, tmp_path, capsys, which, args, message):
+    out = tmp_path / "x.png"
+    assert run_cli("sample", "--checkpoint", checkpoints[which], "--steps", "2", "--sampler", "ddim",
+                   "--output", str(out), *args) == 2
+    err = capsys.readouterr().err.strip()
+    assert message in err and len(err.splitlines()) == 1
+    assert not out.exists()
+
+
+def test_sample_label_must_be_a_class_or_all(checkpoints):
+    with pytest.raises(SystemExit) as e:
+        main(["sample", "--checkpoint", checkpoints["cond"], "--label", "seven"])
+    assert e.value.code == 2
+
+
+def test_interpolate_between_seeds(checkpoints, tmp_path, capsys):
+    out, gif = tmp_path / "i.png", tmp_path / "i.gif"
+    assert run_cli("interpolate", "--checkpoint", checkpoints["uncond"], "--seeds", "3,4", "--frames", "4",
+                   "--steps", "3", "--output", str(out), "--gif", str(gif)) == 0
+    assert png_size(out) == (2 * (4 * CELL + 2), 2 * (CELL + 2))
+    with Image.open(gif) as im:
+        assert im.n_frames == 4 + 2  # there and back: 0 1 2 3 2 1
+
+
+def test_interpolate_between_inverted_real_images(checkpoints, tmp_path, capsys):
+    src = tmp_path / "real.npz"
+    save_npz(synthetic_split(3, seed=1).images, src)
+    out = tmp_path / "r.png"
+    assert run_cli("interpolate", "--checkpoint", checkpoints["cond"], "--real", "0,2", "--images", str(src),
+                   "--frames", "3", "--steps", "3", "--output", str(out)) == 0
+    assert "round trip" in capsys.readouterr().out
+    assert png_size(out) == (2 * (3 * CELL + 2), 2 * (CELL + 2))
+    assert run_cli("interpolate", "--checkpoint", checkpoints["cond"], "--real", "0,3", "--images", str(src),
+                   "--output", str(out)) == 2
+    assert "out of range" in capsys.readouterr().err

@@ -1,0 +1,282 @@
+"""Samplers against closed forms: a true-noise oracle, and a Gaussian toy whose exact eps is known.
+
+Gaussian toy: data x0 ~ N(mu, s^2) per coordinate. Then x_t = sqrt(ab) x0 + sqrt(1-ab) eps has
+  E[eps | x_t] = sqrt(1-ab) (x_t - sqrt(ab) mu) / (ab s^2 + 1 - ab),
+the exact minimiser of the training loss, so a sampler fed this eps must produce N(mu, s^2) in the
+limit of many steps. Because that eps is affine in x_t, every sampler here is an affine map of
+(x_T, z_1, ..., z_K) (z_k the fresh noise of stochastic step k), and the mean and variance of its
+output can be computed exactly instead of estimated from samples: see `exact_moments`.
+"""
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from mnist_diffusion.samplers import (SPACINGS, PerImageNoise, ddim, ddim_invert, ddpm, dpmpp, run_sampler, slerp,
+                                      timestep_sequence)
+from mnist_diffusion.schedule import make_schedule, q_sample
+
+MU, SD = 0.5, 0.3
+
+
+def gaussian_eps(schedule, mu=MU, sd=SD):
+    ab = schedule.alpha_bar
+
+    def eps_fn(x, t):
+        a = ab[t].to(x.dtype).reshape(-1, *[1] * (x.ndim - 1))
+        return (1 - a).sqrt() * (x - a.sqrt() * mu) / (a * sd ** 2 + 1 - a)
+    return eps_fn
+
+
+def exact_moments(run, schedule, max_noise_calls=0, mu=MU, sd=SD):
+    """Mean and std of run(x_T, noise_fn) when x_T follows the true marginal q(x_{T-1}) and the
+    noise is N(0, 1). The output is y = A x_T + b + sum_k c_k z_k, elementwise; one run on a
+    vector of coordinates reads off all coefficients: coordinate 0 has x_T = 0 and z = 0 (gives b),
+    coordinate 1 has x_T = 1 (A + b), coordinate 2 + k has z_k = 1 at noise call k only (b + c_k)."""
+    x_T = torch.zeros(1, 2 + max_noise_calls, dtype=torch.float64)
+    x_T[0, 1] = 1.0
+    calls = [0]
+
+    def noise_fn(like):
+        z = torch.zeros_like(like)
+        z[0, 2 + calls[0]] = 1.0
+        calls[0] += 1
+        return z
+
+    y = run(x_T, noise_fn)[0]
+    b, A, c = y[0], y[1] - y[0], y[2:2 + calls[0]] - y[0]
+    aT = schedule.alpha_bar[-1]
+    mean_T, var_T = aT.sqrt() * mu, aT * sd ** 2 + 1 - aT
+    return float(A * mean_T + b), float((A * A * var_T + (c * c).sum()).sqrt())
+
+
+# ---------------------------------------------------------------------------------------------
+# timestep grids
+
+@pytest.mark.parametrize("spacing", SPACINGS)
+@pytest.mark.parametrize("include_zero", [True, False])
+def test_timestep_sequence_gives_exactly_the_requested_steps(spacing, include_zero):
+    s = make_schedule("cosine", 1000)
+    for n in [1, 2, 5, 10, 20, 50, 100, 999]:
+        seq = timestep_sequence(s, n, spacing, include_zero=include_zero)
+        assert len(seq) == n and seq[0] == 999
+        assert all(a > b for a, b in zip(seq, seq[1:]))
+        assert seq[-1] >= 0 and (n == 1 or (seq[-1] == 0) == include_zero)
+    assert timestep_sequence(s, None, spacing) == list(range(999, -1, -1))
+    assert timestep_sequence(s, 5000, spacing, include_zero=include_zero) == list(range(999, -1, -1))
+
+
+def test_timestep_sequence_rejects_nonsense():
+    with pytest.raises(ValueError, match="spacing"):
+        timestep_sequence(100, 10, "cubic")
+    with pytest.raises(ValueError, match="steps"):
+        timestep_sequence(100, 0)
+    with pytest.raises(ValueError, match="schedule"):
+        timestep_sequence(100, 10, "logsnr")
+
+
+def test_logsnr_spacing_is_uniform_in_lambda():
+    s = make_schedule("linear", 1000)
+    lam = 0.5 * torch.log(s.alpha_bar / (1 - s.alpha_bar))
+    seq = timestep_sequence(s, 11, "logsnr")
+    gaps = (lam[seq[1:]] - lam[seq[:-1]])
+    spread = (lam[0] - lam[-1]) / 10
+    assert torch.allclose(gaps, spread.expand_as(gaps), rtol=0.1)
+
+
+# ---------------------------------------------------------------------------------------------
+# DDIM with the true noise
+
+@pytest.mark.parametrize("name", ["linear", "cosine"])
+@pytest.mark.parametrize("steps,spacing", [(1, "uniform"), (7, "uniform"), (50, "quadratic"), (None, "uniform")])
+def test_ddim_with_true_noise_recovers_x0(name, steps, spacing):
+    """eps_fn = the noise actually added keeps every DDIM iterate on q_sample(x0, t, noise)."""
+    s = make_schedule(name, 200)
+    g = torch.Generator().manual_seed(0)
+    x0 = torch.rand(3, 1, 4, 4, generator=g, dtype=torch.float64) * 2 - 1
+    noise = torch.randn(x0.shape, generator=g, dtype=torch.float64)
+    x_T = q_sample(s, x0, torch.full((3,), s.timesteps - 1), noise)
+    out = ddim(lambda x, t: noise, s, x_T, steps=steps, eta=0.0, spacing=spacing, clip=False)
+    assert torch.allclose(out, x0, atol=1e-9, rtol=0)
+
+
+def test_ddim_rejects_eta_without_noise():
+    with pytest.raises(ValueError, match="noise_fn"):
+        ddim(lambda x, t: x, make_schedule("cosine", 10), torch.zeros(1, 1), None, eta=0.5)
+
+
+# ---------------------------------------------------------------------------------------------
+# DDPM and DDIM(eta = 1)
+
+@pytest.mark.parametrize("clip", [False, True])
+def test_ddim_eta1_all_steps_is_ddpm_pathwise(clip):
+    """sigma_t(eta=1)^2 = (1-a_{t-1})/(1-a_t) beta_t = beta~_t and sqrt(a_{t-1}) x0 + sqrt(1-a_{t-1}-sigma^2) eps
+    = mu~_t(x0, x_t): the two updates are the same function, so equal noise gives equal samples."""
+    s = make_schedule("cosine", 100)
+    x_T = torch.randn(4, 1, 3, 3, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
+    eps_fn = gaussian_eps(s)
+
+    def noise():
+        g = torch.Generator().manual_seed(2)
+        return lambda like: torch.randn(like.shape, generator=g, dtype=like.dtype)
+
+    a = ddpm(eps_fn, s, x_T, noise(), clip=clip)
+    b = ddim(eps_fn, s, x_T, noise(), steps=None, eta=1.0, clip=clip)
+    assert torch.allclose(a, b, atol=1e-10, rtol=0)
+
+
+@pytest.mark.parametrize("name", ["linear", "cosine"])
+def test_ddpm_oracle_samples_the_data_distribution(name):
+    """With the exact eps, ancestral sampling's only error is the Gaussian reverse kernel with
+    variance beta~_t (exact only as steps shrink): it vanishes as T grows."""
+    errors = []
+    for T in [50, 200, 1000]:
+        s = make_schedule(name, T)
+        mean, std = exact_moments(lambda x, n: ddpm(gaussian_eps(s), s, x, n, clip=False), s, T)
+        assert mean == pytest.approx(MU, abs=1e-9)
+        errors.append(abs(std - SD) / SD)
+    assert errors[0] > errors[1] > errors[2] and errors[2] < 0.015
+    s = make_schedule(name, 1000)
+    mean, std = exact_moments(lambda x, n: ddim(gaussian_eps(s), s, x, n, steps=None, eta=1.0, clip=False), s, 1000)
+    assert abs(std - SD) / SD == pytest.approx(errors[2], abs=1e-9)  # DDIM eta=1: the same marginal
+    _, std_beta = exact_moments(lambda x, n: ddpm(gaussian_eps(s), s, x, n, clip=False, variance="beta"), s, 1000)
+    assert abs(std_beta - SD) / SD < 0.015  # the upper-bound variance beta_t also works at T = 1000
+
+
+def test_ddpm_oracle_monte_carlo():
+    """The same claim from real random draws (standard errors: mean s/sqrt(N) = 0.004, std 0.003)."""
+    s = make_schedule("cosine", 100)
+    g = torch.Generator().manual_seed(3)
+    x_T = torch.randn(5000, 1, generator=g, dtype=torch.float64)
+    out = ddpm(gaussian_eps(s), s, x_T, lambda like: torch.randn(like.shape, generator=g, dtype=like.dtype),
+               clip=False)
+    _, exact_std = exact_moments(lambda x, n: ddpm(gaussian_eps(s), s, x, n, clip=False), s, 100)
+    assert float(out.mean()) == pytest.approx(MU, abs=0.015)
+    assert float(out.std()) == pytest.approx(exact_std, abs=0.012)
+
+
+# ---------------------------------------------------------------------------------------------
+# DPM-Solver++(2M) and DDIM(eta = 0) converge on the Gaussian toy
+
+@pytest.mark.parametrize("name", ["linear", "cosine"])
+@pytest.mark.parametrize("sd", [0.1, 0.3, 0.6])
+def test_dpmpp_converges_with_steps(name, sd):
+    s = make_schedule(name, 1000)
+    errs = {}
+    for steps in [5, 10, 20, 50, 100, 1000]:
+        for sampler in (dpmpp, ddim):
+            mean, std = exact_moments(lambda x, n: sampler(gaussian_eps(s, sd=sd), s, x, n, steps=steps,
+                                                           spacing="uniform", clip=False), s, 0, sd=sd)
+            assert mean == pytest.approx(MU, abs=1e-9)
+            errs[sampler.__name__, steps] = abs(std - sd) / sd
+    dp = [errs["dpmpp", n] for n in [5, 10, 20, 50, 100, 1000]]
+    assert all(b < a or b < 1e-3 for a, b in zip(dp, dp[1:])), dp  # error shrinks with steps
+    assert dp[-1] < 5e-3
+    # second order beats first order once the grid resolves the data scale (from 20 steps for
+    # sd >= 0.3; sd = 0.1 on the linear schedule needs ~100), and by a wide margin at 1000
+    for n in ([20, 50, 100] if sd >= 0.3 else [100]):
+        assert errs["dpmpp", n] < errs["ddim", n]
+    assert errs["dpmpp", 1000] < errs["ddim", 1000] / 4
+    # the default grid for dpmpp, uniform in log-SNR, is accurate to 1% by 50 steps
+    _, std = exact_moments(lambda x, n: dpmpp(gaussian_eps(s, sd=sd), s, x, n, steps=50, clip=False), s, 0, sd=sd)
+    assert abs(std - sd) / sd < 0.01
+
+
+def test_dpmpp_first_step_is_ddim():
+    """With one step both samplers return the x0-prediction at t = T-1."""
+    s = make_schedule("cosine", 100)
+    x_T = torch.randn(2, 1, 3, 3, generator=torch.Generator().manual_seed(4), dtype=torch.float64)
+    e = gaussian_eps(s)
+    assert torch.allclose(dpmpp(e, s, x_T, steps=1, clip=False), ddim(e, s, x_T, steps=1, clip=False))
+
+
+# ---------------------------------------------------------------------------------------------
+# inversion
+
+def test_inversion_round_trip_exact_for_an_x0_oracle():
+    """An eps_fn that is consistent with one fixed x0 makes every x0-estimate exact both ways."""
+    s = make_schedule("cosine", 100)
+    g = torch.Generator().manual_seed(5)
+    x0 = torch.rand(2, 1, 4, 4, generator=g, dtype=torch.float64) * 2 - 1
+
+    def eps_fn(x, t):
+        a = s.alpha_bar[t].reshape(-1, 1, 1, 1)
+        return (x - a.sqrt() * x0) / (1 - a).sqrt()
+
+    for steps in [3, 20, None]:
+        z = ddim_invert(eps_fn, s, x0, steps=steps)
+        assert torch.allclose(ddim(eps_fn, s, z, steps=steps, clip=False), x0, atol=1e-9)
+
+
+def test_inversion_round_trip_gaussian_toy_improves_with_steps():
+    """For Gaussian data the probability-flow ODE keeps each point's standard score, so the exact
+    inversion is z = m_T + sd_T (x0 - mu) / s; DDIM inversion approaches it, and the round trip
+    approaches the identity, as steps grow."""
+    s = make_schedule("cosine", 1000)
+    e = gaussian_eps(s)
+    g = torch.Generator().manual_seed(6)
+    x0 = MU + SD * torch.randn(64, 1, generator=g, dtype=torch.float64)
+    aT = s.alpha_bar[-1]
+    z_exact = aT.sqrt() * MU + (aT * SD ** 2 + 1 - aT).sqrt() * (x0 - MU) / SD
+    z_errs, errs = [], []
+    for steps in [10, 50, 250]:
+        z = ddim_invert(e, s, x0, steps=steps)
+        z_errs.append(float((z - z_exact).abs().max()))
+        errs.append(float((ddim(e, s, z, steps=steps, clip=False) - x0).abs().max()))
+    assert z_errs[0] > z_errs[1] > z_errs[2] and z_errs[2] < 0.05, z_errs
+    assert errs[0] > errs[1] > errs[2] and errs[2] < 0.02, errs  # first order: ~1/steps
+
+
+# ---------------------------------------------------------------------------------------------
+# noise and dispatch
+
+def test_per_image_noise_does_not_depend_on_the_batch():
+    big = PerImageNoise(seed=7, num_images=5)
+    parts = [PerImageNoise(seed=7, num_images=2, first_index=0), PerImageNoise(seed=7, num_images=3, first_index=2)]
+    like = torch.empty(5, 1, 4, 4)
+    for _ in range(3):  # successive draws, as in a sampling loop
+        a = big(like)
+        b = torch.cat([parts[0](like[:2]), parts[1](like[2:])])
+        assert torch.equal(a, b)
+    assert not torch.equal(PerImageNoise(8, 1).initial((1, 4, 4)), PerImageNoise(7, 1).initial((1, 4, 4)))
+
+
+@pytest.mark.parametrize("name,kw", [("ddpm", {}), ("ddpm", {"steps": 10}), ("ddim", {"eta": 0.5, "steps": 10}),
+                                     ("dpmpp", {"steps": 10})])
+def test_sampled_image_is_independent_of_its_batch(name, kw):
+    s = make_schedule("cosine", 40)
+    e = gaussian_eps(s)
+
+    def draw(first, n):
+        noise = PerImageNoise(11, n, first_index=first)
+        return run_sampler(name, e, s, noise.initial((1, 4, 4)), noise, **kw)
+
+    whole = draw(0, 4)
+    assert torch.allclose(whole, torch.cat([draw(0, 1), draw(1, 3)]), atol=1e-6)
+
+
+def test_run_sampler_rejects_unknown_names():
+    with pytest.raises(ValueError, match="unknown sampler"):
+        run_sampler("euler", lambda x, t: x, make_schedule("cosine", 10), torch.zeros(1, 1), None)
+
+
+# ---------------------------------------------------------------------------------------------
+# slerp
+
+def test_slerp_endpoints_norm_and_angle():
+    g = torch.Generator().manual_seed(9)
+    z0, z1 = torch.randn(2, 1, 28, 28, generator=g).chunk(2)
+    z1 = z1 * z0.norm() / z1.norm()  # equal norms: slerp stays on their sphere
+    assert torch.allclose(slerp(z0, z1, 0.0), z0, atol=1e-6)
+    assert torch.allclose(slerp(z0, z1, 1.0), z1, atol=1e-6)
+    theta = torch.arccos((z0 * z1).sum() / (z0.norm() * z1.norm()))
+    for a in [0.25, 0.5, 0.8]:
+        z = slerp(z0, z1, a)
+        assert float(z.norm()) == pytest.approx(float(z0.norm()), rel=1e-5)
+        angle = torch.arccos((z0 * z).sum() / (z0.norm() * z.norm()))
+        assert float(angle) == pytest.approx(a * float(theta), rel=1e-4)
+    assert torch.allclose(slerp(z0, 2 * z0, 0.5), 1.5 * z0)  # parallel inputs: linear interpolation
+    with pytest.raises(ValueError):
+        slerp(z0, z0[..., :5], 0.5)
