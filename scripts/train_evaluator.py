@@ -52,13 +52,18 @@ def main() -> None:
     p.add_argument("--epochs", type=int, default=5)
     p.add_argument("--batch-size", type=int, default=128)
     p.add_argument("--lr", type=float, default=3e-3)
-    p.add_argument("--max-shift", type=int, default=2)
+    p.add_argument("--max-shift", type=int, default=None,
+                   help="random-shift augmentation in px (default: 2 for mnist, 0 for fashion_mnist)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=1,
                    help="torch threads (1 is fastest on a busy 2-core machine and keeps reductions in one order)")
     p.add_argument("--output-dir", type=Path, default=WEIGHTS_DIR)
     args = p.parse_args()
 
+    if args.max_shift is None:
+        # Digits are hand-centred, and shifts of 2 px help reach 99.4%. Garments fill the frame and
+        # are aligned by construction; with shifts of 2 px the 5-epoch net underfits (90.84%).
+        args.max_shift = 2 if args.dataset == "mnist" else 0
     torch.set_num_threads(args.threads)
     torch.use_deterministic_algorithms(True)
     torch.manual_seed(args.seed)  # weight init and dropout draw from the global generator

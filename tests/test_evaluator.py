@@ -11,7 +11,7 @@ from mnist_diffusion import evaluator as ev
 from mnist_diffusion.evaluation import fid_from_features
 
 
-@pytest.mark.parametrize("dataset", ["mnist"])
+@pytest.mark.parametrize("dataset", ["mnist", "fashion_mnist"])
 def test_shipped_weights_load_and_are_small(dataset):
     path = ev.weights_path(dataset)
     assert path.stat().st_size < 1_000_000
