@@ -82,3 +82,16 @@ def test_evaluate_run(tiny_run):
     rows = json.loads((tiny_run / "metrics.json").read_text())["checkpoints"]
     assert [r["step"] for r in rows] == [1, 2]
     assert (tiny_run / "metrics.png").stat().st_size > 0
+
+
+def test_evaluate_conditional_checkpoint_reports_label_accuracy(mnist, tmp_path):
+    from conftest import tiny_config
+    from mnist_diffusion.training import train
+    cfg = tiny_config(max_steps=1, sample_interval=100).replace(model={"num_classes": 10})
+    train(cfg, Split(mnist["train"].images[:32], mnist["train"].labels[:32]), tmp_path / "run", progress=False,
+          log=lambda s: None)
+    r = _run_json(["evaluate", "--checkpoint", str(tmp_path / "run" / "checkpoints" / "last.pt"),
+                   "--num-samples", "10", "--sampler", "ddim", "--steps", "2", "--noise-mse-images", "10"],
+                  tmp_path / "r.json")
+    assert 0.0 <= r["label_accuracy"] <= 1.0
+    assert r["sampler"]["labels"].startswith("balanced")

@@ -167,3 +167,12 @@ def test_fid_rises_monotonically_with_noise(mnist):
 def test_results_are_deterministic(mnist):
     x = mnist["test"].images[:200]
     assert evaluate_images(x, "mnist", seed=3) == evaluate_images(x, "mnist", seed=3)
+
+
+def test_label_accuracy_hook(mnist):
+    from mnist_diffusion.evaluation import label_accuracy
+    x, y = mnist["test"].images[:300], mnist["test"].labels[:300]
+    assert label_accuracy(y, x, "mnist") >= 0.97
+    assert label_accuracy((y.astype(int) + 1) % 10, x, "mnist") < 0.05  # every label wrong by one
+    with pytest.raises(ValueError, match="labels for"):
+        label_accuracy(y[:10], x, "mnist")

