@@ -215,10 +215,18 @@ def _subset(n_total: int, n: int, seed: int, salt: int) -> np.ndarray:
     return torch.randperm(n_total, generator=g)[:n].sort().values.numpy()
 
 
-@lru_cache(maxsize=8)
 def _real_train_subset(dataset: str, n: int, seed: int) -> np.ndarray:
     train = dataset_splits(dataset)["train"]
     return train.images[_subset(len(train.images), min(n, len(train.images)), seed, salt=1)]
+
+
+@lru_cache(maxsize=8)
+def _reference_scores(dataset: str, n: int, seed: int, k: int, progress: bool = False) -> dict:
+    """The metrics of n random training images (a perfect generator), once per (n, seed, k): an
+    `evaluate --run` sweep scores every checkpoint at the same n."""
+    real = _real_train_subset(dataset, n, seed)
+    rf, rp = embed(shipped_evaluator(dataset), real, progress=progress, desc="features (real train)")
+    return {"n": int(len(real)), **score_features(rf, rp, dataset, seed, k)}
 
 
 def score_features(feats: np.ndarray, probs: np.ndarray, dataset: str, seed: int = 0,
@@ -248,11 +256,9 @@ def evaluate_images(images_u8: np.ndarray, dataset: str, *, seed: int = 0, k: in
     feats, probs = embed(net, images_u8, progress=progress, desc="features (samples)")
     result = {"dataset": dataset, "n": int(len(images_u8)), **score_features(feats, probs, dataset, seed, k, progress)}
     if reference:
-        real = _real_train_subset(dataset, len(images_u8), seed)
-        rf, rp = embed(net, real, progress=progress, desc="features (real train)")
-        ref = score_features(rf, rp, dataset, seed, k)
+        ref = _reference_scores(dataset, len(images_u8), seed, k, progress)
         result["fid_floor"] = ref["fid"]
-        result["real_reference"] = {"n": int(len(real)), **ref}
+        result["real_reference"] = {**ref, "class_histogram": list(ref["class_histogram"])}
     if labels is not None:
         result["label_accuracy"] = _agreement(labels, probs)  # label_accuracy without a second pass
     result["k"] = k

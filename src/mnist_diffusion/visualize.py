@@ -64,7 +64,7 @@ def plot_eval_metrics(rows: list[dict], output: str | os.PathLike) -> Path:
     `rows` are `evaluate --run` results with keys step, fid, fid_floor and noise_mse.overall."""
     rows = sorted(rows, key=lambda r: r["step"])
     steps = [r["step"] for r in rows]
-    fig, (a1, a2) = plt.subplots(1, 2, figsize=(11, 4))
+    fig, (a1, a2) = plt.subplots(1, 2, figsize=(12, 4.5), constrained_layout=True)
     a1.plot(steps, [r["fid"] for r in rows], "o-", color="tab:red", label="FID (evaluator features)")
     a1.plot(steps, [r["fid_floor"] for r in rows], "--", color="grey", label="floor: real training images")
     a1.set_yscale("log")
