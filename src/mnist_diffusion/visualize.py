@@ -414,3 +414,29 @@ def progress_gif(run_dir, output, *, duration_ms: int = 400, final_hold_ms: int 
         text = f"step {step:,}" + (f"   epoch {step / spe:.2f}" if spe else "")
         frames.append(label_frame(a, text, height=max(18, a.shape[1] // 16)))
     return save_gif(frames, output, duration_ms=duration_ms, final_hold_ms=final_hold_ms, scale=1)
+
+
+def plot_eval_metrics(rows: list[dict], output: str | os.PathLike) -> Path:
+    """FID (with its floor) and noise-prediction MSE against training step, one panel each;
+    `rows` are `evaluate --run` results with keys step, fid, fid_floor and noise_mse.overall."""
+    rows = sorted(rows, key=lambda r: r["step"])
+    steps = [r["step"] for r in rows]
+    fig, (a1, a2) = plt.subplots(1, 2, figsize=(12, 4.5), constrained_layout=True)
+    a1.plot(steps, [r["fid"] for r in rows], "o-", color="tab:red", label="FID (evaluator features)")
+    a1.plot(steps, [r["fid_floor"] for r in rows], "--", color="grey", label="floor: real training images")
+    a1.set_yscale("log")
+    a1.set_ylabel("FID vs test split")
+    a1.set_title(f"Sample quality (n = {rows[0]['n'] if rows else 0} per checkpoint)")
+    a2.plot(steps, [r["noise_mse"]["overall"] for r in rows], "o-", color="tab:blue", label="all t")
+    if rows:
+        for b, band in enumerate(rows[0]["noise_mse"]["bands"]):
+            a2.plot(steps, [r["noise_mse"]["bands"][b]["mse"] for r in rows], lw=1, alpha=0.7,
+                    label=f"t in [{band['t_min']}, {band['t_max']}]")
+    a2.set_yscale("log")
+    a2.set_ylabel("noise-prediction MSE (test split)")
+    a2.set_title("Denoising error")
+    for ax in (a1, a2):
+        ax.set_xlabel("training step")
+        ax.grid(True, which="both", alpha=0.3)
+        ax.legend(fontsize=8)
+    return _save_fig(fig, output)

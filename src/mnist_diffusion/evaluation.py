@@ -1,0 +1,273 @@
+"""Sample-quality metrics over any set of 28x28 images, in the fixed evaluator's feature space.
+
+- `frechet_distance`: FID's statistic (Heusel et al. 2017) in float64, with the symmetric form
+  tr sqrt(S1 C2 S1), S1 = C1^(1/2), so every square root is of a symmetric PSD matrix (eigh).
+- `precision_recall`: improved precision and recall (Kynkäänniemi et al. 2019), k-NN balls.
+- `class_stats`: recognizability (confident predictions) and class balance (normalised entropy).
+- `noise_mse`: a model's epsilon-prediction error on real images, overall and per timestep band.
+- `evaluate_images`: all of the above for one set of images, plus the same numbers for real
+  training images of the same count (`real_reference`), which is what a perfect generator scores.
+
+Not here: the classifier (evaluator.py), generation (sampling.py), Inception (inception.py).
+"""
+from __future__ import annotations
+
+import math
+from functools import lru_cache
+from typing import Optional, Sequence
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from .evaluator import EvalNet, embed, file_sha256, shipped_evaluator, weights_path
+
+K_NEIGHBOURS = 3
+RECOGNIZABLE_THRESHOLD = 0.9
+
+
+# ---------------------------------------------------------------------------------------------
+# Fréchet distance
+
+def sqrtm_psd(a: np.ndarray) -> np.ndarray:
+    """Square root of a symmetric positive semi-definite matrix via its eigendecomposition.
+    Round-off can leave tiny negative eigenvalues; they are set to zero (a PSD matrix has none)."""
+    a = np.asarray(a, dtype=np.float64)
+    a = (a + a.T) / 2  # symmetrise away round-off so eigh sees the matrix we mean
+    w, v = np.linalg.eigh(a)
+    return (v * np.sqrt(np.clip(w, 0.0, None))) @ v.T
+
+
+def feature_stats(features: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Mean and (unbiased) covariance of (N, D) features, float64."""
+    f = np.asarray(features, dtype=np.float64)
+    if f.ndim != 2 or f.shape[0] < 2:
+        raise ValueError(f"need at least 2 feature vectors for a covariance, got shape {f.shape}")
+    return f.mean(axis=0), np.cov(f, rowvar=False)
+
+
+def frechet_distance(mu1, cov1, mu2, cov2) -> float:
+    """||mu1 - mu2||^2 + tr(C1) + tr(C2) - 2 tr((C1 C2)^(1/2)).
+
+    C1 C2 is not symmetric, but it is similar to S1 C2 S1 (S1 = C1^(1/2)), which is symmetric PSD
+    and has the same eigenvalues, so tr((C1 C2)^(1/2)) = tr((S1 C2 S1)^(1/2)) needs only eigh: no
+    complex parts to discard, unlike scipy.linalg.sqrtm on the product."""
+    mu1, mu2 = np.asarray(mu1, np.float64), np.asarray(mu2, np.float64)
+    cov1, cov2 = np.asarray(cov1, np.float64), np.asarray(cov2, np.float64)
+    s1 = sqrtm_psd(cov1)
+    tr_covmean = np.trace(sqrtm_psd(s1 @ cov2 @ s1))
+    d = mu1 - mu2
+    # the exact value is >= 0; clamp the round-off of two nearly equal sets
+    return max(0.0, float(d @ d + np.trace(cov1) + np.trace(cov2) - 2.0 * tr_covmean))
+
+
+def fid_from_features(a: np.ndarray, b: np.ndarray) -> float:
+    return frechet_distance(*feature_stats(a), *feature_stats(b))
+
+
+# ---------------------------------------------------------------------------------------------
+# Precision and recall (Kynkäänniemi et al. 2019)
+
+def _pairwise(a: torch.Tensor, b: torch.Tensor, chunk: int = 1024):
+    """Yield (start, distances of a[start:start+chunk] to all of b), float64."""
+    for s in range(0, a.shape[0], chunk):
+        yield s, torch.cdist(a[s:s + chunk], b)
+
+
+def knn_radii(features: np.ndarray, k: int = K_NEIGHBOURS) -> np.ndarray:
+    """Distance from each point to its k-th nearest other point (the radius of its k-NN ball)."""
+    f = torch.as_tensor(np.asarray(features, dtype=np.float64))
+    if f.shape[0] <= k:
+        raise ValueError(f"need more than k={k} images for k-NN radii, got {f.shape[0]}")
+    out = torch.empty(f.shape[0], dtype=torch.float64)
+    for s, d in _pairwise(f, f):
+        # the k+1 smallest include the point itself at distance 0
+        out[s:s + d.shape[0]] = d.topk(k + 1, dim=1, largest=False).values[:, k]
+    return out.numpy()
+
+
+def coverage_share(points: np.ndarray, centres: np.ndarray, radii: np.ndarray) -> float:
+    """Share of `points` inside at least one ball (centre, radius): the manifold estimate of
+    the set of centres."""
+    p = torch.as_tensor(np.asarray(points, dtype=np.float64))
+    c = torch.as_tensor(np.asarray(centres, dtype=np.float64))
+    r = torch.as_tensor(np.asarray(radii, dtype=np.float64))
+    inside = 0
+    for _, d in _pairwise(p, c):
+        inside += int((d <= r[None, :]).any(dim=1).sum())
+    return inside / p.shape[0]
+
+
+def precision_recall(real: np.ndarray, fake: np.ndarray, k: int = K_NEIGHBOURS,
+                     real_radii: Optional[np.ndarray] = None) -> tuple[float, float]:
+    """Precision: share of generated points inside the real manifold (k-NN balls around real
+    points). Recall: share of real points inside the generated manifold."""
+    if real_radii is None:
+        real_radii = knn_radii(real, k)
+    precision = coverage_share(fake, real, real_radii)
+    recall = coverage_share(real, fake, knn_radii(fake, k))
+    return precision, recall
+
+
+# ---------------------------------------------------------------------------------------------
+# Classifier-based statistics
+
+def class_stats(probs: np.ndarray, threshold: float = RECOGNIZABLE_THRESHOLD) -> dict:
+    """recognizable: share with top probability >= threshold; class_histogram: counts of the
+    top class; class_entropy: entropy of that histogram / log(classes), 1.0 = perfectly balanced."""
+    probs = np.asarray(probs, dtype=np.float64)
+    n, c = probs.shape
+    hist = np.bincount(probs.argmax(axis=1), minlength=c)
+    p = hist / max(n, 1)
+    nz = p[p > 0]
+    return {
+        "recognizable": float((probs.max(axis=1) >= threshold).mean()) if n else 0.0,
+        "class_histogram": [int(v) for v in hist],
+        "class_entropy": max(0.0, float(-(nz * np.log(nz)).sum() / math.log(c))),  # never -0.0
+    }
+
+
+def label_accuracy(requested_labels, images_u8: np.ndarray, dataset: str,
+                   net: Optional[EvalNet] = None) -> float:
+    """Share of images the evaluator classifies as the label they were requested with (the
+    hook for class-conditional sampling: any sampler that records its labels can be scored)."""
+    if len(requested_labels) != len(images_u8):
+        raise ValueError(f"{len(requested_labels)} labels for {len(images_u8)} images")
+    _, probs = embed(net or shipped_evaluator(dataset), images_u8)
+    return _agreement(requested_labels, probs)
+
+
+def _agreement(labels, probs: np.ndarray) -> float:
+    labels = np.asarray(labels).astype(np.int64).reshape(-1)
+    if labels.shape[0] != probs.shape[0]:
+        raise ValueError(f"{labels.shape[0]} labels for {probs.shape[0]} images")
+    return float((probs.argmax(axis=1) == labels).mean())
+
+
+# ---------------------------------------------------------------------------------------------
+# Noise-prediction error of a diffusion model
+
+@torch.no_grad()
+def noise_mse(model: torch.nn.Module, schedule, images_u8: np.ndarray, generator: torch.Generator, *,
+              labels: Optional[np.ndarray] = None, bands: int = 4, batch_size: int = 256, device="cpu",
+              amp_dtype: Optional[torch.dtype] = None, progress: bool = False) -> dict:
+    """E ||eps - eps_theta(x_t, t)||^2 per pixel, with x_t = q_sample(x_0, t, eps), on real images.
+
+    t and eps are drawn up front from `generator` (t stratified: image i gets a t from band
+    i mod `bands`), so the number does not depend on batch size or device. Returns the overall MSE
+    (the training loss under uniform t) and one entry per equal-width band of timesteps."""
+    from .data import to_model_range
+    from .device import autocast
+    from .schedule import q_sample
+
+    x0_all = to_model_range(images_u8)
+    n, T = x0_all.shape[0], schedule.timesteps
+    bands = max(1, min(bands, T))
+    edges = [round(b * T / bands) for b in range(bands + 1)]
+    band_of = torch.arange(n) % bands
+    lo, hi = torch.tensor(edges[:-1])[band_of], torch.tensor(edges[1:])[band_of]
+    t_all = lo + (torch.rand(n, generator=generator, dtype=torch.float64) * (hi - lo)).long().clamp(max=T - 1)
+    eps_all = torch.randn(x0_all.shape, generator=generator)
+    y_all = None if labels is None else torch.as_tensor(np.asarray(labels)).long()
+    device = torch.device(device)
+    model.eval()
+    per_image = torch.empty(n, dtype=torch.float64)
+    for s in tqdm(range(0, n, batch_size), desc="noise MSE", unit="batch", disable=not progress, leave=False):
+        x0, t, eps = (v[s:s + batch_size].to(device) for v in (x0_all, t_all, eps_all))
+        x_t = q_sample(schedule, x0, t, eps)
+        with autocast(device, amp_dtype):
+            pred = model(x_t, t) if y_all is None else model(x_t, t, y_all[s:s + batch_size].to(device))
+        per_image[s:s + len(t)] = ((pred.float() - eps) ** 2).mean(dim=(1, 2, 3)).double().cpu()
+    out = {"overall": float(per_image.mean()), "bands": []}
+    for b in range(bands):
+        m = band_of == b
+        if m.any():
+            out["bands"].append({"t_min": edges[b], "t_max": edges[b + 1] - 1, "count": int(m.sum()),
+                                 "mse": float(per_image[m].mean())})
+    return out
+
+
+# ---------------------------------------------------------------------------------------------
+# Reference sets (test split for comparison, training split for the floor), cached per process
+
+@lru_cache(maxsize=2)
+def dataset_splits(dataset: str):
+    """prepare(dataset), once per process: verifying 70k images' checksums costs about a second."""
+    from .data import prepare
+    return prepare(dataset, download=False)
+
+
+_TEST_REFERENCE: dict[str, tuple] = {}
+
+
+def _test_reference(dataset: str, progress: bool = False):
+    """Features and (mean, cov) of the whole test split: 10k images through a small CNN, seconds."""
+    if dataset not in _TEST_REFERENCE:
+        test = dataset_splits(dataset)["test"]
+        feats, _ = embed(shipped_evaluator(dataset), test.images, progress=progress,
+                         desc=f"features ({dataset} test)")
+        _TEST_REFERENCE[dataset] = (feats, feature_stats(feats))
+    return _TEST_REFERENCE[dataset]
+
+
+def _subset(n_total: int, n: int, seed: int, salt: int) -> np.ndarray:
+    g = torch.Generator().manual_seed(int(seed) * 7919 + salt)
+    return torch.randperm(n_total, generator=g)[:n].sort().values.numpy()
+
+
+def _real_train_subset(dataset: str, n: int, seed: int) -> np.ndarray:
+    train = dataset_splits(dataset)["train"]
+    return train.images[_subset(len(train.images), min(n, len(train.images)), seed, salt=1)]
+
+
+@lru_cache(maxsize=8)
+def _reference_scores(dataset: str, n: int, seed: int, k: int, progress: bool = False) -> dict:
+    """The metrics of n random training images (a perfect generator), once per (n, seed, k): an
+    `evaluate --run` sweep scores every checkpoint at the same n."""
+    real = _real_train_subset(dataset, n, seed)
+    rf, rp = embed(shipped_evaluator(dataset), real, progress=progress, desc="features (real train)")
+    return {"n": int(len(real)), **score_features(rf, rp, dataset, seed, k)}
+
+
+def score_features(feats: np.ndarray, probs: np.ndarray, dataset: str, seed: int = 0,
+                   k: int = K_NEIGHBOURS, progress: bool = False) -> dict:
+    """The metrics of one set given its evaluator outputs (the test split is the reference)."""
+    test_feats, (mu_r, cov_r) = _test_reference(dataset, progress)
+    n = len(feats)
+    if n <= k:
+        raise ValueError(f"need more than k={k} images to score, got {n}")
+    mu, cov = feature_stats(feats)
+    # precision/recall compare sets of equal size (their values depend on it): n test images
+    real = test_feats[_subset(len(test_feats), min(n, len(test_feats)), seed, salt=2)]
+    precision, recall = precision_recall(real, feats, k)
+    return {"fid": frechet_distance(mu, cov, mu_r, cov_r), "precision": precision, "recall": recall,
+            **class_stats(probs)}
+
+
+def evaluate_images(images_u8: np.ndarray, dataset: str, *, seed: int = 0, k: int = K_NEIGHBOURS,
+                    labels: Optional[Sequence[int]] = None, reference: bool = True,
+                    progress: bool = False) -> dict:
+    """Score uint8 (N, 28, 28) images against `dataset`'s test split. With `reference`, also score
+    N random training images the same way (`real_reference`; its fid is `fid_floor`)."""
+    images_u8 = np.asarray(images_u8)
+    if images_u8.ndim != 3 or images_u8.shape[1:] != (28, 28) or images_u8.dtype != np.uint8:
+        raise ValueError(f"expected uint8 images (N, 28, 28), got {images_u8.dtype} {images_u8.shape}")
+    net = shipped_evaluator(dataset)
+    feats, probs = embed(net, images_u8, progress=progress, desc="features (samples)")
+    result = {"dataset": dataset, "n": int(len(images_u8)), **score_features(feats, probs, dataset, seed, k, progress)}
+    if reference:
+        ref = _reference_scores(dataset, len(images_u8), seed, k, progress)
+        result["fid_floor"] = ref["fid"]
+        result["real_reference"] = {**ref, "class_histogram": list(ref["class_histogram"])}
+    if labels is not None:
+        result["label_accuracy"] = _agreement(labels, probs)  # label_accuracy without a second pass
+    result["k"] = k
+    result["recognizable_threshold"] = RECOGNIZABLE_THRESHOLD
+    result["evaluator_sha256"] = file_sha256(weights_path(dataset))
+    return result
+
+
+def balanced_labels(n: int, num_classes: int) -> np.ndarray:
+    """Labels to request from a class-conditional model: image i gets class i mod num_classes,
+    so every class is asked for equally often and the result does not depend on a generator."""
+    return np.arange(n, dtype=np.int64) % num_classes

@@ -1,0 +1,97 @@
+"""`mnist-diffusion evaluate` end to end: --samples (npz and PNG folder), --checkpoint and --run
+with a tiny model, and one-line errors."""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from mnist_diffusion.cli import main
+from mnist_diffusion.data import Split
+from mnist_diffusion.images import save_npz, save_png
+
+KEYS = {"n", "fid", "fid_floor", "recognizable", "class_histogram", "class_entropy", "precision", "recall"}
+
+
+def _run_json(argv, path):
+    assert main(argv + ["--json", str(path), "--no-progress"]) == 0
+    return json.loads(path.read_text())
+
+
+def test_samples_npz_and_png_folder_agree(mnist, tmp_path):
+    imgs = mnist["test"].images[:40]
+    save_npz(imgs, tmp_path / "s.npz")
+    for i, im in enumerate(imgs):
+        save_png(im, tmp_path / "png" / f"{i:03d}.png")
+    a = _run_json(["evaluate", "--samples", str(tmp_path / "s.npz"), "--dataset", "mnist"], tmp_path / "a.json")
+    b = _run_json(["evaluate", "--samples", str(tmp_path / "png"), "--dataset", "mnist"], tmp_path / "b.json")
+    assert KEYS <= set(a)
+    assert a["n"] == 40 and sum(a["class_histogram"]) == 40
+    a.pop("samples"), b.pop("samples")
+    assert a == b
+
+
+def test_samples_with_a_channel_axis(mnist, tmp_path):
+    save_npz(mnist["test"].images[:20, None], tmp_path / "s.npz")
+    assert _run_json(["evaluate", "--samples", str(tmp_path / "s.npz"), "--dataset", "mnist"],
+                     tmp_path / "r.json")["n"] == 20
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["evaluate", "--dataset", "mnist"], "exactly one of"),
+    (["evaluate", "--samples", "x.npz"], "--dataset"),
+    (["evaluate", "--samples", "missing.npz", "--dataset", "mnist"], "does not exist"),
+])
+def test_bad_input_is_one_line(argv, message, capsys):
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and message in err
+
+
+def test_wrong_image_size_is_one_line(tmp_path, capsys):
+    save_npz(np.zeros((5, 32, 32), np.uint8), tmp_path / "big.npz")
+    assert main(["evaluate", "--samples", str(tmp_path / "big.npz"), "--dataset", "mnist"]) == 2
+    assert "expected (N, 28, 28)" in capsys.readouterr().err
+
+
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory, mnist):
+    from conftest import tiny_config
+    from mnist_diffusion.training import train
+    run = tmp_path_factory.mktemp("run")
+    cfg = tiny_config(max_steps=2, save_interval=1, sample_interval=100)
+    train(cfg, Split(mnist["train"].images[:64], mnist["train"].labels[:64]), run, progress=False,
+          log=lambda s: None)
+    return run
+
+
+def test_evaluate_checkpoint(tiny_run, tmp_path):
+    argv = ["evaluate", "--checkpoint", str(tiny_run / "checkpoints" / "last.pt"), "--num-samples", "12",
+            "--sampler", "ddim", "--steps", "5", "--noise-mse-images", "40", "--seed", "3"]
+    r = _run_json(argv, tmp_path / "r.json")
+    assert KEYS <= set(r) and r["n"] == 12 and r["dataset"] == "mnist"
+    assert r["seed"] == 3 and r["sampler"]["sampler"] == "ddim" and r["sampler"]["steps"] == 5
+    assert r["noise_mse"]["n"] == 40 and len(r["noise_mse"]["bands"]) == 4
+    assert sum(b["count"] for b in r["noise_mse"]["bands"]) == 40
+
+
+def test_evaluate_run(tiny_run):
+    assert main(["evaluate", "--run", str(tiny_run), "--num-samples", "8", "--sampler", "ddim", "--steps", "3",
+                 "--noise-mse-images", "16", "--no-progress"]) == 0
+    rows = json.loads((tiny_run / "metrics.json").read_text())["checkpoints"]
+    assert [r["step"] for r in rows] == [1, 2]
+    assert (tiny_run / "metrics.png").stat().st_size > 0
+
+
+def test_evaluate_conditional_checkpoint_reports_label_accuracy(mnist, tmp_path):
+    from conftest import tiny_config
+    from mnist_diffusion.training import train
+    cfg = tiny_config(max_steps=1, sample_interval=100).replace(model={"num_classes": 10})
+    train(cfg, Split(mnist["train"].images[:32], mnist["train"].labels[:32]), tmp_path / "run", progress=False,
+          log=lambda s: None)
+    r = _run_json(["evaluate", "--checkpoint", str(tmp_path / "run" / "checkpoints" / "last.pt"),
+                   "--num-samples", "10", "--sampler", "ddim", "--steps", "2", "--noise-mse-images", "10"],
+                  tmp_path / "r.json")
+    assert 0.0 <= r["label_accuracy"] <= 1.0
+    assert r["sampler"]["labels"].startswith("balanced")
