@@ -40,8 +40,9 @@ data-all: data
 	  { apt-get update -qq >/dev/null 2>&1 || true; $(BIN)/mnist-diffusion data --dataset fashion_mnist; }
 
 run: data
-	$(BIN)/mnist-diffusion train --preset quick --dataset mnist --output-dir $(RUN_DIR)
-	$(BIN)/mnist-diffusion sample --checkpoint $(RUN_DIR)/checkpoints/last.pt --num-images 64 --sampler ddpm --output $(RUN_DIR)/final_samples.png
+	$(BIN)/mnist-diffusion train --preset quick --dataset mnist --output-dir $(RUN_DIR) --resume auto
+	$(BIN)/mnist-diffusion sample --checkpoint $(RUN_DIR)/checkpoints/last.pt --num-images 64 --sampler ddpm --output $(RUN_DIR)/samples.png
+	@echo "sample grid: $(RUN_DIR)/samples.png"
 
 test: setup-dev data-all
 	$(BIN)/python -m pytest
