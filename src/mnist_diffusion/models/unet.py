@@ -127,12 +127,12 @@ class UNet(nn.Module):
 
 
 @register("unet", "residual U-Net, GroupNorm, sinusoidal time embedding (default)",
-          defaults={"base_dim": 64, "channel_mults": (1, 2, 2), "num_res_blocks": 2})
+          defaults={"base_dim": 32, "channel_mults": (1, 2, 2), "num_res_blocks": 2})
 def _unet(cfg: ModelConfig) -> nn.Module:
     return UNet(cfg)
 
 
 @register("unet_attn", "unet plus self-attention at the lowest resolution",
-          defaults={"base_dim": 64, "channel_mults": (1, 2, 2), "num_res_blocks": 2})
+          defaults={"base_dim": 32, "channel_mults": (1, 2, 2), "num_res_blocks": 2})
 def _unet_attn(cfg: ModelConfig) -> nn.Module:
     return UNet(cfg, attention=True)
