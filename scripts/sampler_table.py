@@ -18,7 +18,6 @@ import json
 import sys
 import time
 
-import numpy as np
 import torch
 
 from mnist_diffusion.checkpoint import atomic_write_text, load_model

@@ -1,6 +1,5 @@
 """Two CPU processes under torchrun (gloo): same weights on both ranks, run directory written once,
 and the same global batch gives the same training as one process."""
-import os
 import subprocess
 import sys
 from pathlib import Path

@@ -9,7 +9,6 @@ output can be computed exactly instead of estimated from samples: see `exact_mom
 """
 from __future__ import annotations
 
-import math
 
 import pytest
 import torch

@@ -146,3 +146,12 @@ def test_loss_is_zero_for_an_oracle():
     noise = torch.randn(4, 1, 28, 28)
     t = torch.tensor([0, 10, 20, 49])
     assert diffusion_loss(lambda x, tt: noise, s, x0, t, noise).item() == 0.0
+
+
+def test_time_limit_stops_with_a_checkpoint_and_a_grid(tmp_path):
+    cfg = tiny_config(max_steps=100_000, epochs=100_000, sample_interval=100_000, save_interval=100_000,
+                      time_limit=0.002)  # 0.12 s
+    result = train(cfg, _synthetic(), tmp_path, progress=False, log=_quiet)
+    assert 0 < result.step < 100_000
+    assert ckpt_io.load(tmp_path / "checkpoints/last.pt")["step"] == result.step
+    assert (tmp_path / "samples" / f"step_{result.step:07d}.png").exists()

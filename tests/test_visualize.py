@@ -9,7 +9,6 @@ from PIL import Image
 
 from mnist_diffusion import visualize as viz
 from mnist_diffusion.cli import main
-from mnist_diffusion.data import Split
 from mnist_diffusion.images import label_frame, save_grid
 
 

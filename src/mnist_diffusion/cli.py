@@ -125,13 +125,14 @@ TRAIN_OVERRIDES = {
     "precision": ("train", "precision"), "warmup_steps": ("train", "warmup_steps"),
     "log_interval": ("train", "log_interval"), "keep_checkpoints": ("train", "keep_checkpoints"),
     "cond_drop_prob": ("train", "cond_drop_prob"), "dataset": ("train", "dataset"),
+    "time_limit": ("train", "time_limit"),
     "timesteps": ("diffusion", "timesteps"), "schedule": ("diffusion", "schedule"),
     "model": ("model", "name"), "base_dim": ("model", "base_dim"), "num_res_blocks": ("model", "num_res_blocks"),
     "channel_mults": ("model", "channel_mults"), "dropout": ("model", "dropout"),
 }
 # what may change when resuming (the rest must match the checkpoint)
 RESUME_MUTABLE = {"epochs", "max_steps", "sample_interval", "save_interval", "num_samples", "device",
-                  "log_interval", "keep_checkpoints", "precision"}
+                  "log_interval", "keep_checkpoints", "precision", "time_limit"}
 
 
 def _add_train(p: argparse.ArgumentParser) -> None:
@@ -143,6 +144,8 @@ def _add_train(p: argparse.ArgumentParser) -> None:
     p.add_argument("--output-dir", help="run directory (default: runs/<preset>-<dataset>)")
     p.add_argument("--epochs", type=positive_int)
     p.add_argument("--max-steps", type=positive_int, help="stop after this many optimiser steps")
+    p.add_argument("--time-limit", type=positive_float, metavar="MIN",
+                   help="stop (with a checkpoint and a sample grid) after this many minutes of training")
     p.add_argument("--subset", type=positive_int, help="train on the first N images only")
     p.add_argument("--batch-size", type=positive_int)
     p.add_argument("--lr", type=positive_float)

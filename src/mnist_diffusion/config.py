@@ -78,6 +78,8 @@ class TrainConfig:
     cond_drop_prob: float = 0.1
     nonfinite: str = "stop"  # "stop" or "skip" a batch whose loss is not finite
     keep_checkpoints: int = 0  # periodic checkpoints to keep (0 = all)
+    time_limit: float = 0.0  # minutes of training in this invocation; 0 = no limit
+
 
     def validate(self) -> None:
         if self.dataset not in DATASETS:
@@ -96,6 +98,8 @@ class TrainConfig:
         for key in ("sample_interval", "save_interval", "warmup_steps", "keep_checkpoints"):
             if getattr(self, key) < 0:
                 raise ConfigError(f"train.{key} must be >= 0, got {getattr(self, key)}")
+        if self.time_limit < 0:
+            raise ConfigError(f"train.time_limit must be >= 0 minutes, got {self.time_limit}")
         if self.grad_clip < 0 or self.weight_decay < 0:
             raise ConfigError("train.grad_clip and train.weight_decay must be >= 0")
         if not 0.0 <= self.cond_drop_prob < 1.0:

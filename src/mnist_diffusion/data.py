@@ -31,6 +31,8 @@ from typing import Callable, Optional
 
 import numpy as np
 
+from .atomic import atomic_write_bytes
+
 
 class DataError(RuntimeError):
     """A data file is missing, corrupt or does not match its checksum."""
@@ -269,7 +271,7 @@ def download_idx(dataset: str, dest: Path, mirrors: Optional[list[str]] = None,
                     progress(f"downloading {url}")
                 with urllib.request.urlopen(url, timeout=timeout) as r:
                     payload = r.read()
-                _atomic_write_bytes(target, payload)
+                atomic_write_bytes(target, payload)
             return dest
         except OSError as e:
             errors.append(f"{base}: {e}")
@@ -284,26 +286,11 @@ def _cache_path(dataset: str) -> Path:
     return cache_dir() / f"{dataset}.npz"
 
 
-def _atomic_write_bytes(path: Path, payload: bytes) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name + ".", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(payload)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-
-
 def _save_cache(dataset: str, splits: dict[str, Split]) -> None:
     buf = io.BytesIO()
     np.savez(buf, **{f"{k}_{f}": getattr(s, f) for k, s in splits.items() for f in ("images", "labels")})
     try:
-        _atomic_write_bytes(_cache_path(dataset), buf.getvalue())
+        atomic_write_bytes(_cache_path(dataset), buf.getvalue())
     except OSError:
         pass  # an unwritable cache only costs speed next time
 

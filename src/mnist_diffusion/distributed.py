@@ -47,13 +47,14 @@ def teardown(world: World) -> None:
         dist.destroy_process_group()
 
 
-def agree(world: World, loss: float, stop: bool, device: torch.device) -> tuple[float, bool]:
-    """Mean loss over ranks, and whether any rank wants to stop (a signal reached it)."""
+def agree(world: World, loss: float, flags: tuple[bool, ...], device: torch.device) -> tuple[float, tuple[bool, ...]]:
+    """Mean loss over ranks, and for each flag whether any rank raised it (a signal reached it, its
+    time ran out): every rank must take the same branch, or the next collective would hang."""
     if not world.active:
-        return loss, stop
-    t = torch.tensor([loss, 1.0 if stop else 0.0], dtype=torch.float64, device=device)
+        return loss, tuple(flags)
+    t = torch.tensor([loss, *(1.0 if f else 0.0 for f in flags)], dtype=torch.float64, device=device)
     dist.all_reduce(t, op=dist.ReduceOp.SUM)
-    return float(t[0]) / world.size, bool(t[1] > 0)
+    return float(t[0]) / world.size, tuple(bool(v > 0) for v in t[1:])
 
 
 def weights_checksum(model: torch.nn.Module) -> float:

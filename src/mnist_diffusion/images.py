@@ -13,6 +13,8 @@ from typing import Optional, Sequence
 import numpy as np
 from PIL import Image
 
+from .atomic import atomic_write_bytes
+
 
 
 def grid(images: np.ndarray, nrow: Optional[int] = None, pad: int = 2, pad_value: int = 0) -> np.ndarray:
@@ -29,14 +31,6 @@ def grid(images: np.ndarray, nrow: Optional[int] = None, pad: int = 2, pad_value
     return out
 
 
-def _atomic_bytes(path: Path, payload: bytes) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    with open(tmp, "wb") as f:
-        f.write(payload)
-    os.replace(tmp, path)
-
-
 def save_png(array: np.ndarray, path: str | os.PathLike, scale: int = 1) -> Path:
     """Write a uint8 2-D array as a PNG (optionally upscaled with nearest neighbour)."""
     img = Image.fromarray(np.asarray(array, dtype=np.uint8), mode="L")
@@ -45,7 +39,7 @@ def save_png(array: np.ndarray, path: str | os.PathLike, scale: int = 1) -> Path
     buf = io.BytesIO()
     img.save(buf, format="PNG")
     path = Path(path)
-    _atomic_bytes(path, buf.getvalue())
+    atomic_write_bytes(path, buf.getvalue())
     return path
 
 
@@ -57,7 +51,7 @@ def save_npz(images: np.ndarray, path: str | os.PathLike, **extra) -> Path:
     buf = io.BytesIO()
     np.savez_compressed(buf, images=np.asarray(images, dtype=np.uint8), **extra)
     path = Path(path)
-    _atomic_bytes(path, buf.getvalue())
+    atomic_write_bytes(path, buf.getvalue())
     return path
 
 
@@ -76,7 +70,7 @@ def save_gif(frames: Sequence[np.ndarray], path: str | os.PathLike, duration_ms:
     imgs[0].save(buf, format="GIF", save_all=True, append_images=imgs[1:], duration=durations, loop=0,
                  optimize=False)
     path = Path(path)
-    _atomic_bytes(path, buf.getvalue())
+    atomic_write_bytes(path, buf.getvalue())
     return path
 
 

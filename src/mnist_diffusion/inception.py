@@ -92,10 +92,10 @@ def reference_stats(dataset: str, device: str = "cpu", progress: bool = False,
     test = prepare(dataset, download=False)["test"]
     mu, cov = feature_stats(inception_features(test.images, device=device, progress=progress))
     if cache:
-        from .data import _atomic_write_bytes
+        from .atomic import atomic_write_bytes
         buf = io.BytesIO()
         np.savez(buf, mu=mu, cov=cov)
-        _atomic_write_bytes(path, buf.getvalue())
+        atomic_write_bytes(path, buf.getvalue())
     return mu, cov
 
 

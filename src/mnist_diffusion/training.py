@@ -291,7 +291,8 @@ def _train(cfg: RunConfig, data: Split, run_dir: Path, world: "distributed.World
     last_ck = ck_dir / "last.pt"
     model.train()
     with _SignalCatcher() as sig:
-        while step < total:
+        time_up = False
+        while step < total and not time_up:
             epoch, i = divmod(step, spe)
             if epoch != perm_epoch:
                 g_epoch = torch.Generator().manual_seed(_mix(tc.seed, epoch, 1))
@@ -315,7 +316,9 @@ def _train(cfg: RunConfig, data: Split, run_dir: Path, world: "distributed.World
                 group["lr"] = lr_at(cfg, step, total)
             with autocast(device, amp):
                 loss = diffusion_loss(net, schedule, x0, t, noise, y)
-            loss_value, stop = distributed.agree(world, float(loss.detach()), sig.signum is not None, device)
+            time_up = bool(tc.time_limit) and time.time() - t_start > tc.time_limit * 60
+            loss_value, (stop, time_up) = distributed.agree(world, float(loss.detach()),
+                                                            (sig.signum is not None, time_up), device)
             if not math.isfinite(loss_value):
                 if tc.nonfinite == "stop":
                     raise NonFiniteLoss(f"loss became {loss_value} at step {step + 1}; the last good checkpoint "
@@ -346,7 +349,9 @@ def _train(cfg: RunConfig, data: Split, run_dir: Path, world: "distributed.World
                 _write_loss_csv(loss_csv, rows)
                 bar.set_postfix(loss=f"{mean:.4f}", img_s=f"{ips:.0f}")
                 window_loss, window_n, window_t = 0.0, 0, time.time()
-            done = step == total
+            done = step == total or time_up
+            if time_up and step < total:
+                log(f"time limit of {tc.time_limit:g} min reached at step {step}")
             if step % save_every == 0 or done:
                 last_ck = save(step, periodic=step % save_every == 0)
             if step % sample_every == 0 or done:

@@ -4,7 +4,6 @@ skips: it shows how much the U-Net's structure buys.
 """
 from __future__ import annotations
 
-import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
