@@ -62,7 +62,7 @@ def test_benchmark_writes_json_with_positive_numbers(tmp_path, capsys):
     assert mem["batch_size"] == 8
     if os.path.exists("/proc/self/status"):
         assert _positive(mem["peak_rss_bytes"]) and mem["peak_rss_bytes"] >= mem["rss_before_training_bytes"]
-    assert "compare" not in r
+    assert "compare" not in r and r["preset"] is None  # --base-dim replaced the preset's network
 
 
 def test_sampler_steps_and_full_sampling(tmp_path):
@@ -182,3 +182,18 @@ def test_json_path_is_checked_before_measuring(tmp_path, capsys):
 def test_missing_cuda_is_a_one_line_error(capsys):
     assert main(["benchmark", *TINY[:-2], "--device", "cuda"]) == 2
     assert "CUDA is not available" in capsys.readouterr().err
+
+
+def test_model_options_resolve_like_train():
+    import argparse
+
+    from mnist_diffusion.cli import resolve_benchmark_config
+    from mnist_diffusion.config import preset
+
+    def cfg(**kw):
+        return resolve_benchmark_config(argparse.Namespace(**{"preset": None, "model": None, "base_dim": None, **kw}))
+    assert cfg() == preset("default")
+    assert cfg(preset="quick").model == preset("quick").model
+    assert cfg(preset="quick", base_dim=16).model.base_dim == 16
+    assert cfg(preset="quick", base_dim=16).model.num_res_blocks == preset("quick").model.num_res_blocks
+    assert cfg(model="unet", base_dim=8).model.base_dim == 8

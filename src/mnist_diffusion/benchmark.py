@@ -523,9 +523,11 @@ def _seconds(s: float) -> str:
 
 def format_table(r: dict) -> str:
     m, mc = r["machine"], r["model"]
+    precision = "fp32" if r["precision"] == "fp32" else f"{r['precision']} autocast"
     lines = [
         f"model      {mc['name']} (base {mc['base_dim']}, mults {','.join(map(str, mc['channel_mults']))}, "
-        f"x{mc['num_res_blocks']}), T = {r['diffusion']['timesteps']}, precision {r['precision']}",
+        f"x{mc['num_res_blocks']}), T = {r['diffusion']['timesteps']}, {precision}"
+        + (f"; preset {r['preset']}" if r.get("preset") else ""),
         f"machine    {m['device_name']} ({m['device']}), {m['usable_cores']} of {m['cpu_count']} cores, "
         f"torch {m['torch']} with {m['torch_threads']} threads"
         + (f", load {m['load_average_1m']}" if "load_average_1m" in m else "") + f", {m['date']}",

@@ -884,9 +884,12 @@ def resolve_benchmark_config(args):
 @command("benchmark", "measure training and sampling speed, memory and checkpoint size of a model on a device",
          _add_benchmark)
 def cmd_benchmark(args) -> int:
+    from dataclasses import replace
+
     import torch
 
     from . import benchmark as bench
+    from .config import preset
     from .device import resolve_device, resolve_precision
 
     comparisons: tuple[str, ...] = ()
@@ -907,12 +910,13 @@ def cmd_benchmark(args) -> int:
     device = resolve_device(args.device)
     amp = resolve_precision(args.precision, device)
     settings = bench.Settings.quick() if args.quick else bench.Settings()
-    from dataclasses import replace
     settings = replace(settings, sample_images=args.sample_images, full_sampling=args.full_sampling)
     result = bench.run(cfg, device, batch_size=args.batch_size, amp=amp, settings=settings,
                        sampler_steps=args.sampler_steps, memory=not args.no_memory, comparisons=comparisons,
                        log=lambda m: _info(f"benchmark: {m}"))
-    result["preset"] = args.preset or "default"
+    # the preset the model came from (None when --model or --base-dim replaced its network)
+    name = args.preset or "default"
+    result["preset"] = name if preset(name).model == cfg.model else None
     result["options"] = {k: v for k, v in vars(args).items() if k not in ("debug", "command")}
     print(bench.format_table(result))
     if args.quick:
