@@ -566,7 +566,10 @@ def format_table(r: dict) -> str:
             if c.get("train_ratio") is None:
                 lines.append(head + f"failed: {c.get('failed', 'unknown')}")
                 continue
-            lines.append(head + f"{c['train_ratio']:>9.2f}x{c['sample_eval_ratio']:>13.2f}x")
+            note = ""
+            if what == "compile":  # compilation happens in the warm-up: say what it cost
+                note = f"   (B's warm-up, compilation included: {c['train']['b']['warmup_seconds']:.0f} s)"
+            lines.append(head + f"{c['train_ratio']:>9.2f}x{c['sample_eval_ratio']:>13.2f}x" + note)
     return "\n".join(lines)
 
 
