@@ -831,6 +831,105 @@ def cmd_interpolate(args) -> int:
     return 0
 
 
+# ---------------------------------------------------------------------------------------------
+# benchmark
+
+def sampler_steps_arg(text: str) -> dict[str, int]:
+    """NAME=N[,NAME=N...] -> {"ddpm": N, ...}"""
+    from .samplers import SAMPLERS
+    out = {}
+    for part in (p.strip() for p in text.split(",") if p.strip()):
+        name, sep, value = part.partition("=")
+        if not sep or name not in SAMPLERS:
+            raise argparse.ArgumentTypeError(f"expected NAME=STEPS with NAME one of {', '.join(SAMPLERS)}, got {part!r}")
+        out[name] = positive_int(value)
+    if not out:
+        raise argparse.ArgumentTypeError(f"expected NAME=STEPS[,NAME=STEPS], got {text!r}")
+    return out
+
+
+def _add_benchmark(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--preset", choices=["quick", "default"], default=None,
+                   help="the model (and T, lr, EMA decay) of a preset (default: 'default')")
+    p.add_argument("--model", help="network name instead of the preset's (see `mnist-diffusion models`)")
+    p.add_argument("--base-dim", type=positive_int, help="channels at full resolution")
+    p.add_argument("--device", choices=["auto", "cpu", "cuda", "mps"], default="auto")
+    p.add_argument("--precision", choices=["auto", "fp32", "bf16", "fp16"], default="auto",
+                   help="autocast for training and sampling, as `train` takes it (default auto)")
+    p.add_argument("--batch-size", type=positive_int, default=128, help="training batch (default 128)")
+    p.add_argument("--threads", type=positive_int, help="torch CPU threads (default: torch's choice)")
+    p.add_argument("--sample-images", type=positive_int, default=64, help="images per sampling run, one batch (default 64)")
+    p.add_argument("--sampler-steps", type=sampler_steps_arg, metavar="NAME=N[,NAME=N]",
+                   help="sample with these step counts instead of the defaults (ddpm all T, ddim 50, dpmpp 20)")
+    p.add_argument("--full-sampling", action="store_true",
+                   help="time every sampler to the end (ddpm's 1000 steps too) instead of extrapolating long ones")
+    p.add_argument("--compare", nargs="?", const="all", metavar="WHAT",
+                   help="also A/B-compare, in interleaved windows: precision (fp32 vs bf16/AMP), channels_last, "
+                        "compile (torch.compile); a comma-separated subset, or all (the default with no value)")
+    p.add_argument("--no-memory", action="store_true", help="skip the peak-memory subprocess")
+    p.add_argument("--quick", action="store_true", help="short warm-up and windows: a smoke test, not a measurement")
+    p.add_argument("--json", metavar="PATH", help="also write the results (and machine info) as JSON")
+
+
+def resolve_benchmark_config(args):
+    from .config import preset
+    from .models import default_config
+
+    cfg = preset(args.preset or "default")
+    model = {}
+    if args.model and args.model != cfg.model.name:
+        model = {k: v for k, v in default_config(args.model).__dict__.items() if k != "num_classes"}
+    if args.base_dim:
+        model["base_dim"] = args.base_dim
+    return cfg.replace(model=model) if model else cfg
+
+
+@command("benchmark", "measure training and sampling speed, memory and checkpoint size of a model on a device",
+         _add_benchmark)
+def cmd_benchmark(args) -> int:
+    from dataclasses import replace
+
+    import torch
+
+    from . import benchmark as bench
+    from .config import preset
+    from .device import resolve_device, resolve_precision
+
+    comparisons: tuple[str, ...] = ()
+    if args.compare is not None:
+        wanted = [w.strip() for w in args.compare.split(",") if w.strip()]
+        comparisons = bench.COMPARISONS if wanted == ["all"] else tuple(wanted)
+        bad = [w for w in comparisons if w not in bench.COMPARISONS]
+        if bad or not comparisons:
+            raise ConfigError(f"--compare {args.compare}: choose from {', '.join(bench.COMPARISONS)} or all")
+    if args.json:
+        if Path(args.json).is_dir():
+            raise ConfigError(f"--json {args.json} is a directory")
+        if Path(args.json).parent.exists() and not Path(args.json).parent.is_dir():
+            raise ConfigError(f"--json {args.json}: {Path(args.json).parent} is not a directory")
+    cfg = resolve_benchmark_config(args)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    device = resolve_device(args.device)
+    amp = resolve_precision(args.precision, device)
+    settings = bench.Settings.quick() if args.quick else bench.Settings()
+    settings = replace(settings, sample_images=args.sample_images, full_sampling=args.full_sampling)
+    result = bench.run(cfg, device, batch_size=args.batch_size, amp=amp, settings=settings,
+                       sampler_steps=args.sampler_steps, memory=not args.no_memory, comparisons=comparisons,
+                       log=lambda m: _info(f"benchmark: {m}"))
+    # the preset the model came from (None when --model or --base-dim replaced its network)
+    name = args.preset or "default"
+    result["preset"] = name if preset(name).model == cfg.model else None
+    result["options"] = {k: v for k, v in vars(args).items() if k not in ("debug", "command")}
+    print(bench.format_table(result))
+    if args.quick:
+        print("(--quick: short windows; use these numbers to check the command, not to compare machines)")
+    if args.json:
+        _write_json(args.json, result)
+        print(f"wrote {args.json}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="mnist-diffusion",
                                      description="Denoising diffusion models on MNIST and Fashion-MNIST.")

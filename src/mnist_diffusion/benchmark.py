@@ -1,0 +1,579 @@
+"""Speed and memory of a model on a device: training images/s, sampling time per sampler, peak
+memory, parameters, checkpoint size, and interleaved A/B comparisons (precision, channels_last,
+torch.compile). Every function returns a plain dict that the CLI prints and writes as JSON.
+
+How the numbers are taken:
+- Training steps are real ones (the loss, backward, gradient clipping, AdamW step and EMA update
+  of training.py) on random uint8 images held in memory like the real split; the pixel values do
+  not change the cost. Warm-up steps are not timed; the rate is the median over several windows,
+  each sized from the warm-up to last about `window_seconds`.
+- Sampling times `sampling.generate` for one batch of images. A sampler with more network
+  evaluations than `max_full_steps` (ddpm's 1000) is timed over a few steps and extrapolated;
+  its entry says so.
+- Peak memory comes from a fresh subprocess that only trains, so earlier allocations of this
+  process (other variants, sampling) cannot inflate it.
+- A/B comparisons alternate windows of A and B in one process, so machine noise hits both alike.
+
+Not here: speed targets (docs/BENCHMARKS.md holds measured tables), sample quality (evaluation.py).
+"""
+from __future__ import annotations
+
+import copy
+import datetime
+import io
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Callable, Optional
+
+import torch
+
+from .config import RunConfig
+from .device import autocast, resolve_precision
+from .models import build_model, count_parameters
+from .samplers import DEFAULT_STEPS, SAMPLERS
+from .schedule import make_schedule
+
+FORMAT = "mnist-diffusion-benchmark/1"
+TRAIN_IMAGES = 60_000  # the in-memory "split" the benchmark batches from: MNIST's size, so memory matches a run
+COMPARISONS = ("precision", "channels_last", "compile")
+
+
+class BenchmarkError(ValueError):
+    """A benchmark option or setting cannot be honoured; the message says which."""
+
+
+@dataclass(frozen=True)
+class Settings:
+    """How long to measure. `quick()` is for tests and CI smoke runs, not for published numbers."""
+    warmup_steps: int = 5  # untimed training steps (more when torch.compile is on: see compile_warmup)
+    windows: int = 5  # timed windows; the median is reported
+    window_seconds: float = 3.0  # target length of one window
+    max_window_steps: int = 1000
+    compile_warmup: int = 3  # extra untimed steps for compiled variants (compilation happens here)
+    sample_images: int = 64  # one batch
+    sample_repeats: int = 3  # full sampling runs per sampler; the median is reported
+    max_full_steps: int = 100  # samplers with more evaluations are timed on `timed_steps` and extrapolated
+    timed_steps: int = 20
+    memory_steps: int = 10  # training steps in the memory subprocess
+    full_sampling: bool = False  # time every sampler fully, even ddpm at 1000 steps
+
+    @classmethod
+    def quick(cls) -> "Settings":
+        return cls(warmup_steps=2, windows=3, window_seconds=0.2, compile_warmup=2, sample_repeats=1,
+                   timed_steps=5, memory_steps=3)
+
+
+# ---------------------------------------------------------------------------------------------
+# machine
+
+def _cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine() or "unknown"
+
+
+def device_name(device: torch.device) -> str:
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    if device.type == "mps":
+        return f"Apple MPS ({platform.machine()})"
+    return _cpu_model()
+
+
+def machine_info(device: torch.device) -> dict:
+    """What the numbers were measured on, including how busy the machine was when we started."""
+    try:
+        usable = len(os.sched_getaffinity(0))
+    except AttributeError:
+        usable = os.cpu_count()
+    info = {
+        "cpu": _cpu_model(),
+        "cpu_count": os.cpu_count(),
+        "usable_cores": usable,
+        "cpu_capability": getattr(torch.backends.cpu, "get_cpu_capability", lambda: "unknown")(),
+        "torch": str(torch.__version__),
+        "torch_threads": torch.get_num_threads(),
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+        "device": str(device),
+        "device_name": device_name(device),
+        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+    }
+    if hasattr(os, "getloadavg"):
+        info["load_average_1m"] = round(os.getloadavg()[0], 2)
+    if device.type == "cuda":
+        info["cuda"] = torch.version.cuda
+    return info
+
+
+def synchronize(device: torch.device) -> None:
+    """Wait for queued GPU work, so a timer reads the work's end and not its launch."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    elif device.type == "mps":
+        torch.mps.synchronize()
+
+
+# ---------------------------------------------------------------------------------------------
+# one training step, as training.py takes it
+
+class TrainStep:
+    """A model, its EMA copy and AdamW, stepping on random images like `training._train` does.
+
+    The variant options are those `--compare` switches: autocast dtype, channels_last memory
+    format and torch.compile of the network (the loss, optimiser and EMA stay eager, as in training).
+    """
+
+    def __init__(self, cfg: RunConfig, device: torch.device, batch_size: int, amp: Optional[torch.dtype],
+                 channels_last: bool = False, compile: bool = False, seed: int = 0):
+        from .training import ema_update  # noqa: F401  (checked importable before any work)
+        self.cfg, self.device, self.batch_size, self.amp = cfg, device, batch_size, amp
+        self.memory_format = torch.channels_last if channels_last else torch.contiguous_format
+        self.schedule = make_schedule(cfg.diffusion.schedule, cfg.diffusion.timesteps)
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)  # every variant starts from the same weights
+            self.model = build_model(cfg.model, cfg.diffusion.timesteps).to(device)
+        self.model = self.model.to(memory_format=self.memory_format)
+        self.ema = copy.deepcopy(self.model).eval().requires_grad_(False)
+        self.net = torch.compile(self.model) if compile else self.model
+        self.opt = torch.optim.AdamW(self.model.parameters(), lr=cfg.train.lr, weight_decay=cfg.train.weight_decay)
+        g = torch.Generator().manual_seed(seed)
+        self.images = torch.randint(0, 256, (TRAIN_IMAGES, 28, 28), dtype=torch.uint8, generator=g).to(device)
+        self.labels = torch.randint(0, 10, (TRAIN_IMAGES,), generator=g).to(device)
+        self.gen = torch.Generator(device=device).manual_seed(seed)
+        self.step_count = 0
+        self.model.train()
+
+    def __call__(self) -> float:
+        from .training import diffusion_loss, ema_update
+
+        tc, B, dev = self.cfg.train, self.batch_size, self.device
+        idx = torch.randint(0, TRAIN_IMAGES, (B,), device=dev, generator=self.gen)
+        t = torch.randint(0, self.schedule.timesteps, (B,), device=dev, generator=self.gen)
+        noise = torch.randn((B, 1, 28, 28), device=dev, generator=self.gen)
+        x0 = self.images[idx].unsqueeze(1).float() / 127.5 - 1.0
+        x0 = x0.contiguous(memory_format=self.memory_format)
+        y = None
+        if self.cfg.model.num_classes:
+            drop = torch.rand(B, device=dev, generator=self.gen) < tc.cond_drop_prob
+            y = torch.where(drop, torch.full_like(self.labels[idx], self.cfg.model.num_classes), self.labels[idx])
+        with autocast(dev, self.amp):
+            loss = diffusion_loss(self.net, self.schedule, x0, t, noise, y)
+        value = float(loss.detach())  # training reads the loss every step (finiteness check): a sync point
+        self.opt.zero_grad(set_to_none=True)
+        loss.backward()
+        if tc.grad_clip:
+            torch.nn.utils.clip_grad_norm_(self.model.parameters(), tc.grad_clip)
+        self.opt.step()
+        ema_update(self.ema, self.model, tc.ema_decay, self.step_count)
+        self.step_count += 1
+        return value
+
+    def eval_step(self, batch: int) -> Callable[[], None]:
+        """One network evaluation over `batch` images without gradients: the cost of one sampler step."""
+        x = torch.randn((batch, 1, 28, 28), device=self.device, generator=self.gen)
+        x = x.contiguous(memory_format=self.memory_format)
+        t = torch.full((batch,), self.schedule.timesteps // 2, device=self.device, dtype=torch.long)
+
+        def run() -> None:
+            with torch.no_grad(), autocast(self.device, self.amp):
+                self.net(x, t)
+        return run
+
+    def checkpoint_state(self) -> dict:
+        """The dict training.py saves as last.pt (model, EMA, AdamW moments, config, counters)."""
+        from .checkpoint import FORMAT as CKPT_FORMAT
+        return {"format": CKPT_FORMAT, "config": self.cfg.to_dict(), "step": self.step_count, "epoch": 0,
+                "model": self.model.state_dict(), "ema": self.ema.state_dict(), "optimizer": self.opt.state_dict(),
+                "skipped": 0, "torch": str(torch.__version__)}
+
+
+def saved_bytes(obj) -> int:
+    buf = io.BytesIO()
+    torch.save(obj, buf)
+    return buf.tell()
+
+
+# ---------------------------------------------------------------------------------------------
+# timing
+
+def _first_line(e: BaseException) -> str:
+    text = str(e).strip()
+    line = text.splitlines()[0] if text else ""
+    return f"{type(e).__name__}: {line[:200]}" if line else type(e).__name__
+
+
+def interleaved_windows(fns: dict[str, Callable[[], object]], device: torch.device, settings: Settings,
+                        warmup: Optional[dict[str, int]] = None) -> dict[str, dict]:
+    """Time each callable in alternating windows (A B A B ...) after untimed warm-up calls.
+
+    Returns, per name, {"seconds_per_call": [one per window], "calls_per_window", "warmup_seconds"},
+    or {"failed": reason} when a callable raised (warm-up included: torch.compile fails there)."""
+    out: dict[str, dict] = {}
+    live: dict[str, Callable] = {}
+    for name, fn in fns.items():
+        n_warm = max(1, (warmup or {}).get(name, settings.warmup_steps))
+        try:
+            synchronize(device)
+            t0 = time.perf_counter()
+            for _ in range(n_warm - 1):
+                fn()
+            synchronize(device)
+            t1 = time.perf_counter()
+            fn()  # the last warm-up call, timed alone, sizes the windows
+            synchronize(device)
+            t2 = time.perf_counter()
+        except Exception as e:  # noqa: BLE001  (any failure of a variant is a result, not a crash)
+            out[name] = {"failed": _first_line(e)}
+            continue
+        per_call = max(t2 - t1, 1e-6)
+        calls = int(min(settings.max_window_steps, max(1, round(settings.window_seconds / per_call))))
+        out[name] = {"seconds_per_call": [], "calls_per_window": calls, "warmup_calls": n_warm,
+                     "warmup_seconds": t2 - t0}
+        live[name] = fn
+    for _ in range(settings.windows):
+        for name, fn in live.items():
+            if "failed" in out[name]:
+                continue
+            calls = out[name]["calls_per_window"]
+            try:
+                synchronize(device)
+                t0 = time.perf_counter()
+                for _ in range(calls):
+                    fn()
+                synchronize(device)
+            except Exception as e:  # noqa: BLE001
+                out[name] = {"failed": _first_line(e)}
+                continue
+            out[name]["seconds_per_call"].append((time.perf_counter() - t0) / calls)
+    return out
+
+
+def _rate(timing: dict, items_per_call: int) -> dict:
+    """images/s summary of one interleaved_windows entry."""
+    if "failed" in timing:
+        return {"failed": timing["failed"]}
+    rates = [items_per_call / s for s in timing["seconds_per_call"]]
+    return {"images_per_s": statistics.median(rates), "windows_images_per_s": rates,
+            "step_ms": 1000 * statistics.median(timing["seconds_per_call"]),
+            "steps_per_window": timing["calls_per_window"], "warmup_steps": timing["warmup_calls"],
+            "warmup_seconds": timing["warmup_seconds"]}
+
+
+# ---------------------------------------------------------------------------------------------
+# the measurements
+
+def training_throughput(step: TrainStep, settings: Settings) -> dict:
+    timing = interleaved_windows({"train": step}, step.device, settings)["train"]
+    if "failed" in timing:
+        raise BenchmarkError(f"a training step failed: {timing['failed']}")
+    return {"batch_size": step.batch_size, **_rate(timing, step.batch_size)}
+
+
+class _Stop(Exception):
+    pass
+
+
+def sampling_times(model: torch.nn.Module, cfg: RunConfig, device: torch.device, amp: Optional[torch.dtype],
+                   settings: Settings, steps: Optional[dict[str, int]] = None) -> dict[str, dict]:
+    """Seconds to draw `settings.sample_images` images (one batch) with each sampler.
+
+    A sampler with more evaluations than `settings.max_full_steps` (unless `full_sampling`) is
+    timed over `timed_steps` steps after two untimed ones, and its total is extrapolated as
+    (time to the end of the untimed steps) + (mean timed step) x (remaining steps)."""
+    from .sampling import generate
+
+    schedule = make_schedule(cfg.diffusion.schedule, cfg.diffusion.timesteps)
+    n = settings.sample_images
+    out = {}
+    for name in SAMPLERS:
+        n_steps = (steps or {}).get(name) or DEFAULT_STEPS[name] or schedule.timesteps
+        n_steps = min(n_steps, schedule.timesteps)
+        kwargs = dict(sampler=name, steps=n_steps, batch_size=n, device=device, amp_dtype=amp, progress=False)
+        _partial(generate, model, schedule, n, kwargs, device, skip=0, timed=2)  # warm-up, untimed
+        if settings.full_sampling or n_steps <= settings.max_full_steps:
+            runs = []
+            for r in range(settings.sample_repeats):
+                synchronize(device)
+                t0 = time.perf_counter()
+                generate(model, schedule, n, seed=r, **kwargs)
+                synchronize(device)
+                runs.append(time.perf_counter() - t0)
+            seconds = statistics.median(runs)
+            how = "measured" + (f" (median of {len(runs)} runs)" if len(runs) > 1 else "")
+            entry = {"method": "measured", "runs_seconds": runs}
+        else:
+            skip, timed = 2, min(settings.timed_steps, n_steps - 3)
+            head, per_step = _partial(generate, model, schedule, n, kwargs, device, skip=skip, timed=timed)
+            seconds = head + per_step * (n_steps - 1 - skip)
+            how = f"extrapolated from {timed} timed steps"
+            entry = {"method": "extrapolated", "timed_steps": timed, "step_ms": 1000 * per_step}
+        out[name] = {"steps": n_steps, "images": n, "seconds": seconds, "images_per_s": n / seconds,
+                     "how": how, **entry}
+    return out
+
+
+def _partial(generate, model, schedule, n, kwargs, device, *, skip: int, timed: int) -> tuple[float, float]:
+    """Run a sampler until `skip + timed` steps are done; returns (seconds until step `skip` was
+    reached, mean seconds of the `timed` steps after it)."""
+    marks: dict[int, float] = {}
+
+    def cb(_start, i, _t, _x, _x0):
+        # the callback sees evaluation i before its update: i - skip steps lie between marks
+        if i in (skip, skip + timed):
+            synchronize(device)
+            marks[i] = time.perf_counter()
+        if i >= skip + timed:
+            raise _Stop
+
+    synchronize(device)
+    t0 = time.perf_counter()
+    try:
+        generate(model, schedule, n, seed=0, callback=cb, **kwargs)
+    except _Stop:
+        pass
+    if skip + timed not in marks:  # the sampler finished first (fewer steps than asked)
+        return 0.0, 0.0
+    return marks[skip] - t0, (marks[skip + timed] - marks[skip]) / max(timed, 1)
+
+
+# ---------------------------------------------------------------------------------------------
+# peak memory, in a fresh process
+
+def _rss_now() -> dict:
+    """Current and peak resident set size of this process, in bytes, where the OS tells us."""
+    status = Path("/proc/self/status")
+    if status.exists():
+        fields = {}
+        for line in status.read_text().splitlines():
+            key, _, rest = line.partition(":")
+            if key in ("VmRSS", "VmHWM"):
+                fields[key] = int(rest.split()[0]) * 1024  # reported in kB
+        if "VmHWM" in fields:
+            return {"rss": fields.get("VmRSS"), "peak": fields["VmHWM"], "source": "/proc/self/status VmHWM"}
+    try:
+        import resource
+    except ImportError:  # Windows
+        return {"rss": None, "peak": None, "source": "unavailable"}
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    scale = 1 if sys.platform == "darwin" else 1024  # bytes on macOS, kB elsewhere
+    return {"rss": None, "peak": peak * scale, "source": "getrusage ru_maxrss"}
+
+
+def _memory_probe(spec: dict) -> dict:
+    """Runs in the subprocess: build, then train `steps` steps; report RSS before and the peak."""
+    torch.set_num_threads(spec["threads"])
+    device = torch.device(spec["device"])
+    cfg = RunConfig.from_dict(spec["config"])
+    amp = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}[spec["precision"]]
+    step = TrainStep(cfg, device, spec["batch_size"], amp)
+    before = _rss_now()
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+    for _ in range(spec["steps"]):
+        step()
+    synchronize(device)
+    after = _rss_now()
+    out = {"peak_rss_bytes": after["peak"], "rss_before_training_bytes": before["rss"], "source": after["source"],
+           "steps": spec["steps"], "batch_size": spec["batch_size"]}
+    if device.type == "cuda":
+        out["cuda_peak_allocated_bytes"] = torch.cuda.max_memory_allocated(device)
+        out["cuda_peak_reserved_bytes"] = torch.cuda.max_memory_reserved(device)
+    return out
+
+
+def peak_memory(cfg: RunConfig, device: torch.device, batch_size: int, amp: Optional[torch.dtype],
+                settings: Settings, timeout: float = 900) -> dict:
+    """Peak memory of training at `batch_size`, measured in a fresh Python process that imports
+    torch, builds the model and data as training does, and trains `memory_steps` steps."""
+    spec = {"config": cfg.to_dict(), "device": str(device), "batch_size": batch_size,
+            "precision": _precision_name(amp), "steps": settings.memory_steps, "threads": torch.get_num_threads()}
+    env = dict(os.environ)
+    src = str(Path(__file__).resolve().parents[1])  # so the child imports this very package
+    env["PYTHONPATH"] = src + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
+    try:
+        r = subprocess.run([sys.executable, "-m", "mnist_diffusion.benchmark", "--memory-probe", json.dumps(spec)],
+                           capture_output=True, text=True, timeout=timeout, env=env)
+    except subprocess.TimeoutExpired:
+        return {"failed": f"the memory subprocess took longer than {timeout:.0f} s"}
+    if r.returncode != 0:
+        tail = (r.stderr.strip().splitlines() or ["no output"])[-1]
+        return {"failed": f"the memory subprocess exited with {r.returncode}: {tail[:200]}"}
+    return json.loads(r.stdout.strip().splitlines()[-1])
+
+
+def _precision_name(amp: Optional[torch.dtype]) -> str:
+    return {None: "fp32", torch.bfloat16: "bf16", torch.float16: "fp16"}[amp]
+
+
+# ---------------------------------------------------------------------------------------------
+# A/B comparisons
+
+def amp_dtype_for(device: torch.device) -> torch.dtype:
+    """The reduced precision --compare tests: bf16 autocast on CPU, AMP (bf16, else fp16) on GPUs."""
+    return resolve_precision("auto", device) or torch.float16
+
+
+def compare(cfg: RunConfig, device: torch.device, batch_size: int, amp: Optional[torch.dtype], settings: Settings,
+            which: tuple[str, ...] = COMPARISONS) -> dict[str, dict]:
+    """For each comparison, A and B train (and evaluate the network once at the sampling batch, the
+    cost of one sampler step) in alternating windows; ratio = B's median images/s over A's.
+    precision: A is fp32, B the device's reduced precision. channels_last and compile: A is the
+    default memory format / eager, B switches it on, both at `amp` (the run's precision)."""
+    out = {}
+    for what in which:
+        if what == "precision":
+            low = amp_dtype_for(device)
+            variants = {"a": dict(amp=None), "b": dict(amp=low)}
+            labels = ("fp32", f"{_precision_name(low)} autocast" if device.type == "cpu" else f"{_precision_name(low)} AMP")
+        elif what == "channels_last":
+            variants = {"a": dict(amp=amp), "b": dict(amp=amp, channels_last=True)}
+            labels = ("contiguous", "channels_last")
+        elif what == "compile":
+            variants = {"a": dict(amp=amp), "b": dict(amp=amp, compile=True)}
+            labels = ("eager", "torch.compile")
+        else:
+            raise BenchmarkError(f"unknown comparison {what!r}; choose from {', '.join(COMPARISONS)}")
+        out[what] = {"a": labels[0], "b": labels[1], **_compare_pair(cfg, device, batch_size, settings, variants)}
+    return out
+
+
+def _compare_pair(cfg, device, batch_size, settings, variants: dict[str, dict]) -> dict:
+    steps, failed = {}, {}
+    for key, kw in variants.items():
+        try:
+            steps[key] = TrainStep(cfg, device, batch_size, **kw)
+        except Exception as e:  # noqa: BLE001
+            failed[key] = _first_line(e)
+    if failed:
+        return {"train_ratio": None, "sample_eval_ratio": None,
+                "failed": "; ".join(f"{k}: {v}" for k, v in failed.items())}
+    warm = {k: settings.warmup_steps + (settings.compile_warmup if variants[k].get("compile") else 0) for k in steps}
+    train = interleaved_windows({k: steps[k] for k in steps}, device, settings, warmup=warm)
+    evals = interleaved_windows({k: steps[k].eval_step(settings.sample_images) for k in steps}, device, settings,
+                                warmup=warm)
+    result = {"train": {k: _rate(train[k], batch_size) for k in steps},
+              "sample_eval": {k: _rate(evals[k], settings.sample_images) for k in steps}}
+    for part in ("train", "sample_eval"):
+        a, b = result[part]["a"], result[part]["b"]
+        bad = [f"{k}: {v['failed']}" for k, v in (("a", a), ("b", b)) if "failed" in v]
+        if bad:
+            result[f"{part}_ratio"] = None
+            result["failed"] = "; ".join(bad)
+        else:
+            result[f"{part}_ratio"] = b["images_per_s"] / a["images_per_s"]
+    return result
+
+
+# ---------------------------------------------------------------------------------------------
+# everything
+
+def run(cfg: RunConfig, device: torch.device, *, batch_size: int = 128, amp: Optional[torch.dtype] = None,
+        settings: Settings = Settings(), sampler_steps: Optional[dict[str, int]] = None, memory: bool = True,
+        comparisons: tuple[str, ...] = (), log: Callable[[str], None] = lambda _m: None) -> dict:
+    """The whole benchmark as one JSON-ready dict (see docs/BENCHMARKS.md for every key)."""
+    for name, n in (sampler_steps or {}).items():
+        if name not in SAMPLERS:
+            raise BenchmarkError(f"unknown sampler {name!r} in sampler steps; choose from {', '.join(SAMPLERS)}")
+        if n < 1:
+            raise BenchmarkError(f"{name}: steps must be >= 1, got {n}")
+    result = {"format": FORMAT, "machine": machine_info(device),
+              "model": {**asdict(cfg.model), "channel_mults": list(cfg.model.channel_mults)},
+              "diffusion": asdict(cfg.diffusion), "precision": _precision_name(amp), "settings": asdict(settings)}
+    log("building the model and a training step")
+    step = TrainStep(cfg, device, batch_size, amp)
+    result["parameters"] = count_parameters(step.model)
+    log(f"training: {settings.warmup_steps} warm-up steps, then {settings.windows} windows")
+    result["training"] = training_throughput(step, settings)
+    result["weights_bytes"] = saved_bytes(step.model.state_dict())
+    result["checkpoint_bytes"] = saved_bytes(step.checkpoint_state())
+    log("sampling: " + ", ".join(SAMPLERS))
+    result["sampling"] = sampling_times(step.ema, cfg, device, amp, settings, sampler_steps)
+    del step
+    if memory:
+        log(f"peak memory: training at batch {batch_size} in a fresh process")
+        result["memory"] = peak_memory(cfg, device, batch_size, amp, settings)
+    if comparisons:
+        log(f"comparisons (interleaved windows): {', '.join(comparisons)}")
+        result["compare"] = compare(cfg, device, batch_size, amp, settings, comparisons)
+    return result
+
+
+# ---------------------------------------------------------------------------------------------
+# the table
+
+def _mb(n: Optional[int]) -> str:
+    return "n/a" if n is None else f"{n / 1e6:,.1f} MB"
+
+
+def _seconds(s: float) -> str:
+    return f"{s * 1000:.0f} ms" if s < 1 else f"{s:.1f} s"
+
+
+def format_table(r: dict) -> str:
+    m, mc = r["machine"], r["model"]
+    precision = "fp32" if r["precision"] == "fp32" else f"{r['precision']} autocast"
+    lines = [
+        f"model      {mc['name']} (base {mc['base_dim']}, mults {','.join(map(str, mc['channel_mults']))}, "
+        f"x{mc['num_res_blocks']}), T = {r['diffusion']['timesteps']}, {precision}"
+        + (f"; preset {r['preset']}" if r.get("preset") else ""),
+        f"machine    {m['device_name']} ({m['device']}), {m['usable_cores']} of {m['cpu_count']} cores, "
+        f"torch {m['torch']} with {m['torch_threads']} threads"
+        + (f", load {m['load_average_1m']}" if "load_average_1m" in m else "") + f", {m['date']}",
+        "",
+        f"{'parameters':<34}{r['parameters']:>14,}",
+        f"{'weights (state_dict)':<34}{_mb(r['weights_bytes']):>14}",
+        f"{'checkpoint (model + EMA + AdamW)':<34}{_mb(r['checkpoint_bytes']):>14}",
+    ]
+    t = r["training"]
+    ws = t["windows_images_per_s"]
+    lines.append(f"{'training, batch ' + str(t['batch_size']):<34}{t['images_per_s']:>9,.1f} img/s"
+                 f"   step {t['step_ms']:.1f} ms; {len(ws)} windows {min(ws):,.1f}-{max(ws):,.1f} img/s")
+    mem = r.get("memory")
+    if mem is not None:
+        label = f"peak memory, training batch {mem.get('batch_size', t['batch_size'])}"
+        if "failed" in mem:
+            lines.append(f"{label:<34}{'failed':>14}   {mem['failed']}")
+        else:
+            extra = f"   RSS ({mem['source']})"
+            if mem.get("rss_before_training_bytes"):
+                extra += f"; {_mb(mem['rss_before_training_bytes'])} before the first step"
+            lines.append(f"{label:<34}{_mb(mem['peak_rss_bytes']):>14}{extra}")
+            if "cuda_peak_allocated_bytes" in mem:
+                lines.append(f"{'peak GPU memory (allocated)':<34}{_mb(mem['cuda_peak_allocated_bytes']):>14}")
+    s = r["sampling"]
+    n = next(iter(s.values()))["images"]
+    lines += ["", f"sampling {n} images (one batch)",
+              f"  {'sampler':<8}{'steps':>6}{'time':>10}{'img/s':>10}   how"]
+    for name, e in s.items():
+        lines.append(f"  {name:<8}{e['steps']:>6}{_seconds(e['seconds']):>10}{e['images_per_s']:>10.2f}   {e['how']}")
+    if r.get("compare"):
+        lines += ["", "comparisons (interleaved A/B windows; ratio = B / A, > 1 means B is faster)",
+                  f"  {'what':<15}{'A':<13}{'B':<18}{'train B/A':>10}{'sampling B/A':>14}"]
+        for what, c in r["compare"].items():
+            head = f"  {what:<15}{c['a']:<13}{c['b']:<18}"
+            if c.get("train_ratio") is None:
+                lines.append(head + f"failed: {c.get('failed', 'unknown')}")
+                continue
+            note = ""
+            if what == "compile":  # compilation happens in the warm-up: say what it cost
+                note = f"   (B's warm-up, compilation included: {c['train']['b']['warmup_seconds']:.0f} s)"
+            lines.append(head + f"{c['train_ratio']:>9.2f}x{c['sample_eval_ratio']:>13.2f}x" + note)
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":  # the memory subprocess: python -m mnist_diffusion.benchmark --memory-probe SPEC
+    if len(sys.argv) != 3 or sys.argv[1] != "--memory-probe":
+        sys.exit("usage: python -m mnist_diffusion.benchmark --memory-probe JSON (used by `mnist-diffusion benchmark`)")
+    print(json.dumps(_memory_probe(json.loads(sys.argv[2]))))

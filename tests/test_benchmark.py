@@ -1,0 +1,202 @@
+"""benchmark.py and `mnist-diffusion benchmark` with tiny models: the command runs, the JSON has its
+keys with positive numbers, comparisons give ratios (or say why they failed), bad options are
+one-line errors. No timing assertions: speed targets live in docs/BENCHMARKS.md, never in tests."""
+import json
+import os
+
+import numpy as np
+import pytest
+import torch
+
+from mnist_diffusion import benchmark as bench
+from mnist_diffusion.cli import main
+from mnist_diffusion.data import Split
+
+TINY = ["--model", "unet", "--base-dim", "8", "--batch-size", "8", "--sample-images", "4", "--quick",
+        "--threads", "1", "--device", "cpu"]
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    # tiny models gain nothing from more threads; --threads sets a process-wide value, so give the
+    # other tests back what they had
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+def _positive(x) -> bool:
+    return isinstance(x, (int, float)) and not isinstance(x, bool) and x > 0 and np.isfinite(x)
+
+
+def test_benchmark_writes_json_with_positive_numbers(tmp_path, capsys):
+    out = tmp_path / "bench.json"
+    assert main(["benchmark", *TINY, "--json", str(out)]) == 0
+    table = capsys.readouterr().out
+    for words in ("parameters", "checkpoint (model + EMA + AdamW)", "training, batch 8", "peak memory",
+                  "ddpm", "ddim", "dpmpp", "extrapolated from", "measured"):
+        assert words in table
+    r = json.loads(out.read_text())
+    assert r["format"] == bench.FORMAT
+    for key in ("cpu", "cpu_count", "torch", "torch_threads", "device", "device_name", "date"):
+        assert key in r["machine"]
+    assert r["machine"]["torch_threads"] == 1 and r["machine"]["device"] == "cpu"
+    assert r["model"]["base_dim"] == 8 and r["precision"] in ("fp32", "bf16")
+    for key in ("parameters", "weights_bytes", "checkpoint_bytes"):
+        assert _positive(r[key]), key
+    # model + EMA + two AdamW moments: about four copies of the weights
+    assert 3 * r["weights_bytes"] < r["checkpoint_bytes"] < 5 * r["weights_bytes"]
+    t = r["training"]
+    assert t["batch_size"] == 8 and _positive(t["images_per_s"]) and _positive(t["step_ms"])
+    assert len(t["windows_images_per_s"]) == bench.Settings.quick().windows
+    assert all(_positive(v) for v in t["windows_images_per_s"])
+    assert set(r["sampling"]) == {"ddpm", "ddim", "dpmpp"}
+    assert [r["sampling"][s]["steps"] for s in ("ddpm", "ddim", "dpmpp")] == [1000, 50, 20]
+    assert r["sampling"]["ddpm"]["method"] == "extrapolated" and _positive(r["sampling"]["ddpm"]["step_ms"])
+    assert r["sampling"]["dpmpp"]["method"] == "measured" and r["sampling"]["ddim"]["method"] == "measured"
+    for e in r["sampling"].values():
+        assert e["images"] == 4 and _positive(e["seconds"]) and _positive(e["images_per_s"])
+    mem = r["memory"]
+    assert "failed" not in mem, mem
+    assert mem["batch_size"] == 8
+    if os.path.exists("/proc/self/status"):
+        assert _positive(mem["peak_rss_bytes"]) and mem["peak_rss_bytes"] >= mem["rss_before_training_bytes"]
+    assert "compare" not in r and r["preset"] is None  # --base-dim replaced the preset's network
+
+
+def test_sampler_steps_and_full_sampling(tmp_path):
+    out = tmp_path / "b.json"
+    assert main(["benchmark", *TINY, "--no-memory", "--sampler-steps", "ddpm=30,ddim=7", "--full-sampling",
+                 "--json", str(out)]) == 0
+    s = json.loads(out.read_text())["sampling"]
+    assert (s["ddpm"]["steps"], s["ddim"]["steps"], s["dpmpp"]["steps"]) == (30, 7, 20)
+    assert all(e["method"] == "measured" for e in s.values())
+
+
+def test_compare_reports_ratios(tmp_path, capsys, monkeypatch):
+    # a real torch.compile takes a minute even for a tiny model; the identity stands in for it here
+    monkeypatch.setattr(torch, "compile", lambda model, **kw: model)
+    out = tmp_path / "b.json"
+    assert main(["benchmark", *TINY, "--no-memory", "--compare", "--json", str(out)]) == 0
+    table = capsys.readouterr().out
+    assert "train B/A" in table and "compilation included" in table
+    c = json.loads(out.read_text())["compare"]
+    assert set(c) == {"precision", "channels_last", "compile"}
+    assert c["precision"]["a"] == "fp32" and "bf16" in c["precision"]["b"]
+    for entry in c.values():
+        assert _positive(entry["train_ratio"]) and _positive(entry["sample_eval_ratio"])
+        for part in ("train", "sample_eval"):
+            assert _positive(entry[part]["a"]["images_per_s"]) and _positive(entry[part]["b"]["images_per_s"])
+
+
+def _tiny_cfg(tiny):
+    return tiny(batch_size=8)
+
+
+def test_compile_failure_is_a_result_not_a_crash(tiny, monkeypatch):
+    def broken(model, **kw):
+        raise RuntimeError("no C++ compiler here\nsecond line")
+    monkeypatch.setattr(torch, "compile", broken)
+    c = bench.compare(_tiny_cfg(tiny), torch.device("cpu"), 8, None, bench.Settings.quick(), ("compile",))
+    assert c["compile"]["train_ratio"] is None
+    assert c["compile"]["failed"] == "b: RuntimeError: no C++ compiler here"
+
+
+def test_compile_failing_at_first_call_is_reported(tiny, monkeypatch):
+    class Lazy(torch.nn.Module):  # torch.compile fails lazily, at the first forward
+        def __init__(self, m):
+            super().__init__()
+            self.m = m
+
+        def forward(self, *a):
+            raise RuntimeError("backend exploded")
+    monkeypatch.setattr(torch, "compile", lambda model, **kw: Lazy(model))
+    c = bench.compare(_tiny_cfg(tiny), torch.device("cpu"), 8, None, bench.Settings.quick(), ("compile",))
+    assert c["compile"]["train_ratio"] is None and "backend exploded" in c["compile"]["failed"]
+    assert _positive(c["compile"]["train"]["a"]["images_per_s"])  # A still measured
+
+
+def test_compile_that_works_gives_a_ratio(tiny, monkeypatch):
+    monkeypatch.setattr(torch, "compile", lambda model, **kw: model)  # stands in for a working compiler
+    c = bench.compare(_tiny_cfg(tiny), torch.device("cpu"), 8, None, bench.Settings.quick(), ("compile",))
+    assert _positive(c["compile"]["train_ratio"]) and c["compile"]["b"] == "torch.compile"
+
+
+def test_windows_alternate_between_variants():
+    calls = []
+    settings = bench.Settings(warmup_steps=2, windows=3, window_seconds=1e-9, max_window_steps=1)
+
+    def boom():
+        raise RuntimeError("boom")
+    out = bench.interleaved_windows({"a": lambda: calls.append("a"), "b": lambda: calls.append("b"),
+                                     "c": boom}, torch.device("cpu"), settings)
+    assert calls == ["a", "a", "b", "b"] + ["a", "b"] * 3  # warm-up, then A B A B A B
+    assert out["c"] == {"failed": "RuntimeError: boom"}
+    assert len(out["a"]["seconds_per_call"]) == 3 and out["a"]["warmup_calls"] == 2
+
+
+def test_checkpoint_bytes_match_a_real_training_checkpoint(tiny, tmp_path):
+    from mnist_diffusion.training import train
+    cfg = tiny(batch_size=8, max_steps=2)
+    rng = np.random.default_rng(0)
+    data = Split(rng.integers(0, 256, (32, 28, 28), dtype=np.uint8), rng.integers(0, 10, 32, dtype=np.uint8))
+    result = train(cfg, data, tmp_path / "run", progress=False, log=lambda _m: None)
+    step = bench.TrainStep(cfg, torch.device("cpu"), 8, None)
+    step()
+    step()
+    real = result.checkpoint.stat().st_size
+    assert abs(bench.saved_bytes(step.checkpoint_state()) - real) <= 0.01 * real
+    assert set(step.checkpoint_state()) == set(torch.load(result.checkpoint, weights_only=True))
+
+
+def test_memory_probe_in_a_subprocess(tiny):
+    mem = bench.peak_memory(_tiny_cfg(tiny), torch.device("cpu"), 4, None, bench.Settings.quick())
+    assert "failed" not in mem, mem
+    assert mem["steps"] == bench.Settings.quick().memory_steps and _positive(mem["peak_rss_bytes"])
+
+
+@pytest.mark.parametrize("argv, words", [
+    (["--compare", "precision,speed"], "--compare precision,speed: choose from precision, channels_last, compile"),
+    (["--sampler-steps", "ddpm=0"], "expected a positive integer"),
+    (["--sampler-steps", "euler=10"], "expected NAME=STEPS with NAME one of ddpm, ddim, dpmpp"),
+    (["--model", "nope"], "unknown model 'nope'"),
+    (["--batch-size", "0"], "expected a positive integer"),
+    (["--preset", "huge"], "invalid choice"),
+])
+def test_bad_options_are_one_line_errors(argv, words, capsys):
+    try:
+        code = main(["benchmark", *TINY, "--no-memory", *argv])
+    except SystemExit as e:  # argparse rejects it at parse time
+        code = e.code
+    assert code == 2
+    err = capsys.readouterr().err
+    assert words in err and "Traceback" not in err
+    assert err.strip().splitlines()[-1].count("error") == 1
+
+
+def test_json_path_is_checked_before_measuring(tmp_path, capsys):
+    assert main(["benchmark", *TINY, "--json", str(tmp_path)]) == 2
+    err = capsys.readouterr().err
+    assert "is a directory" in err and len(err.strip().splitlines()) == 1 and "building" not in err
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="CUDA is available here")
+def test_missing_cuda_is_a_one_line_error(capsys):
+    assert main(["benchmark", *TINY[:-2], "--device", "cuda"]) == 2
+    assert "CUDA is not available" in capsys.readouterr().err
+
+
+def test_model_options_resolve_like_train():
+    import argparse
+
+    from mnist_diffusion.cli import resolve_benchmark_config
+    from mnist_diffusion.config import preset
+
+    def cfg(**kw):
+        return resolve_benchmark_config(argparse.Namespace(**{"preset": None, "model": None, "base_dim": None, **kw}))
+    assert cfg() == preset("default")
+    assert cfg(preset="quick").model == preset("quick").model
+    assert cfg(preset="quick", base_dim=16).model.base_dim == 16
+    assert cfg(preset="quick", base_dim=16).model.num_res_blocks == preset("quick").model.num_res_blocks
+    assert cfg(model="unet", base_dim=8).model.base_dim == 8
