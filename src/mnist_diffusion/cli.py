@@ -28,56 +28,28 @@ def command(name: str, help: str, add_arguments: Callable[[argparse.ArgumentPars
 # ---------------------------------------------------------------------------------------------
 # argument types: reject nonsense at parse time with a message naming the option
 
-def positive_int(text: str) -> int:
-    try:
-        v = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
-    if v <= 0:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {v}")
-    if v > 10**9:
-        raise argparse.ArgumentTypeError(f"{v} is unreasonably large")
-    return v
+def _number(parse, ok, describe: str, limit=None):
+    """An argparse type: parse, then check; messages name what was expected and what came."""
+    def check(text: str):
+        try:
+            v = parse(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected {describe}, got {text!r}") from None
+        if limit is not None and v > limit:
+            raise argparse.ArgumentTypeError(f"{v} is unreasonably large")
+        if not ok(v):
+            raise argparse.ArgumentTypeError(f"expected {describe}, got {text}")
+        return v
+    check.__name__ = describe.split()[-1]  # argparse names the type in some messages
+    return check
 
 
-def nonneg_int(text: str) -> int:
-    try:
-        v = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a non-negative integer, got {text!r}") from None
-    if v < 0 or v > 10**9:
-        raise argparse.ArgumentTypeError(f"expected an integer in [0, 1e9], got {v}")
-    return v
-
-
-def positive_float(text: str) -> float:
-    try:
-        v = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive number, got {text!r}") from None
-    if not (v > 0 and v < float("inf")):
-        raise argparse.ArgumentTypeError(f"expected a positive finite number, got {text}")
-    return v
-
-
-def unit_float(text: str) -> float:
-    try:
-        v = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number in [0, 1), got {text!r}") from None
-    if not 0.0 <= v < 1.0:
-        raise argparse.ArgumentTypeError(f"expected a number in [0, 1), got {v}")
-    return v
-
-
-def nonneg_float(text: str) -> float:
-    try:
-        v = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a non-negative number, got {text!r}") from None
-    if not (0.0 <= v < float("inf")):
-        raise argparse.ArgumentTypeError(f"expected a non-negative finite number, got {text}")
-    return v
+_INF = float("inf")
+positive_int = _number(int, lambda v: v > 0, "a positive integer", limit=10**9)
+nonneg_int = _number(int, lambda v: v >= 0, "a non-negative integer", limit=10**9)
+positive_float = _number(float, lambda v: 0 < v < _INF, "a positive finite number")
+nonneg_float = _number(float, lambda v: 0 <= v < _INF, "a non-negative finite number")
+unit_float = _number(float, lambda v: 0 <= v < 1, "a number in [0, 1)")
 
 
 def int_list(text: str) -> list[int]:
