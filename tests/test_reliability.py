@@ -190,3 +190,19 @@ def test_resume_with_another_dataset_names_the_setting(env, tmp_path):
                        capture_output=True, text=True, timeout=120)
     assert r.returncode == 2 and "train.dataset='mnist'" in r.stderr
     assert (run / "checkpoints/last.pt").read_bytes() == before
+
+
+def test_too_little_disk_space_fails_before_training(tmp_path, monkeypatch):
+    import collections
+    import shutil
+
+    from mnist_diffusion.training import TrainingError, train
+    from tests.conftest import tiny_config
+
+    usage = collections.namedtuple("usage", "total used free")
+    monkeypatch.setattr(shutil, "disk_usage", lambda p: usage(10**9, 10**9 - 10**6, 10**6))
+    rng = np.random.default_rng(0)
+    split = data.Split(rng.integers(0, 256, (32, 28, 28), dtype=np.uint8), np.zeros(32, np.uint8))
+    with pytest.raises(TrainingError, match="MB free"):
+        train(tiny_config(max_steps=2), split, tmp_path, progress=False, log=lambda s: None)
+    assert not (tmp_path / "checkpoints" / "last.pt").exists()

@@ -915,6 +915,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv=None) -> int:
+    if not sys.stderr.isatty():
+        # progress bars into a log file or CI: a line every 30 s, not ten carriage returns a second
+        os.environ.setdefault("TQDM_MININTERVAL", "30")
     parser = build_parser()
     args = parser.parse_args(argv)
     debug = getattr(args, "debug", False)

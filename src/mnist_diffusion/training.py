@@ -14,6 +14,7 @@ import csv
 import io
 import math
 import os
+import shutil
 import signal
 import time
 from dataclasses import dataclass
@@ -105,8 +106,9 @@ def diffusion_loss(model, schedule: Schedule, x0: torch.Tensor, t: torch.Tensor,
     return F.mse_loss(pred.float(), noise)
 
 
-def check_writable(run_dir: Path) -> None:
-    """Fail before training, not after an hour, when the run directory cannot be written."""
+def check_writable(run_dir: Path, checkpoint_bytes: int = 0) -> None:
+    """Fail before training, not after an hour, when the run directory cannot be written or
+    has no room for two checkpoints (the temp file of an atomic save sits beside the old one)."""
     if run_dir.exists() and not run_dir.is_dir():
         raise TrainingError(f"--output-dir {run_dir} exists and is a file, not a directory")
     try:
@@ -116,6 +118,11 @@ def check_writable(run_dir: Path) -> None:
         probe.unlink()
     except OSError as e:
         raise TrainingError(f"cannot write to --output-dir {run_dir}: {e.strerror or e}") from None
+    free = shutil.disk_usage(run_dir).free
+    need = 2 * checkpoint_bytes + (16 << 20)
+    if free < need:
+        raise TrainingError(f"only {free / 1e6:.0f} MB free under {run_dir}; a checkpoint needs about "
+                            f"{checkpoint_bytes / 1e6:.0f} MB and a save needs room for two")
 
 
 def compatible(saved: RunConfig, cfg: RunConfig) -> None:
@@ -190,8 +197,6 @@ def _train(cfg: RunConfig, data: Split, run_dir: Path, world: "distributed.World
     tc = cfg.train
     if not world.main:
         log = _silent  # only rank 0 talks and writes
-    if world.main:
-        check_writable(run_dir)
     if tc.batch_size % world.size:
         raise TrainingError(f"--batch-size {tc.batch_size} must be divisible by the {world.size} processes")
     amp = resolve_precision(tc.precision, device)
@@ -212,6 +217,9 @@ def _train(cfg: RunConfig, data: Split, run_dir: Path, world: "distributed.World
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(_mix(tc.seed, 0, 3))
         model = build_model(cfg.model, cfg.diffusion.timesteps).to(device)
+    if world.main:
+        # model + EMA + Adam's two moments, 4 bytes each
+        check_writable(run_dir, checkpoint_bytes=16 * count_parameters(model))
     ema = copy.deepcopy(model).eval().requires_grad_(False)
     opt = torch.optim.AdamW(model.parameters(), lr=tc.lr, weight_decay=tc.weight_decay)
     start_step, skipped = 0, 0
