@@ -89,16 +89,26 @@ def load_state(model: torch.nn.Module, state: dict, origin: str) -> None:
 
 
 def find_latest(run_dir: str | os.PathLike) -> Optional[Path]:
-    """The newest checkpoint in run_dir/checkpoints that loads cleanly (for --resume auto)."""
+    """The newest checkpoint in run_dir/checkpoints that loads cleanly (for --resume auto).
+
+    Training rewrites last.pt at every save, so it is the newest whenever it loads; only when it is
+    missing or damaged are the periodic step_*.pt files tried, newest first, stopping at the first
+    good one (rather than reading every checkpoint of a long run)."""
     ck_dir = Path(run_dir) / "checkpoints"
     if not ck_dir.is_dir():
         return None
-    best, best_step = None, -1
-    for p in ck_dir.glob("*.pt"):
+
+    def step_of(p: Path) -> int:
+        digits = p.stem.removeprefix("step_")
+        return int(digits) if digits.isdigit() else -1
+
+    periodic = sorted(ck_dir.glob("step_*.pt"), key=step_of, reverse=True)
+    for p in [ck_dir / "last.pt", *periodic]:
+        if not p.is_file():
+            continue
         try:
-            step = int(load(p)["step"])
+            load(p)
         except CheckpointError:
             continue
-        if step > best_step or (step == best_step and p.name == "last.pt"):
-            best, best_step = p, step
-    return best
+        return p
+    return None
