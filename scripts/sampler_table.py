@@ -9,7 +9,8 @@ draws --num-images images with per-image seeds and scores them with
 --no-fid, the table holds wall times only). It ends with the issue-4 targets: DDIM@50 and
 DPM-Solver++@20 within 15% of DDPM@1000's FID, DPM-Solver++@10 within 50%.
 "DDPM" at fewer steps than T is DDIM with eta = 1 on the respaced grid (see docs/SAMPLERS.md).
-Steps larger than the model's T are skipped. Output files are written atomically.
+Steps larger than the model's T are skipped. Output files are written atomically; the JSON after
+every row, so with --resume a stopped run keeps its finished rows and computes only the rest.
 """
 from __future__ import annotations
 
@@ -45,7 +46,9 @@ def parse_args(argv=None):
     p.add_argument("--no-ema", action="store_true")
     p.add_argument("--no-fid", action="store_true", help="wall times only")
     p.add_argument("--output", help="write the markdown table here (default: print only)")
-    p.add_argument("--json", help="write all numbers here as JSON")
+    p.add_argument("--json", help="write all numbers here as JSON (after every row)")
+    p.add_argument("--resume", action="store_true",
+                   help="keep the rows already in --json (same checkpoint and settings) and compute the rest")
     return p.parse_args(argv)
 
 
@@ -57,7 +60,8 @@ def fid_function(dataset: str, disabled: bool):
     except ImportError:
         print("mnist_diffusion.evaluation not available: timing only", file=sys.stderr)
         return None
-    return lambda imgs: float(evaluate_images(imgs, dataset, reference=False)["fid"])
+    # with the floor: n real training images scored the same way (computed once per n, then cached)
+    return lambda imgs: evaluate_images(imgs, dataset, reference=True)
 
 
 def main(argv=None) -> int:
@@ -83,6 +87,22 @@ def main(argv=None) -> int:
                         labels=None if labels is None else labels[:n], null_label=cfg.model.num_classes,
                         progress=False)
 
+    settings = {"checkpoint": args.checkpoint, "num_images": args.num_images, "seed": args.seed,
+                "spacing": args.spacing, "eta": args.eta, "device": str(device), "ema": not args.no_ema,
+                "precision": str(amp).split(".")[-1] if amp else "fp32"}
+    done = _finished_rows(args, settings, with_fid=fid_of is not None)
+
+    def merged(rows):
+        # this invocation's rows, plus those of earlier ones that it did not ask for
+        asked = {(r["sampler"], r["steps"]) for r in rows}
+        out = rows + [r for key, r in done.items() if key not in asked]
+        return sorted(out, key=lambda r: (SAMPLERS.index(r["sampler"]), r["steps"]))
+
+    def dump(rows, verdicts=()):
+        if args.json:
+            atomic_write_text(args.json, json.dumps({**settings, "rows": merged(rows), "targets": list(verdicts)},
+                                                    indent=2) + "\n")
+
     draw(min(8, args.timing_images), "ddim", 2, args.timing_images)  # warm-up: kernels, allocator
     rows = []
     for sampler in samplers:
@@ -90,26 +110,37 @@ def main(argv=None) -> int:
             if steps > T:
                 print(f"skip {sampler}@{steps}: the model has T = {T}", file=sys.stderr)
                 continue
+            if (sampler, steps) in done:
+                rows.append(done[sampler, steps])
+                continue
             t0 = time.perf_counter()
             draw(args.timing_images, sampler, steps, args.timing_images)
             seconds = (time.perf_counter() - t0) * 64 / args.timing_images
             row = {"sampler": sampler, "steps": steps, "seconds_per_64": seconds, "fid": None}
             if fid_of is not None:
-                row["fid"] = fid_of(draw(args.num_images, sampler, steps, args.batch_size))
+                scores = fid_of(draw(args.num_images, sampler, steps, args.batch_size))
+                row.update(fid=float(scores["fid"]), fid_floor=float(scores["fid_floor"]),
+                           recognizable=float(scores["recognizable"]))
             rows.append(row)
+            dump(rows)
             print(f"{sampler:>6} {steps:>5} steps: {seconds:8.2f} s / 64 images"
                   + (f", FID {row['fid']:.3f}" if row["fid"] is not None else ""), file=sys.stderr, flush=True)
 
+    rows = merged(rows)  # e.g. after `--samplers ddpm --steps 1000 --resume`, the whole table
+    floor = next((r["fid_floor"] for r in rows if r.get("fid_floor") is not None), None)
     base = next((r["fid"] for r in rows if r["sampler"] == "ddpm" and r["steps"] == min(T, 1000)), None)
     per_fid = f"{args.num_images} images per FID" if fid_of is not None else "timing only (no FID)"
     lines = [f"Checkpoint `{args.checkpoint}` ({cfg.train.dataset}, T = {T}), {per_fid}, "
              f"seed {args.seed}, spacing {args.spacing or 'per-sampler default'}, eta {args.eta}, device {device}"
-             + (f" ({str(amp).split('.')[-1]} autocast)" if amp else "") + ".", "",
-             "| sampler | steps | FID | FID / FID(DDPM@1000) | s per 64 images |", "|---|---:|---:|---:|---:|"]
+             + (f" ({str(amp).split('.')[-1]} autocast)" if amp else "") + "."
+             + (f" FID floor (real training images, same n): {floor:.3f}." if floor is not None else ""), "",
+             "| sampler | steps | FID | FID / FID(DDPM@1000) | recognizable | s per 64 images |",
+             "|---|---:|---:|---:|---:|---:|"]
     for r in rows:
         fid = f"{r['fid']:.3f}" if r["fid"] is not None else "-"
         rel = f"{r['fid'] / base:.3f}" if r["fid"] is not None and base else "-"
-        lines.append(f"| {r['sampler']} | {r['steps']} | {fid} | {rel} | {r['seconds_per_64']:.2f} |")
+        rec = f"{r['recognizable']:.3f}" if r.get("recognizable") is not None else "-"
+        lines.append(f"| {r['sampler']} | {r['steps']} | {fid} | {rel} | {rec} | {r['seconds_per_64']:.2f} |")
     verdicts = []
     if base:
         lines += ["", "| target | FID | limit | met |", "|---|---:|---:|---|"]
@@ -126,13 +157,30 @@ def main(argv=None) -> int:
     print(table)
     if args.output:
         atomic_write_text(args.output, table)
-    if args.json:
-        atomic_write_text(args.json, json.dumps({"checkpoint": args.checkpoint, "num_images": args.num_images,
-                                                 "seed": args.seed, "spacing": args.spacing, "eta": args.eta,
-                                                 "device": str(device), "rows": rows, "targets": verdicts},
-                                                indent=2) + "\n")
+    dump(rows, verdicts)
     return 0
 
+
+def _finished_rows(args, settings: dict, with_fid: bool) -> dict:
+    """Rows of an earlier run of the same table (--resume), keyed by (sampler, steps)."""
+    if not args.resume:
+        return {}
+    if not args.json:
+        raise SystemExit("--resume needs --json: the file that holds the finished rows")
+    try:
+        with open(args.json) as f:
+            old = json.load(f)
+    except FileNotFoundError:
+        return {}
+    except (OSError, ValueError) as e:
+        raise SystemExit(f"--resume: cannot read {args.json} ({e})")
+    differ = [k for k, v in settings.items() if old.get(k) != v]
+    if differ:
+        raise SystemExit(f"--resume: {args.json} was made with other settings ({', '.join(differ)})")
+    rows = old.get("rows", [])
+    if any((r.get("fid") is not None) != with_fid for r in rows):
+        raise SystemExit(f"--resume: {args.json} was made with{'out' if with_fid else ''} FIDs")
+    return {(r["sampler"], r["steps"]): r for r in rows}
 
 if __name__ == "__main__":
     sys.exit(main())

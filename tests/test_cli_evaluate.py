@@ -81,6 +81,8 @@ def test_evaluate_run(tiny_run):
                  "--noise-mse-images", "16", "--no-progress"]) == 0
     rows = json.loads((tiny_run / "metrics.json").read_text())["checkpoints"]
     assert [r["step"] for r in rows] == [1, 2]
+    minutes = [r["train_minutes"] for r in rows]  # from loss.csv, for FID against wall-clock time
+    assert 0 <= minutes[0] <= minutes[1]
     assert (tiny_run / "metrics.png").stat().st_size > 0
 
 

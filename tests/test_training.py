@@ -8,8 +8,8 @@ from mnist_diffusion import checkpoint as ckpt_io
 from mnist_diffusion.data import Split
 from mnist_diffusion.models import build_model
 from mnist_diffusion.schedule import make_schedule
-from mnist_diffusion.training import (NonFiniteLoss, TrainingError, diffusion_loss, ema_update, lr_at,
-                                      planned_steps, train)
+from mnist_diffusion.training import (NonFiniteLoss, TrainingError, diffusion_loss, elapsed_seconds, ema_update,
+                                      lr_at, planned_steps, train)
 from tests.conftest import tiny_config
 
 
@@ -57,12 +57,24 @@ def test_resume_gives_the_same_weights_as_an_uninterrupted_run(tmp_path):
     a = ckpt_io.load(tmp_path / "full/checkpoints/last.pt")
     b = ckpt_io.load(tmp_path / "split/checkpoints/last.pt")
     assert a["step"] == b["step"] == 12
+    assert a["elapsed_s"] > 0 and b["elapsed_s"] > 0  # wall time so far, saved for the next resume
     for key in ("model", "ema"):
         for k in a[key]:
             assert torch.equal(a[key][k], b[key][k]), f"{key}.{k} differs after resume"
     with open(tmp_path / "split/loss.csv") as f:
-        steps = [int(r["step"]) for r in csv.DictReader(f)]
+        rows = list(csv.DictReader(f))
+    steps = [int(r["step"]) for r in rows]
     assert steps == sorted(set(steps))  # no duplicated rows after resuming
+    elapsed = [float(r["elapsed_s"]) for r in rows]  # wall time carries over the resume
+    assert elapsed == sorted(elapsed) and elapsed[0] >= 0
+
+
+def test_elapsed_seconds_reads_the_column_or_estimates_old_rows():
+    old = [{"step": "10", "images_per_s": "20.0"}, {"step": "30", "images_per_s": "40.0"}]
+    assert elapsed_seconds(old, batch_size=8) == pytest.approx([4.0, 8.0])  # 80 imgs / 20 + 160 / 40
+    mixed = old + [{"step": "40", "images_per_s": "10.0", "elapsed_s": "100.0"},
+                   {"step": "50", "images_per_s": "80.0", "elapsed_s": ""}]
+    assert elapsed_seconds(mixed, batch_size=8) == pytest.approx([4.0, 8.0, 100.0, 101.0])
 
 
 def test_resume_refuses_a_different_model(tmp_path):

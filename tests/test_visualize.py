@@ -151,3 +151,12 @@ def test_loss_plot_and_centred_smoothing(tmp_path):
     (tmp_path / "loss.csv").write_text((tmp_path / "loss400.csv").read_text())
     assert main(["visualize", "loss", "--run", str(tmp_path)]) == 0
     _png(tmp_path / "loss.png", 400, 250)
+
+
+def test_minutes_axis_map_is_linear_past_the_ends_and_invertible():
+    from mnist_diffusion.visualize import _interp_linear
+    steps, minutes = np.array([400.0, 800.0, 1600.0]), np.array([1.0, 2.0, 4.5])
+    v = np.array([0.0, 400.0, 600.0, 1600.0, 2000.0])
+    m = _interp_linear(v, steps, minutes)
+    assert np.allclose(m, [0.0, 1.0, 1.5, 4.5, 5.75])  # slopes 1/400 before, 2.5/800 after
+    assert np.allclose(_interp_linear(m, minutes, steps), v)

@@ -196,7 +196,7 @@ class TrainStep:
         from .checkpoint import FORMAT as CKPT_FORMAT
         return {"format": CKPT_FORMAT, "config": self.cfg.to_dict(), "step": self.step_count, "epoch": 0,
                 "model": self.model.state_dict(), "ema": self.ema.state_dict(), "optimizer": self.opt.state_dict(),
-                "skipped": 0, "torch": str(torch.__version__)}
+                "skipped": 0, "torch": str(torch.__version__), "elapsed_s": 0.0}
 
 
 def saved_bytes(obj) -> int:

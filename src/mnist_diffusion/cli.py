@@ -562,7 +562,28 @@ def cmd_evaluate(args) -> int:
     return 0
 
 
+def _training_minutes(run: Path):
+    """(steps, minutes) from the run's loss.csv, to put FID against wall-clock training time;
+    None when the run has no usable loss.csv."""
+    import csv
+    import json
+
+    from .training import elapsed_seconds
+    try:
+        batch = int(json.loads((run / "config.json").read_text())["train"]["batch_size"])
+        with open(run / "loss.csv", newline="") as f:
+            rows = [r for r in csv.DictReader(f) if r.get("step", "").isdigit()]
+        seconds = elapsed_seconds(rows, batch)
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    if not rows:
+        return None
+    return [0] + [int(r["step"]) for r in rows], [0.0] + [s / 60 for s in seconds]
+
+
 def _evaluate_run(args) -> int:
+    import numpy as np
+
     from .checkpoint import load
     from .visualize import plot_eval_metrics
 
@@ -572,10 +593,13 @@ def _evaluate_run(args) -> int:
     if not paths:
         raise ConfigError(f"--run {run}: no checkpoints/step_*.pt to score")
     steps = sorted((int(load(p)["step"]), p) for p in paths)
+    minutes = _training_minutes(run)
     rows = []
     for i, (step, p) in enumerate(steps):
         _info(f"[{i + 1}/{len(steps)}] step {step}: {p.name}")
         row, _ = _evaluate_checkpoint(args, p, args.num_samples or 1000, args.noise_mse_images or 2000, args.dataset)
+        if minutes:
+            row["train_minutes"] = round(float(np.interp(step, *minutes)), 4)
         print(f"step {step}: {_summary(row)}", flush=True)
         rows.append(row)
     _write_json(run / "metrics.json", {"run": str(run), "checkpoints": rows})

@@ -34,7 +34,9 @@ from .images import save_grid
 from .models import build_model, count_parameters
 from .schedule import Schedule, make_schedule, q_sample
 
-LOSS_FIELDS = ["step", "epoch", "loss", "lr", "images_per_s", "skipped"]
+# elapsed_s: wall-clock seconds of training so far (previews and checkpoints included, summed over
+# resumes), so a run's quality can be read against minutes, not only steps
+LOSS_FIELDS = ["step", "epoch", "loss", "lr", "images_per_s", "skipped", "elapsed_s"]
 PREVIEW_SEED = 1234  # training previews use the same noise every time, so the grids show one set forming
 PREVIEW_SAMPLER = ("ddim", 50)
 
@@ -171,6 +173,23 @@ def _read_loss_rows(path: Path, upto_step: int) -> list[dict]:
         return [r for r in csv.DictReader(f) if r.get("step", "").isdigit() and int(r["step"]) <= upto_step]
 
 
+def elapsed_seconds(rows: list[dict], batch_size: int) -> list[float]:
+    """Training wall time at each loss.csv row: the recorded `elapsed_s`, or for rows written
+    before that column existed, an estimate from the images/s of each log interval (which leaves
+    out preview and checkpoint time)."""
+    out, prev_step, prev_s = [], 0, 0.0
+    for r in rows:
+        step = int(r["step"])
+        if r.get("elapsed_s"):
+            prev_s = float(r["elapsed_s"])
+        else:
+            ips = float(r.get("images_per_s") or 0)
+            prev_s += (step - prev_step) * batch_size / ips if ips > 0 else 0.0
+        prev_step = step
+        out.append(prev_s)
+    return out
+
+
 def _write_loss_csv(path: Path, rows: list[dict]) -> None:
     buf = io.StringIO()
     w = csv.DictWriter(buf, fieldnames=LOSS_FIELDS)
@@ -242,12 +261,16 @@ def _train(cfg: RunConfig, data: Split, run_dir: Path, world: "distributed.World
         start_step = int(ck["step"])
         skipped = int(ck.get("skipped", 0))
         rows = _read_loss_rows(loss_csv, start_step)
+        elapsed_before = float(ck["elapsed_s"]) if "elapsed_s" in ck else None
         log(f"resumed from {resume} at step {start_step}")
     else:
         if (ck_dir / "last.pt").exists():
             raise TrainingError(f"{run_dir} already holds a run; resume it with --resume auto "
                                 "or choose another --output-dir")
         rows = []
+        elapsed_before = 0.0
+    if elapsed_before is None:  # a checkpoint from before elapsed_s was saved
+        elapsed_before = elapsed_seconds(rows, tc.batch_size)[-1] if rows else 0.0
     if world.main:
         ckpt_io.atomic_write_text(run_dir / "config.json", cfg.to_json() + "\n")
         _write_loss_csv(loss_csv, rows)
@@ -267,6 +290,7 @@ def _train(cfg: RunConfig, data: Split, run_dir: Path, world: "distributed.World
             "format": ckpt_io.FORMAT, "config": cfg.to_dict(), "step": step, "epoch": step // spe,
             "model": model.state_dict(), "ema": ema.state_dict(), "optimizer": opt.state_dict(),
             "skipped": skipped, "torch": str(torch.__version__),
+            "elapsed_s": elapsed_before + time.time() - t_start,  # wall time of training so far
         }
         ckpt_io.atomic_save(state, last)
         if periodic:
@@ -353,7 +377,7 @@ def _train(cfg: RunConfig, data: Split, run_dir: Path, world: "distributed.World
                 mean = window_loss / max(window_n, 1)
                 rows.append({"step": step, "epoch": f"{step / spe:.3f}", "loss": f"{mean:.6f}",
                              "lr": f"{lr_at(cfg, step - 1, total):.3e}", "images_per_s": f"{ips:.1f}",
-                             "skipped": skipped})
+                             "skipped": skipped, "elapsed_s": f"{elapsed_before + time.time() - t_start:.1f}"})
                 _write_loss_csv(loss_csv, rows)
                 bar.set_postfix(loss=f"{mean:.4f}", img_s=f"{ips:.0f}")
                 window_loss, window_n, window_t = 0.0, 0, time.time()

@@ -414,26 +414,53 @@ def progress_gif(run_dir, output, *, duration_ms: int = 400, final_hold_ms: int 
 
 
 def plot_eval_metrics(rows: list[dict], output: str | os.PathLike) -> Path:
-    """FID (with its floor) and noise-prediction MSE against training step, one panel each;
-    `rows` are `evaluate --run` results with keys step, fid, fid_floor and noise_mse.overall."""
+    """FID (with its floor), recognizability and noise-prediction MSE against training step, one
+    panel each; `rows` are `evaluate --run` results with keys step, fid, fid_floor, recognizable
+    and noise_mse.overall. Rows with `train_minutes` also get a wall-clock axis on top."""
     rows = sorted(rows, key=lambda r: r["step"])
     steps = [r["step"] for r in rows]
-    fig, (a1, a2) = plt.subplots(1, 2, figsize=(12, 4.5), constrained_layout=True)
+    fig, (a1, a2, a3) = plt.subplots(1, 3, figsize=(16, 4.5), constrained_layout=True)
     a1.plot(steps, [r["fid"] for r in rows], "o-", color="tab:red", label="FID (evaluator features)")
     a1.plot(steps, [r["fid_floor"] for r in rows], "--", color="grey", label="floor: real training images")
     a1.set_yscale("log")
     a1.set_ylabel("FID vs test split")
     a1.set_title(f"Sample quality (n = {rows[0]['n'] if rows else 0} per checkpoint)")
-    a2.plot(steps, [r["noise_mse"]["overall"] for r in rows], "o-", color="tab:blue", label="all t")
+    a2.plot(steps, [r["recognizable"] for r in rows], "o-", color="tab:green", label="samples")
+    real = [r["real_reference"]["recognizable"] for r in rows if "real_reference" in r]
+    if real:
+        a2.axhline(float(np.mean(real)), ls="--", color="grey", label="real training images")
+    a2.set_ylim(0, 1.02)
+    a2.set_ylabel(f"recognizable (top class p >= {rows[0].get('recognizable_threshold', 0.9) if rows else 0.9})")
+    a2.set_title("Recognizability")
+    a3.plot(steps, [r["noise_mse"]["overall"] for r in rows], "o-", color="tab:blue", label="all t")
     if rows:
         for b, band in enumerate(rows[0]["noise_mse"]["bands"]):
-            a2.plot(steps, [r["noise_mse"]["bands"][b]["mse"] for r in rows], lw=1, alpha=0.7,
+            a3.plot(steps, [r["noise_mse"]["bands"][b]["mse"] for r in rows], lw=1, alpha=0.7,
                     label=f"t in [{band['t_min']}, {band['t_max']}]")
-    a2.set_yscale("log")
-    a2.set_ylabel("noise-prediction MSE (test split)")
-    a2.set_title("Denoising error")
-    for ax in (a1, a2):
+    a3.set_yscale("log")
+    a3.set_ylabel("noise-prediction MSE (test split)")
+    a3.set_title("Denoising error")
+    timed = [r for r in rows if r.get("train_minutes") is not None]
+    for ax in (a1, a2, a3):
         ax.set_xlabel("training step")
         ax.grid(True, which="both", alpha=0.3)
         ax.legend(fontsize=8)
+        if len(timed) >= 2:
+            xs = np.array([r["step"] for r in timed], dtype=float)
+            ms = np.array([r["train_minutes"] for r in timed], dtype=float)
+            if np.all(np.diff(xs) > 0) and np.all(np.diff(ms) > 0):
+                top = ax.secondary_xaxis("top", functions=(lambda v: _interp_linear(v, xs, ms),
+                                                           lambda m: _interp_linear(m, ms, xs)))
+                top.set_xlabel("training minutes (wall clock)")
     return _save_fig(fig, output)
+
+
+def _interp_linear(v, xs: np.ndarray, ys: np.ndarray) -> np.ndarray:
+    """Piecewise-linear map through (xs, ys), continued past both ends with the end segments'
+    slopes: a secondary axis needs a strictly monotone map on the whole view, margins included,
+    and np.interp alone would clamp there."""
+    v = np.asarray(v, dtype=float)
+    out = np.interp(v, xs, ys)
+    lo, hi = v < xs[0], v > xs[-1]
+    out = np.where(lo, ys[0] + (v - xs[0]) * (ys[1] - ys[0]) / (xs[1] - xs[0]), out)
+    return np.where(hi, ys[-1] + (v - xs[-1]) * (ys[-1] - ys[-2]) / (xs[-1] - xs[-2]), out)

@@ -1,0 +1,71 @@
+"""The measurement scripts behind docs/BENCHMARKS.md and docs/SAMPLERS.md, on tiny models: they
+must run, write what they say, and (sampler_table --resume) keep finished rows."""
+from __future__ import annotations
+
+import importlib.util
+import json
+from pathlib import Path
+
+import pytest
+
+from mnist_diffusion.data import Split
+from mnist_diffusion.training import train
+from tests.conftest import tiny_config
+
+SCRIPTS = Path(__file__).resolve().parent.parent / "scripts"
+
+
+def _script(name):
+    spec = importlib.util.spec_from_file_location(name, SCRIPTS / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.fixture(scope="module")
+def checkpoints(tmp_path_factory, mnist):
+    root = tmp_path_factory.mktemp("scripts")
+    data = Split(mnist["train"].images[:64], mnist["train"].labels[:64])
+    out = {}
+    for name, cfg in (("uncond", tiny_config(max_steps=2, sample_interval=100)),
+                      ("cond", tiny_config(max_steps=2, sample_interval=100).replace(model={"num_classes": 10}))):
+        train(cfg, data, root / name, progress=False, log=lambda s: None)
+        out[name] = str(root / name / "checkpoints" / "last.pt")
+    return out
+
+
+def test_sampler_table_resume_keeps_finished_rows(checkpoints, tmp_path):
+    table = _script("sampler_table")
+    js, md = tmp_path / "t.json", tmp_path / "t.md"
+    common = ["--checkpoint", checkpoints["uncond"], "--num-images", "12", "--timing-images", "4",
+              "--device", "cpu", "--json", str(js), "--output", str(md)]
+    assert table.main(common + ["--samplers", "ddim,dpmpp", "--steps", "2,3"]) == 0
+    first = json.loads(js.read_text())["rows"]
+    assert [(r["sampler"], r["steps"]) for r in first] == [("ddim", 2), ("ddim", 3), ("dpmpp", 2), ("dpmpp", 3)]
+    assert all(r["fid"] > 0 and r["fid_floor"] >= 0 and 0 <= r["recognizable"] <= 1 for r in first)
+
+    # a second invocation adds DDPM; the four finished rows come back unchanged (not re-timed)
+    assert table.main(common + ["--samplers", "ddpm", "--steps", "2", "--resume"]) == 0
+    rows = json.loads(js.read_text())["rows"]
+    assert [(r["sampler"], r["steps"]) for r in rows][0] == ("ddpm", 2)
+    assert rows[1:] == first
+    assert "| ddpm | 2 |" in md.read_text() and "| dpmpp | 3 |" in md.read_text()
+
+    with pytest.raises(SystemExit, match="other settings"):
+        table.main(common[:2] + ["--num-images", "13"] + common[4:] + ["--samplers", "ddim", "--steps", "2",
+                                                                        "--resume"])
+
+
+def test_guidance_table(checkpoints, tmp_path):
+    guidance = _script("guidance_table")
+    js = tmp_path / "g.json"
+    assert guidance.main(["--checkpoint", checkpoints["cond"], "--unconditional", checkpoints["uncond"],
+                          "--weights", "0,2", "--num-images", "12", "--steps", "3", "--device", "cpu",
+                          "--json", str(js), "--output", str(tmp_path / "g.md")]) == 0
+    r = json.loads(js.read_text())
+    assert [row["guidance"] for row in r["rows"]] == [0.0, 2.0]
+    assert all(0 <= row["label_accuracy"] <= 1 and row["fid"] > 0 for row in r["rows"])
+    assert r["unconditional"]["fid"] > 0 and r["target"] == 0.97
+    assert "| unconditional |" in (tmp_path / "g.md").read_text()
+    with pytest.raises(SystemExit, match="not class-conditional"):
+        guidance.main(["--checkpoint", checkpoints["uncond"], "--num-images", "12", "--device", "cpu"])
