@@ -279,3 +279,29 @@ def test_slerp_endpoints_norm_and_angle():
     assert torch.allclose(slerp(z0, 2 * z0, 0.5), 1.5 * z0)  # parallel inputs: linear interpolation
     with pytest.raises(ValueError):
         slerp(z0, z0[..., :5], 0.5)
+
+
+@pytest.mark.parametrize("eta", [0.5, 1.0])
+def test_stochastic_dpmpp_samples_the_data_distribution(eta):
+    """SDE-DPM-Solver++(2M) (eta = 1) and its interpolation with the ODE solver: fed the exact eps
+    of the Gaussian toy, the mean is exact at any step count and the std error shrinks with steps."""
+    s = make_schedule("cosine", 1000)
+    errors = []
+    for steps in [10, 20, 50, 200]:
+        mean, std = exact_moments(lambda x, n: dpmpp(gaussian_eps(s), s, x, n, steps=steps, eta=eta, clip=False),
+                                  s, steps)
+        assert mean == pytest.approx(MU, abs=1e-9)
+        errors.append(abs(std - SD) / SD)
+    assert all(b < a for a, b in zip(errors, errors[1:])), errors
+    assert errors[-1] < 0.01
+
+
+def test_stochastic_dpmpp_needs_noise_and_eta0_is_the_ode_solver():
+    s = make_schedule("cosine", 100)
+    x_T = torch.randn(2, 1, 3, 3, generator=torch.Generator().manual_seed(5), dtype=torch.float64)
+    e = gaussian_eps(s)
+    with pytest.raises(ValueError, match="noise_fn"):
+        dpmpp(e, s, x_T, steps=5, eta=1.0)
+    ode = dpmpp(e, s, x_T, steps=7, clip=False)
+    assert torch.equal(dpmpp(e, s, x_T, lambda like: torch.ones_like(like), steps=7, eta=0.0, clip=False), ode)
+    assert not torch.allclose(dpmpp(e, s, x_T, lambda like: torch.ones_like(like), steps=7, eta=1.0, clip=False), ode)

@@ -240,7 +240,9 @@ def add_sampler_options(p: argparse.ArgumentParser, num_images_default: int = 64
     p.add_argument("--seed", type=nonneg_int, default=0)
     p.add_argument("--sampler", choices=SAMPLERS, default="ddpm")
     p.add_argument("--steps", type=positive_int, help="network evaluations (default: ddpm all T, ddim 50, dpmpp 20)")
-    p.add_argument("--eta", type=nonneg_float, default=0.0, help="DDIM stochasticity (0 = deterministic)")
+    p.add_argument("--eta", type=nonneg_float, default=0.0,
+                   help="stochasticity of ddim and dpmpp: 0 = deterministic (default); 1 = DDPM-like for ddim, "
+                        "SDE-DPM-Solver++(2M) for dpmpp")
     p.add_argument("--spacing", choices=SPACINGS,
                    help="timestep grid for respaced samplers: uniform in t, quadratic (denser near t=0), "
                         "or logsnr (uniform in log-SNR); default logsnr for dpmpp, uniform otherwise")
