@@ -564,19 +564,14 @@ def cmd_evaluate(args) -> int:
     return 0
 
 
-def _training_minutes(run: Path):
+def _training_minutes(run: Path, batch_size: int):
     """(steps, minutes) from the run's loss.csv, to put FID against wall-clock training time;
     None when the run has no usable loss.csv."""
-    import csv
-    import json
-
-    from .training import elapsed_seconds
+    from .training import elapsed_seconds, read_loss_rows
     try:
-        batch = int(json.loads((run / "config.json").read_text())["train"]["batch_size"])
-        with open(run / "loss.csv", newline="") as f:
-            rows = [r for r in csv.DictReader(f) if r.get("step", "").isdigit()]
-        seconds = elapsed_seconds(rows, batch)
-    except (OSError, ValueError, KeyError, TypeError):
+        rows = read_loss_rows(run / "loss.csv")
+        seconds = elapsed_seconds(rows, batch_size)
+    except (OSError, ValueError, KeyError):
         return None
     if not rows:
         return None
@@ -586,7 +581,7 @@ def _training_minutes(run: Path):
 def _evaluate_run(args) -> int:
     import numpy as np
 
-    from .checkpoint import load
+    from .checkpoint import config_of, load
     from .visualize import plot_eval_metrics
 
     run = Path(args.run)
@@ -594,8 +589,12 @@ def _evaluate_run(args) -> int:
     paths = sorted(ck_dir.glob("step_*.pt")) if ck_dir.is_dir() else []
     if not paths:
         raise ConfigError(f"--run {run}: no checkpoints/step_*.pt to score")
-    steps = sorted((int(load(p)["step"]), p) for p in paths)
-    minutes = _training_minutes(run)
+    steps = []
+    for p in paths:  # every checkpoint is read once up front, so a damaged one stops the sweep early
+        ck = load(p)
+        steps.append((int(ck["step"]), p))
+    steps.sort()
+    minutes = _training_minutes(run, config_of(ck, str(p)).train.batch_size)
     rows = []
     for i, (step, p) in enumerate(steps):
         _info(f"[{i + 1}/{len(steps)}] step {step}: {p.name}")

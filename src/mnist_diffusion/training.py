@@ -166,11 +166,13 @@ class _SignalCatcher:
             signal.signal(s, h)
 
 
-def _read_loss_rows(path: Path, upto_step: int) -> list[dict]:
+def read_loss_rows(path: Path, upto_step: Optional[int] = None) -> list[dict]:
+    """The logged rows of a run's loss.csv (up to `upto_step`), [] when there is none."""
     if not path.exists():
         return []
     with open(path, newline="") as f:
-        return [r for r in csv.DictReader(f) if r.get("step", "").isdigit() and int(r["step"]) <= upto_step]
+        return [r for r in csv.DictReader(f)
+                if r.get("step", "").isdigit() and (upto_step is None or int(r["step"]) <= upto_step)]
 
 
 def elapsed_seconds(rows: list[dict], batch_size: int) -> list[float]:
@@ -260,8 +262,10 @@ def _train(cfg: RunConfig, data: Split, run_dir: Path, world: "distributed.World
             opt.load_state_dict(ck["optimizer"])
         start_step = int(ck["step"])
         skipped = int(ck.get("skipped", 0))
-        rows = _read_loss_rows(loss_csv, start_step)
-        elapsed_before = float(ck["elapsed_s"]) if "elapsed_s" in ck else None
+        rows = read_loss_rows(loss_csv, start_step)
+        # checkpoints from before elapsed_s was saved: estimate it from the loss rows
+        elapsed_before = float(ck["elapsed_s"]) if "elapsed_s" in ck else \
+            (elapsed_seconds(rows, tc.batch_size)[-1] if rows else 0.0)
         log(f"resumed from {resume} at step {start_step}")
     else:
         if (ck_dir / "last.pt").exists():
@@ -269,8 +273,6 @@ def _train(cfg: RunConfig, data: Split, run_dir: Path, world: "distributed.World
                                 "or choose another --output-dir")
         rows = []
         elapsed_before = 0.0
-    if elapsed_before is None:  # a checkpoint from before elapsed_s was saved
-        elapsed_before = elapsed_seconds(rows, tc.batch_size)[-1] if rows else 0.0
     if world.main:
         ckpt_io.atomic_write_text(run_dir / "config.json", cfg.to_json() + "\n")
         _write_loss_csv(loss_csv, rows)
@@ -282,6 +284,9 @@ def _train(cfg: RunConfig, data: Split, run_dir: Path, world: "distributed.World
         f"({n} images) for {total} steps on {device}" + (f" with {str(amp).split('.')[-1]} autocast" if amp else "")
         + (f" on {world.size} processes" if world.active else ""))
 
+    def elapsed() -> float:  # wall time of training so far, over every resume
+        return elapsed_before + time.time() - t_start
+
     def save(step: int, periodic: bool) -> Path:
         last = ck_dir / "last.pt"
         if not world.main:
@@ -290,7 +295,7 @@ def _train(cfg: RunConfig, data: Split, run_dir: Path, world: "distributed.World
             "format": ckpt_io.FORMAT, "config": cfg.to_dict(), "step": step, "epoch": step // spe,
             "model": model.state_dict(), "ema": ema.state_dict(), "optimizer": opt.state_dict(),
             "skipped": skipped, "torch": str(torch.__version__),
-            "elapsed_s": elapsed_before + time.time() - t_start,  # wall time of training so far
+            "elapsed_s": elapsed(),
         }
         ckpt_io.atomic_save(state, last)
         if periodic:
@@ -377,7 +382,7 @@ def _train(cfg: RunConfig, data: Split, run_dir: Path, world: "distributed.World
                 mean = window_loss / max(window_n, 1)
                 rows.append({"step": step, "epoch": f"{step / spe:.3f}", "loss": f"{mean:.6f}",
                              "lr": f"{lr_at(cfg, step - 1, total):.3e}", "images_per_s": f"{ips:.1f}",
-                             "skipped": skipped, "elapsed_s": f"{elapsed_before + time.time() - t_start:.1f}"})
+                             "skipped": skipped, "elapsed_s": f"{elapsed():.1f}"})
                 _write_loss_csv(loss_csv, rows)
                 bar.set_postfix(loss=f"{mean:.4f}", img_s=f"{ips:.0f}")
                 window_loss, window_n, window_t = 0.0, 0, time.time()

@@ -441,17 +441,17 @@ def plot_eval_metrics(rows: list[dict], output: str | os.PathLike) -> Path:
     a3.set_ylabel("noise-prediction MSE (test split)")
     a3.set_title("Denoising error")
     timed = [r for r in rows if r.get("train_minutes") is not None]
+    xs = np.array([r["step"] for r in timed], dtype=float)
+    ms = np.array([r["train_minutes"] for r in timed], dtype=float)
+    minutes_axis = len(timed) >= 2 and np.all(np.diff(xs) > 0) and np.all(np.diff(ms) > 0)
     for ax in (a1, a2, a3):
         ax.set_xlabel("training step")
         ax.grid(True, which="both", alpha=0.3)
         ax.legend(fontsize=8)
-        if len(timed) >= 2:
-            xs = np.array([r["step"] for r in timed], dtype=float)
-            ms = np.array([r["train_minutes"] for r in timed], dtype=float)
-            if np.all(np.diff(xs) > 0) and np.all(np.diff(ms) > 0):
-                top = ax.secondary_xaxis("top", functions=(lambda v: _interp_linear(v, xs, ms),
-                                                           lambda m: _interp_linear(m, ms, xs)))
-                top.set_xlabel("training minutes (wall clock)")
+        if minutes_axis:
+            top = ax.secondary_xaxis("top", functions=(lambda v: _interp_linear(v, xs, ms),
+                                                       lambda m: _interp_linear(m, ms, xs)))
+            top.set_xlabel("training minutes (wall clock)")
     return _save_fig(fig, output)
 
 
