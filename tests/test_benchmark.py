@@ -65,6 +65,14 @@ def test_benchmark_writes_json_with_positive_numbers(tmp_path, capsys):
     assert "compare" not in r and r["preset"] is None  # --base-dim replaced the preset's network
 
 
+def test_micro_batch_is_used_and_recorded(tmp_path, capsys):
+    out = tmp_path / "bench.json"
+    assert main(["benchmark", *TINY, "--micro-batch", "3", "--json", str(out)]) == 0
+    assert "training, batch 8 (3 at a time)" in capsys.readouterr().out
+    r = json.loads(out.read_text())
+    assert r["micro_batch"] == 3 and "failed" not in r["memory"]
+
+
 def test_sampler_steps_and_full_sampling(tmp_path):
     out = tmp_path / "b.json"
     assert main(["benchmark", *TINY, "--no-memory", "--sampler-steps", "ddpm=30,ddim=7", "--full-sampling",
@@ -194,8 +202,10 @@ def test_model_options_resolve_like_train():
     from mnist_diffusion.config import preset
 
     def cfg(**kw):
-        return resolve_benchmark_config(argparse.Namespace(**{"preset": None, "model": None, "base_dim": None, **kw}))
+        return resolve_benchmark_config(argparse.Namespace(**{"preset": None, "model": None, "base_dim": None,
+                                                              "micro_batch": None, **kw}))
     assert cfg() == preset("default")
+    assert cfg(preset="quick", micro_batch=16).train.micro_batch == 16
     assert cfg(preset="quick").model == preset("quick").model
     assert cfg(preset="quick", base_dim=16).model.base_dim == 16
     assert cfg(preset="quick", base_dim=16).model.num_res_blocks == preset("quick").model.num_res_blocks

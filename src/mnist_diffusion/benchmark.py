@@ -156,7 +156,7 @@ class TrainStep:
         self.model.train()
 
     def __call__(self) -> float:
-        from .training import diffusion_loss, ema_update
+        from .training import accumulate_gradients, ema_update
 
         tc, B, dev = self.cfg.train, self.batch_size, self.device
         idx = torch.randint(0, TRAIN_IMAGES, (B,), device=dev, generator=self.gen)
@@ -168,11 +168,9 @@ class TrainStep:
         if self.cfg.model.num_classes:
             drop = torch.rand(B, device=dev, generator=self.gen) < tc.cond_drop_prob
             y = torch.where(drop, torch.full_like(self.labels[idx], self.cfg.model.num_classes), self.labels[idx])
-        with autocast(dev, self.amp):
-            loss = diffusion_loss(self.net, self.schedule, x0, t, noise, y)
-        value = float(loss.detach())  # training reads the loss every step (finiteness check): a sync point
         self.opt.zero_grad(set_to_none=True)
-        loss.backward()
+        loss = accumulate_gradients(self.net, self.schedule, x0, t, noise, y, dev, self.amp, tc.micro_batch)
+        value = float(loss)  # training reads the loss every step (finiteness check): a sync point
         if tc.grad_clip:
             torch.nn.utils.clip_grad_norm_(self.model.parameters(), tc.grad_clip)
         self.opt.step()
@@ -490,7 +488,9 @@ def run(cfg: RunConfig, device: torch.device, *, batch_size: int = 128, amp: Opt
             raise BenchmarkError(f"{name}: steps must be >= 1, got {n}")
     result = {"format": FORMAT, "machine": machine_info(device),
               "model": {**asdict(cfg.model), "channel_mults": list(cfg.model.channel_mults)},
-              "diffusion": asdict(cfg.diffusion), "precision": _precision_name(amp), "settings": asdict(settings)}
+              "diffusion": asdict(cfg.diffusion), "precision": _precision_name(amp), "settings": asdict(settings),
+              "micro_batch": cfg.train.micro_batch if cfg.train.micro_batch and cfg.train.micro_batch < batch_size
+              else None}
     log("building the model and a training step")
     step = TrainStep(cfg, device, batch_size, amp)
     result["parameters"] = count_parameters(step.model)
@@ -538,11 +538,12 @@ def format_table(r: dict) -> str:
     ]
     t = r["training"]
     ws = t["windows_images_per_s"]
-    lines.append(f"{'training, batch ' + str(t['batch_size']):<34}{t['images_per_s']:>9,.1f} img/s"
+    chunks = f" ({r['micro_batch']} at a time)" if r.get("micro_batch") else ""
+    lines.append(f"{'training, batch ' + str(t['batch_size']) + chunks:<34}{t['images_per_s']:>9,.1f} img/s"
                  f"   step {t['step_ms']:.1f} ms; {len(ws)} windows {min(ws):,.1f}-{max(ws):,.1f} img/s")
     mem = r.get("memory")
     if mem is not None:
-        label = f"peak memory, training batch {mem.get('batch_size', t['batch_size'])}"
+        label = f"peak memory, training batch {mem.get('batch_size', t['batch_size'])}{chunks}"
         if "failed" in mem:
             lines.append(f"{label:<34}{'failed':>14}   {mem['failed']}")
         else:

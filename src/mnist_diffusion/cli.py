@@ -97,14 +97,14 @@ TRAIN_OVERRIDES = {
     "precision": ("train", "precision"), "warmup_steps": ("train", "warmup_steps"),
     "log_interval": ("train", "log_interval"), "keep_checkpoints": ("train", "keep_checkpoints"),
     "cond_drop_prob": ("train", "cond_drop_prob"), "dataset": ("train", "dataset"),
-    "time_limit": ("train", "time_limit"),
+    "time_limit": ("train", "time_limit"), "micro_batch": ("train", "micro_batch"),
     "timesteps": ("diffusion", "timesteps"), "schedule": ("diffusion", "schedule"),
     "model": ("model", "name"), "base_dim": ("model", "base_dim"), "num_res_blocks": ("model", "num_res_blocks"),
     "channel_mults": ("model", "channel_mults"), "dropout": ("model", "dropout"),
 }
 # what may change when resuming (the rest must match the checkpoint)
 RESUME_MUTABLE = {"epochs", "max_steps", "sample_interval", "save_interval", "num_samples", "device",
-                  "log_interval", "keep_checkpoints", "precision", "time_limit"}
+                  "log_interval", "keep_checkpoints", "precision", "time_limit", "micro_batch"}
 
 
 def _add_train(p: argparse.ArgumentParser) -> None:
@@ -120,6 +120,8 @@ def _add_train(p: argparse.ArgumentParser) -> None:
                    help="stop (with a checkpoint and a sample grid) after this many minutes of training")
     p.add_argument("--subset", type=positive_int, help="train on the first N images only")
     p.add_argument("--batch-size", type=positive_int)
+    p.add_argument("--micro-batch", type=positive_int, metavar="N",
+                   help="forward/backward N images at a time and sum the gradients: same update, less memory")
     p.add_argument("--lr", type=positive_float)
     p.add_argument("--warmup-steps", type=nonneg_int)
     p.add_argument("--timesteps", type=positive_int, help="T, the number of diffusion steps")
@@ -854,6 +856,8 @@ def _add_benchmark(p: argparse.ArgumentParser) -> None:
     p.add_argument("--precision", choices=["auto", "fp32", "bf16", "fp16"], default="auto",
                    help="autocast for training and sampling, as `train` takes it (default auto)")
     p.add_argument("--batch-size", type=positive_int, default=128, help="training batch (default 128)")
+    p.add_argument("--micro-batch", type=positive_int, metavar="N",
+                   help="images per forward/backward pass (default: the preset's train.micro_batch)")
     p.add_argument("--threads", type=positive_int, help="torch CPU threads (default: torch's choice)")
     p.add_argument("--sample-images", type=positive_int, default=64, help="images per sampling run, one batch (default 64)")
     p.add_argument("--sampler-steps", type=sampler_steps_arg, metavar="NAME=N[,NAME=N]",
@@ -878,7 +882,10 @@ def resolve_benchmark_config(args):
         model = {k: v for k, v in default_config(args.model).__dict__.items() if k != "num_classes"}
     if args.base_dim:
         model["base_dim"] = args.base_dim
-    return cfg.replace(model=model) if model else cfg
+    changes = {"model": model} if model else {}
+    if args.micro_batch:
+        changes["train"] = {"micro_batch": args.micro_batch}
+    return cfg.replace(**changes) if changes else cfg
 
 
 @command("benchmark", "measure training and sampling speed, memory and checkpoint size of a model on a device",

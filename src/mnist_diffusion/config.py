@@ -61,6 +61,9 @@ class TrainConfig:
     max_steps: typing.Optional[int] = None  # stops early when reached, whatever `epochs` says
     subset: typing.Optional[int] = None  # first N training images only
     batch_size: int = 128
+    # images per forward/backward pass; the gradients of a batch's chunks are summed before the
+    # step, so the update is the full batch's while only one chunk's activations are alive
+    micro_batch: typing.Optional[int] = None
     lr: float = 2e-4
     weight_decay: float = 0.0
     warmup_steps: int = 200
@@ -89,6 +92,8 @@ class TrainConfig:
             raise ConfigError(f"train.max_steps must be positive, got {self.max_steps}")
         if self.subset is not None and self.subset <= 0:
             raise ConfigError(f"train.subset must be positive, got {self.subset}")
+        if self.micro_batch is not None and self.micro_batch <= 0:
+            raise ConfigError(f"train.micro_batch must be positive or null, got {self.micro_batch}")
         if self.batch_size > 65536:
             raise ConfigError(f"train.batch_size {self.batch_size} is too large (max 65536)")
         if not (0.0 < self.lr < 1.0):

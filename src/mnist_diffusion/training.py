@@ -9,6 +9,7 @@ resumed run therefore draws exactly what an uninterrupted one would, with no RNG
 """
 from __future__ import annotations
 
+import contextlib
 import copy
 import csv
 import io
@@ -94,8 +95,8 @@ def lr_at(cfg: RunConfig, step: int, total: int) -> float:
 def ema_update(ema: torch.nn.Module, model: torch.nn.Module, decay: float, step: int) -> None:
     # warm-up of the decay (as in many DDPM codebases): early EMA weights are not stuck at init
     d = min(decay, (1 + step) / (10 + step))
-    for pe, pm in zip(ema.parameters(), model.parameters()):
-        pe.lerp_(pm.detach(), 1.0 - d)
+    # one fused call over all tensors: a per-parameter loop costs a Python dispatch per tensor
+    torch._foreach_lerp_(list(ema.parameters()), [p.detach() for p in model.parameters()], 1.0 - d)
     for be, bm in zip(ema.buffers(), model.buffers()):
         be.copy_(bm)
 
@@ -106,6 +107,31 @@ def diffusion_loss(model, schedule: Schedule, x0: torch.Tensor, t: torch.Tensor,
     x_t = q_sample(schedule, x0, t, noise)
     pred = model(x_t, t, y) if y is not None else model(x_t, t)
     return F.mse_loss(pred.float(), noise)
+
+
+def accumulate_gradients(net, schedule: Schedule, x0: torch.Tensor, t: torch.Tensor, noise: torch.Tensor,
+                         y: Optional[torch.Tensor], device: torch.device, amp: Optional[torch.dtype],
+                         micro_batch: Optional[int] = None) -> torch.Tensor:
+    """Forward and backward L_simple over the batch, `micro_batch` images at a time (all at once
+    when None), adding into .grad; returns the batch's mean loss, detached.
+
+    Each chunk's loss is weighted by its share of the batch, so the summed gradient is the full
+    batch's mean-loss gradient (every layer here is per-sample: GroupNorm, no BatchNorm), while
+    only one chunk's activations are alive at a time. Under DDP only the last chunk all-reduces."""
+    B = x0.shape[0]
+    size = min(micro_batch or B, B)
+    total = torch.zeros((), device=device)
+    for start in range(0, B, size):
+        part = slice(start, start + size)
+        last = start + size >= B
+        sync = contextlib.nullcontext() if last or not hasattr(net, "no_sync") else net.no_sync()
+        with sync:
+            with autocast(device, amp):
+                loss = diffusion_loss(net, schedule, x0[part], t[part], noise[part], None if y is None else y[part])
+            share = x0[part].shape[0] / B
+            (loss * share).backward()
+        total += loss.detach() * share
+    return total
 
 
 def check_writable(run_dir: Path, checkpoint_bytes: int = 0) -> None:
@@ -351,10 +377,10 @@ def _train(cfg: RunConfig, data: Split, run_dir: Path, world: "distributed.World
 
             for group in opt.param_groups:
                 group["lr"] = lr_at(cfg, step, total)
-            with autocast(device, amp):
-                loss = diffusion_loss(net, schedule, x0, t, noise, y)
+            opt.zero_grad(set_to_none=True)
+            loss = accumulate_gradients(net, schedule, x0, t, noise, y, device, amp, tc.micro_batch)
             time_up = bool(tc.time_limit) and time.time() - t_start > tc.time_limit * 60
-            loss_value, (stop, time_up) = distributed.agree(world, float(loss.detach()),
+            loss_value, (stop, time_up) = distributed.agree(world, float(loss),
                                                             (sig.signum is not None, time_up), device)
             if not math.isfinite(loss_value):
                 if tc.nonfinite == "stop":
@@ -363,8 +389,6 @@ def _train(cfg: RunConfig, data: Split, run_dir: Path, world: "distributed.World
                 skipped += 1
                 opt.zero_grad(set_to_none=True)
             else:
-                opt.zero_grad(set_to_none=True)
-                loss.backward()
                 if tc.grad_clip:
                     torch.nn.utils.clip_grad_norm_(model.parameters(), tc.grad_clip)
                 opt.step()
