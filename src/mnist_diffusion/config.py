@@ -227,10 +227,13 @@ PRESETS: dict[str, dict[str, dict]] = {
                   "ema_decay": 0.999, "sample_interval": 400, "save_interval": 400},
     },
     "default": {
-        # 1.5M parameters: ~250 images/s with bf16 on a 2-core CPU (an epoch in ~4 min), ~1 GB RSS
+        # 1.5M parameters: ~250 images/s with bf16 on a 2-core CPU (an epoch in ~4 min). Batch 128
+        # in two passes of 64: the same update and speed, 860 MB peak RSS instead of 1.13 GB
+        # (docs/BENCHMARKS.md, "Memory")
         "model": {"name": "unet", "base_dim": 32, "channel_mults": [1, 2, 2], "num_res_blocks": 2},
         "diffusion": {"timesteps": 1000, "schedule": "cosine"},
-        "train": {"epochs": 20, "batch_size": 128, "lr": 1e-3, "warmup_steps": 500, "ema_decay": 0.9995},
+        "train": {"epochs": 20, "batch_size": 128, "micro_batch": 64, "lr": 1e-3, "warmup_steps": 500,
+                  "ema_decay": 0.9995},
     },
 }
 
