@@ -386,8 +386,7 @@ def _train(cfg: RunConfig, data: Split, run_dir: Path, world: "distributed.World
                 if tc.nonfinite == "stop":
                     raise NonFiniteLoss(f"loss became {loss_value} at step {step + 1}; the last good checkpoint "
                                         f"({last_ck}) is kept. Lower --lr, or pass --skip-nonfinite")
-                skipped += 1
-                opt.zero_grad(set_to_none=True)
+                skipped += 1  # its gradients are dropped by the next step's zero_grad
             else:
                 if tc.grad_clip:
                     torch.nn.utils.clip_grad_norm_(model.parameters(), tc.grad_clip)
