@@ -41,7 +41,7 @@ data-all: data
 
 run: data
 	$(BIN)/mnist-diffusion train --preset quick --dataset mnist --output-dir $(RUN_DIR) --resume auto
-	$(BIN)/mnist-diffusion sample --checkpoint $(RUN_DIR)/checkpoints/last.pt --num-images 64 --sampler ddpm --output $(RUN_DIR)/samples.png
+	$(BIN)/mnist-diffusion sample --checkpoint $(RUN_DIR)/checkpoints/last.pt --label all --guidance 0.5 --sampler dpmpp --steps 20 --output $(RUN_DIR)/samples.png
 	@echo "sample grid: $(RUN_DIR)/samples.png"
 
 test: setup-dev data-all

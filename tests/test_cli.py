@@ -77,6 +77,22 @@ def test_dry_run_prints_config(tmp_path, capsys):
     assert '"base_dim": 32' in out and not (tmp_path / "r").exists()
 
 
+@pytest.mark.parametrize("flag, classes", [([], 10), (["--unconditional"], None), (["--conditional"], 10)])
+def test_quick_preset_is_conditional_unless_asked_not_to_be(flag, classes, tmp_path, capsys):
+    assert main(["train", "--preset", "quick", *flag, "--dry-run", "--output-dir", str(tmp_path / "r")]) == 0
+    cfg = json.loads(capsys.readouterr().out.split("\nrun directory")[0])
+    assert cfg["model"]["num_classes"] == classes
+
+
+def test_unconditional_cannot_resume_a_conditional_run(tmp_path, mnist, capsys):
+    run = tmp_path / "r"
+    common = ["--max-steps", "1", "--subset", "32", "--batch-size", "16", "--base-dim", "8", "--num-res-blocks", "1",
+              "--timesteps", "20", "--output-dir", str(run), "--no-progress"]
+    assert main(["train", "--preset", "quick", *common]) == 0
+    assert main(["train", "--resume", "auto", "--unconditional", *common]) == 2
+    assert "--unconditional differs from the checkpoint" in capsys.readouterr().err
+
+
 @pytest.mark.parametrize("argv, words", [
     (["train", "--epochs", "0", "--dry-run"], "expected a positive integer"),
     (["train", "--batch-size", "-4", "--dry-run"], "expected a positive integer"),

@@ -92,8 +92,19 @@ def test_evaluate_conditional_checkpoint_reports_label_accuracy(mnist, tmp_path)
     cfg = tiny_config(max_steps=1, sample_interval=100).replace(model={"num_classes": 10})
     train(cfg, Split(mnist["train"].images[:32], mnist["train"].labels[:32]), tmp_path / "run", progress=False,
           log=lambda s: None)
-    r = _run_json(["evaluate", "--checkpoint", str(tmp_path / "run" / "checkpoints" / "last.pt"),
-                   "--num-samples", "10", "--sampler", "ddim", "--steps", "2", "--noise-mse-images", "10"],
-                  tmp_path / "r.json")
+    argv = ["evaluate", "--checkpoint", str(tmp_path / "run" / "checkpoints" / "last.pt"),
+            "--num-samples", "10", "--sampler", "ddim", "--steps", "2", "--noise-mse-images", "10"]
+    r = _run_json(argv, tmp_path / "r.json")
     assert 0.0 <= r["label_accuracy"] <= 1.0
-    assert r["sampler"]["labels"].startswith("balanced")
+    assert r["sampler"]["labels"].startswith("balanced") and r["sampler"]["guidance"] == 0.0
+    guided = _run_json(argv + ["--guidance", "1.5"], tmp_path / "g.json")
+    assert guided["sampler"]["guidance"] == 1.5
+    assert guided["fid"] != r["fid"]  # the guided images differ from the plain conditional ones
+
+
+def test_guidance_errors_are_one_line(tiny_run, tmp_path, capsys):
+    uncond = str(tiny_run / "checkpoints" / "last.pt")
+    assert main(["evaluate", "--checkpoint", uncond, "--guidance", "1", "--num-samples", "4"]) == 2
+    assert main(["evaluate", "--samples", str(tmp_path / "x.npz"), "--dataset", "mnist", "--guidance", "1"]) == 2
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert len(lines) == 2 and "unconditional model" in lines[0] and "--samples scores given images" in lines[1]

@@ -69,3 +69,16 @@ def test_guidance_table(checkpoints, tmp_path):
     assert "| unconditional |" in (tmp_path / "g.md").read_text()
     with pytest.raises(SystemExit, match="not class-conditional"):
         guidance.main(["--checkpoint", checkpoints["uncond"], "--num-images", "12", "--device", "cpu"])
+
+
+def test_profile_step_lists_operators_for_both_precisions(tmp_path):
+    prof = _script("profile_step")
+    js = tmp_path / "p.json"
+    assert prof.main(["--base-dim", "8", "--batch-size", "4", "--steps", "2", "--warmup", "1", "--top", "5",
+                      "--json", str(js), "--output", str(tmp_path / "p.md")]) == 0
+    r = json.loads(js.read_text())
+    for name in ("fp32", "bf16"):
+        ops = r[name]["ops_ms_per_step"]
+        assert r[name]["wall_ms_per_step"] > 0 and any(k.startswith("aten::conv") for k in ops)
+    assert "aten::_to_copy" in r["bf16"]["ops_ms_per_step"]  # autocast's casts show up in the bf16 step
+    assert "| operator |" in (tmp_path / "p.md").read_text()

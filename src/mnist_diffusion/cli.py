@@ -131,7 +131,10 @@ def _add_train(p: argparse.ArgumentParser) -> None:
     p.add_argument("--channel-mults", type=int_list, help="e.g. 1,2,2")
     p.add_argument("--num-res-blocks", type=positive_int)
     p.add_argument("--dropout", type=unit_float)
-    p.add_argument("--conditional", action="store_true", help="class-conditional model (classifier-free guidance)")
+    cond = p.add_mutually_exclusive_group()
+    cond.add_argument("--conditional", action="store_true", help="class-conditional model (classifier-free guidance)")
+    cond.add_argument("--unconditional", action="store_true",
+                      help="no class labels, even where the preset is conditional (the quick preset is)")
     p.add_argument("--cond-drop-prob", type=unit_float, help="label drop probability for guidance (default 0.1)")
     p.add_argument("--ema-decay", type=unit_float)
     p.add_argument("--sample-interval", type=nonneg_int, help="steps between sample grids (0 = each epoch)")
@@ -198,6 +201,10 @@ def resolve_train_config(args):
         if resume and cfg.model.num_classes is None:
             raise ConfigError("--conditional differs from the checkpoint (an unconditional model)")
         changes["model"]["num_classes"] = 10
+    if args.unconditional:
+        if resume and cfg.model.num_classes is not None:
+            raise ConfigError("--unconditional differs from the checkpoint (a class-conditional model)")
+        changes["model"]["num_classes"] = None
     cfg = cfg.replace(**{k: v for k, v in changes.items() if v})
     if run_dir is None:
         run_dir = Path("runs") / f"{args.preset or 'default'}-{cfg.train.dataset}"
@@ -455,6 +462,9 @@ def _add_evaluate(p: argparse.ArgumentParser) -> None:
     p.add_argument("--dataset", choices=DATASETS,
                    help="reference (its test split) and evaluator; default: the checkpoint's dataset; "
                         "required with --samples")
+    p.add_argument("--guidance", type=nonneg_float, default=0.0,
+                   help="classifier-free guidance weight w for a conditional checkpoint (its images always get "
+                        "balanced labels; 0 = plain conditional, the default)")
     p.add_argument("--num-samples", type=positive_int,
                    help="images to generate per checkpoint (default 10000; 1000 with --run, to keep a sweep short)")
     p.add_argument("--noise-mse-images", type=positive_int,
@@ -497,7 +507,10 @@ def _evaluate_checkpoint(args, path, num_samples: int, noise_images: int, datase
     schedule = make_schedule(cfg.diffusion.schedule, cfg.diffusion.timesteps)
     dataset = dataset or cfg.train.dataset
     progress = not args.no_progress
-    guidance = getattr(args, "guidance", 0.0) or 0.0  # --guidance arrives with class-conditional sampling
+    guidance = args.guidance
+    if guidance and not cfg.model.num_classes:
+        raise ConfigError(f"--guidance {guidance}: {path} is an unconditional model (guidance needs one trained "
+                          "with --conditional)")
     labels = balanced_labels(num_samples, cfg.model.num_classes) if cfg.model.num_classes else None
     imgs = generate(model, schedule, num_samples, seed=args.seed, sampler=args.sampler, steps=args.steps,
                     eta=args.eta, spacing=args.spacing, clip=not args.no_clip, batch_size=args.batch_size,
@@ -543,6 +556,8 @@ def cmd_evaluate(args) -> int:
     if args.run:
         return _evaluate_run(args)
     if args.samples:
+        if args.guidance:
+            raise ConfigError("--guidance is for generating (--checkpoint/--run); --samples scores given images")
         if args.num_samples is not None:
             raise ConfigError("--num-samples is for --checkpoint/--run; --samples scores every image in PATH")
         if not args.dataset:
