@@ -66,6 +66,13 @@ def test_sample_each_sampler(checkpoints, tmp_path, sampler, capsys):
         assert z["images"].shape == (3, 28, 28) and z["images"].dtype == np.uint8
 
 
+@pytest.mark.parametrize("which, hint", [("cond", True), ("uncond", False)])
+def test_unlabelled_sampling_of_a_conditional_model_hints_at_labels(checkpoints, tmp_path, capsys, which, hint):
+    assert run_cli("sample", "--checkpoint", checkpoints[which], "--sampler", "ddim", "--steps", "2",
+                   "--num-images", "2", "--output", str(tmp_path / "s.png")) == 0
+    assert ("--label all" in capsys.readouterr().err) == hint
+
+
 def test_sample_label_all_is_one_row_per_class(checkpoints, tmp_path):
     out = tmp_path / "all.png"
     assert run_cli("sample", "--checkpoint", checkpoints["cond"], "--sampler", "ddim", "--steps", "2",
