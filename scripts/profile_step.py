@@ -40,8 +40,9 @@ def parse_args(argv=None):
     return p.parse_args(argv)
 
 
-def profile_variant(step: TrainStep, warmup: int, steps: int) -> tuple[dict[str, float], float]:
-    """(self CPU ms per step for each operator, wall ms per step) over `steps` profiled steps."""
+def profile_variant(step: TrainStep, warmup: int, steps: int) -> tuple[dict[str, float], dict[str, float], float]:
+    """(self CPU ms per step for each operator, calls per step for each, wall ms per step) over
+    `steps` profiled steps."""
     for _ in range(warmup):
         step()
     with profile(activities=[ProfilerActivity.CPU]) as prof:
@@ -50,9 +51,11 @@ def profile_variant(step: TrainStep, warmup: int, steps: int) -> tuple[dict[str,
             step()
         wall = (time.perf_counter() - t0) * 1000 / steps
     per_op: dict[str, float] = defaultdict(float)
+    calls: dict[str, float] = defaultdict(float)
     for e in prof.key_averages():
         per_op[e.key] += e.self_cpu_time_total / 1000 / steps  # microseconds in total -> ms per step
-    return dict(per_op), wall
+        calls[e.key] += e.count / steps
+    return dict(per_op), dict(calls), wall
 
 
 def main(argv=None) -> int:
@@ -66,8 +69,8 @@ def main(argv=None) -> int:
     results = {}
     for name, amp in (("fp32", None), ("bf16", torch.bfloat16)):
         step = TrainStep(cfg, device, args.batch_size, amp)
-        ops, wall = profile_variant(step, args.warmup, args.steps)
-        results[name] = {"ops_ms_per_step": ops, "wall_ms_per_step": wall}
+        ops, calls, wall = profile_variant(step, args.warmup, args.steps)
+        results[name] = {"ops_ms_per_step": ops, "calls_per_step": calls, "wall_ms_per_step": wall}
         print(f"{name}: {wall:.1f} ms per step (profiled)", file=sys.stderr, flush=True)
     fp32, bf16 = results["fp32"]["ops_ms_per_step"], results["bf16"]["ops_ms_per_step"]
     names = sorted(set(fp32) | set(bf16), key=lambda k: -max(fp32.get(k, 0.0), bf16.get(k, 0.0)))

@@ -84,6 +84,12 @@ def test_quick_preset_is_conditional_unless_asked_not_to_be(flag, classes, tmp_p
     assert cfg["model"]["num_classes"] == classes
 
 
+def test_label_drop_probability_needs_labels(tmp_path, capsys):
+    assert main(["train", "--preset", "quick", "--unconditional", "--cond-drop-prob", "0.2", "--dry-run",
+                 "--output-dir", str(tmp_path / "r")]) == 2
+    assert "--cond-drop-prob is for class-conditional models" in capsys.readouterr().err
+
+
 def test_unconditional_cannot_resume_a_conditional_run(tmp_path, mnist, capsys):
     run = tmp_path / "r"
     common = ["--max-steps", "1", "--subset", "32", "--batch-size", "16", "--base-dim", "8", "--num-res-blocks", "1",

@@ -206,6 +206,8 @@ def resolve_train_config(args):
             raise ConfigError("--unconditional differs from the checkpoint (a class-conditional model)")
         changes["model"]["num_classes"] = None
     cfg = cfg.replace(**{k: v for k, v in changes.items() if v})
+    if args.cond_drop_prob is not None and cfg.model.num_classes is None:
+        raise ConfigError("--cond-drop-prob is for class-conditional models (this one has no labels)")
     if run_dir is None:
         run_dir = Path("runs") / f"{args.preset or 'default'}-{cfg.train.dataset}"
     return cfg, run_dir, resume
