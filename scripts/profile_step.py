@@ -81,7 +81,7 @@ def main(argv=None) -> int:
              f"ratio {w32 / w16:.2f}x", "",
              "| operator | fp32 ms/step | bf16 ms/step | fp32/bf16 | share of bf16 step |",
              "|---|---:|---:|---:|---:|"]
-    total16 = sum(bf16.values())
+    total32, total16 = sum(fp32.values()), sum(bf16.values())
     for k in names[: args.top]:
         a, b = fp32.get(k, 0.0), bf16.get(k, 0.0)
         ratio = f"{a / b:.2f}x" if a and b else "-"
@@ -90,8 +90,7 @@ def main(argv=None) -> int:
     rest16 = sum(bf16.get(k, 0.0) for k in names[args.top:])
     lines.append(f"| (the other {max(0, len(names) - args.top)} operators) | {rest32:.1f} | {rest16:.1f} | - | "
                  f"{rest16 / total16:.1%} |")
-    lines.append(f"| **self CPU time, all operators** | {sum(fp32.values()):.1f} | {total16:.1f} | "
-                 f"{sum(fp32.values()) / total16:.2f}x | |")
+    lines.append(f"| **self CPU time, all operators** | {total32:.1f} | {total16:.1f} | {total32 / total16:.2f}x | |")
     table = "\n".join(lines) + "\n"
     print(table)
     if args.output:

@@ -197,14 +197,12 @@ def resolve_train_config(args):
         changes["train"]["clip"] = False
     if args.skip_nonfinite:
         changes["train"]["nonfinite"] = "skip"
-    if args.conditional:
-        if resume and cfg.model.num_classes is None:
-            raise ConfigError("--conditional differs from the checkpoint (an unconditional model)")
-        changes["model"]["num_classes"] = 10
-    if args.unconditional:
-        if resume and cfg.model.num_classes is not None:
-            raise ConfigError("--unconditional differs from the checkpoint (a class-conditional model)")
-        changes["model"]["num_classes"] = None
+    if args.conditional or args.unconditional:
+        flag, classes = ("conditional", 10) if args.conditional else ("unconditional", None)
+        if resume and (cfg.model.num_classes is None) != (classes is None):
+            kind = "an unconditional" if cfg.model.num_classes is None else "a class-conditional"
+            raise ConfigError(f"--{flag} differs from the checkpoint ({kind} model)")
+        changes["model"]["num_classes"] = classes
     cfg = cfg.replace(**{k: v for k, v in changes.items() if v})
     if args.cond_drop_prob is not None and cfg.model.num_classes is None:
         raise ConfigError("--cond-drop-prob is for class-conditional models (this one has no labels)")

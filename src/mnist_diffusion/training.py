@@ -124,11 +124,11 @@ def accumulate_gradients(net, schedule: Schedule, x0: torch.Tensor, t: torch.Ten
     for start in range(0, B, size):
         part = slice(start, start + size)
         last = start + size >= B
+        share = (min(B, start + size) - start) / B
         sync = contextlib.nullcontext() if last or not hasattr(net, "no_sync") else net.no_sync()
         with sync:
             with autocast(device, amp):
                 loss = diffusion_loss(net, schedule, x0[part], t[part], noise[part], None if y is None else y[part])
-            share = x0[part].shape[0] / B
             (loss * share).backward()
         total += loss.detach() * share
     return total
