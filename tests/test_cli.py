@@ -99,6 +99,21 @@ def test_unconditional_cannot_resume_a_conditional_run(tmp_path, mnist, capsys):
     assert "--unconditional differs from the checkpoint" in capsys.readouterr().err
 
 
+def test_resume_with_a_preset_rejects_a_run_of_another_network(tmp_path, mnist, capsys):
+    # what `make run` meets in a runs/quick left by a version whose quick preset had no labels
+    run = tmp_path / "r"
+    common = ["--max-steps", "1", "--subset", "32", "--batch-size", "16", "--output-dir", str(run), "--no-progress"]
+    assert main(["train", "--preset", "quick", "--unconditional", *common]) == 0
+    before = (run / "checkpoints/last.pt").read_bytes()
+    assert main(["train", "--preset", "quick", "--resume", "auto", *common]) == 2
+    err = capsys.readouterr().err
+    assert "is not a --preset quick run: model.num_classes=None (preset: 10)" in err and "Traceback" not in err
+    assert (run / "checkpoints/last.pt").read_bytes() == before
+    # the same run resumes when the options say what it is, or without --preset
+    assert main(["train", "--preset", "quick", "--unconditional", "--resume", "auto", *common]) == 0
+    assert main(["train", "--resume", "auto", *common]) == 0
+
+
 @pytest.mark.parametrize("argv, words", [
     (["train", "--epochs", "0", "--dry-run"], "expected a positive integer"),
     (["train", "--batch-size", "-4", "--dry-run"], "expected a positive integer"),

@@ -6,6 +6,7 @@ non-zero exit; `--debug` shows the traceback instead.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import os
 import sys
 from pathlib import Path
@@ -204,11 +205,29 @@ def resolve_train_config(args):
             raise ConfigError(f"--{flag} differs from the checkpoint ({kind} model)")
         changes["model"]["num_classes"] = classes
     cfg = cfg.replace(**{k: v for k, v in changes.items() if v})
+    if resume and args.preset:
+        _check_preset_matches(args.preset, changes, cfg, resume)
     if args.cond_drop_prob is not None and cfg.model.num_classes is None:
         raise ConfigError("--cond-drop-prob is for class-conditional models (this one has no labels)")
     if run_dir is None:
         run_dir = Path("runs") / f"{args.preset or 'default'}-{cfg.train.dataset}"
     return cfg, run_dir, resume
+
+
+def _check_preset_matches(name, changes, cfg, resume) -> None:
+    """Resuming with --preset: the run must hold the network and process the preset (plus the
+    options given) would train now. A run left by an older preset otherwise resumes silently and
+    fails later, e.g. at `sample --label all` on a model without labels."""
+    from .config import preset
+
+    want = preset(name).replace(**{k: v for k, v in changes.items() if v and k != "train"})
+    diffs = [f"{section}.{key}={getattr(getattr(cfg, section), key)!r} (preset: {value!r})"
+             for section in ("model", "diffusion")
+             for key, value in dataclasses.asdict(getattr(want, section)).items()
+             if dataclasses.asdict(getattr(cfg, section))[key] != value]
+    if diffs:
+        raise ConfigError(f"{resume} is not a --preset {name} run: {'; '.join(diffs)}; resume it without "
+                          f"--preset, or train into a new --output-dir")
 
 
 @command("train", "train a noise-prediction network", _add_train)
