@@ -82,6 +82,7 @@ def test_quick_preset_is_conditional_unless_asked_not_to_be(flag, classes, tmp_p
     assert main(["train", "--preset", "quick", *flag, "--dry-run", "--output-dir", str(tmp_path / "r")]) == 0
     cfg = json.loads(capsys.readouterr().out.split("\nrun directory")[0])
     assert cfg["model"]["num_classes"] == classes
+    assert cfg["train"]["cond_drop_prob"] == 0.2  # the preset's; unused without labels
 
 
 def test_label_drop_probability_needs_labels(tmp_path, capsys):
