@@ -136,7 +136,8 @@ def _add_train(p: argparse.ArgumentParser) -> None:
     cond.add_argument("--conditional", action="store_true", help="class-conditional model (classifier-free guidance)")
     cond.add_argument("--unconditional", action="store_true",
                       help="no class labels, even where the preset is conditional (the quick preset is)")
-    p.add_argument("--cond-drop-prob", type=unit_float, help="label drop probability for guidance (default 0.1)")
+    p.add_argument("--cond-drop-prob", type=unit_float,
+                   help="label drop probability for guidance (default 0.1; the quick preset: 0.2)")
     p.add_argument("--ema-decay", type=unit_float)
     p.add_argument("--sample-interval", type=nonneg_int, help="steps between sample grids (0 = each epoch)")
     p.add_argument("--save-interval", type=nonneg_int, help="steps between checkpoints (0 = each epoch)")
