@@ -222,10 +222,11 @@ def _check_preset_matches(name, changes, cfg, resume) -> None:
     from .config import preset
 
     want = preset(name).replace(**{k: v for k, v in changes.items() if v and k != "train"})
-    diffs = [f"{section}.{key}={getattr(getattr(cfg, section), key)!r} (preset: {value!r})"
-             for section in ("model", "diffusion")
-             for key, value in dataclasses.asdict(getattr(want, section)).items()
-             if dataclasses.asdict(getattr(cfg, section))[key] != value]
+    diffs = []
+    for section in ("model", "diffusion"):
+        have, wanted = dataclasses.asdict(getattr(cfg, section)), dataclasses.asdict(getattr(want, section))
+        diffs += [f"{section}.{key}={have[key]!r} (preset: {value!r})" for key, value in wanted.items()
+                  if have[key] != value]
     if diffs:
         raise ConfigError(f"{resume} is not a --preset {name} run: {'; '.join(diffs)}; resume it without "
                           f"--preset, or train into a new --output-dir")
