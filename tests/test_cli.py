@@ -71,6 +71,20 @@ def test_show_intermediate(tmp_path, mnist):
     assert w > h  # 4 columns (three steps + final) x 3 rows
 
 
+def test_min_snr_gamma_is_set_by_train_and_fixed_by_the_run(tmp_path, mnist, capsys):
+    run = tmp_path / "run"
+    assert main(["train", "--output-dir", str(run), "--min-snr-gamma", "5", *TINY]) == 0
+    from mnist_diffusion.checkpoint import load
+    assert load(run / "checkpoints/last.pt")["config"]["train"]["min_snr_gamma"] == 5.0
+    before = (run / "checkpoints/last.pt").read_bytes()
+    capsys.readouterr()
+    # the loss a run optimises cannot change halfway through it
+    assert main(["train", "--output-dir", str(run), "--resume", "auto", "--min-snr-gamma", "0", *TINY]) == 2
+    err = capsys.readouterr().err
+    assert "--min-snr-gamma 0.0 differs from the checkpoint's train.min_snr_gamma=5.0" in err
+    assert (run / "checkpoints/last.pt").read_bytes() == before
+
+
 def test_dry_run_prints_config(tmp_path, capsys):
     assert main(["train", "--preset", "quick", "--dry-run", "--output-dir", str(tmp_path / "r")]) == 0
     out = capsys.readouterr().out
@@ -121,6 +135,7 @@ def test_resume_with_a_preset_rejects_a_run_of_another_network(tmp_path, mnist, 
     (["train", "--lr", "nan", "--dry-run"], "positive finite"),
     (["train", "--timesteps", "99999999999", "--dry-run"], "unreasonably large"),
     (["train", "--timesteps", "1", "--dry-run"], "diffusion.timesteps must be in"),
+    (["train", "--min-snr-gamma", "-1", "--dry-run"], "expected a non-negative finite number"),
     (["train", "--model", "nope", "--max-steps", "1", "--subset", "64", "--batch-size", "16"], "unknown model"),
 ])
 def test_bad_options_are_one_line_errors(argv, words, capsys, tmp_path):

@@ -99,6 +99,7 @@ TRAIN_OVERRIDES = {
     "log_interval": ("train", "log_interval"), "keep_checkpoints": ("train", "keep_checkpoints"),
     "cond_drop_prob": ("train", "cond_drop_prob"), "dataset": ("train", "dataset"),
     "time_limit": ("train", "time_limit"), "micro_batch": ("train", "micro_batch"),
+    "min_snr_gamma": ("train", "min_snr_gamma"),
     "timesteps": ("diffusion", "timesteps"), "schedule": ("diffusion", "schedule"),
     "model": ("model", "name"), "base_dim": ("model", "base_dim"), "num_res_blocks": ("model", "num_res_blocks"),
     "channel_mults": ("model", "channel_mults"), "dropout": ("model", "dropout"),
@@ -138,6 +139,8 @@ def _add_train(p: argparse.ArgumentParser) -> None:
                       help="no class labels, even where the preset is conditional (the quick preset is)")
     p.add_argument("--cond-drop-prob", type=unit_float,
                    help="label drop probability for guidance (default 0.1; the quick preset: 0.2)")
+    p.add_argument("--min-snr-gamma", type=nonneg_float, metavar="G",
+                   help="weight each image's loss by min(SNR, G)/SNR (Min-SNR-gamma; 5 is the paper's); 0 = plain L_simple")
     p.add_argument("--ema-decay", type=unit_float)
     p.add_argument("--sample-interval", type=nonneg_int, help="steps between sample grids (0 = each epoch)")
     p.add_argument("--save-interval", type=nonneg_int, help="steps between checkpoints (0 = each epoch)")

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import typing
 from dataclasses import dataclass, field
 
@@ -79,6 +80,9 @@ class TrainConfig:
     device: str = "auto"
     precision: str = "auto"  # auto: bf16 autocast where it is fast (CPU with bf16, CUDA), else fp32
     cond_drop_prob: float = 0.1
+    # > 0: weight each image's eps loss by min(SNR_t, gamma) / SNR_t (Min-SNR-gamma, Hang et al.
+    # 2023), which stops the many nearly-clean timesteps from dominating the gradient; 0 = L_simple
+    min_snr_gamma: float = 0.0
     nonfinite: str = "stop"  # "stop" or "skip" a batch whose loss is not finite
     keep_checkpoints: int = 0  # periodic checkpoints to keep (0 = all)
     time_limit: float = 0.0  # minutes of training in this invocation; 0 = no limit
@@ -109,6 +113,8 @@ class TrainConfig:
             raise ConfigError("train.grad_clip and train.weight_decay must be >= 0")
         if not 0.0 <= self.cond_drop_prob < 1.0:
             raise ConfigError(f"train.cond_drop_prob must be in [0, 1), got {self.cond_drop_prob}")
+        if self.min_snr_gamma < 0 or not math.isfinite(self.min_snr_gamma):
+            raise ConfigError(f"train.min_snr_gamma must be >= 0 (0 = off), got {self.min_snr_gamma}")
         if self.device not in ("auto", "cpu", "cuda", "mps") and not self.device.startswith("cuda:"):
             raise ConfigError(f"train.device must be auto, cpu, cuda or mps, got {self.device!r}")
         if self.precision not in ("auto", "fp32", "bf16", "fp16"):

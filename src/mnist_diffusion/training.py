@@ -102,17 +102,27 @@ def ema_update(ema: torch.nn.Module, model: torch.nn.Module, decay: float, step:
 
 
 def diffusion_loss(model, schedule: Schedule, x0: torch.Tensor, t: torch.Tensor, noise: torch.Tensor,
-                   y: Optional[torch.Tensor] = None) -> torch.Tensor:
-    """L_simple (Ho et al. 2020, eq. 14): || eps - eps_theta(sqrt(a_t) x0 + sqrt(1 - a_t) eps, t) ||^2."""
+                   y: Optional[torch.Tensor] = None, min_snr_gamma: float = 0.0) -> torch.Tensor:
+    """L_simple (Ho et al. 2020, eq. 14): || eps - eps_theta(sqrt(a_t) x0 + sqrt(1 - a_t) eps, t) ||^2,
+    or with min_snr_gamma > 0 each image's term weighted by min(SNR_t, gamma) / SNR_t (Hang et al.
+    2023, the eps-prediction form of their Min-SNR weighting), SNR_t = a_t / (1 - a_t)."""
     x_t = q_sample(schedule, x0, t, noise)
     pred = model(x_t, t, y) if y is not None else model(x_t, t)
-    return F.mse_loss(pred.float(), noise)
+    if min_snr_gamma <= 0:
+        return F.mse_loss(pred.float(), noise)
+    return (min_snr_weight(schedule, t, min_snr_gamma) * (pred.float() - noise).pow(2).flatten(1).mean(1)).mean()
+
+
+def min_snr_weight(schedule: Schedule, t: torch.Tensor, gamma: float) -> torch.Tensor:
+    """min(SNR_t, gamma) / SNR_t per timestep: 1 where SNR_t <= gamma (noisy steps), gamma / SNR_t below."""
+    snr = schedule.snr[t.cpu()]  # float64 on the CPU (MPS has no float64)
+    return (snr.clamp(max=gamma) / snr).float().to(t.device)
 
 
 def accumulate_gradients(net, schedule: Schedule, x0: torch.Tensor, t: torch.Tensor, noise: torch.Tensor,
                          y: Optional[torch.Tensor], device: torch.device, amp: Optional[torch.dtype],
-                         micro_batch: Optional[int] = None) -> torch.Tensor:
-    """Forward and backward L_simple over the batch, `micro_batch` images at a time (all at once
+                         micro_batch: Optional[int] = None, min_snr_gamma: float = 0.0) -> torch.Tensor:
+    """Forward and backward the diffusion loss over the batch, `micro_batch` images at a time (all at once
     when None), adding into .grad; returns the batch's mean loss, detached.
 
     Each chunk's loss is weighted by its share of the batch, so the summed gradient is the full
@@ -128,7 +138,8 @@ def accumulate_gradients(net, schedule: Schedule, x0: torch.Tensor, t: torch.Ten
         sync = contextlib.nullcontext() if last or not hasattr(net, "no_sync") else net.no_sync()
         with sync:
             with autocast(device, amp):
-                loss = diffusion_loss(net, schedule, x0[part], t[part], noise[part], None if y is None else y[part])
+                loss = diffusion_loss(net, schedule, x0[part], t[part], noise[part], None if y is None else y[part],
+                                      min_snr_gamma)
             (loss * share).backward()
         total += loss.detach() * share
     return total
@@ -378,7 +389,7 @@ def _train(cfg: RunConfig, data: Split, run_dir: Path, world: "distributed.World
             for group in opt.param_groups:
                 group["lr"] = lr_at(cfg, step, total)
             opt.zero_grad(set_to_none=True)
-            loss = accumulate_gradients(net, schedule, x0, t, noise, y, device, amp, tc.micro_batch)
+            loss = accumulate_gradients(net, schedule, x0, t, noise, y, device, amp, tc.micro_batch, tc.min_snr_gamma)
             time_up = bool(tc.time_limit) and time.time() - t_start > tc.time_limit * 60
             loss_value, (stop, time_up) = distributed.agree(world, float(loss),
                                                             (sig.signum is not None, time_up), device)
