@@ -76,6 +76,36 @@ def test_evaluate_checkpoint(tiny_run, tmp_path):
     assert sum(b["count"] for b in r["noise_mse"]["bands"]) == 40
 
 
+def test_evaluate_saves_its_images_and_continues_a_stopped_run(tiny_run, tmp_path, monkeypatch):
+    from mnist_diffusion import partial
+    ck = str(tiny_run / "checkpoints" / "last.pt")
+    argv = ["evaluate", "--checkpoint", ck, "--num-samples", "12", "--batch-size", "4", "--sampler", "ddim",
+            "--steps", "3", "--noise-mse-images", "8", "--device", "cpu", "--npz", str(tmp_path / "e.npz")]
+    full = _run_json(argv, tmp_path / "full.json")
+    # the saved images are exactly the scored ones: scoring them again gives the same FID
+    again = _run_json(["evaluate", "--samples", str(tmp_path / "e.npz"), "--dataset", "mnist"], tmp_path / "a.json")
+    assert again["fid"] == full["fid"] and again["n"] == 12
+
+    real_save = partial.PartialImages.save
+
+    def stop(self, images):
+        real_save(self, images)
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(partial.PartialImages, "save", stop)
+    argv[-1] = str(tmp_path / "f.npz")
+    assert main(argv + ["--no-progress"]) == 130
+    monkeypatch.setattr(partial.PartialImages, "save", real_save)
+    resumed = _run_json(argv, tmp_path / "resumed.json")
+    assert (tmp_path / "f.npz").read_bytes() == (tmp_path / "e.npz").read_bytes()
+    assert resumed["fid"] == full["fid"] and not list(tmp_path.glob(".f.npz.partial-*"))
+
+
+def test_evaluate_npz_needs_a_checkpoint(tiny_run, capsys):
+    assert main(["evaluate", "--run", str(tiny_run), "--npz", "x.npz"]) == 2
+    assert "--npz saves the images generated from --checkpoint" in capsys.readouterr().err
+
+
 def test_evaluate_run(tiny_run):
     assert main(["evaluate", "--run", str(tiny_run), "--num-samples", "8", "--sampler", "ddim", "--steps", "3",
                  "--noise-mse-images", "16", "--no-progress"]) == 0

@@ -66,6 +66,39 @@ def test_sample_each_sampler(checkpoints, tmp_path, sampler, capsys):
         assert z["images"].shape == (3, 28, 28) and z["images"].dtype == np.uint8
 
 
+def test_interrupted_npz_run_continues_to_the_same_bytes(checkpoints, tmp_path, monkeypatch, capsys):
+    from mnist_diffusion import partial
+    base = ["sample", "--checkpoint", checkpoints["cond"], "--label", "all", "--nrow", "3", "--guidance", "1",
+            "--sampler", "ddim", "--steps", "3", "--batch-size", "4"]
+    assert run_cli(*base, "--output", str(tmp_path / "full.png"), "--npz", str(tmp_path / "full.npz")) == 0
+
+    real_save, calls = partial.PartialImages.save, []
+
+    def save_then_stop(self, images):  # Ctrl-C after the second of eight batches
+        real_save(self, images)
+        calls.append(len(images))
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(partial.PartialImages, "save", save_then_stop)
+    out = tmp_path / "part.npz"
+    assert run_cli(*base, "--output", str(tmp_path / "part.png"), "--npz", str(out)) == 130
+    assert calls == [4, 8] and not out.exists()
+    left = list(tmp_path.glob(".part.npz.partial-*.npz"))
+    assert len(left) == 1
+    monkeypatch.setattr(partial.PartialImages, "save", real_save)
+    capsys.readouterr()
+    assert run_cli(*base, "--output", str(tmp_path / "part.png"), "--npz", str(out)) == 0
+    assert "8 of 30 images already drawn" in capsys.readouterr().err
+    assert out.read_bytes() == (tmp_path / "full.npz").read_bytes()
+    assert (tmp_path / "part.png").read_bytes() == (tmp_path / "full.png").read_bytes()
+    assert not left[0].exists()  # removed once the npz is written
+    # another seed does not pick up this request's batches
+    capsys.readouterr()
+    assert run_cli(*base, "--seed", "1", "--output", str(tmp_path / "s1.png"), "--npz", str(tmp_path / "s1.npz")) == 0
+    assert "already drawn" not in capsys.readouterr().err
+
+
 @pytest.mark.parametrize("which, hint", [("cond", True), ("uncond", False)])
 def test_unlabelled_sampling_of_a_conditional_model_hints_at_labels(checkpoints, tmp_path, capsys, which, hint):
     assert run_cli("sample", "--checkpoint", checkpoints[which], "--sampler", "ddim", "--steps", "2",

