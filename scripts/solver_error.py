@@ -35,7 +35,7 @@ def main(argv=None) -> int:
 
     model, cfg, _ = load_model(args.checkpoint)
     schedule = make_schedule(cfg.diffusion.schedule, cfg.diffusion.timesteps)
-    eps_fn = eps_function(model)
+    eps_fn = eps_function(model, schedule=schedule)
     x_T = PerImageNoise(args.seed, args.num_images).initial((1, 28, 28))
     clip = not args.no_clip
     fns = {"ddim": ddim, "dpmpp": dpmpp}

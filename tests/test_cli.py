@@ -85,6 +85,18 @@ def test_min_snr_gamma_is_set_by_train_and_fixed_by_the_run(tmp_path, mnist, cap
     assert (run / "checkpoints/last.pt").read_bytes() == before
 
 
+def test_v_prediction_trains_samples_and_evaluates(tmp_path, mnist):
+    run = tmp_path / "run"
+    assert main(["train", "--output-dir", str(run), "--prediction", "v", *TINY]) == 0
+    from mnist_diffusion.checkpoint import load, load_model
+    assert load(run / "checkpoints/last.pt")["config"]["model"]["prediction"] == "v"
+    assert load_model(run / "checkpoints/last.pt")[0].prediction == "v"
+    for sampler in ("ddpm", "dpmpp"):
+        assert main(["sample", "--checkpoint", str(run / "checkpoints/last.pt"), "--sampler", sampler, "--steps", "4",
+                     "--num-images", "4", "--output", str(tmp_path / f"{sampler}.png"), "--device", "cpu",
+                     "--no-progress"]) == 0
+
+
 def test_dry_run_prints_config(tmp_path, capsys):
     assert main(["train", "--preset", "quick", "--dry-run", "--output-dir", str(tmp_path / "r")]) == 0
     out = capsys.readouterr().out

@@ -94,6 +94,16 @@ class _Oracle(torch.nn.Module):
         return (x_t - extract(s.sqrt_alpha_bar, t, x_t) * x0) / extract(s.sqrt_one_minus_alpha_bar, t, x_t)
 
 
+class _VOracle(_Oracle):
+    prediction = "v"
+
+    def forward(self, x_t, t):
+        x0 = self.x0[self.pos:self.pos + len(t)]
+        self.pos += len(t)
+        s = self.schedule
+        return (extract(s.sqrt_alpha_bar, t, x_t) * x_t - x0) / extract(s.sqrt_one_minus_alpha_bar, t, x_t)
+
+
 class _Zero(torch.nn.Module):
     def forward(self, x_t, t):
         return torch.zeros_like(x_t)

@@ -104,6 +104,33 @@ def test_image_does_not_depend_on_batch_size(cond_model, sched, sampler, steps):
     assert torch.allclose(whole, split, atol=2e-4)
 
 
+class _VOracle(torch.nn.Module):
+    """Outputs the true v for a known x0: v = (sqrt(a_t) x_t - x0) / sqrt(1 - a_t)."""
+    prediction = "v"
+
+    def __init__(self, schedule, x0):
+        super().__init__()
+        self.s, self.x0 = schedule, x0
+
+    def forward(self, x, t):
+        a = self.s.alpha_bar[t].view(-1, 1, 1, 1).to(x.dtype)
+        return (a.sqrt() * x - self.x0) / (1 - a).sqrt()
+
+
+def test_a_v_model_samples_through_eps_and_recovers_x0():
+    from mnist_diffusion.schedule import q_sample
+    s = make_schedule("cosine", 200)
+    g = torch.Generator().manual_seed(0)
+    x0 = torch.rand(3, 1, 4, 4, generator=g, dtype=torch.float64) * 2 - 1
+    x_T = q_sample(s, x0, torch.full((3,), 199), torch.randn(x0.shape, generator=g, dtype=torch.float64))
+    model = _VOracle(s, x0)
+    for steps in (1, 7, 50):
+        out = ddim(eps_function(model, schedule=s), s, x_T, steps=steps, clip=False)
+        assert torch.allclose(out, x0, atol=1e-5, rtol=0)
+    with pytest.raises(ValueError, match="needs the schedule"):
+        eps_function(model)
+
+
 def test_generate_continues_from_finished_batches(uncond_model, sched):
     kw = dict(sampler="dpmpp", steps=4, batch_size=3, seed=5)
     full = generate(uncond_model, sched, 8, progress=False, **kw)

@@ -101,3 +101,20 @@ def test_bad_betas_rejected():
         Schedule.from_betas(torch.tensor([0.1, 1.5]))
     with pytest.raises(ValueError):
         make_schedule("sigmoid", 10)
+
+
+def test_v_target_and_eps_from_v_invert_each_other():
+    from mnist_diffusion.schedule import eps_from_v, v_target
+    s = make_schedule("cosine", 1000)
+    g = torch.Generator().manual_seed(1)
+    x0 = torch.rand(6, 1, 28, 28, generator=g, dtype=torch.float64) * 2 - 1
+    eps = torch.randn(6, 1, 28, 28, generator=g, dtype=torch.float64)
+    t = torch.tensor([0, 10, 300, 700, 998, 999])
+    xt = q_sample(s, x0, t, eps)
+    v = v_target(s, x0, t, eps)
+    assert torch.allclose(eps_from_v(s, xt, t, v), eps, atol=1e-9)
+    a = s.alpha_bar[t].view(-1, 1, 1, 1)
+    assert torch.allclose(v, a.sqrt() * eps - (1 - a).sqrt() * x0, atol=1e-12)
+    # x0 = sqrt(a) x_t - sqrt(1 - a) v: no division, so even at t = T - 1 a float32 v gives x0 to 1e-6
+    x0_from_v = a.sqrt() * xt - (1 - a).sqrt() * v.float().double()
+    assert torch.allclose(x0_from_v, x0, atol=1e-6)

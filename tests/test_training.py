@@ -216,6 +216,23 @@ def test_min_snr_weight_is_the_closed_form():
     assert s.alpha_bar[crossing - 1] > 5 / 6 >= s.alpha_bar[crossing]
 
 
+def test_v_prediction_loss_is_zero_for_a_v_oracle_and_min_snr_matches_in_x0():
+    from mnist_diffusion.schedule import v_target
+    s = make_schedule("cosine", 50)
+    g = torch.Generator().manual_seed(2)
+    x0 = torch.rand(5, 1, 28, 28, generator=g) * 2 - 1
+    noise = torch.randn(5, 1, 28, 28, generator=g)
+    t = torch.tensor([0, 5, 20, 35, 49])
+    v = v_target(s, x0, t, noise)
+    assert diffusion_loss(lambda x, tt: v, s, x0, t, noise, prediction="v").item() == 0.0
+    assert diffusion_loss(lambda x, tt: noise, s, x0, t, noise, prediction="v").item() > 0
+    # Min-SNR makes both parameterisations the same min(SNR, gamma)-weighted x0 error: an x0 error d
+    # is an eps error d sqrt(SNR) and a v error d sqrt(SNR + 1)
+    snr = s.snr[t]
+    w_eps, w_v = min_snr_weight(s, t, 5.0, "eps").double(), min_snr_weight(s, t, 5.0, "v").double()
+    torch.testing.assert_close(w_eps * snr, w_v * (snr + 1), rtol=1e-6, atol=0)
+
+
 def test_min_snr_loss_weights_each_image():
     s = make_schedule("cosine", 50)
     g = torch.Generator().manual_seed(0)

@@ -170,7 +170,7 @@ class TrainStep:
             y = torch.where(drop, torch.full_like(self.labels[idx], self.cfg.model.num_classes), self.labels[idx])
         self.opt.zero_grad(set_to_none=True)
         loss = accumulate_gradients(self.net, self.schedule, x0, t, noise, y, dev, self.amp, tc.micro_batch,
-                                    tc.min_snr_gamma)
+                                    tc.min_snr_gamma, self.cfg.model.prediction)
         value = float(loss)  # training reads the loss every step (finiteness check): a sync point
         if tc.grad_clip:
             torch.nn.utils.clip_grad_norm_(self.model.parameters(), tc.grad_clip)

@@ -12,7 +12,7 @@ import sys
 from pathlib import Path
 from typing import Callable
 
-from .config import DATASETS, SCHEDULES, ConfigError
+from .config import DATASETS, PREDICTIONS, SCHEDULES, ConfigError
 
 EXIT_ERROR = 2
 # name -> (help text, add_arguments(parser), run(args) -> exit code); filled by @command below
@@ -103,6 +103,7 @@ TRAIN_OVERRIDES = {
     "timesteps": ("diffusion", "timesteps"), "schedule": ("diffusion", "schedule"),
     "model": ("model", "name"), "base_dim": ("model", "base_dim"), "num_res_blocks": ("model", "num_res_blocks"),
     "channel_mults": ("model", "channel_mults"), "dropout": ("model", "dropout"),
+    "prediction": ("model", "prediction"),
 }
 # what may change when resuming (the rest must match the checkpoint)
 RESUME_MUTABLE = {"epochs", "max_steps", "sample_interval", "save_interval", "num_samples", "device",
@@ -133,6 +134,8 @@ def _add_train(p: argparse.ArgumentParser) -> None:
     p.add_argument("--channel-mults", type=int_list, help="e.g. 1,2,2")
     p.add_argument("--num-res-blocks", type=positive_int)
     p.add_argument("--dropout", type=unit_float)
+    p.add_argument("--prediction", choices=PREDICTIONS,
+                   help="what the network learns to output: eps (the noise, default) or v (Salimans & Ho 2022)")
     cond = p.add_mutually_exclusive_group()
     cond.add_argument("--conditional", action="store_true", help="class-conditional model (classifier-free guidance)")
     cond.add_argument("--unconditional", action="store_true",
@@ -188,7 +191,7 @@ def resolve_train_config(args):
     if args.model and args.model != cfg.model.name and not resume:
         # another network: start from its canonical size, then apply the explicit options below
         from .models import default_config
-        changes["model"] = {k: v for k, v in default_config(args.model).__dict__.items() if k != "num_classes"}
+        changes["model"] = {k: v for k, v in default_config(args.model).__dict__.items() if k not in ("num_classes", "prediction")}
     for dest, (section, key) in TRAIN_OVERRIDES.items():
         v = getattr(args, dest, None)
         if v is None:

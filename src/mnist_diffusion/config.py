@@ -20,6 +20,7 @@ class ConfigError(ValueError):
 
 DATASETS = ("mnist", "fashion_mnist")
 SCHEDULES = ("linear", "cosine")
+PREDICTIONS = ("eps", "v")
 
 
 @dataclass(frozen=True)
@@ -31,9 +32,14 @@ class ModelConfig:
     dropout: float = 0.0
     # None = unconditional; an int = number of classes for class-conditional models.
     num_classes: typing.Optional[int] = None
+    # what the network outputs: "eps" (the noise, Ho et al. 2020) or "v" (sqrt(a_t) eps -
+    # sqrt(1 - a_t) x_0, Salimans & Ho 2022); samplers always receive eps (schedule.eps_from_v)
+    prediction: str = "eps"
 
     def validate(self) -> None:
         _positive(self, "base_dim", "num_res_blocks")
+        if self.prediction not in PREDICTIONS:
+            raise ConfigError(f"model.prediction must be one of {PREDICTIONS}, got {self.prediction!r}")
         if not self.channel_mults or any(int(m) <= 0 for m in self.channel_mults):
             raise ConfigError("model.channel_mults must be a non-empty list of positive integers")
         if not 0.0 <= self.dropout < 1.0:

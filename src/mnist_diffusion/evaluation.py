@@ -158,7 +158,7 @@ def noise_mse(model: torch.nn.Module, schedule, images_u8: np.ndarray, generator
     (the training loss under uniform t) and one entry per equal-width band of timesteps."""
     from .data import to_model_range
     from .device import autocast
-    from .schedule import q_sample
+    from .schedule import eps_from_v, q_sample
 
     x0_all = to_model_range(images_u8)
     n, T = x0_all.shape[0], schedule.timesteps
@@ -177,7 +177,10 @@ def noise_mse(model: torch.nn.Module, schedule, images_u8: np.ndarray, generator
         x_t = q_sample(schedule, x0, t, eps)
         with autocast(device, amp_dtype):
             pred = model(x_t, t) if y_all is None else model(x_t, t, y_all[s:s + batch_size].to(device))
-        per_image[s:s + len(t)] = ((pred.float() - eps) ** 2).mean(dim=(1, 2, 3)).double().cpu()
+        pred = pred.float()
+        if getattr(model, "prediction", "eps") == "v":  # scored as eps, comparable across parameterisations
+            pred = eps_from_v(schedule, x_t.float(), t, pred)
+        per_image[s:s + len(t)] = ((pred - eps) ** 2).mean(dim=(1, 2, 3)).double().cpu()
     out = {"overall": float(per_image.mean()), "bands": []}
     for b in range(bands):
         m = band_of == b

@@ -111,6 +111,18 @@ def predict_eps_from_x0(schedule: Schedule, x_t: torch.Tensor, t: torch.Tensor, 
     return (extract(schedule.sqrt_recip_alpha_bar, t, x_t) * x_t - x0) / extract(schedule.sqrt_recipm1_alpha_bar, t, x_t)
 
 
+def v_target(schedule: Schedule, x0: torch.Tensor, t: torch.Tensor, eps: torch.Tensor) -> torch.Tensor:
+    """The velocity of Salimans & Ho (2022, sec. 4): v = sqrt(alpha_bar_t) eps - sqrt(1 - alpha_bar_t) x_0."""
+    return extract(schedule.sqrt_alpha_bar, t, x0) * eps - extract(schedule.sqrt_one_minus_alpha_bar, t, x0) * x0
+
+
+def eps_from_v(schedule: Schedule, x_t: torch.Tensor, t: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+    """eps = sqrt(alpha_bar_t) v + sqrt(1 - alpha_bar_t) x_t (eq. 4 and the definition of v). Unlike
+    x_0 from eps, x_0 = sqrt(alpha_bar_t) x_t - sqrt(1 - alpha_bar_t) v stays well conditioned at
+    alpha_bar_t -> 0, which is why a v-predicting network's x_0 estimate is usable at t = T - 1."""
+    return extract(schedule.sqrt_alpha_bar, t, x_t) * v + extract(schedule.sqrt_one_minus_alpha_bar, t, x_t) * x_t
+
+
 def q_posterior(schedule: Schedule, x0: torch.Tensor, x_t: torch.Tensor, t: torch.Tensor):
     """Eqs. 6-7: mean and variance of q(x_{t-1} | x_t, x_0)."""
     mean = extract(schedule.posterior_mean_coef1, t, x_t) * x0 + extract(schedule.posterior_mean_coef2, t, x_t) * x_t

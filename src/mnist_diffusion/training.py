@@ -33,7 +33,7 @@ from .data import Split
 from .device import autocast, resolve_device, resolve_precision
 from .images import save_grid
 from .models import build_model, count_parameters
-from .schedule import Schedule, make_schedule, q_sample
+from .schedule import Schedule, make_schedule, q_sample, v_target
 
 # elapsed_s: wall-clock seconds of training so far (previews and checkpoints included, summed over
 # resumes), so a run's quality can be read against minutes, not only steps
@@ -102,26 +102,33 @@ def ema_update(ema: torch.nn.Module, model: torch.nn.Module, decay: float, step:
 
 
 def diffusion_loss(model, schedule: Schedule, x0: torch.Tensor, t: torch.Tensor, noise: torch.Tensor,
-                   y: Optional[torch.Tensor] = None, min_snr_gamma: float = 0.0) -> torch.Tensor:
+                   y: Optional[torch.Tensor] = None, min_snr_gamma: float = 0.0,
+                   prediction: str = "eps") -> torch.Tensor:
     """L_simple (Ho et al. 2020, eq. 14): || eps - eps_theta(sqrt(a_t) x0 + sqrt(1 - a_t) eps, t) ||^2,
-    or with min_snr_gamma > 0 each image's term weighted by min(SNR_t, gamma) / SNR_t (Hang et al.
-    2023, the eps-prediction form of their Min-SNR weighting), SNR_t = a_t / (1 - a_t)."""
+    or for prediction "v" the same with the target v = sqrt(a_t) eps - sqrt(1 - a_t) x0 (Salimans &
+    Ho 2022). With min_snr_gamma > 0 each image's term is weighted by Min-SNR-gamma (Hang et al.
+    2023): min(SNR_t, gamma) / SNR_t for eps, min(SNR_t, gamma) / (SNR_t + 1) for v."""
     x_t = q_sample(schedule, x0, t, noise)
     pred = model(x_t, t, y) if y is not None else model(x_t, t)
+    target = noise if prediction == "eps" else v_target(schedule, x0, t, noise)
     if min_snr_gamma <= 0:
-        return F.mse_loss(pred.float(), noise)
-    return (min_snr_weight(schedule, t, min_snr_gamma) * (pred.float() - noise).pow(2).flatten(1).mean(1)).mean()
+        return F.mse_loss(pred.float(), target)
+    weight = min_snr_weight(schedule, t, min_snr_gamma, prediction)
+    return (weight * (pred.float() - target).pow(2).flatten(1).mean(1)).mean()
 
 
-def min_snr_weight(schedule: Schedule, t: torch.Tensor, gamma: float) -> torch.Tensor:
-    """min(SNR_t, gamma) / SNR_t per timestep: 1 where SNR_t <= gamma (noisy steps), gamma / SNR_t below."""
+def min_snr_weight(schedule: Schedule, t: torch.Tensor, gamma: float, prediction: str = "eps") -> torch.Tensor:
+    """min(SNR_t, gamma) / SNR_t per timestep for eps-prediction (1 where SNR_t <= gamma, the noisy
+    steps; gamma / SNR_t below), or min(SNR_t, gamma) / (SNR_t + 1) for v-prediction: both turn
+    the loss into the same min(SNR_t, gamma)-weighted error in x_0."""
     snr = schedule.snr[t.cpu()]  # float64 on the CPU (MPS has no float64)
-    return (snr.clamp(max=gamma) / snr).float().to(t.device)
+    return (snr.clamp(max=gamma) / (snr if prediction == "eps" else snr + 1)).float().to(t.device)
 
 
 def accumulate_gradients(net, schedule: Schedule, x0: torch.Tensor, t: torch.Tensor, noise: torch.Tensor,
                          y: Optional[torch.Tensor], device: torch.device, amp: Optional[torch.dtype],
-                         micro_batch: Optional[int] = None, min_snr_gamma: float = 0.0) -> torch.Tensor:
+                         micro_batch: Optional[int] = None, min_snr_gamma: float = 0.0,
+                         prediction: str = "eps") -> torch.Tensor:
     """Forward and backward the diffusion loss over the batch, `micro_batch` images at a time (all at once
     when None), adding into .grad; returns the batch's mean loss, detached.
 
@@ -139,7 +146,7 @@ def accumulate_gradients(net, schedule: Schedule, x0: torch.Tensor, t: torch.Ten
         with sync:
             with autocast(device, amp):
                 loss = diffusion_loss(net, schedule, x0[part], t[part], noise[part], None if y is None else y[part],
-                                      min_snr_gamma)
+                                      min_snr_gamma, prediction)
             (loss * share).backward()
         total += loss.detach() * share
     return total
@@ -389,7 +396,8 @@ def _train(cfg: RunConfig, data: Split, run_dir: Path, world: "distributed.World
             for group in opt.param_groups:
                 group["lr"] = lr_at(cfg, step, total)
             opt.zero_grad(set_to_none=True)
-            loss = accumulate_gradients(net, schedule, x0, t, noise, y, device, amp, tc.micro_batch, tc.min_snr_gamma)
+            loss = accumulate_gradients(net, schedule, x0, t, noise, y, device, amp, tc.micro_batch, tc.min_snr_gamma,
+                                        cfg.model.prediction)
             time_up = bool(tc.time_limit) and time.time() - t_start > tc.time_limit * 60
             loss_value, (stop, time_up) = distributed.agree(world, float(loss),
                                                             (sig.signum is not None, time_up), device)

@@ -50,9 +50,9 @@ def build_model(cfg: ModelConfig, timesteps: int = 1000) -> nn.Module:
     """The network named by cfg.name; `timesteps` (T) sizes learned timestep tables."""
     if cfg.name not in _REGISTRY:
         raise ValueError(f"unknown model {cfg.name!r}; choose from {', '.join(sorted(_REGISTRY))}")
-    if cfg.name in _NEEDS_T:
-        return _REGISTRY[cfg.name](cfg, timesteps)
-    return _REGISTRY[cfg.name](cfg)
+    model = _REGISTRY[cfg.name](cfg, timesteps) if cfg.name in _NEEDS_T else _REGISTRY[cfg.name](cfg)
+    model.prediction = cfg.prediction  # read by sampling.eps_function and evaluation.noise_mse
+    return model
 
 
 def count_parameters(model: nn.Module) -> int:
