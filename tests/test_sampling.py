@@ -227,9 +227,9 @@ def test_conditional_training_drops_labels_with_probability_p(tmp_path, monkeypa
     seen = []
     real_loss = training.diffusion_loss
 
-    def spy(model, schedule, x0, t, noise, y=None):
+    def spy(model, schedule, x0, t, noise, y=None, *rest):
         seen.append(y.clone())
-        return real_loss(model, schedule, x0, t, noise, y)
+        return real_loss(model, schedule, x0, t, noise, y, *rest)
 
     monkeypatch.setattr(training, "diffusion_loss", spy)
     cfg = tiny_config(max_steps=6, num_samples=2, cond_drop_prob=p).replace(model={"num_classes": C},
