@@ -143,7 +143,8 @@ def _add_train(p: argparse.ArgumentParser) -> None:
     p.add_argument("--cond-drop-prob", type=unit_float,
                    help="label drop probability for guidance (default 0.1; the quick preset: 0.2)")
     p.add_argument("--min-snr-gamma", type=nonneg_float, metavar="G",
-                   help="weight each image's loss by min(SNR, G)/SNR (Min-SNR-gamma; 5 is the paper's); 0 = plain L_simple")
+                   help="weight each image's loss by min(SNR, G)/SNR (Min-SNR-gamma; 5 is the paper's); "
+                        "0 = plain L_simple")
     p.add_argument("--ema-decay", type=unit_float)
     p.add_argument("--sample-interval", type=nonneg_int, help="steps between sample grids (0 = each epoch)")
     p.add_argument("--save-interval", type=nonneg_int, help="steps between checkpoints (0 = each epoch)")
@@ -191,7 +192,8 @@ def resolve_train_config(args):
     if args.model and args.model != cfg.model.name and not resume:
         # another network: start from its canonical size, then apply the explicit options below
         from .models import default_config
-        changes["model"] = {k: v for k, v in default_config(args.model).__dict__.items() if k not in ("num_classes", "prediction")}
+        keep = ("num_classes", "prediction")  # what the data and loss decide, not the network's size
+        changes["model"] = {k: v for k, v in default_config(args.model).__dict__.items() if k not in keep}
     for dest, (section, key) in TRAIN_OVERRIDES.items():
         v = getattr(args, dest, None)
         if v is None:
@@ -394,7 +396,9 @@ def cmd_sample(args) -> int:
     watch = wanted is not None or gif_ts is not None
     # with --npz, finished batches are kept as they come, so a stopped run continues where it was
     # (not with --show-intermediate/--gif, whose frames would miss the batches drawn before)
-    partial = _partial_images(args.npz, args, args.checkpoint, num_images, labels, device, amp) if args.npz and not watch else None
+    partial = None
+    if args.npz and not watch:
+        partial = _partial_images(args.npz, args, args.checkpoint, num_images, labels, device, amp)
     done = _continue_from(partial, num_images)
     imgs = generate(model, schedule, num_images, seed=args.seed, sampler=args.sampler, steps=args.steps,
                     eta=args.eta, spacing=args.spacing, clip=not args.no_clip, batch_size=args.batch_size,
