@@ -406,10 +406,11 @@ def cmd_sample(args) -> int:
                     null_label=cfg.model.num_classes, progress=not args.no_progress,
                     callback=cb if watch else None, done=done, on_batch=partial.save if partial else None)
     if args.npz:
-        save_npz(imgs, args.npz)
-        print(f"wrote {args.npz}")
         if partial is not None:
-            partial.remove()
+            partial.complete(imgs)
+        else:  # with --gif/--show-intermediate the run is not resumable
+            save_npz(imgs, args.npz)
+        print(f"wrote {args.npz}")
     save_grid(imgs, args.output, nrow=nrow)
     print(f"wrote {args.output} ({len(imgs)} images)")
     if gif_ts is not None:
@@ -584,20 +585,15 @@ def _evaluate_checkpoint(args, path, num_samples: int, noise_images: int, datase
         raise ConfigError(f"--guidance {guidance}: {path} is an unconditional model (guidance needs one trained "
                           "with --conditional)")
     labels = balanced_labels(num_samples, cfg.model.num_classes) if cfg.model.num_classes else None
-    npz = getattr(args, "npz", None)
-    partial = None
-    if npz:
-        partial = _partial_images(npz, args, path, num_samples, labels, device, amp)
+    partial = _partial_images(args.npz, args, path, num_samples, labels, device, amp) if args.npz else None
     imgs = generate(model, schedule, num_samples, seed=args.seed, sampler=args.sampler, steps=args.steps,
                     eta=args.eta, spacing=args.spacing, clip=not args.no_clip, batch_size=args.batch_size,
                     device=device, amp_dtype=amp, labels=None if labels is None else torch.as_tensor(labels),
                     guidance=guidance, null_label=cfg.model.num_classes, progress=progress,
                     done=_continue_from(partial, num_samples), on_batch=partial.save if partial else None)
-    if npz:
-        from .images import save_npz
-        save_npz(imgs, npz)
-        partial.remove()
-        _info(f"wrote {npz}")
+    if partial is not None:
+        partial.complete(imgs)
+        _info(f"wrote {args.npz}")
     result = evaluate_images(imgs, dataset, seed=args.seed, labels=labels, progress=progress)
     test = dataset_splits(dataset)["test"]
     m = min(noise_images, len(test.images))

@@ -157,8 +157,8 @@ def noise_mse(model: torch.nn.Module, schedule, images_u8: np.ndarray, generator
     i mod `bands`), so the number does not depend on batch size or device. Returns the overall MSE
     (the training loss under uniform t) and one entry per equal-width band of timesteps."""
     from .data import to_model_range
-    from .device import autocast
-    from .schedule import eps_from_v, q_sample
+    from .sampling import eps_function
+    from .schedule import q_sample
 
     x0_all = to_model_range(images_u8)
     n, T = x0_all.shape[0], schedule.timesteps
@@ -175,11 +175,9 @@ def noise_mse(model: torch.nn.Module, schedule, images_u8: np.ndarray, generator
     for s in tqdm(range(0, n, batch_size), desc="noise MSE", unit="batch", disable=not progress, leave=False):
         x0, t, eps = (v[s:s + batch_size].to(device) for v in (x0_all, t_all, eps_all))
         x_t = q_sample(schedule, x0, t, eps)
-        with autocast(device, amp_dtype):
-            pred = model(x_t, t) if y_all is None else model(x_t, t, y_all[s:s + batch_size].to(device))
-        pred = pred.float()
-        if getattr(model, "prediction", "eps") == "v":  # scored as eps, comparable across parameterisations
-            pred = eps_from_v(schedule, x_t.float(), t, pred)
+        # through the samplers' eps_fn: a v-predicting network is scored on the eps it implies
+        y = None if y_all is None else y_all[s:s + batch_size]
+        pred = eps_function(model, y, amp_dtype=amp_dtype, schedule=schedule)(x_t, t)
         per_image[s:s + len(t)] = ((pred - eps) ** 2).mean(dim=(1, 2, 3)).double().cpu()
     out = {"overall": float(per_image.mean()), "bands": []}
     for b in range(bands):

@@ -19,17 +19,15 @@ import numpy as np
 from .images import save_npz
 
 
-def request_key(request: dict) -> str:
-    return hashlib.sha256(json.dumps(request, sort_keys=True, default=str).encode()).hexdigest()[:16]
-
-
 class PartialImages:
-    """The images of one request drawn so far, at `.<output name>.partial-<key>.npz`."""
+    """The images of one request drawn so far, at `.<output name>.partial-<key>.npz`; `complete`
+    writes the finished set to the output and drops the partial file."""
 
     def __init__(self, output: str | os.PathLike, request: dict):
-        output = Path(output)
+        self.output = Path(output)
         self.request = json.dumps(request, sort_keys=True, default=str)
-        self.path = output.with_name(f".{output.name}.partial-{request_key(request)}.npz")
+        key = hashlib.sha256(self.request.encode()).hexdigest()[:16]
+        self.path = self.output.with_name(f".{self.output.name}.partial-{key}.npz")
 
     def load(self) -> Optional[np.ndarray]:
         """The saved images, or None when there are none (or the file is unreadable or stale)."""
@@ -48,6 +46,10 @@ class PartialImages:
 
     def save(self, images: np.ndarray) -> None:
         save_npz(images, self.path, request=np.array(self.request))
+
+    def complete(self, images: np.ndarray) -> None:
+        save_npz(images, self.output)
+        self.remove()
 
     def remove(self) -> None:
         try:

@@ -90,7 +90,11 @@ def generate(model: torch.nn.Module, schedule: Schedule, num_images: int, seed: 
         if first % batch_size and first != num_images or first > num_images:
             raise ValueError(f"cannot continue from {first} images: not whole batches of {batch_size} "
                              f"out of {num_images}")
-    out = [] if not first else [torch.from_numpy(np.asarray(done, dtype=np.uint8))]
+    # uint8 results are filled in place batch by batch, so on_batch sees them without copies
+    images = None if return_tensor else np.empty((num_images, 28, 28), dtype=np.uint8)
+    if first:
+        images[:first] = done
+    floats = []
     n_evals = len(visited_timesteps(sampler, schedule, steps, spacing))
     n_batches = (num_images + batch_size - 1) // batch_size
     bar = tqdm(total=n_evals * n_batches, initial=n_evals * (first // batch_size), desc=f"sampling ({sampler})",
@@ -109,17 +113,14 @@ def generate(model: torch.nn.Module, schedule: Schedule, num_images: int, seed: 
 
         x0 = run_sampler(sampler, eps_fn, schedule, x_T, noise, steps=steps, eta=eta, spacing=spacing,
                          clip=clip, callback=cb)
-        if on_batch is None and done is None:
-            out.append(x0.float().cpu())
-        else:  # kept as uint8: what is saved is exactly what is returned
-            out.append(torch.from_numpy(to_uint8(x0.float().cpu())))
-            if on_batch is not None:
-                on_batch(torch.cat(out).numpy())
+        if return_tensor:
+            floats.append(x0.float().cpu())
+            continue
+        images[start:start + n] = to_uint8(x0)
+        if on_batch is not None:
+            on_batch(images[:start + n])
     bar.close()
-    x = torch.cat(out)
-    if x.dtype == torch.uint8:
-        return x.numpy()
-    return x if return_tensor else to_uint8(x)
+    return torch.cat(floats) if return_tensor else images
 
 
 def _eps_for(model, schedule, labels, null_label, amp_dtype):
