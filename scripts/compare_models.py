@@ -20,14 +20,12 @@ from pathlib import Path
 
 import torch
 
-from mnist_diffusion.checkpoint import atomic_write_text, load_model
+import mnist_diffusion as md
+from mnist_diffusion.atomic import atomic_write_text
 from mnist_diffusion.config import preset
 from mnist_diffusion.data import prepare
-from mnist_diffusion.device import resolve_precision
 from mnist_diffusion.evaluation import evaluate_images
 from mnist_diffusion.models import available, count_parameters, default_config
-from mnist_diffusion.sampling import generate
-from mnist_diffusion.schedule import make_schedule
 from mnist_diffusion.training import train
 
 
@@ -56,15 +54,13 @@ def main(argv=None) -> int:
         with open(run / "loss.csv") as f:
             speeds = [float(r["images_per_s"]) for r in csv.DictReader(f)]
         speeds = sorted(speeds[1:-1] or speeds)  # drop the warm-up window and the final (sampling) one
-        model, rcfg, _ = load_model(result.checkpoint)
-        schedule = make_schedule(rcfg.diffusion.schedule, rcfg.diffusion.timesteps)
+        diff = md.load(result.checkpoint, device="cpu")
         g0 = time.time()
-        imgs = generate(model, schedule, args.num_images, seed=0, sampler="dpmpp", steps=20,
-                        amp_dtype=resolve_precision("auto", torch.device("cpu")), progress=False)
+        imgs = diff.sample(args.num_images, seed=0, sampler="dpmpp", steps=20)
         gen_s = time.time() - g0
         scores = evaluate_images(imgs, args.dataset, seed=0)
         rows.append({
-            "model": name, "params": count_parameters(model), "steps": result.step,
+            "model": name, "params": count_parameters(diff.model), "steps": result.step,
             "train_images_per_s": speeds[len(speeds) // 2], "train_minutes": (time.time() - t0) / 60,
             "fid": scores["fid"], "fid_floor": scores["fid_floor"], "recognizable": scores["recognizable"],
             "precision": scores["precision"], "recall": scores["recall"], "class_entropy": scores["class_entropy"],

@@ -19,13 +19,10 @@ import platform
 import sys
 import time
 
-import torch
 
-from mnist_diffusion.checkpoint import atomic_write_text, load_model
-from mnist_diffusion.device import resolve_device, resolve_precision
+import mnist_diffusion as md
+from mnist_diffusion.atomic import atomic_write_text
 from mnist_diffusion.evaluation import balanced_labels, evaluate_images
-from mnist_diffusion.sampling import generate
-from mnist_diffusion.schedule import make_schedule
 
 ACCURACY_TARGET = {"mnist": 0.97, "fashion_mnist": 0.85}
 
@@ -47,15 +44,12 @@ def parse_args(argv=None):
     return p.parse_args(argv)
 
 
-def _score(model, cfg, args, device, amp, labels=None, guidance=0.0) -> dict:
-    schedule = make_schedule(cfg.diffusion.schedule, cfg.diffusion.timesteps)
+def _score(diff, args, labels=None, guidance=0.0) -> dict:
     t0 = time.perf_counter()
-    imgs = generate(model, schedule, args.num_images, seed=args.seed, sampler=args.sampler, steps=args.steps,
-                    batch_size=args.batch_size, device=device, amp_dtype=amp,
-                    labels=None if labels is None else torch.as_tensor(labels), guidance=guidance,
-                    null_label=cfg.model.num_classes, progress=False)
+    imgs = diff.sample(args.num_images, label=labels, guidance=guidance, sampler=args.sampler, steps=args.steps,
+                       seed=args.seed, batch_size=args.batch_size)
     seconds = time.perf_counter() - t0
-    r = evaluate_images(imgs, cfg.train.dataset, seed=args.seed, labels=labels, reference=False)
+    r = evaluate_images(imgs, diff.dataset, seed=args.seed, labels=labels, reference=False)
     out = {k: r[k] for k in ("fid", "precision", "recall", "recognizable", "class_entropy")}
     if labels is not None:
         out["label_accuracy"] = r["label_accuracy"]
@@ -65,32 +59,30 @@ def _score(model, cfg, args, device, amp, labels=None, guidance=0.0) -> dict:
 
 def main(argv=None) -> int:
     args = parse_args(argv)
-    device = resolve_device(args.device)
-    amp = resolve_precision(args.precision, device)
-    model, cfg, ckpt = load_model(args.checkpoint, device=device)
-    if not cfg.model.num_classes:
+    diff = md.load(args.checkpoint, device=args.device, precision=args.precision)
+    if not diff.num_classes:
         raise SystemExit(f"{args.checkpoint} is not class-conditional (train it with --conditional)")
-    dataset = cfg.train.dataset
+    dataset = diff.dataset
     weights = [float(w) for w in args.weights.split(",") if w]
-    labels = balanced_labels(args.num_images, cfg.model.num_classes)
+    labels = balanced_labels(args.num_images, diff.num_classes)
     rows = []
     for w in weights:
-        row = {"guidance": w, **_score(model, cfg, args, device, amp, labels, w)}
+        row = {"guidance": w, **_score(diff, args, labels, w)}
         rows.append(row)
         print(f"W={w:g}: label accuracy {row['label_accuracy']:.4f}, FID {row['fid']:.3f}, "
               f"recognizable {row['recognizable']:.3f}", file=sys.stderr, flush=True)
     base = None
     if args.unconditional:
-        umodel, ucfg, uckpt = load_model(args.unconditional, device=device)
-        if ucfg.model.num_classes or ucfg.train.dataset != dataset:
+        udiff = md.load(args.unconditional, device=args.device, precision=args.precision)
+        if udiff.num_classes or udiff.dataset != dataset:
             raise SystemExit(f"--unconditional {args.unconditional} must be an unconditional {dataset} model")
-        base = {"checkpoint": args.unconditional, "step": int(uckpt["step"]), **_score(umodel, ucfg, args, device, amp)}
+        base = {"checkpoint": args.unconditional, "step": udiff.step, **_score(udiff, args)}
         print(f"unconditional: FID {base['fid']:.3f}, recognizable {base['recognizable']:.3f}", file=sys.stderr)
 
     target = ACCURACY_TARGET[dataset]
-    lines = [f"`{args.checkpoint}` ({dataset}, step {int(ckpt['step'])}), {args.sampler} {args.steps} steps, "
-             f"{args.num_images} images per row (balanced labels), seed {args.seed}, {device}"
-             + (f" ({str(amp).split('.')[-1]} autocast)" if amp else "") + f", {platform.processor() or platform.machine()}.",
+    lines = [f"`{args.checkpoint}` ({dataset}, step {diff.step}), {args.sampler} {args.steps} steps, "
+             f"{args.num_images} images per row (balanced labels), seed {args.seed}, {diff.device}"
+             + (f" ({str(diff.amp).split('.')[-1]} autocast)" if diff.amp else "") + f", {platform.processor() or platform.machine()}.",
              "", "| W | label accuracy | FID | precision | recall | recognizable | s to sample |",
              "|---:|---:|---:|---:|---:|---:|---:|"]
     for r in rows:

@@ -5,8 +5,7 @@
 
 For each (sampler, steps) it times the generation of 64 images (one batch, after a warm-up), then
 draws --num-images images with per-image seeds and scores them with
-`mnist_diffusion.evaluation.evaluate_images` when that module is present (otherwise, or with
---no-fid, the table holds wall times only). It ends with the issue-4 targets: DDIM@50 and
+`mnist_diffusion.evaluation.evaluate_images` (with --no-fid, the table holds wall times only). It ends with the issue-4 targets: DDIM@50 and
 DPM-Solver++@20 within 15% of DDPM@1000's FID, DPM-Solver++@10 within 50%.
 "DDPM" at fewer steps than T is DDIM with eta = 1 on the respaced grid (see docs/SAMPLERS.md).
 Steps larger than the model's T are skipped. Output files are written atomically; the JSON after
@@ -21,11 +20,10 @@ import time
 
 import torch
 
-from mnist_diffusion.checkpoint import atomic_write_text, load_model
-from mnist_diffusion.device import resolve_device, resolve_precision
+import mnist_diffusion as md
+from mnist_diffusion.atomic import atomic_write_text
+from mnist_diffusion.evaluation import evaluate_images
 from mnist_diffusion.samplers import SAMPLERS, SPACINGS
-from mnist_diffusion.sampling import generate
-from mnist_diffusion.schedule import make_schedule
 
 TARGETS = [("ddim", 50, 0.15), ("dpmpp", 20, 0.15), ("dpmpp", 10, 0.50)]  # (sampler, steps, max FID excess)
 
@@ -55,37 +53,27 @@ def parse_args(argv=None):
 def fid_function(dataset: str, disabled: bool):
     if disabled:
         return None
-    try:
-        from mnist_diffusion.evaluation import evaluate_images
-    except ImportError:
-        print("mnist_diffusion.evaluation not available: timing only", file=sys.stderr)
-        return None
     # with the floor: n real training images scored the same way (computed once per n, then cached)
     return lambda imgs: evaluate_images(imgs, dataset, reference=True)
 
 
 def main(argv=None) -> int:
     args = parse_args(argv)
-    device = resolve_device(args.device)
-    amp = resolve_precision(args.precision, device)
-    model, cfg, _ = load_model(args.checkpoint, device=device, use_ema=not args.no_ema)
-    schedule = make_schedule(cfg.diffusion.schedule, cfg.diffusion.timesteps)
-    T = schedule.timesteps
+    diff = md.load(args.checkpoint, device=args.device, precision=args.precision, use_ema=not args.no_ema)
+    device, amp, T = diff.device, diff.amp, diff.timesteps
     samplers = [s for s in args.samplers.split(",") if s]
     bad = [s for s in samplers if s not in SAMPLERS]
     if bad:
         raise SystemExit(f"unknown sampler(s) {bad}; choose from {SAMPLERS}")
     steps_list = sorted({int(v) for v in args.steps.split(",") if v})
-    fid_of = fid_function(cfg.train.dataset, args.no_fid)
+    fid_of = fid_function(diff.dataset, args.no_fid)
     labels = None
-    if cfg.model.num_classes:  # balanced requests, as the evaluator's label accuracy expects
-        labels = torch.arange(args.num_images) % cfg.model.num_classes
+    if diff.num_classes:  # balanced requests, as the evaluator's label accuracy expects
+        labels = torch.arange(args.num_images) % diff.num_classes
 
     def draw(n, sampler, steps, batch_size):
-        return generate(model, schedule, n, seed=args.seed, sampler=sampler, steps=steps, eta=args.eta,
-                        spacing=args.spacing, batch_size=batch_size, device=device, amp_dtype=amp,
-                        labels=None if labels is None else labels[:n], null_label=cfg.model.num_classes,
-                        progress=False)
+        return diff.sample(n, label=None if labels is None else labels[:n], seed=args.seed, sampler=sampler,
+                           steps=steps, eta=args.eta, spacing=args.spacing, batch_size=batch_size)
 
     settings = {"checkpoint": args.checkpoint, "num_images": args.num_images, "seed": args.seed,
                 "spacing": args.spacing, "eta": args.eta, "device": str(device), "ema": not args.no_ema,
@@ -130,7 +118,7 @@ def main(argv=None) -> int:
     floor = next((r["fid_floor"] for r in rows if r.get("fid_floor") is not None), None)
     base = next((r["fid"] for r in rows if r["sampler"] == "ddpm" and r["steps"] == min(T, 1000)), None)
     per_fid = f"{args.num_images} images per FID" if fid_of is not None else "timing only (no FID)"
-    lines = [f"Checkpoint `{args.checkpoint}` ({cfg.train.dataset}, T = {T}), {per_fid}, "
+    lines = [f"Checkpoint `{args.checkpoint}` ({diff.dataset}, T = {T}), {per_fid}, "
              f"seed {args.seed}, spacing {args.spacing or 'per-sampler default'}, eta {args.eta}, device {device}"
              + (f" ({str(amp).split('.')[-1]} autocast)" if amp else "") + "."
              + (f" FID floor (real training images, same n): {floor:.3f}." if floor is not None else ""), "",

@@ -15,10 +15,8 @@ import sys
 
 import torch
 
-from mnist_diffusion.checkpoint import load_model
+import mnist_diffusion as md
 from mnist_diffusion.samplers import PerImageNoise, ddim, dpmpp
-from mnist_diffusion.sampling import eps_function
-from mnist_diffusion.schedule import make_schedule
 
 VARIANTS = [("ddim", "uniform"), ("dpmpp", "uniform"), ("dpmpp", "quadratic"), ("dpmpp", "logsnr")]
 
@@ -33,9 +31,8 @@ def main(argv=None) -> int:
     p.add_argument("--no-clip", action="store_true", help="do not clip x0 (diverges for weak models)")
     args = p.parse_args(argv)
 
-    model, cfg, _ = load_model(args.checkpoint)
-    schedule = make_schedule(cfg.diffusion.schedule, cfg.diffusion.timesteps)
-    eps_fn = eps_function(model, schedule=schedule)
+    diff = md.load(args.checkpoint, device="cpu", precision="fp32")
+    schedule, eps_fn = diff.schedule, diff.eps_fn()
     x_T = PerImageNoise(args.seed, args.num_images).initial((1, 28, 28))
     clip = not args.no_clip
     fns = {"ddim": ddim, "dpmpp": dpmpp}

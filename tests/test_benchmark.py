@@ -196,14 +196,10 @@ def test_missing_cuda_is_a_one_line_error(capsys):
 
 
 def test_model_options_resolve_like_train():
-    import argparse
-
-    from mnist_diffusion.cli import resolve_benchmark_config
     from mnist_diffusion.config import preset
 
-    def cfg(**kw):
-        return resolve_benchmark_config(argparse.Namespace(**{"preset": None, "model": None, "base_dim": None,
-                                                              "micro_batch": None, **kw}))
+    def cfg(preset=None, model=None, base_dim=None, micro_batch=None):
+        return bench.resolve_config(preset, model, base_dim, micro_batch)
     assert cfg() == preset("default")
     assert cfg(preset="quick", micro_batch=16).train.micro_batch == 16
     assert cfg(preset="quick").model == preset("quick").model

@@ -88,9 +88,10 @@ def test_min_snr_gamma_is_set_by_train_and_fixed_by_the_run(tmp_path, mnist, cap
 def test_v_prediction_trains_samples_and_evaluates(tmp_path, mnist):
     run = tmp_path / "run"
     assert main(["train", "--output-dir", str(run), "--prediction", "v", *TINY]) == 0
-    from mnist_diffusion.checkpoint import load, load_model
-    assert load(run / "checkpoints/last.pt")["config"]["model"]["prediction"] == "v"
-    assert load_model(run / "checkpoints/last.pt")[0].prediction == "v"
+    from mnist_diffusion import load
+    from mnist_diffusion.checkpoint import load as load_checkpoint
+    assert load_checkpoint(run / "checkpoints/last.pt")["config"]["model"]["prediction"] == "v"
+    assert load(run / "checkpoints/last.pt").prediction == "v"
     for sampler in ("ddpm", "dpmpp"):
         assert main(["sample", "--checkpoint", str(run / "checkpoints/last.pt"), "--sampler", sampler, "--steps", "4",
                      "--num-images", "4", "--output", str(tmp_path / f"{sampler}.png"), "--device", "cpu",

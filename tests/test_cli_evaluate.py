@@ -130,9 +130,9 @@ def test_evaluate_conditional_checkpoint_reports_label_accuracy(mnist, tmp_path,
     import mnist_diffusion.sampling as sampling
     seen, real = [], sampling.generate
 
-    def spy(*a, **kw):  # a 1-step model's images saturate either way: check what reaches the sampler
-        seen.append((kw["guidance"], kw["labels"].tolist()))
-        return real(*a, **kw)
+    def spy(diff, n, options, **kw):  # a 1-step model's images saturate either way: check what reaches the sampler
+        seen.append((options.guidance, kw["labels"].tolist()))
+        return real(diff, n, options, **kw)
     monkeypatch.setattr(sampling, "generate", spy)
     guided = _run_json(argv + ["--guidance", "1.5"], tmp_path / "g.json")
     assert guided["sampler"]["guidance"] == 1.5

@@ -95,8 +95,6 @@ class _Oracle(torch.nn.Module):
 
 
 class _VOracle(_Oracle):
-    prediction = "v"
-
     def forward(self, x_t, t):
         x0 = self.x0[self.pos:self.pos + len(t)]
         self.pos += len(t)
@@ -109,17 +107,27 @@ class _Zero(torch.nn.Module):
         return torch.zeros_like(x_t)
 
 
+def _diffusion(model, prediction="eps", T=100):
+    from mnist_diffusion.config import RunConfig
+    from mnist_diffusion.diffusion import Diffusion
+    cfg = RunConfig.from_dict({"model": {"prediction": prediction}, "diffusion": {"timesteps": T}})
+    return Diffusion(model, cfg, precision="fp32")
+
+
 def test_noise_mse_limits_and_batch_independence():
     schedule = make_schedule("cosine", 100)
     imgs = (np.random.default_rng(0).random((64, 28, 28)) * 255).astype(np.uint8)
-    zero = noise_mse(_Zero(), schedule, imgs, torch.Generator().manual_seed(0), bands=4, batch_size=16)
+    zero = noise_mse(_diffusion(_Zero()), imgs, torch.Generator().manual_seed(0), bands=4, batch_size=16)
     # predicting 0 costs E[eps^2] = 1 per pixel, in every band
     assert zero["overall"] == pytest.approx(1.0, abs=0.02)
     assert [b["count"] for b in zero["bands"]] == [16] * 4
     assert zero["bands"][0]["t_min"] == 0 and zero["bands"][-1]["t_max"] == 99
-    oracle = noise_mse(_Oracle(schedule, to_model_range(imgs)), schedule, imgs, torch.Generator().manual_seed(0))
+    oracle = noise_mse(_diffusion(_Oracle(schedule, to_model_range(imgs))), imgs, torch.Generator().manual_seed(0))
     assert oracle["overall"] < 1e-6
-    again = noise_mse(_Zero(), schedule, imgs, torch.Generator().manual_seed(0), bands=4, batch_size=7)
+    # a v-predicting network is scored on the eps its v implies: the v-oracle's is exact too
+    v_oracle = _diffusion(_VOracle(schedule, to_model_range(imgs)), prediction="v")
+    assert noise_mse(v_oracle, imgs, torch.Generator().manual_seed(0))["overall"] < 1e-6
+    again = noise_mse(_diffusion(_Zero()), imgs, torch.Generator().manual_seed(0), bands=4, batch_size=7)
     assert again == zero
 
 

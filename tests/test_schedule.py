@@ -3,8 +3,9 @@ import math
 import pytest
 import torch
 
-from mnist_diffusion.schedule import (Schedule, cosine_betas, linear_betas, make_schedule, predict_eps_from_x0,
-                                      predict_x0_from_eps, q_posterior, q_sample, q_step)
+from mnist_diffusion.schedule import (Schedule, cosine_betas, diffusion_loss, eps_from_output, guidance_mix,
+                                      linear_betas, make_schedule, min_snr_weight, predict_eps_from_x0,
+                                      predict_x0_from_eps, q_posterior, q_sample, q_step, v_target)
 
 
 @pytest.mark.parametrize("name", ["linear", "cosine"])
@@ -55,7 +56,6 @@ def test_posterior_matches_bayes_rule():
 def test_snr_and_log_variance():
     s = make_schedule("cosine", 200)
     assert torch.allclose(s.snr, s.alpha_bar / (1 - s.alpha_bar))
-    assert torch.isfinite(s.posterior_log_variance_clipped).all()
     assert s.posterior_variance[0] == 0
 
 
@@ -118,3 +118,82 @@ def test_v_target_and_eps_from_v_invert_each_other():
     # x0 = sqrt(a) x_t - sqrt(1 - a) v: no division, so even at t = T - 1 a float32 v gives x0 to 1e-6
     x0_from_v = a.sqrt() * xt - (1 - a).sqrt() * v.float().double()
     assert torch.allclose(x0_from_v, x0, atol=1e-6)
+
+
+# ---------------------------------------------------------------------------------------------
+# the training loss and guidance, beside the process they are defined on
+
+def test_loss_is_zero_for_an_oracle():
+    s = make_schedule("cosine", 50)
+    x0 = torch.randn(4, 1, 28, 28)
+    noise = torch.randn(4, 1, 28, 28)
+    t = torch.tensor([0, 10, 20, 49])
+    assert diffusion_loss(lambda x, tt: noise, s, x0, t, noise).item() == 0.0
+
+
+def test_min_snr_weight_is_the_closed_form():
+    s = make_schedule("cosine", 1000)
+    t = torch.arange(1000)
+    w = min_snr_weight(s, t, 5.0).double()
+    snr = s.alpha_bar / (1 - s.alpha_bar)
+    torch.testing.assert_close(w, torch.where(snr > 5, 5 / snr, torch.ones_like(snr)), rtol=1e-6, atol=0)
+    # noisy steps keep weight 1, the nearly clean ones are scaled down, monotonically in t
+    assert w[-1] == 1 and w[0] < 1e-3 and bool((w[1:] >= w[:-1]).all())
+    crossing = int((snr > 5).sum())  # SNR_t = 5 at alpha_bar = 5/6
+    assert s.alpha_bar[crossing - 1] > 5 / 6 >= s.alpha_bar[crossing]
+
+
+def test_v_prediction_loss_is_zero_for_a_v_oracle_and_min_snr_matches_in_x0():
+    s = make_schedule("cosine", 50)
+    g = torch.Generator().manual_seed(2)
+    x0 = torch.rand(5, 1, 28, 28, generator=g) * 2 - 1
+    noise = torch.randn(5, 1, 28, 28, generator=g)
+    t = torch.tensor([0, 5, 20, 35, 49])
+    v = v_target(s, x0, t, noise)
+    assert diffusion_loss(lambda x, tt: v, s, x0, t, noise, prediction="v").item() == 0.0
+    assert diffusion_loss(lambda x, tt: noise, s, x0, t, noise, prediction="v").item() > 0
+    # Min-SNR makes both parameterisations the same min(SNR, gamma)-weighted x0 error: an x0 error d
+    # is an eps error d sqrt(SNR) and a v error d sqrt(SNR + 1)
+    snr = s.snr[t]
+    w_eps, w_v = min_snr_weight(s, t, 5.0, "eps").double(), min_snr_weight(s, t, 5.0, "v").double()
+    torch.testing.assert_close(w_eps * snr, w_v * (snr + 1), rtol=1e-6, atol=0)
+
+
+def test_min_snr_loss_weights_each_image():
+    s = make_schedule("cosine", 50)
+    g = torch.Generator().manual_seed(0)
+    x0 = torch.rand(6, 1, 28, 28, generator=g) * 2 - 1
+    noise = torch.randn(6, 1, 28, 28, generator=g)
+    t = torch.tensor([0, 3, 10, 25, 40, 49])
+    off = torch.randn(6, 1, 28, 28, generator=g)
+
+    def model(x, tt):  # a wrong prediction with a known error per image
+        return noise + off
+
+    per_image = off.pow(2).flatten(1).mean(1)
+    gamma = 2.0
+    snr = (s.alpha_bar / (1 - s.alpha_bar))[t]
+    expected = (torch.minimum(snr, torch.tensor(gamma, dtype=snr.dtype)) / snr).float() * per_image
+    torch.testing.assert_close(diffusion_loss(model, s, x0, t, noise, min_snr_gamma=gamma), expected.mean())
+    # gamma at or above every SNR is L_simple; gamma = 0 switches the weighting off
+    big = float(snr.max()) * 2
+    torch.testing.assert_close(diffusion_loss(model, s, x0, t, noise, min_snr_gamma=big), per_image.mean())
+    torch.testing.assert_close(diffusion_loss(model, s, x0, t, noise, min_snr_gamma=0.0),
+                               diffusion_loss(model, s, x0, t, noise))
+
+
+def test_guidance_mix_is_the_closed_form():
+    c, u = torch.tensor([1.0, 2.0]), torch.tensor([0.5, 4.0])
+    assert torch.equal(guidance_mix(c, u, 0.0), c)  # w = 0: the conditional prediction
+    assert torch.allclose(guidance_mix(c, u, 2.0), u + 3.0 * (c - u))
+    assert torch.equal(guidance_mix(c, c, 7.0), c)  # no difference to amplify
+
+
+def test_eps_from_output_for_each_parameterisation():
+    s = make_schedule("cosine", 50)
+    g = torch.Generator().manual_seed(3)
+    x0, eps = torch.rand(3, 1, 28, 28, generator=g) * 2 - 1, torch.randn(3, 1, 28, 28, generator=g)
+    t = torch.tensor([0, 20, 49])
+    x_t = q_sample(s, x0, t, eps)
+    assert torch.equal(eps_from_output(s, "eps", x_t, t, eps), eps)
+    torch.testing.assert_close(eps_from_output(s, "v", x_t, t, v_target(s, x0, t, eps)), eps, rtol=1e-4, atol=1e-4)

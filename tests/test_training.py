@@ -8,8 +8,8 @@ from mnist_diffusion import checkpoint as ckpt_io
 from mnist_diffusion.data import Split
 from mnist_diffusion.models import build_model
 from mnist_diffusion.schedule import make_schedule
-from mnist_diffusion.training import (NonFiniteLoss, TrainingError, accumulate_gradients, diffusion_loss,
-                                      elapsed_seconds, ema_update, lr_at, min_snr_weight, planned_steps, train)
+from mnist_diffusion.training import (NonFiniteLoss, TrainingError, accumulate_gradients, elapsed_seconds,
+                                      ema_update, lr_at, planned_steps, train)
 from tests.conftest import tiny_config
 
 
@@ -194,66 +194,6 @@ def test_training_with_micro_batches_follows_the_same_run(tmp_path):
             curves.append([float(r["loss"]) for r in csv.DictReader(f)])
     assert len(curves[0]) == 3
     np.testing.assert_allclose(curves[1], curves[0], rtol=1e-4)
-
-
-def test_loss_is_zero_for_an_oracle():
-    s = make_schedule("cosine", 50)
-    x0 = torch.randn(4, 1, 28, 28)
-    noise = torch.randn(4, 1, 28, 28)
-    t = torch.tensor([0, 10, 20, 49])
-    assert diffusion_loss(lambda x, tt: noise, s, x0, t, noise).item() == 0.0
-
-
-def test_min_snr_weight_is_the_closed_form():
-    s = make_schedule("cosine", 1000)
-    t = torch.arange(1000)
-    w = min_snr_weight(s, t, 5.0).double()
-    snr = s.alpha_bar / (1 - s.alpha_bar)
-    torch.testing.assert_close(w, torch.where(snr > 5, 5 / snr, torch.ones_like(snr)), rtol=1e-6, atol=0)
-    # noisy steps keep weight 1, the nearly clean ones are scaled down, monotonically in t
-    assert w[-1] == 1 and w[0] < 1e-3 and bool((w[1:] >= w[:-1]).all())
-    crossing = int((snr > 5).sum())  # SNR_t = 5 at alpha_bar = 5/6
-    assert s.alpha_bar[crossing - 1] > 5 / 6 >= s.alpha_bar[crossing]
-
-
-def test_v_prediction_loss_is_zero_for_a_v_oracle_and_min_snr_matches_in_x0():
-    from mnist_diffusion.schedule import v_target
-    s = make_schedule("cosine", 50)
-    g = torch.Generator().manual_seed(2)
-    x0 = torch.rand(5, 1, 28, 28, generator=g) * 2 - 1
-    noise = torch.randn(5, 1, 28, 28, generator=g)
-    t = torch.tensor([0, 5, 20, 35, 49])
-    v = v_target(s, x0, t, noise)
-    assert diffusion_loss(lambda x, tt: v, s, x0, t, noise, prediction="v").item() == 0.0
-    assert diffusion_loss(lambda x, tt: noise, s, x0, t, noise, prediction="v").item() > 0
-    # Min-SNR makes both parameterisations the same min(SNR, gamma)-weighted x0 error: an x0 error d
-    # is an eps error d sqrt(SNR) and a v error d sqrt(SNR + 1)
-    snr = s.snr[t]
-    w_eps, w_v = min_snr_weight(s, t, 5.0, "eps").double(), min_snr_weight(s, t, 5.0, "v").double()
-    torch.testing.assert_close(w_eps * snr, w_v * (snr + 1), rtol=1e-6, atol=0)
-
-
-def test_min_snr_loss_weights_each_image():
-    s = make_schedule("cosine", 50)
-    g = torch.Generator().manual_seed(0)
-    x0 = torch.rand(6, 1, 28, 28, generator=g) * 2 - 1
-    noise = torch.randn(6, 1, 28, 28, generator=g)
-    t = torch.tensor([0, 3, 10, 25, 40, 49])
-    off = torch.randn(6, 1, 28, 28, generator=g)
-
-    def model(x, tt):  # a wrong prediction with a known error per image
-        return noise + off
-
-    per_image = off.pow(2).flatten(1).mean(1)
-    gamma = 2.0
-    snr = (s.alpha_bar / (1 - s.alpha_bar))[t]
-    expected = (torch.minimum(snr, torch.tensor(gamma, dtype=snr.dtype)) / snr).float() * per_image
-    torch.testing.assert_close(diffusion_loss(model, s, x0, t, noise, min_snr_gamma=gamma), expected.mean())
-    # gamma at or above every SNR is L_simple; gamma = 0 switches the weighting off
-    big = float(snr.max()) * 2
-    torch.testing.assert_close(diffusion_loss(model, s, x0, t, noise, min_snr_gamma=big), per_image.mean())
-    torch.testing.assert_close(diffusion_loss(model, s, x0, t, noise, min_snr_gamma=0.0),
-                               diffusion_loss(model, s, x0, t, noise))
 
 
 def test_min_snr_training_runs_and_records_gamma(tmp_path):

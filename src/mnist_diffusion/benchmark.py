@@ -18,7 +18,6 @@ Not here: speed targets (docs/BENCHMARKS.md holds measured tables), sample quali
 """
 from __future__ import annotations
 
-import copy
 import datetime
 import io
 import json
@@ -129,7 +128,8 @@ def synchronize(device: torch.device) -> None:
 # one training step, as training.py takes it
 
 class TrainStep:
-    """A model, its EMA copy and AdamW, stepping on random images like `training._train` does.
+    """One training step as training.py takes it (training.draw_batch, training_step, apply_update on a
+    training.TrainState), on random images held in memory like the real split.
 
     The variant options are those `--compare` switches: autocast dtype, channels_last memory
     format and torch.compile of the network (the loss, optimiser and EMA stay eager, as in training).
@@ -137,46 +137,31 @@ class TrainStep:
 
     def __init__(self, cfg: RunConfig, device: torch.device, batch_size: int, amp: Optional[torch.dtype],
                  channels_last: bool = False, compile: bool = False, seed: int = 0):
-        from .training import ema_update  # noqa: F401  (checked importable before any work)
+        from .training import TrainState
         self.cfg, self.device, self.batch_size, self.amp = cfg, device, batch_size, amp
         self.memory_format = torch.channels_last if channels_last else torch.contiguous_format
         self.schedule = make_schedule(cfg.diffusion.schedule, cfg.diffusion.timesteps)
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(seed)  # every variant starts from the same weights
-            self.model = build_model(cfg.model, cfg.diffusion.timesteps).to(device)
-        self.model = self.model.to(memory_format=self.memory_format)
-        self.ema = copy.deepcopy(self.model).eval().requires_grad_(False)
+        self.state = TrainState(cfg.replace(train={"seed": seed}), device)  # every variant: the same weights
+        self.model = self.state.model.to(memory_format=self.memory_format)
+        self.ema = self.state.ema.to(memory_format=self.memory_format)
         self.net = torch.compile(self.model) if compile else self.model
-        self.opt = torch.optim.AdamW(self.model.parameters(), lr=cfg.train.lr, weight_decay=cfg.train.weight_decay)
         g = torch.Generator().manual_seed(seed)
         self.images = torch.randint(0, 256, (TRAIN_IMAGES, 28, 28), dtype=torch.uint8, generator=g).to(device)
         self.labels = torch.randint(0, 10, (TRAIN_IMAGES,), generator=g).to(device)
         self.gen = torch.Generator(device=device).manual_seed(seed)
-        self.step_count = 0
         self.model.train()
 
     def __call__(self) -> float:
-        from .training import accumulate_gradients, ema_update
+        from .training import apply_update, draw_batch, training_step
 
-        tc, B, dev = self.cfg.train, self.batch_size, self.device
-        idx = torch.randint(0, TRAIN_IMAGES, (B,), device=dev, generator=self.gen)
-        t = torch.randint(0, self.schedule.timesteps, (B,), device=dev, generator=self.gen)
-        noise = torch.randn((B, 1, 28, 28), device=dev, generator=self.gen)
-        x0 = self.images[idx].unsqueeze(1).float() / 127.5 - 1.0
-        x0 = x0.contiguous(memory_format=self.memory_format)
-        y = None
-        if self.cfg.model.num_classes:
-            drop = torch.rand(B, device=dev, generator=self.gen) < tc.cond_drop_prob
-            y = torch.where(drop, torch.full_like(self.labels[idx], self.cfg.model.num_classes), self.labels[idx])
-        self.opt.zero_grad(set_to_none=True)
-        loss = accumulate_gradients(self.net, self.schedule, x0, t, noise, y, dev, self.amp, tc.micro_batch,
-                                    tc.min_snr_gamma, self.cfg.model.prediction)
+        idx = torch.randint(0, TRAIN_IMAGES, (self.batch_size,), device=self.device, generator=self.gen)
+        batch = draw_batch(self.images, self.labels, idx, self.gen, timesteps=self.schedule.timesteps,
+                           cond_drop_prob=self.cfg.train.cond_drop_prob, null_label=self.cfg.model.num_classes)
+        batch.x0 = batch.x0.contiguous(memory_format=self.memory_format)
+        loss = training_step(self.state, self.net, self.schedule, batch, self.cfg.train.lr, self.device, self.amp)
         value = float(loss)  # training reads the loss every step (finiteness check): a sync point
-        if tc.grad_clip:
-            torch.nn.utils.clip_grad_norm_(self.model.parameters(), tc.grad_clip)
-        self.opt.step()
-        ema_update(self.ema, self.model, tc.ema_decay, self.step_count)
-        self.step_count += 1
+        apply_update(self.state)
+        self.state.step += 1
         return value
 
     def eval_step(self, batch: int) -> Callable[[], None]:
@@ -192,10 +177,7 @@ class TrainStep:
 
     def checkpoint_state(self) -> dict:
         """The dict training.py saves as last.pt (model, EMA, AdamW moments, config, counters)."""
-        from .checkpoint import FORMAT as CKPT_FORMAT
-        return {"format": CKPT_FORMAT, "config": self.cfg.to_dict(), "step": self.step_count, "epoch": 0,
-                "model": self.model.state_dict(), "ema": self.ema.state_dict(), "optimizer": self.opt.state_dict(),
-                "skipped": 0, "torch": str(torch.__version__), "elapsed_s": 0.0}
+        return self.state.checkpoint(0, 0.0)
 
 
 def saved_bytes(obj) -> int:
@@ -280,71 +262,45 @@ def training_throughput(step: TrainStep, settings: Settings) -> dict:
     return {"batch_size": step.batch_size, **_rate(timing, step.batch_size)}
 
 
-class _Stop(Exception):
-    pass
-
-
 def sampling_times(model: torch.nn.Module, cfg: RunConfig, device: torch.device, amp: Optional[torch.dtype],
                    settings: Settings, steps: Optional[dict[str, int]] = None) -> dict[str, dict]:
     """Seconds to draw `settings.sample_images` images (one batch) with each sampler.
 
     A sampler with more evaluations than `settings.max_full_steps` (unless `full_sampling`) is
-    timed over `timed_steps` steps after two untimed ones, and its total is extrapolated as
-    (time to the end of the untimed steps) + (mean timed step) x (remaining steps)."""
-    from .sampling import generate
+    timed over `timed_steps` steps, on a schedule of that many timesteps (the same network and
+    the same work per step), and its total is extrapolated as (seconds per step) x (steps)."""
+    from .diffusion import Diffusion
+    from .sampling import SamplerOptions, generate
 
-    schedule = make_schedule(cfg.diffusion.schedule, cfg.diffusion.timesteps)
+    precision = _precision_name(amp)
+    diff = Diffusion(model, cfg, device=device, precision=precision)
+    k = settings.timed_steps
+    short = Diffusion(model, cfg.replace(diffusion={"timesteps": max(2, k)}), device=device, precision=precision)
     n = settings.sample_images
     out = {}
     for name in SAMPLERS:
-        n_steps = (steps or {}).get(name) or DEFAULT_STEPS[name] or schedule.timesteps
-        n_steps = min(n_steps, schedule.timesteps)
-        kwargs = dict(sampler=name, steps=n_steps, batch_size=n, device=device, amp_dtype=amp, progress=False)
-        _partial(generate, model, schedule, n, kwargs, device, skip=0, timed=2)  # warm-up, untimed
-        if settings.full_sampling or n_steps <= settings.max_full_steps:
-            runs = []
-            for r in range(settings.sample_repeats):
-                synchronize(device)
-                t0 = time.perf_counter()
-                generate(model, schedule, n, seed=r, **kwargs)
-                synchronize(device)
-                runs.append(time.perf_counter() - t0)
+        n_steps = min((steps or {}).get(name) or DEFAULT_STEPS[name] or diff.timesteps, diff.timesteps)
+        full = settings.full_sampling or n_steps <= settings.max_full_steps
+        timed, options = (diff, SamplerOptions(name, steps=n_steps)) if full else (short, SamplerOptions(name, steps=k))
+        generate(diff, n, SamplerOptions(name, steps=2), batch_size=n)  # warm-up, untimed
+        runs = []
+        for r in range(settings.sample_repeats if full else 1):
+            synchronize(device)
+            t0 = time.perf_counter()
+            generate(timed, n, options, seed=r, batch_size=n)
+            synchronize(device)
+            runs.append(time.perf_counter() - t0)
+        if full:
             seconds = statistics.median(runs)
             how = "measured" + (f" (median of {len(runs)} runs)" if len(runs) > 1 else "")
             entry = {"method": "measured", "runs_seconds": runs}
         else:
-            skip, timed = 2, min(settings.timed_steps, n_steps - 3)
-            head, per_step = _partial(generate, model, schedule, n, kwargs, device, skip=skip, timed=timed)
-            seconds = head + per_step * (n_steps - 1 - skip)
-            how = f"extrapolated from {timed} timed steps"
-            entry = {"method": "extrapolated", "timed_steps": timed, "step_ms": 1000 * per_step}
+            seconds = runs[0] / k * n_steps
+            how = f"extrapolated from {k} timed steps"
+            entry = {"method": "extrapolated", "timed_steps": k, "step_ms": 1000 * runs[0] / k}
         out[name] = {"steps": n_steps, "images": n, "seconds": seconds, "images_per_s": n / seconds,
                      "how": how, **entry}
     return out
-
-
-def _partial(generate, model, schedule, n, kwargs, device, *, skip: int, timed: int) -> tuple[float, float]:
-    """Run a sampler until `skip + timed` steps are done; returns (seconds until step `skip` was
-    reached, mean seconds of the `timed` steps after it)."""
-    marks: dict[int, float] = {}
-
-    def cb(_start, i, _t, _x, _x0):
-        # the callback sees evaluation i before its update: i - skip steps lie between marks
-        if i in (skip, skip + timed):
-            synchronize(device)
-            marks[i] = time.perf_counter()
-        if i >= skip + timed:
-            raise _Stop
-
-    synchronize(device)
-    t0 = time.perf_counter()
-    try:
-        generate(model, schedule, n, seed=0, callback=cb, **kwargs)
-    except _Stop:
-        pass
-    if skip + timed not in marks:  # the sampler finished first (fewer steps than asked)
-        return 0.0, 0.0
-    return marks[skip] - t0, (marks[skip + timed] - marks[skip]) / max(timed, 1)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -477,6 +433,73 @@ def _compare_pair(cfg, device, batch_size, settings, variants: dict[str, dict]) 
 
 # ---------------------------------------------------------------------------------------------
 # everything
+
+def sampler_steps_arg(text: str) -> dict[str, int]:
+    """An argparse type: NAME=N[,NAME=N...] -> {"ddpm": N, ...}"""
+    import argparse
+    out = {}
+    for part in (p.strip() for p in text.split(",") if p.strip()):
+        name, sep, value = part.partition("=")
+        if not sep or name not in SAMPLERS:
+            raise argparse.ArgumentTypeError(f"expected NAME=STEPS with NAME one of {', '.join(SAMPLERS)}, got {part!r}")
+        if not value.isdigit() or int(value) < 1:
+            raise argparse.ArgumentTypeError(f"expected a positive integer, got {value!r}")
+        out[name] = int(value)
+    if not out:
+        raise argparse.ArgumentTypeError(f"expected NAME=STEPS[,NAME=STEPS], got {text!r}")
+    return out
+
+
+def parse_comparisons(text: Optional[str]) -> tuple[str, ...]:
+    """--compare's value: 'all', or a comma-separated subset of COMPARISONS; None: no comparisons."""
+    if text is None:
+        return ()
+    wanted = [w.strip() for w in text.split(",") if w.strip()]
+    comparisons = COMPARISONS if wanted == ["all"] else tuple(wanted)
+    if not comparisons or any(w not in COMPARISONS for w in comparisons):
+        raise BenchmarkError(f"--compare {text}: choose from {', '.join(COMPARISONS)} or all")
+    return comparisons
+
+
+def resolve_config(preset_name: Optional[str] = None, model: Optional[str] = None, base_dim: Optional[int] = None,
+                   micro_batch: Optional[int] = None) -> RunConfig:
+    """A preset's config, with another network (at its canonical size), width or micro-batch."""
+    from .config import preset
+    from .models import default_config
+
+    cfg = preset(preset_name or "default")
+    changes = {}
+    if model and model != cfg.model.name:
+        changes["model"] = {k: v for k, v in default_config(model).__dict__.items() if k != "num_classes"}
+    if base_dim:
+        changes.setdefault("model", {})["base_dim"] = base_dim
+    if micro_batch:
+        changes["train"] = {"micro_batch": micro_batch}
+    return cfg.replace(**changes) if changes else cfg
+
+
+def run_from_options(preset_name: Optional[str] = None, *, model: Optional[str] = None, base_dim: Optional[int] = None,
+                     micro_batch: Optional[int] = None, device: str = "auto", precision: str = "auto",
+                     threads: Optional[int] = None, batch_size: int = 128, quick: bool = False,
+                     sample_images: int = 64, full_sampling: bool = False, **kwargs) -> dict:
+    """`run` for the options `mnist-diffusion benchmark` takes; records which preset the network is."""
+    from dataclasses import replace
+
+    from .config import preset
+    from .device import resolve_device
+
+    cfg = resolve_config(preset_name, model, base_dim, micro_batch)
+    if threads:
+        torch.set_num_threads(threads)
+    dev = resolve_device(device)
+    settings = replace(Settings.quick() if quick else Settings(), sample_images=sample_images,
+                       full_sampling=full_sampling)
+    result = run(cfg, dev, batch_size=batch_size, amp=resolve_precision(precision, dev), settings=settings, **kwargs)
+    # the preset the model came from (None when --model or --base-dim replaced its network)
+    name = preset_name or "default"
+    result["preset"] = name if preset(name).model == cfg.model else None
+    return result
+
 
 def run(cfg: RunConfig, device: torch.device, *, batch_size: int = 128, amp: Optional[torch.dtype] = None,
         settings: Settings = Settings(), sampler_steps: Optional[dict[str, int]] = None, memory: bool = True,

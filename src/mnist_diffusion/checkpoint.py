@@ -7,6 +7,8 @@ any pickle that would import or call code.
 """
 from __future__ import annotations
 
+import hashlib
+import io
 import os
 import pickle
 from pathlib import Path
@@ -24,20 +26,35 @@ class CheckpointError(RuntimeError):
     """A checkpoint is missing, corrupt, hostile, or does not fit the requested model."""
 
 
-def atomic_save(obj: Any, path: str | os.PathLike) -> None:
+def atomic_save(obj: Any, path: str | os.PathLike) -> Path:
     """torch.save through atomic_write: the old file survives any failure."""
-    atomic_write(path, lambda f: torch.save(obj, f))
+    return atomic_write(path, lambda f: torch.save(obj, f))
+
+
+def training_state(cfg: RunConfig, step: int, epoch: int, model: torch.nn.Module, ema: torch.nn.Module,
+                   optimizer: torch.optim.Optimizer, skipped: int = 0, elapsed_s: float = 0.0) -> dict:
+    """The dict a training checkpoint holds (the only place it is built): weights, EMA weights,
+    AdamW's state, the config and the counters, all plain tensors, numbers and strings."""
+    return {"format": FORMAT, "config": cfg.to_dict(), "step": step, "epoch": epoch,
+            "model": model.state_dict(), "ema": ema.state_dict(), "optimizer": optimizer.state_dict(),
+            "skipped": skipped, "torch": str(torch.__version__), "elapsed_s": elapsed_s}
 
 
 def load(path: str | os.PathLike, map_location="cpu") -> dict:
-    """Load and sanity-check a checkpoint; every failure is a one-line CheckpointError."""
+    """Load and sanity-check a checkpoint; every failure is a one-line CheckpointError. The file is
+    read once; the returned dict's "sha256" is the hash of exactly the bytes that were loaded (it is
+    not stored in the file), so a key made from it cannot describe another version of the file."""
     path = Path(path)
     if not path.exists():
         raise CheckpointError(f"checkpoint {path} does not exist")
     if path.is_dir():
         raise CheckpointError(f"checkpoint {path} is a directory, not a file")
     try:
-        ckpt = torch.load(path, map_location=map_location, weights_only=True)
+        data = path.read_bytes()
+    except OSError as e:
+        raise CheckpointError(f"{path}: cannot read the checkpoint ({e.strerror or e})") from None
+    try:
+        ckpt = torch.load(io.BytesIO(data), map_location=map_location, weights_only=True)
     except pickle.UnpicklingError as e:
         lines = [ln.strip() for ln in str(e).splitlines() if "Unsupported global" in ln or "Unpickler error" in ln]
         first = lines[0] if lines else "unsupported content"
@@ -51,6 +68,7 @@ def load(path: str | os.PathLike, map_location="cpu") -> dict:
     for key in ("config", "model", "step"):
         if key not in ckpt:
             raise CheckpointError(f"{path}: checkpoint has no {key!r} entry")
+    ckpt["sha256"] = hashlib.sha256(data).hexdigest()
     return ckpt
 
 

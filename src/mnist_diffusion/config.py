@@ -12,6 +12,7 @@ import json
 import math
 import typing
 from dataclasses import dataclass, field
+from typing import Optional
 
 
 class ConfigError(ValueError):
@@ -21,20 +22,32 @@ class ConfigError(ValueError):
 DATASETS = ("mnist", "fashion_mnist")
 SCHEDULES = ("linear", "cosine")
 PREDICTIONS = ("eps", "v")
+MAX_LEVELS = 5  # resolution levels a 28x28 image can be halved into: 28, 14, 7, 4, 2
+
+
+def option(default, help: str, *, flag: Optional[str] = None, kind: Optional[str] = None,
+           choices: Optional[tuple] = None, resumable: bool = False, cli: bool = True):
+    """A config field and what the command line needs to know of it (dataclass field metadata):
+    its --help text, its flag (default --name-with-dashes), `kind` of number (positive, nonneg,
+    unit = [0, 1)), `choices`, and whether it may change when a run is resumed. cli=False keeps it
+    out of the command line (set through --config or the library)."""
+    return field(default=default, metadata={"help": help, "flag": flag, "kind": kind, "choices": choices,
+                                            "resumable": resumable, "cli": cli})
 
 
 @dataclass(frozen=True)
 class ModelConfig:
-    name: str = "unet"
-    base_dim: int = 32
-    channel_mults: tuple[int, ...] = (1, 2, 2)
-    num_res_blocks: int = 2
-    dropout: float = 0.0
-    # None = unconditional; an int = number of classes for class-conditional models.
-    num_classes: typing.Optional[int] = None
+    name: str = option("unet", "network name (see `mnist-diffusion models`)", flag="--model")
+    base_dim: int = option(32, "channels at full resolution", kind="positive")
+    channel_mults: tuple[int, ...] = option((1, 2, 2), "channel multiplier per resolution level, e.g. 1,2,2")
+    num_res_blocks: int = option(2, "residual blocks per level", kind="positive")
+    dropout: float = option(0.0, "dropout in the residual blocks", kind="unit")
+    # None = unconditional; an int = number of classes for class-conditional models
+    num_classes: typing.Optional[int] = option(None, "classes of a class-conditional model", cli=False)
     # what the network outputs: "eps" (the noise, Ho et al. 2020) or "v" (sqrt(a_t) eps -
-    # sqrt(1 - a_t) x_0, Salimans & Ho 2022); samplers always receive eps (schedule.eps_from_v)
-    prediction: str = "eps"
+    # sqrt(1 - a_t) x_0, Salimans & Ho 2022); samplers always receive eps (schedule.eps_from_output)
+    prediction: str = option("eps", "what the network learns to output: eps (the noise, default) or v "
+                                    "(Salimans & Ho 2022)", choices=PREDICTIONS)
 
     def validate(self) -> None:
         _positive(self, "base_dim", "num_res_blocks")
@@ -42,6 +55,9 @@ class ModelConfig:
             raise ConfigError(f"model.prediction must be one of {PREDICTIONS}, got {self.prediction!r}")
         if not self.channel_mults or any(int(m) <= 0 for m in self.channel_mults):
             raise ConfigError("model.channel_mults must be a non-empty list of positive integers")
+        if len(self.channel_mults) > MAX_LEVELS:
+            raise ConfigError(f"model.channel_mults has {len(self.channel_mults)} levels; 28x28 images allow at "
+                              f"most {MAX_LEVELS} (28 -> 14 -> 7 -> 4 -> 2)")
         if not 0.0 <= self.dropout < 1.0:
             raise ConfigError(f"model.dropout must be in [0, 1), got {self.dropout}")
         if self.num_classes is not None and self.num_classes < 2:
@@ -50,8 +66,8 @@ class ModelConfig:
 
 @dataclass(frozen=True)
 class DiffusionConfig:
-    timesteps: int = 1000
-    schedule: str = "cosine"
+    timesteps: int = option(1000, "T, the number of diffusion steps", kind="positive")
+    schedule: str = option("cosine", "beta schedule", choices=SCHEDULES)
 
     def validate(self) -> None:
         _positive(self, "timesteps")
@@ -63,36 +79,42 @@ class DiffusionConfig:
 
 @dataclass(frozen=True)
 class TrainConfig:
-    dataset: str = "mnist"
-    epochs: int = 20
-    max_steps: typing.Optional[int] = None  # stops early when reached, whatever `epochs` says
-    subset: typing.Optional[int] = None  # first N training images only
-    batch_size: int = 128
-    # images per forward/backward pass; the gradients of a batch's chunks are summed before the
-    # step, so the update is the full batch's while only one chunk's activations are alive
-    micro_batch: typing.Optional[int] = None
-    lr: float = 2e-4
-    weight_decay: float = 0.0
-    warmup_steps: int = 200
-    lr_decay: bool = True  # cosine decay to 10% over the planned steps
-    grad_clip: float = 1.0
-    ema_decay: float = 0.999
-    sample_interval: int = 0  # steps between sample grids; 0 = once per epoch
-    save_interval: int = 0  # steps between checkpoints; 0 = once per epoch
-    log_interval: int = 50
-    num_samples: int = 64
-    clip: bool = True  # clip predicted x0 to [-1, 1] when sampling during training
-    seed: int = 0
-    device: str = "auto"
-    precision: str = "auto"  # auto: bf16 autocast where it is fast (CPU with bf16, CUDA), else fp32
-    cond_drop_prob: float = 0.1
+    dataset: str = option("mnist", "training data", choices=DATASETS)
+    epochs: int = option(20, "passes over the data", kind="positive", resumable=True)
+    max_steps: typing.Optional[int] = option(None, "stop after this many optimiser steps, whatever --epochs says",
+                                             kind="positive", resumable=True)
+    subset: typing.Optional[int] = option(None, "train on the first N images only", kind="positive")
+    batch_size: int = option(128, "images per optimiser step", kind="positive")
+    # the gradients of a batch's chunks are summed before the step, so the update is the full
+    # batch's while only one chunk's activations are alive
+    micro_batch: typing.Optional[int] = option(None, "forward/backward N images at a time and sum the gradients: "
+                                                     "same update, less memory", kind="positive", resumable=True)
+    lr: float = option(2e-4, "peak learning rate of AdamW", kind="positive")
+    weight_decay: float = option(0.0, "AdamW weight decay", kind="nonneg")
+    warmup_steps: int = option(200, "linear learning-rate warm-up", kind="nonneg")
+    lr_decay: bool = option(True, "cosine decay to 10% over the planned steps", flag="--no-lr-decay")
+    grad_clip: float = option(1.0, "clip the gradient norm to this (0 = off)", kind="nonneg")
+    ema_decay: float = option(0.999, "decay of the EMA weights that sampling uses", kind="unit")
+    sample_interval: int = option(0, "steps between sample grids (0 = each epoch)", kind="nonneg", resumable=True)
+    save_interval: int = option(0, "steps between checkpoints (0 = each epoch)", kind="nonneg", resumable=True)
+    log_interval: int = option(50, "steps between loss.csv rows", kind="positive", resumable=True)
+    num_samples: int = option(64, "images per sample grid", kind="positive", resumable=True)
+    clip: bool = option(True, "do not clip predicted x0 in training previews", flag="--no-clip", resumable=True)
+    seed: int = option(0, "seed of the weights, the batches, the timesteps and the noise", kind="nonneg")
+    device: str = option("auto", "where to train", choices=("auto", "cpu", "cuda", "mps"), resumable=True)
+    # auto: bf16 autocast where it is fast (CPU with bf16, CUDA), else fp32
+    precision: str = option("auto", "autocast precision", choices=("auto", "fp32", "bf16", "fp16"), resumable=True)
+    cond_drop_prob: float = option(0.1, "label drop probability for guidance (default 0.1; the quick preset: 0.2)",
+                                   kind="unit")
     # > 0: weight each image's eps loss by min(SNR_t, gamma) / SNR_t (Min-SNR-gamma, Hang et al.
     # 2023), which stops the many nearly-clean timesteps from dominating the gradient; 0 = L_simple
-    min_snr_gamma: float = 0.0
-    nonfinite: str = "stop"  # "stop" or "skip" a batch whose loss is not finite
-    keep_checkpoints: int = 0  # periodic checkpoints to keep (0 = all)
-    time_limit: float = 0.0  # minutes of training in this invocation; 0 = no limit
-
+    min_snr_gamma: float = option(0.0, "weight each image's loss by min(SNR, G)/SNR (Min-SNR-gamma; 5 is the "
+                                       "paper's); 0 = plain L_simple", kind="nonneg")
+    nonfinite: str = option("stop", "skip batches whose loss is NaN/inf instead of stopping",
+                            flag="--skip-nonfinite", choices=("stop", "skip"), resumable=True)
+    keep_checkpoints: int = option(0, "periodic checkpoints to keep (0 = all)", kind="nonneg", resumable=True)
+    time_limit: float = option(0.0, "stop (with a checkpoint and a sample grid) after this many minutes of "
+                                    "training (0 = no limit)", kind="positive", resumable=True)
 
     def validate(self) -> None:
         if self.dataset not in DATASETS:
@@ -113,10 +135,10 @@ class TrainConfig:
         for key in ("sample_interval", "save_interval", "warmup_steps", "keep_checkpoints"):
             if getattr(self, key) < 0:
                 raise ConfigError(f"train.{key} must be >= 0, got {getattr(self, key)}")
-        if self.time_limit < 0:
+        if not 0 <= self.time_limit < math.inf:
             raise ConfigError(f"train.time_limit must be >= 0 minutes, got {self.time_limit}")
-        if self.grad_clip < 0 or self.weight_decay < 0:
-            raise ConfigError("train.grad_clip and train.weight_decay must be >= 0")
+        if not (0 <= self.grad_clip < math.inf and 0 <= self.weight_decay < math.inf):
+            raise ConfigError("train.grad_clip and train.weight_decay must be finite and >= 0")
         if not 0.0 <= self.cond_drop_prob < 1.0:
             raise ConfigError(f"train.cond_drop_prob must be in [0, 1), got {self.cond_drop_prob}")
         if self.min_snr_gamma < 0 or not math.isfinite(self.min_snr_gamma):
@@ -205,8 +227,8 @@ def _check_type(value, hint, key: str):
             raise ConfigError(f"{key} must be an integer, got {value!r}")
         return value
     if hint is float:
-        if isinstance(value, bool) or not isinstance(value, (int, float)):
-            raise ConfigError(f"{key} must be a number, got {value!r}")
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+            raise ConfigError(f"{key} must be a finite number, got {value!r}")
         return float(value)
     if hint is str:
         if not isinstance(value, str):
@@ -259,3 +281,71 @@ def preset(name: str) -> RunConfig:
     if name not in PRESETS:
         raise ConfigError(f"unknown preset {name!r}; choose from {', '.join(PRESETS)}")
     return RunConfig.from_dict(PRESETS[name])
+
+
+# ---------------------------------------------------------------------------------------------
+# options and the resume rule, shared by the command line and the library
+
+SECTIONS = {"model": ModelConfig, "diffusion": DiffusionConfig, "train": TrainConfig}
+
+
+def options() -> list[tuple[str, dataclasses.Field, type]]:
+    """(section, field, type) for every config field the command line sets, in declaration order;
+    the type without Optional (an Optional field is left unset by not giving its flag)."""
+    out = []
+    for section, klass in SECTIONS.items():
+        hints = typing.get_type_hints(klass)
+        for f in dataclasses.fields(klass):
+            if f.metadata.get("cli", False):
+                hint = hints[f.name]
+                if typing.get_origin(hint) is typing.Union:
+                    hint = [a for a in typing.get_args(hint) if a is not type(None)][0]
+                out.append((section, f, hint))
+    return out
+
+
+def flag_of(f: dataclasses.Field) -> str:
+    return f.metadata.get("flag") or "--" + f.name.replace("_", "-")
+
+
+def resume_conflicts(saved: RunConfig, cfg: RunConfig) -> list[str]:
+    """What `cfg` changes of a checkpoint's config that a resumed run may not change: everything
+    but the fields marked resumable (how long, how often to log and save, where and how precisely
+    to compute). The network, the process, the data and the optimisation stay the checkpoint's,
+    so a resumed run continues the same run."""
+    out = []
+    for section, klass in SECTIONS.items():
+        for f in dataclasses.fields(klass):
+            old, new = getattr(getattr(saved, section), f.name), getattr(getattr(cfg, section), f.name)
+            if old == new or f.metadata.get("resumable"):
+                continue
+            if f.name == "num_classes":
+                flag = "--unconditional" if new is None else "--conditional"
+                kind = "an unconditional" if old is None else "a class-conditional"
+                out.append(f"{flag} differs from the checkpoint ({kind} model)")
+            else:
+                shown = "" if isinstance(new, bool) else " " + ",".join(map(str, new)) if isinstance(new, tuple) \
+                    else f" {new}"
+                out.append(f"{flag_of(f)}{shown} differs from the checkpoint's {section}.{f.name}={old!r}")
+    return out
+
+
+def check_resume(saved: RunConfig, cfg: RunConfig) -> None:
+    conflicts = resume_conflicts(saved, cfg)
+    if conflicts:
+        raise ConfigError(f"{conflicts[0]}; it cannot change when resuming")
+
+
+def check_preset(name: str, cfg: RunConfig, changes: dict[str, dict], origin: str) -> None:
+    """A run resumed with --preset must hold the network and process the preset (plus the options
+    given) would train now. A run left by an older preset otherwise resumes silently and fails
+    later, e.g. at `sample --label all` on a model without labels."""
+    want = preset(name).replace(**{k: v for k, v in changes.items() if v and k != "train"})
+    diffs = []
+    for section in ("model", "diffusion"):
+        have, wanted = dataclasses.asdict(getattr(cfg, section)), dataclasses.asdict(getattr(want, section))
+        diffs += [f"{section}.{key}={have[key]!r} (preset: {value!r})" for key, value in wanted.items()
+                  if have[key] != value]
+    if diffs:
+        raise ConfigError(f"{origin} is not a --preset {name} run: {'; '.join(diffs)}; resume it without "
+                          f"--preset, or train into a new --output-dir")

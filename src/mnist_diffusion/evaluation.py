@@ -7,6 +7,8 @@
 - `noise_mse`: a model's epsilon-prediction error on real images, overall and per timestep band.
 - `evaluate_images`: all of the above for one set of images, plus the same numbers for real
   training images of the same count (`real_reference`), which is what a perfect generator scores.
+- `evaluate_model`: draw from a model and score the images; `evaluate_run`: every periodic
+  checkpoint of a training run against its step and training minutes.
 
 Not here: the classifier (evaluator.py), generation (sampling.py), Inception (inception.py).
 """
@@ -14,13 +16,18 @@ from __future__ import annotations
 
 import math
 from functools import lru_cache
-from typing import Optional, Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Callable, Optional, Sequence
 
 import numpy as np
 import torch
 from tqdm.auto import tqdm
 
 from .evaluator import EvalNet, embed, file_sha256, shipped_evaluator, weights_path
+
+if TYPE_CHECKING:
+    from .diffusion import Diffusion
+    from .sampling import SamplerOptions
 
 K_NEIGHBOURS = 3
 RECOGNIZABLE_THRESHOLD = 0.9
@@ -148,20 +155,20 @@ def _agreement(labels, probs: np.ndarray) -> float:
 # Noise-prediction error of a diffusion model
 
 @torch.no_grad()
-def noise_mse(model: torch.nn.Module, schedule, images_u8: np.ndarray, generator: torch.Generator, *,
-              labels: Optional[np.ndarray] = None, bands: int = 4, batch_size: int = 256, device="cpu",
-              amp_dtype: Optional[torch.dtype] = None, progress: bool = False) -> dict:
+def noise_mse(diff: "Diffusion", images_u8: np.ndarray, generator: torch.Generator, *,
+              labels: Optional[np.ndarray] = None, bands: int = 4, batch_size: int = 256,
+              progress: bool = False) -> dict:
     """E ||eps - eps_theta(x_t, t)||^2 per pixel, with x_t = q_sample(x_0, t, eps), on real images.
 
     t and eps are drawn up front from `generator` (t stratified: image i gets a t from band
     i mod `bands`), so the number does not depend on batch size or device. Returns the overall MSE
-    (the training loss under uniform t) and one entry per equal-width band of timesteps."""
+    (the training loss under uniform t) and one entry per equal-width band of timesteps. A
+    v-predicting network is scored on the eps it implies (Diffusion.eps_fn)."""
     from .data import to_model_range
-    from .sampling import eps_function
     from .schedule import q_sample
 
     x0_all = to_model_range(images_u8)
-    n, T = x0_all.shape[0], schedule.timesteps
+    n, T = x0_all.shape[0], diff.timesteps
     bands = max(1, min(bands, T))
     edges = [round(b * T / bands) for b in range(bands + 1)]
     band_of = torch.arange(n) % bands
@@ -169,15 +176,12 @@ def noise_mse(model: torch.nn.Module, schedule, images_u8: np.ndarray, generator
     t_all = lo + (torch.rand(n, generator=generator, dtype=torch.float64) * (hi - lo)).long().clamp(max=T - 1)
     eps_all = torch.randn(x0_all.shape, generator=generator)
     y_all = None if labels is None else torch.as_tensor(np.asarray(labels)).long()
-    device = torch.device(device)
-    model.eval()
     per_image = torch.empty(n, dtype=torch.float64)
     for s in tqdm(range(0, n, batch_size), desc="noise MSE", unit="batch", disable=not progress, leave=False):
-        x0, t, eps = (v[s:s + batch_size].to(device) for v in (x0_all, t_all, eps_all))
-        x_t = q_sample(schedule, x0, t, eps)
-        # through the samplers' eps_fn: a v-predicting network is scored on the eps it implies
+        x0, t, eps = (v[s:s + batch_size].to(diff.device) for v in (x0_all, t_all, eps_all))
+        x_t = q_sample(diff.schedule, x0, t, eps)
         y = None if y_all is None else y_all[s:s + batch_size]
-        pred = eps_function(model, y, amp_dtype=amp_dtype, schedule=schedule)(x_t, t)
+        pred = diff.eps_fn(y)(x_t, t)
         per_image[s:s + len(t)] = ((pred - eps) ** 2).mean(dim=(1, 2, 3)).double().cpu()
     out = {"overall": float(per_image.mean()), "bands": []}
     for b in range(bands):
@@ -272,3 +276,122 @@ def balanced_labels(n: int, num_classes: int) -> np.ndarray:
     """Labels to request from a class-conditional model: image i gets class i mod num_classes,
     so every class is asked for equally often and the result does not depend on a generator."""
     return np.arange(n, dtype=np.int64) % num_classes
+
+
+# ---------------------------------------------------------------------------------------------
+# A model, and a whole training run
+
+def evaluate_samples(images_u8: np.ndarray, dataset: str, *, seed: int = 0, inception: bool = False,
+                     progress: bool = False) -> dict:
+    """`evaluate_images` for a set of images from anywhere, with the Inception FID on request."""
+    result = evaluate_images(images_u8, dataset, seed=seed, progress=progress)
+    if inception:
+        from .inception import inception_fid
+        result["inception_fid"] = inception_fid(images_u8, dataset, progress=progress)
+    return result
+
+
+def evaluate_model(diff: "Diffusion", options: "SamplerOptions", num_samples: int = 10000, *,
+                   dataset: Optional[str] = None, noise_images: int = 10000, seed: int = 0, batch_size: int = 256,
+                   npz: Optional[str] = None, inception: bool = False, progress: bool = False,
+                   log: Callable[[str], None] = lambda _m: None) -> tuple[dict, np.ndarray]:
+    """Draw `num_samples` images (a conditional model's with balanced labels: image i asks for class
+    i mod C) and score them; add the model's noise MSE on `noise_images` test images. With `npz`,
+    the images are kept as they come and saved there (partial.generate_resumable). Returns (the
+    report `evaluate --json` writes, the images)."""
+    from .partial import generate_resumable
+    from .sampling import generate
+
+    dataset = dataset or diff.dataset
+    if options.guidance and not diff.num_classes:
+        raise ValueError(f"guidance {options.guidance}: {diff.source or 'this model'} is an unconditional model "
+                         "(guidance needs one trained with --conditional)")
+    labels = balanced_labels(num_samples, diff.num_classes) if diff.num_classes else None
+    requested = None if labels is None else torch.as_tensor(labels)
+    draw = dict(labels=requested, seed=seed, batch_size=batch_size, progress=progress)
+    if npz:
+        imgs = generate_resumable(diff, num_samples, options, npz, log=log, **draw)
+        log(f"wrote {npz}")
+    else:
+        imgs = generate(diff, num_samples, options, **draw)
+    result = evaluate_images(imgs, dataset, seed=seed, labels=labels, progress=progress)
+    test = dataset_splits(dataset)["test"]
+    m = min(noise_images, len(test.images))
+    result["noise_mse"] = noise_mse(diff, test.images[:m], torch.Generator().manual_seed(seed),
+                                    labels=test.labels[:m] if diff.num_classes else None, batch_size=batch_size,
+                                    progress=progress)
+    result["noise_mse"]["n"] = m
+    result.update(checkpoint=diff.source, step=diff.step, seed=seed, sampler={
+        "sampler": options.sampler, "steps": options.steps, "eta": options.eta, "spacing": options.spacing,
+        "clip": options.clip, "ema": diff.ema, "precision": diff.precision,
+        "labels": "balanced (image i gets class i mod num_classes)" if labels is not None else None,
+        "guidance": options.guidance if labels is not None else None})
+    if inception:
+        from .inception import inception_fid
+        result["inception_fid"] = inception_fid(imgs, dataset, progress=progress)
+    return result, imgs
+
+
+def evaluate_run(run_dir: str | Path, options: "SamplerOptions", num_samples: int = 1000, *,
+                 noise_images: int = 2000, load: Callable[[Path], "Diffusion"],
+                 log: Callable[[str], None] = lambda _m: None, **kwargs) -> list[dict]:
+    """`evaluate_model` for every RUN/checkpoints/step_*.pt, in step order, each row with the minutes
+    of training behind it; writes RUN/metrics.json and RUN/metrics.png (FID and noise MSE against
+    training step). `load(path)` gives the Diffusion of a checkpoint."""
+    from .atomic import atomic_write_text
+    from .checkpoint import config_of
+    from .checkpoint import load as load_checkpoint
+    from .visualize import plot_eval_metrics
+
+    run = Path(run_dir)
+    paths = sorted((run / "checkpoints").glob("step_*.pt")) if (run / "checkpoints").is_dir() else []
+    if not paths:
+        raise ValueError(f"--run {run}: no checkpoints/step_*.pt to score")
+    steps = []
+    for p in paths:  # every checkpoint is read once up front, so a damaged one stops the sweep early
+        ck = load_checkpoint(p)
+        steps.append((int(ck["step"]), p))
+    steps.sort()
+    minutes = training_minutes(run, config_of(ck, str(p)).train.batch_size)
+    rows = []
+    for i, (step, p) in enumerate(steps):
+        log(f"[{i + 1}/{len(steps)}] step {step}: {p.name}")
+        row, _ = evaluate_model(load(p), options, num_samples, noise_images=noise_images, **kwargs)
+        if minutes:
+            row["train_minutes"] = round(float(np.interp(step, *minutes)), 4)
+        log(f"step {step}: {summary(row)}")
+        rows.append(row)
+    import json
+    atomic_write_text(run / "metrics.json", json.dumps({"run": str(run), "checkpoints": rows}, indent=2) + "\n")
+    plot_eval_metrics(rows, run / "metrics.png")
+    return rows
+
+
+def training_minutes(run: Path, batch_size: int):
+    """(steps, minutes) from the run's loss.csv, to put FID against wall-clock training time;
+    None when the run has no usable loss.csv."""
+    from .training import elapsed_seconds, read_loss_rows
+    try:
+        rows = read_loss_rows(run / "loss.csv")
+        seconds = elapsed_seconds(rows, batch_size)
+    except (OSError, ValueError, KeyError):
+        return None
+    if not rows:
+        return None
+    return [0] + [int(r["step"]) for r in rows], [0.0] + [s / 60 for s in seconds]
+
+
+def summary(r: dict) -> str:
+    """One line of a report: n, FID (floor), precision, recall, recognizable, balance, and the rest."""
+    parts = [f"n={r['n']}", f"fid {r['fid']:.3f}"]
+    if "fid_floor" in r:
+        parts[-1] += f" (floor {r['fid_floor']:.3f})"
+    parts += [f"precision {r['precision']:.3f}", f"recall {r['recall']:.3f}",
+              f"recognizable {r['recognizable']:.3f}", f"class_entropy {r['class_entropy']:.3f}"]
+    if "label_accuracy" in r:
+        parts.append(f"label_accuracy {r['label_accuracy']:.3f}")
+    if "noise_mse" in r:
+        parts.append(f"noise_mse {r['noise_mse']['overall']:.4f}")
+    if "inception_fid" in r:
+        parts.append(f"inception_fid {r['inception_fid']:.2f}")
+    return "  ".join(parts)

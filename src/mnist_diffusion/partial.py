@@ -1,10 +1,10 @@
 """Resumable image sets: a long `sample --npz` or `evaluate --npz` keeps the images drawn so far in
 a hidden file beside its output, so a crash, a full disk or Ctrl-C costs at most one batch.
 
-The file is named by a hash of everything that decides the images (checkpoint bytes, sampler
-settings, seed, labels, guidance, precision, device, batch size): image i depends only on
-(seed, i) (samplers.PerImageNoise), and a resumed run starts on a batch boundary, so it writes the
-same bytes as an uninterrupted one. A different request never reads another's file.
+The file is named by a hash of everything that decides the images (the loaded checkpoint's
+bytes, sampler settings, seed, labels, guidance, precision, device, batch size): image i depends
+only on (seed, i) (samplers.PerImageNoise), and a resumed run starts on a batch boundary, so it
+writes the same bytes as an uninterrupted one. A different request never reads another's file.
 """
 from __future__ import annotations
 
@@ -12,11 +12,17 @@ import hashlib
 import json
 import os
 from pathlib import Path
-from typing import Optional
+from typing import TYPE_CHECKING, Callable, Optional
 
 import numpy as np
+import torch
 
+from .data import to_uint8
 from .images import save_npz
+from .sampling import SamplerOptions, sample_batches
+
+if TYPE_CHECKING:
+    from .diffusion import Diffusion
 
 
 class PartialImages:
@@ -56,3 +62,33 @@ class PartialImages:
             self.path.unlink()
         except FileNotFoundError:
             pass
+
+
+def request(diff: "Diffusion", num_images: int, options: SamplerOptions, labels: Optional[torch.Tensor],
+            seed: int, batch_size: int) -> dict:
+    """Everything that decides a run's images, as the partial file's key."""
+    label_hash = None
+    if labels is not None:
+        label_hash = hashlib.sha256(np.asarray(labels, dtype=np.int64).tobytes()).hexdigest()
+    return {"checkpoint_sha256": diff.source_sha256, "ema": diff.ema, "num_images": num_images, "seed": seed, **options.as_dict(),
+            "precision": str(diff.amp), "device": str(diff.device), "batch_size": batch_size, "labels": label_hash}
+
+
+def generate_resumable(diff: "Diffusion", num_images: int, options: SamplerOptions, output: str | os.PathLike, *,
+                       labels: Optional[torch.Tensor] = None, seed: int = 0, batch_size: int = 256,
+                       progress: bool = False, log: Callable[[str], None] = lambda _m: None) -> np.ndarray:
+    """sampling.generate, keeping each finished batch in the partial file of `output` and continuing
+    from it when the same request was stopped before; writes `output` (uint8 `images`) at the end."""
+    store = PartialImages(output, request(diff, num_images, options, labels, seed, batch_size))
+    images = np.empty((num_images, 28, 28), dtype=np.uint8)
+    done = store.load()
+    first = 0 if done is None else len(done)
+    if first:
+        log(f"continuing an interrupted run: {first} of {num_images} images already drawn ({store.path.name})")
+        images[:first] = done
+    for start, x0 in sample_batches(diff, num_images, options, labels=labels, seed=seed, batch_size=batch_size,
+                                    first=first, progress=progress):
+        images[start:start + len(x0)] = to_uint8(x0)
+        store.save(images[:start + len(x0)])
+    store.complete(images)
+    return images

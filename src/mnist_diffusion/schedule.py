@@ -1,17 +1,35 @@
-"""The DDPM forward process: beta schedules and every closed-form quantity derived from them.
+"""The mathematics of DDPM in one place: the forward process, its closed forms, the three ways a
+network can parameterise the reverse process, the training loss and classifier-free guidance.
 
-All arrays are float64 (the products over 1000 steps lose precision in float32) and are cast to
-the sample's dtype only when gathered for a batch. Nothing here knows about networks: functions
-that need a noise prediction take it as an argument. Names follow Ho et al. (2020).
+Every array is float64 (products over 1000 steps lose precision in float32) and is cast to the
+sample's dtype only when gathered for a batch. Nothing here owns a network: a function that
+needs one takes any callable `net(x_t, t[, y])`. Names follow Ho et al. (2020).
 
-Not here: sampling loops (samplers.py) and the training loss (training.py).
+Equation -> function (Ho et al. 2020 unless another paper is named):
+  eq. 2    q(x_t | x_{t-1}) = N(sqrt(1 - beta_t) x_{t-1}, beta_t I)            q_step
+  eq. 4    q(x_t | x_0): x_t = sqrt(a_t) x_0 + sqrt(1 - a_t) eps, a_t = prod(1 - beta)
+                                                                             q_sample, Schedule.alpha_bar
+  eq. 4 solved for x_0 or eps                                                 predict_x0_from_eps,
+                                                                             predict_eps_from_x0
+  eqs. 6-7 q(x_{t-1} | x_t, x_0) = N(mu~_t, beta~_t I)                        q_posterior
+  eq. 14   L_simple = || eps - eps_theta(x_t, t) ||^2                         diffusion_loss
+  SNR_t = a_t / (1 - a_t)                                                     Schedule.snr
+  Nichol & Dhariwal 2021, eq. 17: the cosine schedule                         cosine_betas
+  Salimans & Ho 2022: v = sqrt(a_t) eps - sqrt(1 - a_t) x_0, and back to eps  v_target, eps_from_v,
+                                                                             eps_from_output
+  Hang et al. 2023: Min-SNR-gamma weights min(SNR_t, gamma) / SNR_t           min_snr_weight
+  Ho & Salimans 2022: eps~ = eps(x, null) + (1 + w) (eps(x, y) - eps(x, null))   guidance_mix
+The reverse-process update rules (Algorithm 2, DDIM eq. 12, DPM-Solver++) sit beside their loops
+in samplers.py.
 """
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import Optional
 
 import torch
+import torch.nn.functional as F
 
 
 def linear_betas(timesteps: int, beta_start: float = 1e-4, beta_end: float = 0.02) -> torch.Tensor:
@@ -47,7 +65,6 @@ class Schedule:
     sqrt_recip_alpha_bar: torch.Tensor
     sqrt_recipm1_alpha_bar: torch.Tensor
     posterior_variance: torch.Tensor
-    posterior_log_variance_clipped: torch.Tensor
     posterior_mean_coef1: torch.Tensor  # multiplies x_0 in mu~_t (eq. 7)
     posterior_mean_coef2: torch.Tensor  # multiplies x_t in mu~_t (eq. 7)
     snr: torch.Tensor  # alpha_bar / (1 - alpha_bar)
@@ -66,8 +83,6 @@ class Schedule:
         alpha_bar_prev = torch.cat([torch.ones(1, dtype=torch.float64), alpha_bar[:-1]])
         # eq. 7: beta~_t = (1 - alpha_bar_{t-1}) / (1 - alpha_bar_t) * beta_t
         posterior_variance = betas * (1.0 - alpha_bar_prev) / (1.0 - alpha_bar)
-        # beta~_0 = 0; use beta~_1 for the log so it stays finite (improved-diffusion does the same)
-        log_var = torch.log(torch.cat([posterior_variance[1:2], posterior_variance[1:]]))
         return cls(
             betas=betas,
             alphas=alphas,
@@ -78,7 +93,6 @@ class Schedule:
             sqrt_recip_alpha_bar=(1.0 / alpha_bar).sqrt(),
             sqrt_recipm1_alpha_bar=(1.0 / alpha_bar - 1.0).sqrt(),
             posterior_variance=posterior_variance,
-            posterior_log_variance_clipped=log_var,
             posterior_mean_coef1=betas * alpha_bar_prev.sqrt() / (1.0 - alpha_bar),
             posterior_mean_coef2=(1.0 - alpha_bar_prev) * alphas.sqrt() / (1.0 - alpha_bar),
             snr=alpha_bar / (1.0 - alpha_bar),
@@ -133,3 +147,46 @@ def q_posterior(schedule: Schedule, x0: torch.Tensor, x_t: torch.Tensor, t: torc
 def q_step(schedule: Schedule, x_prev: torch.Tensor, t: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
     """Eq. 2, one forward step: x_t ~ N(sqrt(1 - beta_t) x_{t-1}, beta_t I)."""
     return extract(schedule.alphas, t, x_prev).sqrt() * x_prev + extract(schedule.betas, t, x_prev).sqrt() * noise
+
+
+def eps_from_output(schedule: Schedule, prediction: str, x_t: torch.Tensor, t: torch.Tensor,
+                    out: torch.Tensor) -> torch.Tensor:
+    """The eps a network's output stands for: the output itself for "eps", eps_from_v for "v"."""
+    return eps_from_v(schedule, x_t, t, out.to(x_t.dtype)) if prediction == "v" else out
+
+
+def guidance_mix(cond: torch.Tensor, uncond: torch.Tensor, w: float) -> torch.Tensor:
+    """Classifier-free guidance (Ho & Salimans 2022, eq. 6): uncond + (1 + w) (cond - uncond); w = 0 is
+    the conditional prediction. It may mix v outputs as well as eps ones: eps is affine in v with
+    coefficients that do not depend on the label, so mixing commutes with eps_from_v."""
+    return uncond + (1.0 + w) * (cond - uncond)
+
+
+def training_target(schedule: Schedule, prediction: str, x0: torch.Tensor, t: torch.Tensor,
+                    noise: torch.Tensor) -> torch.Tensor:
+    """What the network learns to output: the noise (eps) or the velocity v."""
+    return noise if prediction == "eps" else v_target(schedule, x0, t, noise)
+
+
+def min_snr_weight(schedule: Schedule, t: torch.Tensor, gamma: float, prediction: str = "eps") -> torch.Tensor:
+    """min(SNR_t, gamma) / SNR_t per timestep for eps-prediction (1 where SNR_t <= gamma, the noisy
+    steps; gamma / SNR_t below), or min(SNR_t, gamma) / (SNR_t + 1) for v-prediction: both turn
+    the loss into the same min(SNR_t, gamma)-weighted error in x_0."""
+    snr = schedule.snr[t.cpu()]  # float64 on the CPU (MPS has no float64)
+    return (snr.clamp(max=gamma) / (snr if prediction == "eps" else snr + 1)).float().to(t.device)
+
+
+def diffusion_loss(net, schedule: Schedule, x0: torch.Tensor, t: torch.Tensor, noise: torch.Tensor,
+                   y: Optional[torch.Tensor] = None, min_snr_gamma: float = 0.0,
+                   prediction: str = "eps") -> torch.Tensor:
+    """L_simple (eq. 14): || eps - eps_theta(sqrt(a_t) x0 + sqrt(1 - a_t) eps, t) ||^2, or for
+    prediction "v" the same with the target v (Salimans & Ho 2022). With min_snr_gamma > 0 each
+    image's term is weighted by min_snr_weight (Hang et al. 2023). `net(x_t, t[, y])` is any
+    network; y=None calls it without labels."""
+    x_t = q_sample(schedule, x0, t, noise)
+    pred = net(x_t, t, y) if y is not None else net(x_t, t)
+    target = training_target(schedule, prediction, x0, t, noise)
+    if min_snr_gamma <= 0:
+        return F.mse_loss(pred.float(), target)
+    weight = min_snr_weight(schedule, t, min_snr_gamma, prediction)
+    return (weight * (pred.float() - target).pow(2).flatten(1).mean(1)).mean()

@@ -23,17 +23,18 @@ from pathlib import Path
 from typing import Callable, Optional
 
 import torch
-import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from . import checkpoint as ckpt_io
 from . import distributed
-from .config import RunConfig
-from .data import Split
+from .config import ConfigError, RunConfig, check_resume
+from .data import Split, to_model_range
 from .device import autocast, resolve_device, resolve_precision
+from .diffusion import Diffusion
 from .images import save_grid
 from .models import build_model, count_parameters
-from .schedule import Schedule, make_schedule, q_sample, v_target
+from .sampling import SamplerOptions, generate
+from .schedule import Schedule, diffusion_loss, make_schedule
 
 # elapsed_s: wall-clock seconds of training so far (previews and checkpoints included, summed over
 # resumes), so a run's quality can be read against minutes, not only steps
@@ -51,21 +52,23 @@ class NonFiniteLoss(TrainingError):
 
 
 class Interrupted(TrainingError):
-    def __init__(self, signum: int, checkpoint: Path):
+    def __init__(self, signum: int, checkpoint: Optional[Path]):
         self.signum = signum
         self.checkpoint = checkpoint
-        super().__init__(f"interrupted by {signal.Signals(signum).name}; checkpoint saved to {checkpoint}; "
-                         f"resume with: mnist-diffusion train --resume {checkpoint}")
+        saved = (f"checkpoint saved to {checkpoint}; resume with: mnist-diffusion train --resume {checkpoint}"
+                 if checkpoint else "nothing was saved (an in-memory run)")
+        super().__init__(f"interrupted by {signal.Signals(signum).name}; {saved}")
 
 
 @dataclass
 class TrainResult:
     step: int
     final_loss: float
-    checkpoint: Path
+    checkpoint: Optional[Path]  # the last.pt written; None for an in-memory run
     seconds: float
     world_size: int = 1
     rank_checksums: tuple = ()  # sum of the weights on every rank (they must agree under DDP)
+    diffusion: Optional[Diffusion] = None  # the EMA weights, ready to sample
 
 
 def _mix(seed: int, k: int, salt: int) -> int:
@@ -101,30 +104,6 @@ def ema_update(ema: torch.nn.Module, model: torch.nn.Module, decay: float, step:
         be.copy_(bm)
 
 
-def diffusion_loss(model, schedule: Schedule, x0: torch.Tensor, t: torch.Tensor, noise: torch.Tensor,
-                   y: Optional[torch.Tensor] = None, min_snr_gamma: float = 0.0,
-                   prediction: str = "eps") -> torch.Tensor:
-    """L_simple (Ho et al. 2020, eq. 14): || eps - eps_theta(sqrt(a_t) x0 + sqrt(1 - a_t) eps, t) ||^2,
-    or for prediction "v" the same with the target v = sqrt(a_t) eps - sqrt(1 - a_t) x0 (Salimans &
-    Ho 2022). With min_snr_gamma > 0 each image's term is weighted by Min-SNR-gamma (Hang et al.
-    2023): min(SNR_t, gamma) / SNR_t for eps, min(SNR_t, gamma) / (SNR_t + 1) for v."""
-    x_t = q_sample(schedule, x0, t, noise)
-    pred = model(x_t, t, y) if y is not None else model(x_t, t)
-    target = noise if prediction == "eps" else v_target(schedule, x0, t, noise)
-    if min_snr_gamma <= 0:
-        return F.mse_loss(pred.float(), target)
-    weight = min_snr_weight(schedule, t, min_snr_gamma, prediction)
-    return (weight * (pred.float() - target).pow(2).flatten(1).mean(1)).mean()
-
-
-def min_snr_weight(schedule: Schedule, t: torch.Tensor, gamma: float, prediction: str = "eps") -> torch.Tensor:
-    """min(SNR_t, gamma) / SNR_t per timestep for eps-prediction (1 where SNR_t <= gamma, the noisy
-    steps; gamma / SNR_t below), or min(SNR_t, gamma) / (SNR_t + 1) for v-prediction: both turn
-    the loss into the same min(SNR_t, gamma)-weighted error in x_0."""
-    snr = schedule.snr[t.cpu()]  # float64 on the CPU (MPS has no float64)
-    return (snr.clamp(max=gamma) / (snr if prediction == "eps" else snr + 1)).float().to(t.device)
-
-
 def accumulate_gradients(net, schedule: Schedule, x0: torch.Tensor, t: torch.Tensor, noise: torch.Tensor,
                          y: Optional[torch.Tensor], device: torch.device, amp: Optional[torch.dtype],
                          micro_batch: Optional[int] = None, min_snr_gamma: float = 0.0,
@@ -150,39 +129,6 @@ def accumulate_gradients(net, schedule: Schedule, x0: torch.Tensor, t: torch.Ten
             (loss * share).backward()
         total += loss.detach() * share
     return total
-
-
-def check_writable(run_dir: Path, checkpoint_bytes: int = 0) -> None:
-    """Fail before training, not after an hour, when the run directory cannot be written or
-    has no room for two checkpoints (the temp file of an atomic save sits beside the old one)."""
-    if run_dir.exists() and not run_dir.is_dir():
-        raise TrainingError(f"--output-dir {run_dir} exists and is a file, not a directory")
-    try:
-        (run_dir / "checkpoints").mkdir(parents=True, exist_ok=True)
-        probe = run_dir / ".write-test"
-        probe.write_bytes(b"x" * 4096)
-        probe.unlink()
-    except OSError as e:
-        raise TrainingError(f"cannot write to --output-dir {run_dir}: {e.strerror or e}") from None
-    free = shutil.disk_usage(run_dir).free
-    need = 2 * checkpoint_bytes + (16 << 20)
-    if free < need:
-        raise TrainingError(f"only {free / 1e6:.0f} MB free under {run_dir}; a checkpoint needs about "
-                            f"{checkpoint_bytes / 1e6:.0f} MB and a save needs room for two")
-
-
-def compatible(saved: RunConfig, cfg: RunConfig) -> None:
-    """A resumed run must train the same network on the same process and data."""
-    pairs = [("model", saved.model, cfg.model), ("diffusion", saved.diffusion, cfg.diffusion)]
-    for section, a, b in pairs:
-        for k, v in a.__dict__.items():
-            if getattr(b, k) != v:
-                raise TrainingError(f"checkpoint was trained with {section}.{k}={v!r}, "
-                                    f"but this run asks for {getattr(b, k)!r}")
-    for k in ("dataset", "seed", "subset", "batch_size"):
-        if getattr(saved.train, k) != getattr(cfg.train, k):
-            raise TrainingError(f"checkpoint was trained with train.{k}={getattr(saved.train, k)!r}, "
-                                f"but this run asks for {getattr(cfg.train, k)!r}")
 
 
 class _SignalCatcher:
@@ -244,214 +190,309 @@ def _write_loss_csv(path: Path, rows: list[dict]) -> None:
     ckpt_io.atomic_write_text(path, buf.getvalue())
 
 
-def train(cfg: RunConfig, data: Split, run_dir: str | os.PathLike, *, resume: Optional[str] = None,
+
+
+# ---------------------------------------------------------------------------------------------
+# the named pieces of a training step (benchmark.TrainStep takes the same ones)
+
+@dataclass
+class Batch:
+    x0: torch.Tensor  # (B, 1, 28, 28) in [-1, 1]
+    t: torch.Tensor  # (B,) timesteps
+    noise: torch.Tensor  # (B, 1, 28, 28)
+    y: Optional[torch.Tensor]  # (B,) labels, null_label where dropped; None for unconditional models
+
+
+def draw_batch(images: torch.Tensor, labels: torch.Tensor, idx: torch.Tensor, generator: torch.Generator, *,
+               timesteps: int, cond_drop_prob: float, null_label: Optional[int],
+               shard: slice = slice(None)) -> Batch:
+    """The images at `idx`, and their timesteps, noise and label drops from `generator`. The draws
+    are made for the whole global batch on every rank and then sharded, so N processes see exactly
+    the images, timesteps and noise that one process would."""
+    B, device = idx.shape[0], images.device
+    t = torch.randint(0, timesteps, (B,), device=device, generator=generator)
+    noise = torch.randn((B, 1, 28, 28), device=device, generator=generator)
+    drop = torch.rand(B, device=device, generator=generator) < cond_drop_prob
+    idx, t, noise, drop = idx[shard], t[shard], noise[shard], drop[shard]
+    y = None
+    if null_label is not None:
+        y = torch.where(drop, torch.full_like(labels[idx], null_label), labels[idx])
+    return Batch(to_model_range(images[idx]), t, noise, y)
+
+
+class TrainState:
+    """What a checkpoint holds: the network, its EMA copy, AdamW, and the counters."""
+
+    def __init__(self, cfg: RunConfig, device: torch.device):
+        self.cfg = cfg
+        with torch.random.fork_rng(devices=[]):  # initial weights from the run's seed alone
+            torch.manual_seed(_mix(cfg.train.seed, 0, 3))
+            self.model = build_model(cfg.model, cfg.diffusion.timesteps).to(device)
+        self.ema = copy.deepcopy(self.model).eval().requires_grad_(False)
+        self.opt = torch.optim.AdamW(self.model.parameters(), lr=cfg.train.lr, weight_decay=cfg.train.weight_decay)
+        self.step, self.skipped, self.elapsed_before = 0, 0, 0.0
+
+    def resume(self, path: str, device: torch.device) -> dict:
+        """Continue from a checkpoint of the same run (config.check_resume decides what may differ)."""
+        ck = ckpt_io.load(path, map_location=device)
+        try:
+            check_resume(ckpt_io.config_of(ck, str(path)), self.cfg)
+        except ConfigError as e:
+            raise TrainingError(str(e)) from None
+        ckpt_io.load_state(self.model, ck["model"], str(path))
+        ckpt_io.load_state(self.ema, ck.get("ema") or ck["model"], str(path))
+        if "optimizer" in ck:
+            self.opt.load_state_dict(ck["optimizer"])
+        self.step, self.skipped = int(ck["step"]), int(ck.get("skipped", 0))
+        return ck
+
+    def checkpoint(self, epoch: int, elapsed_s: float) -> dict:
+        return ckpt_io.training_state(self.cfg, self.step, epoch, self.model, self.ema, self.opt, self.skipped,
+                                      elapsed_s)
+
+
+def training_step(state: TrainState, net, schedule: Schedule, batch: Batch, lr: float, device: torch.device,
+                  amp: Optional[torch.dtype]) -> torch.Tensor:
+    """Set the learning rate and accumulate the batch's gradients; returns its loss (detached). The
+    caller decides, from the loss, whether to `apply_update` (DDP ranks agree on it first)."""
+    for group in state.opt.param_groups:
+        group["lr"] = lr
+    state.opt.zero_grad(set_to_none=True)
+    tc = state.cfg.train
+    return accumulate_gradients(net, schedule, batch.x0, batch.t, batch.noise, batch.y, device, amp, tc.micro_batch,
+                                tc.min_snr_gamma, state.cfg.model.prediction)
+
+
+def apply_update(state: TrainState) -> None:
+    """Clip the gradient, step AdamW, update the EMA weights, count the step."""
+    tc = state.cfg.train
+    if tc.grad_clip:
+        torch.nn.utils.clip_grad_norm_(state.model.parameters(), tc.grad_clip)
+    state.opt.step()
+    ema_update(state.ema, state.model, tc.ema_decay, state.step)
+
+
+# ---------------------------------------------------------------------------------------------
+# the run directory
+
+class RunFiles:
+    """A run directory: config.json, loss.csv (+ loss.png), checkpoints/ and samples/. With path None
+    nothing is written: an in-memory run, or a DDP rank other than 0."""
+
+    def __init__(self, path: Optional[Path]):
+        self.path = path
+        self.rows: list[dict] = []
+        self.last: Optional[Path] = None  # the newest checkpoint written
+
+    def prepare(self, cfg: RunConfig, checkpoint_bytes: int, resuming: bool) -> None:
+        """Fail before training, not after an hour: the directory must be writable, have room for two
+        checkpoints (the temp file of an atomic save sits beside the old one), and hold no other run."""
+        if self.path is None:
+            return
+        if self.path.exists() and not self.path.is_dir():
+            raise TrainingError(f"--output-dir {self.path} exists and is a file, not a directory")
+        try:
+            (self.path / "checkpoints").mkdir(parents=True, exist_ok=True)
+            probe = self.path / ".write-test"
+            probe.write_bytes(b"x" * 4096)
+            probe.unlink()
+        except OSError as e:
+            raise TrainingError(f"cannot write to --output-dir {self.path}: {e.strerror or e}") from None
+        free = shutil.disk_usage(self.path).free
+        need = 2 * checkpoint_bytes + (16 << 20)
+        if free < need:
+            raise TrainingError(f"only {free / 1e6:.0f} MB free under {self.path}; a checkpoint needs about "
+                                f"{checkpoint_bytes / 1e6:.0f} MB and a save needs room for two")
+        if not resuming and (self.path / "checkpoints" / "last.pt").exists():
+            raise TrainingError(f"{self.path} already holds a run; resume it with --resume auto "
+                                "or choose another --output-dir")
+        for stale in (self.path / "checkpoints").glob(".*.tmp"):  # temp files of a save a crash interrupted
+            stale.unlink()
+
+    def begin(self, cfg: RunConfig, step: int) -> float:
+        """Write config.json and the loss rows up to `step`; returns the training seconds they record."""
+        if self.path is None:
+            return 0.0
+        self.rows = read_loss_rows(self.path / "loss.csv", step) if step else []
+        ckpt_io.atomic_write_text(self.path / "config.json", cfg.to_json() + "\n")
+        _write_loss_csv(self.path / "loss.csv", self.rows)
+        return elapsed_seconds(self.rows, cfg.train.batch_size)[-1] if self.rows else 0.0
+
+    def log(self, row: dict) -> None:
+        if self.path is not None:
+            self.rows.append(row)
+            _write_loss_csv(self.path / "loss.csv", self.rows)
+
+    def save(self, state: dict, periodic: bool, keep: int) -> Optional[Path]:
+        if self.path is None:
+            return None
+        ck_dir = self.path / "checkpoints"
+        self.last = ckpt_io.atomic_save(state, ck_dir / "last.pt")
+        if periodic:
+            ckpt_io.atomic_save(state, ck_dir / f"step_{state['step']:07d}.pt")
+            if keep:
+                for old in sorted(ck_dir.glob("step_*.pt"))[:-keep]:
+                    old.unlink()
+        return self.last
+
+    def preview(self, state: TrainState, step: int, device: torch.device) -> None:
+        """A grid from the EMA weights, the same noise every time, so the grids show one set forming."""
+        if self.path is None:
+            return
+        cfg = state.cfg
+        diff = Diffusion(state.ema, cfg, device=device, precision=cfg.train.precision)
+        options = SamplerOptions(sampler=PREVIEW_SAMPLER[0], steps=PREVIEW_SAMPLER[1], clip=cfg.train.clip)
+        labels = torch.arange(cfg.train.num_samples) % diff.num_classes if diff.num_classes else None
+        images = generate(diff, cfg.train.num_samples, options, labels=labels, seed=PREVIEW_SEED)
+        save_grid(images, self.path / "samples" / f"step_{step:07d}.png")
+
+    def finish(self, log: Callable[[str], None]) -> None:
+        if self.path is None:
+            return
+        try:
+            from .visualize import plot_loss
+            plot_loss(self.path / "loss.csv", self.path / "loss.png")
+        except Exception as e:  # noqa: BLE001  (a plotting failure must not lose a finished run)
+            log(f"warning: could not draw loss.png ({e})")
+
+
+# ---------------------------------------------------------------------------------------------
+# the loop
+
+def train(cfg: RunConfig, data: Split, run_dir: Optional[str | os.PathLike] = None, *, resume: Optional[str] = None,
           progress: bool = True, log: Callable[[str], None] = print,
           step_hook: Optional[Callable[[int, float], None]] = None) -> TrainResult:
-    """Train (or resume) a run in `run_dir`. Returns the final step, loss and checkpoint path."""
-    run_dir = Path(run_dir)
+    """Train (or resume) a run. With `run_dir` it writes checkpoints, previews and loss.csv there;
+    without, it trains in memory only. The result holds the EMA model as a `Diffusion`."""
     world, device = distributed.setup(resolve_device(cfg.train.device))
     try:
-        return _train(cfg, data, run_dir, world, device, resume=resume, progress=progress, log=log,
-                      step_hook=step_hook)
+        return _train(cfg, data, None if run_dir is None else Path(run_dir), world, device, resume=resume,
+                      progress=progress, log=log if world.main else _silent, step_hook=step_hook)
     finally:
         distributed.teardown(world)
 
 
-def _train(cfg: RunConfig, data: Split, run_dir: Path, world: "distributed.World", device: torch.device, *,
-           resume, progress, log, step_hook) -> TrainResult:
+def _train(cfg: RunConfig, data: Split, run_dir: Optional[Path], world: "distributed.World", device: torch.device,
+           *, resume, progress, log, step_hook) -> TrainResult:
     tc = cfg.train
-    if not world.main:
-        log = _silent  # only rank 0 talks and writes
     if tc.batch_size % world.size:
         raise TrainingError(f"--batch-size {tc.batch_size} must be divisible by the {world.size} processes")
     amp = resolve_precision(tc.precision, device)
     schedule = make_schedule(cfg.diffusion.schedule, cfg.diffusion.timesteps)
-
-    images = torch.as_tensor(data.images)
-    labels = torch.as_tensor(data.labels).long()
-    if tc.subset is not None:
-        images, labels = images[: tc.subset], labels[: tc.subset]
-    n = images.shape[0]
-    if n < tc.batch_size:
-        raise TrainingError(f"--batch-size {tc.batch_size} is larger than the {n} training images")
-    # The whole split lives on the device as uint8 (47 MB for MNIST); batches are index gathers.
-    images = images.to(device)
-    labels = labels.to(device)
-
-    # initial weights from the run's seed (isolated from the global generator's other users)
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(_mix(tc.seed, 0, 3))
-        model = build_model(cfg.model, cfg.diffusion.timesteps).to(device)
-    if world.main:
-        # model + EMA + Adam's two moments, 4 bytes each
-        check_writable(run_dir, checkpoint_bytes=16 * count_parameters(model))
-    ema = copy.deepcopy(model).eval().requires_grad_(False)
-    opt = torch.optim.AdamW(model.parameters(), lr=tc.lr, weight_decay=tc.weight_decay)
-    start_step, skipped = 0, 0
+    images, labels = _split_tensors(data, tc.subset, tc.batch_size, device)
+    n, spe = images.shape[0], steps_per_epoch(images.shape[0], tc.batch_size)
     total = planned_steps(cfg, n)
-    spe = steps_per_epoch(n, tc.batch_size)
 
-    ck_dir = run_dir / "checkpoints"
-    loss_csv = run_dir / "loss.csv"
-    if world.main:
-        for stale in ck_dir.glob(".*.tmp"):  # temp files of a save that a crash interrupted
-            stale.unlink()
+    # 1. the state: fresh, or the checkpoint's; the run directory checked before any work
+    state = TrainState(cfg, device)
+    files = RunFiles(run_dir if world.main else None)
+    files.prepare(cfg, checkpoint_bytes=16 * count_parameters(state.model), resuming=bool(resume))
+    ck = state.resume(resume, device) if resume else {}
+    elapsed_before = files.begin(cfg, state.step)
+    elapsed_before = float(ck.get("elapsed_s", elapsed_before))  # older checkpoints: estimated from loss.csv
     if resume:
-        ck = ckpt_io.load(resume, map_location=device)
-        saved = ckpt_io.config_of(ck, str(resume))
-        compatible(saved, cfg)
-        ckpt_io.load_state(model, ck["model"], str(resume))
-        ckpt_io.load_state(ema, ck.get("ema") or ck["model"], str(resume))
-        if "optimizer" in ck:
-            opt.load_state_dict(ck["optimizer"])
-        start_step = int(ck["step"])
-        skipped = int(ck.get("skipped", 0))
-        rows = read_loss_rows(loss_csv, start_step)
-        # checkpoints from before elapsed_s was saved: estimate it from the loss rows
-        elapsed_before = float(ck["elapsed_s"]) if "elapsed_s" in ck else \
-            (elapsed_seconds(rows, tc.batch_size)[-1] if rows else 0.0)
-        log(f"resumed from {resume} at step {start_step}")
-    else:
-        if (ck_dir / "last.pt").exists():
-            raise TrainingError(f"{run_dir} already holds a run; resume it with --resume auto "
-                                "or choose another --output-dir")
-        rows = []
-        elapsed_before = 0.0
-    if world.main:
-        ckpt_io.atomic_write_text(run_dir / "config.json", cfg.to_json() + "\n")
-        _write_loss_csv(loss_csv, rows)
-    net = model
-    if world.active:
-        # gradients are averaged over ranks: with equal shards that is the global-batch gradient
-        net = torch.nn.parallel.DistributedDataParallel(model, device_ids=[device] if device.type == "cuda" else None)
-    log(f"training {cfg.model.name} ({count_parameters(model):,} parameters) on {tc.dataset} "
-        f"({n} images) for {total} steps on {device}" + (f" with {str(amp).split('.')[-1]} autocast" if amp else "")
+        log(f"resumed from {resume} at step {state.step}")
+    net = state.model
+    if world.active:  # gradients are averaged over ranks: with equal shards that is the global-batch gradient
+        net = torch.nn.parallel.DistributedDataParallel(net, device_ids=[device] if device.type == "cuda" else None)
+    log(f"training {cfg.model.name} ({count_parameters(state.model):,} parameters) on {tc.dataset} ({n} images) for "
+        f"{total} steps on {device}" + (f" with {str(amp).split('.')[-1]} autocast" if amp else "")
         + (f" on {world.size} processes" if world.active else ""))
 
-    def elapsed() -> float:  # wall time of training so far, over every resume
-        return elapsed_before + time.time() - t_start
-
-    def save(step: int, periodic: bool) -> Path:
-        last = ck_dir / "last.pt"
-        if not world.main:
-            return last
-        state = {
-            "format": ckpt_io.FORMAT, "config": cfg.to_dict(), "step": step, "epoch": step // spe,
-            "model": model.state_dict(), "ema": ema.state_dict(), "optimizer": opt.state_dict(),
-            "skipped": skipped, "torch": str(torch.__version__),
-            "elapsed_s": elapsed(),
-        }
-        ckpt_io.atomic_save(state, last)
-        if periodic:
-            ckpt_io.atomic_save(state, ck_dir / f"step_{step:07d}.pt")
-            if tc.keep_checkpoints:
-                for old in sorted(ck_dir.glob("step_*.pt"))[: -tc.keep_checkpoints]:
-                    old.unlink()
-        return last
-
-    def preview(step: int) -> None:
-        if not world.main:
-            return
-        from .sampling import generate
-        imgs = generate(ema, schedule, tc.num_samples, seed=PREVIEW_SEED, sampler=PREVIEW_SAMPLER[0],
-                        steps=PREVIEW_SAMPLER[1], clip=tc.clip, device=device, amp_dtype=amp,
-                        labels=(torch.arange(tc.num_samples, device=device) % cfg.model.num_classes
-                                if cfg.model.num_classes else None),
-                        null_label=cfg.model.num_classes, progress=False)
-        save_grid(imgs, run_dir / "samples" / f"step_{step:07d}.png")
-
-    sample_every = tc.sample_interval or spe
-    save_every = tc.save_interval or spe
-    perm_epoch, perm = -1, None
-    bar = tqdm(total=total, initial=start_step, desc="training", unit="step", disable=not progress or not world.main,
+    bar = tqdm(total=total, initial=state.step, desc="training", unit="step", disable=not progress or not world.main,
                dynamic_ncols=True)
-    t_start = time.time()
-    window_loss, window_n, window_t = 0.0, 0, time.time()
-    loss_value = float("nan")
-    step = start_step
-    last_ck = ck_dir / "last.pt"
-    model.train()
+    t_start, start_step, window = time.time(), state.step, _Window()
+    loss_value, time_up, perm, perm_epoch = float("nan"), False, None, -1
+    state.model.train()
     with _SignalCatcher() as sig:
-        time_up = False
-        while step < total and not time_up:
-            epoch, i = divmod(step, spe)
+        while state.step < total and not time_up:
+            # 2. a batch: epoch e's permutation from (seed, e), step k's draws from (seed, k)
+            epoch, i = divmod(state.step, spe)
             if epoch != perm_epoch:
                 g_epoch = torch.Generator().manual_seed(_mix(tc.seed, epoch, 1))
-                perm = torch.randperm(n, generator=g_epoch).to(device)
-                perm_epoch = epoch
-            idx = perm[i * tc.batch_size:(i + 1) * tc.batch_size]
-            g = torch.Generator(device=device).manual_seed(_mix(tc.seed, step, 2))
-            # the whole global batch's draws are made on every rank, then each keeps its shard, so
-            # N processes see exactly the images, timesteps and noise that one process would
-            t = torch.randint(0, schedule.timesteps, (tc.batch_size,), device=device, generator=g)
-            noise = torch.randn((tc.batch_size, 1, 28, 28), device=device, generator=g)
-            drop = torch.rand(tc.batch_size, device=device, generator=g) < tc.cond_drop_prob
-            shard = slice(world.rank, None, world.size)
-            idx, t, noise, drop = idx[shard], t[shard], noise[shard], drop[shard]
-            x0 = images[idx].unsqueeze(1).float() / 127.5 - 1.0
-            y = None
-            if cfg.model.num_classes:
-                y = torch.where(drop, torch.full_like(labels[idx], cfg.model.num_classes), labels[idx])
-
-            for group in opt.param_groups:
-                group["lr"] = lr_at(cfg, step, total)
-            opt.zero_grad(set_to_none=True)
-            loss = accumulate_gradients(net, schedule, x0, t, noise, y, device, amp, tc.micro_batch, tc.min_snr_gamma,
-                                        cfg.model.prediction)
+                perm_epoch, perm = epoch, torch.randperm(n, generator=g_epoch).to(device)
+            g = torch.Generator(device=device).manual_seed(_mix(tc.seed, state.step, 2))
+            batch = draw_batch(images, labels, perm[i * tc.batch_size:(i + 1) * tc.batch_size], g,
+                               timesteps=schedule.timesteps, cond_drop_prob=tc.cond_drop_prob,
+                               null_label=cfg.model.num_classes, shard=slice(world.rank, None, world.size))
+            # 3. gradients; the ranks agree on the loss and on stopping before anyone updates
+            loss = training_step(state, net, schedule, batch, lr_at(cfg, state.step, total), device, amp)
             time_up = bool(tc.time_limit) and time.time() - t_start > tc.time_limit * 60
-            loss_value, (stop, time_up) = distributed.agree(world, float(loss),
-                                                            (sig.signum is not None, time_up), device)
-            if not math.isfinite(loss_value):
-                if tc.nonfinite == "stop":
-                    raise NonFiniteLoss(f"loss became {loss_value} at step {step + 1}; the last good checkpoint "
-                                        f"({last_ck}) is kept. Lower --lr, or pass --skip-nonfinite")
-                skipped += 1  # its gradients are dropped by the next step's zero_grad
+            loss_value, (stop, time_up) = distributed.agree(world, float(loss), (sig.signum is not None, time_up),
+                                                            device)
+            if math.isfinite(loss_value):
+                apply_update(state)
+                window.add(loss_value)
+            elif tc.nonfinite == "stop":
+                raise NonFiniteLoss(f"loss became {loss_value} at step {state.step + 1}; {_what_is_kept(run_dir)}. "
+                                    "Lower --lr, or pass --skip-nonfinite")
             else:
-                if tc.grad_clip:
-                    torch.nn.utils.clip_grad_norm_(model.parameters(), tc.grad_clip)
-                opt.step()
-                ema_update(ema, model, tc.ema_decay, step)
-                window_loss += loss_value
-                window_n += 1
-            step += 1
+                state.skipped += 1  # its gradients are dropped by the next step's zero_grad
+            state.step += 1
             bar.update(1)
             if step_hook is not None:
-                step_hook(step, loss_value)
-
-            if world.main and (step % tc.log_interval == 0 or step == total):
-                dt = max(time.time() - window_t, 1e-9)
-                ips = window_n * tc.batch_size / dt
-                mean = window_loss / max(window_n, 1)
-                rows.append({"step": step, "epoch": f"{step / spe:.3f}", "loss": f"{mean:.6f}",
-                             "lr": f"{lr_at(cfg, step - 1, total):.3e}", "images_per_s": f"{ips:.1f}",
-                             "skipped": skipped, "elapsed_s": f"{elapsed():.1f}"})
-                _write_loss_csv(loss_csv, rows)
-                bar.set_postfix(loss=f"{mean:.4f}", img_s=f"{ips:.0f}")
-                window_loss, window_n, window_t = 0.0, 0, time.time()
-            done = step == total or time_up
+                step_hook(state.step, loss_value)
+            # 4. log, checkpoint, preview; stop when asked
+            step, done = state.step, state.step == total or time_up
+            if step % tc.log_interval == 0 or step == total:
+                row = window.row(cfg, step, spe, total, state.skipped, elapsed_before + time.time() - t_start)
+                files.log(row)
+                bar.set_postfix(loss=row["loss"][:6], img_s=row["images_per_s"].split(".")[0])
             if time_up and step < total:
                 log(f"time limit of {tc.time_limit:g} min reached at step {step}")
-            if step % save_every == 0 or done:
-                last_ck = save(step, periodic=step % save_every == 0)
-            if step % sample_every == 0 or done:
-                preview(step)
-                model.train()
+            periodic = step % (tc.save_interval or spe) == 0
+            if periodic or done or stop:
+                files.save(state.checkpoint(step // spe, elapsed_before + time.time() - t_start), periodic,
+                           tc.keep_checkpoints)
+            if step % (tc.sample_interval or spe) == 0 or done:
+                files.preview(state, step, device)
+                state.model.train()
             if stop and not done:
-                last_ck = save(step, periodic=False)
                 bar.close()
-                raise Interrupted(sig.signum or signal.SIGTERM, last_ck)
+                raise Interrupted(sig.signum or signal.SIGTERM, files.last)
     bar.close()
-    if step == start_step:  # nothing left to train: still leave a loadable last.pt
-        last_ck = save(step, periodic=False)
-    if world.main:
-        try:
-            from .visualize import plot_loss
-            plot_loss(loss_csv, run_dir / "loss.png")
-        except Exception as e:  # a plotting failure must not lose a finished run
-            log(f"warning: could not draw loss.png ({e})")
-    sums = tuple(distributed.gather_floats(world, distributed.weights_checksum(model), device))
-    return TrainResult(step=step, final_loss=loss_value, checkpoint=last_ck, seconds=time.time() - t_start,
-                       world_size=world.size, rank_checksums=sums)
+    if state.step == start_step:  # nothing left to train: still leave a loadable last.pt
+        files.save(state.checkpoint(state.step // spe, elapsed_before), False, 0)
+    files.finish(log)
+    sums = tuple(distributed.gather_floats(world, distributed.weights_checksum(state.model), device))
+    diff = Diffusion(state.ema, cfg, device=device, precision=tc.precision, step=state.step, ema=True)
+    return TrainResult(step=state.step, final_loss=loss_value, checkpoint=files.last, seconds=time.time() - t_start,
+                       world_size=world.size, rank_checksums=sums, diffusion=diff)
+
+
+def _split_tensors(data: Split, subset: Optional[int], batch_size: int, device: torch.device):
+    """The training images (uint8) and labels on the device: 47 MB for MNIST; batches are index gathers."""
+    images, labels = torch.as_tensor(data.images), torch.as_tensor(data.labels).long()
+    if subset is not None:
+        images, labels = images[:subset], labels[:subset]
+    if images.shape[0] < batch_size:
+        raise TrainingError(f"--batch-size {batch_size} is larger than the {images.shape[0]} training images")
+    return images.to(device), labels.to(device)
+
+
+class _Window:
+    """The loss and speed since the last loss.csv row."""
+
+    def __init__(self):
+        self.loss, self.n, self.t = 0.0, 0, time.time()
+
+    def add(self, loss: float) -> None:
+        self.loss, self.n = self.loss + loss, self.n + 1
+
+    def row(self, cfg: RunConfig, step: int, spe: int, total: int, skipped: int, elapsed: float) -> dict:
+        ips = self.n * cfg.train.batch_size / max(time.time() - self.t, 1e-9)
+        row = {"step": step, "epoch": f"{step / spe:.3f}", "loss": f"{self.loss / max(self.n, 1):.6f}",
+               "lr": f"{lr_at(cfg, step - 1, total):.3e}", "images_per_s": f"{ips:.1f}", "skipped": skipped,
+               "elapsed_s": f"{elapsed:.1f}"}
+        self.__init__()
+        return row
+
+
+def _what_is_kept(run_dir: Optional[Path]) -> str:
+    if run_dir is None:
+        return "nothing was saved (an in-memory run)"
+    last = run_dir / "checkpoints" / "last.pt"
+    return f"the last good checkpoint, {last}, is kept" if last.exists() else "no checkpoint had been written yet"
 
 
 def _silent(_msg: str) -> None:

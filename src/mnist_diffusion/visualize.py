@@ -29,15 +29,6 @@ def _save_fig(fig, path: str | os.PathLike, dpi: int = 120) -> Path:
     return atomic_write_bytes(path, buf.getvalue())
 
 
-def smooth(values: np.ndarray, weight: float = 0.9) -> np.ndarray:
-    """Exponential moving average, bias-corrected so the first points are not pulled to zero."""
-    out, acc = np.empty_like(values, dtype=np.float64), 0.0
-    for i, v in enumerate(values):
-        acc = weight * acc + (1 - weight) * v
-        out[i] = acc / (1 - weight ** (i + 1))
-    return out
-
-
 def smooth_centred(values: np.ndarray, window: int) -> np.ndarray:
     """Centred moving average of log(values) (a geometric mean over `window` points; near the
     ends the window shrinks symmetrically, so the first and last points are kept). Unlike an EMA
@@ -194,6 +185,13 @@ def plot_schedule(image_u8: np.ndarray, output, *, timesteps=DEFAULT_TIMESTEPS, 
     fig.suptitle(f"Noise schedules, T = {T}: linear (Ho et al. 2020) vs cosine (Nichol & Dhariwal 2021)",
                  fontsize=14, fontweight="bold")
     return _save_fig(fig, output)
+
+
+def one_of_each_class(labels: np.ndarray, n: int) -> list[int]:
+    """Indices of the first image of class 0, 1, 2, ... in turn, then the second of each, and so on."""
+    order = np.argsort(labels, kind="stable")
+    per_class = [order[labels[order] == c] for c in range(int(labels.max()) + 1)]
+    return [int(per_class[i % len(per_class)][i // len(per_class)]) for i in range(n)]
 
 
 def plot_forward(images_u8: np.ndarray, output, *, row_labels=None, timesteps=DEFAULT_TIMESTEPS,
@@ -362,6 +360,40 @@ def gif_timesteps(visited: list[int], num_frames: int) -> list[int]:
             break
         picked.add(v)
     return sorted(picked, reverse=True)
+
+
+def reverse_gif(trajectory, final: np.ndarray, output, *, nrow=None, caption: str = "samples") -> Path:
+    """The reverse process as a GIF: one grid per recorded x_t (a sampling.Trajectory), noisiest
+    first, then the final samples, held."""
+    from .images import grid, label_frame, save_gif
+
+    final = final[:64]
+    nrow = nrow or max(1, int(np.ceil(np.sqrt(len(final)))))
+
+    def frame(u8, text):
+        g = grid(u8, nrow=nrow).repeat(2, axis=0).repeat(2, axis=1)
+        return label_frame(g, text, height=max(18, g.shape[1] // 18))
+    seq = [frame(images, f"x_t at t = {t}") for t, images in trajectory.frames()]
+    seq.append(frame(final, f"t = 0: {caption}"))
+    save_gif(seq, output, duration_ms=90, final_hold_ms=2500, scale=1)
+    return Path(output)
+
+
+def trajectory_grids(trajectory, final: np.ndarray, out_dir, *, nrow=None) -> list[int]:
+    """One grid per recorded x_t (out_dir/step_TTTT.png), and out_dir/strip.png: a row per image
+    (the first 8), noise on the left, the final sample on the right. Returns the timesteps."""
+    from .images import grid, save_grid, save_png
+
+    out_dir = Path(out_dir)
+    columns, ts = [], []
+    for t, images in trajectory.frames():
+        save_grid(images, out_dir / f"step_{t:04d}.png", nrow=nrow)
+        columns.append(images[: min(8, len(images))])
+        ts.append(t)
+    columns.append(final[: min(8, len(final))])
+    strip = np.stack(columns, axis=1).reshape(-1, 28, 28)
+    save_png(grid(strip, nrow=len(columns)), out_dir / "strip.png", scale=2)
+    return ts
 
 
 def _run_epoch_length(run_dir: Path):

@@ -122,7 +122,8 @@ class UNet(nn.Module):
             for block in blocks:
                 h = block(torch.cat([h, skips.pop()], dim=1), emb)
             if not isinstance(up, nn.Identity):
-                h = up(F.interpolate(h, scale_factor=2, mode="nearest"))
+                # to the size of the skip it meets next: 7 -> 14, but 4 -> 7 when a fourth level halved 7
+                h = up(F.interpolate(h, size=skips[-1].shape[-2:], mode="nearest"))
         return self.conv_out(F.silu(self.norm_out(h)))
 
 

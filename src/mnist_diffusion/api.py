@@ -1,0 +1,56 @@
+"""The library's front door: train a model, score images, read a dataset, each in one call.
+
+`mnist_diffusion.train` and `mnist_diffusion.evaluate` are these functions; `load` and the
+`Diffusion` object live in diffusion.py. Everything the command line does goes through the same
+modules, so a Python user and the CLI get the same bytes from the same seed.
+"""
+from __future__ import annotations
+
+import os
+from typing import Callable, Optional, Sequence, Union
+
+import numpy as np
+
+from .config import RunConfig, preset
+from .data import Split
+from .diffusion import Diffusion
+
+
+def load_dataset(dataset: str = "mnist", split: str = "train", data_dir: Optional[str] = None) -> Split:
+    """A verified split of a built-in dataset (data.prepare: cache, packaged copies, mirrors)."""
+    from .data import DataError, prepare
+    splits = prepare(dataset, data_dir=data_dir, log=lambda _m: None)
+    if split not in splits:
+        raise DataError(f"unknown split {split!r}; choose from {', '.join(splits)}")
+    return splits[split]
+
+
+def train(config: Union[RunConfig, str] = "quick", dataset: Union[str, Split, None] = None, *,
+          output_dir: Optional[str | os.PathLike] = None, resume: Optional[str] = None, progress: bool = True,
+          log: Callable[[str], None] = lambda _m: None, **train_options) -> Diffusion:
+    """Train a model and return it (EMA weights) as a `Diffusion`.
+
+    `config`: a RunConfig or a preset name. `dataset`: a built-in name (default: the config's) or
+    a Split of uint8 (N, 28, 28) images and labels. `train_options` override the config's train
+    section (e.g. max_steps=200, seed=1). With `output_dir` the run is written there as `train`
+    writes it (checkpoints, previews, loss.csv) and can be resumed; without, nothing is written."""
+    from .training import train as train_loop
+
+    cfg = preset(config) if isinstance(config, str) else config
+    changes = dict(train_options)
+    if isinstance(dataset, str):
+        changes["dataset"] = dataset
+    if changes:
+        cfg = cfg.replace(train=changes)
+    data = dataset if isinstance(dataset, Split) else load_dataset(cfg.train.dataset)
+    result = train_loop(cfg, data, output_dir, resume=resume, progress=progress, log=log)
+    return result.diffusion
+
+
+def evaluate(images: np.ndarray, dataset: str = "mnist", *, labels: Optional[Sequence[int]] = None, seed: int = 0,
+             progress: bool = False) -> dict:
+    """Score uint8 (N, 28, 28) images against `dataset`'s test split with the shipped evaluator: FID
+    and its floor, precision/recall, recognizability, class balance, and with `labels` (the class
+    each image was asked for) label accuracy. The same dict `evaluate --json` writes."""
+    from .evaluation import evaluate_images
+    return evaluate_images(np.asarray(images), dataset, seed=seed, labels=labels, progress=progress)

@@ -1,0 +1,267 @@
+"""The `Diffusion` object: a trained network with everything that always travels with it.
+
+A network alone cannot be sampled: it needs its schedule, what it predicts (eps or v), how many
+classes it knows and which label means "none", and the device and precision it runs at. This
+object holds them together and offers what every caller needs — the noise prediction with
+guidance, the training loss, sampling with any sampler, inversion and interpolation — so no
+caller rebuilds a schedule or passes a null label by hand.
+
+    diff = Diffusion.load("runs/quick/checkpoints/last.pt")
+    images = diff.sample(16, label=7, guidance=0.5, sampler="dpmpp", steps=20, seed=0)
+
+Not here: the equations (schedule.py), the sampler loops (samplers.py), batching and resumable
+image sets (sampling.py, partial.py), the training loop (training.py).
+"""
+from __future__ import annotations
+
+import os
+from typing import Optional, Sequence, Union
+
+import numpy as np
+import torch
+
+from .config import RunConfig
+from .device import autocast, resolve_device, resolve_precision
+from .schedule import Schedule, diffusion_loss, eps_from_output, guidance_mix, make_schedule
+
+Label = Union[None, int, str, Sequence[int], torch.Tensor]
+
+
+class Diffusion:
+    """A noise-prediction network, its schedule and its conditioning, on one device.
+
+    `model` maps (x_t, t[, y]) to the network's output (eps or v, as `config.model.prediction`
+    says); y = `null_label` (or no y at all) is the unconditional prediction. `precision` is the
+    autocast of sampling: "auto" (bf16 on CPU and CUDA), "fp32", "bf16" or "fp16"."""
+
+    def __init__(self, model: torch.nn.Module, config: RunConfig, *, device="cpu", precision: str = "auto",
+                 source: Optional[str] = None, source_sha256: Optional[str] = None, step: Optional[int] = None,
+                 ema: Optional[bool] = None):
+        self.device = resolve_device(device) if isinstance(device, str) else torch.device(device)
+        self.model = model.to(self.device).eval()
+        self.config = config
+        self.schedule: Schedule = make_schedule(config.diffusion.schedule, config.diffusion.timesteps)
+        self.precision = precision
+        self.amp = resolve_precision(precision, self.device)
+        self.source = source  # the file it was loaded from, if any
+        self.source_sha256 = source_sha256  # the SHA-256 of the bytes that were loaded
+        self.step = step  # training steps behind the weights, when known
+        self.ema = ema  # True: the EMA weights of a checkpoint; False: its raw weights; None: not from one
+
+    # -----------------------------------------------------------------------------------------
+    # construction
+
+    @classmethod
+    def load(cls, path: str | os.PathLike, *, device="auto", precision: str = "auto",
+             use_ema: bool = True) -> "Diffusion":
+        """A checkpoint written by `train` (EMA weights unless use_ema=False)."""
+        from .checkpoint import load_model
+        device = resolve_device(device) if isinstance(device, str) else device
+        model, cfg, ckpt = load_model(path, device=device, use_ema=use_ema)
+        return cls(model, cfg, device=device, precision=precision, source=str(path),
+                   source_sha256=ckpt["sha256"], step=int(ckpt["step"]), ema=use_ema and ckpt.get("ema") is not None)
+
+    @classmethod
+    def new(cls, config: RunConfig, *, device="cpu", precision: str = "auto", seed: int = 0) -> "Diffusion":
+        """An untrained network of `config`, its weights drawn from `seed`."""
+        from .models import build_model
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            model = build_model(config.model, config.diffusion.timesteps)
+        return cls(model, config, device=device, precision=precision)
+
+    # -----------------------------------------------------------------------------------------
+    # what travels with the network
+
+    @property
+    def prediction(self) -> str:
+        return self.config.model.prediction
+
+    @property
+    def num_classes(self) -> Optional[int]:
+        return self.config.model.num_classes
+
+    @property
+    def null_label(self) -> Optional[int]:
+        """The label that means "no label" (classifier-free guidance's null token), or None."""
+        return self.config.model.num_classes
+
+    @property
+    def timesteps(self) -> int:
+        return self.schedule.timesteps
+
+    @property
+    def dataset(self) -> str:
+        return self.config.train.dataset
+
+    def __repr__(self) -> str:
+        m = self.config.model
+        cond = f"{m.num_classes} classes" if m.num_classes else "unconditional"
+        return (f"Diffusion({m.name}, {cond}, predicts {m.prediction}, T={self.timesteps} "
+                f"{self.config.diffusion.schedule}, {self.config.train.dataset}, on {self.device})")
+
+    # -----------------------------------------------------------------------------------------
+    # labels: the one place that decides what a label request means
+
+    def labels(self, label: Label, num_images: int) -> Optional[torch.Tensor]:
+        """A label request -> one class per image (or None for the unconditional model's path).
+
+        None: no labels. An int K: every image a K. "all": the same number of each class in
+        order (0, 0, ..., 1, 1, ...), num_images a multiple of the classes. A sequence or tensor:
+        one label per image. Requests the model cannot honour are a one-line ValueError."""
+        if label is None:
+            return None
+        if not self.num_classes:
+            raise ValueError(f"label {label!r}: this is an unconditional model (train with --conditional "
+                             "for class labels)")
+        if isinstance(label, str):
+            if label != "all":
+                raise ValueError(f"label must be a class number, 'all' or one label per image, got {label!r}")
+            if num_images % self.num_classes:
+                raise ValueError(f"label 'all' draws the same number of each of the {self.num_classes} classes: "
+                                 f"{num_images} images is not a multiple of {self.num_classes}")
+            labels = torch.arange(self.num_classes).repeat_interleave(num_images // self.num_classes)
+        elif isinstance(label, (int, np.integer)):
+            labels = torch.full((num_images,), int(label), dtype=torch.long)
+        else:
+            labels = torch.as_tensor(np.asarray(label)).long()
+        self.check_labels(labels, num_images)
+        return labels
+
+    def check_labels(self, labels: Optional[torch.Tensor], num_images: Optional[int] = None,
+                     guidance: float = 0.0) -> None:
+        """Reject label requests the model cannot honour (one-line ValueError)."""
+        if guidance < 0:
+            raise ValueError(f"guidance must be >= 0, got {guidance}")
+        if labels is None:
+            if guidance != 0.0:
+                raise ValueError("guidance needs labels (classifier-free guidance steers towards a class)")
+            return
+        if self.null_label is None:
+            raise ValueError("labels need a class-conditional model; this one was trained without --conditional")
+        if labels.ndim != 1 or (num_images is not None and labels.shape[0] != num_images):
+            raise ValueError(f"labels must be a 1-D tensor with one label per image, got shape {tuple(labels.shape)}")
+        if labels.numel() and (int(labels.min()) < 0 or int(labels.max()) >= self.null_label):
+            bad = int(labels.max()) if int(labels.max()) >= self.null_label else int(labels.min())
+            raise ValueError(f"label {bad} is outside the model's classes 0..{self.null_label - 1}")
+
+    # -----------------------------------------------------------------------------------------
+    # the network as the samplers see it
+
+    def eps_fn(self, labels: Optional[torch.Tensor] = None, guidance: float = 0.0):
+        """eps_fn(x_t, t) -> eps for the samplers, under the sampling precision's autocast. With
+        labels and guidance w, classifier-free guidance mixes the conditional and unconditional
+        outputs (schedule.guidance_mix; w = 0 is plain conditional sampling); labels=None is the
+        unconditional path. A v-predicting network's output is turned into eps (eps_from_output)."""
+        model, amp, schedule, prediction, null = self.model, self.amp, self.schedule, self.prediction, self.null_label
+
+        def raw(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+            with autocast(x.device, amp):
+                if labels is None:
+                    return model(x, t).float()
+                y = labels.to(x.device)
+                if guidance == 0.0:
+                    return model(x, t, y).float()
+                both = model(torch.cat([x, x]), torch.cat([t, t]), torch.cat([y, torch.full_like(y, null)])).float()
+                cond, uncond = both.chunk(2)
+                return guidance_mix(cond, uncond, guidance)
+
+        def eps_fn(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+            return eps_from_output(schedule, prediction, x, t, raw(x, t))
+
+        return eps_fn
+
+    def loss(self, x0: torch.Tensor, t: torch.Tensor, noise: torch.Tensor, labels: Optional[torch.Tensor] = None,
+             *, min_snr_gamma: Optional[float] = None, net=None) -> torch.Tensor:
+        """The training loss of a batch (schedule.diffusion_loss) with this network's parameterisation;
+        min_snr_gamma defaults to the run's. `net` is the module to call, e.g. its DDP wrapper."""
+        gamma = self.config.train.min_snr_gamma if min_snr_gamma is None else min_snr_gamma
+        return diffusion_loss(net or self.model, self.schedule, x0, t, noise, labels, gamma, self.prediction)
+
+    # -----------------------------------------------------------------------------------------
+    # sampling
+
+    def sample(self, num_images: Optional[int] = None, *, label: Label = None, guidance: float = 0.0,
+               sampler: str = "ddpm", steps: Optional[int] = None, eta: float = 0.0, spacing: Optional[str] = None,
+               clip: bool = True, seed: int = 0, batch_size: int = 256, progress: bool = False,
+               callback=None) -> np.ndarray:
+        """Draw images: uint8 (N, 28, 28), 0 = background. Image i depends only on (seed, i), never on
+        the batch size. `label`: see `labels` (default num_images: 64, or 10 per class with "all");
+        `guidance` W needs labels. Samplers: "ddpm" (ancestral; fewer `steps` than T respaces it),
+        "ddim" (eta = 0 deterministic) and "dpmpp" (DPM-Solver++(2M)); each has a default step count
+        and spacing (samplers.DEFAULT_STEPS / DEFAULT_SPACING). `callback(start, i, t, x_t, x0)` sees
+        every network evaluation (sampling.Trajectory records frames with it)."""
+        from .sampling import SamplerOptions, generate
+        if num_images is None:
+            num_images = 10 * self.num_classes if label == "all" and self.num_classes else 64
+        options = SamplerOptions(sampler=sampler, steps=steps, eta=eta, spacing=spacing, clip=clip, guidance=guidance)
+        return generate(self, num_images, options, labels=self.labels(label, num_images), seed=seed,
+                        batch_size=batch_size, progress=progress, callback=callback)
+
+    def sample_tensor(self, num_images: int, *, label: Label = None, seed: int = 0, batch_size: int = 256,
+                      **options) -> torch.Tensor:
+        """As `sample`, but the float images in [-1, 1], (N, 1, 28, 28), before rounding to uint8."""
+        from .sampling import SamplerOptions, sample_batches
+        opts = SamplerOptions(**options)
+        parts = [x.float().cpu() for _, x in sample_batches(self, num_images, opts, labels=self.labels(label, num_images),
+                                                            seed=seed, batch_size=batch_size)]
+        return torch.cat(parts)
+
+    @torch.no_grad()
+    def invert(self, images: torch.Tensor, *, steps: Optional[int] = 50, spacing: str = "uniform",
+               labels: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """Deterministic DDIM inversion: images in [-1, 1], (N, 1, 28, 28) -> the noise x_T that
+        `decode` (DDIM, eta = 0, same steps) maps back to (approximately) the same images."""
+        from .samplers import ddim_invert
+        self.check_labels(labels)
+        return ddim_invert(self.eps_fn(labels), self.schedule, images.to(self.device), steps=steps, spacing=spacing)
+
+    @torch.no_grad()
+    def decode(self, x_T: torch.Tensor, *, steps: Optional[int] = 50, spacing: str = "uniform", clip: bool = True,
+               labels: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """Deterministic DDIM (eta = 0) from given noise. Without clipping it is the exact inverse of
+        `invert` up to discretisation error, but only for an exact eps: at t = T-1 the x0-prediction
+        divides the network's error by sqrt(a_{T-1}) (~5e-5 for the cosine schedule), and a trained
+        model's unclipped trajectory can diverge. Clipping (the default) keeps it on the data range;
+        measured on a quick-preset MNIST model, the 50-step round trip error was 7/255 with clipping
+        and 49/255 without."""
+        from .samplers import ddim
+        self.check_labels(labels)
+        return ddim(self.eps_fn(labels), self.schedule, x_T.to(self.device), steps=steps, eta=0.0, spacing=spacing,
+                    clip=clip)
+
+    @torch.no_grad()
+    def interpolate(self, z0: torch.Tensor, z1: torch.Tensor, frames: int, *, steps: Optional[int] = 50,
+                    spacing: str = "uniform", clip: bool = True) -> torch.Tensor:
+        """Images along the great circle between two noises z0, z1 (each (1, 1, 28, 28)): slerp at
+        `frames` evenly spaced fractions, then deterministic DDIM. Returns (frames, 1, 28, 28) in [-1, 1];
+        frame 0 decodes z0 and the last frame z1."""
+        from .samplers import slerp
+        if frames < 2:
+            raise ValueError(f"interpolation needs at least 2 frames, got {frames}")
+        alphas = torch.linspace(0, 1, frames, dtype=torch.float64).tolist()
+        zs = torch.cat([slerp(z0, z1, a) for a in alphas])
+        return self.decode(zs, steps=steps, spacing=spacing, clip=clip)
+
+    @torch.no_grad()
+    def interpolate_between(self, ends, frames: int, *, steps: Optional[int] = 50, spacing: str = "uniform",
+                            clip: bool = True) -> torch.Tensor:
+        """`interpolate` between two seeds (the noise of image 0 of `sample(seed=A)` and of
+        `sample(seed=B)`) or two real images (uint8 (2, 28, 28), inverted to noise with `invert`)."""
+        from .data import to_model_range
+        if isinstance(ends, (list, tuple)) and all(isinstance(v, (int, np.integer)) for v in ends):
+            z0, z1 = (self.noise(int(seed)) for seed in ends)
+        else:
+            z = self.invert(to_model_range(np.asarray(ends)).to(self.device), steps=steps, spacing=spacing)
+            z0, z1 = z[:1], z[1:]
+        return self.interpolate(z0, z1, frames, steps=steps, spacing=spacing, clip=clip)
+
+    def noise(self, seed: int, num_images: int = 1, first_index: int = 0) -> torch.Tensor:
+        """The x_T that `sample(seed=seed)` starts images first_index.. from, (N, 1, 28, 28)."""
+        from .samplers import PerImageNoise
+        return PerImageNoise(seed, num_images, device=self.device, first_index=first_index).initial((1, 28, 28))
+
+
+def load(source: str | os.PathLike, **kwargs) -> Diffusion:
+    """`Diffusion.load`: a checkpoint written by `train`."""
+    return Diffusion.load(source, **kwargs)

@@ -1,0 +1,199 @@
+"""The Diffusion object: classifier-free guidance, the label rules, v-prediction through eps,
+inversion and interpolation, and the six-line API of the README.
+
+The networks are tiny U-Nets with random (seeded) weights: these tests check the wiring and the
+closed forms of guidance, not image quality, so no training is needed.
+"""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from mnist_diffusion.config import ModelConfig, RunConfig
+from mnist_diffusion.diffusion import Diffusion
+from mnist_diffusion.models import build_model
+from mnist_diffusion.samplers import PerImageNoise, ddim, ddim_invert, run_sampler, slerp
+from mnist_diffusion.schedule import make_schedule
+
+C = 10
+
+
+def random_unet(num_classes=C, seed=0):
+    model = build_model(ModelConfig(base_dim=8, channel_mults=(1, 2), num_res_blocks=1, num_classes=num_classes))
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():  # zero-initialised layers (block outputs, conv_out) get small random weights
+        for p in model.parameters():  # so that eps depends on (x, t, y)
+            if p.ndim > 1 and not p.any():
+                p.copy_(torch.randn(p.shape, generator=g) * 0.02)
+    return model.eval()
+
+
+def wrap(model, num_classes=C, T=20, schedule="cosine", prediction="eps") -> Diffusion:
+    """Any network as a Diffusion: what travels with it is set in the config, nowhere else."""
+    cfg = RunConfig.from_dict({"model": {"base_dim": 8, "channel_mults": [1, 2], "num_res_blocks": 1,
+                                         "num_classes": num_classes, "prediction": prediction},
+                               "diffusion": {"timesteps": T, "schedule": schedule}})
+    return Diffusion(model, cfg, device="cpu", precision="fp32")
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    """Tiny networks: with 2 threads on a busy shared CPU, thread hand-offs cost more than the
+    convolutions (measured: 2 s vs 10 ms per forward under load), so these tests use one."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+@pytest.fixture(scope="module")
+def cond():
+    return wrap(random_unet())
+
+
+@pytest.fixture(scope="module")
+def uncond():
+    return wrap(random_unet(num_classes=None, seed=1), num_classes=None)
+
+
+def _xt(n=4, seed=2):
+    g = torch.Generator().manual_seed(seed)
+    return torch.randn(n, 1, 28, 28, generator=g), torch.randint(0, 20, (n,), generator=g)
+
+
+def test_guidance_closed_form(cond):
+    """eps = eps(x, null) + (1 + w) (eps(x, y) - eps(x, null)): w = 0 is the conditional model."""
+    x, t = _xt()
+    y = torch.tensor([0, 3, 7, 9])
+    c = cond.model(x, t, y)
+    u = cond.model(x, t, torch.full_like(y, C))
+    assert not torch.allclose(c, u)  # the label matters, so the checks below mean something
+    assert torch.allclose(cond.eps_fn(y, 0.0)(x, t), c, atol=1e-6)
+    for w in [0.5, 3.0]:
+        assert torch.allclose(cond.eps_fn(y, w)(x, t), u + (1 + w) * (c - u), atol=1e-5)
+
+
+def test_no_labels_is_the_unconditional_path(cond, uncond):
+    x, t = _xt()
+    assert cond.null_label == C and uncond.null_label is None
+    assert torch.allclose(cond.eps_fn()(x, t), cond.model(x, t, torch.full((4,), C)))
+    assert torch.allclose(uncond.eps_fn()(x, t), uncond.model(x, t))
+
+
+def test_sample_w0_equals_conditional_and_none_equals_null(cond):
+    """sample() end to end against the same sampler fed the network directly."""
+    y = torch.tensor([1, 2, 3])
+
+    def direct(labels):
+        noise = PerImageNoise(5, 3)
+        return run_sampler("ddim", lambda x, t: cond.model(x, t, labels), cond.schedule, noise.initial((1, 28, 28)),
+                           noise, steps=5, eta=0.5)
+
+    kw = dict(seed=5, sampler="ddim", steps=5, eta=0.5)
+    assert torch.allclose(cond.sample_tensor(3, label=y, guidance=0.0, **kw), direct(y), atol=1e-5)
+    assert torch.allclose(cond.sample_tensor(3, **kw), direct(torch.full((3,), C)), atol=1e-5)
+    assert not torch.allclose(cond.sample_tensor(3, label=y, guidance=2.0, **kw), direct(y), atol=1e-3)
+
+
+def test_label_requests(cond, uncond):
+    assert cond.labels(None, 4) is None
+    assert cond.labels(7, 3).tolist() == [7, 7, 7]
+    assert cond.labels("all", 20).tolist() == [c for c in range(10) for _ in range(2)]
+    assert cond.labels([1, 2], 2).tolist() == [1, 2]
+    for label, n, words in [(10, 2, "outside the model's classes 0..9"), ([-1, 0], 2, "outside"),
+                            ([1, 2], 3, "one label per image"), ("all", 15, "not a multiple of 10"),
+                            ("seven", 2, "a class number, 'all'")]:
+        with pytest.raises(ValueError, match=words):
+            cond.labels(label, n)
+    with pytest.raises(ValueError, match="unconditional model"):
+        uncond.labels(1, 2)
+    with pytest.raises(ValueError, match="guidance needs labels"):
+        cond.sample(2, guidance=1.0, sampler="ddim", steps=2)
+    with pytest.raises(ValueError, match="guidance must be >= 0"):
+        cond.sample(2, label=1, guidance=-1.0, sampler="ddim", steps=2)
+    assert cond.sample(label="all", sampler="ddim", steps=1).shape == (100, 28, 28)  # 10 of each class
+
+
+class _VOracle(torch.nn.Module):
+    """Outputs the true v for a known x0: v = (sqrt(a_t) x_t - x0) / sqrt(1 - a_t)."""
+
+    def __init__(self, schedule, x0):
+        super().__init__()
+        self.s, self.x0 = schedule, x0
+
+    def forward(self, x, t):
+        a = self.s.alpha_bar[t].view(-1, 1, 1, 1).to(x.dtype)
+        return (a.sqrt() * x - self.x0) / (1 - a).sqrt()
+
+
+def test_a_v_model_samples_through_eps_and_recovers_x0():
+    from mnist_diffusion.schedule import q_sample
+    s = make_schedule("cosine", 200)
+    g = torch.Generator().manual_seed(0)
+    x0 = torch.rand(3, 1, 4, 4, generator=g, dtype=torch.float64) * 2 - 1
+    x_T = q_sample(s, x0, torch.full((3,), 199), torch.randn(x0.shape, generator=g, dtype=torch.float64))
+    diff = wrap(_VOracle(s, x0), num_classes=None, T=200, prediction="v")
+    assert diff.prediction == "v" and not hasattr(diff.model, "prediction")  # held by the object, not patched on
+    for steps in (1, 7, 50):
+        out = ddim(diff.eps_fn(), s, x_T, steps=steps, clip=False)
+        assert torch.allclose(out, x0, atol=1e-5, rtol=0)
+
+
+class GaussianDenoiser(torch.nn.Module):
+    """A 'network' with the exact eps of data ~ N(0.5, 0.3^2) per pixel (see test_samplers.py)."""
+
+    def __init__(self, schedule, mu=0.5, sd=0.3):
+        super().__init__()
+        self.ab, self.mu, self.sd = schedule.alpha_bar, mu, sd
+
+    def forward(self, x, t, y=None):
+        a = self.ab[t].to(x.dtype).reshape(-1, 1, 1, 1)
+        return (1 - a).sqrt() * (x - a.sqrt() * self.mu) / (a * self.sd ** 2 + 1 - a)
+
+
+def test_invert_and_decode_are_ddim_run_both_ways(uncond):
+    x0 = torch.rand(2, 1, 28, 28, generator=torch.Generator().manual_seed(4)) * 2 - 1
+    eps_fn, sched = uncond.eps_fn(), uncond.schedule
+    z = uncond.invert(x0, steps=4)
+    assert torch.allclose(z, ddim_invert(eps_fn, sched, x0, steps=4), atol=1e-6)
+    assert torch.allclose(uncond.decode(z, steps=4), ddim(eps_fn, sched, z, steps=4, clip=True), atol=1e-6)
+    assert torch.allclose(uncond.decode(z, steps=4, clip=False), ddim(eps_fn, sched, z, steps=4, clip=False),
+                          rtol=1e-4, atol=1e-4)
+
+
+def test_invert_decode_round_trip_with_an_exact_denoiser():
+    diff = wrap(GaussianDenoiser(make_schedule("linear", 200)), num_classes=None, T=200, schedule="linear")
+    x0 = (0.5 + 0.3 * torch.randn(2, 1, 28, 28, generator=torch.Generator().manual_seed(4))).double()
+    errs = []
+    for steps in [10, 100]:
+        z = diff.invert(x0, steps=steps)
+        errs.append(float((diff.decode(z, steps=steps, clip=False) - x0).abs().max()))
+    assert errs[1] < errs[0] / 4 and errs[1] < 0.1, errs  # first order: error ~ 1/steps
+
+
+def test_interpolate_endpoints_and_determinism(uncond):
+    g = torch.Generator().manual_seed(6)
+    z0, z1 = torch.randn(2, 1, 1, 28, 28, generator=g)
+    frames = uncond.interpolate(z0, z1, 5, steps=4)
+    assert frames.shape == (5, 1, 28, 28)
+    ends = uncond.decode(torch.cat([z0, z1]), steps=4)
+    assert torch.allclose(frames[[0, -1]], ends, rtol=1e-4, atol=1e-4)  # batch of 5 vs 2: float rounding
+    mid = uncond.decode(slerp(z0, z1, 0.5), steps=4)
+    assert torch.allclose(frames[2:3], mid, rtol=1e-4, atol=1e-4)
+    assert torch.equal(frames, uncond.interpolate(z0, z1, 5, steps=4))
+    with pytest.raises(ValueError, match="2 frames"):
+        uncond.interpolate(z0, z1, 1)
+    # between seeds: the noises sample() starts image 0 of each seed from
+    assert torch.equal(uncond.interpolate_between([3, 4], 2, steps=4),
+                       uncond.interpolate(uncond.noise(3), uncond.noise(4), 2, steps=4))
+
+
+def test_loss_is_the_schedules_loss_with_the_networks_parameterisation(cond):
+    from mnist_diffusion.schedule import diffusion_loss
+    g = torch.Generator().manual_seed(1)
+    x0, noise = torch.rand(3, 1, 28, 28, generator=g) * 2 - 1, torch.randn(3, 1, 28, 28, generator=g)
+    t, y = torch.tensor([0, 5, 19]), torch.tensor([1, 2, C])
+    assert torch.equal(cond.loss(x0, t, noise, y), diffusion_loss(cond.model, cond.schedule, x0, t, noise, y))
+    assert torch.equal(cond.loss(x0, t, noise, y, min_snr_gamma=5.0),
+                       diffusion_loss(cond.model, cond.schedule, x0, t, noise, y, 5.0))
