@@ -47,3 +47,8 @@ def atomic_write_bytes(path: str | os.PathLike, payload: bytes) -> Path:
 
 def atomic_write_text(path: str | os.PathLike, text: str) -> Path:
     return atomic_write_bytes(path, text.encode("utf-8"))
+
+
+def atomic_write_json(path: str | os.PathLike, obj) -> Path:
+    import json
+    return atomic_write_text(path, json.dumps(obj, indent=2) + "\n")

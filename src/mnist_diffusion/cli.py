@@ -1,7 +1,8 @@
 """The `mnist-diffusion` command line: parse the options, make one library call, print the result.
 
-Training options come from the config dataclasses (config.options(): help text, flag, kind of
-number, whether they may change on resume), so adding an option is one edit in config.py. Every
+Training and sampler options come from their dataclasses (config.option metadata: help text, flag,
+kind of number, whether they may change on resume; options.py turns them into argparse options),
+so adding an option is one edit beside the field it sets. Every
 expected failure (bad option, bad file, interrupted run) ends as one line on stderr and a non-zero
 exit; `--debug` shows the traceback instead.
 """
@@ -14,13 +15,15 @@ import typing
 from pathlib import Path
 from typing import Callable
 
-from .config import DATASETS, SCHEDULES, ConfigError
+from .atomic import atomic_write_json
+from .config import SCHEDULES, ConfigError
+from .options import (add_dataset, add_device, add_fields, dataclass_fields, int_list, label_arg, nonneg_int,
+                      positive_int, two_ints, unit_float)
+from .outputs import check_output
 
 EXIT_ERROR = 2
 # name -> (help text, add_arguments(parser), run(args) -> exit code); filled by @command below
 COMMANDS: dict[str, tuple[str, Callable, Callable]] = {}
-DEVICES = ("auto", "cpu", "cuda", "mps")
-PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 
 
 def command(name: str, help: str, add_arguments: Callable[[argparse.ArgumentParser], None]):
@@ -35,86 +38,10 @@ def _info(msg: str) -> None:
 
 
 # ---------------------------------------------------------------------------------------------
-# argument types: reject nonsense at parse time with a message naming the option
-
-def _number(parse, ok, describe: str, limit=None):
-    """An argparse type: parse, then check; messages name what was expected and what came."""
-    def check(text: str):
-        try:
-            v = parse(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"expected {describe}, got {text!r}") from None
-        if limit is not None and v > limit:
-            raise argparse.ArgumentTypeError(f"{v} is unreasonably large")
-        if not ok(v):
-            raise argparse.ArgumentTypeError(f"expected {describe}, got {text}")
-        return v
-    check.__name__ = describe.split()[-1]  # argparse names the type in some messages
-    return check
-
-
-_INF = float("inf")
-positive_int = _number(int, lambda v: v > 0, "a positive integer", limit=10**9)
-nonneg_int = _number(int, lambda v: v >= 0, "a non-negative integer", limit=10**9)
-positive_float = _number(float, lambda v: 0 < v < _INF, "a positive finite number")
-nonneg_float = _number(float, lambda v: 0 <= v < _INF, "a non-negative finite number")
-unit_float = _number(float, lambda v: 0 <= v < 1, "a number in [0, 1)")
-NUMBER_TYPES = {(int, "positive"): positive_int, (int, "nonneg"): nonneg_int, (float, "positive"): positive_float,
-                (float, "nonneg"): nonneg_float, (float, "unit"): unit_float}
-
-
-def int_list(text: str) -> list[int]:
-    try:
-        vals = [int(v) for v in text.split(",") if v.strip()]
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from None
-    if not vals or any(v < 0 for v in vals):
-        raise argparse.ArgumentTypeError(f"expected comma-separated non-negative integers, got {text!r}")
-    return vals
-
-
-def label_arg(text: str):
-    if text == "all":
-        return "all"
-    try:
-        v = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a class number or 'all', got {text!r}") from None
-    if v < 0:
-        raise argparse.ArgumentTypeError(f"expected a class number >= 0 or 'all', got {v}")
-    return v
-
-
-def two_ints(text: str) -> tuple[int, int]:
-    vals = int_list(text)
-    if len(vals) != 2:
-        raise argparse.ArgumentTypeError(f"expected two comma-separated integers A,B, got {text!r}")
-    return vals[0], vals[1]
-
-
-def _check_output(path, option: str = "--output", suffix: str | None = None) -> None:
-    p = Path(path)
-    if p.is_dir():
-        raise ConfigError(f"{option} {p} is a directory")
-    if p.parent.exists() and not p.parent.is_dir():
-        raise ConfigError(f"{option} {p}: {p.parent} is a file, not a directory")
-    if suffix and p.suffix.lower() != suffix:
-        raise ConfigError(f"{option} {p}: expected a {suffix} file")
-
-
-def _write_json(path, obj) -> None:
-    import json
-
-    from .atomic import atomic_write_text
-    atomic_write_text(path, json.dumps(obj, indent=2) + "\n")
-
-
-# ---------------------------------------------------------------------------------------------
 # data
 
 def _add_data(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--dataset", choices=DATASETS, default="mnist")
-    p.add_argument("--data-dir", help="folder with the standard IDX files (tried first)")
+    add_dataset(p)
     p.add_argument("--no-download", action="store_true", help="never download from the mirrors")
 
 
@@ -131,25 +58,6 @@ def cmd_data(args) -> int:
 # ---------------------------------------------------------------------------------------------
 # train
 
-def _add_config_options(p: argparse.ArgumentParser) -> None:
-    """One option per config field (config.options()), typed from its annotation and metadata."""
-    from .config import flag_of, options
-    for section, f, hint in options():
-        meta, flag = f.metadata, flag_of(f)
-        kw = dict(dest=f"{section}.{f.name}", help=meta["help"])
-        if hint is bool:  # default-on switches: --no-clip, --no-lr-decay
-            p.add_argument(flag, action="store_const", const=False, **kw)
-        elif f.name == "nonfinite":
-            p.add_argument(flag, action="store_const", const="skip", **kw)
-        elif typing.get_origin(hint) is tuple:
-            p.add_argument(flag, type=int_list, **kw)
-        elif meta["choices"]:
-            p.add_argument(flag, choices=meta["choices"], **kw)
-        else:
-            p.add_argument(flag, type=NUMBER_TYPES.get((hint, meta["kind"]), hint),
-                           metavar="MIN" if f.name == "time_limit" else None, **kw)
-
-
 def _add_train(p: argparse.ArgumentParser) -> None:
     p.add_argument("--preset", choices=["quick", "default"], default=None,
                    help="starting configuration (default: 'default'); other options override it")
@@ -160,17 +68,20 @@ def _add_train(p: argparse.ArgumentParser) -> None:
     cond.add_argument("--conditional", action="store_true", help="class-conditional model (classifier-free guidance)")
     cond.add_argument("--unconditional", action="store_true",
                       help="no class labels, even where the preset is conditional (the quick preset is)")
-    _add_config_options(p)
+    from .config import SECTIONS
+    for section, klass in SECTIONS.items():  # one option per config field: config.option metadata
+        add_fields(p, [(f, hint) for f, hint in dataclass_fields(klass) if f.metadata["cli"]], prefix=section + ".")
     p.add_argument("--resume", help="checkpoint to resume from, or 'auto' for the newest good one in --output-dir")
     p.add_argument("--dry-run", action="store_true", help="print the resolved config and exit")
     p.add_argument("--no-progress", action="store_true")
 
 
 def train_config(args):
-    """Preset, --config or the checkpoint first, then the options given; the same resume rule as
-    the library (config.check_resume). Returns (config, run directory, checkpoint to resume)."""
+    """Preset, --config or the checkpoint first, then the options given (config.resolve, the same
+    resume rule as the library). Returns (config, run directory, checkpoint to resume or None)."""
     from . import checkpoint as ckpt_io
-    from .config import RunConfig, check_preset, check_resume, preset
+    from .config import RunConfig, preset, resolve
+    from .models import default_config
 
     run_dir, resume = Path(args.output_dir) if args.output_dir else None, args.resume
     if resume == "auto":
@@ -190,33 +101,16 @@ def train_config(args):
             raise ConfigError(f"cannot read --config {args.config}: {e.strerror}") from None
     else:
         base = preset(args.preset or "default")
-    changes: dict[str, dict] = {"model": {}, "diffusion": {}, "train": {}}
-    name = getattr(args, "model.name")
-    if name and name != base.model.name and not resume:
-        # another network: start from its canonical size, then apply the explicit options
-        from .models import default_config
-        keep = ("num_classes", "prediction")  # what the data and loss decide, not the network's size
-        changes["model"] = {k: v for k, v in default_config(name).__dict__.items() if k not in keep}
-    for dest, value in vars(args).items():
-        if "." in dest and value is not None:
-            section, key = dest.split(".")
-            changes[section][key] = value
-    if args.conditional or args.unconditional:
-        changes["model"]["num_classes"] = 10 if args.conditional else None
-    cfg = base.replace(**{k: v for k, v in changes.items() if v})
-    if resume:
-        check_resume(base, cfg)
-        if args.preset:
-            check_preset(args.preset, cfg, changes, resume)
-    if getattr(args, "train.cond_drop_prob") is not None and cfg.model.num_classes is None:
-        raise ConfigError("--cond-drop-prob is for class-conditional models (this one has no labels)")
+    conditional = True if args.conditional else False if args.unconditional else None
+    cfg = resolve(base, {k: v for k, v in vars(args).items() if "." in k}, conditional=conditional, resuming=resume,
+                  preset_name=args.preset, model_defaults=default_config)
     return cfg, run_dir or Path("runs") / f"{args.preset or 'default'}-{cfg.train.dataset}", resume
 
 
 @command("train", "train a noise-prediction network", _add_train)
 def cmd_train(args) -> int:
     from .data import prepare
-    from .training import TrainingError, train
+    from .training import train
 
     cfg, run_dir, resume = train_config(args)
     if args.dry_run:
@@ -230,13 +124,9 @@ def cmd_train(args) -> int:
     if rank != 0:
         return 0
     print(f"done: {result.step} steps in {result.seconds:.0f} s, final loss {result.final_loss:.4f}")
-    if result.world_size > 1:
-        sums = result.rank_checksums
-        same = all(v == sums[0] for v in sums)
-        print(f"{result.world_size} processes; weights identical on every rank: {'yes' if same else 'NO'} "
-              f"(checksums {', '.join(f'{v:.6f}' for v in sums)})")
-        if not same:
-            raise TrainingError("weights differ between ranks; the run is not trustworthy")
+    if result.world_size > 1:  # train() refuses a run whose ranks disagree
+        print(f"{result.world_size} processes; weights identical on every rank: yes "
+              f"(checksums {', '.join(f'{v:.6f}' for v in result.rank_checksums)})")
     print(f"checkpoint: {result.checkpoint}")
     return 0
 
@@ -246,23 +136,12 @@ def cmd_train(args) -> int:
 
 def add_sampler_options(p: argparse.ArgumentParser) -> None:
     """Options shared by every command that draws samples (sample, evaluate)."""
-    from .samplers import SAMPLERS, SPACINGS
+    from .sampling import SamplerOptions
     p.add_argument("--checkpoint", help="a checkpoint written by `train`")
     p.add_argument("--seed", type=nonneg_int, default=0)
-    p.add_argument("--sampler", choices=SAMPLERS, default="ddpm")
-    p.add_argument("--steps", type=positive_int, help="network evaluations (default: ddpm all T, ddim 50, dpmpp 20)")
-    p.add_argument("--eta", type=nonneg_float, default=0.0,
-                   help="stochasticity of ddim and dpmpp: 0 = deterministic (default); 1 = DDPM-like for ddim, "
-                        "SDE-DPM-Solver++(2M) for dpmpp")
-    p.add_argument("--spacing", choices=SPACINGS,
-                   help="timestep grid for respaced samplers: uniform in t, quadratic (denser near t=0), "
-                        "or logsnr (uniform in log-SNR); default logsnr for dpmpp, uniform otherwise")
-    p.add_argument("--no-clip", action="store_true", help="do not clip predicted x0 to [-1, 1]")
-    p.add_argument("--guidance", type=nonneg_float, default=0.0,
-                   help="classifier-free guidance weight w (needs labels; 0 = plain conditional)")
+    add_fields(p, dataclass_fields(SamplerOptions), keep_defaults=True)
     p.add_argument("--batch-size", type=positive_int, default=256)
-    p.add_argument("--device", choices=DEVICES, default="auto")
-    p.add_argument("--precision", choices=PRECISIONS, default="auto")
+    add_device(p)
     p.add_argument("--no-ema", action="store_true", help="use the raw weights instead of the EMA weights")
     p.add_argument("--no-progress", action="store_true")
 
@@ -293,8 +172,7 @@ def load_diffusion(args):
 
 def sampler_options(args):
     from .sampling import SamplerOptions
-    return SamplerOptions(sampler=args.sampler, steps=args.steps, eta=args.eta, spacing=args.spacing,
-                          clip=not args.no_clip, guidance=args.guidance)
+    return SamplerOptions(**{f.name: getattr(args, f.name) for f, _ in dataclass_fields(SamplerOptions)})
 
 
 def sample_request(args, diff):
@@ -316,37 +194,19 @@ def sample_request(args, diff):
     return diff.labels(args.label, n), n, args.nrow
 
 
-def _trajectory(args, diff, options):
-    """The recorder --show-intermediate / --gif need (None without them), checked before any work."""
-    import numpy as np
-
-    from .sampling import Trajectory
-    from .visualize import gif_timesteps
-    visited, T = options.visited(diff.schedule), diff.timesteps
-    wanted = set()
-    if args.show_intermediate:
-        steps = args.intermediate_steps or [int(round(v)) for v in np.linspace(T - 1, 0, 10)]
-        if any(t >= T for t in steps):
-            raise ConfigError(f"--intermediate-steps {[t for t in steps if t >= T]} outside [0, {T - 1}]")
-        wanted |= set(steps)
-    if args.gif:
-        _check_output(args.gif, "--gif", ".gif")
-        if args.gif_frames < 3:
-            raise ConfigError(f"--gif-frames {args.gif_frames}: need at least 3 (noise, one step, the samples)")
-        wanted |= set(gif_timesteps(visited, max(2, args.gif_frames - 1)))  # the last frame is the final sample
-    return Trajectory(visited, wanted) if wanted else None
-
-
 @command("sample", "draw images from a checkpoint", _add_sample)
 def cmd_sample(args) -> int:
     from .images import save_grid
     from .partial import generate_resumable
-    from .sampling import generate
+    from .sampling import Trajectory, generate
 
     diff, options = load_diffusion(args), sampler_options(args)
-    _check_output(args.output, suffix=".png")
+    check_output(args.output, suffix=".png")
     labels, n, nrow = sample_request(args, diff)
-    trajectory = _trajectory(args, diff, options)
+    if args.gif:
+        check_output(args.gif, "--gif", ".gif")
+    trajectory = Trajectory.plan(options.visited(diff.schedule), diff.timesteps, intermediate=bool(args.show_intermediate),
+                                 steps=args.intermediate_steps, gif_frames=args.gif_frames if args.gif else None)
     draw = dict(labels=labels, seed=args.seed, batch_size=args.batch_size, progress=not args.no_progress)
     if args.npz and trajectory is None:  # resumable; a recorded trajectory would miss earlier batches
         imgs = generate_resumable(diff, n, options, args.npz, log=_info, **draw)
@@ -359,19 +219,12 @@ def cmd_sample(args) -> int:
         print(f"wrote {args.npz}")
     save_grid(imgs, args.output, nrow=nrow)
     print(f"wrote {args.output} ({len(imgs)} images)")
-    _write_trajectory(args, trajectory, imgs, nrow)
+    if trajectory is not None:
+        from .visualize import write_trajectory
+        for line in write_trajectory(trajectory, imgs, gif=args.gif, steps_dir=args.show_intermediate, nrow=nrow,
+                                     caption=f"samples ({args.sampler})"):
+            print(line)
     return 0
-
-
-def _write_trajectory(args, trajectory, imgs, nrow) -> None:
-    from .visualize import reverse_gif, trajectory_grids
-    if args.gif:
-        reverse_gif(trajectory, imgs, args.gif, nrow=nrow, caption=f"samples ({args.sampler})")
-        print(f"wrote {args.gif} ({len(trajectory.frames()) + 1} frames)")
-    if args.show_intermediate:
-        ts = trajectory_grids(trajectory, imgs, args.show_intermediate, nrow=nrow)
-        print(f"wrote {len(ts)} intermediate grids and {Path(args.show_intermediate) / 'strip.png'} "
-              f"(columns: t = {', '.join(map(str, ts))}, final)")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -403,9 +256,8 @@ def _add_evaluate(p: argparse.ArgumentParser) -> None:
     p.add_argument("--run", metavar="DIR",
                    help="score every DIR/checkpoints/step_*.pt and write DIR/metrics.json and DIR/metrics.png "
                         "(FID and noise MSE against training step)")
-    p.add_argument("--dataset", choices=DATASETS,
-                   help="reference (its test split) and evaluator; default: the checkpoint's dataset; "
-                        "required with --samples")
+    add_dataset(p, data_dir=False, default=None, help="reference (its test split) and evaluator; default: the "
+                                                         "checkpoint's dataset; required with --samples")
     p.add_argument("--num-samples", type=positive_int,
                    help="images to generate per checkpoint (default 10000; 1000 with --run, to keep a sweep short)")
     p.add_argument("--noise-mse-images", type=positive_int,
@@ -432,7 +284,7 @@ def _check_evaluate(args) -> None:
     if args.npz and not args.checkpoint:
         raise ConfigError("--npz saves the images generated from --checkpoint")
     if args.npz:
-        _check_output(args.npz, "--npz", ".npz")
+        check_output(args.npz, "--npz", ".npz")
     if args.samples:
         if args.guidance:
             raise ConfigError("--guidance is for generating (--checkpoint/--run); --samples scores given images")
@@ -471,7 +323,7 @@ def cmd_evaluate(args) -> int:
                                       noise_images=args.noise_mse_images or 10000, npz=args.npz, log=_info, **common)
         print(f"{result['dataset']}: {ev.summary(result)}")
     if args.json:
-        _write_json(args.json, result)
+        atomic_write_json(args.json, result)
         print(f"wrote {args.json}")
     return 0
 
@@ -486,8 +338,7 @@ def _add_visualize(p: argparse.ArgumentParser) -> None:
         q = sub.add_parser(name, help=help_text, description=help_text)
         q.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help="show tracebacks on errors")
         if data:
-            q.add_argument("--dataset", choices=DATASETS, default="mnist")
-            q.add_argument("--data-dir", help="folder with the standard IDX files (tried first)")
+            add_dataset(q)
             if index:
                 q.add_argument("--index", type=nonneg_int, default=0, help="which training image to use (default 0)")
         if timesteps:
@@ -527,39 +378,17 @@ def cmd_visualize(args) -> int:
     suffix = ".gif" if args.figure == "progress" else ".png"
     if getattr(args, "run", None):
         args.output = args.output or str(Path(args.run) / f"{args.figure}{suffix}")
-    _check_output(args.output, suffix=suffix)
-    print(f"wrote {_figure(args)}")
-    return 0
-
-
-def _figure(args):
+    check_output(args.output, suffix=suffix)
     from . import visualize as viz
-    if args.figure == "progress":
-        return viz.progress_gif(args.run, args.output, duration_ms=args.frame_ms)
-    if args.figure == "loss":
-        if not (Path(args.run) / "loss.csv").is_file():
-            raise ConfigError(f"{args.run} has no loss.csv (is it a training run directory?)")
-        return viz.plot_loss(Path(args.run) / "loss.csv", args.output)
-    if args.figure == "math":
-        return viz.plot_math(args.output)
-    from .data import CLASS_NAMES, prepare
-    data = prepare(args.dataset, data_dir=args.data_dir, log=_info)["train"]
-    process = dict(timesteps=args.timesteps, T=args.num_timesteps, seed=args.seed)
-    if args.figure == "forward":
-        if args.num_images > 64:
-            raise ConfigError(f"--num-images {args.num_images}: at most 64 rows fit in one figure")
-        idx = viz.one_of_each_class(data.labels, args.num_images)
-        names = CLASS_NAMES[args.dataset]
-        return viz.plot_forward(data.images[idx], args.output, row_labels=[names[data.labels[i]] for i in idx],
-                                schedule=args.schedule, **process,
-                                title=f"Forward diffusion $q(x_t\\,|\\,x_0)$ on {args.dataset.replace('_', '-')}"
-                                      f", {args.schedule} schedule, T = {args.num_timesteps}")
-    if args.index >= len(data.images):
-        raise ConfigError(f"--index {args.index} is out of range (the {args.dataset} training set has "
-                          f"{len(data.images)} images)")
-    if args.figure == "schedule":
-        return viz.plot_schedule(data.images[args.index], args.output, **process)
-    return viz.plot_noisers(data.images[args.index], args.output, beta=args.beta, schedule=args.schedule, **process)
+    options = {k: v for k, v in vars(args).items() if k in ("run", "dataset", "index", "num_images", "schedule",
+                                                          "beta", "timesteps", "seed", "frame_ms")}
+    if "num_timesteps" in vars(args):
+        options["T"] = args.num_timesteps
+    if "dataset" in options:
+        from .data import prepare
+        options["split"] = prepare(args.dataset, data_dir=args.data_dir, log=_info)["train"]
+    print(f"wrote {viz.figure(args.figure, args.output, **options)}")
+    return 0
 
 
 # ---------------------------------------------------------------------------------------------
@@ -575,16 +404,13 @@ def _add_interpolate(p: argparse.ArgumentParser) -> None:
                      help="interpolate between two real images, inverted to noise with deterministic DDIM")
     p.add_argument("--images", help="with --real: take images I and J from this .npz or PNG folder "
                                     "(default: the --dataset test split)")
-    p.add_argument("--dataset", choices=DATASETS, default="mnist")
-    p.add_argument("--data-dir", help="folder with the standard IDX files")
+    add_dataset(p)
     p.add_argument("--frames", type=positive_int, default=10, help="images along the path, ends included")
     p.add_argument("--steps", type=positive_int, default=50, help="DDIM steps for inversion and decoding")
     p.add_argument("--spacing", choices=SPACINGS, default="uniform")
     p.add_argument("--output", default="interpolation.png", help="PNG strip to write (one row, left to right)")
     p.add_argument("--gif", help="also write the frames as an animated GIF")
-    p.add_argument("--device", choices=DEVICES, default="auto")
-    p.add_argument("--precision", choices=PRECISIONS, default="fp32",
-                   help="fp32 by default: inversion is only as exact as the arithmetic")
+    add_device(p, "fp32", help="fp32 by default: inversion is only as exact as the arithmetic")
     p.add_argument("--no-ema", action="store_true", help="use the raw weights instead of the EMA weights")
     p.add_argument("--no-clip", action="store_true", help="do not clip predicted x0 when decoding")
 
@@ -613,9 +439,9 @@ def cmd_interpolate(args) -> int:
     if args.images and not args.real:
         raise ConfigError("--images is used with --real I,J")
     diff = load_diffusion(args)
-    _check_output(args.output, suffix=".png")
+    check_output(args.output, suffix=".png")
     if args.gif:
-        _check_output(args.gif, "--gif", ".gif")
+        check_output(args.gif, "--gif", ".gif")
     ends = _real_pair(args) if args.real else None
     frames = to_uint8(diff.interpolate_between(ends if ends is not None else list(args.seeds), args.frames,
                                                steps=args.steps, spacing=args.spacing, clip=not args.no_clip))
@@ -639,9 +465,7 @@ def _add_benchmark(p: argparse.ArgumentParser) -> None:
                    help="the model (and T, lr, EMA decay) of a preset (default: 'default')")
     p.add_argument("--model", help="network name instead of the preset's (see `mnist-diffusion models`)")
     p.add_argument("--base-dim", type=positive_int, help="channels at full resolution")
-    p.add_argument("--device", choices=DEVICES, default="auto")
-    p.add_argument("--precision", choices=PRECISIONS, default="auto",
-                   help="autocast for training and sampling, as `train` takes it (default auto)")
+    add_device(p, help="autocast for training and sampling, as `train` takes it (default auto)")
     p.add_argument("--batch-size", type=positive_int, default=128, help="training batch (default 128)")
     p.add_argument("--micro-batch", type=positive_int, metavar="N",
                    help="images per forward/backward pass (default: the preset's train.micro_batch)")
@@ -666,7 +490,7 @@ def cmd_benchmark(args) -> int:
 
     comparisons = bench.parse_comparisons(args.compare)
     if args.json:
-        _check_output(args.json, "--json")
+        check_output(args.json, "--json")
     result = bench.run_from_options(args.preset, model=args.model, base_dim=args.base_dim,
                                     micro_batch=args.micro_batch, device=args.device, precision=args.precision,
                                     threads=args.threads, batch_size=args.batch_size, quick=args.quick,
@@ -678,7 +502,7 @@ def cmd_benchmark(args) -> int:
     if args.quick:
         print("(--quick: short windows; use these numbers to check the command, not to compare machines)")
     if args.json:
-        _write_json(args.json, result)
+        atomic_write_json(args.json, result)
         print(f"wrote {args.json}")
     return 0
 

@@ -289,21 +289,6 @@ def preset(name: str) -> RunConfig:
 SECTIONS = {"model": ModelConfig, "diffusion": DiffusionConfig, "train": TrainConfig}
 
 
-def options() -> list[tuple[str, dataclasses.Field, type]]:
-    """(section, field, type) for every config field the command line sets, in declaration order;
-    the type without Optional (an Optional field is left unset by not giving its flag)."""
-    out = []
-    for section, klass in SECTIONS.items():
-        hints = typing.get_type_hints(klass)
-        for f in dataclasses.fields(klass):
-            if f.metadata.get("cli", False):
-                hint = hints[f.name]
-                if typing.get_origin(hint) is typing.Union:
-                    hint = [a for a in typing.get_args(hint) if a is not type(None)][0]
-                out.append((section, f, hint))
-    return out
-
-
 def flag_of(f: dataclasses.Field) -> str:
     return f.metadata.get("flag") or "--" + f.name.replace("_", "-")
 
@@ -349,3 +334,31 @@ def check_preset(name: str, cfg: RunConfig, changes: dict[str, dict], origin: st
     if diffs:
         raise ConfigError(f"{origin} is not a --preset {name} run: {'; '.join(diffs)}; resume it without "
                           f"--preset, or train into a new --output-dir")
+
+
+def resolve(base: RunConfig, values: dict, *, conditional: Optional[bool] = None, resuming: Optional[str] = None,
+            preset_name: Optional[str] = None, model_defaults=None) -> RunConfig:
+    """Apply option values ({"train.lr": 1e-3, ...}; None = not given) to a base config: a preset's, a
+    config file's or, when `resuming` names a checkpoint, the checkpoint's; then the resume rule
+    (check_resume) and, with `preset_name`, check_preset. `conditional` True/False sets 10 classes /
+    none. A new network name starts from that network's canonical size (`model_defaults(name)`, a
+    ModelConfig) before the explicit options."""
+    changes: dict[str, dict] = {"model": {}, "diffusion": {}, "train": {}}
+    name = values.get("model.name")
+    if name and name != base.model.name and not resuming and model_defaults is not None:
+        keep = ("num_classes", "prediction")  # what the data and loss decide, not the network's size
+        changes["model"] = {k: v for k, v in dataclasses.asdict(model_defaults(name)).items() if k not in keep}
+    for dest, value in values.items():
+        if value is not None:
+            section, key = dest.split(".")
+            changes[section][key] = list(value) if isinstance(value, tuple) else value
+    if conditional is not None:
+        changes["model"]["num_classes"] = 10 if conditional else None
+    cfg = base.replace(**{k: v for k, v in changes.items() if v})
+    if resuming:
+        check_resume(base, cfg)
+        if preset_name:
+            check_preset(preset_name, cfg, changes, resuming)
+    if values.get("train.cond_drop_prob") is not None and cfg.model.num_classes is None:
+        raise ConfigError("--cond-drop-prob is for class-conditional models (this one has no labels)")
+    return cfg

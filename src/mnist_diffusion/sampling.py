@@ -17,8 +17,9 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from .config import option
 from .data import to_uint8
-from .samplers import SAMPLERS, PerImageNoise, run_sampler, visited_timesteps
+from .samplers import SAMPLERS, SPACINGS, PerImageNoise, run_sampler, visited_timesteps
 
 if TYPE_CHECKING:
     from .diffusion import Diffusion
@@ -30,13 +31,19 @@ BatchCallback = Optional[Callable[[int, int, int, torch.Tensor, torch.Tensor], N
 @dataclass(frozen=True)
 class SamplerOptions:
     """How to draw, apart from the model, the labels and the seed. steps/spacing None: the sampler's
-    default (samplers.DEFAULT_STEPS / DEFAULT_SPACING); eta is used by ddim and dpmpp."""
-    sampler: str = "ddpm"
-    steps: Optional[int] = None
-    eta: float = 0.0
-    spacing: Optional[str] = None
-    clip: bool = True
-    guidance: float = 0.0
+    default (samplers.DEFAULT_STEPS / DEFAULT_SPACING); eta is used by ddim and dpmpp. The field
+    metadata is what the command line shows (config.option)."""
+    sampler: str = option("ddpm", "ddpm (ancestral), ddim or dpmpp (DPM-Solver++(2M))", choices=SAMPLERS)
+    steps: Optional[int] = option(None, "network evaluations (default: ddpm all T, ddim 50, dpmpp 20)",
+                                  kind="positive")
+    eta: float = option(0.0, "stochasticity of ddim and dpmpp: 0 = deterministic (default); 1 = DDPM-like for "
+                             "ddim, SDE-DPM-Solver++(2M) for dpmpp", kind="nonneg")
+    spacing: Optional[str] = option(None, "timestep grid for respaced samplers: uniform in t, quadratic (denser "
+                                          "near t=0), or logsnr (uniform in log-SNR); default logsnr for dpmpp, "
+                                          "uniform otherwise", choices=SPACINGS)
+    clip: bool = option(True, "do not clip predicted x0 to [-1, 1]", flag="--no-clip")
+    guidance: float = option(0.0, "classifier-free guidance weight w (needs labels; 0 = plain conditional)",
+                             kind="nonneg")
 
     def __post_init__(self):
         if self.sampler not in SAMPLERS:
@@ -104,6 +111,26 @@ class Trajectory:
         self.timesteps = sorted({min(visited, key=lambda v: abs(v - w)) for w in wanted}, reverse=True)
         self.max_images = max_images
         self._frames: dict[int, list[np.ndarray]] = {t: [] for t in self.timesteps}
+
+    @classmethod
+    def plan(cls, visited: list[int], timesteps: int, *, intermediate: bool = False,
+             steps: Optional[list[int]] = None, gif_frames: Optional[int] = None) -> Optional["Trajectory"]:
+        """The recorder `sample --show-intermediate` / `--gif` need: with `intermediate`, the requested
+        `steps` (default: 10 spread over the run); with `gif_frames`, that many frames spaced so the
+        late low-noise steps get most (visualize.gif_timesteps). None when nothing is to be recorded."""
+        from .visualize import gif_timesteps
+        wanted: set[int] = set()
+        if intermediate:
+            steps = steps or [int(round(v)) for v in np.linspace(timesteps - 1, 0, 10)]
+            if any(t >= timesteps or t < 0 for t in steps):
+                raise ValueError(f"intermediate steps {[t for t in steps if not 0 <= t < timesteps]} outside "
+                                 f"[0, {timesteps - 1}]")
+            wanted |= set(steps)
+        if gif_frames is not None:
+            if gif_frames < 3:
+                raise ValueError(f"--gif-frames {gif_frames}: need at least 3 (noise, one step, the samples)")
+            wanted |= set(gif_timesteps(visited, max(2, gif_frames - 1)))  # the last frame is the final sample
+        return cls(visited, wanted) if wanted else None
 
     def __call__(self, start: int, i: int, t: int, x: torch.Tensor, x0: torch.Tensor) -> None:
         if t in self._frames and (self.max_images is None or start < self.max_images):

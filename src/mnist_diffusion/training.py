@@ -455,6 +455,9 @@ def _train(cfg: RunConfig, data: Split, run_dir: Optional[Path], world: "distrib
         files.save(state.checkpoint(state.step // spe, elapsed_before), False, 0)
     files.finish(log)
     sums = tuple(distributed.gather_floats(world, distributed.weights_checksum(state.model), device))
+    if any(v != sums[0] for v in sums):
+        raise TrainingError(f"weights differ between the {world.size} ranks (checksums "
+                            f"{', '.join(f'{v:.6f}' for v in sums)}); the run is not trustworthy")
     diff = Diffusion(state.ema, cfg, device=device, precision=tc.precision, step=state.step, ema=True)
     return TrainResult(step=state.step, final_loss=loss_value, checkpoint=files.last, seconds=time.time() - t_start,
                        world_size=world.size, rank_checksums=sums, diffusion=diff)

@@ -496,3 +496,55 @@ def _interp_linear(v, xs: np.ndarray, ys: np.ndarray) -> np.ndarray:
     lo, hi = v < xs[0], v > xs[-1]
     out = np.where(lo, ys[0] + (v - xs[0]) * (ys[1] - ys[0]) / (xs[1] - xs[0]), out)
     return np.where(hi, ys[-1] + (v - xs[-1]) * (ys[-1] - ys[-2]) / (xs[-1] - xs[-2]), out)
+
+
+# ---------------------------------------------------------------------------------------------
+# By name: the `visualize` command's FIGURE
+
+def figure(name: str, output, *, run=None, split=None, dataset: str = "mnist", index: int = 0, num_images: int = 6,
+           schedule: str = "cosine", beta: float = 0.02, timesteps=DEFAULT_TIMESTEPS, T: int = 1000, seed: int = 0,
+           frame_ms: int = 400) -> Path:
+    """Draw the figure called `name`: progress and loss from a training `run` directory; math from
+    nothing; schedule, noisers (training image `index`) and forward (`num_images` rows, one of each
+    class in turn) from a data `split` of `dataset`."""
+    from .data import CLASS_NAMES
+    if name == "progress":
+        return progress_gif(run, output, duration_ms=frame_ms)
+    if name == "loss":
+        if not (Path(run) / "loss.csv").is_file():
+            raise ValueError(f"{run} has no loss.csv (is it a training run directory?)")
+        return plot_loss(Path(run) / "loss.csv", output)
+    if name == "math":
+        return plot_math(output)
+    process = dict(timesteps=timesteps, T=T, seed=seed)
+    if name == "forward":
+        if num_images > 64:
+            raise ValueError(f"--num-images {num_images}: at most 64 rows fit in one figure")
+        idx = one_of_each_class(split.labels, num_images)
+        names = CLASS_NAMES[dataset]
+        return plot_forward(split.images[idx], output, row_labels=[names[split.labels[i]] for i in idx],
+                            schedule=schedule, **process,
+                            title=f"Forward diffusion $q(x_t\\,|\\,x_0)$ on {dataset.replace('_', '-')}"
+                                  f", {schedule} schedule, T = {T}")
+    if index >= len(split.images):
+        raise ValueError(f"--index {index} is out of range (the {dataset} training set has {len(split.images)} images)")
+    if name == "schedule":
+        return plot_schedule(split.images[index], output, **process)
+    if name == "noisers":
+        return plot_noisers(split.images[index], output, beta=beta, schedule=schedule, **process)
+    raise ValueError(f"unknown figure {name!r}")
+
+
+def write_trajectory(trajectory, images: np.ndarray, *, gif=None, steps_dir=None, nrow=None,
+                     caption: str = "samples") -> list[str]:
+    """`sample --gif` and `--show-intermediate`: the reverse-process GIF and the per-step grids plus
+    strip of a recorded sampling.Trajectory; returns what was written, a line each."""
+    lines = []
+    if gif:
+        reverse_gif(trajectory, images, gif, nrow=nrow, caption=caption)
+        lines.append(f"wrote {gif} ({len(trajectory.frames()) + 1} frames)")
+    if steps_dir:
+        ts = trajectory_grids(trajectory, images, steps_dir, nrow=nrow)
+        lines.append(f"wrote {len(ts)} intermediate grids and {Path(steps_dir) / 'strip.png'} "
+                     f"(columns: t = {', '.join(map(str, ts))}, final)")
+    return lines
