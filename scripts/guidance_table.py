@@ -7,8 +7,8 @@
 For each W the conditional model draws --num-images images with balanced requested labels (image i
 asks for class i mod 10), the same sampler and seeds for every W, and the shipped evaluator scores
 them: `label_accuracy` is the share it classifies as the requested label. With --unconditional, an
-unconditional model is scored the same way (same n, sampler, seed) as the FID to beat: the issue
-asks for guided accuracy >= 97% on MNIST (85% on Fashion-MNIST) at an FID no worse than it.
+unconditional model is scored the same way (same n, sampler, seed) as the FID to beat: the target
+is guided accuracy >= 97% on MNIST (85% on Fashion-MNIST) at an FID no worse than it.
 W = 0 is the plain conditional model; eps = eps_uncond + (1 + W) (eps_cond - eps_uncond).
 """
 from __future__ import annotations

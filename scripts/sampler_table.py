@@ -5,8 +5,9 @@
 
 For each (sampler, steps) it times the generation of 64 images (one batch, after a warm-up), then
 draws --num-images images with per-image seeds and scores them with
-`mnist_diffusion.evaluation.evaluate_images` (with --no-fid, the table holds wall times only). It ends with the issue-4 targets: DDIM@50 and
-DPM-Solver++@20 within 15% of DDPM@1000's FID, DPM-Solver++@10 within 50%.
+`mnist_diffusion.evaluation.evaluate_images` (with --no-fid, the table holds wall times only).
+It ends with the few-step targets: DDIM@50 and DPM-Solver++@20 within 15% of DDPM@1000's FID,
+DPM-Solver++@10 within 50%.
 "DDPM" at fewer steps than T is DDIM with eta = 1 on the respaced grid (see docs/SAMPLERS.md).
 Steps larger than the model's T are skipped. Output files are written atomically; the JSON after
 every row, so with --resume a stopped run keeps its finished rows and computes only the rest.
@@ -33,7 +34,7 @@ def parse_args(argv=None):
     p.add_argument("--checkpoint", required=True)
     p.add_argument("--samplers", default=",".join(SAMPLERS), help="comma-separated subset of " + ",".join(SAMPLERS))
     p.add_argument("--steps", default="5,10,20,50,100,1000", help="comma-separated step counts")
-    p.add_argument("--num-images", type=int, default=10000, help="images per FID (the issue asks for 10k)")
+    p.add_argument("--num-images", type=int, default=10000, help="images per FID (default 10k, the size of the test split)")
     p.add_argument("--timing-images", type=int, default=64)
     p.add_argument("--eta", type=float, default=0.0, help="DDIM eta")
     p.add_argument("--spacing", choices=SPACINGS, default=None, help="default: logsnr for dpmpp, uniform otherwise")
