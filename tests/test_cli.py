@@ -188,3 +188,19 @@ def test_output_dir_is_a_file(tmp_path, mnist, capsys):
     assert main(["train", "--output-dir", str(f), *TINY]) == 2
     assert "is a file" in capsys.readouterr().err
     assert f.read_text() == "keep me"
+
+
+def test_a_fourth_resolution_level_trains_and_too_many_are_refused_up_front(tmp_path, mnist, capsys):
+    # 28 -> 14 -> 7 -> 4: the U-Net's upsampling follows the skip it meets (it used to crash at 4 -> 8)
+    run = tmp_path / "run"
+    deep = [a if a != "1,2" else "1,2,2,2" for a in TINY]
+    assert main(["train", "--output-dir", str(run), *deep]) == 0
+    assert main(["sample", "--checkpoint", str(run / "checkpoints/last.pt"), "--num-images", "2", "--steps", "2",
+                 "--sampler", "ddim", "--output", str(tmp_path / "s.png"), "--device", "cpu", "--no-progress"]) == 0
+    # more levels than 28x28 can be halved into: a one-line error at --dry-run, before any work
+    too_many = [a if a != "1,2" else "1,1,1,1,1,1" for a in TINY]
+    capsys.readouterr()
+    assert main(["train", "--output-dir", str(tmp_path / "r2"), "--dry-run", *too_many]) == 2
+    err = capsys.readouterr().err
+    assert "model.channel_mults has 6 levels" in err and len(err.strip().splitlines()) == 1
+    assert not (tmp_path / "r2").exists()

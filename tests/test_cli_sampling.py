@@ -173,3 +173,19 @@ def test_interpolate_between_inverted_real_images(checkpoints, tmp_path, capsys)
     assert run_cli("interpolate", "--checkpoint", checkpoints["cond"], "--real", "0,3", "--images", str(src),
                    "--output", str(out)) == 2
     assert "out of range" in capsys.readouterr().err
+
+
+def test_show_intermediate_with_respaced_ddpm_writes_every_requested_step(checkpoints, tmp_path, capsys):
+    # DDPM with fewer --steps than T is respaced: it visits 5 of the 20 timesteps, and the grids are
+    # those nearest to the ones asked for (the CLI used to keep only exact matches: here just t = 19)
+    inter = tmp_path / "steps"
+    assert run_cli("sample", "--checkpoint", checkpoints["uncond"], "--sampler", "ddpm", "--steps", "5",
+                   "--num-images", "2", "--output", str(tmp_path / "s.png"), "--show-intermediate", str(inter),
+                   "--intermediate-steps", "19,10,3") == 0
+    from mnist_diffusion.samplers import visited_timesteps
+    from mnist_diffusion.schedule import make_schedule
+    visited = visited_timesteps("ddpm", make_schedule("cosine", 20), 5)
+    nearest = sorted({min(visited, key=lambda v: abs(v - w)) for w in (19, 10, 3)}, reverse=True)
+    assert len(nearest) == 3
+    assert sorted(p.name for p in inter.glob("step_*.png")) == sorted(f"step_{t:04d}.png" for t in nearest)
+    assert f"columns: t = {', '.join(map(str, nearest))}, final" in capsys.readouterr().out

@@ -59,8 +59,10 @@ def cmd_data(args) -> int:
 # train
 
 def _add_train(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--preset", choices=["quick", "default"], default=None,
-                   help="starting configuration (default: 'default'); other options override it")
+    from .config import PRESETS
+    p.add_argument("--preset", choices=list(PRESETS), default=None,
+                   help="starting configuration (default: 'default'; tiny: a seconds-long smoke test); "
+                        "other options override it")
     p.add_argument("--config", help="a config.json to start from (e.g. a previous run's)")
     p.add_argument("--data-dir", help="folder with the standard IDX files")
     p.add_argument("--output-dir", help="run directory (default: runs/<preset>-<dataset>)")
@@ -461,7 +463,8 @@ def cmd_interpolate(args) -> int:
 
 def _add_benchmark(p: argparse.ArgumentParser) -> None:
     from .benchmark import sampler_steps_arg
-    p.add_argument("--preset", choices=["quick", "default"], default=None,
+    from .config import PRESETS
+    p.add_argument("--preset", choices=list(PRESETS), default=None,
                    help="the model (and T, lr, EMA decay) of a preset (default: 'default')")
     p.add_argument("--model", help="network name instead of the preset's (see `mnist-diffusion models`)")
     p.add_argument("--base-dim", type=positive_int, help="channels at full resolution")

@@ -249,16 +249,14 @@ def _build(klass, data: dict, section: str):
     return klass(**values)
 
 
-# Presets: `quick` is tuned to give recognisable MNIST digits within `make run`'s budget on a
-# 2-core CPU; `default` is the model the README's quality numbers are measured on.
+# Presets. `quick`: recognisable, requested MNIST digits within `make run`'s budget on a 2-core CPU.
+# `default`: the longer unconditional run the README's default-model numbers come from. `tiny`: a
+# smoke test that trains in seconds (tests, trying the API); its samples are not digits yet.
+# Why each value: docs/BENCHMARKS.md ("Time to quality", "Memory").
 PRESETS: dict[str, dict[str, dict]] = {
     "quick": {
-        # ~1M parameters; batch 64 gives twice the updates of 128 at the same images/s on 2 cores,
-        # which is what a 9-minute budget needs most. Class-conditional (labels dropped 20% of the
-        # time, so it also samples unconditionally): at the same 3,200 steps, guided samples are
-        # far more recognizable than an unconditional model's, at a lower FID (docs/BENCHMARKS.md,
-        # "Time to quality"); `train --unconditional` trains the label-free model. 20% rather than
-        # the usual 10%: lower FID with and without labels on two seeds (same section)
+        # ~1M parameters; batch 64: twice the updates of 128 at the same images/s on 2 cores.
+        # Class-conditional, labels dropped 20% of the time (guidance and an unlabelled path)
         "model": {"name": "unet", "base_dim": 32, "channel_mults": [1, 2, 2], "num_res_blocks": 1,
                   "num_classes": 10},
         "diffusion": {"timesteps": 1000, "schedule": "cosine"},
@@ -266,13 +264,17 @@ PRESETS: dict[str, dict[str, dict]] = {
                   "ema_decay": 0.999, "sample_interval": 400, "save_interval": 400, "cond_drop_prob": 0.2},
     },
     "default": {
-        # 1.5M parameters: ~250 images/s with bf16 on a 2-core CPU (an epoch in ~4 min). Batch 128
-        # in two passes of 64: the same update and speed, 860 MB peak RSS instead of 1.13 GB
-        # (docs/BENCHMARKS.md, "Memory")
+        # 1.5M parameters; batch 128 in two passes of 64: the same update, less peak memory
         "model": {"name": "unet", "base_dim": 32, "channel_mults": [1, 2, 2], "num_res_blocks": 2},
         "diffusion": {"timesteps": 1000, "schedule": "cosine"},
         "train": {"epochs": 20, "batch_size": 128, "micro_batch": 64, "lr": 1e-3, "warmup_steps": 500,
                   "ema_decay": 0.9995},
+    },
+    "tiny": {
+        "model": {"name": "unet", "base_dim": 8, "channel_mults": [1, 2], "num_res_blocks": 1, "num_classes": 10},
+        "diffusion": {"timesteps": 50, "schedule": "cosine"},
+        "train": {"epochs": 1, "max_steps": 20, "subset": 512, "batch_size": 16, "lr": 2e-3, "warmup_steps": 0,
+                  "sample_interval": 20, "save_interval": 20, "num_samples": 10, "cond_drop_prob": 0.2},
     },
 }
 
