@@ -8,25 +8,7 @@ import torch
 
 from mnist_diffusion.sampling import SamplerOptions, Trajectory, generate, sample_batches
 
-from test_diffusion import C, random_unet, wrap
-
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)  # tiny networks: see test_diffusion.py
-    yield
-    torch.set_num_threads(n)
-
-
-@pytest.fixture(scope="module")
-def cond():
-    return wrap(random_unet())
-
-
-@pytest.fixture(scope="module")
-def uncond():
-    return wrap(random_unet(num_classes=None, seed=1), num_classes=None)
+from test_diffusion import C, cond, one_thread, uncond  # noqa: F401  (fixtures: tiny random U-Nets, one thread)
 
 
 @pytest.mark.parametrize("sampler,steps", [("ddpm", None), ("ddim", 6), ("dpmpp", 6)])
