@@ -204,3 +204,11 @@ def test_a_fourth_resolution_level_trains_and_too_many_are_refused_up_front(tmp_
     err = capsys.readouterr().err
     assert "model.channel_mults has 6 levels" in err and len(err.strip().splitlines()) == 1
     assert not (tmp_path / "r2").exists()
+
+
+@pytest.mark.parametrize("argv", [[], ["train"], ["sample"], ["evaluate"], ["data"], ["models"], ["interpolate"],
+                                  ["benchmark"], ["visualize"], ["visualize", "schedule"], ["visualize", "progress"]])
+def test_every_help_prints(argv, capsys):
+    with pytest.raises(SystemExit) as e:
+        main([*argv, "--help"])
+    assert e.value.code == 0 and "usage: mnist-diffusion" in capsys.readouterr().out

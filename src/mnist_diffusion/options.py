@@ -77,7 +77,7 @@ def add_fields(p: argparse.ArgumentParser, fields, prefix: str = "", keep_defaul
     for f, hint in fields:
         meta = f.metadata
         flag = meta.get("flag") or "--" + f.name.replace("_", "-")
-        kw = dict(dest=prefix + f.name, help=meta["help"])
+        kw = dict(dest=prefix + f.name, help=meta["help"].replace("%", "%%"))  # argparse formats help with %
         if keep_defaults:
             kw["default"] = f.default
         if hint is bool:  # default-on switches: --no-clip, --no-lr-decay
