@@ -32,12 +32,14 @@ def atomic_save(obj: Any, path: str | os.PathLike) -> Path:
 
 
 def training_state(cfg: RunConfig, step: int, epoch: int, model: torch.nn.Module, ema: torch.nn.Module,
-                   optimizer: torch.optim.Optimizer, skipped: int = 0, elapsed_s: float = 0.0) -> dict:
+                   optimizer: torch.optim.Optimizer, skipped: int = 0, elapsed_s: float = 0.0,
+                   run_id: Optional[str] = None) -> dict:
     """The dict a training checkpoint holds (the only place it is built): weights, EMA weights,
-    AdamW's state, the config and the counters, all plain tensors, numbers and strings."""
+    AdamW's state, the config, the counters and the id of the run, all plain tensors, numbers and
+    strings."""
     return {"format": FORMAT, "config": cfg.to_dict(), "step": step, "epoch": epoch,
             "model": model.state_dict(), "ema": ema.state_dict(), "optimizer": optimizer.state_dict(),
-            "skipped": skipped, "torch": str(torch.__version__), "elapsed_s": elapsed_s}
+            "skipped": skipped, "torch": str(torch.__version__), "elapsed_s": elapsed_s, "run_id": run_id}
 
 
 def load(path: str | os.PathLike, map_location="cpu") -> dict:

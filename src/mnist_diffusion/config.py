@@ -51,6 +51,7 @@ class ModelConfig:
 
     def validate(self) -> None:
         _positive(self, "base_dim", "num_res_blocks")
+        _at_most(self, base_dim=1024, num_res_blocks=16, num_classes=100_000)
         if self.prediction not in PREDICTIONS:
             raise ConfigError(f"model.prediction must be one of {PREDICTIONS}, got {self.prediction!r}")
         if not self.channel_mults or any(int(m) <= 0 for m in self.channel_mults):
@@ -126,8 +127,7 @@ class TrainConfig:
             raise ConfigError(f"train.subset must be positive, got {self.subset}")
         if self.micro_batch is not None and self.micro_batch <= 0:
             raise ConfigError(f"train.micro_batch must be positive or null, got {self.micro_batch}")
-        if self.batch_size > 65536:
-            raise ConfigError(f"train.batch_size {self.batch_size} is too large (max 65536)")
+        _at_most(self, batch_size=65536, num_samples=10_000, epochs=10**6, max_steps=10**9, log_interval=10**9)
         if not (0.0 < self.lr < 1.0):
             raise ConfigError(f"train.lr must be in (0, 1), got {self.lr}")
         if not (0.0 <= self.ema_decay < 1.0):
@@ -171,8 +171,11 @@ class RunConfig:
 
     @classmethod
     def from_dict(cls, data: dict) -> "RunConfig":
+        """The config of a dict; a run directory's config.json also names its run (`run_id`), which
+        is not part of the configuration and is dropped here."""
         if not isinstance(data, dict):
             raise ConfigError("config must be a JSON object")
+        data = {k: v for k, v in data.items() if k != "run_id"}
         parts = {"model": ModelConfig, "diffusion": DiffusionConfig, "train": TrainConfig}
         unknown = set(data) - set(parts)
         if unknown:
@@ -203,6 +206,16 @@ def _positive(obj, *names: str) -> None:
         if v <= 0:
             section = type(obj).__name__.replace("Config", "").lower()
             raise ConfigError(f"{section}.{n} must be positive, got {v}")
+
+
+def _at_most(obj, **limits) -> None:
+    """Sizes with a sane upper bound: a typo such as base_dim 32000 is a one-line error, not a
+    MemoryError after minutes of work."""
+    section = type(obj).__name__.replace("Config", "").lower()
+    for name, limit in limits.items():
+        v = getattr(obj, name)
+        if v is not None and v > limit:
+            raise ConfigError(f"{section}.{name} {v} is too large (at most {limit:,})")
 
 
 def _check_type(value, hint, key: str):

@@ -164,7 +164,11 @@ class Diffusion:
                     return model(x, t, y).float()
                 both = model(torch.cat([x, x]), torch.cat([t, t]), torch.cat([y, torch.full_like(y, null)])).float()
                 cond, uncond = both.chunk(2)
-                return guidance_mix(cond, uncond, guidance)
+                mixed = guidance_mix(cond, uncond, guidance)
+                if not bool(torch.isfinite(mixed).all()):  # clipping x0 would hide it as black images
+                    raise ValueError(f"guidance {guidance:g} made the model's prediction overflow (non-finite "
+                                     "values); use a smaller guidance")
+                return mixed
 
         def eps_fn(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
             return eps_from_output(schedule, prediction, x, t, raw(x, t))

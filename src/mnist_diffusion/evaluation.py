@@ -303,6 +303,9 @@ def evaluate_model(diff: "Diffusion", options: "SamplerOptions", num_samples: in
     from .sampling import generate
 
     dataset = dataset or diff.dataset
+    if dataset != diff.dataset:
+        log(f"note: {diff.source or 'this model'} was trained on {diff.dataset}; its images are scored against "
+            f"the {dataset} test split and evaluator")
     if options.guidance and not diff.num_classes:
         raise ValueError(f"guidance {options.guidance}: {diff.source or 'this model'} is an unconditional model "
                          "(guidance needs one trained with --conditional)")
@@ -326,6 +329,8 @@ def evaluate_model(diff: "Diffusion", options: "SamplerOptions", num_samples: in
         "clip": options.clip, "ema": diff.ema, "precision": diff.precision,
         "labels": "balanced (image i gets class i mod num_classes)" if labels is not None else None,
         "guidance": options.guidance if labels is not None else None})
+    if dataset != diff.dataset:
+        result["warning"] = f"the model was trained on {diff.dataset}, scored against {dataset}"
     if inception:
         from .inception import inception_fid
         result["inception_fid"] = inception_fid(imgs, dataset, progress=progress)
@@ -338,7 +343,7 @@ def evaluate_run(run_dir: str | Path, options: "SamplerOptions", num_samples: in
     """`evaluate_model` for every RUN/checkpoints/step_*.pt, in step order, each row with the minutes
     of training behind it; writes RUN/metrics.json and RUN/metrics.png (FID and noise MSE against
     training step). `load(path)` gives the Diffusion of a checkpoint."""
-    from .atomic import atomic_write_text
+    from .atomic import atomic_write_json
     from .checkpoint import config_of
     from .checkpoint import load as load_checkpoint
     from .visualize import plot_eval_metrics
@@ -361,8 +366,7 @@ def evaluate_run(run_dir: str | Path, options: "SamplerOptions", num_samples: in
             row["train_minutes"] = round(float(np.interp(step, *minutes)), 4)
         log(f"step {step}: {summary(row)}")
         rows.append(row)
-    import json
-    atomic_write_text(run / "metrics.json", json.dumps({"run": str(run), "checkpoints": rows}, indent=2) + "\n")
+    atomic_write_json(run / "metrics.json", {"run": str(run), "checkpoints": rows})
     plot_eval_metrics(rows, run / "metrics.png")
     return rows
 

@@ -31,6 +31,19 @@ def grid(images: np.ndarray, nrow: Optional[int] = None, pad: int = 2, pad_value
     return out
 
 
+MAX_GRID_PIXELS = 1 << 28  # 256 M pixels: a 1.0 GB grid at scale 2
+
+
+def check_grid(n: int, nrow: Optional[int] = None, pad: int = 2, scale: int = 2) -> None:
+    """Refuse, before any sampling, a grid too large to allocate (--num-images 1000000 --nrow 1)."""
+    cols = nrow or max(1, int(math.ceil(math.sqrt(n))))
+    rows = int(math.ceil(n / cols))
+    h, w = (rows * (28 + pad) + pad) * scale, (cols * (28 + pad) + pad) * scale
+    if h * w > MAX_GRID_PIXELS:
+        raise ValueError(f"a grid of {n:,} images, {cols} per row, would be {w:,}x{h:,} pixels (more than "
+                         f"{MAX_GRID_PIXELS:,}); choose another --nrow, or write the images with --npz")
+
+
 def save_png(array: np.ndarray, path: str | os.PathLike, scale: int = 1) -> Path:
     """Write a uint8 2-D array as a PNG (optionally upscaled with nearest neighbour)."""
     img = Image.fromarray(np.asarray(array, dtype=np.uint8), mode="L")
@@ -90,9 +103,77 @@ def label_frame(array: np.ndarray, text: str, height: int = 18) -> np.ndarray:
     return np.asarray(img)
 
 
+MAX_IMAGE_PIXELS = 64 << 20  # an image file claiming more pixels is refused before it is decoded
+MAX_NPZ_BYTES = 4 << 30  # an npz array claiming more is refused before it is allocated
+
+
+def open_image(path: str | os.PathLike, max_pixels: int = MAX_IMAGE_PIXELS,
+               size: Optional[tuple[int, int]] = None) -> Image.Image:
+    """A decoded image file, checked before decoding: a regular file (a FIFO named x.png would hang
+    the read), a format Pillow knows, and a size in its header no larger than `max_pixels` (a
+    decompression bomb is refused, not decoded) and equal to `size` (width, height) when given.
+    Every failure is a ValueError naming the file."""
+    p = Path(path)
+    if not p.is_file():
+        raise ValueError(f"{p}: not a regular file")
+    try:
+        with Image.open(p) as im:  # reads the header only
+            w, h = im.size
+            if size is not None and (w, h) != tuple(size):
+                raise ValueError(f"{p}: image is {w}x{h}, expected {size[0]}x{size[1]}")
+            if w * h > max_pixels:
+                raise ValueError(f"{p}: the image claims {w}x{h} pixels (more than {max_pixels:,}); refusing to "
+                                 "decode it")
+            im.load()  # a file that lies about its size or is cut short fails here, not later
+            return im.copy()
+    except Image.DecompressionBombError:  # Pillow's own limit, met before ours
+        raise ValueError(f"{p}: the image claims more than {max_pixels:,} pixels; refusing to decode it") from None
+    except (OSError, SyntaxError) as e:
+        raise ValueError(f"{p}: not a readable image ({str(e).splitlines()[0] if str(e) else type(e).__name__})") \
+            from None
+
+
+def npz_array(path: str | os.PathLike, key: str, max_bytes: int = MAX_NPZ_BYTES) -> np.ndarray:
+    """One array of an .npz, its header read and checked first: no pickles, and no more than
+    `max_bytes` claimed (a header can claim billions of elements in a few bytes)."""
+    import zipfile
+
+    p = Path(path)
+    if not p.is_file():
+        raise ValueError(f"{p}: not a regular file")
+    try:
+        with zipfile.ZipFile(p) as z:
+            names = [n[:-4] for n in z.namelist() if n.endswith(".npy")]
+            if key not in names:
+                raise ValueError(f"{p}: npz has no {key!r} array (found {', '.join(names) or 'nothing'})")
+            with z.open(key + ".npy") as f:
+                shape, dtype = _npy_header(f)
+        nbytes = int(np.prod(shape, dtype=np.float64)) * dtype.itemsize
+        if dtype.hasobject or nbytes > max_bytes:
+            raise ValueError(f"{p}: {key!r} claims {dtype} {tuple(shape)} ({nbytes / 1e9:.1f} GB); refusing to load it"
+                             if not dtype.hasobject else f"{p}: {key!r} holds Python objects; refusing to unpickle")
+        with np.load(p, allow_pickle=False) as z:
+            return z[key]
+    except (OSError, EOFError, zipfile.BadZipFile) as e:
+        raise ValueError(f"{p}: not a readable npz ({str(e).splitlines()[0] if str(e) else type(e).__name__})") \
+            from None
+
+
+def _npy_header(f):
+    fmt = np.lib.format
+    version = fmt.read_magic(f)
+    if version == (1, 0):
+        shape, _, dtype = fmt.read_array_header_1_0(f)
+    elif version == (2, 0):
+        shape, _, dtype = fmt.read_array_header_2_0(f)
+    else:
+        raise ValueError(f"unsupported .npy format version {version}")
+    return shape, dtype
+
+
 def load_images(path: str | os.PathLike) -> np.ndarray:
     """Read a set of 28x28 images from an .npz (uint8 `images`, (N,28,28) or (N,1,28,28)) or a
-    folder of PNGs (sorted by name). Returns uint8 (N, 28, 28). Raises ValueError on bad input."""
+    folder of PNGs (sorted by name). Returns uint8 (N, 28, 28). Raises ValueError naming the file."""
     path = Path(path)
     if not path.exists():
         raise ValueError(f"{path} does not exist")
@@ -102,21 +183,12 @@ def load_images(path: str | os.PathLike) -> np.ndarray:
             raise ValueError(f"{path}: folder holds no .png files")
         out = []
         for p in files:
-            with Image.open(p) as im:
-                a = np.asarray(im.convert("L"))
-            if a.shape != (28, 28):
-                raise ValueError(f"{p}: image is {a.shape[1]}x{a.shape[0]}, expected 28x28")
-            out.append(a)
+            with open_image(p, size=(28, 28)) as im:
+                out.append(np.asarray(im.convert("L")))
         return np.stack(out).astype(np.uint8)
     if path.suffix.lower() != ".npz":
         raise ValueError(f"{path}: expected an .npz file or a folder of PNGs")
-    try:
-        with np.load(path, allow_pickle=False) as z:
-            if "images" not in z:
-                raise ValueError(f"{path}: npz has no 'images' array (found {', '.join(z.files) or 'nothing'})")
-            a = z["images"]
-    except (OSError, EOFError) as e:
-        raise ValueError(f"{path}: not a readable npz ({e})") from None
+    a = npz_array(path, "images")
     if a.ndim == 4 and a.shape[1] == 1:
         a = a[:, 0]
     if a.ndim != 3 or a.shape[1:] != (28, 28):

@@ -38,6 +38,15 @@ nonneg_int = _number(int, lambda v: v >= 0, "a non-negative integer", limit=10**
 positive_float = _number(float, lambda v: 0 < v < _INF, "a positive finite number")
 nonneg_float = _number(float, lambda v: 0 <= v < _INF, "a non-negative finite number")
 unit_float = _number(float, lambda v: 0 <= v < 1, "a number in [0, 1)")
+MAX_IMAGES = 1_000_000  # images one command draws or scores: 784 MB as uint8
+
+
+def count(limit: int, what: str = "a positive integer"):
+    """A positive integer with an upper bound named in the message (--num-images 10000000000 is a
+    one-line error, not a MemoryError after the sampling)."""
+    return _number(int, lambda v: 0 < v <= limit, f"{what} (at most {limit:,})")
+
+
 NUMBER_TYPES = {(int, "positive"): positive_int, (int, "nonneg"): nonneg_int, (float, "positive"): positive_float,
                 (float, "nonneg"): nonneg_float, (float, "unit"): unit_float}
 

@@ -1,25 +1,119 @@
 """Where a command writes: every output path is checked before any work starts, so a mistake costs
-a one-line error, not an hour of sampling followed by a failed write.
+a one-line error, not an hour of sampling followed by a lost file.
+
+The rules (docs/RELIABILITY.md maps each to its test):
+- the extension decides the format (a .jpg name never gets PNG bytes): .png, .gif, .npz, .json;
+- an output never replaces an input of the same command, nor another output of it;
+- an existing file is replaced only by the same kind of artifact: a PNG by a PNG, an npz of
+  images by an npz, a JSON report by a JSON report; never a checkpoint, a run's config.json or
+  anything else whose bytes say it is something other than its name;
+- the path is not a directory and its parent is not a file.
 
 Not here: the writing itself (atomic.py: temp file, fsync, rename).
 """
 from __future__ import annotations
 
+import json
 import os
+import zipfile
 from pathlib import Path
-from typing import Optional
+from typing import Iterable, Optional, Sequence
 
 from .config import ConfigError
 
+KINDS = {".png": "a PNG image", ".gif": "a GIF animation", ".npz": "an npz of images", ".json": "a JSON report"}
+_MAGIC = {".png": b"\x89PNG\r\n\x1a\n", ".gif": b"GIF8"}
+
 
 def check_output(path: str | os.PathLike, option: str = "--output", suffix: Optional[str] = None) -> Path:
-    """A path a command will write: not a directory, its parent not a file, and with `suffix` the
-    extension that decides the format (a .jpg name never gets PNG bytes)."""
+    """One output path: not a directory, its parent not a file, with `suffix` the extension that
+    decides the format, and an existing file only if it holds that kind of artifact."""
+    check_outputs([(option, path, suffix)])
+    return Path(path)
+
+
+def check_outputs(outputs: Sequence[tuple[str, Optional[str | os.PathLike], Optional[str]]],
+                  inputs: Iterable[Optional[str | os.PathLike]] = ()) -> None:
+    """Every (option, path or None, suffix or None) a command will write, against each other and
+    against the files it reads (`inputs`). Raises ConfigError naming the option and the file."""
+    seen: list[tuple[str, Path]] = []
+    ins = [Path(p) for p in inputs if p]
+    for option, path, suffix in outputs:
+        if not path:
+            continue
+        p = Path(path)
+        if p.is_dir():
+            raise ConfigError(f"{option} {p} is a directory")
+        if p.parent.exists() and not p.parent.is_dir():
+            raise ConfigError(f"{option} {p}: {p.parent} is a file, not a directory")
+        if suffix and p.suffix.lower() != suffix:
+            raise ConfigError(f"{option} {p}: expected a {suffix} file ({KINDS.get(suffix, suffix)}); the "
+                              "extension decides the format")
+        for src in ins:
+            if _same(p, src):
+                raise ConfigError(f"{option} {p} is also an input of this command; it would be overwritten")
+        for other_option, other in seen:
+            if _same(p, other):
+                raise ConfigError(f"{option} and {other_option} are the same file, {p}; give each its own")
+        seen.append((option, p))
+        if p.exists():
+            _check_replaceable(option, p, suffix or p.suffix.lower())
+
+
+def check_output_dir(path: str | os.PathLike, option: str, inputs: Iterable[Optional[str | os.PathLike]] = ()) -> Path:
+    """A folder a command writes files into: not an existing file, not an input."""
     p = Path(path)
-    if p.is_dir():
-        raise ConfigError(f"{option} {p} is a directory")
-    if p.parent.exists() and not p.parent.is_dir():
-        raise ConfigError(f"{option} {p}: {p.parent} is a file, not a directory")
-    if suffix and p.suffix.lower() != suffix:
-        raise ConfigError(f"{option} {p}: expected a {suffix} file")
+    if p.exists() and not p.is_dir():
+        raise ConfigError(f"{option} {p} is a file, not a directory")
+    for src in (Path(s) for s in inputs if s):
+        if _same(p, src):
+            raise ConfigError(f"{option} {p} is also an input of this command")
     return p
+
+
+def _same(a: Path, b: Path) -> bool:
+    try:
+        if a.exists() and b.exists():
+            return os.path.samefile(a, b)  # also through links
+    except OSError:
+        pass
+    return a.resolve() == b.resolve()
+
+
+def _check_replaceable(option: str, p: Path, suffix: str) -> None:
+    """An existing file at an output path must already be the kind of artifact that will replace it."""
+    if not p.is_file():
+        raise ConfigError(f"{option} {p} exists and is not a regular file")
+    what = KINDS.get(suffix)
+    if what is None:
+        raise ConfigError(f"{option} {p} exists; refusing to replace a file of unknown kind")
+    try:
+        with open(p, "rb") as f:
+            head = f.read(16)
+        ok = _looks_like(p, suffix, head)
+    except OSError as e:
+        raise ConfigError(f"{option} {p}: cannot read the existing file ({e.strerror})") from None
+    if not ok:
+        raise ConfigError(f"{option} {p} exists and is not {what} (a checkpoint, a run's config or another "
+                          "file); refusing to replace it")
+
+
+def _looks_like(p: Path, suffix: str, head: bytes) -> bool:
+    if suffix in _MAGIC:
+        return head.startswith(_MAGIC[suffix])
+    if suffix == ".npz":
+        if not zipfile.is_zipfile(p):
+            return False
+        with zipfile.ZipFile(p) as z:  # numpy's npz: every member an .npy; a torch checkpoint is a zip too
+            names = z.namelist()
+        return bool(names) and all(n.endswith(".npy") for n in names)
+    if suffix == ".json":
+        if os.path.getsize(p) > 256 << 20:
+            return False
+        try:
+            obj = json.loads(p.read_text(encoding="utf-8"))
+        except (UnicodeDecodeError, ValueError):
+            return False
+        # a run's config.json (or a copy of one) is an input of training, never a report
+        return not (isinstance(obj, dict) and {"model", "diffusion", "train"} <= set(obj))
+    return False

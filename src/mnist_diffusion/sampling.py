@@ -24,6 +24,7 @@ from .samplers import SAMPLERS, SPACINGS, PerImageNoise, run_sampler, visited_ti
 if TYPE_CHECKING:
     from .diffusion import Diffusion
 
+MAX_GUIDANCE = 100.0
 # callback(batch_start, step_index, t, x_t, pred_x0): every network evaluation of a run
 BatchCallback = Optional[Callable[[int, int, int, torch.Tensor, torch.Tensor], None]]
 
@@ -48,6 +49,15 @@ class SamplerOptions:
     def __post_init__(self):
         if self.sampler not in SAMPLERS:
             raise ValueError(f"unknown sampler {self.sampler!r}; choose from {', '.join(SAMPLERS)}")
+        if not 0.0 <= self.eta <= 1.0:  # also NaN
+            raise ValueError(f"eta {self.eta} is outside [0, 1] (0: deterministic, 1: as stochastic as DDPM)")
+        if not 0.0 <= self.guidance <= MAX_GUIDANCE:
+            raise ValueError(f"guidance {self.guidance} is outside [0, {MAX_GUIDANCE:g}] (useful values are below 10)")
+
+    def check(self, schedule) -> None:
+        """What only the model's schedule can tell: no more steps than it has timesteps."""
+        if self.steps is not None and self.steps > schedule.timesteps:
+            raise ValueError(f"steps {self.steps}: the model has only T = {schedule.timesteps} timesteps")
 
     def visited(self, schedule) -> list[int]:
         """The timesteps at which the network is evaluated, in order."""
@@ -63,6 +73,7 @@ def sample_batches(diff: "Diffusion", num_images: int, options: SamplerOptions =
     """Yield (start, x_0) for images start.. of a run, a batch at a time, x_0 in [-1, 1] with shape
     (n, 1, 28, 28). `first` skips the images a stopped run already has (a whole number of batches)."""
     diff.check_labels(labels, num_images, options.guidance)
+    options.check(diff.schedule)
     if first and (first > num_images or first % batch_size and first != num_images):
         raise ValueError(f"cannot continue from {first} images: not whole batches of {batch_size} out of {num_images}")
     n_evals = len(options.visited(diff.schedule))
@@ -84,6 +95,9 @@ def sample_batches(diff: "Diffusion", num_images: int, options: SamplerOptions =
                 x0 = run_sampler(options.sampler, diff.eps_fn(y, options.guidance), diff.schedule,
                                  noise.initial((1, 28, 28)), noise, steps=options.steps, eta=options.eta,
                                  spacing=options.spacing, clip=options.clip, callback=step_done)
+            if not bool(torch.isfinite(x0).all()):
+                raise ValueError(f"sampling produced non-finite values (images {start}..{start + n - 1}); with "
+                                 f"guidance {options.guidance:g} the model's predictions overflowed")
             yield start, x0
     finally:
         bar.close()

@@ -13,11 +13,13 @@ import contextlib
 import copy
 import csv
 import io
+import json
 import math
 import os
 import shutil
 import signal
 import time
+import uuid
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Optional
@@ -132,11 +134,21 @@ def accumulate_gradients(net, schedule: Schedule, x0: torch.Tensor, t: torch.Ten
 
 
 class _SignalCatcher:
-    """Turn SIGINT/SIGTERM into a flag checked between steps (restored on exit)."""
+    """Turn SIGINT/SIGTERM into a flag checked between steps (restored on exit). Inside `urgent()`
+    (a preview, which can take minutes) a signal stops at once instead."""
 
     def __init__(self):
         self.signum: Optional[int] = None
         self._old = {}
+        self._urgent = False
+
+    @contextlib.contextmanager
+    def urgent(self):
+        self._urgent = True
+        try:
+            yield
+        finally:
+            self._urgent = False
 
     def __enter__(self):
         for s in (signal.SIGINT, signal.SIGTERM):
@@ -147,9 +159,10 @@ class _SignalCatcher:
         return self
 
     def _handle(self, signum, frame):
-        if self.signum is not None:  # a second Ctrl-C: stop now
+        first = self.signum is None
+        self.signum = self.signum or signum
+        if not first or self._urgent:  # a second Ctrl-C, or a long phase: stop now
             raise KeyboardInterrupt
-        self.signum = signum
 
     def __exit__(self, *exc):
         for s, h in self._old.items():
@@ -230,7 +243,8 @@ class TrainState:
             self.model = build_model(cfg.model, cfg.diffusion.timesteps).to(device)
         self.ema = copy.deepcopy(self.model).eval().requires_grad_(False)
         self.opt = torch.optim.AdamW(self.model.parameters(), lr=cfg.train.lr, weight_decay=cfg.train.weight_decay)
-        self.step, self.skipped, self.elapsed_before = 0, 0, 0.0
+        self.step, self.skipped = 0, 0
+        self.run_id = uuid.uuid4().hex  # which run a directory and its checkpoints belong to
 
     def resume(self, path: str, device: torch.device) -> dict:
         """Continue from a checkpoint of the same run (config.check_resume decides what may differ)."""
@@ -244,11 +258,12 @@ class TrainState:
         if "optimizer" in ck:
             self.opt.load_state_dict(ck["optimizer"])
         self.step, self.skipped = int(ck["step"]), int(ck.get("skipped", 0))
+        self.run_id = str(ck.get("run_id") or self.run_id)  # a checkpoint from before run ids: one from now on
         return ck
 
     def checkpoint(self, epoch: int, elapsed_s: float) -> dict:
         return ckpt_io.training_state(self.cfg, self.step, epoch, self.model, self.ema, self.opt, self.skipped,
-                                      elapsed_s)
+                                      elapsed_s, self.run_id)
 
 
 def training_step(state: TrainState, net, schedule: Schedule, batch: Batch, lr: float, device: torch.device,
@@ -277,22 +292,30 @@ def apply_update(state: TrainState) -> None:
 
 class RunFiles:
     """A run directory: config.json, loss.csv (+ loss.png), checkpoints/ and samples/. With path None
-    nothing is written: an in-memory run, or a DDP rank other than 0."""
+    nothing is written: an in-memory run, or a DDP rank other than 0.
+
+    A directory belongs to one run: its id is in config.json and in every checkpoint, and while a
+    process trains in it, it holds an OS lock on DIR/.lock (released when the process ends, however
+    it ends), so a second process is refused before it touches anything."""
 
     def __init__(self, path: Optional[Path]):
         self.path = path
         self.rows: list[dict] = []
         self.last: Optional[Path] = None  # the newest checkpoint written
+        self.saved_step: Optional[int] = None  # its step
+        self._lock = None
 
-    def prepare(self, cfg: RunConfig, checkpoint_bytes: int, resuming: bool) -> None:
-        """Fail before training, not after an hour: the directory must be writable, have room for two
-        checkpoints (the temp file of an atomic save sits beside the old one), and hold no other run."""
+    def prepare(self, state: TrainState, checkpoint_bytes: int, resume: Optional[str]) -> None:
+        """Fail before training, not after an hour: the directory must be free (no other process in
+        it), writable, have room for two checkpoints (the temp file of an atomic save sits beside
+        the old one), and hold no other run than the one resumed."""
         if self.path is None:
             return
         if self.path.exists() and not self.path.is_dir():
             raise TrainingError(f"--output-dir {self.path} exists and is a file, not a directory")
         try:
             (self.path / "checkpoints").mkdir(parents=True, exist_ok=True)
+            self._lock = _lock_run_dir(self.path)
             probe = self.path / ".write-test"
             probe.write_bytes(b"x" * 4096)
             probe.unlink()
@@ -303,18 +326,33 @@ class RunFiles:
         if free < need:
             raise TrainingError(f"only {free / 1e6:.0f} MB free under {self.path}; a checkpoint needs about "
                                 f"{checkpoint_bytes / 1e6:.0f} MB and a save needs room for two")
-        if not resuming and (self.path / "checkpoints" / "last.pt").exists():
-            raise TrainingError(f"{self.path} already holds a run; resume it with --resume auto "
-                                "or choose another --output-dir")
+        self._check_owner(state.run_id, resume)
         for stale in (self.path / "checkpoints").glob(".*.tmp"):  # temp files of a save a crash interrupted
             stale.unlink()
 
-    def begin(self, cfg: RunConfig, step: int) -> float:
-        """Write config.json and the loss rows up to `step`; returns the training seconds they record."""
+    def _check_owner(self, run_id: str, resume: Optional[str]) -> None:
+        found = [p.name for p in (self.path / "checkpoints").glob("*.pt")]
+        found += [name for name in ("config.json", "loss.csv") if (self.path / name).exists()]
+        if not found:
+            return
+        if not resume:
+            raise TrainingError(f"{self.path} already holds a run ({', '.join(sorted(found)[:4])}); resume it "
+                                "with --resume auto or choose another --output-dir")
+        owner = _run_id_of(self.path / "config.json")
+        inside = Path(resume).resolve().parent.parent == self.path.resolve()
+        if owner is not None and owner != run_id or owner is None and not inside:
+            raise TrainingError(f"{self.path} holds another run than {resume}"
+                                + (f" (run {owner[:8]}, the checkpoint's is {run_id[:8]})" if owner else "")
+                                + "; resume into the checkpoint's own run directory or a new --output-dir")
+
+    def begin(self, cfg: RunConfig, step: int, run_id: str) -> float:
+        """Write config.json (with the run's id) and the loss rows up to `step`; returns the training
+        seconds they record."""
         if self.path is None:
             return 0.0
         self.rows = read_loss_rows(self.path / "loss.csv", step) if step else []
-        ckpt_io.atomic_write_text(self.path / "config.json", cfg.to_json() + "\n")
+        ckpt_io.atomic_write_text(self.path / "config.json",
+                                  json.dumps({**cfg.to_dict(), "run_id": run_id}, indent=2, sort_keys=True) + "\n")
         _write_loss_csv(self.path / "loss.csv", self.rows)
         return elapsed_seconds(self.rows, cfg.train.batch_size)[-1] if self.rows else 0.0
 
@@ -324,10 +362,16 @@ class RunFiles:
             _write_loss_csv(self.path / "loss.csv", self.rows)
 
     def save(self, state: dict, periodic: bool, keep: int) -> Optional[Path]:
+        """Write last.pt (and step_N.pt when periodic); never weights that are not finite."""
         if self.path is None:
             return None
+        bad = [k for part in ("model", "ema") for k, v in state[part].items()
+               if v.is_floating_point() and not bool(torch.isfinite(v).all())]
+        if bad:
+            raise NonFiniteLoss(f"the weights became non-finite at step {state['step']} ({bad[0]}); not saved: "
+                                f"{_what_is_kept(self.path)}. Lower --lr")
         ck_dir = self.path / "checkpoints"
-        self.last = ckpt_io.atomic_save(state, ck_dir / "last.pt")
+        self.last, self.saved_step = ckpt_io.atomic_save(state, ck_dir / "last.pt"), state["step"]
         if periodic:
             ckpt_io.atomic_save(state, ck_dir / f"step_{state['step']:07d}.pt")
             if keep:
@@ -335,13 +379,19 @@ class RunFiles:
                     old.unlink()
         return self.last
 
+    def close(self) -> None:
+        if self._lock is not None:
+            self._lock.close()  # closing the file releases the lock
+            self._lock = None
+
     def preview(self, state: TrainState, step: int, device: torch.device) -> None:
         """A grid from the EMA weights, the same noise every time, so the grids show one set forming."""
         if self.path is None:
             return
         cfg = state.cfg
         diff = Diffusion(state.ema, cfg, device=device, precision=cfg.train.precision)
-        options = SamplerOptions(sampler=PREVIEW_SAMPLER[0], steps=PREVIEW_SAMPLER[1], clip=cfg.train.clip)
+        options = SamplerOptions(sampler=PREVIEW_SAMPLER[0], steps=min(PREVIEW_SAMPLER[1], diff.timesteps),
+                                 clip=cfg.train.clip)
         labels = torch.arange(cfg.train.num_samples) % diff.num_classes if diff.num_classes else None
         images = generate(diff, cfg.train.num_samples, options, labels=labels, seed=PREVIEW_SEED)
         save_grid(images, self.path / "samples" / f"step_{step:07d}.png")
@@ -365,14 +415,16 @@ def train(cfg: RunConfig, data: Split, run_dir: Optional[str | os.PathLike] = No
     """Train (or resume) a run. With `run_dir` it writes checkpoints, previews and loss.csv there;
     without, it trains in memory only. The result holds the EMA model as a `Diffusion`."""
     world, device = distributed.setup(resolve_device(cfg.train.device))
+    files = RunFiles(Path(run_dir) if run_dir is not None and world.main else None)  # only rank 0 writes
     try:
-        return _train(cfg, data, None if run_dir is None else Path(run_dir), world, device, resume=resume,
-                      progress=progress, log=log if world.main else _silent, step_hook=step_hook)
+        return _train(cfg, data, files, world, device, resume=resume, progress=progress,
+                      log=log if world.main else _silent, step_hook=step_hook)
     finally:
+        files.close()
         distributed.teardown(world)
 
 
-def _train(cfg: RunConfig, data: Split, run_dir: Optional[Path], world: "distributed.World", device: torch.device,
+def _train(cfg: RunConfig, data: Split, files: RunFiles, world: "distributed.World", device: torch.device,
            *, resume, progress, log, step_hook) -> TrainResult:
     tc = cfg.train
     if tc.batch_size % world.size:
@@ -383,13 +435,11 @@ def _train(cfg: RunConfig, data: Split, run_dir: Optional[Path], world: "distrib
     n, spe = images.shape[0], steps_per_epoch(images.shape[0], tc.batch_size)
     total = planned_steps(cfg, n)
 
-    # 1. the state: fresh, or the checkpoint's; the run directory checked before any work
+    # 1. the state: fresh, or the checkpoint's; the run directory checked (and locked) before any work
     state = TrainState(cfg, device)
-    files = RunFiles(run_dir if world.main else None)
-    files.prepare(cfg, checkpoint_bytes=16 * count_parameters(state.model), resuming=bool(resume))
     ck = state.resume(resume, device) if resume else {}
-    elapsed_before = files.begin(cfg, state.step)
-    elapsed_before = float(ck.get("elapsed_s", elapsed_before))  # older checkpoints: estimated from loss.csv
+    files.prepare(state, checkpoint_bytes=16 * count_parameters(state.model), resume=resume)
+    elapsed_before = float(ck.get("elapsed_s", files.begin(cfg, state.step, state.run_id)))  # old ones: loss.csv
     if resume:
         log(f"resumed from {resume} at step {state.step}")
     net = state.model
@@ -399,12 +449,11 @@ def _train(cfg: RunConfig, data: Split, run_dir: Optional[Path], world: "distrib
         f"{total} steps on {device}" + (f" with {str(amp).split('.')[-1]} autocast" if amp else "")
         + (f" on {world.size} processes" if world.active else ""))
 
-    bar = tqdm(total=total, initial=state.step, desc="training", unit="step", disable=not progress or not world.main,
-               dynamic_ncols=True)
     t_start, start_step, window = time.time(), state.step, _Window()
     loss_value, time_up, perm, perm_epoch = float("nan"), False, None, -1
     state.model.train()
-    with _SignalCatcher() as sig:
+    with _SignalCatcher() as sig, tqdm(total=total, initial=state.step, desc="training", unit="step",
+                                       disable=not progress or not world.main, dynamic_ncols=True) as bar:
         while state.step < total and not time_up:
             # 2. a batch: epoch e's permutation from (seed, e), step k's draws from (seed, k)
             epoch, i = divmod(state.step, spe)
@@ -424,8 +473,8 @@ def _train(cfg: RunConfig, data: Split, run_dir: Optional[Path], world: "distrib
                 apply_update(state)
                 window.add(loss_value)
             elif tc.nonfinite == "stop":
-                raise NonFiniteLoss(f"loss became {loss_value} at step {state.step + 1}; {_what_is_kept(run_dir)}. "
-                                    "Lower --lr, or pass --skip-nonfinite")
+                raise NonFiniteLoss(f"loss became {loss_value} at step {state.step + 1}; "
+                                    f"{_what_is_kept(files.path)}. Lower --lr, or pass --skip-nonfinite")
             else:
                 state.skipped += 1  # its gradients are dropped by the next step's zero_grad
             state.step += 1
@@ -433,24 +482,20 @@ def _train(cfg: RunConfig, data: Split, run_dir: Optional[Path], world: "distrib
             if step_hook is not None:
                 step_hook(state.step, loss_value)
             # 4. log, checkpoint, preview; stop when asked
-            step, done = state.step, state.step == total or time_up
+            step, done, elapsed = state.step, state.step == total or time_up, elapsed_before + time.time() - t_start
             if step % tc.log_interval == 0 or step == total:
-                row = window.row(cfg, step, spe, total, state.skipped, elapsed_before + time.time() - t_start)
+                row = window.row(cfg, step, spe, total, state.skipped, elapsed)
                 files.log(row)
                 bar.set_postfix(loss=row["loss"][:6], img_s=row["images_per_s"].split(".")[0])
             if time_up and step < total:
                 log(f"time limit of {tc.time_limit:g} min reached at step {step}")
             periodic = step % (tc.save_interval or spe) == 0
             if periodic or done or stop:
-                files.save(state.checkpoint(step // spe, elapsed_before + time.time() - t_start), periodic,
-                           tc.keep_checkpoints)
+                files.save(state.checkpoint(step // spe, elapsed), periodic, tc.keep_checkpoints)
             if step % (tc.sample_interval or spe) == 0 or done:
-                files.preview(state, step, device)
-                state.model.train()
+                _preview(files, state, device, sig, step // spe, elapsed)
             if stop and not done:
-                bar.close()
                 raise Interrupted(sig.signum or signal.SIGTERM, files.last)
-    bar.close()
     if state.step == start_step:  # nothing left to train: still leave a loadable last.pt
         files.save(state.checkpoint(state.step // spe, elapsed_before), False, 0)
     files.finish(log)
@@ -461,6 +506,22 @@ def _train(cfg: RunConfig, data: Split, run_dir: Optional[Path], world: "distrib
     diff = Diffusion(state.ema, cfg, device=device, precision=tc.precision, step=state.step, ema=True)
     return TrainResult(step=state.step, final_loss=loss_value, checkpoint=files.last, seconds=time.time() - t_start,
                        world_size=world.size, rank_checksums=sums, diffusion=diff)
+
+
+def _preview(files: RunFiles, state: TrainState, device: torch.device, sig: _SignalCatcher, epoch: int,
+             elapsed: float) -> None:
+    """files.preview, stoppable within a moment: a signal during it (a big grid takes minutes) saves
+    the step if it was not saved yet and stops the run."""
+    try:
+        with sig.urgent():
+            files.preview(state, state.step, device)
+    except KeyboardInterrupt:
+        if sig.signum is None:
+            raise
+        if files.saved_step != state.step:
+            files.save(state.checkpoint(epoch, elapsed), False, 0)
+        raise Interrupted(sig.signum, files.last) from None
+    state.model.train()
 
 
 def _split_tensors(data: Split, subset: Optional[int], batch_size: int, device: torch.device):
@@ -489,6 +550,38 @@ class _Window:
                "elapsed_s": f"{elapsed:.1f}"}
         self.__init__()
         return row
+
+
+def _lock_run_dir(path: Path):
+    """An exclusive, non-blocking OS lock on path/.lock (flock: released when the process dies, so a
+    crash leaves no stale lock). Refuses with the holder's pid when another process has it."""
+    f = open(path / ".lock", "a+")
+    try:
+        import fcntl
+    except ImportError:  # Windows: no flock; the directory is not locked there
+        return f
+    try:
+        fcntl.flock(f.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        f.seek(0)
+        holder = f.read().strip()
+        f.close()
+        raise TrainingError(f"{path} is in use by another training process"
+                            + (f" (pid {holder})" if holder else "") + "; wait for it to finish, or train into "
+                            "another --output-dir") from None
+    f.seek(0)
+    f.truncate()
+    f.write(str(os.getpid()))
+    f.flush()
+    return f
+
+
+def _run_id_of(config_json: Path) -> Optional[str]:
+    try:
+        value = json.loads(config_json.read_text()).get("run_id")
+    except (OSError, ValueError, AttributeError):
+        return None
+    return value if isinstance(value, str) else None
 
 
 def _what_is_kept(run_dir: Optional[Path]) -> str:
