@@ -6,8 +6,13 @@
 Seeded and deterministic on a given machine (fixed seed, explicit generators for data order and
 augmentation, deterministic kernels, one thread by default); another machine or torch version gives
 other bytes but the same accuracy to within noise. Writes
-`src/mnist_diffusion/weights/evaluator_<dataset>.pt` and its SHA-256 into `checksums.json`
+`src/mnist_diffusion/weights/evaluator_<dataset>.safetensors` and its SHA-256 into `checksums.json`
 (or into --output-dir), and prints the test accuracy.
+
+    PYTHONPATH=src python scripts/train_evaluator.py --dataset mnist --convert evaluator_mnist.pt
+
+rewrites weights saved by torch.save (the format before safetensors) tensor for tensor, without
+training, after checking them against the SHA-256 recorded for them in checksums.json.
 """
 from __future__ import annotations
 
@@ -58,7 +63,10 @@ def main() -> None:
     p.add_argument("--threads", type=int, default=1,
                    help="torch threads (1 is fastest on a busy 2-core machine and keeps reductions in one order)")
     p.add_argument("--output-dir", type=Path, default=WEIGHTS_DIR)
+    p.add_argument("--convert", type=Path, metavar="OLD.pt", help="rewrite torch.save weights as safetensors")
     args = p.parse_args()
+    if args.convert:
+        return convert(args.convert, args.dataset, args.output_dir)
 
     if args.max_shift is None:
         # Digits are hand-centred, and shifts of 2 px help reach 99.4%. Garments fill the frame and
@@ -98,9 +106,30 @@ def main() -> None:
 
     acc = accuracy(net, test.images, test.labels)
     digest = write_weights(net.eval(), args.dataset, args.output_dir)
-    size = (args.output_dir / f"evaluator_{args.dataset}.pt").stat().st_size
+    size = (args.output_dir / f"evaluator_{args.dataset}.safetensors").stat().st_size
     print(f"{args.dataset}: test accuracy {acc:.4f} ({acc * 100:.2f}%), {time.time() - t0:.0f} s, "
           f"weights {size / 1e3:.0f} kB, sha256 {digest}")
+
+
+def convert(old: Path, dataset: str, output_dir: Path) -> None:
+    """The same tensors, in safetensors: checked against the hash recorded for the old file, loaded
+    weights-only, written with write_weights, and the old file's entry dropped from checksums.json."""
+    import json
+
+    from mnist_diffusion.atomic import atomic_write_text
+    from mnist_diffusion.evaluator import CHECKSUM_FILE, file_sha256
+
+    sums_path = output_dir / CHECKSUM_FILE
+    sums = json.loads(sums_path.read_text())
+    if sums.get(old.name) != file_sha256(old):
+        raise SystemExit(f"{old}: its SHA-256 is not the one recorded in {sums_path}")
+    net = EvalNet()
+    net.load_state_dict(torch.load(old, map_location="cpu", weights_only=True))
+    digest = write_weights(net.eval(), dataset, output_dir)
+    sums = json.loads(sums_path.read_text())
+    sums.pop(old.name, None)
+    atomic_write_text(sums_path, json.dumps(dict(sorted(sums.items())), indent=2) + "\n")
+    print(f"{dataset}: {old.name} -> evaluator_{dataset}.safetensors, sha256 {digest}")
 
 
 if __name__ == "__main__":

@@ -6,7 +6,6 @@ closed forms of guidance, not image quality, so no training is needed.
 """
 from __future__ import annotations
 
-import numpy as np
 import pytest
 import torch
 

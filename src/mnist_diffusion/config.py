@@ -171,11 +171,12 @@ class RunConfig:
 
     @classmethod
     def from_dict(cls, data: dict) -> "RunConfig":
-        """The config of a dict; a run directory's config.json also names its run (`run_id`), which
-        is not part of the configuration and is dropped here."""
+        """The config of a dict. A run directory's config.json also names its run (`run_id`) and a
+        model folder's describes its weights (`export`): facts about files, not part of the
+        configuration, dropped here."""
         if not isinstance(data, dict):
             raise ConfigError("config must be a JSON object")
-        data = {k: v for k, v in data.items() if k != "run_id"}
+        data = {k: v for k, v in data.items() if k not in ("run_id", "export")}
         parts = {"model": ModelConfig, "diffusion": DiffusionConfig, "train": TrainConfig}
         unknown = set(data) - set(parts)
         if unknown:

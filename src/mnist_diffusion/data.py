@@ -370,10 +370,11 @@ def load_split(dataset: str, split: str = "train", **kwargs) -> Split:
 
 
 def to_model_range(images_u8) -> "torch.Tensor":  # noqa: F821
-    """uint8 (N,28,28) -> float32 (N,1,28,28) in [-1, 1]."""
+    """uint8 (N,28,28) -> float32 (N,1,28,28) in [-1, 1]; a tensor stays on its device (the training
+    split lives there and batches are gathered from it)."""
     import torch
-    x = torch.as_tensor(np.asarray(images_u8)).float()
-    return (x / 127.5 - 1.0).unsqueeze(1)
+    x = images_u8 if isinstance(images_u8, torch.Tensor) else torch.as_tensor(np.asarray(images_u8))
+    return (x.float() / 127.5 - 1.0).unsqueeze(1)
 
 
 def to_uint8(x) -> np.ndarray:

@@ -52,13 +52,24 @@ class Diffusion:
     # construction
 
     @classmethod
-    def load(cls, path: str | os.PathLike, *, device="auto", precision: str = "auto",
+    def load(cls, source: str | os.PathLike, *, device="auto", precision: str = "auto",
              use_ema: bool = True) -> "Diffusion":
-        """A checkpoint written by `train` (EMA weights unless use_ema=False)."""
+        """A shipped model by name ("mnist", "fashion_mnist", ...: pretrained.PRETRAINED), a model
+        folder written by `export`, or a checkpoint written by `train` (its EMA weights unless
+        use_ema=False)."""
         from .checkpoint import load_model
+        from .pretrained import resolve
         device = resolve_device(device) if isinstance(device, str) else device
+        path, pinned = resolve(source)
+        if path.is_dir():
+            from .hub import load_folder
+            if not use_ema:
+                raise ValueError(f"{source}: a model folder holds one set of weights (--no-ema is for checkpoints)")
+            model, cfg, info = load_folder(path, pinned)
+            return cls(model, cfg, device=device, precision=precision, source=str(source),
+                       source_sha256=info["sha256"], step=info.get("step"), ema=info.get("ema"))
         model, cfg, ckpt = load_model(path, device=device, use_ema=use_ema)
-        return cls(model, cfg, device=device, precision=precision, source=str(path),
+        return cls(model, cfg, device=device, precision=precision, source=str(source),
                    source_sha256=ckpt["sha256"], step=int(ckpt["step"]), ema=use_ema and ckpt.get("ema") is not None)
 
     @classmethod
@@ -69,6 +80,12 @@ class Diffusion:
             torch.manual_seed(seed)
             model = build_model(config.model, config.diffusion.timesteps)
         return cls(model, config, device=device, precision=precision)
+
+    def export(self, output: str | os.PathLike, **kwargs):
+        """hub.export: this model as a folder (model.safetensors, config.json, scheduler_config.json,
+        a model card); `md.load(output)` reads it back."""
+        from .hub import export
+        return export(self, output, **kwargs)
 
     # -----------------------------------------------------------------------------------------
     # what travels with the network
@@ -211,6 +228,66 @@ class Diffusion:
                                                             seed=seed, batch_size=batch_size)]
         return torch.cat(parts)
 
+    def inpaint(self, images, mask, *, label: Label = None, guidance: float = 0.0, sampler: str = "ddpm",
+                steps: Optional[int] = None, eta: float = 0.0, spacing: Optional[str] = None, clip: bool = True,
+                jump_length: int = 10, resample: int = 1, seed: int = 0, batch_size: int = 256,
+                progress: bool = False) -> np.ndarray:
+        """Fill in the unknown pixels of `images` (uint8 (N, 28, 28), or floats in [-1, 1]) where `mask`
+        is 0 (1 = known; (28, 28) for all, or one per image): RePaint (Lugmayr et al. 2022), with
+        its resampling when resample > 1 (each block of `jump_length` steps done `resample` times).
+        Known pixels come back as they were (up to uint8 rounding); uint8 (N, 28, 28)."""
+        from .editing import check_mask
+        from .sampling import SamplerOptions, inpaint_batches
+        known = self._as_model_range(images)
+        m = torch.as_tensor(check_mask(mask, len(known)))[:, None]
+        options = SamplerOptions(sampler=sampler, steps=steps, eta=eta, spacing=spacing, clip=clip, guidance=guidance)
+        return self._gather(inpaint_batches(self, known, m, options, jump_length=jump_length, resample=resample,
+                                            labels=self.labels(label, len(known)), seed=seed, batch_size=batch_size,
+                                            progress=progress), len(known))
+
+    def edit(self, images, strength: float, *, label: Label = None, guidance: float = 0.0, sampler: str = "ddpm",
+             steps: Optional[int] = None, eta: float = 0.0, spacing: Optional[str] = None, clip: bool = True,
+             seed: int = 0, batch_size: int = 256, progress: bool = False) -> np.ndarray:
+        """SDEdit (Meng et al. 2022): noise `images` to `strength` in [0, 1] of the way and denoise,
+        towards `label` with `guidance` (a digit or a rough sketch into a K). Strength 0 returns the
+        input; strength 1 ignores it (the same images as `sample` with this seed). `steps` counts a
+        full run's; an edit takes the `strength` share of them. uint8 (N, 28, 28)."""
+        from .sampling import SamplerOptions, edit_batches
+        if not 0.0 <= strength <= 1.0:
+            raise ValueError(f"strength must be in [0, 1], got {strength}")
+        x = self._as_model_range(images)
+        options = SamplerOptions(sampler=sampler, steps=steps, eta=eta, spacing=spacing, clip=clip, guidance=guidance)
+        labels = self.labels(label, len(x))
+        if strength == 0.0:
+            self.check_labels(labels, len(x), guidance)
+            from .data import to_uint8
+            return to_uint8(x)
+        return self._gather(edit_batches(self, x, strength, options, labels=labels, seed=seed, batch_size=batch_size,
+                                         progress=progress), len(x))
+
+    @staticmethod
+    def _as_model_range(images) -> torch.Tensor:
+        """uint8 (N, 28, 28) -> floats (N, 1, 28, 28) in [-1, 1]; float tensors in that range pass through."""
+        from .data import to_model_range
+        if isinstance(images, torch.Tensor) and images.is_floating_point():
+            x = images.reshape(-1, 1, 28, 28).float()
+        else:
+            a = np.asarray(images)
+            if a.dtype != np.uint8 or a.shape[-2:] != (28, 28):
+                raise ValueError(f"images must be uint8 (N, 28, 28) or floats in [-1, 1], got {a.dtype} {a.shape}")
+            x = to_model_range(a.reshape(-1, 28, 28))
+        if len(x) == 0:
+            raise ValueError("no images given")
+        return x
+
+    @staticmethod
+    def _gather(batches, n: int) -> np.ndarray:
+        from .data import to_uint8
+        out = np.empty((n, 28, 28), dtype=np.uint8)
+        for start, x0 in batches:
+            out[start:start + len(x0)] = to_uint8(x0)
+        return out
+
     @torch.no_grad()
     def invert(self, images: torch.Tensor, *, steps: Optional[int] = 50, spacing: str = "uniform",
                labels: Optional[torch.Tensor] = None) -> torch.Tensor:
@@ -267,5 +344,5 @@ class Diffusion:
 
 
 def load(source: str | os.PathLike, **kwargs) -> Diffusion:
-    """`Diffusion.load`: a checkpoint written by `train`."""
+    """`Diffusion.load`: a shipped model's name, a model folder, or a training checkpoint."""
     return Diffusion.load(source, **kwargs)

@@ -281,10 +281,11 @@ def balanced_labels(n: int, num_classes: int) -> np.ndarray:
 # ---------------------------------------------------------------------------------------------
 # A model, and a whole training run
 
-def evaluate_samples(images_u8: np.ndarray, dataset: str, *, seed: int = 0, inception: bool = False,
-                     progress: bool = False) -> dict:
-    """`evaluate_images` for a set of images from anywhere, with the Inception FID on request."""
-    result = evaluate_images(images_u8, dataset, seed=seed, progress=progress)
+def evaluate_samples(images_u8: np.ndarray, dataset: str, *, labels: Optional[Sequence[int]] = None, seed: int = 0,
+                     inception: bool = False, progress: bool = False) -> dict:
+    """`evaluate_images` for a set of images from anywhere (with the labels they were drawn for, if
+    known), and the Inception FID on request."""
+    result = evaluate_images(images_u8, dataset, labels=labels, seed=seed, progress=progress)
     if inception:
         from .inception import inception_fid
         result["inception_fid"] = inception_fid(images_u8, dataset, progress=progress)

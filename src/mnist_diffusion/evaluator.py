@@ -1,10 +1,11 @@
 """The fixed evaluator: a small CNN classifier per dataset whose penultimate layer is the feature
 space for FID / precision / recall and whose softmax scores recognizability and class balance.
 
-The weights ship in `weights/evaluator_<dataset>.pt` (a plain state_dict, loaded with
-`weights_only=True`) and their SHA-256 in `weights/checksums.json`; a file whose hash differs is
+The weights ship in `weights/evaluator_<dataset>.safetensors` (tensors only: nothing in the file
+can run code) and their SHA-256 in `weights/checksums.json`; a file whose hash differs is
 refused, so every number computed with it is comparable across machines and releases.
-`scripts/train_evaluator.py` rebuilds them (same seed, same accuracy; not necessarily the same bytes).
+`scripts/train_evaluator.py` rebuilds them (same seed, same accuracy; not necessarily the same
+bytes); `--convert OLD.pt` rewrote the earlier torch.save files as they were, tensor for tensor.
 
 Not here: the metrics themselves (evaluation.py) and the Inception network (inception.py).
 """
@@ -65,7 +66,7 @@ class EvalNet(nn.Module):
 
 
 def weights_path(dataset: str, weights_dir: Optional[Path] = None) -> Path:
-    return Path(weights_dir or WEIGHTS_DIR) / f"evaluator_{dataset}.pt"
+    return Path(weights_dir or WEIGHTS_DIR) / f"evaluator_{dataset}.safetensors"
 
 
 def file_sha256(path: Path) -> str:
@@ -97,7 +98,12 @@ def load_evaluator(dataset: str, device="cpu", weights_dir: Optional[Path] = Non
     if got != want:
         raise EvaluatorError(f"{path}: SHA-256 {got[:16]}... does not match the recorded {want[:16]}...; "
                              "the evaluator weights were modified, so its numbers would not be comparable")
-    state = torch.load(path, map_location="cpu", weights_only=True)
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+    try:
+        state = load_file(str(path))
+    except (SafetensorError, OSError) as e:
+        raise EvaluatorError(f"{path}: not a readable safetensors file ({e})") from None
     net = EvalNet()
     try:
         net.load_state_dict(state)
@@ -134,12 +140,16 @@ def embed(net: EvalNet, images_u8: np.ndarray, batch_size: int = 1000, progress:
 
 
 def write_weights(net: EvalNet, dataset: str, weights_dir: Optional[Path] = None) -> str:
-    """Save a state_dict atomically and record its SHA-256 in checksums.json; returns the hash."""
-    from .checkpoint import atomic_save, atomic_write_text
+    """Save the weights atomically as safetensors and record their SHA-256 in checksums.json;
+    returns the hash."""
+    from safetensors.torch import save
+
+    from .atomic import atomic_write_bytes, atomic_write_text
 
     weights_dir = Path(weights_dir or WEIGHTS_DIR)
     path = weights_path(dataset, weights_dir)
-    atomic_save({k: v.detach().cpu().clone() for k, v in net.state_dict().items()}, path)
+    atomic_write_bytes(path, save({k: v.detach().cpu().contiguous() for k, v in net.state_dict().items()},
+                                  metadata={"format": "mnist-diffusion-evaluator/1", "dataset": dataset}))
     sums_path = weights_dir / CHECKSUM_FILE
     sums = json.loads(sums_path.read_text()) if sums_path.is_file() else {}
     sums[path.name] = file_sha256(path)

@@ -171,6 +171,75 @@ def _npy_header(f):
     return shape, dtype
 
 
+VALUE_RANGES = {"unit": (0.0, 1.0), "signed": (-1.0, 1.0)}  # floats in [0, 1] or [-1, 1]
+
+
+def load_sample_set(path: str | os.PathLike, value_range: Optional[str] = None) -> tuple[np.ndarray, Optional[np.ndarray]]:
+    """Another tool's samples, as uint8 (N, 28, 28) and the labels they were drawn for (or None).
+
+    npz: ours (`images`, `labels`) or OpenAI's (`arr_0` as (N, H, W, C) uint8, labels in `arr_1`);
+    (N, 28, 28), (N, 1, 28, 28) or (N, 28, 28, 1); uint8, or float with `value_range` "unit" ([0, 1])
+    or "signed" ([-1, 1]) said explicitly (a float array is never guessed). A folder: every .png below it, nested
+    folders included, in sorted path order. A wrong shape, dtype or range is a ValueError naming
+    the file."""
+    path = Path(path)
+    if path.is_dir():
+        files = sorted(p for p in path.rglob("*") if p.suffix.lower() == ".png")
+        if not files:
+            raise ValueError(f"{path}: folder holds no .png files")
+        out = []
+        for p in files:
+            with open_image(p, size=(28, 28)) as im:
+                out.append(np.asarray(im.convert("L")))
+        return np.stack(out).astype(np.uint8), None
+    if not path.exists():
+        raise ValueError(f"{path} does not exist")
+    if path.suffix.lower() != ".npz":
+        raise ValueError(f"{path}: expected an .npz file or a folder of PNGs")
+    import zipfile
+    try:
+        with zipfile.ZipFile(path) as z:
+            names = {n[:-4] for n in z.namelist() if n.endswith(".npy")}
+    except (OSError, zipfile.BadZipFile) as e:
+        raise ValueError(f"{path}: not a readable npz ({e})") from None
+    key, label_key = ("images", "labels") if "images" in names else ("arr_0", "arr_1")
+    if key not in names:
+        raise ValueError(f"{path}: npz has neither 'images' nor 'arr_0' (found {', '.join(sorted(names)) or 'nothing'})")
+    a = npz_array(path, key)
+    if a.ndim == 4 and a.shape[1] == 1:
+        a = a[:, 0]
+    elif a.ndim == 4 and a.shape[3] == 1:
+        a = a[..., 0]
+    if a.ndim != 3 or a.shape[1:] != (28, 28):
+        raise ValueError(f"{path}: {key} has shape {a.shape}, expected (N, 28, 28), (N, 1, 28, 28) or (N, 28, 28, 1)")
+    images = _to_uint8(a, path, key, value_range)
+    labels = None
+    if label_key in names:
+        labels = npz_array(path, label_key)
+        if labels.shape != (len(images),) or labels.dtype.kind not in "iu":
+            raise ValueError(f"{path}: {label_key} must be {len(images)} integer labels, got {labels.dtype} "
+                             f"{labels.shape}")
+    return images, labels
+
+
+def _to_uint8(a: np.ndarray, path: Path, key: str, value_range: Optional[str]) -> np.ndarray:
+    if a.dtype == np.uint8:
+        if value_range is not None:
+            raise ValueError(f"{path}: {key} is uint8 already; --value-range is for float arrays")
+        return a
+    if a.dtype.kind != "f":
+        raise ValueError(f"{path}: {key} has dtype {a.dtype}, expected uint8 (0 = background) or float with "
+                         "--value-range")
+    if value_range is None:
+        raise ValueError(f"{path}: {key} is {a.dtype}: say its range with --value-range unit ([0, 1]) or signed ([-1, 1]) "
+                         "(it is not guessed)")
+    lo, hi = VALUE_RANGES[value_range]
+    if not np.isfinite(a).all() or a.min() < lo - 1e-3 or a.max() > hi + 1e-3:
+        raise ValueError(f"{path}: {key} holds values in [{a.min():.3g}, {a.max():.3g}], outside --value-range "
+                         f"{value_range}")
+    return np.round((np.clip(a, lo, hi) - lo) / (hi - lo) * 255).astype(np.uint8)
+
+
 def load_images(path: str | os.PathLike) -> np.ndarray:
     """Read a set of 28x28 images from an .npz (uint8 `images`, (N,28,28) or (N,1,28,28)) or a
     folder of PNGs (sorted by name). Returns uint8 (N, 28, 28). Raises ValueError naming the file."""

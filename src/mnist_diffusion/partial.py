@@ -53,8 +53,8 @@ class PartialImages:
     def save(self, images: np.ndarray) -> None:
         save_npz(images, self.path, request=np.array(self.request))
 
-    def complete(self, images: np.ndarray) -> None:
-        save_npz(images, self.output)
+    def complete(self, images: np.ndarray, labels: Optional[np.ndarray] = None) -> None:
+        save_npz(images, self.output, **({} if labels is None else {"labels": np.asarray(labels, dtype=np.int64)}))
         self.remove()
 
     def remove(self) -> None:
@@ -76,19 +76,26 @@ def request(diff: "Diffusion", num_images: int, options: SamplerOptions, labels:
 
 def generate_resumable(diff: "Diffusion", num_images: int, options: SamplerOptions, output: str | os.PathLike, *,
                        labels: Optional[torch.Tensor] = None, seed: int = 0, batch_size: int = 256,
-                       progress: bool = False, log: Callable[[str], None] = lambda _m: None) -> np.ndarray:
+                       progress: bool = False, callback=None, log: Callable[[str], None] = lambda _m: None) -> np.ndarray:
     """sampling.generate, keeping each finished batch in the partial file of `output` and continuing
-    from it when the same request was stopped before; writes `output` (uint8 `images`) at the end."""
-    store = PartialImages(output, request(diff, num_images, options, labels, seed, batch_size))
+    from it when the same request was stopped before; writes `output` (uint8 `images`, and the
+    `labels` they were drawn for) at the end. With a `callback` (a Trajectory, say) the run starts
+    from the first image and keeps no partial file: the callback must see every batch."""
+    store = None if callback is not None else PartialImages(output, request(diff, num_images, options, labels, seed,
+                                                                            batch_size))
     images = np.empty((num_images, 28, 28), dtype=np.uint8)
-    done = store.load()
+    done = store.load() if store is not None else None
     first = 0 if done is None else len(done)
     if first:
         log(f"continuing an interrupted run: {first} of {num_images} images already drawn ({store.path.name})")
         images[:first] = done
     for start, x0 in sample_batches(diff, num_images, options, labels=labels, seed=seed, batch_size=batch_size,
-                                    first=first, progress=progress):
+                                    first=first, progress=progress, callback=callback):
         images[start:start + len(x0)] = to_uint8(x0)
-        store.save(images[:start + len(x0)])
-    store.complete(images)
+        if store is not None:
+            store.save(images[:start + len(x0)])
+    if store is not None:
+        store.complete(images, labels)
+    else:
+        save_npz(images, output, **({} if labels is None else {"labels": np.asarray(labels, dtype=np.int64)}))
     return images

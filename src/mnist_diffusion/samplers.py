@@ -236,6 +236,93 @@ def dpmpp(eps_fn: EpsFn, schedule: Schedule, x_T: torch.Tensor, noise_fn: Option
     return x
 
 
+# ---------------------------------------------------------------------------------------------
+# samplers that condition on an image: inpainting (RePaint) and SDEdit
+
+def repaint_path(seq: Sequence[int], jump_length: int = 10, resample: int = 1) -> list[int]:
+    """RePaint's time path (Lugmayr et al. 2022, Algorithm 1 and sec. 4.2) over the visited steps
+    `seq` (decreasing, as timestep_sequence gives them), ending at -1 (the clean image): down one
+    step at a time; after each block of `jump_length` steps, back up `jump_length` (one forward
+    jump, q(x_s | x_t)) and down again, so each block is denoised `resample` times in all."""
+    if jump_length < 1 or resample < 1:
+        raise ValueError(f"jump_length and resample must be >= 1, got {jump_length} and {resample}")
+    full = list(seq) + [-1]
+    path, i, redone = [full[0]], 0, {}
+    while i < len(full) - 1:
+        i += 1
+        path.append(full[i])
+        if resample > 1 and i % jump_length == 0 and i < len(full) - 1 and redone.get(i, 0) < resample - 1:
+            redone[i] = redone.get(i, 0) + 1
+            i -= jump_length
+            path.append(full[i])
+    return path
+
+
+@torch.no_grad()
+def repaint(eps_fn: EpsFn, schedule: Schedule, x_T: torch.Tensor, noise_fn: NoiseFn, known: torch.Tensor,
+            mask: torch.Tensor, *, steps: Optional[int] = None, spacing: str = "uniform", eta: float = 1.0,
+            jump_length: int = 10, resample: int = 1, clip: bool = True, callback: Callback = None) -> torch.Tensor:
+    """Inpainting (RePaint, Lugmayr et al. 2022): `known` images in [-1, 1] and a `mask` (1 = known
+    pixel), the same shape. Each reverse step (DDIM eq. 12 with `eta`; eta = 1 on every timestep is
+    ancestral DDPM) is followed by putting back the known region, forward-noised to the new level:
+      x_s = m * (sqrt(a_s) known + sqrt(1 - a_s) z) + (1 - m) * x_s;
+    at the end (a_s = 1) the known pixels are the original ones exactly. With resample > 1, blocks
+    of `jump_length` steps are undone by a forward jump x_t = sqrt(a_t / a_s) x_s + sqrt(1 - a_t / a_s) z
+    and denoised again, which lets the generated region agree with the known one."""
+    path = repaint_path(timestep_sequence(schedule, steps, spacing), jump_length, resample)
+    x = x_T
+    for i, (t, s) in enumerate(zip(path[:-1], path[1:])):
+        a_t, a_s = _alpha_bar(schedule, t), _alpha_bar(schedule, s)
+        if s > t:  # back up: the forward process from t to s in one jump
+            x = (a_s / a_t) ** 0.5 * x + (1 - a_s / a_t) ** 0.5 * noise_fn(x)
+            continue
+        x0, eps = _pred_x0(eps_fn, schedule, x, t, clip)
+        if callback:
+            callback(i, t, x, x0)
+        sigma = eta * ((1 - a_s) / (1 - a_t)) ** 0.5 * (1 - a_t / a_s) ** 0.5
+        x = a_s ** 0.5 * x0 + max(1 - a_s - sigma ** 2, 0.0) ** 0.5 * eps
+        if sigma > 0:
+            x = x + sigma * noise_fn(x)
+        known_s = known if s < 0 else a_s ** 0.5 * known + (1 - a_s) ** 0.5 * noise_fn(x)
+        x = mask * known_s + (1 - mask) * x
+    return x
+
+
+def sdedit_start(schedule: Schedule, strength: float) -> int:
+    """The timestep SDEdit (Meng et al. 2022) starts from: strength s in (0, 1] maps to
+    t0 = round(s T) - 1 (at least 0), so s = 1 starts from pure noise at T - 1."""
+    if not 0.0 < strength <= 1.0:
+        raise ValueError(f"strength must be in (0, 1], got {strength}")
+    return max(0, min(schedule.timesteps - 1, round(strength * schedule.timesteps) - 1))
+
+
+def sdedit_plan(name: str, schedule: Schedule, strength: float, steps: Optional[int] = None):
+    """(t0, the schedule cut at t0, the steps to run on it): the share `strength` of a full run's
+    steps (sampler `name`'s default when None; ddpm's None stays every timestep)."""
+    t0 = sdedit_start(schedule, strength)
+    n = steps if steps is not None else DEFAULT_STEPS[name]
+    if strength < 1.0 and n is not None:
+        n = max(1, round(n * (t0 + 1) / schedule.timesteps))
+    return t0, schedule.prefix(t0 + 1), n
+
+
+@torch.no_grad()
+def sdedit(name: str, eps_fn: EpsFn, schedule: Schedule, images: torch.Tensor, noise: torch.Tensor, noise_fn: NoiseFn,
+           strength: float, *, steps: Optional[int] = None, eta: float = 0.0, spacing: Optional[str] = None,
+           clip: bool = True, callback: Callback = None) -> torch.Tensor:
+    """SDEdit (Meng et al. 2022): noise `images` (in [-1, 1]) to t0 = sdedit_start(strength) with
+    `noise`, x_t0 = sqrt(a_t0) x + sqrt(1 - a_t0) noise, and run sampler `name` from there on the
+    schedule cut at t0 (Schedule.prefix), with the share `strength` of its steps. At strength 1,
+    x_t0 is the noise itself: the same run as sampling from scratch with that noise."""
+    t0, sub, n = sdedit_plan(name, schedule, strength, steps)
+    if strength == 1.0:
+        x = noise
+    else:
+        x = (sub.sqrt_alpha_bar[t0] * images.double() + sub.sqrt_one_minus_alpha_bar[t0] * noise.double()).to(noise.dtype)
+    return run_sampler(name, eps_fn, sub, x, noise_fn, steps=n, eta=eta, spacing=spacing, clip=clip,
+                       callback=callback)
+
+
 def slerp(z0: torch.Tensor, z1: torch.Tensor, alpha: float, eps: float = 1e-7) -> torch.Tensor:
     """Spherical interpolation per image (Shoemake 1985): for angle theta between z0 and z1,
     z = sin((1 - alpha) theta)/sin(theta) z0 + sin(alpha theta)/sin(theta) z1. Gaussian noise

@@ -19,7 +19,8 @@ from tqdm.auto import tqdm
 
 from .config import option
 from .data import to_uint8
-from .samplers import SAMPLERS, SPACINGS, PerImageNoise, run_sampler, visited_timesteps
+from .samplers import (SAMPLERS, SPACINGS, PerImageNoise, repaint, repaint_path, run_sampler, sdedit, sdedit_plan,
+                       timestep_sequence, visited_timesteps)
 
 if TYPE_CHECKING:
     from .diffusion import Diffusion
@@ -72,14 +73,68 @@ def sample_batches(diff: "Diffusion", num_images: int, options: SamplerOptions =
                    progress: bool = False, callback: BatchCallback = None) -> Iterator[tuple[int, torch.Tensor]]:
     """Yield (start, x_0) for images start.. of a run, a batch at a time, x_0 in [-1, 1] with shape
     (n, 1, 28, 28). `first` skips the images a stopped run already has (a whole number of batches)."""
-    diff.check_labels(labels, num_images, options.guidance)
     options.check(diff.schedule)
+
+    def draw(eps_fn, noise, start, n, step_done):
+        return run_sampler(options.sampler, eps_fn, diff.schedule, noise.initial((1, 28, 28)), noise,
+                           steps=options.steps, eta=options.eta, spacing=options.spacing, clip=options.clip,
+                           callback=step_done)
+    yield from _batches(diff, num_images, options, draw, len(options.visited(diff.schedule)), labels=labels, seed=seed,
+                        batch_size=batch_size, first=first, progress=progress, callback=callback)
+
+
+def inpaint_batches(diff: "Diffusion", known: torch.Tensor, mask: torch.Tensor, options: SamplerOptions, *,
+                    jump_length: int = 10, resample: int = 1, labels: Optional[torch.Tensor] = None, seed: int = 0,
+                    batch_size: int = 256, progress: bool = False,
+                    callback: BatchCallback = None) -> Iterator[tuple[int, torch.Tensor]]:
+    """samplers.repaint over `known` images ((N, 1, 28, 28) in [-1, 1]) and their masks (1 = keep),
+    in batches with per-image seeds. ddpm is ancestral (eta = 1), ddim takes options.eta."""
+    if options.sampler == "dpmpp":
+        raise ValueError("inpainting runs the ddpm or ddim sampler (a multistep solver cannot restart at every "
+                         "step as RePaint needs)")
+    options.check(diff.schedule)
+    eta = 1.0 if options.sampler == "ddpm" else options.eta
+    spacing = options.spacing or "uniform"
+    path = repaint_path(timestep_sequence(diff.schedule, options.steps, spacing), jump_length, resample)
+    evals = sum(s < t for t, s in zip(path[:-1], path[1:]))
+
+    def draw(eps_fn, noise, start, n, step_done):
+        k, m = known[start:start + n].to(diff.device), mask[start:start + n].to(diff.device)
+        return repaint(eps_fn, diff.schedule, noise.initial((1, 28, 28)), noise, k, m, steps=options.steps,
+                       spacing=spacing, eta=eta, jump_length=jump_length, resample=resample, clip=options.clip,
+                       callback=step_done)
+    yield from _batches(diff, len(known), options, draw, evals, labels=labels, seed=seed, batch_size=batch_size,
+                        progress=progress, callback=callback, desc="inpainting")
+
+
+def edit_batches(diff: "Diffusion", images: torch.Tensor, strength: float, options: SamplerOptions, *,
+                 labels: Optional[torch.Tensor] = None, seed: int = 0, batch_size: int = 256, progress: bool = False,
+                 callback: BatchCallback = None) -> Iterator[tuple[int, torch.Tensor]]:
+    """samplers.sdedit over `images` ((N, 1, 28, 28) in [-1, 1]) at `strength`, in batches with
+    per-image seeds: image i's noise is the x_T that `sample(seed)` starts image i from."""
+    options.check(diff.schedule)
+    _, sub, n = sdedit_plan(options.sampler, diff.schedule, strength, options.steps)
+    evals = len(visited_timesteps(options.sampler, sub, n, options.spacing))
+
+    def draw(eps_fn, noise, start, n, step_done):
+        return sdedit(options.sampler, eps_fn, diff.schedule, images[start:start + n].to(diff.device),
+                      noise.initial((1, 28, 28)), noise, strength, steps=options.steps, eta=options.eta,
+                      spacing=options.spacing, clip=options.clip, callback=step_done)
+    yield from _batches(diff, len(images), options, draw, evals, labels=labels, seed=seed, batch_size=batch_size,
+                        progress=progress, callback=callback, desc="editing")
+
+
+def _batches(diff, num_images, options, draw, evals_per_batch, *, labels, seed, batch_size, first=0, progress=False,
+             callback=None, desc=None) -> Iterator[tuple[int, torch.Tensor]]:
+    """The loop every image-producing run shares: per-image noise, the batch's labels and guided
+    eps_fn, a progress bar over network evaluations, and a check that nothing overflowed.
+    draw(eps_fn, noise, start, n, step_done) -> x_0 of images start..start+n."""
+    diff.check_labels(labels, num_images, options.guidance)
     if first and (first > num_images or first % batch_size and first != num_images):
         raise ValueError(f"cannot continue from {first} images: not whole batches of {batch_size} out of {num_images}")
-    n_evals = len(options.visited(diff.schedule))
     n_batches = (num_images + batch_size - 1) // batch_size
-    bar = tqdm(total=n_evals * n_batches, initial=n_evals * (first // batch_size), desc=f"sampling ({options.sampler})",
-               unit="step", disable=not progress, leave=False)
+    bar = tqdm(total=evals_per_batch * n_batches, initial=evals_per_batch * (first // batch_size),
+               desc=desc or f"sampling ({options.sampler})", unit="step", disable=not progress, leave=False)
     try:
         for start in range(first, num_images, batch_size):
             n = min(batch_size, num_images - start)
@@ -92,9 +147,7 @@ def sample_batches(diff: "Diffusion", num_images: int, options: SamplerOptions =
                     callback(_start, i, t, x, x0)
 
             with torch.no_grad():
-                x0 = run_sampler(options.sampler, diff.eps_fn(y, options.guidance), diff.schedule,
-                                 noise.initial((1, 28, 28)), noise, steps=options.steps, eta=options.eta,
-                                 spacing=options.spacing, clip=options.clip, callback=step_done)
+                x0 = draw(diff.eps_fn(y, options.guidance), noise, start, n, step_done)
             if not bool(torch.isfinite(x0).all()):
                 raise ValueError(f"sampling produced non-finite values (images {start}..{start + n - 1}); with "
                                  f"guidance {options.guidance:g} the model's predictions overflowed")

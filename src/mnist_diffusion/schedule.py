@@ -73,6 +73,13 @@ class Schedule:
     def timesteps(self) -> int:
         return int(self.betas.shape[0])
 
+    def prefix(self, n: int) -> "Schedule":
+        """The process cut at its first n timesteps: every coefficient at t < n is unchanged (alpha_bar
+        is a cumulative product), so a sampler run on it starts at t = n - 1 (SDEdit)."""
+        if not 1 <= n <= self.timesteps:
+            raise ValueError(f"a prefix needs 1..{self.timesteps} timesteps, got {n}")
+        return self if n == self.timesteps else Schedule.from_betas(self.betas[:n])
+
     @classmethod
     def from_betas(cls, betas: torch.Tensor) -> "Schedule":
         betas = betas.to(torch.float64)

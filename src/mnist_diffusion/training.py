@@ -407,6 +407,45 @@ class RunFiles:
 
 
 # ---------------------------------------------------------------------------------------------
+# which run: a preset, a config file or a checkpoint, then the options given
+
+def run_config(preset_name: Optional[str] = None, *, config: Optional[str] = None, resume: Optional[str] = None,
+               output_dir: Optional[str] = None, values: Optional[dict] = None, conditional: Optional[bool] = None,
+               log: Callable[[str], None] = print) -> tuple[RunConfig, Path, Optional[str]]:
+    """The config, run directory and checkpoint of a training request, as `train` takes them: the
+    base is the checkpoint's config when resuming (`resume="auto"`: the newest good one in
+    output_dir, or a new run when there is none), else the config file's, else the preset's; then
+    config.resolve applies `values` ({"train.lr": 1e-3, ...}) under the resume rule."""
+    from .config import preset, resolve
+    from .models import default_config
+
+    run_dir = Path(output_dir) if output_dir else None
+    if resume == "auto":
+        if run_dir is None:
+            raise ConfigError("--resume auto needs --output-dir (the run to resume)")
+        found = ckpt_io.find_latest(run_dir)
+        resume = str(found) if found else None
+        if found is None:
+            log(f"no checkpoint in {run_dir}: starting a new run")
+    if resume:
+        base = ckpt_io.config_of(ckpt_io.load(resume), resume)
+        run_dir = run_dir or Path(resume).resolve().parent.parent
+    elif config:
+        try:
+            base = RunConfig.from_json(Path(config).read_text(encoding="utf-8"))
+        except OSError as e:
+            raise ConfigError(f"cannot read --config {config}: {e.strerror}") from None
+        except (UnicodeDecodeError, ConfigError) as e:
+            raise ConfigError(f"--config {config}: {'not a text file' if isinstance(e, UnicodeDecodeError) else e}") \
+                from None
+    else:
+        base = preset(preset_name or "default")
+    cfg = resolve(base, values or {}, conditional=conditional, resuming=resume, preset_name=preset_name,
+                  model_defaults=default_config)
+    return cfg, run_dir or Path("runs") / f"{preset_name or 'default'}-{cfg.train.dataset}", resume
+
+
+# ---------------------------------------------------------------------------------------------
 # the loop
 
 def train(cfg: RunConfig, data: Split, run_dir: Optional[str | os.PathLike] = None, *, resume: Optional[str] = None,

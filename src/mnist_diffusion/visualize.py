@@ -222,6 +222,43 @@ def plot_forward(images_u8: np.ndarray, output, *, row_labels=None, timesteps=DE
 
 
 # ---------------------------------------------------------------------------------------------
+# The reverse process of a trained model
+
+def plot_denoising(diff, output, *, label=None, guidance: float = 0.0, num_images: int = 4, sampler: str = "ddim",
+                   steps: int = 50, columns: int = 8, seed: int = 0) -> Path:
+    """What the model sees and says while it denoises: for each image, x_t (top row) and its
+    prediction of the clean image x0-hat (bottom row) at `columns` of the visited timesteps, then
+    the sample. Early on x0-hat is a blurry average digit; it sharpens as t falls."""
+    from .sampling import SamplerOptions, generate
+
+    options = SamplerOptions(sampler, steps=min(steps, diff.timesteps), guidance=guidance)
+    visited = options.visited(diff.schedule)
+    ts = set(gif_timesteps(visited, columns))
+    seen: dict[int, tuple] = {}
+
+    def record(start, i, t, x, x0):
+        if t in ts:
+            seen[t] = (x.float().cpu().numpy()[:, 0], x0.float().cpu().numpy()[:, 0])
+    final = generate(diff, num_images, options, labels=diff.labels(label, num_images), seed=seed,
+                     batch_size=num_images, callback=record)
+    order = sorted(seen, reverse=True)
+    final_f = final.astype(np.float64) / 127.5 - 1
+    rows, row_labels = [], []
+    for k in range(num_images):
+        rows.append([seen[t][0][k] for t in order] + [final_f[k]])
+        rows.append([seen[t][1][k] for t in order] + [final_f[k]])
+        row_labels += [f"#{k}: $x_t$", r"$\hat x_0$"]
+    cells = np.array(rows)
+    fig, ax = plt.subplots(figsize=(1.0 * cells.shape[1] + 1.6, 1.0 * cells.shape[0] + 1.4))
+    _image_table(ax, cells, [f"t = {t}" for t in order] + ["sample"], row_labels)
+    ax.xaxis.tick_top()
+    what = f"label {label}" + (f", guidance {guidance:g}" if guidance else "") if label is not None else "no label"
+    ax.set_title(f"Denoising with {diff.source or 'the model'} ({sampler}, {len(visited)} steps, {what})",
+                 fontsize=11, fontweight="bold", pad=12)
+    return _save_fig(fig, output)
+
+
+# ---------------------------------------------------------------------------------------------
 # Noising rules
 
 RULE_LABELS = {
@@ -503,11 +540,14 @@ def _interp_linear(v, xs: np.ndarray, ys: np.ndarray) -> np.ndarray:
 
 def figure(name: str, output, *, run=None, split=None, dataset: str = "mnist", index: int = 0, num_images: int = 6,
            schedule: str = "cosine", beta: float = 0.02, timesteps=DEFAULT_TIMESTEPS, T: int = 1000, seed: int = 0,
-           frame_ms: int = 400) -> Path:
+           frame_ms: int = 400, diffusion=None, label=None, guidance: float = 0.0) -> Path:
     """Draw the figure called `name`: progress and loss from a training `run` directory; math from
-    nothing; schedule, noisers (training image `index`) and forward (`num_images` rows, one of each
-    class in turn) from a data `split` of `dataset`."""
+    nothing; denoising from a model (`diffusion`); schedule, noisers (training image `index`) and
+    forward (`num_images` rows, one of each class in turn) from a data `split` of `dataset`."""
     from .data import CLASS_NAMES
+    if name == "denoising":
+        return plot_denoising(diffusion, output, label=label, guidance=guidance, num_images=min(num_images, 8),
+                              seed=seed)
     if name == "progress":
         return progress_gif(run, output, duration_ms=frame_ms)
     if name == "loss":

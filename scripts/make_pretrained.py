@@ -1,0 +1,132 @@
+"""Rebuild the models that ship with the package, from scratch, with this repo's own commands.
+
+    PYTHONPATH=src python scripts/make_pretrained.py            # all of them (`make pretrained`)
+    PYTHONPATH=src python scripts/make_pretrained.py mnist      # one
+
+For each model: `mnist-diffusion train` (the exact command is in the card; `--resume auto`, so a
+stopped rebuild continues), `mnist-diffusion evaluate` on 10,000 images (its JSON goes into the
+card), then `hub.export` at fp16 into src/mnist_diffusion/pretrained_models/NAME with a model card
+(README.md) and samples.png. Training is deterministic on a given machine and torch build, so the
+weights' SHA-256 matches the one pinned in pretrained.py there; elsewhere it differs, and the
+script says so (--pin writes the new hash into pretrained.py).
+"""
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import platform
+import re
+import statistics
+import subprocess
+import sys
+from pathlib import Path
+
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+CLI = [sys.executable, "-m", "mnist_diffusion"]
+# name -> what it is, the train options, and the guidance its card is evaluated and drawn at
+MODELS = {
+    "mnist": {"description": "MNIST, class-conditional, the quick preset (what `make run` trains)",
+              "train": ["--preset", "quick", "--dataset", "mnist"], "guidance": 0.5},
+    "fashion_mnist": {"description": "Fashion-MNIST, class-conditional, the quick preset",
+                      "train": ["--preset", "quick", "--dataset", "fashion_mnist"], "guidance": 1.0},
+    "mnist-uncond": {"description": "MNIST, unconditional, the quick preset trained without labels",
+                     "train": ["--preset", "quick", "--unconditional", "--dataset", "mnist"], "guidance": None},
+}
+
+
+def run(argv: list[str]) -> None:
+    print("+ mnist-diffusion " + " ".join(argv), flush=True)
+    subprocess.run(CLI + argv, check=True, cwd=ROOT)
+
+
+def training_facts(run_dir: Path, batch_size: int) -> dict:
+    """What the card says of the training, from the run's loss.csv: the median speed over its log
+    windows (robust to a window slowed by other work on the machine), the time at that speed, and
+    the wall-clock time the run recorded."""
+    with open(run_dir / "loss.csv", newline="") as f:
+        rows = list(csv.DictReader(f))
+    rate = statistics.median(float(r["images_per_s"]) for r in rows)
+    steps = int(rows[-1]["step"])
+    cpu = next((ln.split(":", 1)[1].strip() for ln in Path("/proc/cpuinfo").read_text().splitlines()
+                if ln.startswith("model name")), platform.processor()) if Path("/proc/cpuinfo").exists() else \
+        platform.processor()
+    return {"machine": f"{cpu}, {torch.get_num_threads()} threads, torch {torch.__version__}, no GPU",
+            "steps": f"{steps:,} of batch {batch_size}",
+            "speed": f"{rate:.0f} images/s (median of {len(rows)} loss.csv windows)",
+            "training time": f"{steps * batch_size / rate / 60:.1f} min at that speed "
+                             f"({float(rows[-1]['elapsed_s']) / 60:.1f} min of wall clock recorded, previews "
+                             "and checkpoints included)"}
+
+
+def build(name: str, runs: Path, out_root: Path) -> str:
+    import mnist_diffusion as md
+    from mnist_diffusion.hub import card_samples
+
+    spec = MODELS[name]
+    run_dir = runs / name
+    if run_dir.resolve().is_relative_to(ROOT):
+        run_dir = run_dir.resolve().relative_to(ROOT)  # the commands run in ROOT; the card shows this path
+    train_cmd = ["train", *spec["train"], "--output-dir", str(run_dir), "--resume", "auto", "--no-progress"]
+    run(train_cmd)
+    ck = ROOT / run_dir / "checkpoints" / "last.pt"
+    report = ROOT / run_dir / "evaluate.json"
+    guided = [] if spec["guidance"] is None else ["--guidance", str(spec["guidance"])]
+    if not report.exists():
+        run(["evaluate", "--checkpoint", str(ck), "--sampler", "dpmpp", "--steps", "20", *guided,
+             "--num-samples", "10000", "--json", str(report), "--no-progress"])
+    metrics = json.loads(report.read_text())
+    diff = md.load(ck, device="cpu")
+    samples = card_samples(diff, guidance=spec["guidance"] or 0.0)
+    command = "mnist-diffusion " + " ".join(a for a in train_cmd if a not in ("--resume", "auto", "--no-progress"))
+    out = diff.export(out_root / name, dtype="fp16", metrics=metrics, command=command, samples=samples,
+                      training=training_facts(ROOT / run_dir, diff.config.train.batch_size))
+    return json.loads((out / "config.json").read_text())["export"]["sha256"]
+
+
+def pin(hashes: dict[str, str]) -> None:
+    """Write the new hashes into pretrained.py's PRETRAINED literal."""
+    path = ROOT / "src" / "mnist_diffusion" / "pretrained.py"
+    from mnist_diffusion.pretrained import PRETRAINED
+    entries = {**PRETRAINED, **{n: {"sha256": h, "description": MODELS[n]["description"]} for n, h in hashes.items()}}
+    body = "".join(f'    "{n}": {{"sha256": "{e["sha256"]}",\n{" " * (len(n) + 10)}"description": "{e["description"]}"}},\n'
+                   for n, e in entries.items())
+    text = re.sub(r"PRETRAINED: dict\[str, dict\[str, str\]\] = \{.*?\n\}\n",
+                  "PRETRAINED: dict[str, dict[str, str]] = {\n" + body + "}\n", path.read_text(), flags=re.S)
+    path.write_text(text)
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("names", nargs="*", help=f"models to build (default: all of {', '.join(MODELS)})")
+    p.add_argument("--runs", type=Path, default=ROOT / "runs" / "pretrained")
+    p.add_argument("--output", type=Path, default=ROOT / "src" / "mnist_diffusion" / "pretrained_models")
+    p.add_argument("--pin", action="store_true", help="write the weights' hashes into pretrained.py")
+    args = p.parse_args(argv)
+    from mnist_diffusion.pretrained import PRETRAINED
+
+    unknown = [n for n in args.names if n not in MODELS]
+    if unknown:
+        p.error(f"unknown model(s) {', '.join(unknown)}; choose from {', '.join(MODELS)}")
+    hashes, differ = {}, []
+    for name in args.names or list(MODELS):
+        hashes[name] = build(name, args.runs, args.output)
+        pinned = PRETRAINED.get(name, {}).get("sha256")
+        print(f"{name}: sha256 {hashes[name]}" + ("" if pinned == hashes[name] else
+                                                 f" (pinned: {pinned or 'none'})"), flush=True)
+        if pinned != hashes[name]:
+            differ.append(name)
+    if args.pin:
+        pin(hashes)
+        print("pinned in src/mnist_diffusion/pretrained.py")
+    elif differ:
+        print(f"the weights of {', '.join(differ)} differ from the pinned ones (another machine or torch build?); "
+              "rerun with --pin to ship these", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,115 @@
+"""Images to edit and masks to inpaint with: reading a user's picture the way the model sees digits,
+and the mask presets the benchmarks and the CLI use.
+
+The editing itself is sampling that conditions on an image: `Diffusion.inpaint` (RePaint) and
+`Diffusion.edit` (SDEdit) over samplers.repaint / samplers.sdedit.
+"""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Optional
+
+import numpy as np
+from PIL import Image
+
+MASK_PRESETS = ("left", "right", "top", "bottom", "center", "random")
+
+
+def mask_preset(name: str, num_images: int = 1, seed: int = 0) -> np.ndarray:
+    """Masks of known pixels (1 = known, 0 = to fill), (N, 28, 28) float32, named by the region
+    they hide: a half (left, right, top, bottom), the central 14x14 square, or half the pixels at
+    random (each image its own draw from (seed, image index))."""
+    if name not in MASK_PRESETS:
+        raise ValueError(f"unknown mask preset {name!r}; choose from {', '.join(MASK_PRESETS)}")
+    m = np.ones((num_images, 28, 28), dtype=np.float32)
+    hide = {"left": (slice(None), slice(0, 14)), "right": (slice(None), slice(14, 28)),
+            "top": (slice(0, 14), slice(None)), "bottom": (slice(14, 28), slice(None)),
+            "center": (slice(7, 21), slice(7, 21))}
+    if name in hide:
+        m[(slice(None), *hide[name])] = 0.0
+        return m
+    for i in range(num_images):
+        m[i] = np.random.default_rng([seed, i]).random((28, 28)) >= 0.5
+    return m
+
+
+def check_mask(mask, num_images: int) -> np.ndarray:
+    """A mask of known pixels for `num_images` images: (28, 28) for all of them, or (N, 28, 28);
+    values in [0, 1]; with something known and something to fill in every image."""
+    m = np.asarray(mask, dtype=np.float32)
+    if m.shape == (28, 28):
+        m = np.broadcast_to(m, (num_images, 28, 28))
+    if m.shape != (num_images, 28, 28):
+        raise ValueError(f"the mask has shape {m.shape}; expected (28, 28) or ({num_images}, 28, 28), one per image")
+    if not np.isfinite(m).all() or m.min() < 0 or m.max() > 1:
+        raise ValueError("mask values must be in [0, 1] (1 = known pixel, 0 = to fill in)")
+    known = m.reshape(num_images, -1).sum(1)
+    if (known == 0).any():
+        raise ValueError("the mask keeps no pixel of an image: nothing to complete from (that is plain sampling)")
+    if (known == 28 * 28).any():
+        raise ValueError("the mask keeps every pixel of an image: nothing to inpaint")
+    return np.ascontiguousarray(m)
+
+
+def load_picture(path: str | os.PathLike) -> tuple[np.ndarray, list[str]]:
+    """A user's image as the model sees digits: uint8 (1, 28, 28), light strokes on a dark ground.
+
+    Any size and mode: converted to grayscale, padded to a square with its own background and
+    resized to 28x28; inverted when it is dark on light (the border is brighter than mid-grey), as
+    drawings on paper are. Returns the image and a line for each conversion made."""
+    from .images import open_image
+
+    notes = []
+    with open_image(path) as im:
+        if im.mode != "L" or im.size != (28, 28):
+            notes.append(f"{Path(path).name}: {im.size[0]}x{im.size[1]} {im.mode} converted to 28x28 grayscale")
+        if im.mode in ("RGBA", "LA", "P"):  # transparent pixels count as the paper behind them: white
+            rgba = im.convert("RGBA")
+            ground = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+            im = Image.alpha_composite(ground, rgba)
+        g = np.asarray(im.convert("L"), dtype=np.float64)
+    border = np.concatenate([g[0], g[-1], g[:, 0], g[:, -1]])
+    if border.mean() > 127:
+        g = 255 - g
+        notes.append(f"{Path(path).name}: inverted (dark strokes on a light ground; MNIST is light on dark)")
+    h, w = g.shape
+    side = max(h, w)
+    square = np.zeros((side, side))
+    square[(side - h) // 2:(side - h) // 2 + h, (side - w) // 2:(side - w) // 2 + w] = g
+    img = Image.fromarray(np.clip(square, 0, 255).astype(np.uint8), mode="L")
+    if side != 28:
+        img = img.resize((28, 28), Image.LANCZOS)
+    return np.asarray(img, dtype=np.uint8)[None], notes
+
+
+def load_inputs(image: Optional[str] = None, from_test: Optional[int] = None, dataset: str = "mnist",
+                data_dir: Optional[str] = None) -> tuple[np.ndarray, Optional[np.ndarray], list[str]]:
+    """The images an edit starts from: a PNG (or any picture Pillow reads), an npz of images (our
+    layout or another tool's, with their labels), or the first N test images of `dataset`.
+    Returns (uint8 (N, 28, 28), their labels or None, notes)."""
+    if (image is None) == (from_test is None):
+        raise ValueError("give exactly one of an image file and --from-test N")
+    if from_test is not None:
+        from .data import prepare
+        test = prepare(dataset, data_dir=data_dir, log=lambda _m: None)["test"]
+        if not 1 <= from_test <= len(test.images):
+            raise ValueError(f"--from-test {from_test}: the {dataset} test split has {len(test.images)} images")
+        return test.images[:from_test], test.labels[:from_test].astype(np.int64), []
+    if Path(image).suffix.lower() == ".npz" or Path(image).is_dir():
+        from .images import load_sample_set
+        images, labels = load_sample_set(image)
+        return images, labels, []
+    picture, notes = load_picture(image)
+    return picture, None, notes
+
+
+def load_mask(path: str | os.PathLike, num_images: int) -> np.ndarray:
+    """A mask file as known pixels: a PNG where white marks what to fill in and black what to keep
+    (as inpainting tools paint it), resized to 28x28; or an npz whose `mask` holds 1 = known."""
+    from .images import npz_array, open_image
+    if Path(path).suffix.lower() == ".npz":
+        return check_mask(npz_array(path, "mask"), num_images)
+    with open_image(path) as im:
+        g = np.asarray(im.convert("L").resize((28, 28), Image.NEAREST), dtype=np.float32) / 255
+    return check_mask((g < 0.5).astype(np.float32), num_images)

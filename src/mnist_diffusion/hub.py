@@ -1,0 +1,183 @@
+"""Model folders in the ecosystem's layout (the Hugging Face Hub's): share a model, not a checkpoint.
+
+    DIR/model.safetensors       the weights (EMA by default), fp32, fp16 or bf16; tensors only
+    DIR/config.json             the run config, plus "export": the weights' SHA-256, dtype, step
+    DIR/scheduler_config.json   the betas, readable by diffusers' DDPMScheduler.from_config
+    DIR/README.md               a model card: YAML front matter, samples, the command, the metrics
+    DIR/samples.png             what the model draws (the card shows it)
+
+`export` writes such a folder from a training checkpoint; `load_folder` reads one back, after
+checking the weights against the recorded SHA-256 and the tensors against the config. A folder is
+about a quarter of a training checkpoint at fp32 (no EMA/raw pair, no optimiser state) and an
+eighth at fp16.
+
+Not here: the shipped models (pretrained.py), training checkpoints (checkpoint.py).
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from pathlib import Path
+from typing import Optional
+
+import torch
+
+from .atomic import atomic_write_bytes, atomic_write_json, atomic_write_text
+from .checkpoint import CheckpointError
+from .config import ConfigError, RunConfig
+
+DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
+FORMAT = "mnist-diffusion-model/1"
+HF_DATASETS = {"mnist": "ylecun/mnist", "fashion_mnist": "zalando-datasets/fashion_mnist"}
+FILES = ("model.safetensors", "config.json", "scheduler_config.json", "README.md", "samples.png")
+
+
+def is_folder(path: str | os.PathLike) -> bool:
+    return Path(path).is_dir()
+
+
+def scheduler_config(cfg: RunConfig, betas: torch.Tensor) -> dict:
+    """diffusers' DDPMScheduler config with this model's exact betas (`trained_betas`), its
+    parameterisation and our sampling defaults (x0 clipped to [-1, 1], posterior variance)."""
+    return {"_class_name": "DDPMScheduler", "num_train_timesteps": cfg.diffusion.timesteps,
+            "trained_betas": [float(b) for b in betas], "beta_schedule": "linear",
+            "prediction_type": "epsilon" if cfg.model.prediction == "eps" else "v_prediction",
+            "variance_type": "fixed_small", "clip_sample": True, "clip_sample_range": 1.0,
+            "timestep_spacing": "leading", "steps_offset": 0,
+            "_mnist_diffusion_schedule": cfg.diffusion.schedule}
+
+
+def export(diff, output: str | os.PathLike, *, dtype: str = "fp16", metrics: Optional[dict] = None,
+           command: Optional[str] = None, training: Optional[dict] = None, samples=None) -> Path:
+    """Write `diff` (a Diffusion) as a model folder. `metrics`: an `evaluate --json` report for the
+    card; `command`: how the model was trained; `training`: facts for the card (machine, minutes);
+    `samples`: a uint8 image grid for samples.png (None: none written)."""
+    from safetensors.torch import save
+
+    if dtype not in DTYPES:
+        raise ConfigError(f"dtype must be one of {', '.join(DTYPES)}, got {dtype!r}")
+    out = Path(output)
+    if out.exists() and not out.is_dir():
+        raise ConfigError(f"--output {out} is a file, not a folder")
+    unknown = sorted(p.name for p in out.iterdir() if p.name not in FILES) if out.is_dir() else []
+    if unknown:
+        raise ConfigError(f"--output {out} holds other files ({', '.join(unknown[:3])}); export into an empty "
+                          "folder or one written by export")
+    tensors = {k: v.detach().to("cpu", DTYPES[dtype] if v.is_floating_point() else v.dtype).contiguous()
+               for k, v in diff.model.state_dict().items()}
+    payload = save(tensors, metadata={"format": FORMAT, "dtype": dtype})
+    digest = hashlib.sha256(payload).hexdigest()
+    info = {"weights": "model.safetensors", "sha256": digest, "dtype": dtype, "ema": diff.ema, "step": diff.step,
+            "source_sha256": diff.source_sha256, "parameters": sum(v.numel() for v in tensors.values())}
+    out.mkdir(parents=True, exist_ok=True)
+    atomic_write_bytes(out / "model.safetensors", payload)
+    atomic_write_json(out / "config.json", {**diff.config.to_dict(), "export": info})
+    atomic_write_json(out / "scheduler_config.json", scheduler_config(diff.config, diff.schedule.betas))
+    if samples is not None:
+        from .images import save_png
+        save_png(samples, out / "samples.png", scale=2)
+    atomic_write_text(out / "README.md", model_card(diff.config, info, metrics=metrics, command=command,
+                                                    training=training, samples=samples is not None))
+    return out
+
+
+def load_folder(path: str | os.PathLike, expected_sha256: Optional[str] = None):
+    """(network, RunConfig, info) from a model folder: the weights' SHA-256 must match the one
+    recorded in config.json (and `expected_sha256`, for shipped models); their names and shapes
+    must fit the config's network. Weights stored at fp16/bf16 are loaded into an fp32 network."""
+    from safetensors import SafetensorError
+    from safetensors.torch import load
+
+    from .checkpoint import load_state
+    from .models import build_model
+
+    folder = Path(path)
+    try:
+        raw = json.loads((folder / "config.json").read_text(encoding="utf-8"))
+        cfg = RunConfig.from_dict(raw)
+        info = raw.get("export") or {}
+        data = (folder / info.get("weights", "model.safetensors")).read_bytes()
+    except FileNotFoundError as e:
+        raise CheckpointError(f"{folder}: not a model folder (no {Path(e.filename).name})") from None
+    except (OSError, UnicodeDecodeError, ValueError) as e:
+        raise CheckpointError(f"{folder}/config.json: {str(e).splitlines()[0]}") from None
+    digest = hashlib.sha256(data).hexdigest()
+    for want, what in ((info.get("sha256"), "the SHA-256 recorded in config.json"),
+                       (expected_sha256, "the SHA-256 pinned for this shipped model")):
+        if want is not None and digest != want:
+            raise CheckpointError(f"{folder}/model.safetensors does not match {what} ({digest[:12]}... vs "
+                                  f"{want[:12]}...): the file was modified or damaged")
+    try:
+        tensors = load(data)
+    except SafetensorError as e:
+        raise CheckpointError(f"{folder}/model.safetensors: not a readable safetensors file ({e})") from None
+    model = build_model(cfg.model, cfg.diffusion.timesteps)
+    own = model.state_dict()
+    load_state(model, {k: v.to(own[k].dtype) if k in own else v for k, v in tensors.items()},
+               f"{folder}/model.safetensors")
+    return model.eval(), cfg, {**info, "sha256": digest}
+
+
+def card_samples(diff, guidance: float = 0.5, seed: int = 0):
+    """The grid a model card shows: one row per class at `guidance`, or 64 images; DPM-Solver++ 20."""
+    from .images import grid
+    if diff.num_classes:
+        return grid(diff.sample(label="all", guidance=guidance, sampler="dpmpp", steps=20, seed=seed), nrow=10)
+    return grid(diff.sample(64, sampler="dpmpp", steps=20, seed=seed), nrow=8)
+
+
+def model_card(cfg: RunConfig, info: dict, *, metrics: Optional[dict] = None, command: Optional[str] = None,
+               training: Optional[dict] = None, samples: bool = False) -> str:
+    """A README.md in the Hub's model-card form: YAML front matter, then what the model is, how to
+    use it, how it was made and how good it is (the numbers of an `evaluate --json` report)."""
+    m, d = cfg.model, cfg.train.dataset
+    conditional = bool(m.num_classes)
+    tags = ["diffusion", "ddpm", "pytorch", "mnist-diffusion", d.replace("_", "-"),
+            "class-conditional" if conditional else "unconditional"]
+    lines = ["---", "license: mit", "library_name: mnist-diffusion", "tags:", *[f"- {t}" for t in tags],
+             "datasets:", f"- {HF_DATASETS.get(d, d)}",
+             "pipeline_tag: unconditional-image-generation", "---", "",
+             f"# {d.replace('_', '-')} DDPM ({'class-conditional' if conditional else 'unconditional'})", "",
+             f"A denoising diffusion model (Ho et al. 2020) for 28x28 {d.replace('_', '-')} images, made and read "
+             f"by [mnist-diffusion](https://pypi.org/project/mnist-diffusion/): a `{m.name}` network "
+             f"({info['parameters']:,} parameters, base width {m.base_dim}, levels "
+             f"{'x'.join(map(str, m.channel_mults))}), predicting {m.prediction}, {cfg.diffusion.schedule} schedule "
+             f"with T = {cfg.diffusion.timesteps}"
+             + (f", {m.num_classes} classes plus a null label for classifier-free guidance" if conditional else "")
+             + f". Weights: {'EMA, ' if info.get('ema') else ''}{info['dtype']}, step {info.get('step')}, "
+             f"SHA-256 `{info['sha256']}`.", ""]
+    if samples:
+        lines += ["![samples](samples.png)", ""]
+    use = ('diff.sample(10, label="all", guidance=0.5, sampler="dpmpp", steps=20, seed=0)' if conditional
+           else 'diff.sample(16, sampler="dpmpp", steps=20, seed=0)')
+    lines += ["## Use", "", "```python", "import mnist_diffusion as md",
+              "diff = md.load(\"path/to/this/folder\")", f"images = {use}   # uint8 (N, 28, 28)", "```", "",
+              "`mnist-diffusion sample --checkpoint path/to/this/folder ...` reads it as well. "
+              "`scheduler_config.json` loads into diffusers' `DDPMScheduler.from_config` with the same betas.", ""]
+    if command or training:
+        lines += ["## Training", ""]
+        if command:
+            lines += ["```", command, "```", ""]
+        for key, value in (training or {}).items():
+            lines.append(f"- {key}: {value}")
+        lines.append("")
+    if metrics:
+        s = metrics.get("sampler", {})
+        lines += ["## Evaluation", "",
+                  f"`mnist-diffusion evaluate` with the shipped evaluator, n = {metrics['n']:,} images "
+                  f"({s.get('sampler')}, {s.get('steps')} steps"
+                  + (f", guidance W = {s['guidance']:g}, balanced labels" if s.get("guidance") is not None else "")
+                  + f") against the {metrics['dataset']} test split:", "",
+                  "| metric | value |", "|---|---:|",
+                  f"| FID (evaluator features; floor at this n: {metrics.get('fid_floor', float('nan')):.3f}) | "
+                  f"{metrics['fid']:.3f} |",
+                  f"| precision / recall | {metrics['precision']:.3f} / {metrics['recall']:.3f} |",
+                  f"| recognizable (top-1 probability >= 0.9) | {metrics['recognizable']:.3f} |"]
+        if "label_accuracy" in metrics:
+            lines.append(f"| label accuracy (the requested class) | {metrics['label_accuracy']:.3f} |")
+        lines.append(f"| class balance (normalised entropy) | {metrics['class_entropy']:.3f} |")
+        if "noise_mse" in metrics:
+            lines.append(f"| noise-prediction MSE on test images | {metrics['noise_mse']['overall']:.4f} |")
+        lines.append("")
+    return "\n".join(lines)

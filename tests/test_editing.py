@@ -1,0 +1,156 @@
+"""Image editing: RePaint inpainting and SDEdit over any model (samplers.repaint / sdedit,
+Diffusion.inpaint / edit, editing.py, the inpaint and edit commands).
+
+The closed-form checks: known pixels come back exactly, strength 0 is the input, strength 1 is
+sampling from scratch with the same seed, the RePaint path has the shape of the paper's schedule,
+the schedule prefix leaves every coefficient as it was. Tiny random networks; no training."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from mnist_diffusion.cli import main
+from mnist_diffusion.editing import check_mask, load_picture, mask_preset
+from mnist_diffusion.samplers import repaint_path, timestep_sequence
+from mnist_diffusion.schedule import make_schedule
+
+from test_diffusion import cond, one_thread, uncond  # noqa: F401  (fixtures: tiny random U-Nets, one thread)
+
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+GOLDEN = str(HERE / "golden" / "tiny_cond.pt")  # a fixed tiny conditional checkpoint
+
+
+def _digits(n=3, seed=0):
+    rng = np.random.default_rng(seed)
+    return rng.integers(0, 256, (n, 28, 28), dtype=np.uint8)
+
+
+@pytest.mark.parametrize("sampler, steps, resample", [("ddpm", None, 1), ("ddpm", 6, 3), ("ddim", 5, 2)])
+def test_known_pixels_come_back_exactly(uncond, sampler, steps, resample):  # noqa: F811
+    images = _digits()
+    mask = mask_preset("bottom", 3)
+    out = uncond.inpaint(images, mask, sampler=sampler, steps=steps, resample=resample, jump_length=2, seed=4)
+    assert out.dtype == np.uint8 and out.shape == (3, 28, 28)
+    assert np.array_equal(out[mask > 0], images[mask > 0])
+    assert not np.array_equal(out[mask == 0], images[mask == 0])  # the hidden half was drawn, not copied
+
+
+def test_inpainting_is_seeded_per_image(cond):  # noqa: F811
+    images, mask = _digits(4), mask_preset("random", 4, seed=1)
+    a = cond.inpaint(images, mask, label=[1, 2, 3, 4], guidance=1.0, sampler="ddim", steps=4, eta=1.0, seed=2,
+                     batch_size=4)
+    b = cond.inpaint(images, mask, label=[1, 2, 3, 4], guidance=1.0, sampler="ddim", steps=4, eta=1.0, seed=2,
+                     batch_size=3)
+    assert np.abs(a.astype(int) - b.astype(int)).max() <= 1  # batch size changes only float rounding
+    c = cond.inpaint(images, mask, label=[1, 2, 3, 4], guidance=1.0, sampler="ddim", steps=4, eta=1.0, seed=3)
+    assert not np.array_equal(a, c)
+
+
+def test_sdedit_strength_zero_is_the_input_and_one_is_sampling(cond):  # noqa: F811
+    images = _digits(5)
+    assert cond.edit(images, 0.0).tobytes() == images.tobytes()
+    for sampler, steps in (("ddpm", None), ("ddim", 6), ("dpmpp", 5)):
+        kw = dict(sampler=sampler, steps=steps, seed=7, label=[0, 1, 2, 3, 4], guidance=0.5)
+        assert cond.edit(images, 1.0, **kw).tobytes() == cond.sample(5, **kw).tobytes()
+    with pytest.raises(ValueError, match=r"strength must be in \[0, 1\]"):
+        cond.edit(images, 1.5)
+
+
+def test_sdedit_starts_at_the_share_of_the_process_and_steps():
+    from mnist_diffusion.samplers import sdedit_plan
+    s = make_schedule("cosine", 1000)
+    t0, sub, n = sdedit_plan("ddim", s, 0.3, 50)
+    assert (t0, sub.timesteps, n) == (299, 300, 15)
+    assert sdedit_plan("ddpm", s, 0.5, None)[2] is None  # every timestep of the prefix
+    assert sdedit_plan("dpmpp", s, 1.0, None)[0] == 999
+
+
+def test_schedule_prefix_keeps_every_coefficient():
+    s = make_schedule("cosine", 100)
+    p = s.prefix(40)
+    assert p.timesteps == 40 and s.prefix(100) is s
+    for name in ("betas", "alpha_bar", "posterior_variance", "posterior_mean_coef1", "snr"):
+        assert torch.equal(getattr(p, name), getattr(s, name)[:40]), name
+    with pytest.raises(ValueError):
+        s.prefix(0)
+
+
+def test_repaint_path_has_the_papers_shape():
+    seq = timestep_sequence(make_schedule("linear", 20), None)  # 19 ... 0
+    assert repaint_path(seq, 5, 1) == seq + [-1]
+    path = repaint_path(seq, 5, 3)
+    assert path[0] == 19 and path[-1] == -1
+    downs = [(a, b) for a, b in zip(path, path[1:]) if b < a]
+    ups = [(a, b) for a, b in zip(path, path[1:]) if b > a]
+    assert all(b == a + 5 for a, b in ups)  # each jump goes back one block
+    assert len(ups) == 2 * 3 and len(downs) == 20 + 5 * len(ups)  # blocks at 5, 10, 15 redone twice each
+    with pytest.raises(ValueError):
+        repaint_path(seq, 0, 1)
+
+
+def test_masks_and_their_errors():
+    for name in ("left", "right", "top", "bottom", "center"):
+        m = mask_preset(name, 2)
+        assert m.shape == (2, 28, 28) and set(np.unique(m)) == {0.0, 1.0}
+    assert mask_preset("left")[0, :, :14].sum() == 0 and mask_preset("center")[0, 7:21, 7:21].sum() == 0
+    r = mask_preset("random", 2, seed=0)
+    assert 0.4 < r.mean() < 0.6 and not np.array_equal(r[0], r[1])
+    with pytest.raises(ValueError, match="expected \\(28, 28\\) or \\(3, 28, 28\\)"):
+        check_mask(np.ones((27, 28)), 3)
+    with pytest.raises(ValueError, match="keeps no pixel"):
+        check_mask(np.zeros((28, 28)), 2)
+    with pytest.raises(ValueError, match="nothing to inpaint"):
+        check_mask(np.ones((28, 28)), 2)
+
+
+def test_a_picture_is_made_28x28_light_on_dark(tmp_path):
+    img = Image.new("RGB", (100, 80), "white")
+    img.paste((0, 0, 0), (40, 10, 60, 70))  # a dark stroke on paper
+    img.save(tmp_path / "sketch.png")
+    a, notes = load_picture(tmp_path / "sketch.png")
+    assert a.shape == (1, 28, 28) and a.dtype == np.uint8
+    assert any("converted to 28x28" in n for n in notes) and any("inverted" in n for n in notes)
+    assert a[0, 14, 14] > 200 and a[0, 1, 1] < 30  # the stroke is light now, the ground dark
+
+
+def test_inpaint_and_edit_commands(tmp_path, mnist, capsys):
+    out = tmp_path / "in.png"
+    assert main(["inpaint", "--checkpoint", GOLDEN, "--from-test", "3", "--mask-preset", "bottom", "--sampler", "ddpm",
+                 "--steps", "5", "--output", str(out), "--npz", str(tmp_path / "in.npz"), "--no-progress"]) == 0
+    with Image.open(out) as im:
+        assert im.size == (2 * (3 * 30 + 2), 2 * (3 * 30 + 2))  # 3 rows: original | masked | result
+    test = mnist["test"].images[:3]
+    res = np.load(tmp_path / "in.npz")["images"]
+    assert np.array_equal(res[:, :14], test[:, :14])
+    Image.new("L", (64, 64), 255).save(tmp_path / "paper.png")
+    Image.fromarray(np.pad(np.full((20, 8), 0, np.uint8), 22, constant_values=255)).save(tmp_path / "one.png")
+    assert main(["edit", "--checkpoint", GOLDEN, "--image", str(tmp_path / "one.png"), "--strength", "0.6",
+                 "--label", "7", "--guidance", "1", "--sampler", "ddim", "--steps", "10", "--output",
+                 str(tmp_path / "e.png"), "--no-progress"]) == 0
+    assert "inverted" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("argv, words", [
+    (["edit", "--from-test", "2", "--strength", "0"], "give a value in (0, 1]"),
+    (["edit", "--from-test", "2", "--strength", "1.5"], "give a value in (0, 1]"),
+    (["edit", "--image", "missing.png", "--strength", "0.5"], "missing.png: not a regular file"),
+    (["inpaint", "--from-test", "2", "--mask", str(HERE / "golden" / "evaluate.json")],
+     "evaluate.json: not a readable image"),
+    (["inpaint", "--from-test", "2", "--mask-preset", "left", "--sampler", "dpmpp"], "ddpm or ddim"),
+])
+def test_bad_edit_inputs_are_one_line_errors(argv, words, tmp_path, mnist, capsys):
+    assert main([*argv, "--checkpoint", GOLDEN, "--output", str(tmp_path / "x.png"), "--steps", "2"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and words in err and "Traceback" not in err
+    assert not (tmp_path / "x.png").exists()
+
+
+def test_a_wrong_size_mask_file_is_refused(tmp_path, mnist, capsys):
+    np.savez(tmp_path / "m.npz", mask=np.ones((3, 27, 28)))
+    assert main(["inpaint", "--checkpoint", GOLDEN, "--from-test", "2", "--mask", str(tmp_path / "m.npz"),
+                 "--output", str(tmp_path / "x.png")]) == 2
+    assert "the mask has shape (3, 27, 28)" in capsys.readouterr().err

@@ -1,0 +1,163 @@
+"""Model folders (hub.py, `mnist-diffusion export`): the round trip, what is refused, the model card,
+diffusers reading the scheduler config; and other tools' sample files scored with their labels."""
+from __future__ import annotations
+
+import json
+import re
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+import mnist_diffusion as md
+from mnist_diffusion.cli import main
+from mnist_diffusion.images import save_npz, save_png
+
+GOLDEN = Path(__file__).resolve().parent / "golden" / "tiny_cond.pt"  # a fixed tiny conditional checkpoint
+DRAW = dict(label="all", guidance=0.5, sampler="dpmpp", steps=8, seed=3)
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+def _export(tmp_path, *extra, name="model"):
+    out = tmp_path / name
+    assert main(["export", "--checkpoint", str(GOLDEN), "--output", str(out), "--device", "cpu", *extra]) == 0
+    return out
+
+
+def test_export_then_load_draws_the_same_images(tmp_path, capsys):
+    out = _export(tmp_path, "--dtype", "fp32", "--no-samples")
+    assert sorted(p.name for p in out.iterdir()) == ["README.md", "config.json", "model.safetensors",
+                                                    "scheduler_config.json"]
+    ck, folder = md.load(GOLDEN, device="cpu", precision="fp32"), md.load(out, device="cpu", precision="fp32")
+    assert folder.step == ck.step and folder.ema and folder.num_classes == 10
+    assert folder.sample(**DRAW).tobytes() == ck.sample(**DRAW).tobytes()
+    # the same through the command line: --checkpoint takes the folder
+    for source, npz in ((GOLDEN, "a.npz"), (out, "b.npz")):
+        assert main(["sample", "--checkpoint", str(source), "--sampler", "ddim", "--steps", "4", "--num-images", "3",
+                     "--output", str(tmp_path / "s.png"), "--npz", str(tmp_path / npz), "--device", "cpu",
+                     "--precision", "fp32", "--no-progress"]) == 0
+    assert np.array_equal(np.load(tmp_path / "a.npz")["images"], np.load(tmp_path / "b.npz")["images"])
+
+
+def test_fp16_export_is_near_identical_and_small(tmp_path, capsys):
+    out = _export(tmp_path, "--dtype", "fp16", "--no-samples")
+    ck, half = md.load(GOLDEN, device="cpu", precision="fp32"), md.load(out, device="cpu", precision="fp32")
+    a, b = ck.sample(**DRAW).astype(int), half.sample(**DRAW).astype(int)
+    assert np.abs(a - b).mean() < 2.0  # of 255: rounding of the weights, not another model
+    # the golden file holds two fp32 sets (weights and EMA; a training checkpoint also has Adam's two)
+    assert (out / "model.safetensors").stat().st_size < 0.3 * GOLDEN.stat().st_size
+
+
+def test_tampered_weights_or_a_config_that_does_not_fit_are_one_line_errors(tmp_path, capsys):
+    out = _export(tmp_path, "--no-samples")
+    bad = tmp_path / "tampered"
+    shutil.copytree(out, bad)
+    data = bytearray((bad / "model.safetensors").read_bytes())
+    data[-1] ^= 0xFF
+    (bad / "model.safetensors").write_bytes(bytes(data))
+    args = ["sample", "--sampler", "ddim", "--steps", "2", "--num-images", "2", "--output",
+            str(tmp_path / "x.png"), "--device", "cpu"]
+    assert main([*args[:1], "--checkpoint", str(bad), *args[1:]]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "does not match the SHA-256 recorded in config.json" in err
+    wrong = tmp_path / "wrong"
+    shutil.copytree(out, wrong)
+    cfg = json.loads((wrong / "config.json").read_text())
+    cfg["model"]["base_dim"] = 16
+    (wrong / "config.json").write_text(json.dumps(cfg))
+    assert main([*args[:1], "--checkpoint", str(wrong), *args[1:]]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "has shape" in err and "another --base-dim" in err
+    assert not (tmp_path / "x.png").exists()
+
+
+def test_export_refuses_a_folder_of_other_files_and_no_ema_folders(tmp_path, capsys):
+    (tmp_path / "busy").mkdir()
+    (tmp_path / "busy" / "notes.txt").write_text("mine")
+    assert main(["export", "--checkpoint", str(GOLDEN), "--output", str(tmp_path / "busy"), "--no-samples"]) == 2
+    assert "holds other files (notes.txt)" in capsys.readouterr().err
+    assert (tmp_path / "busy" / "notes.txt").read_text() == "mine"
+    out = _export(tmp_path, "--no-samples")
+    with pytest.raises(ValueError, match="one set of weights"):
+        md.load(out, use_ema=False)
+
+
+def test_the_model_card_and_its_front_matter(tmp_path, capsys, mnist):
+    report = tmp_path / "r.json"
+    assert main(["evaluate", "--checkpoint", str(GOLDEN), "--num-samples", "20", "--noise-mse-images", "20",
+                 "--sampler", "ddim", "--steps", "3", "--device", "cpu", "--no-progress", "--json", str(report)]) == 0
+    out = _export(tmp_path, "--metrics", str(report))
+    card = (out / "README.md").read_text()
+    front = card.split("---")[1]
+    for line in ("license: mit", "library_name: mnist-diffusion", "- ylecun/mnist", "- class-conditional"):
+        assert line in front
+    r = json.loads(report.read_text())
+    assert f"| {r['fid']:.3f} |" in card and "label accuracy" in card and "![samples](samples.png)" in card
+    assert re.search(r"SHA-256 `[0-9a-f]{64}`", card)
+    assert (out / "samples.png").read_bytes().startswith(b"\x89PNG")
+
+
+def test_diffusers_reads_the_scheduler_config(tmp_path, capsys):
+    diffusers = pytest.importorskip("diffusers")
+    out = _export(tmp_path, "--no-samples")
+    sched = diffusers.DDPMScheduler.from_config(json.loads((out / "scheduler_config.json").read_text()))
+    ours = md.load(out, device="cpu").schedule
+    assert sched.config.num_train_timesteps == ours.timesteps and sched.config.prediction_type == "epsilon"
+    # diffusers keeps the betas in float32; ours are float64
+    torch.testing.assert_close(sched.alphas_cumprod.double(), ours.alpha_bar, rtol=2e-5, atol=1e-7)
+
+
+# ---------------------------------------------------------------------------------------------
+# other tools' sample files
+
+def test_sample_npz_keeps_the_labels(tmp_path, capsys):
+    assert main(["sample", "--checkpoint", str(GOLDEN), "--label", "all", "--nrow", "1", "--sampler", "ddim",
+                 "--steps", "2", "--output", str(tmp_path / "s.png"), "--npz", str(tmp_path / "s.npz"),
+                 "--no-progress", "--device", "cpu"]) == 0
+    with np.load(tmp_path / "s.npz") as z:
+        assert z["labels"].tolist() == list(range(10)) and z["images"].shape == (10, 28, 28)
+
+
+def test_other_layouts_score_the_same_and_labels_give_label_accuracy(tmp_path, capsys, mnist):
+    imgs = mnist["test"].images[:40]
+    labels = mnist["test"].labels[:40].astype(np.int64)
+    save_npz(imgs, tmp_path / "ours.npz", labels=labels)
+    np.savez(tmp_path / "openai.npz", arr_0=imgs[..., None], arr_1=labels)  # (N, H, W, C) uint8
+    np.savez(tmp_path / "float.npz", images=imgs.astype(np.float32) / 255)
+    nested = tmp_path / "png" / "b"
+    nested.mkdir(parents=True)
+    for i, im in enumerate(imgs):
+        save_png(im, (nested if i % 2 else tmp_path / "png") / f"{i:03d}.png")
+    reports = {}
+    for name, path, extra in [("ours", "ours.npz", []), ("openai", "openai.npz", []),
+                              ("float", "float.npz", ["--value-range", "unit"]), ("png", "png", [])]:
+        out = tmp_path / f"{name}.json"
+        assert main(["evaluate", "--samples", str(tmp_path / path), "--dataset", "mnist", "--json", str(out),
+                     "--no-progress", *extra]) == 0
+        reports[name] = json.loads(out.read_text())
+    assert reports["ours"]["label_accuracy"] == reports["openai"]["label_accuracy"] > 0.9
+    assert "label_accuracy" not in reports["float"]
+    assert reports["ours"]["fid"] == reports["openai"]["fid"] == reports["float"]["fid"]
+    assert reports["png"]["n"] == 40  # every PNG below the folder, nested ones too
+
+
+@pytest.mark.parametrize("array, extra, words", [
+    (np.zeros((4, 28, 28), np.float32), [], "say its range with --value-range"),
+    (np.full((4, 28, 28), 2.0, np.float32), ["--value-range", "signed"], "outside --value-range signed"),
+    (np.zeros((4, 32, 32), np.uint8), [], "expected (N, 28, 28)"),
+    (np.zeros((4, 28, 28), np.int32), [], "has dtype int32"),
+])
+def test_bad_sample_files_are_one_line_errors(tmp_path, capsys, array, extra, words):
+    np.savez(tmp_path / "x.npz", images=array)
+    assert main(["evaluate", "--samples", str(tmp_path / "x.npz"), "--dataset", "mnist", *extra]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and words in err and "x.npz" in err

@@ -1,0 +1,68 @@
+"""The models that ship with the package: they load with no training, match their pinned SHA-256,
+and draw recognizable digits (garments) of the requested class, checked with the shipped evaluator."""
+from __future__ import annotations
+
+import shutil
+
+import numpy as np
+import pytest
+import mnist_diffusion as md
+from mnist_diffusion.cli import main
+from mnist_diffusion.evaluation import evaluate_images
+from mnist_diffusion.evaluator import file_sha256
+from mnist_diffusion.pretrained import DIR, PRETRAINED
+
+pytestmark = pytest.mark.skipif(not PRETRAINED, reason="no shipped models yet")
+
+
+@pytest.mark.parametrize("name", list(PRETRAINED))
+def test_shipped_files_match_their_pinned_hashes(name):
+    assert file_sha256(DIR / name / "model.safetensors") == PRETRAINED[name]["sha256"]
+    diff = md.load(name, device="cpu")
+    assert diff.source_sha256 == PRETRAINED[name]["sha256"] and diff.ema
+    assert (DIR / name / "README.md").read_text().startswith("---\nlicense: mit")
+
+
+@pytest.mark.parametrize("name", [n for n in PRETRAINED if n != "mnist-uncond"])
+def test_conditional_models_draw_recognizable_requested_classes(name, mnist, fashion):
+    diff = md.load(name, device="cpu")
+    imgs = diff.sample(label="all", guidance=1.0, sampler="dpmpp", steps=20, seed=0)[::2]  # 5 of each class
+    labels = np.repeat(np.arange(10), 5)
+    r = evaluate_images(imgs, diff.dataset, labels=labels, reference=False)
+    assert r["label_accuracy"] >= 0.85 and r["recognizable"] >= 0.7, r
+
+
+def test_the_unconditional_model_draws_varied_recognizable_digits(mnist):
+    if "mnist-uncond" not in PRETRAINED:
+        pytest.skip("not shipped")
+    imgs = md.load("mnist-uncond", device="cpu").sample(40, sampler="ddpm", steps=100, seed=0)
+    r = evaluate_images(imgs, "mnist", reference=False)
+    assert r["recognizable"] >= 0.5 and len({int(c) for c, n in enumerate(r["class_histogram"]) if n}) >= 7, r
+
+
+def test_sample_with_pretrained_from_the_command_line(tmp_path, capsys):
+    name = next(iter(PRETRAINED))
+    assert main(["sample", "--pretrained", name, "--num-images", "4", "--sampler", "dpmpp", "--steps", "10",
+                 "--output", str(tmp_path / "s.png"), "--npz", str(tmp_path / "s.npz"), "--no-progress"]) == 0
+    assert np.load(tmp_path / "s.npz")["images"].shape == (4, 28, 28)
+
+
+def test_a_modified_shipped_file_is_refused(tmp_path, monkeypatch):
+    import mnist_diffusion.pretrained as pretrained
+    from mnist_diffusion.checkpoint import CheckpointError
+    name = next(iter(PRETRAINED))
+    copy = tmp_path / name
+    shutil.copytree(DIR / name, copy)
+    # the weights and the hash in config.json changed together: only the pinned hash can tell
+    import json
+    from safetensors.torch import load_file, save_file
+    tensors = load_file(str(copy / "model.safetensors"))
+    k = next(iter(tensors))
+    tensors[k] = tensors[k] + 1
+    save_file(tensors, str(copy / "model.safetensors"))
+    cfg = json.loads((copy / "config.json").read_text())
+    cfg["export"]["sha256"] = file_sha256(copy / "model.safetensors")
+    (copy / "config.json").write_text(json.dumps(cfg))
+    monkeypatch.setattr(pretrained, "DIR", tmp_path)
+    with pytest.raises(CheckpointError, match="pinned for this shipped model"):
+        md.load(name, device="cpu")
