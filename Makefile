@@ -8,7 +8,7 @@ RUN_DIR ?= runs/quick
 # seconds instead of pulling a multi-GB CUDA wheel; users elsewhere get the `torch>=2.4` range.
 TORCH ?= torch==2.13.0
 
-.PHONY: run test setup setup-dev data data-all pretrained clean
+.PHONY: run test setup setup-dev data data-all browser pretrained clean
 
 $(BIN)/.installed: pyproject.toml
 	$(PY) -m venv $(VENV)
@@ -49,7 +49,13 @@ run: data
 pretrained: data-all
 	PYTHONPATH=src $(BIN)/python scripts/make_pretrained.py
 
-test: setup-dev data-all
+# Debian's Chromium for the demo's browser tests (Playwright's own browser download cannot work here);
+# a machine whose package lists were never fetched needs one `apt-get update` first.
+browser:
+	@command -v chromium >/dev/null 2>&1 || { apt-get update -qq >/dev/null 2>&1 || true; \
+	  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver >/dev/null; }
+
+test: setup-dev data-all browser
 	$(BIN)/python -m pytest
 
 clean:

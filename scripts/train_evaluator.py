@@ -21,34 +21,9 @@ import time
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 
-from mnist_diffusion.data import prepare, to_model_range
-from mnist_diffusion.evaluator import WEIGHTS_DIR, EvalNet, write_weights
-
-
-def random_shift(x: torch.Tensor, max_shift: int, g: torch.Generator) -> torch.Tensor:
-    """Translate each image by up to `max_shift` px in x and y (background-filled): the only
-    augmentation, because digits and garments are centred but not exactly."""
-    if max_shift == 0:
-        return x
-    b, _, h, w = x.shape
-    padded = F.pad(x, (max_shift,) * 4, value=-1.0)  # -1 = background in model range
-    oy = torch.randint(0, 2 * max_shift + 1, (b,), generator=g)
-    ox = torch.randint(0, 2 * max_shift + 1, (b,), generator=g)
-    rows = (oy[:, None] + torch.arange(h))[:, :, None]  # (B, H, 1)
-    cols = (ox[:, None] + torch.arange(w))[:, None, :]  # (B, 1, W)
-    return padded[torch.arange(b)[:, None, None], 0, rows, cols].unsqueeze(1)
-
-
-@torch.no_grad()
-def accuracy(net: EvalNet, images, labels, batch_size: int = 1000) -> float:
-    net.eval()
-    correct = 0
-    for s in range(0, len(images), batch_size):
-        x = to_model_range(images[s:s + batch_size])
-        correct += int((net(x).argmax(1) == torch.as_tensor(labels[s:s + batch_size]).long()).sum())
-    return correct / len(images)
+from mnist_diffusion.data import prepare
+from mnist_diffusion.evaluator import WEIGHTS_DIR, EvalNet, accuracy, fit, write_weights
 
 
 def main() -> None:
@@ -73,37 +48,11 @@ def main() -> None:
         # are aligned by construction; with shifts of 2 px the 5-epoch net underfits (90.84%).
         args.max_shift = 2 if args.dataset == "mnist" else 0
     torch.set_num_threads(args.threads)
-    torch.use_deterministic_algorithms(True)
-    torch.manual_seed(args.seed)  # weight init and dropout draw from the global generator
-    g = torch.Generator().manual_seed(args.seed + 1)  # data order and shifts
-
     splits = prepare(args.dataset, download=False)
-    train_x = to_model_range(splits["train"].images)
-    train_y = torch.as_tensor(splits["train"].labels).long()
     test = splits["test"]
-
-    net = EvalNet()
-    opt = torch.optim.AdamW(net.parameters(), lr=args.lr, weight_decay=5e-4)
-    steps_per_epoch = (len(train_x) + args.batch_size - 1) // args.batch_size
-    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=args.lr, total_steps=args.epochs * steps_per_epoch,
-                                                pct_start=0.2)
     t0 = time.time()
-    for epoch in range(args.epochs):
-        net.train()
-        perm = torch.randperm(len(train_x), generator=g)
-        total, n = 0.0, 0
-        for s in range(0, len(perm), args.batch_size):
-            idx = perm[s:s + args.batch_size]
-            x = random_shift(train_x[idx], args.max_shift, g)
-            loss = F.cross_entropy(net(x), train_y[idx])
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            sched.step()
-            total += float(loss.detach()) * len(idx)
-            n += len(idx)
-        print(f"epoch {epoch + 1}/{args.epochs}: train loss {total / n:.4f} ({time.time() - t0:.0f} s)", flush=True)
-
+    net = fit(splits["train"].images, splits["train"].labels, epochs=args.epochs, batch_size=args.batch_size,
+              lr=args.lr, max_shift=args.max_shift, seed=args.seed, log=lambda m: print(m, flush=True))
     acc = accuracy(net, test.images, test.labels)
     digest = write_weights(net.eval(), args.dataset, args.output_dir)
     size = (args.output_dir / f"evaluator_{args.dataset}.safetensors").stat().st_size

@@ -30,8 +30,8 @@ def train(config: Union[RunConfig, str] = "quick", dataset: Union[str, Split, No
           log: Callable[[str], None] = lambda _m: None, **train_options) -> Diffusion:
     """Train a model and return it (EMA weights) as a `Diffusion`.
 
-    `config`: a RunConfig or a preset name. `dataset`: a built-in name (default: the config's) or
-    a Split of uint8 (N, 28, 28) images and labels. `train_options` override the config's train
+    `config`: a RunConfig or a preset name. `dataset`: a built-in name, "folder:PATH" or
+    "npz:PATH" (default: the config's), or a Split of uint8 (N, 28, 28) images and labels. `train_options` override the config's train
     section (e.g. max_steps=200, seed=1). With `output_dir` the run is written there as `train`
     writes it (checkpoints, previews, loss.csv) and can be resumed; without, nothing is written."""
     from .training import train as train_loop
@@ -42,7 +42,8 @@ def train(config: Union[RunConfig, str] = "quick", dataset: Union[str, Split, No
         changes["dataset"] = dataset
     if changes:
         cfg = cfg.replace(train=changes)
-    data = dataset if isinstance(dataset, Split) else load_dataset(cfg.train.dataset)
+    from .data import load_training_data
+    data = dataset if isinstance(dataset, Split) else load_training_data(cfg.train.dataset, log=log)
     result = train_loop(cfg, data, output_dir, resume=resume, progress=progress, log=log)
     return result.diffusion
 

@@ -62,7 +62,7 @@ def train_config(args):
 
 @command("train", "train a noise-prediction network", opt.train_options)
 def cmd_train(args) -> int:
-    from .data import prepare
+    from .data import load_training_data
     from .training import train
 
     cfg, run_dir, resume = train_config(args)
@@ -70,7 +70,7 @@ def cmd_train(args) -> int:
         print(cfg.to_json())
         print(f"run directory: {run_dir}" + (f" (resuming {resume})" if resume else ""))
         return 0
-    data = prepare(cfg.train.dataset, data_dir=args.data_dir, log=_info)["train"]
+    data = load_training_data(cfg.train.dataset, data_dir=args.data_dir, log=_info)
     rank = int(os.environ.get("RANK", "0"))
     result = train(cfg, data, run_dir, resume=resume, progress=not args.no_progress,
                    log=_info if rank == 0 else (lambda _: None))
@@ -186,7 +186,7 @@ def _check_evaluate(args) -> None:
     run_outputs = [(f"--run {args.run}", Path(args.run) / name, None) for name in ("metrics.json", "metrics.png")] \
         if args.run else []
     check_outputs([("--json", args.json, ".json"), ("--npz", args.npz, ".npz"), *run_outputs],
-                  inputs=[args.checkpoint, args.samples])
+                  inputs=[args.checkpoint, args.samples, args.evaluator])
     if args.samples:
         if args.guidance:
             raise ConfigError("--guidance is for generating (--checkpoint/--run); --samples scores given images")
@@ -206,7 +206,7 @@ def cmd_evaluate(args) -> int:
     _check_evaluate(args)
     progress = not args.no_progress
     common = dict(dataset=args.dataset, seed=args.seed, batch_size=args.batch_size, inception=args.inception,
-                  progress=progress)
+                  evaluator=args.evaluator, progress=progress)
     if args.run:
         rows = ev.evaluate_run(args.run, sampler_options(args), args.num_samples or 1000,
                                noise_images=args.noise_mse_images or 2000, log=_info, **common,
@@ -217,8 +217,8 @@ def cmd_evaluate(args) -> int:
     elif args.samples:
         from .images import load_sample_set
         images, labels = load_sample_set(args.samples, args.value_range)
-        result = ev.evaluate_samples(images, args.dataset, labels=labels, seed=args.seed, inception=args.inception,
-                                     progress=progress)
+        result = ev.evaluate_samples(images, args.dataset, labels=labels, seed=args.seed, evaluator=args.evaluator,
+                                     inception=args.inception, progress=progress)
         result["samples"] = str(args.samples)
         print(f"{result['dataset']}: {ev.summary(result)}")
     else:
@@ -354,6 +354,35 @@ def _write_edit(args, columns, results, diff) -> int:
         save_npz(results, args.npz, **({} if labels is None else {"labels": labels.numpy()}))
         print(f"wrote {args.npz}")
     return 0
+
+
+@command("train-evaluator", "train the evaluator CNN on one's own labelled images (held-out accuracy reported)",
+         opt.train_evaluator_options)
+def cmd_train_evaluator(args) -> int:
+    from .evaluator import train_for_dataset
+    check_outputs([("--output", args.output, ".safetensors")])
+    r = train_for_dataset(args.dataset, args.output, epochs=args.epochs, max_shift=args.max_shift, seed=args.seed,
+                          log=_info)
+    print(f"{args.dataset}: held-out accuracy {r['held_out_accuracy']:.4f} on {r['held_out']} images "
+          f"({r['num_classes']} classes, trained on {r['trained_on']}); wrote {args.output} (sha256 {r['sha256']})")
+    return 0
+
+
+@command("demo", "a browser demo: generate, watch the denoising, edit a sketch (needs the [demo] extra)",
+         opt.demo_options)
+def cmd_demo(args) -> int:
+    import importlib.util
+    if importlib.util.find_spec("gradio") is None:
+        raise ConfigError("the demo needs Gradio: pip install -e '.[demo]'")
+    from .demo import launch
+    source = {**vars(args), "no_ema": False, "pretrained": args.pretrained or (None if args.checkpoint else "mnist")}
+    diff = load_diffusion(argparse.Namespace(**source))
+    print(f"loaded {diff}; starting the demo (Ctrl-C stops it)", flush=True)
+    _, url, _ = launch(diff, host=args.host, port=args.port, log=_info, block=False)
+    print(f"open {url}", flush=True)
+    import time
+    while True:
+        time.sleep(3600)
 
 
 # ---------------------------------------------------------------------------------------------

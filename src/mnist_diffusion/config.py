@@ -80,7 +80,12 @@ class DiffusionConfig:
 
 @dataclass(frozen=True)
 class TrainConfig:
-    dataset: str = option("mnist", "training data", choices=DATASETS)
+    dataset: str = option("mnist", "training data: mnist, fashion_mnist, folder:PATH (images, optionally in one "
+                                   "folder per class) or npz:PATH (uint8 `images` (N, 28, 28), optional `labels`)")
+    # the identity of the training set (data.data_sha256) and its class names: set by training from
+    # the data itself; resuming on other data is refused
+    data_sha256: typing.Optional[str] = option(None, "SHA-256 of the training images and labels", cli=False)
+    classes: tuple[str, ...] = option((), "names of the classes of one's own labelled data", cli=False)
     epochs: int = option(20, "passes over the data", kind="positive", resumable=True)
     max_steps: typing.Optional[int] = option(None, "stop after this many optimiser steps, whatever --epochs says",
                                              kind="positive", resumable=True)
@@ -118,8 +123,8 @@ class TrainConfig:
                                     "training (0 = no limit)", kind="positive", resumable=True)
 
     def validate(self) -> None:
-        if self.dataset not in DATASETS:
-            raise ConfigError(f"train.dataset must be one of {DATASETS}, got {self.dataset!r}")
+        if self.dataset not in DATASETS and not self.dataset.startswith(("folder:", "npz:")):
+            raise ConfigError(f"train.dataset must be one of {DATASETS}, folder:PATH or npz:PATH, got {self.dataset!r}")
         _positive(self, "epochs", "batch_size", "num_samples", "log_interval")
         if self.max_steps is not None and self.max_steps <= 0:
             raise ConfigError(f"train.max_steps must be positive, got {self.max_steps}")
@@ -320,7 +325,12 @@ def resume_conflicts(saved: RunConfig, cfg: RunConfig) -> list[str]:
             old, new = getattr(getattr(saved, section), f.name), getattr(getattr(cfg, section), f.name)
             if old == new or f.metadata.get("resumable"):
                 continue
-            if f.name == "num_classes":
+            if f.name == "data_sha256":
+                if old is None:  # a checkpoint from before the data was recorded
+                    continue
+                out.append(f"the training data (SHA-256 {str(new)[:12]}...) differs from the checkpoint's "
+                           f"train.data_sha256 ({old[:12]}...)")
+            elif f.name == "num_classes":
                 flag = "--unconditional" if new is None else "--conditional"
                 kind = "an unconditional" if old is None else "a class-conditional"
                 out.append(f"{flag} differs from the checkpoint ({kind} model)")
@@ -368,8 +378,8 @@ def resolve(base: RunConfig, values: dict, *, conditional: Optional[bool] = None
         if value is not None:
             section, key = dest.split(".")
             changes[section][key] = list(value) if isinstance(value, tuple) else value
-    if conditional is not None:
-        changes["model"]["num_classes"] = 10 if conditional else None
+    if conditional is not None:  # 10 classes unless the base already has its own number
+        changes["model"]["num_classes"] = (base.model.num_classes or 10) if conditional else None
     cfg = base.replace(**{k: v for k, v in changes.items() if v})
     if resuming:
         check_resume(base, cfg)

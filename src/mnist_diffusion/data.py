@@ -41,7 +41,8 @@ class DataError(RuntimeError):
 @dataclass(frozen=True)
 class Split:
     images: np.ndarray  # uint8 (N, 28, 28), 0 = background as MNIST stores it
-    labels: np.ndarray  # uint8 (N,)
+    labels: Optional[np.ndarray]  # uint8 or int64 (N,); None for an unlabelled set of one's own
+    classes: tuple[str, ...] = ()  # the names of the label ids, for a labelled set of one's own
 
 
 FILES = {
@@ -361,6 +362,107 @@ def prepare(dataset: str, data_dir: Optional[str] = None, download: bool = True,
             raise DataError(f"{raw_dir}: download finished but the IDX files are missing")
     _save_cache(dataset, splits)
     return splits
+
+
+# ---------------------------------------------------------------------------------------------
+# one's own images: --dataset folder:PATH or npz:PATH
+
+CUSTOM_PREFIXES = ("folder:", "npz:")
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff")
+
+
+def is_custom(dataset: str) -> bool:
+    return dataset.startswith(CUSTOM_PREFIXES)
+
+
+def data_sha256(split: Split) -> str:
+    """SHA-256 of the decoded arrays (images, then labels as int64): the identity of a training set,
+    whatever files it came from (an IDX file, a pickle, a PNG folder, an npz)."""
+    h = hashlib.sha256(np.ascontiguousarray(split.images, dtype=np.uint8).tobytes())
+    if split.labels is not None:
+        h.update(np.ascontiguousarray(split.labels, dtype=np.int64).tobytes())
+    return h.hexdigest()
+
+
+def load_training_data(dataset: str, data_dir: Optional[str] = None,
+                       log: Callable[[str], None] = lambda s: None) -> Split:
+    """The images a run trains on: a built-in set's train split, or one's own set."""
+    return load_custom(dataset, log) if is_custom(dataset) else prepare(dataset, data_dir=data_dir, log=log)["train"]
+
+
+def load_custom(spec: str, log: Callable[[str], None] = lambda s: None) -> Split:
+    """`folder:PATH`: every image file below PATH (PNG, JPEG, ...; any size and mode, converted to
+    28x28 grayscale, and one line says how many were converted); with one sub-folder per class the
+    set is labelled (classes in sorted order). Files are ordered by name, then folder, so numbered
+    names fix the order. `npz:PATH`: `images` uint8 (N, 28, 28) and optional integer `labels`.
+    Unreadable files are skipped with a count and the first one named; an empty set, a set where
+    nothing is readable, or labels that do not fit are a DataError naming the file."""
+    kind, _, path = spec.partition(":")
+    p = Path(path).expanduser()
+    if not path or not p.exists():
+        raise DataError(f"--dataset {spec}: {p} does not exist")
+    if kind == "npz":
+        return _load_npz_set(p)
+    if not p.is_dir():
+        raise DataError(f"--dataset {spec}: {p} is not a folder")
+    files = [f for f in p.rglob("*") if f.suffix.lower() in IMAGE_SUFFIXES and f.is_file()]
+    if not files:
+        raise DataError(f"--dataset {spec}: no image files ({', '.join(IMAGE_SUFFIXES)}) below {p}")
+    classes = sorted({f.parent.relative_to(p).parts[0] for f in files if f.parent != p})
+    if classes and any(f.parent == p for f in files):
+        raise DataError(f"{p}: some images sit in class folders and some beside them; put every image in a "
+                        "class folder (labelled) or none (unlabelled)")
+    files.sort(key=lambda f: (f.name, str(f.parent)))
+    images, labels, skipped, converted = [], [], [], 0
+    for f in files:
+        try:
+            a, changed = _read_as_28x28(f)
+        except ValueError as e:
+            skipped.append(str(e))
+            continue
+        converted += changed
+        images.append(a)
+        if classes:
+            labels.append(classes.index(f.relative_to(p).parts[0]))
+    if skipped:
+        log(f"{p}: skipped {len(skipped)} unreadable file(s), e.g. {skipped[0]}")
+    if not images:
+        raise DataError(f"{p}: none of the {len(files)} image files could be read ({skipped[0]})")
+    if converted:
+        log(f"{p}: converted {converted} of {len(images)} images to 28x28 grayscale")
+    log(f"{p}: {len(images)} images" + (f" in {len(classes)} classes ({', '.join(classes[:5])}"
+                                         f"{', ...' if len(classes) > 5 else ''})" if classes else ", unlabelled"))
+    return Split(np.stack(images), np.asarray(labels, dtype=np.int64) if classes else None, tuple(classes))
+
+
+def _read_as_28x28(f: Path) -> tuple[np.ndarray, bool]:
+    from PIL import Image
+
+    from .images import open_image
+    with open_image(f) as im:
+        changed = im.mode != "L" or im.size != (28, 28)
+        g = im.convert("L")
+        if g.size != (28, 28):
+            g = g.resize((28, 28), Image.LANCZOS)
+        return np.asarray(g, dtype=np.uint8), changed
+
+
+def _load_npz_set(p: Path) -> Split:
+    from .images import npz_array
+    try:
+        images = npz_array(p, "images")
+        import zipfile
+        with zipfile.ZipFile(p) as z:
+            has_labels = "labels.npy" in z.namelist()
+        labels = npz_array(p, "labels") if has_labels else None
+    except ValueError as e:
+        raise DataError(str(e)) from None
+    if images.dtype != np.uint8 or images.ndim != 3 or images.shape[1:] != (28, 28) or not len(images):
+        raise DataError(f"{p}: `images` must be uint8 (N, 28, 28) with N >= 1, got {images.dtype} {images.shape}")
+    if labels is not None and (labels.shape != (len(images),) or labels.dtype.kind not in "iu" or labels.min() < 0):
+        raise DataError(f"{p}: `labels` must be {len(images)} non-negative integers, got {labels.dtype} {labels.shape}")
+    classes = tuple(str(c) for c in range(int(labels.max()) + 1)) if labels is not None else ()
+    return Split(images, None if labels is None else labels.astype(np.int64), classes)
 
 
 def load_split(dataset: str, split: str = "train", **kwargs) -> Split:

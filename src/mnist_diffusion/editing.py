@@ -53,26 +53,30 @@ def check_mask(mask, num_images: int) -> np.ndarray:
 
 
 def load_picture(path: str | os.PathLike) -> tuple[np.ndarray, list[str]]:
-    """A user's image as the model sees digits: uint8 (1, 28, 28), light strokes on a dark ground.
-
-    Any size and mode: converted to grayscale, padded to a square with its own background and
-    resized to 28x28; inverted when it is dark on light (the border is brighter than mid-grey), as
-    drawings on paper are. Returns the image and a line for each conversion made."""
+    """A user's image file as the model sees digits (picture_to_digit), after open_image's checks."""
     from .images import open_image
-
-    notes = []
     with open_image(path) as im:
-        if im.mode != "L" or im.size != (28, 28):
-            notes.append(f"{Path(path).name}: {im.size[0]}x{im.size[1]} {im.mode} converted to 28x28 grayscale")
-        if im.mode in ("RGBA", "LA", "P"):  # transparent pixels count as the paper behind them: white
-            rgba = im.convert("RGBA")
-            ground = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
-            im = Image.alpha_composite(ground, rgba)
-        g = np.asarray(im.convert("L"), dtype=np.float64)
+        return picture_to_digit(im, Path(path).name)
+
+
+def picture_to_digit(im: Image.Image, name: str = "the image") -> tuple[np.ndarray, list[str]]:
+    """A picture as the model sees digits: uint8 (1, 28, 28), light strokes on a dark ground.
+
+    Any size and mode: converted to grayscale (transparent pixels count as white paper), padded to
+    a square with its own background and resized to 28x28; inverted when it is dark on light (the
+    border is brighter than mid-grey), as drawings on paper are. Returns the image and a line for
+    each conversion made."""
+    notes = []
+    if im.mode != "L" or im.size != (28, 28):
+        notes.append(f"{name}: {im.size[0]}x{im.size[1]} {im.mode} converted to 28x28 grayscale")
+    if im.mode in ("RGBA", "LA", "P"):
+        rgba = im.convert("RGBA")
+        im = Image.alpha_composite(Image.new("RGBA", rgba.size, (255, 255, 255, 255)), rgba)
+    g = np.asarray(im.convert("L"), dtype=np.float64)
     border = np.concatenate([g[0], g[-1], g[:, 0], g[:, -1]])
     if border.mean() > 127:
         g = 255 - g
-        notes.append(f"{Path(path).name}: inverted (dark strokes on a light ground; MNIST is light on dark)")
+        notes.append(f"{name}: inverted (dark strokes on a light ground; MNIST is light on dark)")
     h, w = g.shape
     side = max(h, w)
     square = np.zeros((side, side))

@@ -15,6 +15,7 @@ Not here: the classifier (evaluator.py), generation (sampling.py), Inception (in
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
 from typing import TYPE_CHECKING, Callable, Optional, Sequence
@@ -195,6 +196,23 @@ def noise_mse(diff: "Diffusion", images_u8: np.ndarray, generator: torch.Generat
 # ---------------------------------------------------------------------------------------------
 # Reference sets (test split for comparison, training split for the floor), cached per process
 
+@dataclass(frozen=True, eq=False)
+class Reference:
+    """What images are scored against: the evaluator network, the real images they are compared
+    with (a test split, or the held-out part of one's own set) and the real images whose score is
+    the floor (the training part). `name` is the dataset; `sha256` the evaluator file's."""
+    name: str
+    net: EvalNet
+    test: np.ndarray
+    train: np.ndarray
+    sha256: str
+    test_labels: Optional[np.ndarray] = None
+
+    @property
+    def key(self) -> tuple[str, str]:
+        return self.name, self.sha256
+
+
 @lru_cache(maxsize=2)
 def dataset_splits(dataset: str):
     """prepare(dataset), once per process: verifying 70k images' checksums costs about a second."""
@@ -202,17 +220,49 @@ def dataset_splits(dataset: str):
     return prepare(dataset, download=False)
 
 
-_TEST_REFERENCE: dict[str, tuple] = {}
+@lru_cache(maxsize=2)
+def builtin_reference(dataset: str) -> Reference:
+    splits = dataset_splits(dataset)
+    return Reference(dataset, shipped_evaluator(dataset), splits["test"].images, splits["train"].images,
+                     file_sha256(weights_path(dataset)), splits["test"].labels)
 
 
-def _test_reference(dataset: str, progress: bool = False):
-    """Features and (mean, cov) of the whole test split: 10k images through a small CNN, seconds."""
-    if dataset not in _TEST_REFERENCE:
-        test = dataset_splits(dataset)["test"]
-        feats, _ = embed(shipped_evaluator(dataset), test.images, progress=progress,
-                         desc=f"features ({dataset} test)")
-        _TEST_REFERENCE[dataset] = (feats, feature_stats(feats))
-    return _TEST_REFERENCE[dataset]
+def reference_for(dataset: str, evaluator: Optional[str] = None) -> Reference:
+    """The Reference of a built-in dataset (its test split, the shipped evaluator), or of one's own
+    (`folder:`/`npz:`) with an evaluator trained on it by `train-evaluator`: the images that
+    evaluator held out are the comparison set, the rest give the floor."""
+    from .data import data_sha256, is_custom, load_custom
+    from .evaluator import holdout_mask, load_custom_evaluator
+    if evaluator is None:
+        if is_custom(dataset):
+            raise ValueError(f"no evaluator for {dataset}: FID in evaluator features, precision/recall, "
+                             "recognizability, class balance and label accuracy need one; train it with "
+                             f"`mnist-diffusion train-evaluator --dataset {dataset}` (it needs class labels) and "
+                             "pass --evaluator FILE, or score an unlabelled set with --inception alone")
+        return builtin_reference(dataset)
+    net, meta = load_custom_evaluator(evaluator)
+    data = load_custom(dataset) if is_custom(dataset) else dataset_splits(dataset)["train"]
+    if meta.get("data_sha256") != data_sha256(data):
+        raise ValueError(f"--evaluator {evaluator} was trained on other data than {dataset} "
+                         f"(its data SHA-256 is {str(meta.get('data_sha256'))[:12]}...)")
+    held = holdout_mask(len(data.images))
+    return Reference(dataset, net, data.images[held], data.images[~held], meta["sha256"],
+                     None if data.labels is None else data.labels[held])
+
+
+def _ref(dataset) -> Reference:
+    return dataset if isinstance(dataset, Reference) else builtin_reference(dataset)
+
+
+_TEST_REFERENCE: dict[tuple, tuple] = {}
+
+
+def _test_reference(ref: Reference, progress: bool = False):
+    """Features and (mean, cov) of the whole comparison set: 10k images through a small CNN, seconds."""
+    if ref.key not in _TEST_REFERENCE:
+        feats, _ = embed(ref.net, ref.test, progress=progress, desc=f"features ({ref.name} test)")
+        _TEST_REFERENCE[ref.key] = (feats, feature_stats(feats))
+    return _TEST_REFERENCE[ref.key]
 
 
 def _subset(n_total: int, n: int, seed: int, salt: int) -> np.ndarray:
@@ -220,24 +270,24 @@ def _subset(n_total: int, n: int, seed: int, salt: int) -> np.ndarray:
     return torch.randperm(n_total, generator=g)[:n].sort().values.numpy()
 
 
-def _real_train_subset(dataset: str, n: int, seed: int) -> np.ndarray:
-    train = dataset_splits(dataset)["train"]
-    return train.images[_subset(len(train.images), min(n, len(train.images)), seed, salt=1)]
+_REFERENCE_SCORES: dict[tuple, dict] = {}
 
 
-@lru_cache(maxsize=8)
-def _reference_scores(dataset: str, n: int, seed: int, k: int, progress: bool = False) -> dict:
+def _reference_scores(ref: Reference, n: int, seed: int, k: int, progress: bool = False) -> dict:
     """The metrics of n random training images (a perfect generator), once per (n, seed, k): an
     `evaluate --run` sweep scores every checkpoint at the same n."""
-    real = _real_train_subset(dataset, n, seed)
-    rf, rp = embed(shipped_evaluator(dataset), real, progress=progress, desc="features (real train)")
-    return {"n": int(len(real)), **score_features(rf, rp, dataset, seed, k)}
+    key = (*ref.key, n, seed, k)
+    if key not in _REFERENCE_SCORES:
+        real = ref.train[_subset(len(ref.train), min(n, len(ref.train)), seed, salt=1)]
+        rf, rp = embed(ref.net, real, progress=progress, desc="features (real train)")
+        _REFERENCE_SCORES[key] = {"n": int(len(real)), **score_features(rf, rp, ref, seed, k)}
+    return _REFERENCE_SCORES[key]
 
 
-def score_features(feats: np.ndarray, probs: np.ndarray, dataset: str, seed: int = 0,
+def score_features(feats: np.ndarray, probs: np.ndarray, dataset, seed: int = 0,
                    k: int = K_NEIGHBOURS, progress: bool = False) -> dict:
     """The metrics of one set given its evaluator outputs (the test split is the reference)."""
-    test_feats, (mu_r, cov_r) = _test_reference(dataset, progress)
+    test_feats, (mu_r, cov_r) = _test_reference(_ref(dataset), progress)
     n = len(feats)
     if n <= k:
         raise ValueError(f"need more than k={k} images to score, got {n}")
@@ -249,26 +299,27 @@ def score_features(feats: np.ndarray, probs: np.ndarray, dataset: str, seed: int
             **class_stats(probs)}
 
 
-def evaluate_images(images_u8: np.ndarray, dataset: str, *, seed: int = 0, k: int = K_NEIGHBOURS,
+def evaluate_images(images_u8: np.ndarray, dataset, *, seed: int = 0, k: int = K_NEIGHBOURS,
                     labels: Optional[Sequence[int]] = None, reference: bool = True,
                     progress: bool = False) -> dict:
-    """Score uint8 (N, 28, 28) images against `dataset`'s test split. With `reference`, also score
-    N random training images the same way (`real_reference`; its fid is `fid_floor`)."""
+    """Score uint8 (N, 28, 28) images against `dataset`'s test split (a built-in name, or a
+    Reference from reference_for). With `reference`, also score N random training images the same
+    way (`real_reference`; its fid is `fid_floor`)."""
     images_u8 = np.asarray(images_u8)
     if images_u8.ndim != 3 or images_u8.shape[1:] != (28, 28) or images_u8.dtype != np.uint8:
         raise ValueError(f"expected uint8 images (N, 28, 28), got {images_u8.dtype} {images_u8.shape}")
-    net = shipped_evaluator(dataset)
-    feats, probs = embed(net, images_u8, progress=progress, desc="features (samples)")
-    result = {"dataset": dataset, "n": int(len(images_u8)), **score_features(feats, probs, dataset, seed, k, progress)}
+    ref = _ref(dataset)
+    feats, probs = embed(ref.net, images_u8, progress=progress, desc="features (samples)")
+    result = {"dataset": ref.name, "n": int(len(images_u8)), **score_features(feats, probs, ref, seed, k, progress)}
     if reference:
-        ref = _reference_scores(dataset, len(images_u8), seed, k, progress)
-        result["fid_floor"] = ref["fid"]
-        result["real_reference"] = {**ref, "class_histogram": list(ref["class_histogram"])}
+        floor = _reference_scores(ref, len(images_u8), seed, k, progress)
+        result["fid_floor"] = floor["fid"]
+        result["real_reference"] = {**floor, "class_histogram": list(floor["class_histogram"])}
     if labels is not None:
         result["label_accuracy"] = _agreement(labels, probs)  # label_accuracy without a second pass
     result["k"] = k
     result["recognizable_threshold"] = RECOGNIZABLE_THRESHOLD
-    result["evaluator_sha256"] = file_sha256(weights_path(dataset))
+    result["evaluator_sha256"] = ref.sha256
     return result
 
 
@@ -282,20 +333,37 @@ def balanced_labels(n: int, num_classes: int) -> np.ndarray:
 # A model, and a whole training run
 
 def evaluate_samples(images_u8: np.ndarray, dataset: str, *, labels: Optional[Sequence[int]] = None, seed: int = 0,
-                     inception: bool = False, progress: bool = False) -> dict:
+                     evaluator: Optional[str] = None, inception: bool = False, progress: bool = False) -> dict:
     """`evaluate_images` for a set of images from anywhere (with the labels they were drawn for, if
-    known), and the Inception FID on request."""
-    result = evaluate_images(images_u8, dataset, labels=labels, seed=seed, progress=progress)
-    if inception:
+    known), and the Inception FID on request. One's own unlabelled set has no evaluator: with
+    `inception` alone it gets the Inception FID against its images, and is told what it lacks."""
+    from .data import is_custom, load_custom
+    if is_custom(dataset) and evaluator is None and inception:
         from .inception import inception_fid
-        result["inception_fid"] = inception_fid(images_u8, dataset, progress=progress)
+        real = load_custom(dataset).images
+        return {"dataset": dataset, "n": int(len(images_u8)),
+                "inception_fid": inception_fid(images_u8, reference_u8=real, progress=progress),
+                "not_available": "FID in evaluator features, precision/recall, recognizability, class balance and "
+                                 "label accuracy need an evaluator (mnist-diffusion train-evaluator; labels needed)"}
+    result = evaluate_images(images_u8, reference_for(dataset, evaluator), labels=labels, seed=seed, progress=progress)
+    if inception:
+        result["inception_fid"] = _inception(images_u8, dataset, progress)
     return result
+
+
+def _inception(images_u8: np.ndarray, dataset: str, progress: bool) -> float:
+    """Inception FID against a built-in test split, or against all of one's own images."""
+    from .data import is_custom, load_custom
+    from .inception import inception_fid
+    if is_custom(dataset):
+        return inception_fid(images_u8, reference_u8=load_custom(dataset).images, progress=progress)
+    return inception_fid(images_u8, dataset, progress=progress)
 
 
 def evaluate_model(diff: "Diffusion", options: "SamplerOptions", num_samples: int = 10000, *,
                    dataset: Optional[str] = None, noise_images: int = 10000, seed: int = 0, batch_size: int = 256,
-                   npz: Optional[str] = None, inception: bool = False, progress: bool = False,
-                   log: Callable[[str], None] = lambda _m: None) -> tuple[dict, np.ndarray]:
+                   npz: Optional[str] = None, evaluator: Optional[str] = None, inception: bool = False,
+                   progress: bool = False, log: Callable[[str], None] = lambda _m: None) -> tuple[dict, np.ndarray]:
     """Draw `num_samples` images (a conditional model's with balanced labels: image i asks for class
     i mod C) and score them; add the model's noise MSE on `noise_images` test images. With `npz`,
     the images are kept as they come and saved there (partial.generate_resumable). Returns (the
@@ -310,6 +378,7 @@ def evaluate_model(diff: "Diffusion", options: "SamplerOptions", num_samples: in
     if options.guidance and not diff.num_classes:
         raise ValueError(f"guidance {options.guidance}: {diff.source or 'this model'} is an unconditional model "
                          "(guidance needs one trained with --conditional)")
+    ref = reference_for(dataset, evaluator)  # before drawing: a missing evaluator is an error now, not later
     labels = balanced_labels(num_samples, diff.num_classes) if diff.num_classes else None
     requested = None if labels is None else torch.as_tensor(labels)
     draw = dict(labels=requested, seed=seed, batch_size=batch_size, progress=progress)
@@ -318,11 +387,10 @@ def evaluate_model(diff: "Diffusion", options: "SamplerOptions", num_samples: in
         log(f"wrote {npz}")
     else:
         imgs = generate(diff, num_samples, options, **draw)
-    result = evaluate_images(imgs, dataset, seed=seed, labels=labels, progress=progress)
-    test = dataset_splits(dataset)["test"]
-    m = min(noise_images, len(test.images))
-    result["noise_mse"] = noise_mse(diff, test.images[:m], torch.Generator().manual_seed(seed),
-                                    labels=test.labels[:m] if diff.num_classes else None, batch_size=batch_size,
+    result = evaluate_images(imgs, ref, seed=seed, labels=labels, progress=progress)
+    m = min(noise_images, len(ref.test))
+    result["noise_mse"] = noise_mse(diff, ref.test[:m], torch.Generator().manual_seed(seed),
+                                    labels=ref.test_labels[:m] if diff.num_classes else None, batch_size=batch_size,
                                     progress=progress)
     result["noise_mse"]["n"] = m
     result.update(checkpoint=diff.source, step=diff.step, seed=seed, sampler={
@@ -333,8 +401,7 @@ def evaluate_model(diff: "Diffusion", options: "SamplerOptions", num_samples: in
     if dataset != diff.dataset:
         result["warning"] = f"the model was trained on {diff.dataset}, scored against {dataset}"
     if inception:
-        from .inception import inception_fid
-        result["inception_fid"] = inception_fid(imgs, dataset, progress=progress)
+        result["inception_fid"] = _inception(imgs, dataset, progress)
     return result, imgs
 
 

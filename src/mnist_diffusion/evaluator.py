@@ -28,6 +28,7 @@ WEIGHTS_DIR = Path(__file__).resolve().parent / "weights"
 CHECKSUM_FILE = "checksums.json"
 FEATURE_DIM = 128
 NUM_CLASSES = 10
+CUSTOM_FORMAT = "mnist-diffusion-custom-evaluator/1"
 
 
 class EvaluatorError(ValueError):
@@ -46,7 +47,7 @@ class EvalNet(nn.Module):
     in seconds; global pooling makes the features a summary of the whole image rather than of
     pixel positions."""
 
-    def __init__(self, width: int = 32, dropout: float = 0.3):
+    def __init__(self, width: int = 32, dropout: float = 0.3, num_classes: int = NUM_CLASSES):
         super().__init__()
         w = width
         self.body = nn.Sequential(
@@ -55,7 +56,7 @@ class EvalNet(nn.Module):
             _block(2 * w, 4 * w),
         )
         self.dropout = nn.Dropout(dropout)
-        self.head = nn.Linear(4 * w, NUM_CLASSES)
+        self.head = nn.Linear(4 * w, num_classes)
 
     def features(self, x: torch.Tensor) -> torch.Tensor:
         """Penultimate layer: (B, 1, 28, 28) in [-1, 1] -> (B, 128)."""
@@ -156,3 +157,146 @@ def write_weights(net: EvalNet, dataset: str, weights_dir: Optional[Path] = None
     atomic_write_text(sums_path, json.dumps(dict(sorted(sums.items())), indent=2) + "\n")
     return sums[path.name]
 
+
+
+# ---------------------------------------------------------------------------------------------
+# training one: the shipped evaluators' recipe, and evaluators for one's own labelled images
+
+def random_shift(x: torch.Tensor, max_shift: int, g: torch.Generator) -> torch.Tensor:
+    """Translate each image by up to `max_shift` px in x and y (background-filled): the only
+    augmentation, because digits and garments are centred but not exactly."""
+    if max_shift == 0:
+        return x
+    b, _, h, w = x.shape
+    padded = torch.nn.functional.pad(x, (max_shift,) * 4, value=-1.0)  # -1 = background in model range
+    oy = torch.randint(0, 2 * max_shift + 1, (b,), generator=g)
+    ox = torch.randint(0, 2 * max_shift + 1, (b,), generator=g)
+    rows = (oy[:, None] + torch.arange(h))[:, :, None]  # (B, H, 1)
+    cols = (ox[:, None] + torch.arange(w))[:, None, :]  # (B, 1, W)
+    return padded[torch.arange(b)[:, None, None], 0, rows, cols].unsqueeze(1)
+
+
+@torch.no_grad()
+def accuracy(net: EvalNet, images: np.ndarray, labels: np.ndarray, batch_size: int = 1000) -> float:
+    net.eval()
+    correct = 0
+    for s in range(0, len(images), batch_size):
+        x = to_model_range(images[s:s + batch_size])
+        correct += int((net(x).argmax(1) == torch.as_tensor(np.asarray(labels[s:s + batch_size])).long()).sum())
+    return correct / len(images)
+
+
+def fit(images: np.ndarray, labels: np.ndarray, *, num_classes: int = NUM_CLASSES, epochs: int = 5,
+        batch_size: int = 128, lr: float = 3e-3, max_shift: int = 2, seed: int = 0,
+        log=lambda _m: None) -> EvalNet:
+    """Train an EvalNet: AdamW (weight decay 5e-4) with a one-cycle learning rate, random shifts of
+    up to `max_shift` px. Weights and dropout draw from `seed`, batches and shifts from `seed + 1`,
+    in a forked global generator (the caller's is left as it was); deterministic kernels, so a
+    given machine rebuilds the same weights."""
+    import time
+
+    import torch.nn.functional as F
+
+    x_all, y_all = to_model_range(images), torch.as_tensor(np.asarray(labels)).long()
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        was_deterministic = torch.are_deterministic_algorithms_enabled()
+        torch.use_deterministic_algorithms(True)
+        try:
+            g = torch.Generator().manual_seed(seed + 1)
+            net = EvalNet(num_classes=num_classes)
+            opt = torch.optim.AdamW(net.parameters(), lr=lr, weight_decay=5e-4)
+            steps_per_epoch = (len(x_all) + batch_size - 1) // batch_size
+            sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, total_steps=epochs * steps_per_epoch,
+                                                        pct_start=0.2)
+            t0 = time.time()
+            for epoch in range(epochs):
+                net.train()
+                perm = torch.randperm(len(x_all), generator=g)
+                total, n = 0.0, 0
+                for s in range(0, len(perm), batch_size):
+                    idx = perm[s:s + batch_size]
+                    loss = F.cross_entropy(net(random_shift(x_all[idx], max_shift, g)), y_all[idx])
+                    opt.zero_grad(set_to_none=True)
+                    loss.backward()
+                    opt.step()
+                    sched.step()
+                    total += float(loss.detach()) * len(idx)
+                    n += len(idx)
+                log(f"epoch {epoch + 1}/{epochs}: train loss {total / n:.4f} ({time.time() - t0:.0f} s)")
+        finally:
+            torch.use_deterministic_algorithms(was_deterministic)
+    return net.eval()
+
+
+def holdout_mask(n: int) -> np.ndarray:
+    """Which of n images an evaluator of one's own set holds out: every tenth (index 9, 19, ...), at
+    least one; the comparison set of `evaluate` for that data."""
+    mask = np.arange(n) % 10 == 9
+    if not mask.any():
+        mask[-1] = True
+    return mask
+
+
+def write_custom_evaluator(net: EvalNet, path: str | Path, meta: dict) -> str:
+    """An evaluator of one's own data, as safetensors with its facts in the metadata (classes,
+    data SHA-256, held-out accuracy); returns the file's SHA-256."""
+    from safetensors.torch import save
+
+    from .atomic import atomic_write_bytes
+    payload = save({k: v.detach().cpu().contiguous() for k, v in net.state_dict().items()},
+                   metadata={"format": CUSTOM_FORMAT, **{k: json.dumps(v) for k, v in meta.items()}})
+    atomic_write_bytes(path, payload)
+    return hashlib.sha256(payload).hexdigest()
+
+
+def load_custom_evaluator(path: str | Path) -> tuple[EvalNet, dict]:
+    """(network, facts) of a file written by `train-evaluator`; facts include its SHA-256."""
+    from safetensors import SafetensorError, safe_open
+    from safetensors.torch import load
+
+    p = Path(path)
+    try:
+        data = p.read_bytes()
+        tensors = load(data)
+        with safe_open(str(p), framework="pt") as f:
+            raw = f.metadata() or {}
+    except (OSError, SafetensorError) as e:
+        raise EvaluatorError(f"--evaluator {p}: not a readable evaluator file ({e})") from None
+    if raw.get("format") != CUSTOM_FORMAT:
+        raise EvaluatorError(f"--evaluator {p}: not written by `mnist-diffusion train-evaluator`")
+    meta = {k: json.loads(v) for k, v in raw.items() if k != "format"}
+    net = EvalNet(num_classes=int(meta["num_classes"]))
+    try:
+        net.load_state_dict(tensors)
+    except (RuntimeError, KeyError) as e:
+        raise EvaluatorError(f"--evaluator {p}: weights do not fit the evaluator network ({str(e).splitlines()[0]})") \
+            from None
+    return net.eval(), {**meta, "sha256": hashlib.sha256(data).hexdigest()}
+
+
+def train_for_dataset(dataset: str, output: str | Path, *, epochs: int = 5, batch_size: int = 128, lr: float = 3e-3,
+                      max_shift: int = 2, seed: int = 0, log=lambda _m: None) -> dict:
+    """An evaluator for a labelled set (one's own, `folder:`/`npz:`, or a built-in one's train split):
+    the shipped evaluators' recipe (`fit`) on all but every tenth image, its accuracy on those it
+    held out, written to `output`. Returns what it wrote into the file's metadata."""
+    from .data import data_sha256, load_training_data
+    data = load_training_data(dataset, log=log)
+    if data.labels is None:
+        raise EvaluatorError(f"{dataset} has no labels: an evaluator learns to tell its classes apart (put the images "
+                             "in one folder per class, or give `labels` in the npz); without labels, `evaluate "
+                             "--inception` gives an FID")
+    classes = data.classes or tuple(str(c) for c in range(int(np.max(data.labels)) + 1))
+    if len(classes) < 2:
+        raise EvaluatorError(f"{dataset} has a single class: an evaluator needs at least two")
+    held = holdout_mask(len(data.images))
+    if (~held).sum() < 2:
+        raise EvaluatorError(f"{dataset} has {len(data.images)} images: too few to train an evaluator")
+    net = fit(data.images[~held], data.labels[~held], num_classes=len(classes), epochs=epochs, batch_size=batch_size,
+              lr=lr, max_shift=max_shift, seed=seed, log=log)
+    meta = {"dataset": dataset, "data_sha256": data_sha256(data), "classes": list(classes),
+            "num_classes": len(classes), "trained_on": int((~held).sum()), "held_out": int(held.sum()),
+            "held_out_accuracy": accuracy(net, data.images[held], data.labels[held]),
+            "held_out_rule": "every tenth image (index 9, 19, ...)", "epochs": epochs, "seed": seed,
+            "max_shift": max_shift}
+    return {**meta, "sha256": write_custom_evaluator(net, output, meta)}

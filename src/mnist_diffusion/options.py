@@ -120,8 +120,16 @@ def add_device(p: argparse.ArgumentParser, precision: str = "auto", help: str | 
     p.add_argument("--precision", choices=PRECISIONS, default=precision, help=help)
 
 
-def add_dataset(p: argparse.ArgumentParser, data_dir: bool = True, **kw) -> None:
-    p.add_argument("--dataset", choices=DATASETS, **({"default": "mnist"} | kw))
+def dataset_arg(text: str) -> str:
+    """A built-in dataset, or one's own: folder:PATH or npz:PATH."""
+    if text in DATASETS or (text.startswith(("folder:", "npz:")) and text.partition(":")[2]):
+        return text
+    raise argparse.ArgumentTypeError(f"expected {' or '.join(DATASETS)}, folder:PATH or npz:PATH, got {text!r}")
+
+
+def add_dataset(p: argparse.ArgumentParser, data_dir: bool = True, custom: bool = False, **kw) -> None:
+    p.add_argument("--dataset", **({"type": dataset_arg} if custom else {"choices": DATASETS}),
+                   **({"default": "mnist"} | kw))
     if data_dir:
         p.add_argument("--data-dir", help="folder with the standard IDX files (tried first)")
 
@@ -213,8 +221,10 @@ def evaluate_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--run", metavar="DIR",
                    help="score every DIR/checkpoints/step_*.pt and write DIR/metrics.json and DIR/metrics.png "
                         "(FID and noise MSE against training step)")
-    add_dataset(p, data_dir=False, default=None, help="reference (its test split) and evaluator; default: the "
-                                                         "checkpoint's dataset; required with --samples")
+    add_dataset(p, data_dir=False, custom=True, default=None,
+                help="reference (its test split) and evaluator: mnist, fashion_mnist, or folder:PATH / npz:PATH with "
+                     "--evaluator; default: the checkpoint's dataset; required with --samples")
+    p.add_argument("--evaluator", metavar="FILE", help="an evaluator written by `train-evaluator` for one's own data")
     p.add_argument("--num-samples", type=count(MAX_IMAGES),
                    help="images to generate per checkpoint (default 10000; 1000 with --run, to keep a sweep short)")
     p.add_argument("--noise-mse-images", type=count(10_000),
@@ -358,3 +368,19 @@ def benchmark_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--no-memory", action="store_true", help="skip the peak-memory subprocess")
     p.add_argument("--quick", action="store_true", help="short warm-up and windows: a smoke test, not a measurement")
     p.add_argument("--json", metavar="PATH", help="also write the results (and machine info) as JSON")
+
+
+def train_evaluator_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--dataset", type=dataset_arg, required=True,
+                   help="labelled images: folder:PATH (one folder per class) or npz:PATH (`images`, `labels`)")
+    p.add_argument("--output", required=True, help="the .safetensors file to write")
+    p.add_argument("--epochs", type=count(1000), default=5)
+    p.add_argument("--max-shift", type=nonneg_int, default=2, help="random-shift augmentation in px (0: none)")
+    p.add_argument("--seed", type=nonneg_int, default=0)
+
+
+def demo_options(p: argparse.ArgumentParser) -> None:
+    add_model_source(p)
+    p.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1: this machine only)")
+    p.add_argument("--port", type=count(65535), default=7860)
+    add_device(p)

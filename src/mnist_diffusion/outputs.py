@@ -21,7 +21,8 @@ from typing import Iterable, Optional, Sequence
 
 from .config import ConfigError
 
-KINDS = {".png": "a PNG image", ".gif": "a GIF animation", ".npz": "an npz of images", ".json": "a JSON report"}
+KINDS = {".png": "a PNG image", ".gif": "a GIF animation", ".npz": "an npz of images", ".json": "a JSON report",
+         ".safetensors": "a safetensors file"}
 _MAGIC = {".png": b"\x89PNG\r\n\x1a\n", ".gif": b"GIF8"}
 
 
@@ -101,6 +102,8 @@ def _check_replaceable(option: str, p: Path, suffix: str) -> None:
 def _looks_like(p: Path, suffix: str, head: bytes) -> bool:
     if suffix in _MAGIC:
         return head.startswith(_MAGIC[suffix])
+    if suffix == ".safetensors":  # an 8-byte header length, then the JSON header
+        return len(head) > 8 and head[8:9] == b"{"
     if suffix == ".npz":
         if not zipfile.is_zipfile(p):
             return False

@@ -448,11 +448,33 @@ def run_config(preset_name: Optional[str] = None, *, config: Optional[str] = Non
 # ---------------------------------------------------------------------------------------------
 # the loop
 
+def bind_data(cfg: RunConfig, data: Split) -> RunConfig:
+    """The config with the identity of its training set (data.data_sha256, so a resume on other data
+    is refused) and, for one's own labelled set, its class names; a class-conditional model gets
+    one class per class folder (or npz label)."""
+    from .data import data_sha256
+    train, model = {"data_sha256": data_sha256(data)}, {}
+    if cfg.model.num_classes is not None:
+        if data.labels is None:
+            raise TrainingError(f"a class-conditional model needs labelled data, and {cfg.train.dataset} has no "
+                                "labels (put the images in one folder per class, or give `labels` in the npz)")
+        if data.classes:
+            if len(data.classes) < 2:
+                raise TrainingError(f"{cfg.train.dataset} has a single class ({data.classes[0]}): a class-"
+                                    "conditional model needs at least two (train it --unconditional)")
+            train["classes"], model["num_classes"] = list(data.classes), len(data.classes)
+    try:
+        return cfg.replace(train=train, **({"model": model} if model else {}))
+    except ConfigError as e:
+        raise TrainingError(str(e)) from None
+
+
 def train(cfg: RunConfig, data: Split, run_dir: Optional[str | os.PathLike] = None, *, resume: Optional[str] = None,
           progress: bool = True, log: Callable[[str], None] = print,
           step_hook: Optional[Callable[[int, float], None]] = None) -> TrainResult:
     """Train (or resume) a run. With `run_dir` it writes checkpoints, previews and loss.csv there;
     without, it trains in memory only. The result holds the EMA model as a `Diffusion`."""
+    cfg = bind_data(cfg, data)
     world, device = distributed.setup(resolve_device(cfg.train.device))
     files = RunFiles(Path(run_dir) if run_dir is not None and world.main else None)  # only rank 0 writes
     try:
@@ -565,7 +587,8 @@ def _preview(files: RunFiles, state: TrainState, device: torch.device, sig: _Sig
 
 def _split_tensors(data: Split, subset: Optional[int], batch_size: int, device: torch.device):
     """The training images (uint8) and labels on the device: 47 MB for MNIST; batches are index gathers."""
-    images, labels = torch.as_tensor(data.images), torch.as_tensor(data.labels).long()
+    images = torch.as_tensor(data.images)
+    labels = torch.zeros(len(images), dtype=torch.long) if data.labels is None else torch.as_tensor(data.labels).long()
     if subset is not None:
         images, labels = images[:subset], labels[:subset]
     if images.shape[0] < batch_size:
