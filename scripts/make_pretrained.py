@@ -93,7 +93,7 @@ def pin(hashes: dict[str, str]) -> None:
     entries = {**PRETRAINED, **{n: {"sha256": h, "description": MODELS[n]["description"]} for n, h in hashes.items()}}
     body = "".join(f'    "{n}": {{"sha256": "{e["sha256"]}",\n{" " * (len(n) + 10)}"description": "{e["description"]}"}},\n'
                    for n, e in entries.items())
-    text = re.sub(r"PRETRAINED: dict\[str, dict\[str, str\]\] = \{.*?\n\}\n",
+    text = re.sub(r"PRETRAINED: dict\[str, dict\[str, str\]\] = \{(?:\}|.*?\n\})\n",
                   "PRETRAINED: dict[str, dict[str, str]] = {\n" + body + "}\n", path.read_text(), flags=re.S)
     path.write_text(text)
 

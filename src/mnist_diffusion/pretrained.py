@@ -14,7 +14,10 @@ from typing import Optional
 DIR = Path(__file__).resolve().parent / "pretrained_models"
 
 # name -> the SHA-256 of model.safetensors and what the model is (each folder's README.md says more)
-PRETRAINED: dict[str, dict[str, str]] = {}
+PRETRAINED: dict[str, dict[str, str]] = {
+    "mnist": {"sha256": "6323e2977b83014f7147831776d936b5b67218985d9f9130f612692ed3f9ec8f",
+               "description": "MNIST, class-conditional, the quick preset (what `make run` trains)"},
+}
 
 
 def resolve(source: str | os.PathLike) -> tuple[Path, Optional[str]]:
