@@ -29,7 +29,15 @@ def main(argv=None) -> int:
     server = subprocess.Popen([sys.executable, "-m", "mnist_diffusion", "demo", "--port", str(port)],
                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     try:
-        url = next(line.split()[1] for line in server.stdout if line.startswith("open http"))
+        url = None
+        for line in server.stdout:
+            if line.startswith("open http"):
+                url = line.split()[1]
+                break
+        if url is None:
+            raise SystemExit(f"the demo did not start (exit {server.wait()})")
+        import threading  # keep reading its output, so a full pipe never blocks it
+        threading.Thread(target=lambda: [None for _ in server.stdout], daemon=True).start()
         with sync_playwright() as pw:
             browser = pw.chromium.launch(executable_path=shutil.which("chromium"), args=["--no-sandbox"])
             page = browser.new_page(viewport={"width": 1300, "height": 900})

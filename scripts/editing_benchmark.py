@@ -9,7 +9,8 @@ completion: the first N MNIST test digits, each of the six mask presets, filled 
 replacement (RePaint's resample = 1) and by RePaint's resampling; per row, how often the shipped
 evaluator gives the completion the class it gives the original, the FID of the completions (the
 evaluator's features, against the test split, with the floor at this n), and the mean squared
-error on the hidden pixels (in [0, 1]). translation: the first N test digits edited with SDEdit
+error on the hidden pixels (in [0, 1]); the JSON also keeps each row's wall seconds (only
+comparable when nothing else ran on the machine). translation: the first N test digits edited with SDEdit
 towards class (y + 1) mod 10 at each strength, with guidance; the share the evaluator reads as the
 target, and how much of the original stays (mean |edit - original| / 255). The JSON is rewritten
 after every row, and rows already in it (same settings) are kept, so a stopped run continues.
@@ -91,15 +92,14 @@ def table(args, rows) -> str:
                f"SDEdit with DDIM ({args.steps} steps for a full run), guidance W = {args.guidance:g}, target class "
                "(y + 1) mod 10") + ".")
     if args.task == "completion":
-        lines = [head, "", "| hidden | method | class agreement | FID (floor) | masked MSE | recognizable | s |",
-                 "|---|---|---:|---:|---:|---:|---:|"]
+        lines = [head, "", "| hidden | method | class agreement | FID (floor) | masked MSE | recognizable |",
+                 "|---|---|---:|---:|---:|---:|"]
         lines += [f"| {r['preset']} | {r['method']} | {r['class_agreement']:.3f} | {r['fid']:.3f} ({r['fid_floor']:.3f}) | "
-                  f"{r['masked_mse']:.4f} | {r['recognizable']:.3f} | {r['seconds']:.0f} |" for r in rows]
+                  f"{r['masked_mse']:.4f} | {r['recognizable']:.3f} |" for r in rows]
     else:
-        lines = [head, "", "| strength | target class reached | pixel distance to the original | s |",
-                 "|---:|---:|---:|---:|"]
-        lines += [f"| {r['strength']:g} | {r['label_accuracy']:.3f} | {r['pixel_distance']:.3f} | {r['seconds']:.0f} |"
-                  for r in rows]
+        lines = [head, "", "| strength | target class reached | pixel distance to the original |",
+                 "|---:|---:|---:|"]
+        lines += [f"| {r['strength']:g} | {r['label_accuracy']:.3f} | {r['pixel_distance']:.3f} |" for r in rows]
     return "\n".join(lines) + "\n"
 
 

@@ -150,6 +150,6 @@ def test_twenty_requests_at_once_are_answered_or_refused_and_memory_stays_bounde
     # limits are the server's, not the page's: an API call past them gets a message, and serving goes on
     with pytest.raises(Exception, match="greater than maximum value 16|at most 16 images"):
         client.predict("one of each", 0.5, "ddim", 4, 0, 1000, api_name="/generate")
-    with pytest.raises(Exception, match="steps must be a whole number from 1 to 100 for dpmpp"):
+    with pytest.raises(Exception, match="steps for dpmpp must be a whole number from 1 to 100"):
         client.predict("7", 0.5, "dpmpp", 500, 0, 2, api_name="/generate")
     client.predict("7", 0.5, "ddim", 3, 0, 1, api_name="/generate")  # still serving

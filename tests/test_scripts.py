@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import sys
 from pathlib import Path
 
 import pytest
@@ -83,3 +84,43 @@ def test_profile_step_lists_operators_for_both_precisions(tmp_path):
     casts = [r[name]["calls_per_step"].get("aten::_to_copy", 0) for name in ("fp32", "bf16")]
     assert casts[1] > casts[0]  # autocast's casts show up in the bf16 step only
     assert "| operator |" in (tmp_path / "p.md").read_text()
+
+
+def test_gpu_check_dry_path_on_cpu(tmp_path, mnist):
+    """scripts/gpu_check.sh, the command meant for a CUDA machine, on its CPU path with tiny sizes:
+    every stage runs and the one JSON holds each stage's seconds and the numbers."""
+    import json
+    import os
+    import subprocess
+    from pathlib import Path
+    root = Path(__file__).resolve().parents[1]
+    env = {**os.environ, "PY": sys.executable, "OMP_NUM_THREADS": "1"}
+    r = subprocess.run(["bash", str(root / "scripts" / "gpu_check.sh"), "--device", "cpu", "--dry", "--out",
+                        str(tmp_path / "out")], env=env, capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stderr[-3000:]
+    report = json.loads((tmp_path / "out" / "gpu_check.json").read_text())
+    assert report["device"] == "cpu" and report["dry"] is True
+    assert set(report["seconds"]) == {"data", "benchmark", "train", "evaluate"}
+    assert report["training"]["steps"] == 4 and report["evaluate"]["n"] == 64
+    assert report["benchmark"]["compare"]["precision"]["train"] > 0
+
+
+@pytest.mark.parametrize("task, extra", [("completion", ["--presets", "left", "--jump-length", "2", "--resample", "2"]),
+                                         ("translation", ["--strengths", "0.5,1"])])
+def test_editing_benchmark(tmp_path, mnist, task, extra):
+    import json
+    root = Path(__file__).resolve().parents[1]
+    spec = importlib.util.spec_from_file_location("editing_benchmark", root / "scripts" / "editing_benchmark.py")
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    argv = [task, "--model", str(root / "tests" / "golden" / "tiny_cond.pt"), "--num-images", "8", "--steps", "4",
+            "--batch-size", "8", "--json", str(tmp_path / "e.json"), "--output", str(tmp_path / "e.md"), *extra]
+    assert bench.main(argv) == 0
+    rows = json.loads((tmp_path / "e.json").read_text())["rows"]
+    if task == "completion":
+        assert [r["method"] for r in rows] == ["replacement", "repaint"]
+        assert all(0 <= r["class_agreement"] <= 1 and r["masked_mse"] >= 0 for r in rows)
+    else:
+        assert [r["strength"] for r in rows] == [0.5, 1.0] and all(0 <= r["pixel_distance"] <= 1 for r in rows)
+    assert (tmp_path / "e.md").read_text().count("\n|") >= len(rows) + 1
+    assert bench.main(argv) == 0  # a second run keeps the finished rows

@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+import zipfile
 from pathlib import Path
 from typing import Callable
 
@@ -122,18 +123,19 @@ def sample_request(args, diff):
 def cmd_sample(args) -> int:
     from .images import check_grid, save_grid
     from .partial import generate_resumable
-    from .sampling import Trajectory, generate
+    from .sampling import Recording, generate
 
     check_outputs([("--output", args.output, ".png"), ("--npz", args.npz, ".npz"), ("--gif", args.gif, ".gif")],
                   inputs=[args.checkpoint])
     if args.show_intermediate:
-        check_output_dir(args.show_intermediate, "--show-intermediate", inputs=[args.checkpoint])
+        check_output_dir(args.show_intermediate, "--show-intermediate", inputs=[args.checkpoint],
+                         outputs=[args.output, args.npz, args.gif])
     options = sampler_options(args)
     diff = load_diffusion(args)
     labels, n, nrow = sample_request(args, diff)
     options.check(diff.schedule)
     check_grid(n, nrow)
-    trajectory = Trajectory.plan(options.visited(diff.schedule), diff.timesteps, intermediate=bool(args.show_intermediate),
+    trajectory = Recording.plan(options.visited(diff.schedule), diff.timesteps, intermediate=bool(args.show_intermediate),
                                  steps=args.intermediate_steps, gif_frames=args.gif_frames if args.gif else None)
     draw = dict(labels=labels, seed=args.seed, batch_size=args.batch_size, progress=not args.no_progress,
                 callback=trajectory)
@@ -220,13 +222,14 @@ def cmd_evaluate(args) -> int:
         result = ev.evaluate_samples(images, args.dataset, labels=labels, seed=args.seed, evaluator=args.evaluator,
                                      inception=args.inception, progress=progress)
         result["samples"] = str(args.samples)
-        print(f"{result['dataset']}: {ev.summary(result)}")
     else:
         result, _ = ev.evaluate_model(load_diffusion(args), sampler_options(args), args.num_samples or 10000,
                                       noise_images=args.noise_mse_images or 10000, npz=args.npz, log=_info, **common)
+    if args.json:  # first: hours of sampling are never lost to a printing problem
+        atomic_write_json(args.json, result)
+    if not args.run:
         print(f"{result['dataset']}: {ev.summary(result)}")
     if args.json:
-        atomic_write_json(args.json, result)
         print(f"wrote {args.json}")
     return 0
 
@@ -399,6 +402,10 @@ def cmd_export(args) -> int:
         metrics = json.loads(Path(args.metrics).read_text(encoding="utf-8")) if args.metrics else None
     except (OSError, UnicodeDecodeError, ValueError) as e:
         raise ConfigError(f"--metrics {args.metrics}: not a readable JSON report ({e})") from None
+    need = {"dataset", "n", "fid", "precision", "recall", "recognizable", "class_entropy"}
+    if metrics is not None and not (isinstance(metrics, dict) and need <= set(metrics)):
+        raise ConfigError(f"--metrics {args.metrics}: not the report of `evaluate --checkpoint ... --json` "
+                          f"(it needs {', '.join(sorted(need))})")
     diff = load_diffusion(argparse.Namespace(**vars(args), pretrained=None))
     samples = None if args.no_samples else card_samples(diff)
     out = export(diff, args.output, dtype=args.dtype, metrics=metrics, samples=samples,
@@ -475,6 +482,13 @@ def main(argv=None) -> int:
     except KeyboardInterrupt:
         print("mnist-diffusion: interrupted", file=sys.stderr)
         return 130
+    except (MemoryError, RuntimeError, zipfile.BadZipFile, EOFError, KeyError, IndexError, TypeError) as e:
+        if debug:  # an unexpected failure: one line still, and the way to the traceback
+            raise
+        first = (str(e).strip().splitlines() or [""])[0][:300]
+        print(f"mnist-diffusion {args.command}: error: {type(e).__name__}: {first} (run with --debug for the "
+              "traceback, and please report it)", file=sys.stderr)
+        return EXIT_ERROR
 
 
 if __name__ == "__main__":

@@ -120,7 +120,7 @@ class TrainConfig:
                             flag="--skip-nonfinite", choices=("stop", "skip"), resumable=True)
     keep_checkpoints: int = option(0, "periodic checkpoints to keep (0 = all)", kind="nonneg", resumable=True)
     time_limit: float = option(0.0, "stop (with a checkpoint and a sample grid) after this many minutes of "
-                                    "training (0 = no limit)", kind="positive", resumable=True)
+                                    "training (0 = no limit)", kind="nonneg", resumable=True)
 
     def validate(self) -> None:
         if self.dataset not in DATASETS and not self.dataset.startswith(("folder:", "npz:")):

@@ -459,8 +459,10 @@ def _load_npz_set(p: Path) -> Split:
         raise DataError(str(e)) from None
     if images.dtype != np.uint8 or images.ndim != 3 or images.shape[1:] != (28, 28) or not len(images):
         raise DataError(f"{p}: `images` must be uint8 (N, 28, 28) with N >= 1, got {images.dtype} {images.shape}")
-    if labels is not None and (labels.shape != (len(images),) or labels.dtype.kind not in "iu" or labels.min() < 0):
-        raise DataError(f"{p}: `labels` must be {len(images)} non-negative integers, got {labels.dtype} {labels.shape}")
+    if labels is not None and (labels.shape != (len(images),) or labels.dtype.kind not in "iu" or labels.min() < 0
+                               or labels.max() >= 100_000):
+        raise DataError(f"{p}: `labels` must be {len(images)} integers in [0, 100000), got {labels.dtype} {labels.shape}"
+                        + (f" up to {labels.max()}" if labels.size and labels.dtype.kind in "iu" else ""))
     classes = tuple(str(c) for c in range(int(labels.max()) + 1)) if labels is not None else ()
     return Split(images, None if labels is None else labels.astype(np.int64), classes)
 

@@ -11,8 +11,10 @@ Not here: sampling and editing themselves (diffusion.py); the command line (cli.
 """
 from __future__ import annotations
 
+import atexit
 import os
 import queue
+import shutil
 import tempfile
 import threading
 import time
@@ -43,21 +45,37 @@ class Request:
     num_images: int
 
 
+def _whole(value, lo: int, hi: int, what: str) -> int:
+    """A whole number in [lo, hi] from a page field (None when the field was cleared), else DemoError."""
+    try:
+        v = float(value)
+    except (TypeError, ValueError):
+        raise DemoError(f"{what} must be a whole number from {lo} to {hi}, got {value!r}") from None
+    if not (v.is_integer() and lo <= v <= hi):
+        raise DemoError(f"{what} must be a whole number from {lo} to {hi}, got {value}")
+    return int(v)
+
+
+def _number(value, lo: float, hi: float, what: str) -> float:
+    try:
+        v = float(value)
+    except (TypeError, ValueError):
+        raise DemoError(f"{what} must be a number in [{lo:g}, {hi:g}], got {value!r}") from None
+    if not lo <= v <= hi:  # also NaN
+        raise DemoError(f"{what} must be in [{lo:g}, {hi:g}], got {value}")
+    return v
+
+
 def check(req: Request, diff) -> tuple[Optional[object], int]:
     """The labels and number of images of a generate request, or DemoError naming the limit."""
     names = class_names(diff)
     if req.sampler not in LIMITS["steps"]:
         raise DemoError(f"unknown sampler {req.sampler!r}")
     top = min(LIMITS["steps"][req.sampler], diff.timesteps)
-    if not (isinstance(req.steps, (int, float)) and 1 <= req.steps <= top and float(req.steps).is_integer()):
-        raise DemoError(f"steps must be a whole number from 1 to {top} for {req.sampler}, got {req.steps}")
-    if not 0 <= req.guidance <= LIMITS["guidance"]:
-        raise DemoError(f"guidance must be in [0, {LIMITS['guidance']:g}], got {req.guidance}")
-    if not (float(req.num_images).is_integer() and 1 <= req.num_images <= LIMITS["images"]):
-        raise DemoError(f"at most {LIMITS['images']} images per request, got {req.num_images}")
-    if not (float(req.seed).is_integer() and 0 <= req.seed < 2**31):
-        raise DemoError(f"seed must be a whole number in [0, 2^31), got {req.seed}")
-    n = int(req.num_images)
+    req.steps = _whole(req.steps, 1, top, f"steps for {req.sampler}")
+    req.guidance = _number(req.guidance, 0.0, LIMITS["guidance"], "guidance")
+    n = req.num_images = _whole(req.num_images, 1, LIMITS["images"], "the number of images (at most 16 images)")
+    req.seed = _whole(req.seed, 0, 2**31 - 1, "seed")
     if req.label == "none":
         if req.guidance:
             raise DemoError("guidance steers towards a class: pick one, or set guidance to 0")
@@ -87,21 +105,29 @@ def show(images_u8: np.ndarray, nrow: Optional[int] = None) -> np.ndarray:
     return g.repeat(SCALE, 0).repeat(SCALE, 1)
 
 
+class _Cancelled(Exception):
+    pass
+
+
 def generate_frames(diff, req: Request):
     """Yield (x_t grid, predicted x0 grid, final grid or None, status) while sampling runs: the
-    sampler works in a thread and posts every few steps; the same call as `mnist-diffusion sample`
-    (same seed, same images)."""
+    sampler works in a thread and posts every few steps; it is the library call the status line
+    shows (same seed, same images). When the page goes away (the generator is closed), the
+    sampler stops at its next step, so the queue's next request does not share the CPU with it."""
     from .data import to_uint8
-    labels, n = check(req, diff)
-    steps = None if req.sampler == "ddpm" and int(req.steps) >= diff.timesteps else int(req.steps)
     from .sampling import SamplerOptions
+    labels, n = check(req, diff)
+    steps = None if req.sampler == "ddpm" and req.steps >= diff.timesteps else req.steps
     total = len(SamplerOptions(req.sampler, steps=steps).visited(diff.schedule))
     every = max(1, total // FRAMES)
     posts: queue.Queue = queue.Queue(maxsize=4)
+    stop = threading.Event()
     result: dict = {}
     nrow = min(n, 8)
 
     def on_step(start, i, t, x, x0):
+        if stop.is_set():
+            raise _Cancelled
         if i % every == 0 or i == total - 1:
             try:
                 posts.put_nowait((i, t, to_uint8(x), to_uint8(x0)))
@@ -110,27 +136,40 @@ def generate_frames(diff, req: Request):
 
     def run():
         try:
-            result["images"] = diff.sample(n, label=labels, guidance=float(req.guidance), sampler=req.sampler,
-                                           steps=steps, seed=int(req.seed), callback=on_step)
+            result["images"] = diff.sample(n, label=labels, guidance=req.guidance, sampler=req.sampler, steps=steps,
+                                           seed=req.seed, callback=on_step)
+        except _Cancelled:
+            pass
         except Exception as e:  # noqa: BLE001  (shown in the page)
             result["error"] = e
         finally:
-            posts.put(None)
+            while True:  # make room for the end mark whatever the reader did
+                try:
+                    posts.put_nowait(None)
+                    break
+                except queue.Full:
+                    try:
+                        posts.get_nowait()
+                    except queue.Empty:
+                        pass
 
     t0 = time.time()
     threading.Thread(target=run, daemon=True).start()
     last = (None, None)
-    while (item := posts.get()) is not None:
-        i, t, x, x0 = item
-        last = show(x, nrow), show(x0, nrow)
-        yield *last, None, f"step {i + 1} of {total}: t = {t}"
+    try:
+        while (item := posts.get()) is not None:
+            i, t, x, x0 = item
+            last = show(x, nrow), show(x0, nrow)
+            yield *last, None, f"step {i + 1} of {total}: t = {t}"
+    finally:
+        stop.set()
     if "error" in result:
-        raise DemoError(str(result["error"]).splitlines()[0])
-    took = time.time() - t0
+        e = result["error"]
+        raise DemoError((str(e).strip().splitlines() or [type(e).__name__])[0])
+    what = ("label=" + (f"[{', '.join(map(str, labels.tolist()))}]" if labels is not None else "None"))
     yield (*last, show(result["images"], nrow),
-           f"done: {n} image(s) in {took:.1f} s ({req.sampler}, {total} steps, seed {int(req.seed)}, "
-           f"guidance {float(req.guidance):g}). The same: `mnist-diffusion sample --sampler {req.sampler} "
-           f"--steps {total} --seed {int(req.seed)} ...`")
+           f"done: {n} image(s) in {time.time() - t0:.1f} s. The same images: `md.load(...).sample({n}, {what}, "
+           f"guidance={req.guidance:g}, sampler=\"{req.sampler}\", steps={total}, seed={req.seed})`")
 
 
 def digit_from_canvas(value, max_pixels: int = LIMITS["upload_pixels"]) -> np.ndarray:
@@ -159,15 +198,12 @@ def edit(diff, source: str, canvas, test_index, target: str, strength: float, mo
          mask_canvas, seed) -> tuple[np.ndarray, str]:
     """SDEdit or inpainting of the drawn (or chosen test) digit; returns (before | after, status)."""
     from .editing import MASK_PRESETS, check_mask, mask_preset
-    if not (float(seed).is_integer() and 0 <= seed < 2**31):
-        raise DemoError(f"seed must be a whole number in [0, 2^31), got {seed}")
+    seed = _whole(seed, 0, 2**31 - 1, "seed")
     if source == "canvas":
         digit = digit_from_canvas(canvas)
     else:
         test = _test_images(diff.dataset)
-        if not (float(test_index).is_integer() and 0 <= test_index < len(test)):
-            raise DemoError(f"test digit index must be in [0, {len(test) - 1}], got {test_index}")
-        digit = test[int(test_index)][None]
+        digit = test[_whole(test_index, 0, len(test) - 1, "test digit #")][None]
     names = class_names(diff)
     label = None
     if target != "none":
@@ -177,21 +213,22 @@ def edit(diff, source: str, canvas, test_index, target: str, strength: float, mo
     guidance = 2.0 if label is not None else 0.0
     t0 = time.time()
     if mode == "SDEdit":
-        if not 0 < strength <= 1:
-            raise DemoError(f"strength must be in (0, 1], got {strength}")
-        out = diff.edit(digit, float(strength), label=label, guidance=guidance, sampler="ddim", steps=50,
-                        seed=int(seed))
+        strength = _number(strength, 0.0, 1.0, "strength")
+        if strength == 0:
+            raise DemoError("strength 0 changes nothing: give a value in (0, 1]")
+        out = diff.edit(digit, strength, label=label, guidance=guidance, sampler="ddim",
+                        steps=min(50, diff.timesteps), seed=seed)
         what = f"SDEdit at strength {float(strength):g}"
     else:
         if preset == "painted":
             painted = digit_from_canvas(mask_canvas)[0] > 127  # strokes mark what to fill in
             mask = check_mask((~painted).astype(np.float32), 1)
         elif preset in MASK_PRESETS:
-            mask = mask_preset(preset, 1, seed=int(seed))
+            mask = mask_preset(preset, 1, seed=seed)
         else:
             raise DemoError(f"unknown mask {preset!r}")
-        out = diff.inpaint(digit, mask, label=label, guidance=guidance, sampler="ddpm", steps=100, resample=2,
-                           jump_length=5, seed=int(seed))
+        out = diff.inpaint(digit, mask, label=label, guidance=guidance, sampler="ddpm",
+                           steps=min(100, diff.timesteps), resample=2, jump_length=5, seed=seed)
         what = f"inpainting ({preset})"
     return show(np.concatenate([digit, out])), f"{what}{f' towards {target}' if label is not None else ''}: " \
                                                f"{time.time() - t0:.1f} s"
@@ -220,13 +257,10 @@ def explain(diff, test_index, t) -> tuple[np.ndarray, np.ndarray, str]:
     from .data import to_model_range, to_uint8
     from .schedule import q_sample
     test = _test_images(diff.dataset)
-    if not (float(test_index).is_integer() and 0 <= test_index < len(test)):
-        raise DemoError(f"test digit index must be in [0, {len(test) - 1}], got {test_index}")
-    if not (float(t).is_integer() and 0 <= t < diff.timesteps):
-        raise DemoError(f"t must be a whole number in [0, {diff.timesteps - 1}], got {t}")
-    s, t = diff.schedule, int(t)
-    x0 = to_model_range(test[int(test_index)][None])
-    eps = torch.randn(x0.shape, generator=torch.Generator().manual_seed(int(test_index)))
+    test_index = _whole(test_index, 0, len(test) - 1, "test digit #")
+    s, t = diff.schedule, _whole(t, 0, diff.timesteps - 1, "t")
+    x0 = to_model_range(test[test_index][None])
+    eps = torch.randn(x0.shape, generator=torch.Generator().manual_seed(test_index))
     ts = [int(v) for v in np.linspace(0, diff.timesteps - 1, 8)]
     row = torch.cat([q_sample(s, x0, torch.tensor([u]), eps) for u in ts])
     xt = q_sample(s, x0, torch.tensor([t]), eps)
@@ -243,19 +277,22 @@ def build(diff, *, schedule_figure: Optional[str] = None):
     names = class_names(diff)
     classes = (["one of each"] + names if names else []) + ["none"]
 
-    def guard(fn):
+    def message(e: Exception) -> str:
+        return (str(e).strip().splitlines() or [type(e).__name__])[0]
+
+    def guard(fn):  # every expected failure is a message in the page; the server goes on serving
         def wrapped(*args):
             try:
                 return fn(*args)
-            except DemoError as e:
-                raise gr.Error(str(e)) from None
+            except (DemoError, ValueError, TypeError) as e:
+                raise gr.Error(message(e)) from None
         return wrapped
 
     def stream(label, guidance, sampler, steps, seed, num_images):
         try:
             yield from generate_frames(diff, Request(label, guidance, sampler, steps, seed, num_images))
-        except DemoError as e:
-            raise gr.Error(str(e)) from None
+        except (DemoError, ValueError, TypeError) as e:
+            raise gr.Error(message(e)) from None
 
     with gr.Blocks(title="mnist-diffusion", analytics_enabled=False) as app:
         gr.Markdown(f"# mnist-diffusion\nA denoising diffusion model for {diff.dataset.replace('_', '-')} "
@@ -327,6 +364,7 @@ def build(diff, *, schedule_figure: Optional[str] = None):
 def launch(diff, *, host: str = "127.0.0.1", port: int = 7860, log=print, block: bool = True):
     """Start the demo: files in a temporary folder, no analytics, system fonts, bounded queue."""
     tmp = tempfile.mkdtemp(prefix="mnist-diffusion-demo-")
+    atexit.register(shutil.rmtree, tmp, ignore_errors=True)  # Gradio's files go nowhere else
     os.environ["GRADIO_TEMP_DIR"] = tmp
     os.environ["GRADIO_ANALYTICS_ENABLED"] = "False"
     import gradio as gr

@@ -87,6 +87,18 @@ class Diffusion:
         from .hub import export
         return export(self, output, **kwargs)
 
+    def fingerprint(self) -> str:
+        """The SHA-256 of the loaded file, or of the weights themselves for a model held in memory
+        (md.train, Diffusion.new): what keys a resumable image set to this very model."""
+        if self.source_sha256:
+            return self.source_sha256
+        import hashlib
+        h = hashlib.sha256()
+        for k, v in self.model.state_dict().items():
+            h.update(k.encode())
+            h.update(v.detach().cpu().contiguous().numpy().tobytes())
+        return h.hexdigest()
+
     # -----------------------------------------------------------------------------------------
     # what travels with the network
 

@@ -23,12 +23,12 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from .data import to_model_range
+from .outputs import CUSTOM_EVALUATOR_FORMAT as CUSTOM_FORMAT
 
 WEIGHTS_DIR = Path(__file__).resolve().parent / "weights"
 CHECKSUM_FILE = "checksums.json"
 FEATURE_DIM = 128
 NUM_CLASSES = 10
-CUSTOM_FORMAT = "mnist-diffusion-custom-evaluator/1"
 
 
 class EvaluatorError(ValueError):
@@ -252,21 +252,21 @@ def write_custom_evaluator(net: EvalNet, path: str | Path, meta: dict) -> str:
 
 def load_custom_evaluator(path: str | Path) -> tuple[EvalNet, dict]:
     """(network, facts) of a file written by `train-evaluator`; facts include its SHA-256."""
-    from safetensors import SafetensorError, safe_open
+    from safetensors import SafetensorError
     from safetensors.torch import load
 
     p = Path(path)
     try:
         data = p.read_bytes()
         tensors = load(data)
-        with safe_open(str(p), framework="pt") as f:
-            raw = f.metadata() or {}
-    except (OSError, SafetensorError) as e:
+        n = int.from_bytes(data[:8], "little")
+        raw = json.loads(data[8:8 + n]).get("__metadata__") or {}  # the metadata of these very bytes
+        if raw.get("format") != CUSTOM_FORMAT:
+            raise EvaluatorError(f"--evaluator {p}: not written by `mnist-diffusion train-evaluator`")
+        meta = {k: json.loads(v) for k, v in raw.items() if k != "format"}
+        net = EvalNet(num_classes=int(meta["num_classes"]))
+    except (OSError, SafetensorError, ValueError, KeyError, TypeError, AttributeError) as e:
         raise EvaluatorError(f"--evaluator {p}: not a readable evaluator file ({e})") from None
-    if raw.get("format") != CUSTOM_FORMAT:
-        raise EvaluatorError(f"--evaluator {p}: not written by `mnist-diffusion train-evaluator`")
-    meta = {k: json.loads(v) for k, v in raw.items() if k != "format"}
-    net = EvalNet(num_classes=int(meta["num_classes"]))
     try:
         net.load_state_dict(tensors)
     except (RuntimeError, KeyError) as e:

@@ -61,6 +61,9 @@ def export(diff, output: str | os.PathLike, *, dtype: str = "fp16", metrics: Opt
     if out.exists() and not out.is_dir():
         raise ConfigError(f"--output {out} is a file, not a folder")
     unknown = sorted(p.name for p in out.iterdir() if p.name not in FILES) if out.is_dir() else []
+    card = out / "README.md"
+    if card.is_file() and "library_name: mnist-diffusion" not in card.read_text(encoding="utf-8", errors="replace"):
+        unknown.insert(0, "README.md")  # someone's own README, not a card of ours
     if unknown:
         raise ConfigError(f"--output {out} holds other files ({', '.join(unknown[:3])}); export into an empty "
                           "folder or one written by export")
@@ -77,6 +80,8 @@ def export(diff, output: str | os.PathLike, *, dtype: str = "fp16", metrics: Opt
     if samples is not None:
         from .images import save_png
         save_png(samples, out / "samples.png", scale=2)
+    elif (out / "samples.png").exists():
+        (out / "samples.png").unlink()  # an earlier export's samples would show another model
     atomic_write_text(out / "README.md", model_card(diff.config, info, metrics=metrics, command=command,
                                                     training=training, samples=samples is not None))
     return out
@@ -97,11 +102,15 @@ def load_folder(path: str | os.PathLike, expected_sha256: Optional[str] = None):
         raw = json.loads((folder / "config.json").read_text(encoding="utf-8"))
         cfg = RunConfig.from_dict(raw)
         info = raw.get("export") or {}
-        data = (folder / info.get("weights", "model.safetensors")).read_bytes()
+        if not (isinstance(info, dict) and info.get("weights", "model.safetensors") == "model.safetensors"
+                and isinstance(info.get("sha256", ""), str)):
+            raise ValueError("its `export` entry is not one export writes")
+        data = (folder / "model.safetensors").read_bytes()  # never a path the config names
     except FileNotFoundError as e:
         raise CheckpointError(f"{folder}: not a model folder (no {Path(e.filename).name})") from None
-    except (OSError, UnicodeDecodeError, ValueError) as e:
-        raise CheckpointError(f"{folder}/config.json: {str(e).splitlines()[0]}") from None
+    except (OSError, UnicodeDecodeError, ValueError, AttributeError) as e:
+        raise CheckpointError(f"{folder}/config.json: {(str(e).strip().splitlines() or [type(e).__name__])[0]}") \
+            from None
     digest = hashlib.sha256(data).hexdigest()
     for want, what in ((info.get("sha256"), "the SHA-256 recorded in config.json"),
                        (expected_sha256, "the SHA-256 pinned for this shipped model")):

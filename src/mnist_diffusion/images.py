@@ -128,7 +128,9 @@ def open_image(path: str | os.PathLike, max_pixels: int = MAX_IMAGE_PIXELS,
             return im.copy()
     except Image.DecompressionBombError:  # Pillow's own limit, met before ours
         raise ValueError(f"{p}: the image claims more than {max_pixels:,} pixels; refusing to decode it") from None
-    except (OSError, SyntaxError) as e:
+    except (OSError, SyntaxError, EOFError, ValueError) as e:
+        if isinstance(e, ValueError) and str(e).startswith(str(p)):
+            raise  # ours, already naming the file
         raise ValueError(f"{p}: not a readable image ({str(e).splitlines()[0] if str(e) else type(e).__name__})") \
             from None
 

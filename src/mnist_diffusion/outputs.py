@@ -21,6 +21,8 @@ from typing import Iterable, Optional, Sequence
 
 from .config import ConfigError
 
+CUSTOM_EVALUATOR_FORMAT = "mnist-diffusion-custom-evaluator/1"  # evaluator.CUSTOM_FORMAT (no torch here)
+
 KINDS = {".png": "a PNG image", ".gif": "a GIF animation", ".npz": "an npz of images", ".json": "a JSON report",
          ".safetensors": "a safetensors file"}
 _MAGIC = {".png": b"\x89PNG\r\n\x1a\n", ".gif": b"GIF8"}
@@ -45,8 +47,7 @@ def check_outputs(outputs: Sequence[tuple[str, Optional[str | os.PathLike], Opti
         p = Path(path)
         if p.is_dir():
             raise ConfigError(f"{option} {p} is a directory")
-        if p.parent.exists() and not p.parent.is_dir():
-            raise ConfigError(f"{option} {p}: {p.parent} is a file, not a directory")
+        _check_folder(option, p)
         if suffix and p.suffix.lower() != suffix:
             raise ConfigError(f"{option} {p}: expected a {suffix} file ({KINDS.get(suffix, suffix)}); the "
                               "extension decides the format")
@@ -61,15 +62,34 @@ def check_outputs(outputs: Sequence[tuple[str, Optional[str | os.PathLike], Opti
             _check_replaceable(option, p, suffix or p.suffix.lower())
 
 
-def check_output_dir(path: str | os.PathLike, option: str, inputs: Iterable[Optional[str | os.PathLike]] = ()) -> Path:
-    """A folder a command writes files into: not an existing file, not an input."""
+def check_output_dir(path: str | os.PathLike, option: str, inputs: Iterable[Optional[str | os.PathLike]] = (),
+                     outputs: Iterable[Optional[str | os.PathLike]] = ()) -> Path:
+    """A folder a command writes files into: not an existing file, not an input, and not holding
+    the command's other outputs (its files would replace them)."""
     p = Path(path)
     if p.exists() and not p.is_dir():
         raise ConfigError(f"{option} {p} is a file, not a directory")
+    _check_folder(option, p / "x")
     for src in (Path(s) for s in inputs if s):
         if _same(p, src):
             raise ConfigError(f"{option} {p} is also an input of this command")
+    for out in (Path(o) for o in outputs if o):
+        if out.resolve().parent == p.resolve():
+            raise ConfigError(f"{option} {p} would hold {out.name}, another output of this command; "
+                              "give each its own place")
     return p
+
+
+def _check_folder(option: str, p: Path) -> None:
+    """The folder `p` goes into: its nearest existing ancestor is a writable directory (so a
+    missing folder can be made), checked before any work."""
+    ancestor = p.parent
+    while not ancestor.exists() and ancestor != ancestor.parent:
+        ancestor = ancestor.parent
+    if not ancestor.is_dir():
+        raise ConfigError(f"{option} {p}: {ancestor} is a file, not a directory")
+    if not os.access(ancestor, os.W_OK | os.X_OK):
+        raise ConfigError(f"{option} {p}: cannot write into {ancestor}")
 
 
 def _same(a: Path, b: Path) -> bool:
@@ -102,13 +122,14 @@ def _check_replaceable(option: str, p: Path, suffix: str) -> None:
 def _looks_like(p: Path, suffix: str, head: bytes) -> bool:
     if suffix in _MAGIC:
         return head.startswith(_MAGIC[suffix])
-    if suffix == ".safetensors":  # an 8-byte header length, then the JSON header
-        return len(head) > 8 and head[8:9] == b"{"
+    if suffix == ".safetensors":  # only an evaluator of one's own data (train-evaluator) is ours to replace
+        return _safetensors_format(p) == CUSTOM_EVALUATOR_FORMAT
     if suffix == ".npz":
-        if not zipfile.is_zipfile(p):
+        try:
+            with zipfile.ZipFile(p) as z:  # numpy's npz: every member an .npy; a torch checkpoint is a zip too
+                names = z.namelist()
+        except (zipfile.BadZipFile, OSError, ValueError):
             return False
-        with zipfile.ZipFile(p) as z:  # numpy's npz: every member an .npy; a torch checkpoint is a zip too
-            names = z.namelist()
         return bool(names) and all(n.endswith(".npy") for n in names)
     if suffix == ".json":
         if os.path.getsize(p) > 256 << 20:
@@ -117,6 +138,21 @@ def _looks_like(p: Path, suffix: str, head: bytes) -> bool:
             obj = json.loads(p.read_text(encoding="utf-8"))
         except (UnicodeDecodeError, ValueError):
             return False
-        # a run's config.json (or a copy of one) is an input of training, never a report
-        return not (isinstance(obj, dict) and {"model", "diffusion", "train"} <= set(obj))
+        # the reports our commands write; a run's config, a model folder's config, checksums.json or
+        # anyone else's JSON are not
+        return isinstance(obj, dict) and ({"fid", "n"} <= set(obj) or {"run", "checkpoints"} <= set(obj)
+                                          or str(obj.get("format", "")).startswith("mnist-diffusion-benchmark/"))
     return False
+
+
+def _safetensors_format(p: Path) -> Optional[str]:
+    """The `format` of a safetensors file's metadata (8-byte header length, then a JSON header)."""
+    try:
+        with open(p, "rb") as f:
+            n = int.from_bytes(f.read(8), "little")
+            if not 0 < n <= 100 << 20:
+                return None
+            header = json.loads(f.read(n))
+        return header.get("__metadata__", {}).get("format")
+    except (OSError, ValueError, AttributeError):
+        return None

@@ -70,7 +70,7 @@ def request(diff: "Diffusion", num_images: int, options: SamplerOptions, labels:
     label_hash = None
     if labels is not None:
         label_hash = hashlib.sha256(np.asarray(labels, dtype=np.int64).tobytes()).hexdigest()
-    return {"checkpoint_sha256": diff.source_sha256, "ema": diff.ema, "num_images": num_images, "seed": seed, **options.as_dict(),
+    return {"checkpoint_sha256": diff.fingerprint(), "ema": diff.ema, "num_images": num_images, "seed": seed, **options.as_dict(),
             "precision": str(diff.amp), "device": str(diff.device), "batch_size": batch_size, "labels": label_hash}
 
 

@@ -318,7 +318,8 @@ def sdedit(name: str, eps_fn: EpsFn, schedule: Schedule, images: torch.Tensor, n
     if strength == 1.0:
         x = noise
     else:
-        x = (sub.sqrt_alpha_bar[t0] * images.double() + sub.sqrt_one_minus_alpha_bar[t0] * noise.double()).to(noise.dtype)
+        # the coefficients as Python floats: the images stay in their dtype and device (MPS has no float64)
+        x = float(sub.sqrt_alpha_bar[t0]) * images.to(noise.dtype) + float(sub.sqrt_one_minus_alpha_bar[t0]) * noise
     return run_sampler(name, eps_fn, sub, x, noise_fn, steps=n, eta=eta, spacing=spacing, clip=clip,
                        callback=callback)
 

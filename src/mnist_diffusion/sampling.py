@@ -149,8 +149,9 @@ def _batches(diff, num_images, options, draw, evals_per_batch, *, labels, seed, 
             with torch.no_grad():
                 x0 = draw(diff.eps_fn(y, options.guidance), noise, start, n, step_done)
             if not bool(torch.isfinite(x0).all()):
-                raise ValueError(f"sampling produced non-finite values (images {start}..{start + n - 1}); with "
-                                 f"guidance {options.guidance:g} the model's predictions overflowed")
+                raise ValueError(f"sampling produced non-finite values (images {start}..{start + n - 1})"
+                                 + (f"; with guidance {options.guidance:g} the model's predictions overflowed"
+                                    if options.guidance else ": the model's predictions are not finite"))
             yield start, x0
     finally:
         bar.close()
@@ -179,26 +180,6 @@ class Trajectory:
         self.max_images = max_images
         self._frames: dict[int, list[np.ndarray]] = {t: [] for t in self.timesteps}
 
-    @classmethod
-    def plan(cls, visited: list[int], timesteps: int, *, intermediate: bool = False,
-             steps: Optional[list[int]] = None, gif_frames: Optional[int] = None) -> Optional["Trajectory"]:
-        """The recorder `sample --show-intermediate` / `--gif` need: with `intermediate`, the requested
-        `steps` (default: 10 spread over the run); with `gif_frames`, that many frames spaced so the
-        late low-noise steps get most (visualize.gif_timesteps). None when nothing is to be recorded."""
-        from .visualize import gif_timesteps
-        wanted: set[int] = set()
-        if intermediate:
-            steps = steps or [int(round(v)) for v in np.linspace(timesteps - 1, 0, 10)]
-            if any(t >= timesteps or t < 0 for t in steps):
-                raise ValueError(f"intermediate steps {[t for t in steps if not 0 <= t < timesteps]} outside "
-                                 f"[0, {timesteps - 1}]")
-            wanted |= set(steps)
-        if gif_frames is not None:
-            if gif_frames < 3:
-                raise ValueError(f"--gif-frames {gif_frames}: need at least 3 (noise, one step, the samples)")
-            wanted |= set(gif_timesteps(visited, max(2, gif_frames - 1)))  # the last frame is the final sample
-        return cls(visited, wanted) if wanted else None
-
     def __call__(self, start: int, i: int, t: int, x: torch.Tensor, x0: torch.Tensor) -> None:
         if t in self._frames and (self.max_images is None or start < self.max_images):
             keep = x if self.max_images is None else x[: self.max_images - start]
@@ -207,3 +188,38 @@ class Trajectory:
     def frames(self) -> list[tuple[int, np.ndarray]]:
         """(t, uint8 images) for each recorded timestep, noisiest first."""
         return [(t, np.concatenate(self._frames[t])) for t in self.timesteps if self._frames[t]]
+
+
+class Recording:
+    """What `sample --gif` and `--show-intermediate` record, as one callback: the GIF's frames for
+    the first 64 images (GIF_IMAGES), and every image at the steps asked for."""
+    GIF_IMAGES = 64
+
+    def __init__(self, gif: Optional[Trajectory] = None, steps: Optional[Trajectory] = None):
+        self.gif, self.steps = gif, steps
+
+    def __call__(self, start: int, i: int, t: int, x: torch.Tensor, x0: torch.Tensor) -> None:
+        for rec in (self.gif, self.steps):
+            if rec is not None:
+                rec(start, i, t, x, x0)
+
+    @classmethod
+    def plan(cls, visited: list[int], timesteps: int, *, steps: Optional[list[int]] = None, intermediate: bool = False,
+             gif_frames: Optional[int] = None) -> Optional["Recording"]:
+        """With `intermediate`, every image at the requested `steps` (default: 10 spread over the
+        run); with `gif_frames`, that many frames of the first 64 images, spaced so the late
+        low-noise steps get most (visualize.gif_timesteps). None when nothing is to be recorded."""
+        from .visualize import gif_timesteps
+        at_steps = gif = None
+        if intermediate:
+            steps = steps or [int(round(v)) for v in np.linspace(timesteps - 1, 0, 10)]
+            if any(t >= timesteps or t < 0 for t in steps):
+                raise ValueError(f"intermediate steps {[t for t in steps if not 0 <= t < timesteps]} outside "
+                                 f"[0, {timesteps - 1}]")
+            at_steps = Trajectory(visited, steps)
+        if gif_frames is not None:
+            if gif_frames < 3:
+                raise ValueError(f"--gif-frames {gif_frames}: need at least 3 (noise, one step, the samples)")
+            # the last frame is the final sample
+            gif = Trajectory(visited, gif_timesteps(visited, max(2, gif_frames - 1)), max_images=cls.GIF_IMAGES)
+        return cls(gif, at_steps) if gif or at_steps else None

@@ -258,7 +258,7 @@ class TrainState:
         if "optimizer" in ck:
             self.opt.load_state_dict(ck["optimizer"])
         self.step, self.skipped = int(ck["step"]), int(ck.get("skipped", 0))
-        self.run_id = str(ck.get("run_id") or self.run_id)  # a checkpoint from before run ids: one from now on
+        self.run_id = ck.get("run_id")  # None for a checkpoint from before run ids: RunFiles.prepare decides
         return ck
 
     def checkpoint(self, epoch: int, elapsed_s: float) -> dict:
@@ -310,6 +310,7 @@ class RunFiles:
         it), writable, have room for two checkpoints (the temp file of an atomic save sits beside
         the old one), and hold no other run than the one resumed."""
         if self.path is None:
+            state.run_id = state.run_id or uuid.uuid4().hex
             return
         if self.path.exists() and not self.path.is_dir():
             raise TrainingError(f"--output-dir {self.path} exists and is a file, not a directory")
@@ -326,24 +327,31 @@ class RunFiles:
         if free < need:
             raise TrainingError(f"only {free / 1e6:.0f} MB free under {self.path}; a checkpoint needs about "
                                 f"{checkpoint_bytes / 1e6:.0f} MB and a save needs room for two")
-        self._check_owner(state.run_id, resume)
+        state.run_id = self._check_owner(state.run_id, resume)
         for stale in (self.path / "checkpoints").glob(".*.tmp"):  # temp files of a save a crash interrupted
             stale.unlink()
 
-    def _check_owner(self, run_id: str, resume: Optional[str]) -> None:
-        found = [p.name for p in (self.path / "checkpoints").glob("*.pt")]
-        found += [name for name in ("config.json", "loss.csv") if (self.path / name).exists()]
-        if not found:
-            return
+    def _check_owner(self, run_id: Optional[str], resume: Optional[str]) -> str:
+        """The run id the directory's run goes on with. A new run may not start where checkpoints
+        are (a run stopped before its first checkpoint left nothing to resume: it is started over);
+        a resumed one must be the run whose id config.json records. A checkpoint from before run
+        ids takes the id of the directory it lives in."""
+        checkpoints = sorted(p.name for p in (self.path / "checkpoints").glob("*.pt"))
         if not resume:
-            raise TrainingError(f"{self.path} already holds a run ({', '.join(sorted(found)[:4])}); resume it "
-                                "with --resume auto or choose another --output-dir")
+            if checkpoints:
+                raise TrainingError(f"{self.path} already holds a run ({', '.join(checkpoints[:3])}); resume it "
+                                    "with --resume auto or choose another --output-dir")
+            return run_id or uuid.uuid4().hex
         owner = _run_id_of(self.path / "config.json")
         inside = Path(resume).resolve().parent.parent == self.path.resolve()
-        if owner is not None and owner != run_id or owner is None and not inside:
+        if run_id is None and inside:
+            return owner or uuid.uuid4().hex
+        others = checkpoints or [n for n in ("config.json", "loss.csv") if (self.path / n).exists()]
+        if owner is not None and owner != run_id or owner is None and others and not inside:
             raise TrainingError(f"{self.path} holds another run than {resume}"
-                                + (f" (run {owner[:8]}, the checkpoint's is {run_id[:8]})" if owner else "")
+                                + (f" (run {owner[:8]}, the checkpoint's is {str(run_id)[:8]})" if owner else "")
                                 + "; resume into the checkpoint's own run directory or a new --output-dir")
+        return run_id or uuid.uuid4().hex
 
     def begin(self, cfg: RunConfig, step: int, run_id: str) -> float:
         """Write config.json (with the run's id) and the loss rows up to `step`; returns the training

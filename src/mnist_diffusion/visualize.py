@@ -575,16 +575,16 @@ def figure(name: str, output, *, run=None, split=None, dataset: str = "mnist", i
     raise ValueError(f"unknown figure {name!r}")
 
 
-def write_trajectory(trajectory, images: np.ndarray, *, gif=None, steps_dir=None, nrow=None,
+def write_trajectory(recording, images: np.ndarray, *, gif=None, steps_dir=None, nrow=None,
                      caption: str = "samples") -> list[str]:
     """`sample --gif` and `--show-intermediate`: the reverse-process GIF and the per-step grids plus
-    strip of a recorded sampling.Trajectory; returns what was written, a line each."""
+    strip of a sampling.Recording; returns what was written, a line each."""
     lines = []
     if gif:
-        reverse_gif(trajectory, images, gif, nrow=nrow, caption=caption)
-        lines.append(f"wrote {gif} ({len(trajectory.frames()) + 1} frames)")
+        reverse_gif(recording.gif, images, gif, nrow=nrow, caption=caption)
+        lines.append(f"wrote {gif} ({len(recording.gif.frames()) + 1} frames)")
     if steps_dir:
-        ts = trajectory_grids(trajectory, images, steps_dir, nrow=nrow)
+        ts = trajectory_grids(recording.steps, images, steps_dir, nrow=nrow)
         lines.append(f"wrote {len(ts)} intermediate grids and {Path(steps_dir) / 'strip.png'} "
                      f"(columns: t = {', '.join(map(str, ts))}, final)")
     return lines

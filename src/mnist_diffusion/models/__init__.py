@@ -39,7 +39,9 @@ def default_config(name: str, **overrides) -> ModelConfig:
     fields = {**_DEFAULTS[name], **overrides}
     if "channel_mults" in fields:
         fields["channel_mults"] = tuple(fields["channel_mults"])
-    return ModelConfig(name=name, **fields)
+    cfg = ModelConfig(name=name, **fields)
+    cfg.validate()  # the same limits as a config file's (a base width of 100000 is refused, not allocated)
+    return cfg
 
 
 def available() -> dict[str, str]:
