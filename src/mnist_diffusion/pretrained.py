@@ -17,6 +17,8 @@ DIR = Path(__file__).resolve().parent / "pretrained_models"
 PRETRAINED: dict[str, dict[str, str]] = {
     "mnist": {"sha256": "6323e2977b83014f7147831776d936b5b67218985d9f9130f612692ed3f9ec8f",
                "description": "MNIST, class-conditional, the quick preset (what `make run` trains)"},
+    "fashion_mnist": {"sha256": "b9842c19718486b8678e4e5a618d2e2d4a3f5b3e75eba8c9a42d9ee69dcf8355",
+                       "description": "Fashion-MNIST, class-conditional, the quick preset"},
 }
 
 

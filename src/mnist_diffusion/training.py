@@ -71,6 +71,7 @@ class TrainResult:
     world_size: int = 1
     rank_checksums: tuple = ()  # sum of the weights on every rank (they must agree under DDP)
     diffusion: Optional[Diffusion] = None  # the EMA weights, ready to sample
+    start_step: int = 0  # where this invocation began (a resumed run: the checkpoint's step)
 
 
 def _mix(seed: int, k: int, salt: int) -> int:
@@ -574,7 +575,7 @@ def _train(cfg: RunConfig, data: Split, files: RunFiles, world: "distributed.Wor
                             f"{', '.join(f'{v:.6f}' for v in sums)}); the run is not trustworthy")
     diff = Diffusion(state.ema, cfg, device=device, precision=tc.precision, step=state.step, ema=True)
     return TrainResult(step=state.step, final_loss=loss_value, checkpoint=files.last, seconds=time.time() - t_start,
-                       world_size=world.size, rank_checksums=sums, diffusion=diff)
+                       world_size=world.size, rank_checksums=sums, diffusion=diff, start_step=start_step)
 
 
 def _preview(files: RunFiles, state: TrainState, device: torch.device, sig: _SignalCatcher, epoch: int,

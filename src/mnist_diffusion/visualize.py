@@ -1,8 +1,8 @@
 """Figures and animations that explain the process: loss curves, schedules, forward diffusion,
 noising rules, the DDPM equations, reverse-process and training-progress GIFs.
 
-The only module that imports matplotlib, always with the Agg backend so figures build without a
-display; GIF frames are drawn with Pillow (images.py), never with matplotlib. Each function
+The only module that imports matplotlib, with the Agg backend so figures build without a display
+(inside a Jupyter kernel the notebook's own backend is left alone); GIF frames are drawn with Pillow (images.py), never with matplotlib. Each function
 takes arrays and returns the path it wrote (atomically); loading data and checkpoints is the
 CLI's job. docs/VISUALIZE.md shows every figure with the command that made it.
 """
@@ -11,11 +11,13 @@ from __future__ import annotations
 import csv
 import io
 import os
+import sys
 from pathlib import Path
 
 import matplotlib
 
-matplotlib.use("Agg")
+if "ipykernel" not in sys.modules:  # a notebook keeps its inline backend: its own plots must still show
+    matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
