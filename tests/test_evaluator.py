@@ -34,7 +34,7 @@ def test_tampered_weights_are_refused(tmp_path):
 
 
 def test_weights_without_a_recorded_checksum_are_refused(tmp_path):
-    shutil.copy(ev.weights_path("mnist"), tmp_path / "evaluator_mnist.pt")
+    shutil.copy(ev.weights_path("mnist"), ev.weights_path("mnist", tmp_path))
     (tmp_path / ev.CHECKSUM_FILE).write_text("{}")
     with pytest.raises(ev.EvaluatorError, match="no entry"):
         ev.load_evaluator("mnist", weights_dir=tmp_path)
