@@ -153,3 +153,23 @@ def test_twenty_requests_at_once_are_answered_or_refused_and_memory_stays_bounde
     with pytest.raises(Exception, match="steps for dpmpp must be a whole number from 1 to 100"):
         client.predict("7", 0.5, "dpmpp", 500, 0, 2, api_name="/generate")
     client.predict("7", 0.5, "ddim", 3, 0, 1, api_name="/generate")  # still serving
+
+
+def test_malformed_uploads_get_a_message_and_serving_goes_on(server, tmp_path):
+    """Not an image, an empty file, a 10,000 x 10,000 picture (small on disk): each refused, not crashed."""
+    client_mod = pytest.importorskip("gradio_client")
+    from PIL import Image
+    client = client_mod.Client(server["url"], verbose=False)
+    (tmp_path / "notes.png").write_text("this is not a picture")
+    (tmp_path / "empty.png").write_bytes(b"")
+    Image.new("L", (10_000, 10_000)).save(tmp_path / "huge.png")  # ~100 kB of zeros, 10^8 pixels
+    assert (tmp_path / "huge.png").stat().st_size < 1 << 20
+    for name in ("notes.png", "empty.png", "huge.png"):
+        f = client_mod.handle_file(str(tmp_path / name))
+        with pytest.raises(Exception) as e:
+            client.predict("canvas", {"background": f, "layers": [], "composite": f}, 0, "7", 0.6, "SDEdit",
+                           "bottom", None, 0, api_name="/edit")
+        assert "Connection" not in type(e.value).__name__, e.value
+    before = _rss(server["proc"].pid)
+    client.predict("test digit", None, 3, "7", 0.3, "SDEdit", "bottom", None, 0, api_name="/edit")  # still serving
+    assert _rss(server["proc"].pid) - before < 200 << 20

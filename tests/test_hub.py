@@ -2,6 +2,7 @@
 diffusers reading the scheduler config; and other tools' sample files scored with their labels."""
 from __future__ import annotations
 
+import hashlib
 import json
 import re
 import shutil
@@ -55,6 +56,14 @@ def test_fp16_export_is_near_identical_and_small(tmp_path, capsys):
     assert np.abs(a - b).mean() < 2.0  # of 255: rounding of the weights, not another model
     # the golden file holds two fp32 sets (weights and EMA; a training checkpoint also has Adam's two)
     assert (out / "model.safetensors").stat().st_size < 0.3 * GOLDEN.stat().st_size
+
+
+def test_the_same_model_exports_to_the_same_bytes(tmp_path, capsys):
+    """What pretrained.py pins: the weights file must not depend on the order safetensors happens to
+    write its metadata in (several keys come out in a random order, even within one process)."""
+    digests = {hashlib.sha256((_export(tmp_path, "--no-samples", name=f"m{i}") / "model.safetensors").read_bytes())
+               .hexdigest() for i in range(6)}
+    assert len(digests) == 1
 
 
 def test_tampered_weights_or_a_config_that_does_not_fit_are_one_line_errors(tmp_path, capsys):

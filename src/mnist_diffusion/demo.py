@@ -368,8 +368,12 @@ def launch(diff, *, host: str = "127.0.0.1", port: int = 7860, log=print, block:
     os.environ["GRADIO_TEMP_DIR"] = tmp
     os.environ["GRADIO_ANALYTICS_ENABLED"] = "False"
     import gradio as gr
+    from PIL import Image
 
     from .visualize import plot_schedule
+    # Gradio decodes uploads before our checks see them: past 2 x MAX_IMAGE_PIXELS, PIL refuses to
+    # decode at all, so a small file claiming 10,000 x 10,000 pixels never becomes an array
+    Image.MAX_IMAGE_PIXELS = LIMITS["upload_pixels"] // 2
     figure = str(Path(tmp) / "schedule.png")
     ts = sorted({int(v) for v in np.linspace(0, diff.timesteps - 1, 8)})
     plot_schedule(_test_images(diff.dataset)[0], figure, T=diff.timesteps, timesteps=ts)

@@ -150,7 +150,7 @@ def write_weights(net: EvalNet, dataset: str, weights_dir: Optional[Path] = None
     weights_dir = Path(weights_dir or WEIGHTS_DIR)
     path = weights_path(dataset, weights_dir)
     atomic_write_bytes(path, save({k: v.detach().cpu().contiguous() for k, v in net.state_dict().items()},
-                                  metadata={"format": "mnist-diffusion-evaluator/1", "dataset": dataset}))
+                                  metadata={"format": "mnist-diffusion-evaluator/1"}))  # one key: same bytes every time
     sums_path = weights_dir / CHECKSUM_FILE
     sums = json.loads(sums_path.read_text()) if sums_path.is_file() else {}
     sums[path.name] = file_sha256(path)
@@ -244,8 +244,9 @@ def write_custom_evaluator(net: EvalNet, path: str | Path, meta: dict) -> str:
     from safetensors.torch import save
 
     from .atomic import atomic_write_bytes
+    # one metadata key (safetensors writes several in a random order): the same net gives the same bytes
     payload = save({k: v.detach().cpu().contiguous() for k, v in net.state_dict().items()},
-                   metadata={"format": CUSTOM_FORMAT, **{k: json.dumps(v) for k, v in meta.items()}})
+                   metadata={"format": json.dumps({"format": CUSTOM_FORMAT, **meta}, sort_keys=True)})
     atomic_write_bytes(path, payload)
     return hashlib.sha256(payload).hexdigest()
 
@@ -260,10 +261,10 @@ def load_custom_evaluator(path: str | Path) -> tuple[EvalNet, dict]:
         data = p.read_bytes()
         tensors = load(data)
         n = int.from_bytes(data[:8], "little")
-        raw = json.loads(data[8:8 + n]).get("__metadata__") or {}  # the metadata of these very bytes
-        if raw.get("format") != CUSTOM_FORMAT:
+        raw = (json.loads(data[8:8 + n]).get("__metadata__") or {}).get("format", "")  # these very bytes' metadata
+        meta = json.loads(raw) if raw.startswith("{") else {"format": raw}
+        if meta.pop("format", None) != CUSTOM_FORMAT:
             raise EvaluatorError(f"--evaluator {p}: not written by `mnist-diffusion train-evaluator`")
-        meta = {k: json.loads(v) for k, v in raw.items() if k != "format"}
         net = EvalNet(num_classes=int(meta["num_classes"]))
     except (OSError, SafetensorError, ValueError, KeyError, TypeError, AttributeError) as e:
         raise EvaluatorError(f"--evaluator {p}: not a readable evaluator file ({e})") from None

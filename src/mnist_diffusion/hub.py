@@ -69,7 +69,9 @@ def export(diff, output: str | os.PathLike, *, dtype: str = "fp16", metrics: Opt
                           "folder or one written by export")
     tensors = {k: v.detach().to("cpu", DTYPES[dtype] if v.is_floating_point() else v.dtype).contiguous()
                for k, v in diff.model.state_dict().items()}
-    payload = save(tensors, metadata={"format": FORMAT, "dtype": dtype})
+    # one metadata key: safetensors writes the metadata map in a random order, and the pinned
+    # SHA-256 needs the same bytes every time (the dtype is in config.json and in the tensors)
+    payload = save(tensors, metadata={"format": FORMAT})
     digest = hashlib.sha256(payload).hexdigest()
     info = {"weights": "model.safetensors", "sha256": digest, "dtype": dtype, "ema": diff.ema, "step": diff.step,
             "source_sha256": diff.source_sha256, "parameters": sum(v.numel() for v in tensors.values())}
