@@ -15,10 +15,12 @@ DIR = Path(__file__).resolve().parent / "pretrained_models"
 
 # name -> the SHA-256 of model.safetensors and what the model is (each folder's README.md says more)
 PRETRAINED: dict[str, dict[str, str]] = {
-    "mnist": {"sha256": "6323e2977b83014f7147831776d936b5b67218985d9f9130f612692ed3f9ec8f",
+    "mnist": {"sha256": "1eb148ff051cbceb97830869514b3f6c325b098832754b3c96f4508084d32e3c",
                "description": "MNIST, class-conditional, the quick preset (what `make run` trains)"},
-    "fashion_mnist": {"sha256": "b9842c19718486b8678e4e5a618d2e2d4a3f5b3e75eba8c9a42d9ee69dcf8355",
+    "fashion_mnist": {"sha256": "440274ce2ef955f0b3fb743eccfe6921f740251339669ea2dd5194a5cafcaa7e",
                        "description": "Fashion-MNIST, class-conditional, the quick preset"},
+    "mnist-uncond": {"sha256": "e2d03c08ea04894c64d5ccded1261e8668eefed1f3db738c57f61d036ca1ae33",
+                      "description": "MNIST, unconditional, the quick preset trained without labels"},
 }
 
 
