@@ -477,7 +477,10 @@ def to_model_range(images_u8) -> "torch.Tensor":  # noqa: F821
     """uint8 (N,28,28) -> float32 (N,1,28,28) in [-1, 1]; a tensor stays on its device (the training
     split lives there and batches are gathered from it)."""
     import torch
-    x = images_u8 if isinstance(images_u8, torch.Tensor) else torch.as_tensor(np.asarray(images_u8))
+    if not isinstance(images_u8, torch.Tensor):
+        a = np.asarray(images_u8)
+        images_u8 = torch.as_tensor(a if a.flags.writeable else a.copy())  # a read-only view stays untouched
+    x = images_u8
     return (x.float() / 127.5 - 1.0).unsqueeze(1)
 
 

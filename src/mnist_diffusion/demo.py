@@ -329,7 +329,7 @@ def build(diff, *, schedule_figure: Optional[str] = None):
                     mode = gr.Radio(["SDEdit", "inpaint"], value="SDEdit", label="edit", elem_id="mode")
                     target = gr.Dropdown((names or []) + ["none"], value=names[7] if len(names) > 7 else "none",
                                          label="towards class", elem_id="target")
-                    strength = gr.Slider(0.05, 1.0, value=0.6, step=0.05, label="SDEdit strength", elem_id="strength")
+                    strength = gr.Slider(0.05, 1.0, value=0.8, step=0.05, label="SDEdit strength", elem_id="strength")
                     preset = gr.Dropdown(["bottom", "top", "left", "right", "center", "random", "painted"],
                                          value="bottom", label="inpaint: region to fill", elem_id="preset")
                     mask_canvas = gr.Sketchpad(label="inpaint: paint the region to fill (with 'painted')",
