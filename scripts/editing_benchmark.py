@@ -30,6 +30,7 @@ from mnist_diffusion.atomic import atomic_write_json, atomic_write_text
 from mnist_diffusion.editing import MASK_PRESETS, mask_preset
 from mnist_diffusion.evaluation import evaluate_images
 from mnist_diffusion.evaluator import embed, shipped_evaluator
+from mnist_diffusion.options import count, nonneg_float, nonneg_int, positive_int
 
 
 def classes(images: np.ndarray) -> np.ndarray:
@@ -87,10 +88,11 @@ def translation(args, diff, test) -> list[dict]:
 
 def reference_distance(test, n: int) -> float:
     """Mean |a - b| / 255 between each of the first n test digits and a real test digit of class
-    (y + 1) mod 10 taken from beyond the first n (the k-th such digit for the k-th request): how far
+    (y + 1) mod 10 taken from beyond the first n while 1,000 remain (the k-th such digit for the k-th request): how far
     a translation would be if it kept nothing of the original."""
     labels = test.labels.astype(np.int64)
-    pool = {c: np.flatnonzero(labels[n:] == c) + n for c in range(10)}
+    rest = labels[n:] if n < len(labels) - 1000 else labels  # near the whole split: any digit of the class
+    pool = {c: np.flatnonzero(rest == c) + (len(labels) - len(rest)) for c in range(10)}
     used = dict.fromkeys(range(10), 0)
     total = 0.0
     for i in range(n):
@@ -99,6 +101,23 @@ def reference_distance(test, n: int) -> float:
         used[c] += 1
         total += np.abs(test.images[i].astype(np.float64) - test.images[j]).mean() / 255
     return total / n
+
+
+def presets(text: str) -> str:
+    bad = [x for x in text.split(",") if x not in MASK_PRESETS]
+    if bad:
+        raise argparse.ArgumentTypeError(f"unknown mask preset(s) {', '.join(bad)}; choose from {', '.join(MASK_PRESETS)}")
+    return text
+
+
+def strengths(text: str) -> str:
+    try:
+        values = [float(x) for x in text.split(",")]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated numbers, got {text!r}") from None
+    if not all(0 < v <= 1 for v in values):
+        raise argparse.ArgumentTypeError(f"every strength must be in (0, 1], got {text}")
+    return text
 
 
 def table(args, rows) -> str:
@@ -126,18 +145,21 @@ def main(argv=None) -> int:
     p.add_argument("task", choices=["completion", "translation"])
     p.add_argument("--model", default=None, help="a shipped model, a folder or a checkpoint (default: mnist-uncond "
                                                  "for completion, mnist for translation)")
-    p.add_argument("--num-images", type=int, default=1000)
-    p.add_argument("--steps", type=int, default=50)
-    p.add_argument("--presets", default=",".join(MASK_PRESETS))
-    p.add_argument("--jump-length", type=int, default=5)
-    p.add_argument("--resample", type=int, default=3)
-    p.add_argument("--strengths", default="0.3,0.4,0.5,0.6,0.7,0.8,0.9")
-    p.add_argument("--guidance", type=float, default=2.0)
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--batch-size", type=int, default=250)
+    p.add_argument("--num-images", type=count(10_000, "a number of test digits"), default=1000)
+    p.add_argument("--steps", type=count(1000, "a number of steps"), default=50)
+    p.add_argument("--presets", type=presets, default=",".join(MASK_PRESETS))
+    p.add_argument("--jump-length", type=positive_int, default=5)
+    p.add_argument("--resample", type=count(100, "a number of repeats"), default=3)
+    p.add_argument("--strengths", type=strengths, default="0.3,0.4,0.5,0.6,0.7,0.8,0.9")
+    p.add_argument("--guidance", type=nonneg_float, default=2.0)
+    p.add_argument("--seed", type=nonneg_int, default=0)
+    p.add_argument("--batch-size", type=count(4096, "a batch size"), default=250)
     p.add_argument("--json")
     p.add_argument("--output")
     args = p.parse_args(argv)
+    for option, path in (("--json", args.json), ("--output", args.output)):
+        if path and Path(path).is_dir():
+            p.error(f"{option} {path} is a folder; give a file name")
     args.model = args.model or ("mnist-uncond" if args.task == "completion" else "mnist")
     settings = {k: getattr(args, k) for k in ("task", "model", "num_images", "steps", "jump_length", "resample",
                                               "guidance", "seed")}
