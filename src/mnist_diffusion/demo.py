@@ -45,6 +45,11 @@ class Request:
     num_images: int
 
 
+def first_line(e: Exception) -> str:
+    """What the page shows of an error: its first line (its type when it has no message)."""
+    return (str(e).strip().splitlines() or [type(e).__name__])[0]
+
+
 def _whole(value, lo: int, hi: int, what: str) -> int:
     """A whole number in [lo, hi] from a page field (None when the field was cleared), else DemoError."""
     try:
@@ -165,7 +170,7 @@ def generate_frames(diff, req: Request):
         stop.set()
     if "error" in result:
         e = result["error"]
-        raise DemoError((str(e).strip().splitlines() or [type(e).__name__])[0])
+        raise DemoError(first_line(e))
     what = ("label=" + (f"[{', '.join(map(str, labels.tolist()))}]" if labels is not None else "None"))
     yield (*last, show(result["images"], nrow),
            f"done: {n} image(s) in {time.time() - t0:.1f} s. The same images: `md.load(...).sample({n}, {what}, "
@@ -277,22 +282,19 @@ def build(diff, *, schedule_figure: Optional[str] = None):
     names = class_names(diff)
     classes = (["one of each"] + names if names else []) + ["none"]
 
-    def message(e: Exception) -> str:
-        return (str(e).strip().splitlines() or [type(e).__name__])[0]
-
     def guard(fn):  # every expected failure is a message in the page; the server goes on serving
         def wrapped(*args):
             try:
                 return fn(*args)
             except (DemoError, ValueError, TypeError) as e:
-                raise gr.Error(message(e)) from None
+                raise gr.Error(first_line(e)) from None
         return wrapped
 
     def stream(label, guidance, sampler, steps, seed, num_images):
         try:
             yield from generate_frames(diff, Request(label, guidance, sampler, steps, seed, num_images))
         except (DemoError, ValueError, TypeError) as e:
-            raise gr.Error(message(e)) from None
+            raise gr.Error(first_line(e)) from None
 
     with gr.Blocks(title="mnist-diffusion", analytics_enabled=False) as app:
         gr.Markdown(f"# mnist-diffusion\nA denoising diffusion model for {diff.dataset.replace('_', '-')} "
