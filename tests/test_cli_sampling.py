@@ -137,14 +137,29 @@ def test_sample_one_label_with_guidance(checkpoints, tmp_path):
     ("uncond", ["--label", "1"], "unconditional"),
     ("cond", ["--guidance", "2"], "--guidance needs --label"),
     ("cond", ["--label", "all", "--num-images", "5"], "--nrow"),
+    ("uncond", ["--autoguide", "CKPT_cond", "--guidance", "1"], "same conditioning"),
+    ("uncond", ["--autoguide", "CKPT_uncond"], "--autoguide needs --guidance"),
+    ("uncond", ["--autoguide", "missing.pt", "--guidance", "1"], "missing.pt"),
 ])
 def test_sample_label_errors_are_one_line(checkpoints, tmp_path, capsys, which, args, message):
     out = tmp_path / "x.png"
+    args = [checkpoints[a[5:]] if a.startswith("CKPT_") else a for a in args]
     assert run_cli("sample", "--checkpoint", checkpoints[which], "--steps", "2", "--sampler", "ddim",
                    "--output", str(out), *args) == 2
     err = capsys.readouterr().err.strip()
     assert message in err and len(err.splitlines()) == 1
     assert not out.exists()
+
+
+def test_autoguided_sampling_through_the_cli(checkpoints, tmp_path):
+    """--autoguide: an unconditional model guided by another (here: itself, which must change
+    nothing, and the conditional checkpoint's run is not needed), no --label."""
+    base = ["sample", "--checkpoint", checkpoints["uncond"], "--sampler", "ddim", "--steps", "3",
+            "--num-images", "3", "--output", str(tmp_path / "a.png")]
+    assert run_cli(*base, "--npz", str(tmp_path / "plain.npz")) == 0
+    assert run_cli(*base, "--autoguide", checkpoints["uncond"], "--guidance", "2",
+                   "--npz", str(tmp_path / "self.npz")) == 0
+    assert np.array_equal(np.load(tmp_path / "plain.npz")["images"], np.load(tmp_path / "self.npz")["images"])
 
 
 def test_sample_label_must_be_a_class_or_all(checkpoints):

@@ -196,3 +196,26 @@ def test_loss_is_the_schedules_loss_with_the_networks_parameterisation(cond):
     assert torch.equal(cond.loss(x0, t, noise, y), diffusion_loss(cond.model, cond.schedule, x0, t, noise, y))
     assert torch.equal(cond.loss(x0, t, noise, y, min_snr_gamma=5.0),
                        diffusion_loss(cond.model, cond.schedule, x0, t, noise, y, 5.0))
+
+
+def test_autoguidance_mixes_the_two_models_eps():
+    """Autoguidance: eps_weak + (1 + w) (eps - eps_weak), no labels needed; a model guided by
+    itself samples exactly as unguided; mismatched guides are one-line errors."""
+    strong, weak = wrap(random_unet(None, seed=1), None), wrap(random_unet(None, seed=2), None)
+    guided = strong.autoguided(weak)
+    assert strong.guide is None and guided.guide is not None  # the original is untouched
+    g = torch.Generator().manual_seed(0)
+    x, t = torch.randn(3, 1, 28, 28, generator=g), torch.tensor([2, 9, 17])
+    want = weak.eps_fn()(x, t) + 3.0 * (strong.eps_fn()(x, t) - weak.eps_fn()(x, t))
+    torch.testing.assert_close(guided.eps_fn(None, 2.0)(x, t), want, rtol=0, atol=1e-6)
+    torch.testing.assert_close(guided.eps_fn(None, 0.0)(x, t), strong.eps_fn()(x, t), rtol=0, atol=0)
+    same = strong.autoguided(strong)
+    assert (same.sample(4, guidance=2.0, sampler="ddim", steps=5, seed=3)
+            == strong.sample(4, sampler="ddim", steps=5, seed=3)).all()
+    assert guided.fingerprint() not in (strong.fingerprint(), weak.fingerprint())
+    with pytest.raises(ValueError, match="guidance needs labels"):
+        strong.sample(2, guidance=1.0)
+    with pytest.raises(ValueError, match="schedule"):
+        strong.autoguided(wrap(random_unet(None), None, T=30))
+    with pytest.raises(ValueError, match="same conditioning"):
+        strong.autoguided(wrap(random_unet(), C))

@@ -32,7 +32,8 @@ def train(config: Union[RunConfig, str] = "quick", dataset: Union[str, Split, No
 
     `config`: a RunConfig or a preset name. `dataset`: a built-in name, "folder:PATH" or
     "npz:PATH" (default: the config's), or a Split of uint8 (N, 28, 28) images and labels. `train_options` override the config's train
-    section (e.g. max_steps=200, seed=1). With `output_dir` the run is written there as `train`
+    section (e.g. max_steps=200, seed=1; clusters=50 conditions on k-means clusters instead of
+    labels). With `output_dir` the run is written there as `train`
     writes it (checkpoints, previews, loss.csv) and can be resumed; without, nothing is written."""
     from .training import train as train_loop
 
@@ -40,8 +41,9 @@ def train(config: Union[RunConfig, str] = "quick", dataset: Union[str, Split, No
     changes = dict(train_options)
     if isinstance(dataset, str):
         changes["dataset"] = dataset
-    if changes:
-        cfg = cfg.replace(train=changes)
+    if changes:  # clusters=K (label-free conditioning) makes the K clusters the model's classes
+        model = {"num_classes": changes["clusters"] or None} if changes.get("clusters") is not None else {}
+        cfg = cfg.replace(train=changes, **({"model": model} if model else {}))
     from .data import load_training_data
     data = dataset if isinstance(dataset, Split) else load_training_data(cfg.train.dataset, log=log)
     result = train_loop(cfg, data, output_dir, resume=resume, progress=progress, log=log)

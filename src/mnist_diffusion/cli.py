@@ -97,15 +97,24 @@ def load_diffusion(args):
     from .diffusion import Diffusion
     if not (args.checkpoint or args.pretrained):
         raise ConfigError("--checkpoint or --pretrained is required")
-    return Diffusion.load(args.checkpoint or args.pretrained, device=args.device, precision=args.precision,
+    diff = Diffusion.load(args.checkpoint or args.pretrained, device=args.device, precision=args.precision,
                           use_ema=not args.no_ema)
+    if getattr(args, "autoguide", None):
+        if not getattr(args, "guidance", 0.0):
+            raise ConfigError("--autoguide needs --guidance W (W > 0: how far to push away from the weaker model)")
+        weak = Diffusion.load(args.autoguide, device=args.device, precision=args.precision, use_ema=not args.no_ema)
+        diff = diff.autoguided(weak)
+    return diff
 
 
 def sample_request(args, diff):
     """--label/--num-images/--nrow -> (labels or None, number of images, images per grid row)."""
+    if args.label is None and diff.clustered:  # its clusters, drawn by their sizes: guidance applies
+        n = args.num_images or 64
+        return diff.labels("clusters", n, args.seed), n, args.nrow
     if args.label is None:
-        if args.guidance:
-            raise ConfigError("--guidance needs --label (guidance steers towards a class)")
+        if args.guidance and diff.guide is None:
+            raise ConfigError("--guidance needs --label (guidance steers towards a class) or --autoguide")
         if diff.num_classes:  # the unlabelled path is what guidance is built on, not the model's best
             _info("note: a class-conditional model sampled without labels; --label all or --label K "
                   "with --guidance 0.5 draws far better digits")

@@ -86,6 +86,12 @@ class TrainConfig:
     # the data itself; resuming on other data is refused
     data_sha256: typing.Optional[str] = option(None, "SHA-256 of the training images and labels", cli=False)
     classes: tuple[str, ...] = option((), "names of the classes of one's own labelled data", cli=False)
+    # label-free conditioning (clusters.py): K > 0 trains on k-means cluster ids of the images instead
+    # of labels; training records each cluster's size, and sampling draws clusters in that proportion
+    clusters: int = option(0, "condition on K k-means clusters of the images instead of class labels (no labels "
+                              "needed; sampling draws each image's cluster by the clusters' sizes; 0 = off)",
+                           kind="nonneg")
+    cluster_sizes: tuple[int, ...] = option((), "images per cluster, set by training", cli=False)
     epochs: int = option(20, "passes over the data", kind="positive", resumable=True)
     max_steps: typing.Optional[int] = option(None, "stop after this many optimiser steps, whatever --epochs says",
                                              kind="positive", resumable=True)
@@ -154,6 +160,11 @@ class TrainConfig:
             raise ConfigError(f"train.precision must be auto, fp32, bf16 or fp16, got {self.precision!r}")
         if self.nonfinite not in ("stop", "skip"):
             raise ConfigError(f"train.nonfinite must be 'stop' or 'skip', got {self.nonfinite!r}")
+        if self.clusters and not 2 <= self.clusters <= 1000:
+            raise ConfigError(f"train.clusters must be 0 (off) or in [2, 1000], got {self.clusters}")
+        if self.cluster_sizes and (len(self.cluster_sizes) != self.clusters or min(self.cluster_sizes) < 0
+                                   or sum(self.cluster_sizes) == 0):
+            raise ConfigError(f"train.cluster_sizes must be {self.clusters} counts (one per cluster), not all zero")
 
 
 @dataclass(frozen=True)
@@ -166,6 +177,9 @@ class RunConfig:
         self.model.validate()
         self.diffusion.validate()
         self.train.validate()
+        if self.train.clusters and self.model.num_classes != self.train.clusters:
+            raise ConfigError(f"train.clusters {self.train.clusters} needs model.num_classes {self.train.clusters} "
+                              f"(the clusters are the classes), got {self.model.num_classes}")
         return self
 
     def to_dict(self) -> dict:
@@ -330,6 +344,9 @@ def resume_conflicts(saved: RunConfig, cfg: RunConfig) -> list[str]:
                     continue
                 out.append(f"the training data (SHA-256 {str(new)[:12]}...) differs from the checkpoint's "
                            f"train.data_sha256 ({old[:12]}...)")
+            elif f.name == "cluster_sizes":
+                out.append("the training images fall into other clusters than the checkpoint's (train.cluster_sizes "
+                           "differs: other data, or a k-means that differs on this machine)")
             elif f.name == "num_classes":
                 flag = "--unconditional" if new is None else "--conditional"
                 kind = "an unconditional" if old is None else "a class-conditional"
@@ -380,6 +397,15 @@ def resolve(base: RunConfig, values: dict, *, conditional: Optional[bool] = None
             changes[section][key] = list(value) if isinstance(value, tuple) else value
     if conditional is not None:  # 10 classes unless the base already has its own number
         changes["model"]["num_classes"] = (base.model.num_classes or 10) if conditional else None
+    clusters = values.get("train.clusters")
+    if clusters is not None:  # the clusters are the classes; without labels, so --unconditional is no conflict
+        if clusters and not 2 <= clusters <= 1000:
+            raise ConfigError(f"--clusters must be 0 (off) or in [2, 1000], got {clusters}")
+        if clusters and conditional:
+            raise ConfigError("--clusters conditions on clusters of the images instead of labels: leave out "
+                              "--conditional")
+        if clusters or base.train.clusters:
+            changes["model"]["num_classes"] = clusters or None
     cfg = base.replace(**{k: v for k, v in changes.items() if v})
     if resuming:
         check_resume(base, cfg)

@@ -27,6 +27,7 @@ import numpy as np
 LIMITS = {"images": 16, "guidance": 10.0, "steps": {"ddpm": 1000, "ddim": 200, "dpmpp": 100},
           "upload_pixels": 2048 * 2048, "upload_bytes": "4mb"}
 MAX_QUEUE = 24
+DRAWN = "drawn clusters"  # a model trained on clusters: each image's cluster drawn by the clusters' sizes
 FRAMES = 24  # most intermediate frames streamed per generation
 SCALE = 4  # pixels per image pixel in the page
 
@@ -87,6 +88,10 @@ def check(req: Request, diff) -> tuple[Optional[object], int]:
         return None, n
     if not diff.num_classes:
         raise DemoError("this model has no classes: choose 'none'")
+    if req.label == DRAWN:
+        if not diff.clustered:
+            raise DemoError(f"{DRAWN!r} is for models trained on clusters: pick a class")
+        return diff.labels("clusters", n, req.seed).numpy(), n
     if req.label == "one of each":
         return np.arange(n) % diff.num_classes, n
     if req.label not in names:
@@ -98,6 +103,8 @@ def class_names(diff) -> list[str]:
     from .data import CLASS_NAMES
     if not diff.num_classes:
         return []
+    if diff.clustered:
+        return [f"cluster {i}" for i in range(diff.num_classes)]
     if diff.config.train.classes:
         return list(diff.config.train.classes)
     return list(CLASS_NAMES.get(diff.dataset, [str(i) for i in range(diff.num_classes)]))
@@ -280,7 +287,7 @@ def build(diff, *, schedule_figure: Optional[str] = None):
     import gradio as gr
 
     names = class_names(diff)
-    classes = (["one of each"] + names if names else []) + ["none"]
+    classes = ([DRAWN] if diff.clustered else []) + (["one of each"] + names if names else []) + ["none"]
 
     def guard(fn):  # every expected failure is a message in the page; the server goes on serving
         def wrapped(*args):
@@ -298,7 +305,8 @@ def build(diff, *, schedule_figure: Optional[str] = None):
 
     with gr.Blocks(title="mnist-diffusion", analytics_enabled=False) as app:
         gr.Markdown(f"# mnist-diffusion\nA denoising diffusion model for {diff.dataset.replace('_', '-')} "
-                    f"({diff.num_classes or 'no'} classes, T = {diff.timesteps}), running on this machine's "
+                    f"({diff.num_classes or 'no'} {'clusters' if diff.clustered else 'classes'}, T = "
+                    f"{diff.timesteps}), running on this machine's "
                     f"{diff.device}. Source: `{diff.source}`.")
         with gr.Tab("Generate", id="generate"):
             with gr.Row():

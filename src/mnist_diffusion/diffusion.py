@@ -47,6 +47,7 @@ class Diffusion:
         self.source_sha256 = source_sha256  # the SHA-256 of the bytes that were loaded
         self.step = step  # training steps behind the weights, when known
         self.ema = ema  # True: the EMA weights of a checkpoint; False: its raw weights; None: not from one
+        self.guide: Optional["Diffusion"] = None  # autoguidance's weaker model (autoguided)
 
     # -----------------------------------------------------------------------------------------
     # construction
@@ -87,9 +88,32 @@ class Diffusion:
         from .hub import export
         return export(self, output, **kwargs)
 
+    def autoguided(self, weak: "Diffusion") -> "Diffusion":
+        """This model guided by a weaker version of itself (autoguidance, Karras et al. 2024, "Guiding
+        a diffusion model with a bad version of itself"): with guidance w, the samplers get
+        eps_weak + (1 + w) (eps - eps_weak) (the form of schedule.guidance_mix), which pushes the
+        images away from the weak model's errors. `weak` is, e.g., an early checkpoint of the same
+        run; it needs the same schedule and the same classes. No labels are needed; with labels,
+        both models get them. Returns a new Diffusion sharing the networks."""
+        import copy
+        if not torch.equal(weak.schedule.betas, self.schedule.betas):
+            raise ValueError("the guiding model has another noise schedule (timesteps or betas differ)")
+        if weak.num_classes != self.num_classes:
+            raise ValueError(f"the guiding model has {weak.num_classes or 'no'} classes, this one "
+                             f"{self.num_classes or 'none'}: autoguidance needs the same conditioning")
+        guided = copy.copy(self)
+        guided.guide = Diffusion(weak.model, weak.config, device=self.device, precision=self.precision,
+                                 source=weak.source, source_sha256=weak.source_sha256, step=weak.step, ema=weak.ema)
+        return guided
+
     def fingerprint(self) -> str:
         """The SHA-256 of the loaded file, or of the weights themselves for a model held in memory
-        (md.train, Diffusion.new): what keys a resumable image set to this very model."""
+        (md.train, Diffusion.new): what keys a resumable image set to this very model (and its
+        autoguidance model, if any)."""
+        if self.guide is not None:
+            import hashlib
+            unguided = copy_without_guide(self)
+            return hashlib.sha256(f"{unguided.fingerprint()}+{self.guide.fingerprint()}".encode()).hexdigest()
         if self.source_sha256:
             return self.source_sha256
         import hashlib
@@ -111,6 +135,11 @@ class Diffusion:
         return self.config.model.num_classes
 
     @property
+    def clustered(self) -> bool:
+        """Trained with --clusters K: its classes are k-means clusters of the images, not labels."""
+        return bool(self.config.train.cluster_sizes)
+
+    @property
     def null_label(self) -> Optional[int]:
         """The label that means "no label" (classifier-free guidance's null token), or None."""
         return self.config.model.num_classes
@@ -125,24 +154,32 @@ class Diffusion:
 
     def __repr__(self) -> str:
         m = self.config.model
-        cond = f"{m.num_classes} classes" if m.num_classes else "unconditional"
+        cond = (f"{m.num_classes} clusters" if self.clustered else f"{m.num_classes} classes") if m.num_classes \
+            else "unconditional"
         return (f"Diffusion({m.name}, {cond}, predicts {m.prediction}, T={self.timesteps} "
                 f"{self.config.diffusion.schedule}, {self.config.train.dataset}, on {self.device})")
 
     # -----------------------------------------------------------------------------------------
     # labels: the one place that decides what a label request means
 
-    def labels(self, label: Label, num_images: int) -> Optional[torch.Tensor]:
+    def labels(self, label: Label, num_images: int, seed: int = 0) -> Optional[torch.Tensor]:
         """A label request -> one class per image (or None for the unconditional model's path).
 
         None: no labels. An int K: every image a K. "all": the same number of each class in
-        order (0, 0, ..., 1, 1, ...), num_images a multiple of the classes. A sequence or tensor:
-        one label per image. Requests the model cannot honour are a one-line ValueError."""
+        order (0, 0, ..., 1, 1, ...), num_images a multiple of the classes. "clusters" (models
+        trained with --clusters): each image's cluster drawn by the clusters' sizes, image i's from
+        (seed, i). A sequence or tensor: one label per image. Requests the model cannot honour are
+        a one-line ValueError."""
         if label is None:
             return None
         if not self.num_classes:
             raise ValueError(f"label {label!r}: this is an unconditional model (train with --conditional "
                              "for class labels)")
+        if isinstance(label, str) and label == "clusters":
+            if not self.clustered:
+                raise ValueError("label 'clusters' is for models trained with --clusters K; this one has class labels")
+            from .clusters import draw_clusters
+            return torch.from_numpy(draw_clusters(self.config.train.cluster_sizes, num_images, seed))
         if isinstance(label, str):
             if label != "all":
                 raise ValueError(f"label must be a class number, 'all' or one label per image, got {label!r}")
@@ -157,14 +194,20 @@ class Diffusion:
         self.check_labels(labels, num_images)
         return labels
 
+    def default_label(self, label: Label) -> Label:
+        """What drawing "without a label" means: for a model trained on clusters, clusters drawn by
+        their sizes (which guidance then sharpens); otherwise the unconditional path."""
+        return "clusters" if label is None and self.clustered else label
+
     def check_labels(self, labels: Optional[torch.Tensor], num_images: Optional[int] = None,
                      guidance: float = 0.0) -> None:
         """Reject label requests the model cannot honour (one-line ValueError)."""
         if guidance < 0:
             raise ValueError(f"guidance must be >= 0, got {guidance}")
         if labels is None:
-            if guidance != 0.0:
-                raise ValueError("guidance needs labels (classifier-free guidance steers towards a class)")
+            if guidance != 0.0 and self.guide is None:
+                raise ValueError("guidance needs labels (classifier-free guidance steers towards a class) or a "
+                                 "weaker model to guide with (autoguidance)")
             return
         if self.null_label is None:
             raise ValueError("labels need a class-conditional model; this one was trained without --conditional")
@@ -181,7 +224,18 @@ class Diffusion:
         """eps_fn(x_t, t) -> eps for the samplers, under the sampling precision's autocast. With
         labels and guidance w, classifier-free guidance mixes the conditional and unconditional
         outputs (schedule.guidance_mix; w = 0 is plain conditional sampling); labels=None is the
-        unconditional path. A v-predicting network's output is turned into eps (eps_from_output)."""
+        unconditional path. A v-predicting network's output is turned into eps (eps_from_output).
+        An autoguided model (autoguided) mixes its eps with its guide's instead, labels or not."""
+        if self.guide is not None and guidance:
+            strong, weak = copy_without_guide(self).eps_fn(labels), self.guide.eps_fn(labels)
+
+            def autoguided(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+                mixed = guidance_mix(strong(x, t), weak(x, t), guidance)
+                if not bool(torch.isfinite(mixed).all()):
+                    raise ValueError(f"guidance {guidance:g} made the prediction overflow (non-finite values); "
+                                     "use a smaller guidance")
+                return mixed
+            return autoguided
         model, amp, schedule, prediction, null = self.model, self.amp, self.schedule, self.prediction, self.null_label
 
         def raw(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
@@ -229,9 +283,10 @@ class Diffusion:
             if label is not None and not isinstance(label, (str, int, np.integer)):
                 num_images = len(label)
             else:
-                num_images = 10 * self.num_classes if isinstance(label, str) and self.num_classes else 64
+                num_images = 10 * self.num_classes if label == "all" and self.num_classes else 64
         options = SamplerOptions(sampler=sampler, steps=steps, eta=eta, spacing=spacing, clip=clip, guidance=guidance)
-        return generate(self, num_images, options, labels=self.labels(label, num_images), seed=seed,
+        labels = self.labels(self.default_label(label), num_images, seed)
+        return generate(self, num_images, options, labels=labels, seed=seed,
                         batch_size=batch_size, progress=progress, callback=callback)
 
     def sample_tensor(self, num_images: int, *, label: Label = None, seed: int = 0, batch_size: int = 256,
@@ -239,8 +294,9 @@ class Diffusion:
         """As `sample`, but the float images in [-1, 1], (N, 1, 28, 28), before rounding to uint8."""
         from .sampling import SamplerOptions, sample_batches
         opts = SamplerOptions(**options)
-        parts = [x.float().cpu() for _, x in sample_batches(self, num_images, opts, labels=self.labels(label, num_images),
-                                                            seed=seed, batch_size=batch_size)]
+        labels = self.labels(self.default_label(label), num_images, seed)
+        parts = [x.float().cpu() for _, x in sample_batches(self, num_images, opts, labels=labels, seed=seed,
+                                                            batch_size=batch_size)]
         return torch.cat(parts)
 
     def inpaint(self, images, mask, *, label: Label = None, guidance: float = 0.0, sampler: str = "ddpm",
@@ -361,3 +417,10 @@ class Diffusion:
 def load(source: str | os.PathLike, **kwargs) -> Diffusion:
     """`Diffusion.load`: a shipped model's name, a model folder, or a training checkpoint."""
     return Diffusion.load(source, **kwargs)
+
+
+def copy_without_guide(diff: Diffusion) -> Diffusion:
+    import copy
+    plain = copy.copy(diff)
+    plain.guide = None
+    return plain

@@ -375,12 +375,15 @@ def evaluate_model(diff: "Diffusion", options: "SamplerOptions", num_samples: in
     if dataset != diff.dataset:
         log(f"note: {diff.source or 'this model'} was trained on {diff.dataset}; its images are scored against "
             f"the {dataset} test split and evaluator")
-    if options.guidance and not diff.num_classes:
+    if options.guidance and not diff.num_classes and diff.guide is None:
         raise ValueError(f"guidance {options.guidance}: {diff.source or 'this model'} is an unconditional model "
                          "(guidance needs one trained with --conditional)")
     ref = reference_for(dataset, evaluator)  # before drawing: a missing evaluator is an error now, not later
-    labels = balanced_labels(num_samples, diff.num_classes) if diff.num_classes else None
-    requested = None if labels is None else torch.as_tensor(labels)
+    if diff.clustered:  # clusters drawn by their sizes: no class was asked for, so no label accuracy
+        requested, labels = diff.labels("clusters", num_samples, seed), None
+    else:
+        labels = balanced_labels(num_samples, diff.num_classes) if diff.num_classes else None
+        requested = None if labels is None else torch.as_tensor(labels)
     draw = dict(labels=requested, seed=seed, batch_size=batch_size, progress=progress)
     if npz:
         imgs = generate_resumable(diff, num_samples, options, npz, log=log, **draw)
@@ -389,7 +392,8 @@ def evaluate_model(diff: "Diffusion", options: "SamplerOptions", num_samples: in
         imgs = generate(diff, num_samples, options, **draw)
     result = evaluate_images(imgs, ref, seed=seed, labels=labels, progress=progress)
     m = min(noise_images, len(ref.test))
-    test_labels = ref.test_labels[:m] if diff.num_classes and ref.test_labels is not None else None
+    test_labels = ref.test_labels[:m] if diff.num_classes and not diff.clustered and ref.test_labels is not None \
+        else None
     if test_labels is not None and len(test_labels) and int(np.max(test_labels)) >= diff.num_classes:
         test_labels = None  # another dataset's classes: the model's unlabelled prediction is scored
     result["noise_mse"] = noise_mse(diff, ref.test[:m], torch.Generator().manual_seed(seed), labels=test_labels,
@@ -398,8 +402,10 @@ def evaluate_model(diff: "Diffusion", options: "SamplerOptions", num_samples: in
     result.update(checkpoint=diff.source, step=diff.step, seed=seed, sampler={
         "sampler": options.sampler, "steps": options.steps, "eta": options.eta, "spacing": options.spacing,
         "clip": options.clip, "ema": diff.ema, "precision": diff.precision,
-        "labels": "balanced (image i gets class i mod num_classes)" if labels is not None else None,
-        "guidance": options.guidance if labels is not None else None})
+        "labels": "clusters drawn by their sizes" if diff.clustered else
+                  "balanced (image i gets class i mod num_classes)" if labels is not None else None,
+        "guidance": options.guidance if requested is not None or diff.guide is not None else None,
+        **({"autoguide": diff.guide.source, "autoguide_step": diff.guide.step} if diff.guide is not None else {})})
     if dataset != diff.dataset:
         result["warning"] = f"the model was trained on {diff.dataset}, scored against {dataset}"
     if inception:

@@ -133,6 +133,8 @@ def load_folder(path: str | os.PathLike, expected_sha256: Optional[str] = None):
 def card_samples(diff, guidance: float = 0.5, seed: int = 0):
     """The grid a model card shows: one row per class at `guidance`, or 64 images; DPM-Solver++ 20."""
     from .images import grid
+    if diff.clustered:  # clusters drawn by their sizes, guided
+        return grid(diff.sample(64, guidance=guidance, sampler="dpmpp", steps=20, seed=seed), nrow=8)
     if diff.num_classes:
         return grid(diff.sample(label="all", guidance=guidance, sampler="dpmpp", steps=20, seed=seed), nrow=10)
     return grid(diff.sample(64, sampler="dpmpp", steps=20, seed=seed), nrow=8)
@@ -143,24 +145,29 @@ def model_card(cfg: RunConfig, info: dict, *, metrics: Optional[dict] = None, co
     """A README.md in the Hub's model-card form: YAML front matter, then what the model is, how to
     use it, how it was made and how good it is (the numbers of an `evaluate --json` report)."""
     m, d = cfg.model, cfg.train.dataset
-    conditional = bool(m.num_classes)
+    conditional, clustered = bool(m.num_classes), bool(cfg.train.cluster_sizes)
     tags = ["diffusion", "ddpm", "pytorch", "mnist-diffusion", d.replace("_", "-"),
-            "class-conditional" if conditional else "unconditional"]
+            "label-free" if clustered else "class-conditional" if conditional else "unconditional"]
+    kind = "label-free, k-means clusters" if clustered else "class-conditional" if conditional else "unconditional"
     lines = ["---", "license: mit", "library_name: mnist-diffusion", "tags:", *[f"- {t}" for t in tags],
              "datasets:", f"- {HF_DATASETS.get(d, d)}",
              "pipeline_tag: unconditional-image-generation", "---", "",
-             f"# {d.replace('_', '-')} DDPM ({'class-conditional' if conditional else 'unconditional'})", "",
+             f"# {d.replace('_', '-')} DDPM ({kind})", "",
              f"A denoising diffusion model (Ho et al. 2020) for 28x28 {d.replace('_', '-')} images, made and read "
              f"by [mnist-diffusion](https://pypi.org/project/mnist-diffusion/): a `{m.name}` network "
              f"({info['parameters']:,} parameters, base width {m.base_dim}, levels "
              f"{'x'.join(map(str, m.channel_mults))}), predicting {m.prediction}, {cfg.diffusion.schedule} schedule "
              f"with T = {cfg.diffusion.timesteps}"
-             + (f", {m.num_classes} classes plus a null label for classifier-free guidance" if conditional else "")
+             + (f", conditioned on {m.num_classes} k-means clusters of its training images (no labels used) plus a "
+                "null label for classifier-free guidance; sampling draws each image's cluster by the clusters' sizes"
+                if clustered else
+                f", {m.num_classes} classes plus a null label for classifier-free guidance" if conditional else "")
              + f". Weights: {'EMA, ' if info.get('ema') else ''}{info['dtype']}, step {info.get('step')}, "
              f"SHA-256 `{info['sha256']}`.", ""]
     if samples:
         lines += ["![samples](samples.png)", ""]
-    use = ('diff.sample(10, label="all", guidance=0.5, sampler="dpmpp", steps=20, seed=0)' if conditional
+    use = ('diff.sample(16, guidance=0.5, sampler="dpmpp", steps=20, seed=0)' if clustered
+           else 'diff.sample(10, label="all", guidance=0.5, sampler="dpmpp", steps=20, seed=0)' if conditional
            else 'diff.sample(16, sampler="dpmpp", steps=20, seed=0)')
     lines += ["## Use", "", "```python", "import mnist_diffusion as md",
               "diff = md.load(\"path/to/this/folder\")", f"images = {use}   # uint8 (N, 28, 28)", "```", "",
@@ -178,7 +185,8 @@ def model_card(cfg: RunConfig, info: dict, *, metrics: Optional[dict] = None, co
         lines += ["## Evaluation", "",
                   f"`mnist-diffusion evaluate` with the shipped evaluator, n = {metrics['n']:,} images "
                   f"({s.get('sampler')}, {s.get('steps')} steps"
-                  + (f", guidance W = {s['guidance']:g}, balanced labels" if s.get("guidance") is not None else "")
+                  + (f", guidance W = {s['guidance']:g}, {s.get('labels', 'balanced labels')}"
+                     if s.get("guidance") is not None else "")
                   + f") against the {metrics['dataset']} test split:", "",
                   "| metric | value |", "|---|---:|",
                   f"| FID (evaluator features; floor at this n: {metrics.get('fid_floor', float('nan')):.3f}) | "

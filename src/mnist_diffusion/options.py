@@ -154,6 +154,9 @@ def add_sampler_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--batch-size", type=count(65536), default=256)
     add_device(p)
     p.add_argument("--no-ema", action="store_true", help="use the raw weights instead of the EMA weights")
+    p.add_argument("--autoguide", metavar="SOURCE",
+                   help="guide with a weaker version of the model (autoguidance, Karras et al. 2024): an early "
+                        "checkpoint of the same run, say; --guidance W then weighs it, and no labels are needed")
     p.add_argument("--no-progress", action="store_true")
 
 

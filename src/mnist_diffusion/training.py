@@ -24,6 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Optional
 
+import numpy as np
 import torch
 from tqdm.auto import tqdm
 
@@ -457,23 +458,36 @@ def run_config(preset_name: Optional[str] = None, *, config: Optional[str] = Non
 # ---------------------------------------------------------------------------------------------
 # the loop
 
-def bind_data(cfg: RunConfig, data: Split) -> RunConfig:
+def bind_data(cfg: RunConfig, data: Split, log: Callable[[str], None] = lambda _m: None) -> tuple[RunConfig, Split]:
     """The config with the identity of its training set (data.data_sha256, so a resume on other data
     is refused) and, for one's own labelled set, its class names; a class-conditional model gets
-    one class per class folder (or npz label)."""
+    one class per class folder (or npz label). With train.clusters K the data's labels (if any) are
+    replaced by k-means cluster ids of its images (clusters.py) and the clusters' sizes recorded."""
     from .data import data_sha256
     train, model = {"data_sha256": data_sha256(data)}, {}
-    if cfg.model.num_classes is not None:
+    if cfg.train.clusters:
+        from .clusters import kmeans_labels
+        images = data.images[:cfg.train.subset] if cfg.train.subset else data.images
+        log(f"clustering {len(images):,} images into {cfg.train.clusters} clusters (k-means on 32 principal "
+            "components; no labels used)")
+        try:
+            ids = kmeans_labels(images, cfg.train.clusters, cfg.train.seed)
+        except ValueError as e:
+            raise TrainingError(f"--clusters {cfg.train.clusters}: {e}") from None
+        data = Split(images, ids)
+        train["cluster_sizes"] = np.bincount(ids, minlength=cfg.train.clusters).tolist()
+    elif cfg.model.num_classes is not None:
         if data.labels is None:
             raise TrainingError(f"a class-conditional model needs labelled data, and {cfg.train.dataset} has no "
-                                "labels (put the images in one folder per class, or give `labels` in the npz)")
+                                "labels (put the images in one folder per class, give `labels` in the npz, or "
+                                "train with --clusters K, which needs none)")
         if data.classes:
             if len(data.classes) < 2:
                 raise TrainingError(f"{cfg.train.dataset} has a single class ({data.classes[0]}): a class-"
                                     "conditional model needs at least two (train it --unconditional)")
             train["classes"], model["num_classes"] = list(data.classes), len(data.classes)
     try:
-        return cfg.replace(train=train, **({"model": model} if model else {}))
+        return cfg.replace(train=train, **({"model": model} if model else {})), data
     except ConfigError as e:
         raise TrainingError(str(e)) from None
 
@@ -483,7 +497,7 @@ def train(cfg: RunConfig, data: Split, run_dir: Optional[str | os.PathLike] = No
           step_hook: Optional[Callable[[int, float], None]] = None) -> TrainResult:
     """Train (or resume) a run. With `run_dir` it writes checkpoints, previews and loss.csv there;
     without, it trains in memory only. The result holds the EMA model as a `Diffusion`."""
-    cfg = bind_data(cfg, data)
+    cfg, data = bind_data(cfg, data, log)
     world, device = distributed.setup(resolve_device(cfg.train.device))
     files = RunFiles(Path(run_dir) if run_dir is not None and world.main else None)  # only rank 0 writes
     try:

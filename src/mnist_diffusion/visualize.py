@@ -241,8 +241,8 @@ def plot_denoising(diff, output, *, label=None, guidance: float = 0.0, num_image
     def record(start, i, t, x, x0):
         if t in ts:
             seen[t] = (x.float().cpu().numpy()[:, 0], x0.float().cpu().numpy()[:, 0])
-    final = generate(diff, num_images, options, labels=diff.labels(label, num_images), seed=seed,
-                     batch_size=num_images, callback=record)
+    labels = diff.labels(diff.default_label(label), num_images, seed)
+    final = generate(diff, num_images, options, labels=labels, seed=seed, batch_size=num_images, callback=record)
     order = sorted(seen, reverse=True)
     final_f = final.astype(np.float64) / 127.5 - 1
     rows, row_labels = [], []
