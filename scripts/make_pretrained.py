@@ -34,6 +34,10 @@ MODELS = {
                       "train": ["--preset", "quick", "--dataset", "fashion_mnist"], "guidance": 1.0},
     "mnist-uncond": {"description": "MNIST, unconditional, the quick preset trained without labels",
                      "train": ["--preset", "quick", "--unconditional", "--dataset", "mnist"], "guidance": None},
+    "mnist-clusters": {"description": "MNIST, no labels used: the quick preset conditioned on 50 k-means clusters "
+                                      "of the images",
+                       "train": ["--preset", "quick", "--unconditional", "--clusters", "50", "--dataset", "mnist"],
+                       "guidance": 0.5},
 }
 
 

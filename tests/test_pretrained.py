@@ -23,7 +23,7 @@ def test_shipped_files_match_their_pinned_hashes(name):
     assert (DIR / name / "README.md").read_text().startswith("---\nlicense: mit")
 
 
-@pytest.mark.parametrize("name", [n for n in PRETRAINED if n != "mnist-uncond"])
+@pytest.mark.parametrize("name", [n for n in PRETRAINED if n not in ("mnist-uncond", "mnist-clusters")])
 def test_conditional_models_draw_recognizable_requested_classes(name, mnist, fashion):
     diff = md.load(name, device="cpu")
     imgs = diff.sample(label="all", guidance=1.0, sampler="dpmpp", steps=20, seed=0)[::2]  # 5 of each class
@@ -38,6 +38,17 @@ def test_the_unconditional_model_draws_varied_recognizable_digits(mnist):
     imgs = md.load("mnist-uncond", device="cpu").sample(40, sampler="ddpm", steps=100, seed=0)
     r = evaluate_images(imgs, "mnist", reference=False)
     assert r["recognizable"] >= 0.5 and len({int(c) for c, n in enumerate(r["class_histogram"]) if n}) >= 7, r
+
+
+def test_the_label_free_model_draws_recognizable_digits_of_every_kind(mnist):
+    """mnist-clusters never saw a label: its guidance steers towards k-means clusters of the images."""
+    if "mnist-clusters" not in PRETRAINED:
+        pytest.skip("not shipped")
+    diff = md.load("mnist-clusters", device="cpu")
+    assert diff.clustered and diff.num_classes == 50
+    imgs = diff.sample(50, guidance=1.0, sampler="dpmpp", steps=20, seed=0)
+    r = evaluate_images(imgs, "mnist", reference=False)
+    assert r["recognizable"] >= 0.8 and sum(1 for n in r["class_histogram"] if n) == 10, r
 
 
 def test_sample_with_pretrained_from_the_command_line(tmp_path, capsys):

@@ -101,3 +101,19 @@ def test_conditional_training_drops_labels_with_probability_p(tmp_path, monkeypa
         assert abs(dropped - p) < 0.2
     model, saved, _ = load_model(result.checkpoint)
     assert saved.model.num_classes == C and model.label_emb is not None
+
+
+def test_dpmpp_default_eta_is_stochastic_only_when_nothing_conditions_the_draw(uncond, cond):
+    """eta None: SDE-DPM-Solver++ (eta 1) for an unlabelled, unguided draw, the ODE (eta 0) with
+    labels or guidance; ddim stays deterministic; an explicit eta always wins."""
+    assert SamplerOptions(sampler="dpmpp").eta_for(None) == 1.0
+    assert SamplerOptions(sampler="dpmpp").eta_for(torch.tensor([1])) == 0.0
+    assert SamplerOptions(sampler="dpmpp", guidance=0.5).eta_for(torch.tensor([1])) == 0.0
+    assert SamplerOptions(sampler="dpmpp").eta_for(None, guided=True) == 0.0  # autoguidance
+    assert SamplerOptions(sampler="ddim").eta_for(None) == 0.0
+    assert SamplerOptions(sampler="dpmpp", eta=0.3).eta_for(None) == 0.3
+
+    def draw(diff, **kw):
+        return diff.sample(3, sampler="dpmpp", steps=4, seed=2, **kw)
+    assert (draw(uncond) == draw(uncond, eta=1.0)).all() and not (draw(uncond) == draw(uncond, eta=0.0)).all()
+    assert (draw(cond, label=3) == draw(cond, label=3, eta=0.0)).all()

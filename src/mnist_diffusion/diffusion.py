@@ -269,13 +269,14 @@ class Diffusion:
     # sampling
 
     def sample(self, num_images: Optional[int] = None, *, label: Label = None, guidance: float = 0.0,
-               sampler: str = "ddpm", steps: Optional[int] = None, eta: float = 0.0, spacing: Optional[str] = None,
-               clip: bool = True, seed: int = 0, batch_size: int = 256, progress: bool = False,
-               callback=None) -> np.ndarray:
+               sampler: str = "ddpm", steps: Optional[int] = None, eta: Optional[float] = None,
+               spacing: Optional[str] = None, clip: bool = True, seed: int = 0, batch_size: int = 256,
+               progress: bool = False, callback=None) -> np.ndarray:
         """Draw images: uint8 (N, 28, 28), 0 = background. Image i depends only on (seed, i), never on
         the batch size. `label`: see `labels` (default num_images: 64, or 10 per class with "all");
         `guidance` W needs labels. Samplers: "ddpm" (ancestral; fewer `steps` than T respaces it),
-        "ddim" (eta = 0 deterministic) and "dpmpp" (DPM-Solver++(2M)); each has a default step count
+        "ddim" (eta = 0 deterministic) and "dpmpp" (DPM-Solver++(2M); eta None: 1 when nothing conditions
+        or guides the draw, else 0, SamplerOptions.eta_for); each has a default step count
         and spacing (samplers.DEFAULT_STEPS / DEFAULT_SPACING). `callback(start, i, t, x_t, x0)` sees
         every network evaluation (sampling.Trajectory records frames with it)."""
         from .sampling import SamplerOptions, generate
@@ -300,7 +301,7 @@ class Diffusion:
         return torch.cat(parts)
 
     def inpaint(self, images, mask, *, label: Label = None, guidance: float = 0.0, sampler: str = "ddpm",
-                steps: Optional[int] = None, eta: float = 0.0, spacing: Optional[str] = None, clip: bool = True,
+                steps: Optional[int] = None, eta: Optional[float] = None, spacing: Optional[str] = None, clip: bool = True,
                 jump_length: int = 10, resample: int = 1, seed: int = 0, batch_size: int = 256,
                 progress: bool = False) -> np.ndarray:
         """Fill in the unknown pixels of `images` (uint8 (N, 28, 28), or floats in [-1, 1]) where `mask`
@@ -317,7 +318,7 @@ class Diffusion:
                                             progress=progress), len(known))
 
     def edit(self, images, strength: float, *, label: Label = None, guidance: float = 0.0, sampler: str = "ddpm",
-             steps: Optional[int] = None, eta: float = 0.0, spacing: Optional[str] = None, clip: bool = True,
+             steps: Optional[int] = None, eta: Optional[float] = None, spacing: Optional[str] = None, clip: bool = True,
              seed: int = 0, batch_size: int = 256, progress: bool = False) -> np.ndarray:
         """SDEdit (Meng et al. 2022): noise `images` to `strength` in [0, 1] of the way and denoise,
         towards `label` with `guidance` (a digit or a rough sketch into a K). Strength 0 returns the

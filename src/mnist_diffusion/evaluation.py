@@ -400,7 +400,7 @@ def evaluate_model(diff: "Diffusion", options: "SamplerOptions", num_samples: in
                                     batch_size=batch_size, progress=progress)
     result["noise_mse"]["n"] = m
     result.update(checkpoint=diff.source, step=diff.step, seed=seed, sampler={
-        "sampler": options.sampler, "steps": options.steps, "eta": options.eta, "spacing": options.spacing,
+        "sampler": options.sampler, "steps": options.steps, "eta": options.eta_for(requested, diff.guide is not None), "spacing": options.spacing,
         "clip": options.clip, "ema": diff.ema, "precision": diff.precision,
         "labels": "clusters drawn by their sizes" if diff.clustered else
                   "balanced (image i gets class i mod num_classes)" if labels is not None else None,
