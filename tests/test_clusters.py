@@ -141,3 +141,15 @@ def test_clusters_through_the_cli(mnist, tmp_path, capsys):
     assert "leave out --conditional" in capsys.readouterr().err
     assert main(["train", "--clusters", "1", "--output-dir", str(tmp_path / "y"), *TINY]) == 2
     assert "clusters" in capsys.readouterr().err
+
+
+def test_the_demo_offers_drawn_clusters(tiny):
+    from mnist_diffusion.demo import DRAWN, Request, check, class_names
+    cfg = tiny().replace(model={"num_classes": 3}, train={"clusters": 3, "cluster_sizes": [5, 3, 2]})
+    diff = md.Diffusion.new(cfg)
+    assert class_names(diff) == ["cluster 0", "cluster 1", "cluster 2"]
+    for label in (DRAWN, "none"):  # its unlabelled draw is its clusters
+        labels, n = check(Request(label, 0.5, "ddim", 3, 7, 4), diff)
+        assert n == 4 and np.array_equal(labels, draw_clusters([5, 3, 2], 4, seed=7))
+    labels, _ = check(Request("cluster 2", 0.5, "ddim", 3, 7, 2), diff)
+    assert labels.tolist() == [2, 2]

@@ -82,6 +82,8 @@ def check(req: Request, diff) -> tuple[Optional[object], int]:
     req.guidance = _number(req.guidance, 0.0, LIMITS["guidance"], "guidance")
     n = req.num_images = _whole(req.num_images, 1, LIMITS["images"], "the number of images (at most 16 images)")
     req.seed = _whole(req.seed, 0, 2**31 - 1, "seed")
+    if req.label == "none" and diff.clustered:  # its unlabelled draw is its clusters, drawn by size
+        req.label = DRAWN
     if req.label == "none":
         if req.guidance:
             raise DemoError("guidance steers towards a class: pick one, or set guidance to 0")
@@ -287,7 +289,7 @@ def build(diff, *, schedule_figure: Optional[str] = None):
     import gradio as gr
 
     names = class_names(diff)
-    classes = ([DRAWN] if diff.clustered else []) + (["one of each"] + names if names else []) + ["none"]
+    classes = [DRAWN, "one of each", *names] if diff.clustered else (["one of each"] + names if names else []) + ["none"]
 
     def guard(fn):  # every expected failure is a message in the page; the server goes on serving
         def wrapped(*args):
