@@ -37,7 +37,7 @@ MODELS = {
     "mnist-clusters": {"description": "MNIST, no labels used: the quick preset conditioned on 50 k-means clusters "
                                       "of the images",
                        "train": ["--preset", "quick", "--unconditional", "--clusters", "50", "--dataset", "mnist"],
-                       "guidance": 0.5},
+                       "guidance": 1.0},
 }
 
 

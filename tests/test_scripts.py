@@ -7,6 +7,7 @@ import json
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from mnist_diffusion.data import Split
@@ -143,3 +144,18 @@ def test_report_table_reads_evaluate_reports(tmp_path, capsys):
     (tmp_path / "c.json").write_text("{}")
     with pytest.raises(SystemExit, match="not the report"):
         report_table.main([str(tmp_path / "c.json")])
+
+
+def test_cluster_purity(tmp_path, mnist, monkeypatch):
+    cluster_purity = _script("cluster_purity")
+    from mnist_diffusion.data import Split
+    small = {"train": Split(mnist["train"].images[:600], mnist["train"].labels[:600])}
+    monkeypatch.setattr(cluster_purity, "prepare", lambda *a, **k: small)
+    out = tmp_path / "p.json"
+    assert cluster_purity.main(["--clusters", "2,10", "--json", str(out)]) == 0
+    rows = json.loads(out.read_text())["rows"]
+    assert [r["clusters"] for r in rows] == [2, 10] and rows[1]["purity"] > rows[0]["purity"] > 0.11
+    assert rows[1]["smallest"] >= 1 and rows[0]["largest"] + rows[0]["smallest"] == 600
+    assert cluster_purity.purity(np.array([0, 0, 1, 1]), np.array([3, 3, 3, 4])) == 0.75
+    with pytest.raises(SystemExit, match="integers"):
+        cluster_purity.main(["--clusters", "ten"])
