@@ -42,7 +42,7 @@ def train(config: Union[RunConfig, str] = "quick", dataset: Union[str, Split, No
     if isinstance(dataset, str):
         changes["dataset"] = dataset
     if changes:  # clusters=K (label-free conditioning) makes the K clusters the model's classes
-        model = {"num_classes": changes["clusters"] or None} if changes.get("clusters") is not None else {}
+        model = {"num_classes": changes["clusters"]} if changes.get("clusters") else {}
         cfg = cfg.replace(train=changes, **({"model": model} if model else {}))
     from .data import load_training_data
     data = dataset if isinstance(dataset, Split) else load_training_data(cfg.train.dataset, log=log)
