@@ -21,6 +21,8 @@ PRETRAINED: dict[str, dict[str, str]] = {
                        "description": "Fashion-MNIST, class-conditional, the quick preset"},
     "mnist-uncond": {"sha256": "e2d03c08ea04894c64d5ccded1261e8668eefed1f3db738c57f61d036ca1ae33",
                       "description": "MNIST, unconditional, the quick preset trained without labels"},
+    "mnist-clusters": {"sha256": "021bf081765a96da79b5df3bc868e8b89ff22799b0cb0164e1516f8cdd4541b6",
+                        "description": "MNIST, no labels used: the quick preset conditioned on 50 k-means clusters of the images"},
 }
 
 
