@@ -41,7 +41,7 @@ def row(path: Path, report: dict) -> list[str]:
 
 
 def table(paths: list[Path]) -> str:
-    lines = ["| " + " | ".join(COLUMNS) + " |", "|" + "---|" * 1 + "---|" * 2 + "---:|" * (len(COLUMNS) - 3)]
+    lines = ["| " + " | ".join(COLUMNS) + " |", "|---|---|---|" + "---:|" * (len(COLUMNS) - 3)]
     for p in sorted(paths, key=lambda q: q.name):
         try:
             report = json.loads(p.read_text(encoding="utf-8"))
@@ -60,6 +60,8 @@ def main(argv=None) -> int:
     args = ap.parse_args(argv)
     if args.output is not None and args.output.is_dir():
         raise SystemExit(f"report_table.py: --output {args.output} is a folder")
+    if args.output is not None and any(args.output.resolve() == r.resolve() for r in args.reports):
+        raise SystemExit(f"report_table.py: --output {args.output} is one of the reports it reads")
     text = table(args.reports)
     sys.stdout.write(text)
     if args.output is not None:

@@ -159,3 +159,12 @@ def test_cluster_purity(tmp_path, mnist, monkeypatch):
     assert cluster_purity.purity(np.array([0, 0, 1, 1]), np.array([3, 3, 3, 4])) == 0.75
     with pytest.raises(SystemExit, match="integers"):
         cluster_purity.main(["--clusters", "ten"])
+
+
+def test_report_table_never_writes_over_a_report(tmp_path):
+    report_table = _script("report_table")
+    report = tmp_path / "r.json"
+    report.write_text(json.dumps({"n": 10, "fid": 1.0}))
+    with pytest.raises(SystemExit, match="one of the reports"):
+        report_table.main([str(report), "--output", str(report)])
+    assert json.loads(report.read_text()) == {"n": 10, "fid": 1.0}
