@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import numpy as np
 
-MAX_CLUSTERS = 1000
+from .config import MAX_CLUSTERS
 
 
 def principal_components(images_u8: np.ndarray, dims: int = 32, chunk: int = 10_000) -> np.ndarray:

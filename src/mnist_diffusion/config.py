@@ -22,6 +22,7 @@ class ConfigError(ValueError):
 DATASETS = ("mnist", "fashion_mnist")
 SCHEDULES = ("linear", "cosine")
 PREDICTIONS = ("eps", "v")
+MAX_CLUSTERS = 1000  # train.clusters: k-means clusters as classes (clusters.py)
 MAX_LEVELS = 5  # resolution levels a 28x28 image can be halved into: 28, 14, 7, 4, 2
 
 
@@ -160,8 +161,8 @@ class TrainConfig:
             raise ConfigError(f"train.precision must be auto, fp32, bf16 or fp16, got {self.precision!r}")
         if self.nonfinite not in ("stop", "skip"):
             raise ConfigError(f"train.nonfinite must be 'stop' or 'skip', got {self.nonfinite!r}")
-        if self.clusters and not 2 <= self.clusters <= 1000:
-            raise ConfigError(f"train.clusters must be 0 (off) or in [2, 1000], got {self.clusters}")
+        if self.clusters and not 2 <= self.clusters <= MAX_CLUSTERS:
+            raise ConfigError(f"train.clusters must be 0 (off) or in [2, {MAX_CLUSTERS}], got {self.clusters}")
         if self.cluster_sizes and (len(self.cluster_sizes) != self.clusters or min(self.cluster_sizes) < 0
                                    or sum(self.cluster_sizes) == 0):
             raise ConfigError(f"train.cluster_sizes must be {self.clusters} counts (one per cluster), not all zero")
@@ -399,8 +400,8 @@ def resolve(base: RunConfig, values: dict, *, conditional: Optional[bool] = None
         changes["model"]["num_classes"] = (base.model.num_classes or 10) if conditional else None
     clusters = values.get("train.clusters")
     if clusters is not None:  # the clusters are the classes; without labels, so --unconditional is no conflict
-        if clusters and not 2 <= clusters <= 1000:
-            raise ConfigError(f"--clusters must be 0 (off) or in [2, 1000], got {clusters}")
+        if clusters and not 2 <= clusters <= MAX_CLUSTERS:
+            raise ConfigError(f"--clusters must be 0 (off) or in [2, {MAX_CLUSTERS}], got {clusters}")
         if clusters and conditional:
             raise ConfigError("--clusters conditions on clusters of the images instead of labels: leave out "
                               "--conditional")

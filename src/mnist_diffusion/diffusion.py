@@ -14,6 +14,7 @@ image sets (sampling.py, partial.py), the training loop (training.py).
 """
 from __future__ import annotations
 
+import copy
 import os
 from typing import Optional, Sequence, Union
 
@@ -95,13 +96,12 @@ class Diffusion:
         images away from the weak model's errors. `weak` is, e.g., an early checkpoint of the same
         run; it needs the same schedule and the same classes. No labels are needed; with labels,
         both models get them. Returns a new Diffusion sharing the networks."""
-        import copy
         if not torch.equal(weak.schedule.betas, self.schedule.betas):
             raise ValueError("the guiding model has another noise schedule (timesteps or betas differ)")
         if weak.num_classes != self.num_classes:
             raise ValueError(f"the guiding model has {weak.num_classes or 'no'} classes, this one "
                              f"{self.num_classes or 'none'}: autoguidance needs the same conditioning")
-        guided = copy.copy(self)
+        guided = copy_without_guide(self)
         guided.guide = Diffusion(weak.model, weak.config, device=self.device, precision=self.precision,
                                  source=weak.source, source_sha256=weak.source_sha256, step=weak.step, ema=weak.ema)
         return guided
@@ -421,7 +421,7 @@ def load(source: str | os.PathLike, **kwargs) -> Diffusion:
 
 
 def copy_without_guide(diff: Diffusion) -> Diffusion:
-    import copy
+    """A shallow copy (the same network) with no autoguidance model."""
     plain = copy.copy(diff)
     plain.guide = None
     return plain

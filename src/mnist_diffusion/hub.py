@@ -185,7 +185,8 @@ def model_card(cfg: RunConfig, info: dict, *, metrics: Optional[dict] = None, co
         lines += ["## Evaluation", "",
                   f"`mnist-diffusion evaluate` with the shipped evaluator, n = {metrics['n']:,} images "
                   f"({s.get('sampler')}, {s.get('steps')} steps"
-                  + (f", guidance W = {s['guidance']:g}, {s.get('labels', 'balanced labels')}"
+                  + (f", guidance W = {s['guidance']:g}, "
+                     + ("clusters drawn by their sizes" if clustered else "balanced labels")
                      if s.get("guidance") is not None else "")
                   + f") against the {metrics['dataset']} test split:", "",
                   "| metric | value |", "|---|---:|",
