@@ -7,7 +7,7 @@ evaluations, every variant from the same per-image seeds, in one process.
 A variant is KIND:key=value:...; KIND sde/ode (DPM-Solver++(2M) with eta per step), restart
 (ilo, ihi, sub, k: Xu et al. 2023 restarts between two grid points) or ddpm (ddpm=STEPS, the
 library's respaced ancestral sampler); grid = logsnr | uniform | quadratic | capS (T-1, then
-uniform in log-SNR from sigma = S down), n = evaluations (default 20), eta (default 1).
+uniform in log-SNR from sigma = S down), n = evaluations (default 20), eta (default 1 for sde, else 0).
 
 A prototype bench for issue 20 (few-step samplers within 15% of many-step ones): variants are
 defined in VARIANTS below as (grid, eta per step, restarts). Winners move into samplers.py.
@@ -17,15 +17,21 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import os
+import sys
 import time
+from pathlib import Path
 
 import numpy as np
 import torch
 
 import mnist_diffusion as md
-from mnist_diffusion.data import to_uint8
+from mnist_diffusion.atomic import atomic_write_json
+from mnist_diffusion.checkpoint import CheckpointError
+from mnist_diffusion.data import DataError, to_uint8
 from mnist_diffusion.evaluation import balanced_labels, evaluate_images
-from mnist_diffusion.samplers import PerImageNoise, _alpha_bar, _lambda, _pred_x0, timestep_sequence
+from mnist_diffusion.samplers import SPACINGS, _alpha_bar, _lambda, _pred_x0, timestep_sequence
+from mnist_diffusion.sampling import SamplerOptions, _batches, generate
 
 
 def dpmpp_path(eps_fn, schedule, x, noise_fn, seq, etas, clip=True, restarts=()):
@@ -68,31 +74,60 @@ def dpmpp_path(eps_fn, schedule, x, noise_fn, seq, etas, clip=True, restarts=())
 
 
 def grid(schedule, n, kind):
-    if kind in ("uniform", "quadratic", "logsnr"):
+    """Evaluation timesteps for a variant: the library's spacings, or capS (T-1, then n-1 points
+    uniform in lambda from sigma = S down to t = 0, which is dropped)."""
+    if kind in SPACINGS:
         return timestep_sequence(schedule, n, kind, include_zero=False)
-    if kind.startswith("edm"):  # EDM rho grid in sigma = sqrt((1-a)/a), over the schedule's range
-        rho = float(kind[3:] or 7)
-        a = schedule.alpha_bar
-        sig = ((1 - a) / a).sqrt()
-        smax, smin = float(sig[-1]), float(sig[0])
-        u = torch.linspace(0, 1, n + 1, dtype=torch.float64)
-        s = (smax ** (1 / rho) + u * (smin ** (1 / rho) - smax ** (1 / rho))) ** rho
-        pos = torch.searchsorted(sig, s).clamp(0, len(sig) - 1)
-        q = sorted(set(int(p) for p in pos.tolist()), reverse=True)
-        q = [t for t in q if t > 0]
-        return q[:n]
-    if kind.startswith("cap"):  # T-1, then n-1 points uniform in lambda from sigma = cap down to t = 0 (dropped)
-        cap = float(kind[3:])
-        a = schedule.alpha_bar
-        lam = 0.5 * torch.log(a / (1 - a))
-        lam_hi = -math.log(cap)
-        u = torch.linspace(0, 1, n, dtype=torch.float64)
-        target = lam_hi + u * (float(lam[0]) - lam_hi)
-        q = [int(torch.argmin((lam - v).abs())) for v in target.tolist()]
-        q = sorted(set(q), reverse=True)
-        q = [t for t in q if t > 0]
-        return [schedule.timesteps - 1] + q[: n - 1]
-    raise ValueError(kind)
+    if not kind.startswith("cap"):
+        raise ValueError(f"unknown grid {kind!r}: {', '.join(SPACINGS)} or capS (S a noise level, e.g. cap20)")
+    cap = float(kind[3:])
+    if not cap > 0:
+        raise ValueError(f"grid {kind!r}: the cap must be a noise level > 0")
+    a = schedule.alpha_bar
+    lam = 0.5 * torch.log(a / (1 - a))
+    target = -math.log(cap) + torch.linspace(0, 1, n, dtype=torch.float64) * (float(lam[0]) + math.log(cap))
+    q = sorted({int(torch.argmin((lam - v).abs())) for v in target.tolist()} - {0}, reverse=True)
+    return [schedule.timesteps - 1] + q[: n - 1]
+
+
+def plan(schedule, name):
+    """One variant KIND:key=value:... -> (kind, evaluation grid, eta per step, restarts, network evaluations)."""
+    kind, *pairs = name.split(":")
+    if kind not in ("sde", "ode", "restart", "ddpm") or any(p.count("=") != 1 for p in pairs):
+        raise ValueError(f"variant {name!r}: expected KIND:key=value:... with KIND sde, ode, restart or ddpm")
+    spec = dict(p.split("=") for p in pairs)
+    if kind == "ddpm":
+        return kind, None, None, (), int(spec.get("ddpm", 100))
+    seq = grid(schedule, int(spec.get("n", 20)), spec.get("grid", "logsnr"))
+    eta = float(spec.get("eta", 0.0 if kind != "sde" else 1.0))
+    if not 0 <= eta <= 100:
+        raise ValueError(f"variant {name!r}: eta must be in [0, 100]")
+    restarts = ()
+    if kind == "restart":  # sub-grid between seq[ihi] and seq[ilo], nsub evaluations uniform in lambda
+        k, i_lo, i_hi, nsub = int(spec.get("k", 1)), int(spec["ilo"]), int(spec["ihi"]), int(spec.get("sub", 3))
+        if not (0 <= i_hi < i_lo < len(seq) and k >= 1 and nsub >= 1):
+            raise ValueError(f"variant {name!r}: need 0 <= ihi < ilo < n, k >= 1, sub >= 1")
+        lam = [_lambda(schedule, t) for t in range(schedule.timesteps)]
+        lh, ll = lam[seq[i_hi]], lam[seq[i_lo]]
+        sub = [min(range(schedule.timesteps), key=lambda t: abs(lam[t] - (lh + (ll - lh) * j / nsub)))
+               for j in range(nsub + 1)]
+        restarts = (i_lo, i_hi, k, sub)
+    return kind, seq, [eta] * len(seq), restarts, len(seq) + (restarts[2] * (len(restarts[3]) - 1) if restarts else 0)
+
+
+def draw(diff, kind, seq, etas, restarts, nfe, n, guidance, labels, batch_size):
+    """uint8 images of one variant, through the library's batch loop (per-image seeds, guidance)."""
+    if kind == "ddpm":
+        return generate(diff, n, SamplerOptions(sampler="ddpm", steps=nfe, guidance=guidance), labels=labels,
+                        batch_size=batch_size)
+    imgs = np.empty((n, 28, 28), np.uint8)
+
+    def run(eps_fn, noise, start, m, step_done):
+        return dpmpp_path(eps_fn, diff.schedule, noise.initial((1, 28, 28)), noise, seq, etas, restarts=restarts)
+    for start, x0 in _batches(diff, n, SamplerOptions(guidance=guidance), run, nfe, labels=labels, seed=0,
+                              batch_size=batch_size):
+        imgs[start:start + len(x0)] = to_uint8(x0)
+    return imgs
 
 
 def main(argv=None):
@@ -101,70 +136,48 @@ def main(argv=None):
     p.add_argument("--num-images", type=int, default=1000)
     p.add_argument("--guidance", type=float, default=0.0)
     p.add_argument("--variants", required=True)
-    p.add_argument("--json")
+    p.add_argument("--json", help="results, one entry per variant, written after each; rows already there are kept")
     p.add_argument("--batch-size", type=int, default=250)
     a = p.parse_args(argv)
-    diff = md.load(a.model)
-    sch = diff.schedule
+    if a.num_images < 2 or a.batch_size < 1:
+        sys.exit("error: --num-images must be >= 2 (FID needs a covariance) and --batch-size >= 1")
+    try:
+        diff = md.load(a.model)
+        results = {}
+        if a.json and os.path.exists(a.json):
+            try:
+                results = json.loads(Path(a.json).read_text())
+                assert isinstance(results, dict)
+            except (ValueError, AssertionError):
+                raise ValueError(f"{a.json} is not a results file of this script (not a JSON object); "
+                                 "choose another --json") from None
+        plans = {name: plan(diff.schedule, name) for name in a.variants.split(",")}  # all checked before work
+    except (ValueError, KeyError, OSError, CheckpointError, DataError) as e:
+        sys.exit(f"error: {e}")
     n = a.num_images
     labels = None
     if diff.clustered:
         labels = diff.labels("clusters", n, 0)
     elif diff.num_classes:
         labels = torch.as_tensor(balanced_labels(n, diff.num_classes))
-    results = json.load(open(a.json)) if a.json and __import__("os").path.exists(a.json) else {}
-    for name in a.variants.split(","):
-        spec = dict(kv.split("=") for kv in name.split(":")[1:])
-        kind = name.split(":")[0]
-        steps = int(spec.get("n", 20))
-        eta = float(spec.get("eta", 1.0))
-        g = spec.get("grid", "logsnr")
-        seq = grid(sch, steps, g)
-        lo, hi = float(spec.get("wlo", -1)), float(spec.get("whi", 1e9))  # eta window in sigma
-        etas = []
-        for t in seq:
-            aa = float(sch.alpha_bar[t])
-            sg = math.sqrt((1 - aa) / aa)
-            etas.append(eta if lo <= sg <= hi else 0.0)
-        restarts = ()
-        nfe = len(seq)
-        if kind == "restart":
-            k, i_lo, i_hi, nsub = int(spec.get("k", 1)), int(spec["ilo"]), int(spec["ihi"]), int(spec.get("sub", 3))
-            # sub-grid between seq[i_hi] and seq[i_lo] uniform in lambda, nsub evaluations
-            lam = lambda t: _lambda(sch, t)
-            lh, ll = lam(seq[i_hi]), lam(seq[i_lo])
-            sub = []
-            for j in range(nsub + 1):
-                target = lh + (ll - lh) * j / nsub
-                sub.append(min(range(sch.timesteps), key=lambda t: abs(lam(t) - target)))
-            restarts = (i_lo, i_hi, k, sub)
-            nfe = len(seq) + k * nsub
-        ddpm_steps = int(spec["ddpm"]) if kind == "ddpm" else None
-        if ddpm_steps:
-            nfe = ddpm_steps
-        t0 = time.time()
-        imgs = np.empty((n, 28, 28), np.uint8)
-        for start in range(0, n, a.batch_size):
-            m = min(a.batch_size, n - start)
-            noise = PerImageNoise(0, m, first_index=start)
-            y = labels[start:start + m] if labels is not None else None
-            eps_fn = diff.eps_fn(y, a.guidance)
-            with torch.no_grad():
-                if ddpm_steps:
-                    from mnist_diffusion.samplers import run_sampler
-                    x0 = run_sampler("ddpm", eps_fn, sch, noise.initial((1, 28, 28)), noise, steps=ddpm_steps)
-                else:
-                    x0 = dpmpp_path(eps_fn, sch, noise.initial((1, 28, 28)), noise, seq, etas, restarts=restarts)
-            imgs[start:start + m] = to_uint8(x0)
-        dt = time.time() - t0
-        r = evaluate_images(imgs, diff.dataset, labels=None if diff.clustered else (None if labels is None else labels.numpy()))
-        row = {"fid": r["fid"], "floor": r["fid_floor"], "precision": r["precision"], "recall": r["recall"],
-               "recognizable": r["recognizable"], "nfe": nfe, "seq": seq, "s": dt}
-        results[name] = row
-        print(f"{name:60s} nfe {nfe:3d} FID {r['fid']:.3f} P {r['precision']:.3f} R {r['recall']:.3f} "
-              f"rec {r['recognizable']:.3f}  {dt:.0f}s", flush=True)
-        if a.json:
-            json.dump(results, open(a.json, "w"), indent=1)
+    try:
+        for name, (kind, seq, etas, restarts, nfe) in plans.items():
+            t0 = time.time()
+            imgs = draw(diff, kind, seq, etas, restarts, nfe, n, a.guidance, labels, a.batch_size)
+            dt = time.time() - t0
+            r = evaluate_images(imgs, diff.dataset,
+                                labels=None if diff.clustered or labels is None else labels.numpy())
+            results[name] = {"fid": r["fid"], "floor": r["fid_floor"], "precision": r["precision"],
+                             "recall": r["recall"], "recognizable": r["recognizable"], "nfe": nfe, "seq": seq,
+                             "s": dt}
+            print(f"{name:60s} nfe {nfe:3d} FID {r['fid']:.3f} P {r['precision']:.3f} R {r['recall']:.3f} "
+                  f"rec {r['recognizable']:.3f}  {dt:.0f}s", flush=True)
+            if a.json:
+                atomic_write_json(a.json, results)
+    except KeyboardInterrupt:
+        sys.exit("stopped" + (f"; the finished variants are in {a.json}" if a.json else ""))
+    except ValueError as e:
+        sys.exit(f"error: {e}")
 
 
 if __name__ == "__main__":
