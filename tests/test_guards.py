@@ -305,6 +305,7 @@ def test_counts_are_bounded_before_any_work(checkpoints, tmp_path, capsys):
 @pytest.mark.parametrize("extra, words", [
     (["--label", "3", "--guidance", "1e300"], "guidance 1e+300 is outside [0, 100]"),
     (["--eta", "1e30"], "eta 1e+30 is outside [0, 1]"),
+    (["--eta", "2"], "eta 2.0 is outside [0, 1] for ddim (0: deterministic, 1: as stochastic as DDPM; above 1 only dpmpp)"),
     (["--steps", "5000"], "steps 5000: the model has only T = 20 timesteps"),
 ])
 def test_absurd_sampler_settings_are_refused(checkpoints, tmp_path, capsys, extra, words):

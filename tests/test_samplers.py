@@ -9,13 +9,14 @@ output can be computed exactly instead of estimated from samples: see `exact_mom
 """
 from __future__ import annotations
 
+import math
 
 import pytest
 import torch
 
-from mnist_diffusion.samplers import (SPACINGS, PerImageNoise, ddim, ddim_invert, ddpm, dpmpp, run_sampler, slerp,
-                                      timestep_sequence)
-from mnist_diffusion.schedule import make_schedule, q_sample
+from mnist_diffusion.samplers import (LOGSNR_CAP, SPACINGS, PerImageNoise, ddim, ddim_invert, ddpm, dpmpp, repaint,
+                                      run_sampler, slerp, timestep_sequence)
+from mnist_diffusion.schedule import Schedule, make_schedule, q_sample
 
 MU, SD = 0.5, 0.3
 
@@ -85,6 +86,27 @@ def test_logsnr_spacing_is_uniform_in_lambda():
     assert torch.allclose(gaps, spread.expand_as(gaps), rtol=0.1)
 
 
+@pytest.mark.parametrize("include_zero", [True, False])
+def test_capped_logsnr_spacing_skips_the_pure_noise_end(include_zero):
+    """logsnr-capped: one evaluation at T-1, then a grid uniform in lambda that starts at
+    sigma/alpha = LOGSNR_CAP, where plain logsnr spends 8 of 20 evaluations at sigma/alpha > 50."""
+    s = make_schedule("cosine", 1000)
+    lam = 0.5 * torch.log(s.alpha_bar / (1 - s.alpha_bar))
+    plain = timestep_sequence(s, 20, "logsnr", include_zero=False)
+    assert sum(float(lam[t]) < -math.log(50) for t in plain) == 8
+    seq = timestep_sequence(s, 20, "logsnr-capped", include_zero=include_zero)
+    assert seq[0] == 999 and sum(float(lam[t]) < -math.log(50) for t in seq) == 1
+    # the second point is the timestep whose noise level is nearest the cap
+    assert abs(float(lam[seq[1]]) + math.log(LOGSNR_CAP)) < float(lam[seq[1] - 1] - lam[seq[1] + 1])
+    # then uniform in lambda (up to rounding to integer t, which matters only near t = 0)
+    rest = [t for t in seq[1:] if t >= 10]
+    gaps = lam[rest[1:]] - lam[rest[:-1]]
+    assert torch.allclose(gaps, gaps.mean().expand_as(gaps), rtol=0.1)
+    # a schedule whose noisiest level is below the cap degenerates to the plain log-SNR grid
+    mild = Schedule.from_betas(torch.full((50,), 0.05, dtype=torch.float64))  # sigma/alpha at T-1: 3.5
+    assert timestep_sequence(mild, 5, "logsnr-capped") == timestep_sequence(mild, 5, "logsnr")
+
+
 # ---------------------------------------------------------------------------------------------
 # DDIM with the true noise
 
@@ -104,6 +126,16 @@ def test_ddim_with_true_noise_recovers_x0(name, steps, spacing):
 def test_ddim_rejects_eta_without_noise():
     with pytest.raises(ValueError, match="noise_fn"):
         ddim(lambda x, t: x, make_schedule("cosine", 10), torch.zeros(1, 1), None, eta=0.5)
+
+
+def test_ddim_and_repaint_refuse_eta_above_one():
+    """DDIM's eq. 12 needs sigma^2 <= 1 - a_s, which eta > 1 breaks (only dpmpp takes eta > 1)."""
+    s = make_schedule("cosine", 10)
+    noise = lambda like: torch.zeros_like(like)  # noqa: E731
+    with pytest.raises(ValueError, match=r"eta in \[0, 1\]"):
+        ddim(lambda x, t: x, s, torch.zeros(1, 1), noise, eta=1.5)
+    with pytest.raises(ValueError, match=r"eta in \[0, 1\]"):
+        repaint(lambda x, t: x, s, torch.zeros(1, 1), noise, torch.zeros(1, 1), torch.ones(1, 1), eta=2.0)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -281,19 +313,23 @@ def test_slerp_endpoints_norm_and_angle():
         slerp(z0, z0[..., :5], 0.5)
 
 
-@pytest.mark.parametrize("eta", [0.5, 1.0])
-def test_stochastic_dpmpp_samples_the_data_distribution(eta):
-    """SDE-DPM-Solver++(2M) (eta = 1) and its interpolation with the ODE solver: fed the exact eps
-    of the Gaussian toy, the mean is exact at any step count and the std error shrinks with steps."""
+@pytest.mark.parametrize("eta,spacing", [(0.5, "logsnr"), (1.0, "logsnr"), (2.0, "logsnr"), (2.0, "logsnr-capped"),
+                                         (5.0, "logsnr-capped")])
+def test_stochastic_dpmpp_samples_the_data_distribution(eta, spacing):
+    """SDE-DPM-Solver++(2M) (eta = 1), its interpolation with the ODE solver (eta < 1) and the
+    extra-churn form (eta > 1): fed the exact eps of the Gaussian toy, the mean is exact at any step
+    count and the std error shrinks with steps."""
     s = make_schedule("cosine", 1000)
     errors = []
     for steps in [10, 20, 50, 200]:
-        mean, std = exact_moments(lambda x, n: dpmpp(gaussian_eps(s), s, x, n, steps=steps, eta=eta, clip=False),
-                                  s, steps)
+        mean, std = exact_moments(lambda x, n: dpmpp(gaussian_eps(s), s, x, n, steps=steps, eta=eta, spacing=spacing,
+                                                     clip=False), s, steps)
         assert mean == pytest.approx(MU, abs=1e-9)
         errors.append(abs(std - SD) / SD)
-    assert all(b < a for a, b in zip(errors, errors[1:])), errors
-    assert errors[-1] < 0.01
+    if spacing == "logsnr":
+        assert all(b < a for a, b in zip(errors, errors[1:])), errors
+    # (the capped grid's big first step makes its few-step error not monotone: 0.2% at 10, 3.6% at 20)
+    assert errors[-1] == min(errors) and errors[-1] < 0.01, errors
 
 
 def test_stochastic_dpmpp_needs_noise_and_eta0_is_the_ode_solver():

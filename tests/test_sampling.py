@@ -103,6 +103,14 @@ def test_conditional_training_drops_labels_with_probability_p(tmp_path, monkeypa
     assert saved.model.num_classes == C and model.label_emb is not None
 
 
+def test_eta_above_one_is_for_dpmpp_only():
+    """dpmpp's update keeps exact marginals for any eta >= 0 (test_samplers); DDIM's eq. 12 does not above 1."""
+    assert SamplerOptions(sampler="dpmpp", eta=2.0).eta == 2.0
+    for bad in [dict(sampler="ddim", eta=1.5), dict(sampler="dpmpp", eta=10.5), dict(sampler="dpmpp", eta=float("nan"))]:
+        with pytest.raises(ValueError, match="eta"):
+            SamplerOptions(**bad)
+
+
 def test_dpmpp_default_eta_is_stochastic_only_when_nothing_conditions_the_draw(uncond, cond):
     """eta None: SDE-DPM-Solver++ (eta 1) for an unlabelled, unguided draw, the ODE (eta 0) with
     labels or guidance; ddim stays deterministic; an explicit eta always wins."""

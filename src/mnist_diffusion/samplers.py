@@ -49,7 +49,11 @@ class PerImageNoise:
         return self(torch.empty((len(self.generators), *shape), device=self.device))
 
 
-SPACINGS = ("uniform", "quadratic", "logsnr")
+SPACINGS = ("uniform", "quadratic", "logsnr", "logsnr-capped")
+# "logsnr-capped" starts its log-SNR grid at this noise level sigma/alpha (after one evaluation at
+# T-1): the cosine schedule's clipped last beta puts t = 999..992 at sigma/alpha 20,291..92, pure
+# noise, where a plain log-SNR grid spends 8 of 20 evaluations (docs/BENCHMARKS.md, issue 20)
+LOGSNR_CAP = 20.0
 
 
 def timestep_sequence(schedule: Union[Schedule, int], steps: Optional[int], spacing: str = "uniform", *,
@@ -59,8 +63,9 @@ def timestep_sequence(schedule: Union[Schedule, int], steps: Optional[int], spac
     `include_zero=True` (DDIM) places the last one at t = 0; `include_zero=False` (DPM-Solver++)
     lays out steps+1 points and drops t = 0, so every evaluation is followed by a real solver step
     and the final jump to the clean image starts from a moderately noisy point. Spacing is
-    "uniform" in t, "quadratic" (denser near t = 0, Song et al. 2021) or "logsnr" (uniform in
-    lambda = log(alpha/sigma), Lu et al. 2022; needs a Schedule)."""
+    "uniform" in t, "quadratic" (denser near t = 0, Song et al. 2021), "logsnr" (uniform in
+    lambda = log(alpha/sigma), Lu et al. 2022; needs a Schedule) or "logsnr-capped" (T-1, then the
+    rest uniform in lambda from sigma/alpha = LOGSNR_CAP down; needs a Schedule)."""
     T = schedule.timesteps if isinstance(schedule, Schedule) else int(schedule)
     if spacing not in SPACINGS:
         raise ValueError(f"unknown timestep spacing {spacing!r}; choose from {', '.join(SPACINGS)}")
@@ -78,9 +83,14 @@ def timestep_sequence(schedule: Union[Schedule, int], steps: Optional[int], spac
         pos = u ** 2 * (T - 1)
     else:
         if not isinstance(schedule, Schedule):
-            raise ValueError("logsnr spacing needs the schedule, not just T")
+            raise ValueError(f"{spacing} spacing needs the schedule, not just T")
         lam = 0.5 * torch.log(schedule.alpha_bar / (1 - schedule.alpha_bar))  # decreasing in t
-        target = lam[0] + u * (lam[-1] - lam[0])
+        top = -math.log(LOGSNR_CAP)
+        if spacing == "logsnr" or top <= float(lam[-1]):  # (a schedule that never gets that noisy: plain)
+            target = lam[0] + u * (lam[-1] - lam[0])
+        else:  # n-1 points from t = 0 to the cap, then T-1
+            target = torch.cat([lam[0] + torch.linspace(0, 1, n - 1, dtype=torch.float64) * (top - lam[0]),
+                                lam[-1:].to(torch.float64)])
         # invert the monotone lambda(t) by linear interpolation between integer timesteps
         idx = torch.searchsorted(-lam, -target).clamp(1, T - 1)
         lo, hi = lam[idx - 1], lam[idx]
@@ -146,7 +156,9 @@ def ddim(eps_fn: EpsFn, schedule: Schedule, x_T: torch.Tensor, noise_fn: Optiona
          callback: Callback = None) -> torch.Tensor:
     """Song et al. (2021), eq. 12: x_s = sqrt(a_s) x0 + sqrt(1 - a_s - sigma^2) eps + sigma z,
     sigma = eta sqrt((1 - a_s)/(1 - a_t)) sqrt(1 - a_t/a_s). eta = 0 is deterministic; the last
-    step goes to a_s = 1 (the clean image)."""
+    step goes to a_s = 1 (the clean image). eta is in [0, 1]: above 1, sigma^2 > 1 - a_s."""
+    if not 0.0 <= eta <= 1.0:
+        raise ValueError(f"ddim needs eta in [0, 1], got {eta}")
     if eta > 0 and noise_fn is None:
         raise ValueError("ddim with eta > 0 needs a noise_fn")
     seq = timestep_sequence(schedule, steps, spacing)
@@ -194,12 +206,16 @@ def dpmpp(eps_fn: EpsFn, schedule: Schedule, x_T: torch.Tensor, noise_fn: Option
           callback: Callback = None) -> torch.Tensor:
     """DPM-Solver++(2M), Lu et al. (2022b), Algorithm 2, on the discrete schedule; with eta > 0
     its stochastic form (eta = 1: SDE-DPM-Solver++(2M), same paper, Appendix; eta in (0, 1)
-    interpolates as in k-diffusion's sample_dpmpp_2m_sde). `noise_fn` is needed only for eta > 0.
+    interpolates as in k-diffusion's sample_dpmpp_2m_sde; eta > 1 refreshes more of x with noise
+    each step, like EDM's churn). `noise_fn` is needed only for eta > 0.
     With alpha_t = sqrt(a_t), sigma_t = sqrt(1 - a_t), lambda_t = log(alpha_t / sigma_t) and
     h_i = lambda_{t_i} - lambda_{t_{i-1}}:
       x_{t_i} = (sigma_{t_i} / sigma_{t_{i-1}}) e^{-eta h_i} x_{t_{i-1}} + alpha_{t_i} (1 - e^{-(1 + eta) h_i}) D_i
                 + sigma_{t_i} sqrt(1 - e^{-2 eta h_i}) z,
       D_1 = x0_{t_0};  D_i = (1 + 1/(2 r_i)) x0_{t_{i-1}} - 1/(2 r_i) x0_{t_{i-2}},  r_i = h_{i-1} / h_i.
+    For every eta >= 0 a predictor that returns the true x0 keeps the marginals exact: if x_{t_{i-1}} =
+    alpha x0 + sigma eps, the update gives mean alpha_{t_i} x0 and variance sigma_{t_i}^2
+    (e^{-2 eta h} sigma_{t_i}^2 from the carried noise, (1 - e^{-2 eta h}) sigma_{t_i}^2 fresh).
     eta = 0 is the deterministic ODE solver. The time grid omits t = 0 (see timestep_sequence):
     each of the `steps` evaluations is followed by a step, and the last one jumps to the clean
     image (lambda = inf) at first order, x = x0, since the second-order weights degenerate there
@@ -269,6 +285,8 @@ def repaint(eps_fn: EpsFn, schedule: Schedule, x_T: torch.Tensor, noise_fn: Nois
     at the end (a_s = 1) the known pixels are the original ones exactly. With resample > 1, blocks
     of `jump_length` steps are undone by a forward jump x_t = sqrt(a_t / a_s) x_s + sqrt(1 - a_t / a_s) z
     and denoised again, which lets the generated region agree with the known one."""
+    if not 0.0 <= eta <= 1.0:
+        raise ValueError(f"inpainting needs eta in [0, 1] (its steps are DDIM's), got {eta}")
     path = repaint_path(timestep_sequence(schedule, steps, spacing), jump_length, resample)
     x = x_T
     for i, (t, s) in enumerate(zip(path[:-1], path[1:])):

@@ -26,6 +26,7 @@ if TYPE_CHECKING:
     from .diffusion import Diffusion
 
 MAX_GUIDANCE = 100.0
+MAX_ETA = 10.0  # dpmpp's eta > 1 keeps exact marginals; beyond ~5 each step is nearly a fresh draw
 # callback(batch_start, step_index, t, x_t, pred_x0): every network evaluation of a run
 BatchCallback = Optional[Callable[[int, int, int, torch.Tensor, torch.Tensor], None]]
 
@@ -40,10 +41,12 @@ class SamplerOptions:
                                   kind="positive")
     # None: DEFAULT_ETA's rule, decided per draw by eta_for (it depends on labels and guidance)
     eta: Optional[float] = option(None, "stochasticity of ddim and dpmpp: 0 = deterministic; 1 = DDPM-like for "
-                                        "ddim, SDE-DPM-Solver++(2M) for dpmpp; default 1 for dpmpp drawing without "
+                                        "ddim, SDE-DPM-Solver++(2M) for dpmpp; dpmpp also takes up to 10 (more "
+                                        "fresh noise per step, same marginals); default 1 for dpmpp drawing without "
                                         "labels or guidance, else 0", kind="nonneg")
     spacing: Optional[str] = option(None, "timestep grid for respaced samplers: uniform in t, quadratic (denser "
-                                          "near t=0), or logsnr (uniform in log-SNR); default logsnr for dpmpp, "
+                                          "near t=0), logsnr (uniform in log-SNR), or logsnr-capped (T-1, then "
+                                          "uniform in log-SNR from noise level 20 down); default logsnr for dpmpp, "
                                           "uniform otherwise", choices=SPACINGS)
     clip: bool = option(True, "do not clip predicted x0 to [-1, 1]", flag="--no-clip")
     guidance: float = option(0.0, "classifier-free guidance weight w (needs labels; 0 = plain conditional)",
@@ -52,8 +55,10 @@ class SamplerOptions:
     def __post_init__(self):
         if self.sampler not in SAMPLERS:
             raise ValueError(f"unknown sampler {self.sampler!r}; choose from {', '.join(SAMPLERS)}")
-        if self.eta is not None and not 0.0 <= self.eta <= 1.0:  # also NaN
-            raise ValueError(f"eta {self.eta} is outside [0, 1] (0: deterministic, 1: as stochastic as DDPM)")
+        top = MAX_ETA if self.sampler == "dpmpp" else 1.0
+        if self.eta is not None and not 0.0 <= self.eta <= top:  # also NaN
+            raise ValueError(f"eta {self.eta} is outside [0, {top:g}] for {self.sampler} "
+                             f"(0: deterministic, 1: as stochastic as DDPM; above 1 only dpmpp)")
         if not 0.0 <= self.guidance <= MAX_GUIDANCE:
             raise ValueError(f"guidance {self.guidance} is outside [0, {MAX_GUIDANCE:g}] (useful values are below 10)")
 
