@@ -24,6 +24,8 @@ COLUMNS = ["report", "sampler", "step", "n", "FID", "floor", "precision / recall
 def row(path: Path, report: dict) -> list[str]:
     s = report.get("sampler") or {}
     how = f"{s.get('sampler')} {s.get('steps')}"
+    if s.get("spacing"):
+        how += f" {s['spacing']}"
     if s.get("eta"):
         how += f", eta {s['eta']:g}"
     if s.get("guidance") is not None:

@@ -111,17 +111,18 @@ def test_eta_above_one_is_for_dpmpp_only():
             SamplerOptions(**bad)
 
 
-def test_dpmpp_default_eta_is_stochastic_only_when_nothing_conditions_the_draw(uncond, cond):
-    """eta None: SDE-DPM-Solver++ (eta 1) for an unlabelled, unguided draw, the ODE (eta 0) with
-    labels or guidance; ddim stays deterministic; an explicit eta always wins."""
-    assert SamplerOptions(sampler="dpmpp").eta_for(None) == 1.0
-    assert SamplerOptions(sampler="dpmpp").eta_for(torch.tensor([1])) == 0.0
-    assert SamplerOptions(sampler="dpmpp", guidance=0.5).eta_for(torch.tensor([1])) == 0.0
+def test_dpmpp_default_eta_depends_on_guidance(uncond, cond):
+    """eta None: dpmpp takes eta 2 without guidance, 0.5 with classifier-free guidance, 0 with
+    autoguidance; ddim stays deterministic; an explicit eta always wins."""
+    assert SamplerOptions(sampler="dpmpp").eta_for(None) == 2.0
+    assert SamplerOptions(sampler="dpmpp").eta_for(torch.tensor([1])) == 2.0
+    assert SamplerOptions(sampler="dpmpp", guidance=0.5).eta_for(torch.tensor([1])) == 0.5
     assert SamplerOptions(sampler="dpmpp").eta_for(None, guided=True) == 0.0  # autoguidance
     assert SamplerOptions(sampler="ddim").eta_for(None) == 0.0
     assert SamplerOptions(sampler="dpmpp", eta=0.3).eta_for(None) == 0.3
 
     def draw(diff, **kw):
         return diff.sample(3, sampler="dpmpp", steps=4, seed=2, **kw)
-    assert (draw(uncond) == draw(uncond, eta=1.0)).all() and not (draw(uncond) == draw(uncond, eta=0.0)).all()
-    assert (draw(cond, label=3) == draw(cond, label=3, eta=0.0)).all()
+    assert (draw(uncond) == draw(uncond, eta=2.0, spacing="logsnr-capped")).all()
+    assert not (draw(uncond) == draw(uncond, eta=0.0)).all()
+    assert (draw(cond, label=3, guidance=1.0) == draw(cond, label=3, guidance=1.0, eta=0.5)).all()

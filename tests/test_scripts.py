@@ -132,7 +132,8 @@ def test_report_table_reads_evaluate_reports(tmp_path, capsys):
     base = {"n": 2000, "fid": 1.2345, "fid_floor": 0.11, "precision": 0.7, "recall": 0.8, "recognizable": 0.9,
             "class_entropy": 0.99, "step": 3200}
     (tmp_path / "b.json").write_text(json.dumps({**base, "label_accuracy": 0.95, "sampler": {
-        "sampler": "dpmpp", "steps": 20, "eta": 0.0, "guidance": 0.5, "labels": "balanced (image i ...)"}}))
+        "sampler": "dpmpp", "steps": 20, "eta": 0.0, "spacing": "logsnr-capped", "guidance": 0.5,
+        "labels": "balanced (image i ...)"}}))
     (tmp_path / "a.json").write_text(json.dumps({**base, "fid": 2.0, "sampler": {
         "sampler": "dpmpp", "steps": 20, "eta": 1.0, "guidance": 1.0, "autoguide": "x.pt", "autoguide_step": 800}}))
     out = tmp_path / "t.md"
@@ -140,7 +141,7 @@ def test_report_table_reads_evaluate_reports(tmp_path, capsys):
     rows = out.read_text().splitlines()
     assert rows[2] == ("| a | dpmpp 20, eta 1, W 1, autoguide step 800 | 3200 | 2,000 | 2.000 | 0.110 | "
                        "0.700 / 0.800 | 0.900 | 0.990 | - |")
-    assert rows[3].startswith("| b | dpmpp 20, W 0.5, balanced | 3200 | 2,000 | 1.234 |") and rows[3].endswith("0.950 |")
+    assert rows[3].startswith("| b | dpmpp 20 logsnr-capped, W 0.5, balanced | 3200 | 2,000 | 1.234 |") and rows[3].endswith("0.950 |")
     (tmp_path / "c.json").write_text("{}")
     with pytest.raises(SystemExit, match="not the report"):
         report_table.main([str(tmp_path / "c.json")])

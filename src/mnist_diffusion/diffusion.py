@@ -275,8 +275,8 @@ class Diffusion:
         """Draw images: uint8 (N, 28, 28), 0 = background. Image i depends only on (seed, i), never on
         the batch size. `label`: see `labels` (default num_images: 64, or 10 per class with "all");
         `guidance` W needs labels. Samplers: "ddpm" (ancestral; fewer `steps` than T respaces it),
-        "ddim" (eta = 0 deterministic) and "dpmpp" (DPM-Solver++(2M); eta None: 1 when nothing conditions
-        or guides the draw, else 0, SamplerOptions.eta_for); each has a default step count
+        "ddim" (eta = 0 deterministic) and "dpmpp" (DPM-Solver++(2M); eta None: 2, or 0.5 with guidance,
+        SamplerOptions.eta_for); each has a default step count
         and spacing (samplers.DEFAULT_STEPS / DEFAULT_SPACING). `callback(start, i, t, x_t, x0)` sees
         every network evaluation (sampling.Trajectory records frames with it)."""
         from .sampling import SamplerOptions, generate

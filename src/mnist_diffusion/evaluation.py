@@ -25,6 +25,7 @@ import torch
 from tqdm.auto import tqdm
 
 from .evaluator import EvalNet, embed, file_sha256, shipped_evaluator, weights_path
+from .samplers import DEFAULT_SPACING
 
 if TYPE_CHECKING:
     from .diffusion import Diffusion
@@ -400,7 +401,8 @@ def evaluate_model(diff: "Diffusion", options: "SamplerOptions", num_samples: in
                                     batch_size=batch_size, progress=progress)
     result["noise_mse"]["n"] = m
     result.update(checkpoint=diff.source, step=diff.step, seed=seed, sampler={
-        "sampler": options.sampler, "steps": options.steps, "eta": options.eta_for(requested, diff.guide is not None), "spacing": options.spacing,
+        "sampler": options.sampler, "steps": options.steps, "eta": options.eta_for(requested, diff.guide is not None),
+        "spacing": options.spacing or DEFAULT_SPACING[options.sampler],
         "clip": options.clip, "ema": diff.ema, "precision": diff.precision,
         "labels": "clusters drawn by their sizes" if diff.clustered else
                   "balanced (image i gets class i mod num_classes)" if labels is not None else None,

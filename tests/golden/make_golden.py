@@ -22,9 +22,11 @@ SAMPLE_RUNS = {
     "ddpm": ["--sampler", "ddpm", "--num-images", "6"],
     "ddpm-respaced": ["--sampler", "ddpm", "--steps", "7", "--num-images", "6"],
     "ddim": ["--sampler", "ddim", "--steps", "10", "--eta", "0.3", "--num-images", "6"],
-    # the ODE solver, the default when the golden files were made (unlabelled dpmpp now defaults to eta 1)
-    "dpmpp": ["--sampler", "dpmpp", "--steps", "8", "--eta", "0", "--num-images", "6"],
-    "guided": ["--sampler", "dpmpp", "--steps", "8", "--label", "all", "--nrow", "2", "--guidance", "0.5"],
+    # the ODE solver on the log-SNR grid, the defaults when the golden files were made (dpmpp now
+    # defaults to eta 2, or 0.5 with guidance, on the capped grid: issue 20)
+    "dpmpp": ["--sampler", "dpmpp", "--steps", "8", "--eta", "0", "--spacing", "logsnr", "--num-images", "6"],
+    "guided": ["--sampler", "dpmpp", "--steps", "8", "--eta", "0", "--spacing", "logsnr", "--label", "all", "--nrow",
+               "2", "--guidance", "0.5"],
     "label7": ["--sampler", "ddim", "--steps", "5", "--label", "7", "--num-images", "4", "--guidance", "2"],
 }
 EVALUATE_OPTIONS = ["--sampler", "ddim", "--steps", "5", "--guidance", "0.5", "--num-samples", "40",
