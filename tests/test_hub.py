@@ -111,6 +111,7 @@ def test_the_model_card_and_its_front_matter(tmp_path, capsys, mnist):
         assert line in front
     r = json.loads(report.read_text())
     assert f"| {r['fid']:.3f} |" in card and "label accuracy" in card and "![samples](samples.png)" in card
+    assert "images (ddim, 3 steps, uniform grid, eta 0, " in card  # how they were drawn, grid and eta included
     assert re.search(r"SHA-256 `[0-9a-f]{64}`", card)
     assert (out / "samples.png").read_bytes().startswith(b"\x89PNG")
 

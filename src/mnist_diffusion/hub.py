@@ -185,6 +185,8 @@ def model_card(cfg: RunConfig, info: dict, *, metrics: Optional[dict] = None, co
         lines += ["## Evaluation", "",
                   f"`mnist-diffusion evaluate` with the shipped evaluator, n = {metrics['n']:,} images "
                   f"({s.get('sampler')}, {s.get('steps')} steps"
+                  + (f", {s['spacing']} grid" if s.get("spacing") else "")
+                  + (f", eta {s['eta']:g}" if s.get("eta") is not None else "")
                   + (f", guidance W = {s['guidance']:g}, "
                      + ("clusters drawn by their sizes" if clustered else "balanced labels")
                      if s.get("guidance") is not None else "")
