@@ -114,12 +114,11 @@ def test_eta_above_one_is_for_dpmpp_only():
 def test_dpmpp_default_eta_depends_on_guidance(uncond, cond):
     """eta None: dpmpp takes eta 2 without guidance, 0.5 with classifier-free guidance, 0 with
     autoguidance; ddim stays deterministic; an explicit eta always wins."""
-    assert SamplerOptions(sampler="dpmpp").eta_for(None) == 2.0
-    assert SamplerOptions(sampler="dpmpp").eta_for(torch.tensor([1])) == 2.0
-    assert SamplerOptions(sampler="dpmpp", guidance=0.5).eta_for(torch.tensor([1])) == 0.5
-    assert SamplerOptions(sampler="dpmpp").eta_for(None, guided=True) == 0.0  # autoguidance
-    assert SamplerOptions(sampler="ddim").eta_for(None) == 0.0
-    assert SamplerOptions(sampler="dpmpp", eta=0.3).eta_for(None) == 0.3
+    assert SamplerOptions(sampler="dpmpp").eta_for() == 2.0  # with or without labels
+    assert SamplerOptions(sampler="dpmpp", guidance=0.5).eta_for() == 0.5
+    assert SamplerOptions(sampler="dpmpp").eta_for(autoguided=True) == 0.0
+    assert SamplerOptions(sampler="ddim").eta_for() == 0.0
+    assert SamplerOptions(sampler="dpmpp", eta=0.3).eta_for() == 0.3
 
     def draw(diff, **kw):
         return diff.sample(3, sampler="dpmpp", steps=4, seed=2, **kw)

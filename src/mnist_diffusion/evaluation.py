@@ -401,7 +401,7 @@ def evaluate_model(diff: "Diffusion", options: "SamplerOptions", num_samples: in
                                     batch_size=batch_size, progress=progress)
     result["noise_mse"]["n"] = m
     result.update(checkpoint=diff.source, step=diff.step, seed=seed, sampler={
-        "sampler": options.sampler, "steps": options.steps, "eta": options.eta_for(requested, diff.guide is not None),
+        "sampler": options.sampler, "steps": options.steps, "eta": options.eta_for(diff.guide is not None),
         "spacing": options.spacing or DEFAULT_SPACING[options.sampler],
         "clip": options.clip, "ema": diff.ema, "precision": diff.precision,
         "labels": "clusters drawn by their sizes" if diff.clustered else

@@ -74,15 +74,15 @@ class SamplerOptions:
     def as_dict(self) -> dict:
         return asdict(self)
 
-    def eta_for(self, labels: Optional[torch.Tensor], guided: bool = False) -> float:
+    def eta_for(self, autoguided: bool = False) -> float:
         """The eta a draw uses: the one given, else for dpmpp 2 without guidance, 0.5 with classifier-
-        free guidance and 0 with autoguidance (`guided`); 0 for ddim. On the shipped models at 20 steps
-        these beat the ODE solver and eta 1 on two training seeds: noise refreshes what the network
+        free guidance and 0 with autoguidance; 0 for ddim (labels do not change it). On the shipped
+        models at 20 steps these beat the ODE solver and eta 1 on two training seeds: noise refreshes what the network
         got wrong, while with guidance more noise acts as extra guidance and costs recall (n = 2,000,
         docs/BENCHMARKS.md "Few steps as good as many"). Autoguidance was measured only with eta 0."""
         if self.eta is not None:
             return self.eta
-        if self.sampler != "dpmpp" or guided:
+        if self.sampler != "dpmpp" or autoguided:
             return 0.0
         return 0.5 if self.guidance else 2.0
 
@@ -93,7 +93,7 @@ def sample_batches(diff: "Diffusion", num_images: int, options: SamplerOptions =
     """Yield (start, x_0) for images start.. of a run, a batch at a time, x_0 in [-1, 1] with shape
     (n, 1, 28, 28). `first` skips the images a stopped run already has (a whole number of batches)."""
     options.check(diff.schedule)
-    eta = options.eta_for(labels, diff.guide is not None)
+    eta = options.eta_for(diff.guide is not None)
 
     def draw(eps_fn, noise, start, n, step_done):
         return run_sampler(options.sampler, eps_fn, diff.schedule, noise.initial((1, 28, 28)), noise,
@@ -139,7 +139,7 @@ def edit_batches(diff: "Diffusion", images: torch.Tensor, strength: float, optio
     def draw(eps_fn, noise, start, n, step_done):
         return sdedit(options.sampler, eps_fn, diff.schedule, images[start:start + n].to(diff.device),
                       noise.initial((1, 28, 28)), noise, strength, steps=options.steps,
-                      eta=options.eta_for(labels, diff.guide is not None),
+                      eta=options.eta_for(diff.guide is not None),
                       spacing=options.spacing, clip=options.clip, callback=step_done)
     yield from _batches(diff, len(images), options, draw, evals, labels=labels, seed=seed, batch_size=batch_size,
                         progress=progress, callback=callback, desc="editing")
