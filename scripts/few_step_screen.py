@@ -4,10 +4,13 @@ evaluations, every variant from the same per-image seeds, in one process.
     PYTHONPATH=src python scripts/few_step_screen.py --model mnist-uncond --num-images 1000 \
         --variants "sde:grid=logsnr:eta=1,sde:grid=cap20:eta=2,ddpm:ddpm=100" --json out.json
 
-A variant is KIND:key=value:...; KIND sde/ode (DPM-Solver++(2M) with eta per step), restart
-(ilo, ihi, sub, k: Xu et al. 2023 restarts between two grid points) or ddpm (ddpm=STEPS, the
-library's respaced ancestral sampler); grid = logsnr | uniform | quadratic | capS (T-1, then
-uniform in log-SNR from sigma = S down), n = evaluations (default 20), eta (default 1 for sde, else 0).
+A variant is KIND:key=value:...; KIND sde/ode (DPM-Solver++(2M) with eta per step), sde3/ode3 (its
+third-order multistep form, 3M), restart (ilo, ihi, sub, k: Xu et al. 2023 restarts between two grid
+points) or ddpm (ddpm=STEPS, the library's respaced ancestral sampler); grid = logsnr | uniform |
+quadratic | capS (T-1, then uniform in log-SNR from sigma = S down) | karrasRHO (T-1, then EDM's
+sigma^(1/rho) grid from 20 down), n = grid points (default 20), eta (default 1 for sde, else 0);
+emin/emax/eta0: eta only at noise levels sigma/alpha in [emin, emax], eta0 elsewhere; glo/ghi:
+with --guidance, guide only at noise levels in [glo, ghi] (Kynkaanniemi et al. 2024), else conditional.
 
 A prototype bench for issue 20 (few-step samplers within 15% of many-step ones): variants are
 defined in VARIANTS below as (grid, eta per step, restarts). Winners move into samplers.py.
@@ -34,12 +37,13 @@ from mnist_diffusion.samplers import SPACINGS, _alpha_bar, _lambda, _pred_x0, ti
 from mnist_diffusion.sampling import SamplerOptions, _batches, generate
 
 
-def dpmpp_path(eps_fn, schedule, x, noise_fn, seq, etas, clip=True, restarts=()):
-    """SDE/ODE DPM-Solver++(2M) over `seq` (evaluation timesteps, the last one jumps to x0), eta per
-    step; restarts: (i_lo, i_hi, k) = after reaching seq[i_lo], renoise to seq[i_hi] (forward process)
-    and solve back to seq[i_lo] again, k times (Xu et al. 2023)."""
+def dpmpp_path(eps_fn, schedule, x, noise_fn, seq, etas, clip=True, restarts=(), order=2):
+    """SDE/ODE DPM-Solver++(2M) (order 3: the 3M multistep form, as k-diffusion's
+    sample_dpmpp_3m_sde, in VP coordinates) over `seq` (evaluation timesteps, the last one jumps to
+    x0), eta per step; restarts: (i_lo, i_hi, k) = after reaching seq[i_lo], renoise to seq[i_hi]
+    (forward process) and solve back to seq[i_lo] again, k times (Xu et al. 2023)."""
     def solve(x, ts, etas_here, final):
-        x0_prev = h_prev = None
+        x0_1 = x0_2 = h_1 = h_2 = None
         for i, t in enumerate(ts):
             x0, _ = _pred_x0(eps_fn, schedule, x, t, clip)
             if i + 1 == len(ts):
@@ -49,12 +53,25 @@ def dpmpp_path(eps_fn, schedule, x, noise_fn, seq, etas, clip=True, restarts=())
             s = ts[i + 1]
             a_t, a_s = _alpha_bar(schedule, t), _alpha_bar(schedule, s)
             h = _lambda(schedule, s) - _lambda(schedule, t)
-            d = x0 if x0_prev is None else (1 + 1 / (2 * h_prev / h)) * x0 - (1 / (2 * h_prev / h)) * x0_prev
             eta = etas_here[i]
-            x = ((1 - a_s) / (1 - a_t)) ** 0.5 * math.exp(-eta * h) * x - a_s ** 0.5 * math.expm1(-(1 + eta) * h) * d
+            he = (1 + eta) * h
+            if order == 2:
+                d = x0 if x0_1 is None else (1 + 1 / (2 * h_1 / h)) * x0 - (1 / (2 * h_1 / h)) * x0_1
+                x = ((1 - a_s) / (1 - a_t)) ** 0.5 * math.exp(-eta * h) * x - a_s ** 0.5 * math.expm1(-he) * d
+            else:
+                x = ((1 - a_s) / (1 - a_t)) ** 0.5 * math.exp(-eta * h) * x - a_s ** 0.5 * math.expm1(-he) * x0
+                phi2 = math.expm1(-he) / he + 1
+                if h_2 is not None:
+                    r0, r1 = h_1 / h, h_2 / h
+                    d10, d11 = (x0 - x0_1) / r0, (x0_1 - x0_2) / r1
+                    d1 = d10 + (d10 - d11) * r0 / (r0 + r1)
+                    d2 = (d10 - d11) / (r0 + r1)
+                    x = x + a_s ** 0.5 * (phi2 * d1 - (phi2 / he - 0.5) * d2)
+                elif h_1 is not None:
+                    x = x + a_s ** 0.5 * phi2 * (x0 - x0_1) / (h_1 / h)
             if eta > 0:
                 x = x + (1 - a_s) ** 0.5 * math.sqrt(-math.expm1(-2 * eta * h)) * noise_fn(x)
-            x0_prev, h_prev = x0, h
+            x0_1, x0_2, h_1, h_2 = x0, x0_1, h, h_1
         return None, x
 
     if not restarts:
@@ -73,13 +90,28 @@ def dpmpp_path(eps_fn, schedule, x, noise_fn, seq, etas, clip=True, restarts=())
     return out
 
 
+def noise_level(schedule, t):
+    """sigma/alpha at timestep t (EDM's sigma)."""
+    a = _alpha_bar(schedule, t)
+    return ((1 - a) / a) ** 0.5
+
+
 def grid(schedule, n, kind):
     """Evaluation timesteps for a variant: the library's spacings, or capS (T-1, then n-1 points
     uniform in lambda from sigma = S down to t = 0, which is dropped)."""
     if kind in SPACINGS:
         return timestep_sequence(schedule, n, kind, include_zero=False)
+    if kind.startswith("karras"):  # EDM's grid: sigma^(1/rho) uniform from 20 down, rho from the name
+        rho = float(kind[6:] or 7)
+        sig = torch.tensor([noise_level(schedule, t) for t in range(schedule.timesteps)], dtype=torch.float64)
+        smax, smin = 20.0, float(sig[0])
+        r = torch.linspace(0, 1, n, dtype=torch.float64)
+        target = (smax ** (1 / rho) + r * (smin ** (1 / rho) - smax ** (1 / rho))) ** rho
+        q = sorted({int(torch.argmin((sig.log() - v.log()).abs())) for v in target} - {0}, reverse=True)
+        return [schedule.timesteps - 1] + q[: n - 1]
     if not kind.startswith("cap"):
-        raise ValueError(f"unknown grid {kind!r}: {', '.join(SPACINGS)} or capS (S a noise level, e.g. cap20)")
+        raise ValueError(f"unknown grid {kind!r}: {', '.join(SPACINGS)}, capS (S a noise level, e.g. cap20) "
+                         "or karrasRHO")
     cap = float(kind[3:])
     if not cap > 0:
         raise ValueError(f"grid {kind!r}: the cap must be a noise level > 0")
@@ -93,15 +125,21 @@ def grid(schedule, n, kind):
 def plan(schedule, name):
     """One variant KIND:key=value:... -> (kind, evaluation grid, eta per step, restarts, network evaluations)."""
     kind, *pairs = name.split(":")
-    if kind not in ("sde", "ode", "restart", "ddpm") or any(p.count("=") != 1 for p in pairs):
-        raise ValueError(f"variant {name!r}: expected KIND:key=value:... with KIND sde, ode, restart or ddpm")
+    if kind not in ("sde", "ode", "sde3", "ode3", "restart", "ddpm") or any(p.count("=") != 1 for p in pairs):
+        raise ValueError(f"variant {name!r}: expected KIND:key=value:... with KIND sde, ode, sde3, ode3, restart "
+                         "or ddpm")
     spec = dict(p.split("=") for p in pairs)
     if kind == "ddpm":
-        return kind, None, None, (), int(spec.get("ddpm", 100))
+        return kind, None, None, (), int(spec.get("ddpm", 100)), (0, math.inf)
     seq = grid(schedule, int(spec.get("n", 20)), spec.get("grid", "logsnr"))
-    eta = float(spec.get("eta", 0.0 if kind != "sde" else 1.0))
+    eta = float(spec.get("eta", 0.0 if not kind.startswith("sde") else 1.0))
     if not 0 <= eta <= 100:
         raise ValueError(f"variant {name!r}: eta must be in [0, 100]")
+    # eta only at steps whose noise level is in [emin, emax] (EDM's churn window), eta0 elsewhere
+    emin, emax, eta0 = float(spec.get("emin", 0)), float(spec.get("emax", math.inf)), float(spec.get("eta0", 0))
+    etas = [eta if emin <= noise_level(schedule, t) <= emax else eta0 for t in seq]
+    # guidance only at noise levels in [glo, ghi] (Kynkaanniemi et al. 2024), plain conditional elsewhere
+    band = (float(spec.get("glo", 0)), float(spec.get("ghi", math.inf)))
     restarts = ()
     if kind == "restart":  # sub-grid between seq[ihi] and seq[ilo], nsub evaluations uniform in lambda
         k, i_lo, i_hi, nsub = int(spec.get("k", 1)), int(spec["ilo"]), int(spec["ihi"]), int(spec.get("sub", 3))
@@ -112,18 +150,28 @@ def plan(schedule, name):
         sub = [min(range(schedule.timesteps), key=lambda t: abs(lam[t] - (lh + (ll - lh) * j / nsub)))
                for j in range(nsub + 1)]
         restarts = (i_lo, i_hi, k, sub)
-    return kind, seq, [eta] * len(seq), restarts, len(seq) + (restarts[2] * (len(restarts[3]) - 1) if restarts else 0)
+    nfe = len(seq) + (restarts[2] * (len(restarts[3]) - 1) if restarts else 0)
+    return kind, seq, etas, restarts, nfe, band
 
 
-def draw(diff, kind, seq, etas, restarts, nfe, n, guidance, labels, batch_size):
+def draw(diff, kind, seq, etas, restarts, nfe, n, guidance, labels, batch_size, band=(0, math.inf)):
     """uint8 images of one variant, through the library's batch loop (per-image seeds, guidance)."""
     if kind == "ddpm":
         return generate(diff, n, SamplerOptions(sampler="ddpm", steps=nfe, guidance=guidance), labels=labels,
                         batch_size=batch_size)
     imgs = np.empty((n, 28, 28), np.uint8)
+    banded = guidance and band != (0, math.inf)
+    sched = diff.schedule
 
     def run(eps_fn, noise, start, m, step_done):
-        return dpmpp_path(eps_fn, diff.schedule, noise.initial((1, 28, 28)), noise, seq, etas, restarts=restarts)
+        if banded:  # guided inside the band, plain conditional outside
+            plain = diff.eps_fn(labels[start:start + m], 0.0)
+            guided = eps_fn
+
+            def eps_fn(x, t):
+                return guided(x, t) if band[0] <= noise_level(sched, int(t[0])) <= band[1] else plain(x, t)
+        return dpmpp_path(eps_fn, sched, noise.initial((1, 28, 28)), noise, seq, etas, restarts=restarts,
+                          order=3 if kind.endswith("3") else 2)
     for start, x0 in _batches(diff, n, SamplerOptions(guidance=guidance), run, nfe, labels=labels, seed=0,
                               batch_size=batch_size):
         imgs[start:start + len(x0)] = to_uint8(x0)
@@ -161,9 +209,11 @@ def main(argv=None):
     elif diff.num_classes:
         labels = torch.as_tensor(balanced_labels(n, diff.num_classes))
     try:
-        for name, (kind, seq, etas, restarts, nfe) in plans.items():
+        for name, (kind, seq, etas, restarts, nfe, band) in plans.items():
             t0 = time.time()
-            imgs = draw(diff, kind, seq, etas, restarts, nfe, n, a.guidance, labels, a.batch_size)
+            imgs = draw(diff, kind, seq, etas, restarts, nfe, n, a.guidance, labels, a.batch_size, band)
+            if a.guidance and kind != "ddpm":  # evaluations per image: two where guided
+                nfe += sum(band[0] <= noise_level(diff.schedule, t) <= band[1] for t in seq)
             dt = time.time() - t0
             r = evaluate_images(imgs, diff.dataset,
                                 labels=None if diff.clustered or labels is None else labels.numpy())

@@ -140,6 +140,7 @@ def test_sample_one_label_with_guidance(checkpoints, tmp_path):
     ("uncond", ["--autoguide", "CKPT_cond", "--guidance", "1"], "same conditioning"),
     ("uncond", ["--autoguide", "CKPT_uncond"], "--autoguide needs --guidance"),
     ("uncond", ["--autoguide", "missing.pt", "--guidance", "1"], "missing.pt"),
+    ("cond", ["--label", "7", "--guidance", "1", "--guidance-interval", "5,0.3"], "guidance interval"),
 ])
 def test_sample_label_errors_are_one_line(checkpoints, tmp_path, capsys, which, args, message):
     out = tmp_path / "x.png"
@@ -166,6 +167,13 @@ def test_sample_label_must_be_a_class_or_all(checkpoints):
     with pytest.raises(SystemExit) as e:
         main(["sample", "--checkpoint", checkpoints["cond"], "--label", "seven"])
     assert e.value.code == 2
+
+
+@pytest.mark.parametrize("value", ["0.3", "a,b", "1,2,3", "nan,1"])
+def test_guidance_interval_must_be_two_numbers(checkpoints, capsys, value):
+    with pytest.raises(SystemExit) as e:
+        main(["sample", "--checkpoint", checkpoints["cond"], "--guidance-interval", value])
+    assert e.value.code == 2 and "LO,HI" in capsys.readouterr().err
 
 
 def test_interpolate_between_seeds(checkpoints, tmp_path, capsys):

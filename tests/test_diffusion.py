@@ -73,6 +73,30 @@ def test_guidance_closed_form(cond):
         assert torch.allclose(cond.eps_fn(y, w)(x, t), u + (1 + w) * (c - u), atol=1e-5)
 
 
+def test_guidance_interval_guides_only_inside_it(cond):
+    """Kynkaanniemi et al. 2024: inside [lo, hi] of the noise level sigma_t = sqrt((1 - a_t) / a_t)
+    the guided eps, outside it the conditional one, image by image; outside, one evaluation."""
+    x, _ = _xt()
+    y = torch.tensor([0, 3, 7, 9])
+    sigma = ((1 - cond.schedule.alpha_bar) / cond.schedule.alpha_bar).sqrt()
+    lo, hi = float(sigma[5]), float(sigma[12])  # timesteps 5..12 inside (sigma grows with t)
+    t = torch.tensor([2, 5, 12, 17])
+    w = 2.0
+    got = cond.eps_fn(y, w, (lo, hi))(x, t)
+    plain, guided = cond.eps_fn(y, 0.0)(x, t), cond.eps_fn(y, w)(x, t)
+    assert not torch.allclose(plain, guided, atol=1e-4)  # guidance matters, so the checks below mean something
+    for i, inside in enumerate([False, True, True, False]):
+        torch.testing.assert_close(got[i], (guided if inside else plain)[i], rtol=0, atol=1e-6)
+    batches = []
+    hook = cond.model.register_forward_hook(lambda m, args, out: batches.append(len(args[0])))
+    try:
+        cond.eps_fn(y, w, (lo, hi))(x, torch.full((4,), 17))
+        cond.eps_fn(y, w, (lo, hi))(x, torch.full((4,), 8))
+    finally:
+        hook.remove()
+    assert batches == [4, 8]  # outside: the conditional batch only; inside: conditional and null together
+
+
 def test_no_labels_is_the_unconditional_path(cond, uncond):
     x, t = _xt()
     assert cond.null_label == C and uncond.null_label is None
@@ -209,6 +233,10 @@ def test_autoguidance_mixes_the_two_models_eps():
     want = weak.eps_fn()(x, t) + 3.0 * (strong.eps_fn()(x, t) - weak.eps_fn()(x, t))
     torch.testing.assert_close(guided.eps_fn(None, 2.0)(x, t), want, rtol=0, atol=1e-6)
     torch.testing.assert_close(guided.eps_fn(None, 0.0)(x, t), strong.eps_fn()(x, t), rtol=0, atol=0)
+    sigma = ((1 - strong.schedule.alpha_bar) / strong.schedule.alpha_bar).sqrt()
+    banded = guided.eps_fn(None, 2.0, (float(sigma[8]), float(sigma[12])))(x, t)  # only t = 9 is inside
+    torch.testing.assert_close(banded[1], want[1], rtol=0, atol=1e-6)
+    torch.testing.assert_close(banded[[0, 2]], strong.eps_fn()(x, t)[[0, 2]], rtol=0, atol=1e-6)
     same = strong.autoguided(strong)
     assert (same.sample(4, guidance=2.0, sampler="ddim", steps=5, seed=3)
             == strong.sample(4, sampler="ddim", steps=5, seed=3)).all()

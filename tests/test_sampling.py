@@ -111,6 +111,30 @@ def test_eta_above_one_is_for_dpmpp_only():
             SamplerOptions(**bad)
 
 
+def test_guidance_interval_defaults_and_checks(cond):
+    """dpmpp with classifier-free guidance guides at noise levels 0.3-5 unless told otherwise; other
+    samplers and autoguidance guide at every step; 0,inf means every step; bad intervals are
+    one-line errors."""
+    from mnist_diffusion.sampling import GUIDANCE_INTERVAL
+    assert GUIDANCE_INTERVAL == (0.3, 5.0)
+    assert SamplerOptions(sampler="dpmpp", guidance=0.5).interval_for() == (0.3, 5.0)
+    assert SamplerOptions(sampler="dpmpp", guidance=0.5).interval_for(autoguided=True) is None
+    assert SamplerOptions(sampler="ddpm", guidance=0.5).interval_for() is None
+    assert SamplerOptions(sampler="dpmpp").interval_for() is None
+    assert SamplerOptions(sampler="ddim", guidance=1, guidance_interval=(1, 2)).interval_for() == (1.0, 2.0)
+    assert SamplerOptions(sampler="dpmpp", guidance=1, guidance_interval=(0, float("inf"))).interval_for() is None
+    for bad in [(5, 0.3), (-1, 2), (1, 1), (float("nan"), 2), (1,)]:
+        with pytest.raises(ValueError, match="guidance interval"):
+            SamplerOptions(guidance_interval=bad)
+
+    def draw(**kw):
+        return cond.sample(3, label=4, guidance=1.0, sampler="dpmpp", steps=4, seed=2, **kw)
+    everywhere = draw(guidance_interval=(0, float("inf")))
+    assert (draw() == draw(guidance_interval=GUIDANCE_INTERVAL)).all()
+    assert (everywhere == draw(guidance_interval=(0, 1e30))).all()
+    assert not (draw() == everywhere).all()
+
+
 def test_dpmpp_default_eta_depends_on_guidance(uncond, cond):
     """eta None: dpmpp takes eta 2 without guidance, 0.5 with classifier-free guidance, 0 with
     autoguidance; ddim stays deterministic; an explicit eta always wins."""

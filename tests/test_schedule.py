@@ -4,8 +4,9 @@ import pytest
 import torch
 
 from mnist_diffusion.schedule import (Schedule, cosine_betas, diffusion_loss, eps_from_output, guidance_mix,
-                                      linear_betas, make_schedule, min_snr_weight, predict_eps_from_x0,
-                                      predict_x0_from_eps, q_posterior, q_sample, q_step, v_target)
+                                      guidance_weights, linear_betas, make_schedule, min_snr_weight, noise_level,
+                                      predict_eps_from_x0, predict_x0_from_eps, q_posterior, q_sample, q_step,
+                                      v_target)
 
 
 @pytest.mark.parametrize("name", ["linear", "cosine"])
@@ -197,3 +198,19 @@ def test_eps_from_output_for_each_parameterisation():
     x_t = q_sample(s, x0, t, eps)
     assert torch.equal(eps_from_output(s, "eps", x_t, t, eps), eps)
     torch.testing.assert_close(eps_from_output(s, "v", x_t, t, v_target(s, x0, t, eps)), eps, rtol=1e-4, atol=1e-4)
+
+
+def test_noise_level_and_the_guidance_interval():
+    """sigma_t = sqrt((1 - a_t) / a_t): x_t / sqrt(a_t) = x_0 + sigma_t eps; the guidance interval
+    gives w inside [lo, hi] of it (ends included) and 0 outside; None guides everywhere."""
+    s = make_schedule("cosine", 100)
+    t = torch.arange(100)
+    sigma = noise_level(s, t)
+    a = s.alpha_bar
+    torch.testing.assert_close(sigma ** 2 * a, 1 - a)  # the definition, squared
+    assert bool((sigma[1:] > sigma[:-1]).all())  # more noise with t
+    lo, hi = float(sigma[20]), float(sigma[60])
+    w = guidance_weights(s, t, 0.5, (lo, hi))
+    assert w.dtype == torch.float32 and w.shape == (100,)
+    assert (w[20:61] == 0.5).all() and (w[:20] == 0).all() and (w[61:] == 0).all()
+    assert (guidance_weights(s, t, 0.5) == 0.5).all()

@@ -23,7 +23,7 @@ import torch
 
 from .config import RunConfig
 from .device import autocast, resolve_device, resolve_precision
-from .schedule import Schedule, diffusion_loss, eps_from_output, guidance_mix, make_schedule
+from .schedule import Schedule, diffusion_loss, eps_from_output, guidance_mix, guidance_weights, make_schedule
 
 Label = Union[None, int, str, Sequence[int], torch.Tensor]
 
@@ -220,17 +220,24 @@ class Diffusion:
     # -----------------------------------------------------------------------------------------
     # the network as the samplers see it
 
-    def eps_fn(self, labels: Optional[torch.Tensor] = None, guidance: float = 0.0):
+    def eps_fn(self, labels: Optional[torch.Tensor] = None, guidance: float = 0.0,
+               interval: Optional[tuple[float, float]] = None):
         """eps_fn(x_t, t) -> eps for the samplers, under the sampling precision's autocast. With
         labels and guidance w, classifier-free guidance mixes the conditional and unconditional
         outputs (schedule.guidance_mix; w = 0 is plain conditional sampling); labels=None is the
         unconditional path. A v-predicting network's output is turned into eps (eps_from_output).
-        An autoguided model (autoguided) mixes its eps with its guide's instead, labels or not."""
+        An autoguided model (autoguided) mixes its eps with its guide's instead, labels or not.
+        `interval` (lo, hi): guide only where the noise level sigma_t is in [lo, hi]
+        (schedule.guidance_weights); elsewhere one evaluation gives the unguided prediction."""
         if self.guide is not None and guidance:
             strong, weak = copy_without_guide(self).eps_fn(labels), self.guide.eps_fn(labels)
+            schedule = self.schedule
 
             def autoguided(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-                mixed = guidance_mix(strong(x, t), weak(x, t), guidance)
+                w = guidance_weights(schedule, t, guidance, interval)
+                if not bool(w.any()):
+                    return strong(x, t)
+                mixed = guidance_mix(strong(x, t), weak(x, t), w.to(x.device).view(-1, *[1] * (x.ndim - 1)))
                 if not bool(torch.isfinite(mixed).all()):
                     raise ValueError(f"guidance {guidance:g} made the prediction overflow (non-finite values); "
                                      "use a smaller guidance")
@@ -243,11 +250,13 @@ class Diffusion:
                 if labels is None:
                     return model(x, t).float()
                 y = labels.to(x.device)
-                if guidance == 0.0:
+                w = guidance_weights(schedule, t, guidance, interval) if guidance else None
+                if w is None or not bool(w.any()):
                     return model(x, t, y).float()
                 both = model(torch.cat([x, x]), torch.cat([t, t]), torch.cat([y, torch.full_like(y, null)])).float()
                 cond, uncond = both.chunk(2)
-                mixed = guidance_mix(cond, uncond, guidance)
+                mixed = guidance_mix(cond, uncond, guidance if interval is None
+                                     else w.to(x.device).view(-1, *[1] * (x.ndim - 1)))
                 if not bool(torch.isfinite(mixed).all()):  # clipping x0 would hide it as black images
                     raise ValueError(f"guidance {guidance:g} made the model's prediction overflow (non-finite "
                                      "values); use a smaller guidance")
@@ -269,14 +278,16 @@ class Diffusion:
     # sampling
 
     def sample(self, num_images: Optional[int] = None, *, label: Label = None, guidance: float = 0.0,
-               sampler: str = "ddpm", steps: Optional[int] = None, eta: Optional[float] = None,
-               spacing: Optional[str] = None, clip: bool = True, seed: int = 0, batch_size: int = 256,
-               progress: bool = False, callback=None) -> np.ndarray:
+               guidance_interval: Optional[tuple[float, float]] = None, sampler: str = "ddpm",
+               steps: Optional[int] = None, eta: Optional[float] = None, spacing: Optional[str] = None,
+               clip: bool = True, seed: int = 0, batch_size: int = 256, progress: bool = False,
+               callback=None) -> np.ndarray:
         """Draw images: uint8 (N, 28, 28), 0 = background. Image i depends only on (seed, i), never on
         the batch size. `label`: see `labels` (default num_images: 64, or 10 per class with "all");
         `guidance` W needs labels. Samplers: "ddpm" (ancestral; fewer `steps` than T respaces it),
         "ddim" (eta = 0 deterministic) and "dpmpp" (DPM-Solver++(2M); eta None: 2, or 0.5 with guidance,
-        SamplerOptions.eta_for); each has a default step count
+        SamplerOptions.eta_for; with guidance, dpmpp guides only at noise levels in
+        `guidance_interval`, default 0.3-5, SamplerOptions.interval_for); each has a default step count
         and spacing (samplers.DEFAULT_STEPS / DEFAULT_SPACING). `callback(start, i, t, x_t, x0)` sees
         every network evaluation (sampling.Trajectory records frames with it)."""
         from .sampling import SamplerOptions, generate
@@ -285,7 +296,8 @@ class Diffusion:
                 num_images = len(label)
             else:
                 num_images = 10 * self.num_classes if label == "all" and self.num_classes else 64
-        options = SamplerOptions(sampler=sampler, steps=steps, eta=eta, spacing=spacing, clip=clip, guidance=guidance)
+        options = SamplerOptions(sampler=sampler, steps=steps, eta=eta, spacing=spacing, clip=clip, guidance=guidance,
+                                 guidance_interval=guidance_interval)
         labels = self.labels(self.default_label(label), num_images, seed)
         return generate(self, num_images, options, labels=labels, seed=seed,
                         batch_size=batch_size, progress=progress, callback=callback)
@@ -300,7 +312,8 @@ class Diffusion:
                                                             batch_size=batch_size)]
         return torch.cat(parts)
 
-    def inpaint(self, images, mask, *, label: Label = None, guidance: float = 0.0, sampler: str = "ddpm",
+    def inpaint(self, images, mask, *, label: Label = None, guidance: float = 0.0,
+                guidance_interval: Optional[tuple[float, float]] = None, sampler: str = "ddpm",
                 steps: Optional[int] = None, eta: Optional[float] = None, spacing: Optional[str] = None, clip: bool = True,
                 jump_length: int = 10, resample: int = 1, seed: int = 0, batch_size: int = 256,
                 progress: bool = False) -> np.ndarray:
@@ -312,12 +325,14 @@ class Diffusion:
         from .sampling import SamplerOptions, inpaint_batches
         known = self._as_model_range(images)
         m = torch.as_tensor(check_mask(mask, len(known)))[:, None]
-        options = SamplerOptions(sampler=sampler, steps=steps, eta=eta, spacing=spacing, clip=clip, guidance=guidance)
+        options = SamplerOptions(sampler=sampler, steps=steps, eta=eta, spacing=spacing, clip=clip, guidance=guidance,
+                                 guidance_interval=guidance_interval)
         return self._gather(inpaint_batches(self, known, m, options, jump_length=jump_length, resample=resample,
                                             labels=self.labels(label, len(known)), seed=seed, batch_size=batch_size,
                                             progress=progress), len(known))
 
-    def edit(self, images, strength: float, *, label: Label = None, guidance: float = 0.0, sampler: str = "ddpm",
+    def edit(self, images, strength: float, *, label: Label = None, guidance: float = 0.0,
+             guidance_interval: Optional[tuple[float, float]] = None, sampler: str = "ddpm",
              steps: Optional[int] = None, eta: Optional[float] = None, spacing: Optional[str] = None, clip: bool = True,
              seed: int = 0, batch_size: int = 256, progress: bool = False) -> np.ndarray:
         """SDEdit (Meng et al. 2022): noise `images` to `strength` in [0, 1] of the way and denoise,
@@ -328,7 +343,8 @@ class Diffusion:
         if not 0.0 <= strength <= 1.0:
             raise ValueError(f"strength must be in [0, 1], got {strength}")
         x = self._as_model_range(images)
-        options = SamplerOptions(sampler=sampler, steps=steps, eta=eta, spacing=spacing, clip=clip, guidance=guidance)
+        options = SamplerOptions(sampler=sampler, steps=steps, eta=eta, spacing=spacing, clip=clip, guidance=guidance,
+                                 guidance_interval=guidance_interval)
         labels = self.labels(label, len(x))
         if strength == 0.0:
             self.check_labels(labels, len(x), guidance)

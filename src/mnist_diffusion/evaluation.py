@@ -407,6 +407,9 @@ def evaluate_model(diff: "Diffusion", options: "SamplerOptions", num_samples: in
         "labels": "clusters drawn by their sizes" if diff.clustered else
                   "balanced (image i gets class i mod num_classes)" if labels is not None else None,
         "guidance": options.guidance if requested is not None or diff.guide is not None else None,
+        # the noise levels guided at; None: every step
+        **({"guidance_interval": (lambda gi: list(gi) if gi else None)(options.interval_for(diff.guide is not None))}
+           if options.guidance else {}),
         **({"autoguide": diff.guide.source, "autoguide_step": diff.guide.step} if diff.guide is not None else {})})
     if dataset != diff.dataset:
         result["warning"] = f"the model was trained on {diff.dataset}, scored against {dataset}"

@@ -69,6 +69,17 @@ def two_ints(text: str) -> tuple[int, int]:
     return vals[0], vals[1]
 
 
+def float_pair(text: str) -> tuple[float, float]:
+    """LO,HI: two numbers (inf allowed), e.g. a guidance interval 0.3,5."""
+    try:
+        vals = tuple(float(v) for v in text.split(","))
+    except ValueError:
+        vals = ()
+    if len(vals) != 2 or any(v != v for v in vals):
+        raise argparse.ArgumentTypeError(f"expected two comma-separated numbers LO,HI, got {text!r}")
+    return vals
+
+
 def label_arg(text: str):
     if text == "all":
         return "all"
@@ -95,7 +106,8 @@ def add_fields(p: argparse.ArgumentParser, fields, prefix: str = "", keep_defaul
         elif f.name == "nonfinite":
             p.add_argument(flag, action="store_const", const="skip", **kw)
         elif typing.get_origin(hint) is tuple:
-            p.add_argument(flag, type=int_list, **kw)
+            p.add_argument(flag, type=float_pair if typing.get_args(hint) == (float, float) else int_list,
+                           metavar="LO,HI" if typing.get_args(hint) == (float, float) else None, **kw)
         elif meta["choices"]:
             p.add_argument(flag, choices=meta["choices"], **kw)
         else:

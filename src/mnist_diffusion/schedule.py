@@ -19,6 +19,8 @@ Equation -> function (Ho et al. 2020 unless another paper is named):
                                                                              eps_from_output
   Hang et al. 2023: Min-SNR-gamma weights min(SNR_t, gamma) / SNR_t           min_snr_weight
   Ho & Salimans 2022: eps~ = eps(x, null) + (1 + w) (eps(x, y) - eps(x, null))   guidance_mix
+  Kynkaanniemi et al. 2024: guide only where sigma_t = sqrt((1 - a_t) / a_t)   noise_level,
+      (EDM's noise level) is inside an interval [lo, hi]                     guidance_weights
 The reverse-process update rules (Algorithm 2, DDIM eq. 12, DPM-Solver++) sit beside their loops
 in samplers.py.
 """
@@ -162,11 +164,30 @@ def eps_from_output(schedule: Schedule, prediction: str, x_t: torch.Tensor, t: t
     return eps_from_v(schedule, x_t, t, out.to(x_t.dtype)) if prediction == "v" else out
 
 
-def guidance_mix(cond: torch.Tensor, uncond: torch.Tensor, w: float) -> torch.Tensor:
+def guidance_mix(cond: torch.Tensor, uncond: torch.Tensor, w) -> torch.Tensor:
     """Classifier-free guidance (Ho & Salimans 2022, eq. 6): uncond + (1 + w) (cond - uncond); w = 0 is
-    the conditional prediction. It may mix v outputs as well as eps ones: eps is affine in v with
-    coefficients that do not depend on the label, so mixing commutes with eps_from_v."""
+    the conditional prediction; w a float, or a tensor that broadcasts (one weight per image). It may
+    mix v outputs as well as eps ones: eps is affine in v with coefficients that do not depend on the
+    label, so mixing commutes with eps_from_v."""
     return uncond + (1.0 + w) * (cond - uncond)
+
+
+def noise_level(schedule: Schedule, t: torch.Tensor) -> torch.Tensor:
+    """sigma_t = sqrt((1 - a_t) / a_t), the noise level of x_t / sqrt(a_t) (EDM's sigma), float64 per t."""
+    a = schedule.alpha_bar.to(t.device)[t]
+    return ((1 - a) / a).sqrt()
+
+
+def guidance_weights(schedule: Schedule, t: torch.Tensor, w: float,
+                     interval: Optional[tuple[float, float]] = None) -> torch.Tensor:
+    """The guidance weight of each image at timesteps t: w where noise_level(t) is in
+    [lo, hi] (Kynkaanniemi et al. 2024, "guidance interval"), 0 (the plain conditional
+    prediction) elsewhere; interval None guides at every noise level. Shape (B,), float32."""
+    if interval is None:
+        return torch.full(t.shape, float(w), device=t.device)
+    sigma = noise_level(schedule, t)
+    inside = (sigma >= interval[0]) & (sigma <= interval[1])
+    return torch.where(inside, float(w), 0.0).float()
 
 
 def training_target(schedule: Schedule, prediction: str, x0: torch.Tensor, t: torch.Tensor,
