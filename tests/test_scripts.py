@@ -169,3 +169,33 @@ def test_report_table_never_writes_over_a_report(tmp_path):
     with pytest.raises(SystemExit, match="one of the reports"):
         report_table.main([str(report), "--output", str(report)])
     assert json.loads(report.read_text()) == {"n": 10, "fid": 1.0}
+
+
+def test_few_step_screen_reproduces_the_library(checkpoints, tmp_path):
+    """scripts/few_step_screen.py: its variant on the library's grid draws the very images the library
+    draws with the same options (so its baseline rows equal `evaluate`'s), a guidance band over every
+    noise level is no band, and each variant's row has its network evaluations counted."""
+    import torch
+
+    import mnist_diffusion as md
+    from mnist_diffusion.evaluation import balanced_labels
+    from mnist_diffusion.sampling import SamplerOptions, generate
+    screen = _script("few_step_screen")
+    diff = md.load(checkpoints["cond"], device="cpu")
+    labels = torch.as_tensor(balanced_labels(6, 10))
+    lib = generate(diff, 6, SamplerOptions(sampler="dpmpp", steps=4, guidance=0.5), labels=labels, batch_size=3)
+    variant = "sde:grid=logsnr-capped:eta=0.5:glo=0.3:ghi=5:n=4"
+    kind, seq, etas, restarts, nfe, band = screen.plan(diff.schedule, variant)
+    assert band == (0.3, 5.0) and etas == [0.5] * 4
+    assert np.array_equal(screen.draw(diff, kind, seq, etas, restarts, nfe, 6, 0.5, labels, 3, band), lib)
+    out = tmp_path / "screen.json"
+    with pytest.raises(SystemExit, match="eta must be"):
+        screen.main(["--model", checkpoints["cond"], "--variants", "sde:eta=-1"])
+    screen.main(["--model", checkpoints["cond"], "--num-images", "12", "--batch-size", "6", "--guidance", "0.5",
+                 "--json", str(out), "--variants",
+                 "sde:grid=cap20:eta=0.5:n=4,sde:grid=cap20:eta=0.5:n=4:glo=0:ghi=inf,ode3:grid=karras7:n=4"])
+    rows = json.loads(out.read_text())
+    assert list(rows) == ["sde:grid=cap20:eta=0.5:n=4", "sde:grid=cap20:eta=0.5:n=4:glo=0:ghi=inf",
+                          "ode3:grid=karras7:n=4"]
+    assert rows["sde:grid=cap20:eta=0.5:n=4"]["fid"] == rows["sde:grid=cap20:eta=0.5:n=4:glo=0:ghi=inf"]["fid"]
+    assert all(r["nfe"] == 8 and len(r["seq"]) == 4 and r["fid"] > 0 for r in rows.values())  # guided: 2 per step
