@@ -35,6 +35,7 @@ from mnist_diffusion.data import DataError, to_uint8
 from mnist_diffusion.evaluation import balanced_labels, evaluate_images
 from mnist_diffusion.samplers import SPACINGS, _alpha_bar, _lambda, _pred_x0, timestep_sequence
 from mnist_diffusion.sampling import SamplerOptions, _batches, generate
+from mnist_diffusion.schedule import noise_level as schedule_noise_level
 
 
 def dpmpp_path(eps_fn, schedule, x, noise_fn, seq, etas, clip=True, restarts=(), order=2):
@@ -91,9 +92,8 @@ def dpmpp_path(eps_fn, schedule, x, noise_fn, seq, etas, clip=True, restarts=(),
 
 
 def noise_level(schedule, t):
-    """sigma/alpha at timestep t (EDM's sigma)."""
-    a = _alpha_bar(schedule, t)
-    return ((1 - a) / a) ** 0.5
+    """sigma_t at one timestep, as a float (schedule.noise_level)."""
+    return float(schedule_noise_level(schedule, torch.tensor(t)))
 
 
 def grid(schedule, n, kind):

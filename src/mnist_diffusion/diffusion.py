@@ -234,10 +234,10 @@ class Diffusion:
             schedule = self.schedule
 
             def autoguided(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-                w = guidance_weights(schedule, t, guidance, interval)
-                if not bool(w.any()):
+                w = _weight(schedule, x, t, guidance, interval)
+                if w is None:
                     return strong(x, t)
-                mixed = guidance_mix(strong(x, t), weak(x, t), w.to(x.device).view(-1, *[1] * (x.ndim - 1)))
+                mixed = guidance_mix(strong(x, t), weak(x, t), w)
                 if not bool(torch.isfinite(mixed).all()):
                     raise ValueError(f"guidance {guidance:g} made the prediction overflow (non-finite values); "
                                      "use a smaller guidance")
@@ -250,13 +250,12 @@ class Diffusion:
                 if labels is None:
                     return model(x, t).float()
                 y = labels.to(x.device)
-                w = guidance_weights(schedule, t, guidance, interval) if guidance else None
-                if w is None or not bool(w.any()):
+                w = _weight(schedule, x, t, guidance, interval)
+                if w is None:
                     return model(x, t, y).float()
                 both = model(torch.cat([x, x]), torch.cat([t, t]), torch.cat([y, torch.full_like(y, null)])).float()
                 cond, uncond = both.chunk(2)
-                mixed = guidance_mix(cond, uncond, guidance if interval is None
-                                     else w.to(x.device).view(-1, *[1] * (x.ndim - 1)))
+                mixed = guidance_mix(cond, uncond, w)
                 if not bool(torch.isfinite(mixed).all()):  # clipping x0 would hide it as black images
                     raise ValueError(f"guidance {guidance:g} made the model's prediction overflow (non-finite "
                                      "values); use a smaller guidance")
@@ -434,6 +433,18 @@ class Diffusion:
 def load(source: str | os.PathLike, **kwargs) -> Diffusion:
     """`Diffusion.load`: a shipped model's name, a model folder, or a training checkpoint."""
     return Diffusion.load(source, **kwargs)
+
+
+def _weight(schedule: Schedule, x: torch.Tensor, t: torch.Tensor, guidance: float,
+            interval: Optional[tuple[float, float]]):
+    """The guidance weight eps_fn mixes with: the float w when every step is guided, a per-image
+    tensor inside an interval, None when no image of the batch is guided (w = 0 or outside it)."""
+    if not guidance:
+        return None
+    if interval is None:
+        return guidance
+    w = guidance_weights(schedule, t, guidance, interval)
+    return w.to(x.device).view(-1, *[1] * (x.ndim - 1)) if bool(w.any()) else None
 
 
 def copy_without_guide(diff: Diffusion) -> Diffusion:

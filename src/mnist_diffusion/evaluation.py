@@ -400,6 +400,7 @@ def evaluate_model(diff: "Diffusion", options: "SamplerOptions", num_samples: in
     result["noise_mse"] = noise_mse(diff, ref.test[:m], torch.Generator().manual_seed(seed), labels=test_labels,
                                     batch_size=batch_size, progress=progress)
     result["noise_mse"]["n"] = m
+    interval = options.interval_for(diff.guide is not None)
     result.update(checkpoint=diff.source, step=diff.step, seed=seed, sampler={
         "sampler": options.sampler, "steps": options.steps, "eta": options.eta_for(diff.guide is not None),
         "spacing": options.spacing or DEFAULT_SPACING[options.sampler],
@@ -407,9 +408,7 @@ def evaluate_model(diff: "Diffusion", options: "SamplerOptions", num_samples: in
         "labels": "clusters drawn by their sizes" if diff.clustered else
                   "balanced (image i gets class i mod num_classes)" if labels is not None else None,
         "guidance": options.guidance if requested is not None or diff.guide is not None else None,
-        # the noise levels guided at; None: every step
-        **({"guidance_interval": (lambda gi: list(gi) if gi else None)(options.interval_for(diff.guide is not None))}
-           if options.guidance else {}),
+        **({"guidance_interval": interval and list(interval)} if options.guidance else {}),  # None: every step
         **({"autoguide": diff.guide.source, "autoguide_step": diff.guide.step} if diff.guide is not None else {})})
     if dataset != diff.dataset:
         result["warning"] = f"the model was trained on {diff.dataset}, scored against {dataset}"
