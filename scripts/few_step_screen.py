@@ -10,7 +10,11 @@ points) or ddpm (ddpm=STEPS, the library's respaced ancestral sampler); grid = l
 quadratic | capS (T-1, then uniform in log-SNR from sigma = S down) | karrasRHO (T-1, then EDM's
 sigma^(1/rho) grid from 20 down), n = grid points (default 20), eta (default 1 for sde, else 0);
 emin/emax/eta0: eta only at noise levels sigma/alpha in [emin, emax], eta0 elsewhere; glo/ghi:
-with --guidance, guide only at noise levels in [glo, ghi] (Kynkaanniemi et al. 2024), else conditional.
+with --guidance, guide only at noise levels in [glo, ghi] (Kynkaanniemi et al. 2024), else conditional;
+dense=D: a capS grid D times as dense (in lambda) inside [dlo, dhi] (default [glo, ghi]) as outside it;
+seg=A/B/C: a capS grid with the band's edges [glo, ghi] as grid points and densities A above the band,
+B inside, C below it; reset=1: a first-order step (no multistep history) wherever guidance switches
+on or off, since the denoiser jumps there.
 
 A prototype bench for issue 20 (few-step samplers within 15% of many-step ones): variants are
 defined in VARIANTS below as (grid, eta per step, restarts). Winners move into samplers.py.
@@ -38,7 +42,7 @@ from mnist_diffusion.sampling import SamplerOptions, _batches, generate
 from mnist_diffusion.schedule import noise_level as schedule_noise_level
 
 
-def dpmpp_path(eps_fn, schedule, x, noise_fn, seq, etas, clip=True, restarts=(), order=2):
+def dpmpp_path(eps_fn, schedule, x, noise_fn, seq, etas, clip=True, restarts=(), order=2, reset=frozenset()):
     """SDE/ODE DPM-Solver++(2M) (order 3: the 3M multistep form, as k-diffusion's
     sample_dpmpp_3m_sde, in VP coordinates) over `seq` (evaluation timesteps, the last one jumps to
     x0), eta per step; restarts: (i_lo, i_hi, k) = after reaching seq[i_lo], renoise to seq[i_hi]
@@ -47,6 +51,8 @@ def dpmpp_path(eps_fn, schedule, x, noise_fn, seq, etas, clip=True, restarts=(),
         x0_1 = x0_2 = h_1 = h_2 = None
         for i, t in enumerate(ts):
             x0, _ = _pred_x0(eps_fn, schedule, x, t, clip)
+            if t in reset:  # the denoiser jumped here (guidance switched): no extrapolation across it
+                x0_1 = x0_2 = h_1 = h_2 = None
             if i + 1 == len(ts):
                 if final:
                     return x0, None
@@ -96,9 +102,12 @@ def noise_level(schedule, t):
     return float(schedule_noise_level(schedule, torch.tensor(t)))
 
 
-def grid(schedule, n, kind):
+def grid(schedule, n, kind, dense=None):
     """Evaluation timesteps for a variant: the library's spacings, or capS (T-1, then n-1 points
-    uniform in lambda from sigma = S down to t = 0, which is dropped)."""
+    uniform in lambda from sigma = S down to t = 0, which is dropped); dense = (lo, hi, D): a capS
+    grid D times as dense in lambda where sigma is in [lo, hi] (the guidance band) as elsewhere."""
+    if dense is not None and not kind.startswith("cap"):
+        raise ValueError("dense needs a capS grid")
     if kind in SPACINGS:
         return timestep_sequence(schedule, n, kind, include_zero=False)
     if kind.startswith("karras"):  # EDM's grid: sigma^(1/rho) uniform from 20 down, rho from the name
@@ -117,7 +126,25 @@ def grid(schedule, n, kind):
         raise ValueError(f"grid {kind!r}: the cap must be a noise level > 0")
     a = schedule.alpha_bar
     lam = 0.5 * torch.log(a / (1 - a))
-    target = -math.log(cap) + torch.linspace(0, 1, n, dtype=torch.float64) * (float(lam[0]) + math.log(cap))
+    lo_lam, hi_lam = -math.log(cap), float(lam[0])
+    if dense is not None and len(dense) == 5:  # seg: the band's edges are grid points, a density per piece
+        blo, bhi, *dens = dense
+        edges = [lo_lam, -math.log(bhi), -math.log(blo), hi_lam]
+        share = [(b - a) * d for a, b, d in zip(edges, edges[1:], dens)]
+        m = [max(1, round((n - 1) * w / sum(share))) for w in share]
+        m[2] += (n - 1) - sum(m)  # the low-noise piece takes the rounding
+        target = torch.cat([torch.linspace(a, b, k + 1, dtype=torch.float64)[:-1]
+                            for a, b, k in zip(edges, edges[1:], m)] + [torch.tensor([hi_lam], dtype=torch.float64)])
+    elif dense is None:
+        target = lo_lam + torch.linspace(0, 1, n, dtype=torch.float64) * (hi_lam - lo_lam)
+    else:  # uniform in u, du/dlambda = D inside the band, 1 outside; inverted on a fine lambda grid
+        blo, bhi, d = dense
+        fine = torch.linspace(lo_lam, hi_lam, 20001, dtype=torch.float64)
+        inside = (fine >= -math.log(bhi)) & (fine <= -math.log(blo)) if blo > 0 else fine >= -math.log(bhi)
+        u = torch.cat([torch.zeros(1, dtype=torch.float64),
+                       torch.cumsum(torch.where(inside, d, 1.0)[1:] * fine.diff(), 0)])
+        want = torch.linspace(0, 1, n, dtype=torch.float64) * u[-1]
+        target = fine[torch.searchsorted(u, want).clamp(max=len(fine) - 1)]
     q = sorted({int(torch.argmin((lam - v).abs())) for v in target.tolist()} - {0}, reverse=True)
     return [schedule.timesteps - 1] + q[: n - 1]
 
@@ -130,8 +157,15 @@ def plan(schedule, name):
                          "or ddpm")
     spec = dict(p.split("=") for p in pairs)
     if kind == "ddpm":
-        return kind, None, None, (), int(spec.get("ddpm", 100)), (0, math.inf)
-    seq = grid(schedule, int(spec.get("n", 20)), spec.get("grid", "logsnr"))
+        return kind, None, None, (), int(spec.get("ddpm", 100)), (0, math.inf), False
+    band = (float(spec.get("glo", 0)), float(spec.get("ghi", math.inf)))
+    region = (float(spec.get("dlo", band[0])), float(spec.get("dhi", band[1])))
+    dense = (*region, float(spec["dense"])) if "dense" in spec else None
+    if "seg" in spec:  # seg=dHI/dBAND/dLO: band edges on the grid, densities above / inside / below it
+        dense = (*band, *(float(v) for v in spec["seg"].split("/")))
+        if len(dense) != 5 or not 0 < band[0] < band[1] < math.inf:
+            raise ValueError(f"variant {name!r}: seg needs three densities and a band 0 < glo < ghi < inf")
+    seq = grid(schedule, int(spec.get("n", 20)), spec.get("grid", "logsnr"), dense)
     eta = float(spec.get("eta", 0.0 if not kind.startswith("sde") else 1.0))
     if not 0 <= eta <= 100:
         raise ValueError(f"variant {name!r}: eta must be in [0, 100]")
@@ -139,7 +173,6 @@ def plan(schedule, name):
     emin, emax, eta0 = float(spec.get("emin", 0)), float(spec.get("emax", math.inf)), float(spec.get("eta0", 0))
     etas = [eta if emin <= noise_level(schedule, t) <= emax else eta0 for t in seq]
     # guidance only at noise levels in [glo, ghi] (Kynkaanniemi et al. 2024), plain conditional elsewhere
-    band = (float(spec.get("glo", 0)), float(spec.get("ghi", math.inf)))
     restarts = ()
     if kind == "restart":  # sub-grid between seq[ihi] and seq[ilo], nsub evaluations uniform in lambda
         k, i_lo, i_hi, nsub = int(spec.get("k", 1)), int(spec["ilo"]), int(spec["ihi"]), int(spec.get("sub", 3))
@@ -151,16 +184,21 @@ def plan(schedule, name):
                for j in range(nsub + 1)]
         restarts = (i_lo, i_hi, k, sub)
     nfe = len(seq) + (restarts[2] * (len(restarts[3]) - 1) if restarts else 0)
-    return kind, seq, etas, restarts, nfe, band
+    return kind, seq, etas, restarts, nfe, band, spec.get("reset") == "1"
 
 
-def draw(diff, kind, seq, etas, restarts, nfe, n, guidance, labels, batch_size, band=(0, math.inf)):
+def draw(diff, kind, seq, etas, restarts, nfe, n, guidance, labels, batch_size, band=(0, math.inf),
+         reset_at_edges=False):
     """uint8 images of one variant, through the library's batch loop (per-image seeds, guidance)."""
     if kind == "ddpm":
         return generate(diff, n, SamplerOptions(sampler="ddpm", steps=nfe, guidance=guidance), labels=labels,
                         batch_size=batch_size)
     imgs = np.empty((n, 28, 28), np.uint8)
     banded = guidance and band != (0, math.inf)
+    inside = [band[0] <= noise_level(diff.schedule, t) <= band[1] for t in seq or ()]
+    # reset: first-order steps where guidance switches on or off (the multistep history spans a jump)
+    reset = frozenset(t for i, t in enumerate(seq or ()) if banded and reset_at_edges and i
+                      and inside[i] != inside[i - 1])
     sched = diff.schedule
 
     def run(eps_fn, noise, start, m, step_done):
@@ -171,7 +209,7 @@ def draw(diff, kind, seq, etas, restarts, nfe, n, guidance, labels, batch_size, 
             def eps_fn(x, t):
                 return guided(x, t) if band[0] <= noise_level(sched, int(t[0])) <= band[1] else plain(x, t)
         return dpmpp_path(eps_fn, sched, noise.initial((1, 28, 28)), noise, seq, etas, restarts=restarts,
-                          order=3 if kind.endswith("3") else 2)
+                          order=3 if kind.endswith("3") else 2, reset=reset)
     for start, x0 in _batches(diff, n, SamplerOptions(guidance=guidance), run, nfe, labels=labels, seed=0,
                               batch_size=batch_size):
         imgs[start:start + len(x0)] = to_uint8(x0)
@@ -209,9 +247,9 @@ def main(argv=None):
     elif diff.num_classes:
         labels = torch.as_tensor(balanced_labels(n, diff.num_classes))
     try:
-        for name, (kind, seq, etas, restarts, nfe, band) in plans.items():
+        for name, (kind, seq, etas, restarts, nfe, band, reset) in plans.items():
             t0 = time.time()
-            imgs = draw(diff, kind, seq, etas, restarts, nfe, n, a.guidance, labels, a.batch_size, band)
+            imgs = draw(diff, kind, seq, etas, restarts, nfe, n, a.guidance, labels, a.batch_size, band, reset)
             if a.guidance and kind != "ddpm":  # evaluations per image: two where guided
                 nfe += sum(band[0] <= noise_level(diff.schedule, t) <= band[1] for t in seq)
             dt = time.time() - t0

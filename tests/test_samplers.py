@@ -14,9 +14,9 @@ import math
 import pytest
 import torch
 
-from mnist_diffusion.samplers import (LOGSNR_CAP, SPACINGS, PerImageNoise, ddim, ddim_invert, ddpm, dpmpp, repaint,
-                                      run_sampler, slerp, timestep_sequence)
-from mnist_diffusion.schedule import Schedule, make_schedule, q_sample
+from mnist_diffusion.samplers import (LOGSNR_CAP, SPACINGS, PerImageNoise, ddim, ddim_invert, ddpm, dpmpp,
+                                      guidance_switches, repaint, run_sampler, slerp, timestep_sequence)
+from mnist_diffusion.schedule import Schedule, make_schedule, noise_level, q_sample
 
 MU, SD = 0.5, 0.3
 
@@ -221,6 +221,47 @@ def test_dpmpp_first_step_is_ddim():
     x_T = torch.randn(2, 1, 3, 3, generator=torch.Generator().manual_seed(4), dtype=torch.float64)
     e = gaussian_eps(s)
     assert torch.allclose(dpmpp(e, s, x_T, steps=1, clip=False), ddim(e, s, x_T, steps=1, clip=False))
+
+
+def test_dpmpp_first_order_everywhere_is_ddim_on_its_grid():
+    """first_order_at every visited timestep turns DPM-Solver++(2M) into its first-order form, which
+    is DDIM's update x_s = sqrt(a_s) x0 + sqrt(1 - a_s) eps_hat (Song et al. 2021, eq. 12, eta = 0)
+    on the same grid, ending at the last x0-prediction; without it the second-order steps differ."""
+    s = make_schedule("cosine", 1000)
+    seq = timestep_sequence(s, 8, "logsnr-capped", include_zero=False)
+    x_T = torch.randn(3, 1, 4, 4, generator=torch.Generator().manual_seed(5), dtype=torch.float64)
+    e = gaussian_eps(s)
+    x = x_T
+    for i, t in enumerate(seq):
+        a_t = s.alpha_bar[t].double()
+        eps = e(x, torch.full((3,), t))
+        x0 = (x - (1 - a_t).sqrt() * eps) / a_t.sqrt()
+        if i + 1 < len(seq):
+            a_s = s.alpha_bar[seq[i + 1]].double()
+            x = a_s.sqrt() * x0 + (1 - a_s).sqrt() * eps
+    first = dpmpp(e, s, x_T, steps=8, spacing="logsnr-capped", clip=False, first_order_at=set(seq))
+    assert torch.allclose(first, x0, atol=1e-10)
+    second = dpmpp(e, s, x_T, steps=8, spacing="logsnr-capped", clip=False)
+    assert not torch.allclose(second, x0, atol=1e-4)
+    # only the steps named change: dropping the history at the first step is what dpmpp does anyway
+    assert torch.equal(dpmpp(e, s, x_T, steps=8, spacing="logsnr-capped", clip=False, first_order_at={seq[0]}),
+                       second)
+
+
+def test_guidance_switches_are_where_the_noise_level_crosses_the_interval():
+    """The visited timesteps whose noise level is inside [lo, hi] while the previous one's was not,
+    or the other way round: entering and leaving the band; none without an interval."""
+    s = make_schedule("cosine", 1000)
+    seq = timestep_sequence(s, 20, "logsnr-capped", include_zero=False)
+    sigma = [float(noise_level(s, torch.tensor(t))) for t in seq]
+    inside = [0.3 <= v <= 5 for v in sigma]
+    switches = guidance_switches(s, seq, (0.3, 5.0))
+    assert switches == {seq[i] for i in range(1, len(seq)) if inside[i] != inside[i - 1]}
+    enter = next(i for i, v in enumerate(sigma) if v <= 5)
+    leave = next(i for i, v in enumerate(sigma) if v < 0.3)
+    assert switches == {seq[enter], seq[leave]}
+    assert guidance_switches(s, seq, None) == frozenset() == guidance_switches(s, [], (0.3, 5.0))
+    assert guidance_switches(s, seq, (0.0, float("inf"))) == frozenset()
 
 
 # ---------------------------------------------------------------------------------------------

@@ -184,10 +184,12 @@ def test_few_step_screen_reproduces_the_library(checkpoints, tmp_path):
     diff = md.load(checkpoints["cond"], device="cpu")
     labels = torch.as_tensor(balanced_labels(6, 10))
     lib = generate(diff, 6, SamplerOptions(sampler="dpmpp", steps=4, guidance=0.5), labels=labels, batch_size=3)
-    variant = "sde:grid=logsnr-capped:eta=0.5:glo=0.3:ghi=5:n=4"
-    kind, seq, etas, restarts, nfe, band = screen.plan(diff.schedule, variant)
-    assert band == (0.3, 5.0) and etas == [0.5] * 4
-    assert np.array_equal(screen.draw(diff, kind, seq, etas, restarts, nfe, 6, 0.5, labels, 3, band), lib)
+    # the library takes first-order steps where guidance switches on or off: the screen's reset=1
+    variant = "sde:grid=logsnr-capped:eta=0.5:glo=0.3:ghi=5:n=4:reset=1"
+    kind, seq, etas, restarts, nfe, band, reset = screen.plan(diff.schedule, variant)
+    assert band == (0.3, 5.0) and etas == [0.5] * 4 and reset
+    assert np.array_equal(screen.draw(diff, kind, seq, etas, restarts, nfe, 6, 0.5, labels, 3, band, reset), lib)
+    assert not np.array_equal(screen.draw(diff, kind, seq, etas, restarts, nfe, 6, 0.5, labels, 3, band), lib)
     out = tmp_path / "screen.json"
     with pytest.raises(SystemExit, match="eta must be"):
         screen.main(["--model", checkpoints["cond"], "--variants", "sde:eta=-1"])

@@ -10,11 +10,11 @@ Not here: networks, guidance and checkpoint loading (sampling.py wires those to 
 from __future__ import annotations
 
 import math
-from typing import Callable, Optional, Sequence, Union
+from typing import Callable, Collection, Optional, Sequence, Union
 
 import torch
 
-from .schedule import Schedule, extract, predict_eps_from_x0, predict_x0_from_eps, q_posterior
+from .schedule import Schedule, extract, noise_level, predict_eps_from_x0, predict_x0_from_eps, q_posterior
 
 EpsFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 NoiseFn = Callable[[torch.Tensor], torch.Tensor]
@@ -205,7 +205,7 @@ def _lambda(schedule: Schedule, t: int) -> float:
 @torch.no_grad()
 def dpmpp(eps_fn: EpsFn, schedule: Schedule, x_T: torch.Tensor, noise_fn: Optional[NoiseFn] = None, *,
           steps: Optional[int] = 20, spacing: str = "logsnr", eta: float = 0.0, clip: bool = True,
-          callback: Callback = None) -> torch.Tensor:
+          first_order_at: Collection[int] = (), callback: Callback = None) -> torch.Tensor:
     """DPM-Solver++(2M), Lu et al. (2022b), Algorithm 2, on the discrete schedule; with eta > 0
     its stochastic form (eta = 1: SDE-DPM-Solver++(2M), same paper, Appendix; eta in (0, 1)
     interpolates as in k-diffusion's sample_dpmpp_2m_sde; eta > 1 refreshes more of x with noise
@@ -223,7 +223,10 @@ def dpmpp(eps_fn: EpsFn, schedule: Schedule, x_T: torch.Tensor, noise_fn: Option
     image (lambda = inf) at first order, x = x0, since the second-order weights degenerate there
     (r -> 0). The noise injected by eta > 0 corrects part of the network's error along the way,
     as ancestral DDPM does: with trained MNIST models it gives a lower FID at the same steps
-    (docs/BENCHMARKS.md)."""
+    (docs/BENCHMARKS.md).
+    `first_order_at`: timesteps where eps_fn jumps (guidance switching on or off, see
+    guidance_switches); the step from there is first order, D_i = x0_{t_{i-1}}, because the
+    multistep estimate would extrapolate the jump as if it were the trend of a smooth x0."""
     if eta < 0:
         raise ValueError(f"eta must be >= 0, got {eta}")
     if eta > 0 and noise_fn is None:
@@ -240,8 +243,8 @@ def dpmpp(eps_fn: EpsFn, schedule: Schedule, x_T: torch.Tensor, noise_fn: Option
         s = seq[i + 1]
         a_t, a_s = _alpha_bar(schedule, t), _alpha_bar(schedule, s)
         h = _lambda(schedule, s) - _lambda(schedule, t)
-        # 1. first step: first order (DPM-Solver++ 1 = DDIM); later: multistep 2nd-order estimate
-        if x0_prev is None:
+        # 1. first step and after a jump: first order (DPM-Solver++ 1 = DDIM); else multistep 2nd order
+        if x0_prev is None or t in first_order_at:
             d = x0
         else:
             r = h_prev / h
@@ -329,7 +332,8 @@ def sdedit_plan(name: str, schedule: Schedule, strength: float, steps: Optional[
 @torch.no_grad()
 def sdedit(name: str, eps_fn: EpsFn, schedule: Schedule, images: torch.Tensor, noise: torch.Tensor, noise_fn: NoiseFn,
            strength: float, *, steps: Optional[int] = None, eta: float = 0.0, spacing: Optional[str] = None,
-           clip: bool = True, callback: Callback = None) -> torch.Tensor:
+           clip: bool = True, guidance_interval: Optional[tuple[float, float]] = None,
+           callback: Callback = None) -> torch.Tensor:
     """SDEdit (Meng et al. 2022): noise `images` (in [-1, 1]) to t0 = sdedit_start(strength) with
     `noise`, x_t0 = sqrt(a_t0) x + sqrt(1 - a_t0) noise, and run sampler `name` from there on the
     schedule cut at t0 (Schedule.prefix), with the share `strength` of its steps. At strength 1,
@@ -341,7 +345,7 @@ def sdedit(name: str, eps_fn: EpsFn, schedule: Schedule, images: torch.Tensor, n
         # the coefficients as Python floats: the images stay in their dtype and device (MPS has no float64)
         x = float(sub.sqrt_alpha_bar[t0]) * images.to(noise.dtype) + float(sub.sqrt_one_minus_alpha_bar[t0]) * noise
     return run_sampler(name, eps_fn, sub, x, noise_fn, steps=n, eta=eta, spacing=spacing, clip=clip,
-                       callback=callback)
+                       guidance_interval=guidance_interval, callback=callback)
 
 
 def slerp(z0: torch.Tensor, z1: torch.Tensor, alpha: float, eps: float = 1e-7) -> torch.Tensor:
@@ -362,6 +366,17 @@ def slerp(z0: torch.Tensor, z1: torch.Tensor, alpha: float, eps: float = 1e-7) -
     return (w0 * a + w1 * b).reshape(z0.shape).to(z0.dtype)
 
 
+def guidance_switches(schedule: Schedule, seq: Sequence[int],
+                      interval: Optional[tuple[float, float]]) -> frozenset[int]:
+    """The timesteps of `seq` (as visited) where a guidance interval (schedule.guidance_weights)
+    switches guidance on or off, i.e. where the guided eps_fn jumps; none for interval None."""
+    if interval is None or not seq:
+        return frozenset()
+    sigma = noise_level(schedule, torch.as_tensor(list(seq)))
+    inside = ((sigma >= interval[0]) & (sigma <= interval[1])).tolist()
+    return frozenset(t for t, now, before in zip(seq[1:], inside[1:], inside) if now != before)
+
+
 def visited_timesteps(name: str, schedule: Schedule, steps: Optional[int] = None,
                       spacing: Optional[str] = None) -> list[int]:
     """The timesteps at which `run_sampler(name, ...)` evaluates the network, in order."""
@@ -372,8 +387,11 @@ def visited_timesteps(name: str, schedule: Schedule, steps: Optional[int] = None
 
 def run_sampler(name: str, eps_fn: EpsFn, schedule: Schedule, x_T: torch.Tensor, noise_fn: NoiseFn, *,
                 steps: Optional[int] = None, eta: float = 0.0, spacing: Optional[str] = None, clip: bool = True,
-                variance: str = "posterior", callback: Callback = None) -> torch.Tensor:
-    """Dispatch by name with each sampler's default step count and spacing (when None)."""
+                variance: str = "posterior", guidance_interval: Optional[tuple[float, float]] = None,
+                callback: Callback = None) -> torch.Tensor:
+    """Dispatch by name with each sampler's default step count and spacing (when None).
+    `guidance_interval`: the one eps_fn guides in, if any; dpmpp takes first-order steps where
+    guidance switches (guidance_switches), the others need not know."""
     if name not in SAMPLERS:
         raise ValueError(f"unknown sampler {name!r}; choose from {', '.join(SAMPLERS)}")
     spacing = DEFAULT_SPACING[name] if spacing is None else spacing
@@ -387,5 +405,6 @@ def run_sampler(name: str, eps_fn: EpsFn, schedule: Schedule, x_T: torch.Tensor,
     if name == "ddim":
         return ddim(eps_fn, schedule, x_T, noise_fn, steps=steps, eta=eta, spacing=spacing, clip=clip,
                     callback=callback)
+    seq = timestep_sequence(schedule, steps, spacing, include_zero=False)
     return dpmpp(eps_fn, schedule, x_T, noise_fn, steps=steps, spacing=spacing, eta=eta, clip=clip,
-                 callback=callback)
+                 first_order_at=guidance_switches(schedule, seq, guidance_interval), callback=callback)

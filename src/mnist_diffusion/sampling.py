@@ -120,10 +120,12 @@ def sample_batches(diff: "Diffusion", num_images: int, options: SamplerOptions =
     options.check(diff.schedule)
     eta = options.eta_for(diff.guide is not None)
 
+    interval = options.interval_for(diff.guide is not None) if options.guidance else None
+
     def draw(eps_fn, noise, start, n, step_done):
         return run_sampler(options.sampler, eps_fn, diff.schedule, noise.initial((1, 28, 28)), noise,
                            steps=options.steps, eta=eta, spacing=options.spacing, clip=options.clip,
-                           callback=step_done)
+                           guidance_interval=interval, callback=step_done)
     yield from _batches(diff, num_images, options, draw, len(options.visited(diff.schedule)), labels=labels, seed=seed,
                         batch_size=batch_size, first=first, progress=progress, callback=callback)
 
@@ -164,8 +166,9 @@ def edit_batches(diff: "Diffusion", images: torch.Tensor, strength: float, optio
     def draw(eps_fn, noise, start, n, step_done):
         return sdedit(options.sampler, eps_fn, diff.schedule, images[start:start + n].to(diff.device),
                       noise.initial((1, 28, 28)), noise, strength, steps=options.steps,
-                      eta=options.eta_for(diff.guide is not None),
-                      spacing=options.spacing, clip=options.clip, callback=step_done)
+                      eta=options.eta_for(diff.guide is not None), spacing=options.spacing, clip=options.clip,
+                      guidance_interval=options.interval_for(diff.guide is not None) if options.guidance else None,
+                      callback=step_done)
     yield from _batches(diff, len(images), options, draw, evals, labels=labels, seed=seed, batch_size=batch_size,
                         progress=progress, callback=callback, desc="editing")
 
