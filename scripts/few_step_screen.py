@@ -184,6 +184,8 @@ def plan(schedule, name):
                for j in range(nsub + 1)]
         restarts = (i_lo, i_hi, k, sub)
     nfe = len(seq) + (restarts[2] * (len(restarts[3]) - 1) if restarts else 0)
+    if spec.get("reset", "0") not in ("0", "1"):
+        raise ValueError(f"variant {name!r}: reset must be 0 or 1")
     return kind, seq, etas, restarts, nfe, band, spec.get("reset") == "1"
 
 

@@ -15,8 +15,8 @@ import pytest
 import torch
 
 from mnist_diffusion.samplers import (LOGSNR_CAP, SPACINGS, PerImageNoise, ddim, ddim_invert, ddpm, dpmpp,
-                                      guidance_switches, repaint, run_sampler, slerp, timestep_sequence)
-from mnist_diffusion.schedule import Schedule, make_schedule, noise_level, q_sample
+                                      guidance_switches, repaint, run_sampler, sdedit, slerp, timestep_sequence)
+from mnist_diffusion.schedule import Schedule, guidance_weights, make_schedule, noise_level, q_sample
 
 MU, SD = 0.5, 0.3
 
@@ -243,7 +243,9 @@ def test_dpmpp_first_order_everywhere_is_ddim_on_its_grid():
     assert torch.allclose(first, x0, atol=1e-10)
     second = dpmpp(e, s, x_T, steps=8, spacing="logsnr-capped", clip=False)
     assert not torch.allclose(second, x0, atol=1e-4)
-    # only the steps named change: dropping the history at the first step is what dpmpp does anyway
+    # one named step changes the result; naming the first step changes nothing (it is first order anyway)
+    assert not torch.allclose(dpmpp(e, s, x_T, steps=8, spacing="logsnr-capped", clip=False,
+                                    first_order_at={seq[3]}), second, atol=1e-6)
     assert torch.equal(dpmpp(e, s, x_T, steps=8, spacing="logsnr-capped", clip=False, first_order_at={seq[0]}),
                        second)
 
@@ -254,14 +256,37 @@ def test_guidance_switches_are_where_the_noise_level_crosses_the_interval():
     s = make_schedule("cosine", 1000)
     seq = timestep_sequence(s, 20, "logsnr-capped", include_zero=False)
     sigma = [float(noise_level(s, torch.tensor(t))) for t in seq]
-    inside = [0.3 <= v <= 5 for v in sigma]
-    switches = guidance_switches(s, seq, (0.3, 5.0))
-    assert switches == {seq[i] for i in range(1, len(seq)) if inside[i] != inside[i - 1]}
     enter = next(i for i, v in enumerate(sigma) if v <= 5)
     leave = next(i for i, v in enumerate(sigma) if v < 0.3)
-    assert switches == {seq[enter], seq[leave]}
+    assert guidance_switches(s, seq, (0.3, 5.0)) == {seq[enter], seq[leave]}
+    # the same steps eps_fn guides (schedule.guidance_weights), ends included: an interval whose ends are
+    # the noise levels of two visited steps guides both, so it switches on at the first, off after the second
+    guided = (guidance_weights(s, torch.tensor(seq), 1.0, (sigma[9], sigma[5])) > 0).tolist()
+    assert guided == [5 <= i <= 9 for i in range(len(seq))]
+    assert guidance_switches(s, seq, (sigma[9], sigma[5])) == {seq[5], seq[10]}
     assert guidance_switches(s, seq, None) == frozenset() == guidance_switches(s, [], (0.3, 5.0))
     assert guidance_switches(s, seq, (0.0, float("inf"))) == frozenset()
+
+
+def test_run_sampler_steps_first_order_where_guidance_switches(monkeypatch):
+    """run_sampler (and sdedit through it) hands dpmpp the guidance interval's switches as
+    first-order steps; without an interval, or for the other samplers, nothing changes."""
+    import mnist_diffusion.samplers as samplers
+    s = make_schedule("cosine", 1000)
+    x_T = torch.randn(2, 1, 3, 3, generator=torch.Generator().manual_seed(6), dtype=torch.float64)
+    e, band = gaussian_eps(s), (0.3, 5.0)
+    seq = timestep_sequence(s, 20, "logsnr-capped", include_zero=False)
+    banded = run_sampler("dpmpp", e, s, x_T, None, steps=20, guidance_interval=band)
+    assert torch.equal(banded, dpmpp(e, s, x_T, steps=20, spacing="logsnr-capped",
+                                     first_order_at=guidance_switches(s, seq, band)))
+    assert not torch.equal(banded, run_sampler("dpmpp", e, s, x_T, None, steps=20))
+    assert torch.equal(run_sampler("ddim", e, s, x_T, None, steps=10, guidance_interval=band),
+                       run_sampler("ddim", e, s, x_T, None, steps=10))
+    # sdedit passes it on: the same edit with the switches' first-order steps turned off differs
+    images = torch.zeros(2, 1, 3, 3, dtype=torch.float64)
+    edited = sdedit("dpmpp", e, s, images, x_T, None, 0.9, steps=20, guidance_interval=band)
+    monkeypatch.setattr(samplers, "guidance_switches", lambda *a: frozenset())
+    assert not torch.equal(edited, sdedit("dpmpp", e, s, images, x_T, None, 0.9, steps=20, guidance_interval=band))
 
 
 # ---------------------------------------------------------------------------------------------
