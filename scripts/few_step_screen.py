@@ -37,7 +37,7 @@ from mnist_diffusion.atomic import atomic_write_json
 from mnist_diffusion.checkpoint import CheckpointError
 from mnist_diffusion.data import DataError, to_uint8
 from mnist_diffusion.evaluation import balanced_labels, evaluate_images
-from mnist_diffusion.samplers import SPACINGS, _alpha_bar, _lambda, _pred_x0, timestep_sequence
+from mnist_diffusion.samplers import SPACINGS, _alpha_bar, _lambda, _pred_x0, guidance_switches, timestep_sequence
 from mnist_diffusion.sampling import SamplerOptions, _batches, generate
 from mnist_diffusion.schedule import noise_level as schedule_noise_level
 
@@ -165,6 +165,8 @@ def plan(schedule, name):
         dense = (*band, *(float(v) for v in spec["seg"].split("/")))
         if len(dense) != 5 or not 0 < band[0] < band[1] < math.inf:
             raise ValueError(f"variant {name!r}: seg needs three densities and a band 0 < glo < ghi < inf")
+    if dense is not None and not all(0 < v < math.inf for v in dense[2:]):
+        raise ValueError(f"variant {name!r}: grid densities must be finite numbers > 0")
     seq = grid(schedule, int(spec.get("n", 20)), spec.get("grid", "logsnr"), dense)
     eta = float(spec.get("eta", 0.0 if not kind.startswith("sde") else 1.0))
     if not 0 <= eta <= 100:
@@ -197,10 +199,8 @@ def draw(diff, kind, seq, etas, restarts, nfe, n, guidance, labels, batch_size, 
                         batch_size=batch_size)
     imgs = np.empty((n, 28, 28), np.uint8)
     banded = guidance and band != (0, math.inf)
-    inside = [band[0] <= noise_level(diff.schedule, t) <= band[1] for t in seq or ()]
     # reset: first-order steps where guidance switches on or off (the multistep history spans a jump)
-    reset = frozenset(t for i, t in enumerate(seq or ()) if banded and reset_at_edges and i
-                      and inside[i] != inside[i - 1])
+    reset = guidance_switches(diff.schedule, seq, band) if banded and reset_at_edges else frozenset()
     sched = diff.schedule
 
     def run(eps_fn, noise, start, m, step_done):

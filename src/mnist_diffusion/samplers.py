@@ -405,6 +405,7 @@ def run_sampler(name: str, eps_fn: EpsFn, schedule: Schedule, x_T: torch.Tensor,
     if name == "ddim":
         return ddim(eps_fn, schedule, x_T, noise_fn, steps=steps, eta=eta, spacing=spacing, clip=clip,
                     callback=callback)
-    seq = timestep_sequence(schedule, steps, spacing, include_zero=False)
+    switches = guidance_switches(schedule, timestep_sequence(schedule, steps, spacing, include_zero=False),
+                                 guidance_interval) if guidance_interval else frozenset()
     return dpmpp(eps_fn, schedule, x_T, noise_fn, steps=steps, spacing=spacing, eta=eta, clip=clip,
-                 first_order_at=guidance_switches(schedule, seq, guidance_interval), callback=callback)
+                 first_order_at=switches, callback=callback)

@@ -120,7 +120,7 @@ def sample_batches(diff: "Diffusion", num_images: int, options: SamplerOptions =
     options.check(diff.schedule)
     eta = options.eta_for(diff.guide is not None)
 
-    interval = options.interval_for(diff.guide is not None) if options.guidance else None
+    interval = _guided_interval(diff, options)
 
     def draw(eps_fn, noise, start, n, step_done):
         return run_sampler(options.sampler, eps_fn, diff.schedule, noise.initial((1, 28, 28)), noise,
@@ -167,10 +167,15 @@ def edit_batches(diff: "Diffusion", images: torch.Tensor, strength: float, optio
         return sdedit(options.sampler, eps_fn, diff.schedule, images[start:start + n].to(diff.device),
                       noise.initial((1, 28, 28)), noise, strength, steps=options.steps,
                       eta=options.eta_for(diff.guide is not None), spacing=options.spacing, clip=options.clip,
-                      guidance_interval=options.interval_for(diff.guide is not None) if options.guidance else None,
-                      callback=step_done)
+                      guidance_interval=_guided_interval(diff, options), callback=step_done)
     yield from _batches(diff, len(images), options, draw, evals, labels=labels, seed=seed, batch_size=batch_size,
                         progress=progress, callback=callback, desc="editing")
+
+
+def _guided_interval(diff: "Diffusion", options: SamplerOptions) -> Optional[tuple[float, float]]:
+    """The noise levels a draw of `diff` guides at (SamplerOptions.interval_for); None when it guides at
+    every step or not at all. The guided eps_fn and the sampler's first-order steps both follow it."""
+    return options.interval_for(diff.guide is not None) if options.guidance else None
 
 
 def _batches(diff, num_images, options, draw, evals_per_batch, *, labels, seed, batch_size, first=0, progress=False,
@@ -196,8 +201,7 @@ def _batches(diff, num_images, options, draw, evals_per_batch, *, labels, seed, 
                     callback(_start, i, t, x, x0)
 
             with torch.no_grad():
-                x0 = draw(diff.eps_fn(y, options.guidance, options.interval_for(diff.guide is not None)),
-                          noise, start, n, step_done)
+                x0 = draw(diff.eps_fn(y, options.guidance, _guided_interval(diff, options)), noise, start, n, step_done)
             if not bool(torch.isfinite(x0).all()):
                 raise ValueError(f"sampling produced non-finite values (images {start}..{start + n - 1})"
                                  + (f"; with guidance {options.guidance:g} the model's predictions overflowed"
