@@ -21,6 +21,9 @@ def test_json_round_trip_is_identity():
     ({"train": {"lr": -1.0}}, "train.lr must be in"),
     ({"diffusion": {"schedule": "quadratic"}}, "diffusion.schedule must be one of"),
     ({"train": {"dataset": "cifar"}}, "train.dataset must be one of"),
+    ({"train": {"t_sampling": "lognormal"}}, "train.t_sampling must be one of"),
+    ({"train": {"t_logit_std": 0.0}}, "train.t_logit_std must be in (0, 20]"),
+    ({"train": {"t_logit_mean": float("nan")}}, "train.t_logit_mean must be a finite number"),
 ])
 def test_bad_config_is_rejected_naming_the_key(patch, words):
     with pytest.raises(ConfigError) as e:

@@ -4,7 +4,8 @@ import pytest
 import torch
 
 from mnist_diffusion.schedule import (Schedule, cosine_betas, diffusion_loss, eps_from_output, guidance_mix,
-                                      guidance_weights, linear_betas, make_schedule, min_snr_weight, noise_level,
+                                      guidance_weights, linear_betas, logit_normal_cdf, logit_normal_timesteps,
+                                      make_schedule, min_snr_weight, noise_level,
                                       predict_eps_from_x0, predict_x0_from_eps, q_posterior, q_sample, q_step,
                                       v_target)
 
@@ -142,6 +143,27 @@ def test_min_snr_weight_is_the_closed_form():
     assert w[-1] == 1 and w[0] < 1e-3 and bool((w[1:] >= w[:-1]).all())
     crossing = int((snr > 5).sum())  # SNR_t = 5 at alpha_bar = 5/6
     assert s.alpha_bar[crossing - 1] > 5 / 6 >= s.alpha_bar[crossing]
+
+
+@pytest.mark.parametrize("mean, std", [(0.0, 1.0), (0.8, 0.6), (-1.5, 2.0)])
+def test_logit_normal_timesteps_follow_the_closed_form_cdf(mean, std):
+    T, n = 1000, 100_000
+    t = logit_normal_timesteps(T, n, mean, std, torch.Generator().manual_seed(3))
+    assert t.dtype == torch.long and int(t.min()) >= 0 and int(t.max()) <= T - 1
+    k = torch.arange(T)
+    empirical = torch.bincount(t, minlength=T).cumsum(0).double() / n
+    # Kolmogorov-Smirnov: sup |F_n - F| > 0.0065 has probability < 2 exp(-2 n 0.0065^2) = 4e-4 (DKW)
+    assert float((empirical - logit_normal_cdf(k, T, mean, std)).abs().max()) < 0.0065
+    # the median timestep is where logit(t/T) = mean
+    assert abs(float(t.double().median()) / T - 1 / (1 + math.exp(-mean))) < 0.01
+    assert float(logit_normal_cdf(torch.tensor([T - 1]), T, mean, std)) == 1.0
+
+
+def test_logit_normal_timesteps_are_reproducible_from_the_generator():
+    a = logit_normal_timesteps(50, 64, 0.0, 1.0, torch.Generator().manual_seed(7))
+    b = logit_normal_timesteps(50, 64, 0.0, 1.0, torch.Generator().manual_seed(7))
+    assert torch.equal(a, b) and not torch.equal(a, logit_normal_timesteps(50, 64, 0.0, 1.0,
+                                                                        torch.Generator().manual_seed(8)))
 
 
 def test_v_prediction_loss_is_zero_for_a_v_oracle_and_min_snr_matches_in_x0():

@@ -8,8 +8,8 @@ from mnist_diffusion import checkpoint as ckpt_io
 from mnist_diffusion.data import Split
 from mnist_diffusion.models import build_model
 from mnist_diffusion.schedule import make_schedule
-from mnist_diffusion.training import (NonFiniteLoss, TrainingError, accumulate_gradients, elapsed_seconds,
-                                      ema_update, lr_at, planned_steps, train)
+from mnist_diffusion.training import (NonFiniteLoss, TrainingError, accumulate_gradients, draw_batch,
+                                      elapsed_seconds, ema_update, lr_at, planned_steps, train)
 from tests.conftest import tiny_config
 
 
@@ -201,6 +201,31 @@ def test_min_snr_training_runs_and_records_gamma(tmp_path):
     result = train(cfg, _synthetic(), tmp_path, progress=False, log=_quiet)
     assert np.isfinite(result.final_loss)
     assert ckpt_io.load(tmp_path / "checkpoints/last.pt")["config"]["train"]["min_snr_gamma"] == 5.0
+
+
+def test_draw_batch_timesteps_uniform_or_logit_normal():
+    images, labels = torch.zeros(8, 28, 28, dtype=torch.uint8), torch.zeros(8, dtype=torch.long)
+    idx = torch.arange(8).repeat(64)
+
+    def draw(seed, ln=None):
+        return draw_batch(images, labels, idx, torch.Generator().manual_seed(seed), timesteps=1000,
+                          cond_drop_prob=0.0, null_label=None, t_logit_normal=ln)
+
+    # uniform is the plain randint draw (so runs from before the option reproduce byte for byte)
+    assert torch.equal(draw(1).t, torch.randint(0, 1000, (512,), generator=torch.Generator().manual_seed(1)))
+    ln = draw(1, (0.0, 1.0))
+    assert torch.equal(ln.t, draw(1, (0.0, 1.0)).t) and torch.equal(ln.noise, draw(1, (0.0, 1.0)).noise)
+    # logit-normal(0, 1) puts ~68% of t/T in [sigmoid(-1), sigmoid(1)] = [0.269, 0.731]; uniform ~46%
+    share = ((ln.t >= 269) & (ln.t <= 731)).double().mean()
+    assert 0.6 < float(share) < 0.76
+
+
+def test_logit_normal_training_runs_and_records_it(tmp_path):
+    cfg = tiny_config(max_steps=3, epochs=100, sample_interval=1000, save_interval=1000, t_sampling="logit-normal",
+                      t_logit_mean=0.5)
+    train(cfg, _synthetic(), tmp_path, progress=False, log=_quiet)
+    recorded = ckpt_io.load(tmp_path / "checkpoints/last.pt")["config"]["train"]
+    assert (recorded["t_sampling"], recorded["t_logit_mean"], recorded["t_logit_std"]) == ("logit-normal", 0.5, 1.0)
 
 
 def test_time_limit_stops_with_a_checkpoint_and_a_grid(tmp_path):

@@ -152,11 +152,12 @@ class TrainStep:
         self.model.train()
 
     def __call__(self) -> float:
-        from .training import apply_update, draw_batch, training_step
+        from .training import apply_update, draw_batch, t_logit_normal, training_step
 
         idx = torch.randint(0, TRAIN_IMAGES, (self.batch_size,), device=self.device, generator=self.gen)
         batch = draw_batch(self.images, self.labels, idx, self.gen, timesteps=self.schedule.timesteps,
-                           cond_drop_prob=self.cfg.train.cond_drop_prob, null_label=self.cfg.model.num_classes)
+                           cond_drop_prob=self.cfg.train.cond_drop_prob, null_label=self.cfg.model.num_classes,
+                           t_logit_normal=t_logit_normal(self.cfg.train))
         batch.x0 = batch.x0.contiguous(memory_format=self.memory_format)
         loss = training_step(self.state, self.net, self.schedule, batch, self.cfg.train.lr, self.device, self.amp)
         value = float(loss)  # training reads the loss every step (finiteness check): a sync point

@@ -22,6 +22,7 @@ class ConfigError(ValueError):
 DATASETS = ("mnist", "fashion_mnist")
 SCHEDULES = ("linear", "cosine")
 PREDICTIONS = ("eps", "v")
+T_SAMPLINGS = ("uniform", "logit-normal")
 MAX_CLUSTERS = 1000  # train.clusters: k-means clusters as classes (clusters.py)
 MAX_LEVELS = 5  # resolution levels a 28x28 image can be halved into: 28, 14, 7, 4, 2
 
@@ -123,6 +124,13 @@ class TrainConfig:
     # 2023), which stops the many nearly-clean timesteps from dominating the gradient; 0 = L_simple
     min_snr_gamma: float = option(0.0, "weight each image's loss by min(SNR, G)/SNR (Min-SNR-gamma; 5 is the "
                                        "paper's); 0 = plain L_simple", kind="nonneg")
+    # which noise levels training sees: t uniform on 0..T-1 (Ho et al. 2020), or logit(t/T) ~
+    # N(t_logit_mean, t_logit_std^2) (Esser et al. 2024), drawn with the plain loss (no re-weighting)
+    t_sampling: str = option("uniform", "how training draws timesteps: uniform, or logit-normal (Esser et al. "
+                                        "2024; see --t-logit-mean/--t-logit-std)", choices=T_SAMPLINGS)
+    t_logit_mean: float = option(0.0, "mean of logit(t/T) with --t-sampling logit-normal (> 0: noisier)")
+    t_logit_std: float = option(1.0, "standard deviation of logit(t/T) with --t-sampling logit-normal",
+                                kind="positive")
     nonfinite: str = option("stop", "skip batches whose loss is NaN/inf instead of stopping",
                             flag="--skip-nonfinite", choices=("stop", "skip"), resumable=True)
     keep_checkpoints: int = option(0, "periodic checkpoints to keep (0 = all)", kind="nonneg", resumable=True)
@@ -155,6 +163,12 @@ class TrainConfig:
             raise ConfigError(f"train.cond_drop_prob must be in [0, 1), got {self.cond_drop_prob}")
         if self.min_snr_gamma < 0 or not math.isfinite(self.min_snr_gamma):
             raise ConfigError(f"train.min_snr_gamma must be >= 0 (0 = off), got {self.min_snr_gamma}")
+        if self.t_sampling not in T_SAMPLINGS:
+            raise ConfigError(f"train.t_sampling must be one of {T_SAMPLINGS}, got {self.t_sampling!r}")
+        if not (math.isfinite(self.t_logit_mean) and abs(self.t_logit_mean) <= 20):
+            raise ConfigError(f"train.t_logit_mean must be a finite number in [-20, 20], got {self.t_logit_mean}")
+        if not 0 < self.t_logit_std <= 20:
+            raise ConfigError(f"train.t_logit_std must be in (0, 20], got {self.t_logit_std}")
         if self.device not in ("auto", "cpu", "cuda", "mps") and not self.device.startswith("cuda:"):
             raise ConfigError(f"train.device must be auto, cpu, cuda or mps, got {self.device!r}")
         if self.precision not in ("auto", "fp32", "bf16", "fp16"):

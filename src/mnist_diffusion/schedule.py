@@ -18,6 +18,8 @@ Equation -> function (Ho et al. 2020 unless another paper is named):
   Salimans & Ho 2022: v = sqrt(a_t) eps - sqrt(1 - a_t) x_0, and back to eps  v_target, eps_from_v,
                                                                              eps_from_output
   Hang et al. 2023: Min-SNR-gamma weights min(SNR_t, gamma) / SNR_t           min_snr_weight
+  Esser et al. 2024, eq. 19: logit-normal density of t/T, logit(t/T) ~ N(m, s)  logit_normal_timesteps,
+                                                                             logit_normal_cdf
   Ho & Salimans 2022: eps~ = eps(x, null) + (1 + w) (eps(x, y) - eps(x, null))   guidance_mix
   Kynkaanniemi et al. 2024: guide only where sigma_t = sqrt((1 - a_t) / a_t)   noise_level,
       (EDM's noise level) is inside an interval [lo, hi]                     guidance_weights
@@ -202,6 +204,23 @@ def min_snr_weight(schedule: Schedule, t: torch.Tensor, gamma: float, prediction
     the loss into the same min(SNR_t, gamma)-weighted error in x_0."""
     snr = schedule.snr[t.cpu()]  # float64 on the CPU (MPS has no float64)
     return (snr.clamp(max=gamma) / (snr if prediction == "eps" else snr + 1)).float().to(t.device)
+
+
+def logit_normal_timesteps(timesteps: int, n: int, mean: float, std: float, generator: torch.Generator,
+                           device=None) -> torch.Tensor:
+    """n training timesteps t = floor(u T) with logit(u) ~ N(mean, std^2) (Esser et al. 2024,
+    eq. 19: the logit-normal density of the noise level, here of t/T; with mean 0 it draws the
+    middle of the schedule more often than both ends, mean > 0 the noisier half), so
+    P(t <= k) = logit_normal_cdf(k, ...)."""
+    u = torch.sigmoid(mean + std * torch.randn(n, device=device, generator=generator, dtype=torch.float64))
+    return (u * timesteps).long().clamp_(0, timesteps - 1)
+
+
+def logit_normal_cdf(k: torch.Tensor, timesteps: int, mean: float, std: float) -> torch.Tensor:
+    """P(t <= k) under logit_normal_timesteps: Phi((logit((k + 1)/T) - mean) / std), 1 at k = T - 1."""
+    u = ((k.double() + 1) / timesteps).clamp(max=1.0)
+    z = (torch.logit(u) - mean) / std  # +inf at k = T - 1
+    return 0.5 * (1 + torch.erf(z / math.sqrt(2)))
 
 
 def diffusion_loss(net, schedule: Schedule, x0: torch.Tensor, t: torch.Tensor, noise: torch.Tensor,

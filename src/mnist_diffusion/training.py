@@ -37,7 +37,7 @@ from .diffusion import Diffusion
 from .images import save_grid
 from .models import build_model, count_parameters
 from .sampling import SamplerOptions, generate
-from .schedule import Schedule, diffusion_loss, make_schedule
+from .schedule import Schedule, diffusion_loss, logit_normal_timesteps, make_schedule
 
 # elapsed_s: wall-clock seconds of training so far (previews and checkpoints included, summed over
 # resumes), so a run's quality can be read against minutes, not only steps
@@ -218,14 +218,23 @@ class Batch:
     y: Optional[torch.Tensor]  # (B,) labels, null_label where dropped; None for unconditional models
 
 
+def t_logit_normal(tc) -> Optional[tuple[float, float]]:
+    """(mean, std) of logit(t/T) when the run draws timesteps logit-normally, else None (uniform)."""
+    return (tc.t_logit_mean, tc.t_logit_std) if tc.t_sampling == "logit-normal" else None
+
+
 def draw_batch(images: torch.Tensor, labels: torch.Tensor, idx: torch.Tensor, generator: torch.Generator, *,
                timesteps: int, cond_drop_prob: float, null_label: Optional[int],
-               shard: slice = slice(None)) -> Batch:
+               shard: slice = slice(None), t_logit_normal: Optional[tuple[float, float]] = None) -> Batch:
     """The images at `idx`, and their timesteps, noise and label drops from `generator`. The draws
     are made for the whole global batch on every rank and then sharded, so N processes see exactly
-    the images, timesteps and noise that one process would."""
+    the images, timesteps and noise that one process would. Timesteps are uniform, or with
+    t_logit_normal = (mean, std) logit-normal (schedule.logit_normal_timesteps)."""
     B, device = idx.shape[0], images.device
-    t = torch.randint(0, timesteps, (B,), device=device, generator=generator)
+    if t_logit_normal is None:
+        t = torch.randint(0, timesteps, (B,), device=device, generator=generator)
+    else:
+        t = logit_normal_timesteps(timesteps, B, *t_logit_normal, generator, device=device)
     noise = torch.randn((B, 1, 28, 28), device=device, generator=generator)
     drop = torch.rand(B, device=device, generator=generator) < cond_drop_prob
     idx, t, noise, drop = idx[shard], t[shard], noise[shard], drop[shard]
@@ -547,7 +556,8 @@ def _train(cfg: RunConfig, data: Split, files: RunFiles, world: "distributed.Wor
             g = torch.Generator(device=device).manual_seed(_mix(tc.seed, state.step, 2))
             batch = draw_batch(images, labels, perm[i * tc.batch_size:(i + 1) * tc.batch_size], g,
                                timesteps=schedule.timesteps, cond_drop_prob=tc.cond_drop_prob,
-                               null_label=cfg.model.num_classes, shard=slice(world.rank, None, world.size))
+                               null_label=cfg.model.num_classes, shard=slice(world.rank, None, world.size),
+                               t_logit_normal=t_logit_normal(tc))
             # 3. gradients; the ranks agree on the loss and on stopping before anyone updates
             loss = training_step(state, net, schedule, batch, lr_at(cfg, state.step, total), device, amp)
             time_up = bool(tc.time_limit) and time.time() - t_start > tc.time_limit * 60
