@@ -87,6 +87,42 @@ def test_profile_step_lists_operators_for_both_precisions(tmp_path):
     assert "| operator |" in (tmp_path / "p.md").read_text()
 
 
+def test_average_ema_is_the_mean_of_the_snapshots_and_refuses_other_runs(tmp_path, mnist, capsys):
+    import torch
+
+    from mnist_diffusion import checkpoint as ckpt_io
+    avg = _script("average_ema")
+    data = Split(mnist["train"].images[:64], mnist["train"].labels[:64])
+    run = tmp_path / "run"
+    train(tiny_config(max_steps=4, epochs=100, save_interval=2, sample_interval=100), data, run, progress=False,
+          log=lambda s: None)
+    s2, s4 = (ckpt_io.load(run / "checkpoints" / f"step_{s:07d}.pt") for s in (2, 4))
+    assert avg.main([str(run), "2,4", "--output", str(tmp_path / "avg.pt")]) == 0
+    out = ckpt_io.load(tmp_path / "avg.pt")
+    last = ckpt_io.load(run / "checkpoints" / "last.pt")
+    for k, v in out["ema"].items():
+        torch.testing.assert_close(v, ((s2["ema"][k].double() + s4["ema"][k].double()) / 2).to(v.dtype))
+    assert any(not torch.equal(out["ema"][k], last["ema"][k]) for k in out["ema"])
+    assert all(torch.equal(out["model"][k], last["model"][k]) for k in out["model"]) and out["step"] == 4
+    # one snapshot: its EMA exactly; the output draws through the library like any checkpoint
+    assert avg.main([str(run), "4", "--output", str(tmp_path / "one.pt")]) == 0
+    one = ckpt_io.load(tmp_path / "one.pt")
+    assert all(torch.equal(one["ema"][k], last["ema"][k]) for k in one["ema"])
+    import mnist_diffusion as md
+    assert md.load(tmp_path / "avg.pt", device="cpu").sample(2, steps=2, seed=0).shape[0] == 2
+    # a snapshot of another run, a missing step, and the run's own last.pt as output are refused
+    other = tmp_path / "other"
+    train(tiny_config(max_steps=2, epochs=100, save_interval=2, sample_interval=100, lr=1e-3), data, other,
+          progress=False, log=lambda s: None)
+    (run / "checkpoints" / "step_0000002.pt").write_bytes((other / "checkpoints" / "step_0000002.pt").read_bytes())
+    capsys.readouterr()
+    assert avg.main([str(run), "2,4", "--output", str(tmp_path / "bad.pt")]) == 1
+    assert avg.main([str(run), "3", "--output", str(tmp_path / "bad.pt")]) == 1
+    assert "not from the same run" in capsys.readouterr().err and not (tmp_path / "bad.pt").exists()
+    with pytest.raises(SystemExit):
+        avg.main([str(run), "4", "--output", str(run / "checkpoints" / "last.pt")])
+
+
 def test_gpu_check_dry_path_on_cpu(tmp_path, mnist):
     """scripts/gpu_check.sh, the command meant for a CUDA machine, on its CPU path with tiny sizes:
     every stage runs and the one JSON holds each stage's seconds and the numbers."""
