@@ -25,8 +25,9 @@ def average(run: Path, steps: list[int]) -> dict:
     """last.pt of `run` with its "ema" replaced by the mean of the EMA weights at `steps`."""
     base = load(run / "checkpoints" / "last.pt")
     snaps = [load(run / "checkpoints" / f"step_{s:07d}.pt") for s in steps]
-    for s, ck in zip(steps, snaps):
-        if ck["config"] != base["config"] or set(ck["ema"]) != set(base["ema"]):
+    for s, ck in zip(steps, snaps):  # one run = one run id (training.RunFiles), as resume checks
+        if ck.get("run_id") != base.get("run_id") or ck["config"]["model"] != base["config"]["model"] \
+                or set(ck["ema"]) != set(base["ema"]):
             raise CheckpointError(f"step_{s:07d}.pt is not from the same run as last.pt")
     ema = {}
     for k, v in base["ema"].items():
@@ -52,8 +53,9 @@ def main(argv=None) -> int:
     if not steps or min(steps) <= 0:
         p.error("steps must be positive")
     out = Path(args.output)
-    if out.resolve() == (Path(args.run) / "checkpoints" / "last.pt").resolve() or out.is_dir():
-        p.error(f"--output {out} would overwrite the run's last.pt or is a folder; give a new file")
+    # inside the run's checkpoints/ it could replace a snapshot being averaged or be taken by --resume auto
+    if out.resolve().parent == (Path(args.run) / "checkpoints").resolve() or out.is_dir():
+        p.error(f"--output {out} is in the run's checkpoints folder or is a folder; give a file elsewhere")
     try:
         atomic_save(average(Path(args.run), steps), out)
     except CheckpointError as e:

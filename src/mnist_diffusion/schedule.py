@@ -212,7 +212,8 @@ def logit_normal_timesteps(timesteps: int, n: int, mean: float, std: float, gene
     eq. 19: the logit-normal density of the noise level, here of t/T; with mean 0 it draws the
     middle of the schedule more often than both ends, mean > 0 the noisier half), so
     P(t <= k) = logit_normal_cdf(k, ...)."""
-    u = torch.sigmoid(mean + std * torch.randn(n, device=device, generator=generator, dtype=torch.float64))
+    dtype = torch.float32 if torch.device(device or "cpu").type == "mps" else torch.float64  # MPS has no float64
+    u = torch.sigmoid(mean + std * torch.randn(n, device=device, generator=generator, dtype=dtype))
     return (u * timesteps).long().clamp_(0, timesteps - 1)
 
 

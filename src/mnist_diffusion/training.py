@@ -543,6 +543,7 @@ def _train(cfg: RunConfig, data: Split, files: RunFiles, world: "distributed.Wor
         + (f" on {world.size} processes" if world.active else ""))
 
     t_start, start_step, window = time.time(), state.step, _Window()
+    t_dist = t_logit_normal(tc)  # None: uniform timesteps
     loss_value, time_up, perm, perm_epoch = float("nan"), False, None, -1
     state.model.train()
     with _SignalCatcher() as sig, tqdm(total=total, initial=state.step, desc="training", unit="step",
@@ -557,7 +558,7 @@ def _train(cfg: RunConfig, data: Split, files: RunFiles, world: "distributed.Wor
             batch = draw_batch(images, labels, perm[i * tc.batch_size:(i + 1) * tc.batch_size], g,
                                timesteps=schedule.timesteps, cond_drop_prob=tc.cond_drop_prob,
                                null_label=cfg.model.num_classes, shard=slice(world.rank, None, world.size),
-                               t_logit_normal=t_logit_normal(tc))
+                               t_logit_normal=t_dist)
             # 3. gradients; the ranks agree on the loss and on stopping before anyone updates
             loss = training_step(state, net, schedule, batch, lr_at(cfg, state.step, total), device, amp)
             time_up = bool(tc.time_limit) and time.time() - t_start > tc.time_limit * 60
