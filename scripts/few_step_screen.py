@@ -14,7 +14,9 @@ with --guidance, guide only at noise levels in [glo, ghi] (Kynkaanniemi et al. 2
 dense=D: a capS grid D times as dense (in lambda) inside [dlo, dhi] (default [glo, ghi]) as outside it;
 seg=A/B/C: a capS grid with the band's edges [glo, ghi] as grid points and densities A above the band,
 B inside, C below it; reset=1: a first-order step (no multistep history) wherever guidance switches
-on or off, since the denoiser jumps there.
+on or off, since the denoiser jumps there; skip=1: no evaluation at T-1 (where alpha_bar = 2.4e-9 and
+the clipped x0 estimate is noise): the draw starts from x_T ~ N(0, I) as if it were x at the grid's
+top noise level (EDM's sigma_max start), and the n points all lie on the grid below it.
 
 A prototype bench for issue 20 (few-step samplers within 15% of many-step ones): variants are
 defined in VARIANTS below as (grid, eta per step, restarts). Winners move into samplers.py.
@@ -167,7 +169,12 @@ def plan(schedule, name):
             raise ValueError(f"variant {name!r}: seg needs three densities and a band 0 < glo < ghi < inf")
     if dense is not None and not all(0 < v < math.inf for v in dense[2:]):
         raise ValueError(f"variant {name!r}: grid densities must be finite numbers > 0")
-    seq = grid(schedule, int(spec.get("n", 20)), spec.get("grid", "logsnr"), dense)
+    if spec.get("skip", "0") not in ("0", "1"):
+        raise ValueError(f"variant {name!r}: skip must be 0 or 1")
+    n_points = int(spec.get("n", 20))
+    seq = grid(schedule, n_points + (spec.get("skip") == "1"), spec.get("grid", "logsnr"), dense)
+    if spec.get("skip") == "1":  # no evaluation at T-1: x_T ~ N(0, I) stands for x at the grid's top
+        seq = seq[1:]
     eta = float(spec.get("eta", 0.0 if not kind.startswith("sde") else 1.0))
     if not 0 <= eta <= 100:
         raise ValueError(f"variant {name!r}: eta must be in [0, 100]")

@@ -226,6 +226,12 @@ def test_few_step_screen_reproduces_the_library(checkpoints, tmp_path):
     assert band == (0.3, 5.0) and etas == [0.5] * 4 and reset
     assert np.array_equal(screen.draw(diff, kind, seq, etas, restarts, nfe, 6, 0.5, labels, 3, band, reset), lib)
     assert not np.array_equal(screen.draw(diff, kind, seq, etas, restarts, nfe, 6, 0.5, labels, 3, band), lib)
+    # skip=1: the same number of points, all on the capped grid below T-1 (n + 1 points, T-1 dropped)
+    full = screen.plan(diff.schedule, "sde:grid=cap20:n=5")[1]
+    skipped = screen.plan(diff.schedule, "sde:grid=cap20:n=4:skip=1")[1]
+    assert full[0] == diff.schedule.timesteps - 1 and skipped == full[1:] and len(skipped) == 4
+    with pytest.raises(ValueError, match="skip must be 0 or 1"):
+        screen.plan(diff.schedule, "sde:skip=2")
     out = tmp_path / "screen.json"
     with pytest.raises(SystemExit, match="eta must be"):
         screen.main(["--model", checkpoints["cond"], "--variants", "sde:eta=-1"])
