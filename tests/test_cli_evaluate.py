@@ -137,6 +137,12 @@ def test_evaluate_conditional_checkpoint_reports_label_accuracy(mnist, tmp_path,
     guided = _run_json(argv + ["--guidance", "1.5"], tmp_path / "g.json")
     assert guided["sampler"]["guidance"] == 1.5
     assert seen == [(1.5, [i % 10 for i in range(10)])]
+    assert "first_order_switches" not in guided["sampler"]  # ddim: no such steps, nothing recorded
+    # dpmpp with its default guidance interval records whether it stepped first order at the switches
+    dpmpp = argv[:5] + ["--sampler", "dpmpp", "--steps", "4", "--noise-mse-images", "10", "--guidance", "1.5"]
+    assert _run_json(dpmpp, tmp_path / "d.json")["sampler"]["first_order_switches"] is True
+    plain = _run_json(dpmpp + ["--no-first-order-switches"], tmp_path / "p.json")
+    assert plain["sampler"]["first_order_switches"] is False and plain["sampler"]["guidance_interval"] == [0.3, 5.0]
 
 
 def test_guidance_errors_are_one_line(tiny_run, tmp_path, capsys):

@@ -282,11 +282,16 @@ def test_run_sampler_steps_first_order_where_guidance_switches(monkeypatch):
     assert not torch.equal(banded, run_sampler("dpmpp", e, s, x_T, None, steps=20))
     assert torch.equal(run_sampler("ddim", e, s, x_T, None, steps=10, guidance_interval=band),
                        run_sampler("ddim", e, s, x_T, None, steps=10))
-    # sdedit passes it on: the same edit with the switches' first-order steps turned off differs
+    # first_order_switches=False: the band's switches are ordinary second-order steps
+    assert torch.equal(run_sampler("dpmpp", e, s, x_T, None, steps=20, guidance_interval=band,
+                                   first_order_switches=False), run_sampler("dpmpp", e, s, x_T, None, steps=20))
+    # sdedit passes both on: the same edit with the switches' first-order steps turned off differs
     images = torch.zeros(2, 1, 3, 3, dtype=torch.float64)
     edited = sdedit("dpmpp", e, s, images, x_T, None, 0.9, steps=20, guidance_interval=band)
+    plain = sdedit("dpmpp", e, s, images, x_T, None, 0.9, steps=20, guidance_interval=band, first_order_switches=False)
+    assert not torch.equal(edited, plain)
     monkeypatch.setattr(samplers, "guidance_switches", lambda *a: frozenset())
-    assert not torch.equal(edited, sdedit("dpmpp", e, s, images, x_T, None, 0.9, steps=20, guidance_interval=band))
+    assert torch.equal(plain, sdedit("dpmpp", e, s, images, x_T, None, 0.9, steps=20, guidance_interval=band))
 
 
 # ---------------------------------------------------------------------------------------------

@@ -133,6 +133,9 @@ def test_guidance_interval_defaults_and_checks(cond):
     assert (draw() == draw(guidance_interval=GUIDANCE_INTERVAL)).all()
     assert (everywhere == draw(guidance_interval=(0, 1e30))).all()
     assert not (draw() == everywhere).all()
+    # second-order steps across the band's edges: other images; without a band there is nothing to switch
+    assert not (draw(first_order_switches=False) == draw()).all()
+    assert (draw(guidance_interval=(0, float("inf")), first_order_switches=False) == everywhere).all()
 
 
 def test_dpmpp_default_eta_depends_on_guidance(uncond, cond):

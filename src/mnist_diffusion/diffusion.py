@@ -279,14 +279,15 @@ class Diffusion:
     def sample(self, num_images: Optional[int] = None, *, label: Label = None, guidance: float = 0.0,
                guidance_interval: Optional[tuple[float, float]] = None, sampler: str = "ddpm",
                steps: Optional[int] = None, eta: Optional[float] = None, spacing: Optional[str] = None,
-               clip: bool = True, seed: int = 0, batch_size: int = 256, progress: bool = False,
-               callback=None) -> np.ndarray:
+               clip: bool = True, first_order_switches: bool = True, seed: int = 0, batch_size: int = 256,
+               progress: bool = False, callback=None) -> np.ndarray:
         """Draw images: uint8 (N, 28, 28), 0 = background. Image i depends only on (seed, i), never on
         the batch size. `label`: see `labels` (default num_images: 64, or 10 per class with "all");
         `guidance` W needs labels. Samplers: "ddpm" (ancestral; fewer `steps` than T respaces it),
         "ddim" (eta = 0 deterministic) and "dpmpp" (DPM-Solver++(2M); eta None: 2, or 0.5 with guidance,
         SamplerOptions.eta_for; with guidance, dpmpp guides only at noise levels in
-        `guidance_interval`, default 0.3-5, SamplerOptions.interval_for); each has a default step count
+        `guidance_interval`, default 0.3-5, SamplerOptions.interval_for, with first-order steps where
+        guidance switches unless `first_order_switches` is False); each has a default step count
         and spacing (samplers.DEFAULT_STEPS / DEFAULT_SPACING). `callback(start, i, t, x_t, x0)` sees
         every network evaluation (sampling.Trajectory records frames with it)."""
         from .sampling import SamplerOptions, generate
@@ -296,7 +297,7 @@ class Diffusion:
             else:
                 num_images = 10 * self.num_classes if label == "all" and self.num_classes else 64
         options = SamplerOptions(sampler=sampler, steps=steps, eta=eta, spacing=spacing, clip=clip, guidance=guidance,
-                                 guidance_interval=guidance_interval)
+                                 guidance_interval=guidance_interval, first_order_switches=first_order_switches)
         labels = self.labels(self.default_label(label), num_images, seed)
         return generate(self, num_images, options, labels=labels, seed=seed,
                         batch_size=batch_size, progress=progress, callback=callback)
@@ -333,7 +334,8 @@ class Diffusion:
     def edit(self, images, strength: float, *, label: Label = None, guidance: float = 0.0,
              guidance_interval: Optional[tuple[float, float]] = None, sampler: str = "ddpm",
              steps: Optional[int] = None, eta: Optional[float] = None, spacing: Optional[str] = None, clip: bool = True,
-             seed: int = 0, batch_size: int = 256, progress: bool = False) -> np.ndarray:
+             first_order_switches: bool = True, seed: int = 0, batch_size: int = 256,
+             progress: bool = False) -> np.ndarray:
         """SDEdit (Meng et al. 2022): noise `images` to `strength` in [0, 1] of the way and denoise,
         towards `label` with `guidance` (a digit or a rough sketch into a K). Strength 0 returns the
         input; strength 1 ignores it (the same images as `sample` with this seed). `steps` counts a
@@ -343,7 +345,7 @@ class Diffusion:
             raise ValueError(f"strength must be in [0, 1], got {strength}")
         x = self._as_model_range(images)
         options = SamplerOptions(sampler=sampler, steps=steps, eta=eta, spacing=spacing, clip=clip, guidance=guidance,
-                                 guidance_interval=guidance_interval)
+                                 guidance_interval=guidance_interval, first_order_switches=first_order_switches)
         labels = self.labels(label, len(x))
         if strength == 0.0:
             self.check_labels(labels, len(x), guidance)

@@ -409,6 +409,9 @@ def evaluate_model(diff: "Diffusion", options: "SamplerOptions", num_samples: in
                   "balanced (image i gets class i mod num_classes)" if labels is not None else None,
         "guidance": options.guidance if requested is not None or diff.guide is not None else None,
         **({"guidance_interval": interval and list(interval)} if options.guidance else {}),  # None: every step
+        # dpmpp's first-order steps where guidance switches on or off (recorded only where there are such)
+        **({"first_order_switches": options.first_order_switches}
+           if options.guidance and interval and options.sampler == "dpmpp" else {}),
         **({"autoguide": diff.guide.source, "autoguide_step": diff.guide.step} if diff.guide is not None else {})})
     if dataset != diff.dataset:
         result["warning"] = f"the model was trained on {diff.dataset}, scored against {dataset}"

@@ -189,7 +189,9 @@ def model_card(cfg: RunConfig, info: dict, *, metrics: Optional[dict] = None, co
                   + (f", eta {s['eta']:g}" if s.get("eta") is not None else "")
                   + (f", guidance W = {s['guidance']:g}"
                      + (f" at noise levels {s['guidance_interval'][0]:g}-{s['guidance_interval'][1]:g}"
-                        if s.get("guidance_interval") else "") + ", "
+                        if s.get("guidance_interval") else "")
+                     + (", second order where guidance switches" if s.get("first_order_switches") is False else "")
+                     + ", "
                      + ("clusters drawn by their sizes" if clustered else "balanced labels")
                      if s.get("guidance") is not None else "")
                   + f") against the {metrics['dataset']} test split:", "",

@@ -333,7 +333,7 @@ def sdedit_plan(name: str, schedule: Schedule, strength: float, steps: Optional[
 def sdedit(name: str, eps_fn: EpsFn, schedule: Schedule, images: torch.Tensor, noise: torch.Tensor, noise_fn: NoiseFn,
            strength: float, *, steps: Optional[int] = None, eta: float = 0.0, spacing: Optional[str] = None,
            clip: bool = True, guidance_interval: Optional[tuple[float, float]] = None,
-           callback: Callback = None) -> torch.Tensor:
+           first_order_switches: bool = True, callback: Callback = None) -> torch.Tensor:
     """SDEdit (Meng et al. 2022): noise `images` (in [-1, 1]) to t0 = sdedit_start(strength) with
     `noise`, x_t0 = sqrt(a_t0) x + sqrt(1 - a_t0) noise, and run sampler `name` from there on the
     schedule cut at t0 (Schedule.prefix), with the share `strength` of its steps. At strength 1,
@@ -345,7 +345,8 @@ def sdedit(name: str, eps_fn: EpsFn, schedule: Schedule, images: torch.Tensor, n
         # the coefficients as Python floats: the images stay in their dtype and device (MPS has no float64)
         x = float(sub.sqrt_alpha_bar[t0]) * images.to(noise.dtype) + float(sub.sqrt_one_minus_alpha_bar[t0]) * noise
     return run_sampler(name, eps_fn, sub, x, noise_fn, steps=n, eta=eta, spacing=spacing, clip=clip,
-                       guidance_interval=guidance_interval, callback=callback)
+                       guidance_interval=guidance_interval, first_order_switches=first_order_switches,
+                       callback=callback)
 
 
 def slerp(z0: torch.Tensor, z1: torch.Tensor, alpha: float, eps: float = 1e-7) -> torch.Tensor:
@@ -388,10 +389,11 @@ def visited_timesteps(name: str, schedule: Schedule, steps: Optional[int] = None
 def run_sampler(name: str, eps_fn: EpsFn, schedule: Schedule, x_T: torch.Tensor, noise_fn: NoiseFn, *,
                 steps: Optional[int] = None, eta: float = 0.0, spacing: Optional[str] = None, clip: bool = True,
                 variance: str = "posterior", guidance_interval: Optional[tuple[float, float]] = None,
-                callback: Callback = None) -> torch.Tensor:
+                first_order_switches: bool = True, callback: Callback = None) -> torch.Tensor:
     """Dispatch by name with each sampler's default step count and spacing (when None).
     `guidance_interval`: the one eps_fn guides in, if any; dpmpp takes first-order steps where
-    guidance switches (guidance_switches), the others need not know."""
+    guidance switches (guidance_switches) unless `first_order_switches` is False; the other
+    samplers need not know."""
     if name not in SAMPLERS:
         raise ValueError(f"unknown sampler {name!r}; choose from {', '.join(SAMPLERS)}")
     spacing = DEFAULT_SPACING[name] if spacing is None else spacing
@@ -406,6 +408,6 @@ def run_sampler(name: str, eps_fn: EpsFn, schedule: Schedule, x_T: torch.Tensor,
         return ddim(eps_fn, schedule, x_T, noise_fn, steps=steps, eta=eta, spacing=spacing, clip=clip,
                     callback=callback)
     switches = guidance_switches(schedule, timestep_sequence(schedule, steps, spacing, include_zero=False),
-                                 guidance_interval) if guidance_interval else frozenset()
+                                 guidance_interval) if guidance_interval and first_order_switches else frozenset()
     return dpmpp(eps_fn, schedule, x_T, noise_fn, steps=steps, spacing=spacing, eta=eta, clip=clip,
                  first_order_at=switches, callback=callback)

@@ -61,6 +61,11 @@ class SamplerOptions:
         None, "guide only at noise levels sigma_t = sqrt((1-a_t)/a_t) in LO,HI (Kynkaanniemi et al. 2024), "
               "unguided elsewhere (one network evaluation instead of two); default for dpmpp with --guidance "
               "0.3,5, otherwise every step (0,inf)")
+    first_order_switches: bool = option(
+        True, "dpmpp with a guidance interval: extrapolate (second order) across the steps where guidance "
+              "switches on or off, instead of the default first-order steps there (measured at n = 10,000: "
+              "first order is 10% better on the MNIST cards, 8% worse on fashion_mnist's)",
+        flag="--no-first-order-switches")
 
     def __post_init__(self):
         if self.sampler not in SAMPLERS:
@@ -125,7 +130,8 @@ def sample_batches(diff: "Diffusion", num_images: int, options: SamplerOptions =
     def draw(eps_fn, noise, start, n, step_done):
         return run_sampler(options.sampler, eps_fn, diff.schedule, noise.initial((1, 28, 28)), noise,
                            steps=options.steps, eta=eta, spacing=options.spacing, clip=options.clip,
-                           guidance_interval=interval, callback=step_done)
+                           guidance_interval=interval, first_order_switches=options.first_order_switches,
+                           callback=step_done)
     yield from _batches(diff, num_images, options, draw, len(options.visited(diff.schedule)), labels=labels, seed=seed,
                         batch_size=batch_size, first=first, progress=progress, callback=callback)
 
@@ -167,7 +173,8 @@ def edit_batches(diff: "Diffusion", images: torch.Tensor, strength: float, optio
         return sdedit(options.sampler, eps_fn, diff.schedule, images[start:start + n].to(diff.device),
                       noise.initial((1, 28, 28)), noise, strength, steps=options.steps,
                       eta=options.eta_for(diff.guide is not None), spacing=options.spacing, clip=options.clip,
-                      guidance_interval=_guided_interval(diff, options), callback=step_done)
+                      guidance_interval=_guided_interval(diff, options),
+                      first_order_switches=options.first_order_switches, callback=step_done)
     yield from _batches(diff, len(images), options, draw, evals, labels=labels, seed=seed, batch_size=batch_size,
                         progress=progress, callback=callback, desc="editing")
 
