@@ -315,8 +315,8 @@ class Diffusion:
     def inpaint(self, images, mask, *, label: Label = None, guidance: float = 0.0,
                 guidance_interval: Optional[tuple[float, float]] = None, sampler: str = "ddpm",
                 steps: Optional[int] = None, eta: Optional[float] = None, spacing: Optional[str] = None, clip: bool = True,
-                jump_length: int = 10, resample: int = 1, seed: int = 0, batch_size: int = 256,
-                progress: bool = False) -> np.ndarray:
+                first_order_switches: bool = True, jump_length: int = 10, resample: int = 1, seed: int = 0,
+                batch_size: int = 256, progress: bool = False) -> np.ndarray:
         """Fill in the unknown pixels of `images` (uint8 (N, 28, 28), or floats in [-1, 1]) where `mask`
         is 0 (1 = known; (28, 28) for all, or one per image): RePaint (Lugmayr et al. 2022), with
         its resampling when resample > 1 (each block of `jump_length` steps done `resample` times).
@@ -326,7 +326,7 @@ class Diffusion:
         known = self._as_model_range(images)
         m = torch.as_tensor(check_mask(mask, len(known)))[:, None]
         options = SamplerOptions(sampler=sampler, steps=steps, eta=eta, spacing=spacing, clip=clip, guidance=guidance,
-                                 guidance_interval=guidance_interval)
+                                 guidance_interval=guidance_interval, first_order_switches=first_order_switches)
         return self._gather(inpaint_batches(self, known, m, options, jump_length=jump_length, resample=resample,
                                             labels=self.labels(label, len(known)), seed=seed, batch_size=batch_size,
                                             progress=progress), len(known))
