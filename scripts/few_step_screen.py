@@ -171,10 +171,8 @@ def plan(schedule, name):
         raise ValueError(f"variant {name!r}: grid densities must be finite numbers > 0")
     if spec.get("skip", "0") not in ("0", "1"):
         raise ValueError(f"variant {name!r}: skip must be 0 or 1")
-    n_points = int(spec.get("n", 20))
-    seq = grid(schedule, n_points + (spec.get("skip") == "1"), spec.get("grid", "logsnr"), dense)
-    if spec.get("skip") == "1":  # no evaluation at T-1: x_T ~ N(0, I) stands for x at the grid's top
-        seq = seq[1:]
+    skip = int(spec.get("skip", 0))  # 1: no evaluation at T-1, x_T ~ N(0, I) stands for x at the grid's top
+    seq = grid(schedule, int(spec.get("n", 20)) + skip, spec.get("grid", "logsnr"), dense)[skip:]
     eta = float(spec.get("eta", 0.0 if not kind.startswith("sde") else 1.0))
     if not 0 <= eta <= 100:
         raise ValueError(f"variant {name!r}: eta must be in [0, 100]")
