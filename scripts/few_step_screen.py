@@ -16,7 +16,8 @@ seg=A/B/C: a capS grid with the band's edges [glo, ghi] as grid points and densi
 B inside, C below it; reset=1: a first-order step (no multistep history) wherever guidance switches
 on or off, since the denoiser jumps there; skip=1: no evaluation at T-1 (where alpha_bar = 2.4e-9 and
 the clipped x0 estimate is noise): the draw starts from x_T ~ N(0, I) as if it were x at the grid's
-top noise level (EDM's sigma_max start), and the n points all lie on the grid below it.
+top noise level (EDM's sigma_max start), and the n points all lie on the grid below it; corr=1 / 2:
+sde/ode with the library's corrector (samplers.dpmpp(corrector=)), no extra evaluations.
 
 A prototype bench for issue 20 (few-step samplers within 15% of many-step ones): variants are
 defined in VARIANTS below as (grid, eta per step, restarts). Winners move into samplers.py.
@@ -39,22 +40,30 @@ from mnist_diffusion.atomic import atomic_write_json
 from mnist_diffusion.checkpoint import CheckpointError
 from mnist_diffusion.data import DataError, to_uint8
 from mnist_diffusion.evaluation import balanced_labels, evaluate_images
-from mnist_diffusion.samplers import SPACINGS, _alpha_bar, _lambda, _pred_x0, guidance_switches, timestep_sequence
+from mnist_diffusion.samplers import (SPACINGS, _alpha_bar, _lambda, _pred_x0, corrector_weights, guidance_switches,
+                                      timestep_sequence)
 from mnist_diffusion.sampling import SamplerOptions, _batches, generate
 from mnist_diffusion.schedule import noise_level as schedule_noise_level
 
 
-def dpmpp_path(eps_fn, schedule, x, noise_fn, seq, etas, clip=True, restarts=(), order=2, reset=frozenset()):
+def dpmpp_path(eps_fn, schedule, x, noise_fn, seq, etas, clip=True, restarts=(), order=2, reset=frozenset(),
+               corrector=0):
     """SDE/ODE DPM-Solver++(2M) (order 3: the 3M multistep form, as k-diffusion's
     sample_dpmpp_3m_sde, in VP coordinates) over `seq` (evaluation timesteps, the last one jumps to
     x0), eta per step; restarts: (i_lo, i_hi, k) = after reaching seq[i_lo], renoise to seq[i_hi]
-    (forward process) and solve back to seq[i_lo] again, k times (Xu et al. 2023)."""
+    (forward process) and solve back to seq[i_lo] again, k times (Xu et al. 2023); corrector (order 2
+    only): the library's UniPC-style corrector (samplers.dpmpp, corrector_weights), 1 linear, 2 quadratic."""
     def solve(x, ts, etas_here, final):
         x0_1 = x0_2 = h_1 = h_2 = None
+        last = None
         for i, t in enumerate(ts):
             x0, _ = _pred_x0(eps_fn, schedule, x, t, clip)
             if t in reset:  # the denoiser jumped here (guidance switched): no extrapolation across it
                 x0_1 = x0_2 = h_1 = h_2 = None
+            elif last is not None and i + 1 < len(ts):  # redo the step into x with this x0 as well
+                base, a_now, h_l, x0_a, x0_b, h_b, eta_l = last
+                w = corrector_weights(h_l, h_b if x0_b is not None else None, eta_l, corrector)
+                x = base + a_now ** 0.5 * (w[0] * x0 + w[1] * x0_a + (w[2] * x0_b if x0_b is not None else 0.0))
             if i + 1 == len(ts):
                 if final:
                     return x0, None
@@ -66,7 +75,15 @@ def dpmpp_path(eps_fn, schedule, x, noise_fn, seq, etas, clip=True, restarts=(),
             he = (1 + eta) * h
             if order == 2:
                 d = x0 if x0_1 is None else (1 + 1 / (2 * h_1 / h)) * x0 - (1 / (2 * h_1 / h)) * x0_1
-                x = ((1 - a_s) / (1 - a_t)) ** 0.5 * math.exp(-eta * h) * x - a_s ** 0.5 * math.expm1(-he) * d
+                base = ((1 - a_s) / (1 - a_t)) ** 0.5 * math.exp(-eta * h) * x
+                x = base - a_s ** 0.5 * math.expm1(-he) * d
+                if eta > 0:
+                    z = (1 - a_s) ** 0.5 * math.sqrt(-math.expm1(-2 * eta * h)) * noise_fn(x)
+                    x, base = x + z, base + z
+                if corrector:
+                    last = (base, a_s, h, x0, x0_1 if corrector == 2 else None, h_1, eta)
+                x0_1, x0_2, h_1, h_2 = x0, x0_1, h, h_1
+                continue
             else:
                 x = ((1 - a_s) / (1 - a_t)) ** 0.5 * math.exp(-eta * h) * x - a_s ** 0.5 * math.expm1(-he) * x0
                 phi2 = math.expm1(-he) / he + 1
@@ -152,7 +169,8 @@ def grid(schedule, n, kind, dense=None):
 
 
 def plan(schedule, name):
-    """One variant KIND:key=value:... -> (kind, evaluation grid, eta per step, restarts, network evaluations)."""
+    """One variant KIND:key=value:... -> (kind, evaluation grid, eta per step, restarts, network
+    evaluations, guidance band, reset, corrector order)."""
     kind, *pairs = name.split(":")
     if kind not in ("sde", "ode", "sde3", "ode3", "restart", "ddpm") or any(p.count("=") != 1 for p in pairs):
         raise ValueError(f"variant {name!r}: expected KIND:key=value:... with KIND sde, ode, sde3, ode3, restart "
@@ -193,11 +211,14 @@ def plan(schedule, name):
     nfe = len(seq) + (restarts[2] * (len(restarts[3]) - 1) if restarts else 0)
     if spec.get("reset", "0") not in ("0", "1"):
         raise ValueError(f"variant {name!r}: reset must be 0 or 1")
-    return kind, seq, etas, restarts, nfe, band, spec.get("reset") == "1"
+    corrector = int(spec.get("corr", 0))
+    if spec.get("corr", "0") not in ("0", "1", "2") or (corrector and kind not in ("sde", "ode")):
+        raise ValueError(f"variant {name!r}: corr must be 0, 1 or 2, and only with sde or ode")
+    return kind, seq, etas, restarts, nfe, band, spec.get("reset") == "1", corrector
 
 
 def draw(diff, kind, seq, etas, restarts, nfe, n, guidance, labels, batch_size, band=(0, math.inf),
-         reset_at_edges=False):
+         reset_at_edges=False, corrector=0):
     """uint8 images of one variant, through the library's batch loop (per-image seeds, guidance)."""
     if kind == "ddpm":
         return generate(diff, n, SamplerOptions(sampler="ddpm", steps=nfe, guidance=guidance), labels=labels,
@@ -216,7 +237,7 @@ def draw(diff, kind, seq, etas, restarts, nfe, n, guidance, labels, batch_size, 
             def eps_fn(x, t):
                 return guided(x, t) if band[0] <= noise_level(sched, int(t[0])) <= band[1] else plain(x, t)
         return dpmpp_path(eps_fn, sched, noise.initial((1, 28, 28)), noise, seq, etas, restarts=restarts,
-                          order=3 if kind.endswith("3") else 2, reset=reset)
+                          order=3 if kind.endswith("3") else 2, reset=reset, corrector=corrector)
     for start, x0 in _batches(diff, n, SamplerOptions(guidance=guidance), run, nfe, labels=labels, seed=0,
                               batch_size=batch_size):
         imgs[start:start + len(x0)] = to_uint8(x0)
@@ -254,9 +275,10 @@ def main(argv=None):
     elif diff.num_classes:
         labels = torch.as_tensor(balanced_labels(n, diff.num_classes))
     try:
-        for name, (kind, seq, etas, restarts, nfe, band, reset) in plans.items():
+        for name, (kind, seq, etas, restarts, nfe, band, reset, corrector) in plans.items():
             t0 = time.time()
-            imgs = draw(diff, kind, seq, etas, restarts, nfe, n, a.guidance, labels, a.batch_size, band, reset)
+            imgs = draw(diff, kind, seq, etas, restarts, nfe, n, a.guidance, labels, a.batch_size, band, reset,
+                        corrector)
             if a.guidance and kind != "ddpm":  # evaluations per image: two where guided
                 nfe += sum(band[0] <= noise_level(diff.schedule, t) <= band[1] for t in seq)
             dt = time.time() - t0

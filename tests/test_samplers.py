@@ -14,8 +14,8 @@ import math
 import pytest
 import torch
 
-from mnist_diffusion.samplers import (LOGSNR_CAP, SPACINGS, PerImageNoise, ddim, ddim_invert, ddpm, dpmpp,
-                                      guidance_switches, repaint, run_sampler, sdedit, slerp, timestep_sequence)
+from mnist_diffusion.samplers import (LOGSNR_CAP, SPACINGS, PerImageNoise, corrector_weights, ddim, ddim_invert, ddpm,
+                                      dpmpp, guidance_switches, repaint, run_sampler, sdedit, slerp, timestep_sequence)
 from mnist_diffusion.schedule import Schedule, guidance_weights, make_schedule, noise_level, q_sample
 
 MU, SD = 0.5, 0.3
@@ -412,3 +412,72 @@ def test_stochastic_dpmpp_needs_noise_and_eta0_is_the_ode_solver():
     ode = dpmpp(e, s, x_T, steps=7, clip=False)
     assert torch.equal(dpmpp(e, s, x_T, lambda like: torch.ones_like(like), steps=7, eta=0.0, clip=False), ode)
     assert not torch.allclose(dpmpp(e, s, x_T, lambda like: torch.ones_like(like), steps=7, eta=1.0, clip=False), ode)
+
+
+# ---------------------------------------------------------------------------------------------
+# dpmpp's corrector (UniPC / SA-Solver style): exact weights, more accurate on the toy, no jumps
+
+@pytest.mark.parametrize("h,h_before,eta", [(0.3, 0.2, 0.0), (0.05, 0.07, 0.5), (1.2, 0.4, 2.0)])
+def test_corrector_weights_integrate_polynomials_exactly(h, h_before, eta):
+    """The weights reproduce the integral of 1, u and u^2 (the quadratic rule; 1 and u for the linear
+    one) against the step's kernel (1 + eta) e^{-(1 + eta)(h - u)} on [0, h], by fine quadrature."""
+    u = torch.linspace(0, h, 400001, dtype=torch.float64)
+    kernel = (1 + eta) * torch.exp(-(1 + eta) * (h - u))
+    points = torch.tensor([h, 0.0, -h_before], dtype=torch.float64)  # new, start, before
+    for order, degrees in [(2, (0, 1, 2)), (1, (0, 1))]:
+        w = torch.tensor(corrector_weights(h, h_before if order == 2 else None, eta, order), dtype=torch.float64)
+        for j in degrees:
+            exact = float(torch.trapezoid(kernel * u ** j, u))
+            assert float((w * points ** j).sum()) == pytest.approx(exact, rel=1e-8, abs=1e-12)
+    # the weights sum to the predictor's weight on D
+    assert sum(corrector_weights(h, h_before, eta, 2)) == pytest.approx(-math.expm1(-(1 + eta) * h))
+
+
+@pytest.mark.parametrize("sd", [0.3, 0.6])
+def test_corrector_makes_the_ode_solver_more_accurate(sd):
+    """Gaussian toy, eta = 0: against the exact ODE solution carried to the grid's last timestep and
+    denoised there (what the solver returns), both correctors beat the plain 2M solver at 40 and 80
+    steps on the log-SNR grid, by 2x or more; the mean stays exact."""
+    s = make_schedule("cosine", 1000)
+    for steps in (40, 80):
+        t_min = timestep_sequence(s, steps, "logsnr", include_zero=False)[-1]
+        a = float(s.alpha_bar[t_min])
+        exact = sd * sd * a ** 0.5 / math.sqrt(a * sd * sd + 1 - a)  # std of E[x0 | x_t_min] on the exact path
+        err = {}
+        for c in (0, 1, 2):
+            mean, std = exact_moments(lambda x, n: dpmpp(gaussian_eps(s, sd=sd), s, x, n, steps=steps,
+                                                         spacing="logsnr", clip=False, corrector=c), s, 0, sd=sd)
+            assert mean == pytest.approx(MU, abs=1e-9)
+            err[c] = abs(std - exact) / sd
+        assert err[1] < err[0] / 2 and err[2] < err[0] / 2, (steps, err)
+
+
+@pytest.mark.parametrize("eta", [0.5, 2.0])
+def test_corrected_stochastic_dpmpp_samples_the_data_distribution(eta):
+    """With fresh noise the corrector redoes each step with the same noise: the mean stays exact and
+    the std converges to the data's."""
+    s = make_schedule("cosine", 1000)
+    for c in (1, 2):
+        mean, std = exact_moments(lambda x, n: dpmpp(gaussian_eps(s), s, x, n, steps=200, eta=eta, clip=False,
+                                                     corrector=c), s, 200)
+        assert mean == pytest.approx(MU, abs=1e-9)
+        assert abs(std - SD) / SD < 0.01
+
+
+def test_corrector_does_not_reach_across_a_jump():
+    """No correction into a timestep named in first_order_at: naming every timestep leaves the
+    first-order solver (DDIM on the grid) exactly as it was; a corrector changes a normal run; and
+    only dpmpp has one."""
+    s = make_schedule("cosine", 1000)
+    seq = timestep_sequence(s, 8, "logsnr-capped", include_zero=False)
+    x_T = torch.randn(3, 1, 4, 4, generator=torch.Generator().manual_seed(5), dtype=torch.float64)
+    e = gaussian_eps(s)
+    kw = dict(steps=8, spacing="logsnr-capped", clip=False)
+    first = dpmpp(e, s, x_T, first_order_at=set(seq), **kw)
+    for c in (1, 2):
+        assert torch.equal(dpmpp(e, s, x_T, first_order_at=set(seq), corrector=c, **kw), first)
+        assert not torch.allclose(dpmpp(e, s, x_T, corrector=c, **kw), dpmpp(e, s, x_T, **kw), atol=1e-6)
+    with pytest.raises(ValueError, match="corrector must be"):
+        dpmpp(e, s, x_T, corrector=3, **kw)
+    with pytest.raises(ValueError, match="dpmpp's"):
+        run_sampler("ddim", e, s, x_T, None, steps=8, corrector=1)

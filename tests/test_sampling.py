@@ -136,6 +136,16 @@ def test_guidance_interval_defaults_and_checks(cond):
     # second-order steps across the band's edges: other images; without a band there is nothing to switch
     assert not (draw(first_order_switches=False) == draw()).all()
     assert (draw(guidance_interval=(0, float("inf")), first_order_switches=False) == everywhere).all()
+    # dpmpp's corrector: other images, the same number of network evaluations; only dpmpp has one
+    calls = []
+    corrected = cond.sample(3, label=4, guidance=1.0, sampler="dpmpp", steps=4, seed=2, corrector=2,
+                            callback=lambda *a: calls.append(a[2]))
+    assert not (corrected == draw()).all() and len(calls) == 4
+    with pytest.raises(ValueError, match="dpmpp's"):
+        cond.sample(3, label=4, sampler="ddim", corrector=1)
+    for bad in (3, -1, 1.5):
+        with pytest.raises(ValueError, match="corrector must be"):
+            SamplerOptions(sampler="dpmpp", corrector=bad)
 
 
 def test_dpmpp_default_eta_depends_on_guidance(uncond, cond):

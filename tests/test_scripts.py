@@ -222,10 +222,19 @@ def test_few_step_screen_reproduces_the_library(checkpoints, tmp_path):
     lib = generate(diff, 6, SamplerOptions(sampler="dpmpp", steps=4, guidance=0.5), labels=labels, batch_size=3)
     # the library takes first-order steps where guidance switches on or off: the screen's reset=1
     variant = "sde:grid=logsnr-capped:eta=0.5:glo=0.3:ghi=5:n=4:reset=1"
-    kind, seq, etas, restarts, nfe, band, reset = screen.plan(diff.schedule, variant)
-    assert band == (0.3, 5.0) and etas == [0.5] * 4 and reset
+    kind, seq, etas, restarts, nfe, band, reset, corrector = screen.plan(diff.schedule, variant)
+    assert band == (0.3, 5.0) and etas == [0.5] * 4 and reset and corrector == 0
     assert np.array_equal(screen.draw(diff, kind, seq, etas, restarts, nfe, 6, 0.5, labels, 3, band, reset), lib)
     assert not np.array_equal(screen.draw(diff, kind, seq, etas, restarts, nfe, 6, 0.5, labels, 3, band), lib)
+    # corr=K is the library's corrector, and it changes the images
+    corrected = generate(diff, 6, SamplerOptions(sampler="dpmpp", steps=4, guidance=0.5, corrector=2), labels=labels,
+                         batch_size=3)
+    *head, corrector = screen.plan(diff.schedule, variant + ":corr=2")
+    assert corrector == 2
+    assert np.array_equal(screen.draw(diff, *head[:5], 6, 0.5, labels, 3, band, reset, corrector), corrected)
+    assert not np.array_equal(corrected, lib)
+    with pytest.raises(ValueError, match="corr must be"):
+        screen.plan(diff.schedule, "restart:ilo=2:ihi=1:corr=1")
     # skip=1: the same number of points, all on the capped grid below T-1 (n + 1 points, T-1 dropped)
     full = screen.plan(diff.schedule, "sde:grid=cap20:n=5")[1]
     skipped = screen.plan(diff.schedule, "sde:grid=cap20:n=4:skip=1")[1]

@@ -109,7 +109,7 @@ def add_fields(p: argparse.ArgumentParser, fields, prefix: str = "", keep_defaul
             p.add_argument(flag, type=float_pair if typing.get_args(hint) == (float, float) else int_list,
                            metavar="LO,HI" if typing.get_args(hint) == (float, float) else None, **kw)
         elif meta["choices"]:
-            p.add_argument(flag, choices=meta["choices"], **kw)
+            p.add_argument(flag, choices=meta["choices"], type=hint if hint in (int, float) else None, **kw)
         else:
             p.add_argument(flag, type=NUMBER_TYPES.get((hint, meta["kind"]), hint),
                            metavar="MIN" if f.name == "time_limit" else None, **kw)

@@ -205,7 +205,7 @@ def _lambda(schedule: Schedule, t: int) -> float:
 @torch.no_grad()
 def dpmpp(eps_fn: EpsFn, schedule: Schedule, x_T: torch.Tensor, noise_fn: Optional[NoiseFn] = None, *,
           steps: Optional[int] = 20, spacing: str = "logsnr", eta: float = 0.0, clip: bool = True,
-          first_order_at: Collection[int] = (), callback: Callback = None) -> torch.Tensor:
+          first_order_at: Collection[int] = (), corrector: int = 0, callback: Callback = None) -> torch.Tensor:
     """DPM-Solver++(2M), Lu et al. (2022b), Algorithm 2, on the discrete schedule; with eta > 0
     its stochastic form (eta = 1: SDE-DPM-Solver++(2M), same paper, Appendix; eta in (0, 1)
     interpolates as in k-diffusion's sample_dpmpp_2m_sde; eta > 1 refreshes more of x with noise
@@ -226,35 +226,76 @@ def dpmpp(eps_fn: EpsFn, schedule: Schedule, x_T: torch.Tensor, noise_fn: Option
     (docs/BENCHMARKS.md).
     `first_order_at`: timesteps where eps_fn jumps (guidance switching on or off, see
     guidance_switches); the step from there is first order, D_i = x0_{t_{i-1}}, because the
-    multistep estimate would extrapolate the jump as if it were the trend of a smooth x0."""
+    multistep estimate would extrapolate the jump as if it were the trend of a smooth x0.
+    `corrector` (0, 1 or 2): after each evaluation, redo the step that led there with the new x0 as
+    well (UniPC's corrector, Zhao et al. 2023; with eta > 0 and the same fresh noise, the stochastic
+    Adams-Moulton step of SA-Solver, Xue et al. 2023): x0 is interpolated in lambda through x0_{t_i}
+    and x0_{t_{i-1}} (1: linear) or also x0_{t_{i-2}} (2: quadratic) and integrated exactly against
+    the step's weight (corrector_weights). The corrected x carries on; the evaluation at the
+    uncorrected point is reused, so the number of evaluations does not change. No correction across
+    a first_order_at jump, and none after the last evaluation (nothing would use it)."""
     if eta < 0:
         raise ValueError(f"eta must be >= 0, got {eta}")
+    if corrector not in (0, 1, 2):
+        raise ValueError(f"corrector must be 0, 1 or 2, got {corrector}")
     if eta > 0 and noise_fn is None:
         raise ValueError("dpmpp with eta > 0 needs a noise_fn")
     seq = timestep_sequence(schedule, steps, spacing, include_zero=False)
     x = x_T
     x0_prev, h_prev = None, None
+    last = None  # the step into x: (its linear part plus noise, a_s, h, x0 it started from, the one before, h before)
     for i, t in enumerate(seq):
         x0, _ = _pred_x0(eps_fn, schedule, x, t, clip)
         if callback:
             callback(i, t, x, x0)
         if i + 1 == len(seq):  # final step to lambda = inf
             return x0
+        if last is not None and t not in first_order_at:  # 0. corrector: redo the step into x with x0 too
+            base, a_t_, h_, x0_a, x0_b, h_b = last
+            w_new, w_a, w_b = corrector_weights(h_, h_b if x0_b is not None else None, eta, corrector)
+            x = base + a_t_ ** 0.5 * (w_new * x0 + w_a * x0_a + (w_b * x0_b if w_b else 0.0))
         s = seq[i + 1]
         a_t, a_s = _alpha_bar(schedule, t), _alpha_bar(schedule, s)
         h = _lambda(schedule, s) - _lambda(schedule, t)
         # 1. first step and after a jump: first order (DPM-Solver++ 1 = DDIM); else multistep 2nd order
         if x0_prev is None or t in first_order_at:
             d = x0
+            x0_prev = None
         else:
             r = h_prev / h
             d = (1 + 1 / (2 * r)) * x0 - (1 / (2 * r)) * x0_prev
         # 2. exact integration of the linear part, exponential-integrator weight on D
-        x = ((1 - a_s) / (1 - a_t)) ** 0.5 * math.exp(-eta * h) * x - a_s ** 0.5 * math.expm1(-(1 + eta) * h) * d
+        base = ((1 - a_s) / (1 - a_t)) ** 0.5 * math.exp(-eta * h) * x
+        x = base - a_s ** 0.5 * math.expm1(-(1 + eta) * h) * d
         if eta > 0:  # 3. fresh noise, the variance the linear part's decay left to fill
-            x = x + (1 - a_s) ** 0.5 * math.sqrt(-math.expm1(-2 * eta * h)) * noise_fn(x)
+            z = (1 - a_s) ** 0.5 * math.sqrt(-math.expm1(-2 * eta * h)) * noise_fn(x)
+            x = x + z
+            base = base + z if corrector else None
+        if corrector:  # what the corrector redoes this step with: all but the weight on D
+            last = (base, a_s, h, x0, x0_prev if corrector == 2 else None, h_prev)
         x0_prev, h_prev = x0, h
     return x
+
+
+def corrector_weights(h: float, h_before: Optional[float], eta: float, order: int) -> tuple[float, float, float]:
+    """Weights (new, start, before) with which dpmpp's corrector combines x0 at the step's end
+    (lambda + h), its start (lambda) and, for order 2 with h_before given, the point before
+    (lambda - h_before): the integral over the step of the polynomial through those points against
+    the kernel (1 + eta) e^{-(1 + eta)(h - u)}, u in [0, h], whose total, 1 - e^{-(1 + eta) h}, is
+    the weight of D in the predictor. With H = (1 + eta) h the kernel's moments are
+    M_j = m_j / (1 + eta)^j, m_0 = 1 - e^{-H}, m_1 = H - m_0, m_2 = H^2 - 2 m_1."""
+    k = 1 + eta
+    big = k * h
+    m0 = -math.expm1(-big)
+    m1 = (big - m0) / k
+    m2 = (big * big - 2 * (big - m0)) / (k * k)
+    if order == 1 or h_before is None:  # linear through (0, x0_start), (h, x0_new)
+        return m1 / h, m0 - m1 / h, 0.0
+    hb = h_before  # quadratic through (-hb, before), (0, start), (h, new): Lagrange basis integrated
+    w_new = (m2 + hb * m1) / (h * (h + hb))
+    w_before = (m2 - h * m1) / (hb * (hb + h))
+    w_start = -(m2 + (hb - h) * m1 - hb * h * m0) / (hb * h)
+    return w_new, w_start, w_before
 
 
 # ---------------------------------------------------------------------------------------------
@@ -333,7 +374,7 @@ def sdedit_plan(name: str, schedule: Schedule, strength: float, steps: Optional[
 def sdedit(name: str, eps_fn: EpsFn, schedule: Schedule, images: torch.Tensor, noise: torch.Tensor, noise_fn: NoiseFn,
            strength: float, *, steps: Optional[int] = None, eta: float = 0.0, spacing: Optional[str] = None,
            clip: bool = True, guidance_interval: Optional[tuple[float, float]] = None,
-           first_order_switches: bool = True, callback: Callback = None) -> torch.Tensor:
+           first_order_switches: bool = True, corrector: int = 0, callback: Callback = None) -> torch.Tensor:
     """SDEdit (Meng et al. 2022): noise `images` (in [-1, 1]) to t0 = sdedit_start(strength) with
     `noise`, x_t0 = sqrt(a_t0) x + sqrt(1 - a_t0) noise, and run sampler `name` from there on the
     schedule cut at t0 (Schedule.prefix), with the share `strength` of its steps. At strength 1,
@@ -346,7 +387,7 @@ def sdedit(name: str, eps_fn: EpsFn, schedule: Schedule, images: torch.Tensor, n
         x = float(sub.sqrt_alpha_bar[t0]) * images.to(noise.dtype) + float(sub.sqrt_one_minus_alpha_bar[t0]) * noise
     return run_sampler(name, eps_fn, sub, x, noise_fn, steps=n, eta=eta, spacing=spacing, clip=clip,
                        guidance_interval=guidance_interval, first_order_switches=first_order_switches,
-                       callback=callback)
+                       corrector=corrector, callback=callback)
 
 
 def slerp(z0: torch.Tensor, z1: torch.Tensor, alpha: float, eps: float = 1e-7) -> torch.Tensor:
@@ -389,11 +430,13 @@ def visited_timesteps(name: str, schedule: Schedule, steps: Optional[int] = None
 def run_sampler(name: str, eps_fn: EpsFn, schedule: Schedule, x_T: torch.Tensor, noise_fn: NoiseFn, *,
                 steps: Optional[int] = None, eta: float = 0.0, spacing: Optional[str] = None, clip: bool = True,
                 variance: str = "posterior", guidance_interval: Optional[tuple[float, float]] = None,
-                first_order_switches: bool = True, callback: Callback = None) -> torch.Tensor:
+                first_order_switches: bool = True, corrector: int = 0, callback: Callback = None) -> torch.Tensor:
     """Dispatch by name with each sampler's default step count and spacing (when None).
     `guidance_interval`: the one eps_fn guides in, if any; dpmpp takes first-order steps where
-    guidance switches (guidance_switches) unless `first_order_switches` is False; the other
-    samplers need not know."""
+    guidance switches (guidance_switches) unless `first_order_switches` is False, and does not
+    correct across them; the other samplers need not know. `corrector`: dpmpp's (0 = none)."""
+    if corrector and name != "dpmpp":
+        raise ValueError(f"the corrector is dpmpp's; {name} has none")
     if name not in SAMPLERS:
         raise ValueError(f"unknown sampler {name!r}; choose from {', '.join(SAMPLERS)}")
     spacing = DEFAULT_SPACING[name] if spacing is None else spacing
@@ -410,4 +453,4 @@ def run_sampler(name: str, eps_fn: EpsFn, schedule: Schedule, x_T: torch.Tensor,
     switches = guidance_switches(schedule, timestep_sequence(schedule, steps, spacing, include_zero=False),
                                  guidance_interval) if guidance_interval and first_order_switches else frozenset()
     return dpmpp(eps_fn, schedule, x_T, noise_fn, steps=steps, spacing=spacing, eta=eta, clip=clip,
-                 first_order_at=switches, callback=callback)
+                 first_order_at=switches, corrector=corrector, callback=callback)
