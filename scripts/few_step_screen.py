@@ -5,7 +5,7 @@ evaluations, every variant from the same per-image seeds, in one process.
         --variants "sde:grid=logsnr:eta=1,sde:grid=cap20:eta=2,ddpm:ddpm=100" --json out.json
 
 A variant is KIND:key=value:...; KIND sde/ode (DPM-Solver++(2M) with eta per step), sde3/ode3 (its
-third-order multistep form, 3M), restart (ilo, ihi, sub, k: Xu et al. 2023 restarts between two grid
+third-order multistep form, 3M), heun (Heun's 2nd-order method, 2 evaluations per step, eta allowed), restart (ilo, ihi, sub, k: Xu et al. 2023 restarts between two grid
 points) or ddpm (ddpm=STEPS, the library's respaced ancestral sampler); grid = logsnr | uniform |
 quadratic | capS (T-1, then uniform in log-SNR from sigma = S down) | karrasRHO (T-1, then EDM's
 sigma^(1/rho) grid from 20 down), n = grid points (default 20), eta (default 1 for sde, else 0);
@@ -47,12 +47,15 @@ from mnist_diffusion.schedule import noise_level as schedule_noise_level
 
 
 def dpmpp_path(eps_fn, schedule, x, noise_fn, seq, etas, clip=True, restarts=(), order=2, reset=frozenset(),
-               corrector=0):
+               corrector=0, pece=False):
     """SDE/ODE DPM-Solver++(2M) (order 3: the 3M multistep form, as k-diffusion's
     sample_dpmpp_3m_sde, in VP coordinates) over `seq` (evaluation timesteps, the last one jumps to
     x0), eta per step; restarts: (i_lo, i_hi, k) = after reaching seq[i_lo], renoise to seq[i_hi]
     (forward process) and solve back to seq[i_lo] again, k times (Xu et al. 2023); corrector (order 2
-    only): the library's UniPC-style corrector (samplers.dpmpp, corrector_weights), 1 linear, 2 quadratic."""
+    only): the library's UniPC-style corrector (samplers.dpmpp, corrector_weights), 1 linear, 2 quadratic;
+    pece: Heun's method in this exponential-integrator form (EDM's 2nd-order sampler): a first-order
+    step, a second evaluation at its end, the step redone with both x0 (the linear corrector), and
+    the next step's evaluation at the corrected point: 2 evaluations per step, none after the last."""
     def solve(x, ts, etas_here, final):
         x0_1 = x0_2 = h_1 = h_2 = None
         last = None
@@ -74,7 +77,7 @@ def dpmpp_path(eps_fn, schedule, x, noise_fn, seq, etas, clip=True, restarts=(),
             eta = etas_here[i]
             he = (1 + eta) * h
             if order == 2:
-                d = x0 if x0_1 is None else (1 + 1 / (2 * h_1 / h)) * x0 - (1 / (2 * h_1 / h)) * x0_1
+                d = x0 if x0_1 is None or pece else (1 + 1 / (2 * h_1 / h)) * x0 - (1 / (2 * h_1 / h)) * x0_1
                 base = ((1 - a_s) / (1 - a_t)) ** 0.5 * math.exp(-eta * h) * x
                 x = base - a_s ** 0.5 * math.expm1(-he) * d
                 if eta > 0:
@@ -82,6 +85,10 @@ def dpmpp_path(eps_fn, schedule, x, noise_fn, seq, etas, clip=True, restarts=(),
                     x, base = x + z, base + z
                 if corrector:
                     last = (base, a_s, h, x0, x0_1 if corrector == 2 else None, h_1, eta)
+                if pece:  # Heun: evaluate at the end of the first-order step, redo it with both
+                    x0s, _ = _pred_x0(eps_fn, schedule, x, s, clip)
+                    w = corrector_weights(h, None, eta, 1)
+                    x = base + a_s ** 0.5 * (w[0] * x0s + w[1] * x0)
                 x0_1, x0_2, h_1, h_2 = x0, x0_1, h, h_1
                 continue
             else:
@@ -172,9 +179,9 @@ def plan(schedule, name):
     """One variant KIND:key=value:... -> (kind, evaluation grid, eta per step, restarts, network
     evaluations, guidance band, reset, corrector order)."""
     kind, *pairs = name.split(":")
-    if kind not in ("sde", "ode", "sde3", "ode3", "restart", "ddpm") or any(p.count("=") != 1 for p in pairs):
-        raise ValueError(f"variant {name!r}: expected KIND:key=value:... with KIND sde, ode, sde3, ode3, restart "
-                         "or ddpm")
+    if kind not in ("sde", "ode", "sde3", "ode3", "heun", "restart", "ddpm") or any(p.count("=") != 1 for p in pairs):
+        raise ValueError(f"variant {name!r}: expected KIND:key=value:... with KIND sde, ode, sde3, ode3, heun, "
+                         "restart or ddpm")
     spec = dict(p.split("=") for p in pairs)
     if kind == "ddpm":
         return kind, None, None, (), int(spec.get("ddpm", 100)), (0, math.inf), False
@@ -208,7 +215,7 @@ def plan(schedule, name):
         sub = [min(range(schedule.timesteps), key=lambda t: abs(lam[t] - (lh + (ll - lh) * j / nsub)))
                for j in range(nsub + 1)]
         restarts = (i_lo, i_hi, k, sub)
-    nfe = len(seq) + (restarts[2] * (len(restarts[3]) - 1) if restarts else 0)
+    nfe = len(seq) + (restarts[2] * (len(restarts[3]) - 1) if restarts else 0) + (len(seq) - 1) * (kind == "heun")
     if spec.get("reset", "0") not in ("0", "1"):
         raise ValueError(f"variant {name!r}: reset must be 0 or 1")
     corrector = int(spec.get("corr", 0))
@@ -237,7 +244,7 @@ def draw(diff, kind, seq, etas, restarts, nfe, n, guidance, labels, batch_size, 
             def eps_fn(x, t):
                 return guided(x, t) if band[0] <= noise_level(sched, int(t[0])) <= band[1] else plain(x, t)
         return dpmpp_path(eps_fn, sched, noise.initial((1, 28, 28)), noise, seq, etas, restarts=restarts,
-                          order=3 if kind.endswith("3") else 2, reset=reset, corrector=corrector)
+                          order=3 if kind.endswith("3") else 2, reset=reset, corrector=corrector, pece=kind == "heun")
     for start, x0 in _batches(diff, n, SamplerOptions(guidance=guidance), run, nfe, labels=labels, seed=0,
                               batch_size=batch_size):
         imgs[start:start + len(x0)] = to_uint8(x0)
@@ -280,7 +287,8 @@ def main(argv=None):
             imgs = draw(diff, kind, seq, etas, restarts, nfe, n, a.guidance, labels, a.batch_size, band, reset,
                         corrector)
             if a.guidance and kind != "ddpm":  # evaluations per image: two where guided
-                nfe += sum(band[0] <= noise_level(diff.schedule, t) <= band[1] for t in seq)
+                nfe += sum(band[0] <= noise_level(diff.schedule, t) <= band[1]
+                           for t in seq + (seq[1:] if kind == "heun" else []))
             dt = time.time() - t0
             r = evaluate_images(imgs, diff.dataset,
                                 labels=None if diff.clustered or labels is None else labels.numpy())

@@ -143,8 +143,8 @@ def test_evaluate_conditional_checkpoint_reports_label_accuracy(mnist, tmp_path,
     assert _run_json(dpmpp, tmp_path / "d.json")["sampler"]["first_order_switches"] is True
     plain = _run_json(dpmpp + ["--no-first-order-switches"], tmp_path / "p.json")
     assert plain["sampler"]["first_order_switches"] is False and plain["sampler"]["guidance_interval"] == [0.3, 5.0]
-    assert "corrector" not in plain["sampler"]  # none asked for: nothing recorded
-    assert _run_json(dpmpp + ["--corrector", "1"], tmp_path / "c.json")["sampler"]["corrector"] == 1
+    assert plain["sampler"]["corrector"] == 1 and "corrector" not in guided["sampler"]  # dpmpp's default with guidance
+    assert _run_json(dpmpp + ["--corrector", "0"], tmp_path / "c.json")["sampler"]["corrector"] == 0
 
 
 def test_guidance_errors_are_one_line(tiny_run, tmp_path, capsys):

@@ -219,20 +219,24 @@ def test_few_step_screen_reproduces_the_library(checkpoints, tmp_path):
     screen = _script("few_step_screen")
     diff = md.load(checkpoints["cond"], device="cpu")
     labels = torch.as_tensor(balanced_labels(6, 10))
-    lib = generate(diff, 6, SamplerOptions(sampler="dpmpp", steps=4, guidance=0.5), labels=labels, batch_size=3)
-    # the library takes first-order steps where guidance switches on or off: the screen's reset=1
-    variant = "sde:grid=logsnr-capped:eta=0.5:glo=0.3:ghi=5:n=4:reset=1"
-    kind, seq, etas, restarts, nfe, band, reset, corrector = screen.plan(diff.schedule, variant)
-    assert band == (0.3, 5.0) and etas == [0.5] * 4 and reset and corrector == 0
-    assert np.array_equal(screen.draw(diff, kind, seq, etas, restarts, nfe, 6, 0.5, labels, 3, band, reset), lib)
-    assert not np.array_equal(screen.draw(diff, kind, seq, etas, restarts, nfe, 6, 0.5, labels, 3, band), lib)
-    # corr=K is the library's corrector, and it changes the images
-    corrected = generate(diff, 6, SamplerOptions(sampler="dpmpp", steps=4, guidance=0.5, corrector=2), labels=labels,
+    # 8 steps: a tiny model's x0 is saturated at high noise, and with fewer every other step is a switch
+    lib = generate(diff, 6, SamplerOptions(sampler="dpmpp", steps=8, guidance=0.5), labels=labels, batch_size=3)
+    # the library takes first-order steps where guidance switches on or off (the screen's reset=1) and,
+    # with guidance, a linear corrector (corr=1)
+    variant = "sde:grid=logsnr-capped:eta=0.5:glo=0.3:ghi=5:n=8:reset=1"
+    kind, seq, etas, restarts, nfe, band, reset, corrector = screen.plan(diff.schedule, variant + ":corr=1")
+    assert band == (0.3, 5.0) and etas == [0.5] * 8 and reset and corrector == 1
+    assert np.array_equal(screen.draw(diff, kind, seq, etas, restarts, nfe, 6, 0.5, labels, 3, band, reset, 1), lib)
+    assert not np.array_equal(screen.draw(diff, kind, seq, etas, restarts, nfe, 6, 0.5, labels, 3, band, False, 1),
+                              lib)
+    # corr=K is the library's corrector K (0 = none), and each changes the images
+    for k in (0, 2):
+        other = generate(diff, 6, SamplerOptions(sampler="dpmpp", steps=8, guidance=0.5, corrector=k), labels=labels,
                          batch_size=3)
-    *head, corrector = screen.plan(diff.schedule, variant + ":corr=2")
-    assert corrector == 2
-    assert np.array_equal(screen.draw(diff, *head[:5], 6, 0.5, labels, 3, band, reset, corrector), corrected)
-    assert not np.array_equal(corrected, lib)
+        assert screen.plan(diff.schedule, variant + f":corr={k}")[-1] == k
+        assert np.array_equal(screen.draw(diff, kind, seq, etas, restarts, nfe, 6, 0.5, labels, 3, band, reset, k),
+                              other)
+        assert not np.array_equal(other, lib)
     with pytest.raises(ValueError, match="corr must be"):
         screen.plan(diff.schedule, "restart:ilo=2:ihi=1:corr=1")
     # skip=1: the same number of points, all on the capped grid below T-1 (n + 1 points, T-1 dropped)
@@ -246,9 +250,12 @@ def test_few_step_screen_reproduces_the_library(checkpoints, tmp_path):
         screen.main(["--model", checkpoints["cond"], "--variants", "sde:eta=-1"])
     screen.main(["--model", checkpoints["cond"], "--num-images", "12", "--batch-size", "6", "--guidance", "0.5",
                  "--json", str(out), "--variants",
-                 "sde:grid=cap20:eta=0.5:n=4,sde:grid=cap20:eta=0.5:n=4:glo=0:ghi=inf,ode3:grid=karras7:n=4"])
+                 "sde:grid=cap20:eta=0.5:n=4,sde:grid=cap20:eta=0.5:n=4:glo=0:ghi=inf,ode3:grid=karras7:n=4,"
+                 "heun:grid=cap20:n=4"])
     rows = json.loads(out.read_text())
     assert list(rows) == ["sde:grid=cap20:eta=0.5:n=4", "sde:grid=cap20:eta=0.5:n=4:glo=0:ghi=inf",
-                          "ode3:grid=karras7:n=4"]
+                          "ode3:grid=karras7:n=4", "heun:grid=cap20:n=4"]
     assert rows["sde:grid=cap20:eta=0.5:n=4"]["fid"] == rows["sde:grid=cap20:eta=0.5:n=4:glo=0:ghi=inf"]["fid"]
+    heun = rows.pop("heun:grid=cap20:n=4")
     assert all(r["nfe"] == 8 and len(r["seq"]) == 4 and r["fid"] > 0 for r in rows.values())  # guided: 2 per step
+    assert heun["nfe"] == 2 * (4 + 3) and heun["fid"] > 0  # Heun: a second evaluation on each of the 3 steps

@@ -279,7 +279,7 @@ class Diffusion:
     def sample(self, num_images: Optional[int] = None, *, label: Label = None, guidance: float = 0.0,
                guidance_interval: Optional[tuple[float, float]] = None, sampler: str = "ddpm",
                steps: Optional[int] = None, eta: Optional[float] = None, spacing: Optional[str] = None,
-               clip: bool = True, first_order_switches: bool = True, corrector: int = 0, seed: int = 0,
+               clip: bool = True, first_order_switches: bool = True, corrector: Optional[int] = None, seed: int = 0,
                batch_size: int = 256, progress: bool = False, callback=None) -> np.ndarray:
         """Draw images: uint8 (N, 28, 28), 0 = background. Image i depends only on (seed, i), never on
         the batch size. `label`: see `labels` (default num_images: 64, or 10 per class with "all");
@@ -287,8 +287,8 @@ class Diffusion:
         "ddim" (eta = 0 deterministic) and "dpmpp" (DPM-Solver++(2M); eta None: 2, or 0.5 with guidance,
         SamplerOptions.eta_for; with guidance, dpmpp guides only at noise levels in
         `guidance_interval`, default 0.3-5, SamplerOptions.interval_for, with first-order steps where
-        guidance switches unless `first_order_switches` is False, and with `corrector` 1 or 2 UniPC's
-        corrector, SamplerOptions.corrector); each has a default step count
+        guidance switches unless `first_order_switches` is False, and UniPC's corrector, `corrector`
+        None: 1 with guidance, else 0, SamplerOptions.corrector_for); each has a default step count
         and spacing (samplers.DEFAULT_STEPS / DEFAULT_SPACING). `callback(start, i, t, x_t, x0)` sees
         every network evaluation (sampling.Trajectory records frames with it)."""
         from .sampling import SamplerOptions, generate
@@ -317,7 +317,8 @@ class Diffusion:
     def inpaint(self, images, mask, *, label: Label = None, guidance: float = 0.0,
                 guidance_interval: Optional[tuple[float, float]] = None, sampler: str = "ddpm",
                 steps: Optional[int] = None, eta: Optional[float] = None, spacing: Optional[str] = None, clip: bool = True,
-                first_order_switches: bool = True, corrector: int = 0, jump_length: int = 10, resample: int = 1, seed: int = 0,
+                first_order_switches: bool = True, corrector: Optional[int] = None, jump_length: int = 10,
+                resample: int = 1, seed: int = 0,
                 batch_size: int = 256, progress: bool = False) -> np.ndarray:
         """Fill in the unknown pixels of `images` (uint8 (N, 28, 28), or floats in [-1, 1]) where `mask`
         is 0 (1 = known; (28, 28) for all, or one per image): RePaint (Lugmayr et al. 2022), with
@@ -337,7 +338,7 @@ class Diffusion:
     def edit(self, images, strength: float, *, label: Label = None, guidance: float = 0.0,
              guidance_interval: Optional[tuple[float, float]] = None, sampler: str = "ddpm",
              steps: Optional[int] = None, eta: Optional[float] = None, spacing: Optional[str] = None, clip: bool = True,
-             first_order_switches: bool = True, corrector: int = 0, seed: int = 0, batch_size: int = 256,
+             first_order_switches: bool = True, corrector: Optional[int] = None, seed: int = 0, batch_size: int = 256,
              progress: bool = False) -> np.ndarray:
         """SDEdit (Meng et al. 2022): noise `images` to `strength` in [0, 1] of the way and denoise,
         towards `label` with `guidance` (a digit or a rough sketch into a K). Strength 0 returns the

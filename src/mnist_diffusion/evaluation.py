@@ -412,7 +412,7 @@ def evaluate_model(diff: "Diffusion", options: "SamplerOptions", num_samples: in
         # dpmpp's first-order steps where guidance switches on or off (recorded only where there are such)
         **({"first_order_switches": options.first_order_switches}
            if options.guidance and interval and options.sampler == "dpmpp" else {}),
-        **({"corrector": options.corrector} if options.corrector else {}),
+        **({"corrector": options.corrector_for(diff.guide is not None)} if options.sampler == "dpmpp" else {}),
         **({"autoguide": diff.guide.source, "autoguide_step": diff.guide.step} if diff.guide is not None else {})})
     if dataset != diff.dataset:
         result["warning"] = f"the model was trained on {diff.dataset}, scored against {dataset}"

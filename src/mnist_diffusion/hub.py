@@ -187,7 +187,7 @@ def model_card(cfg: RunConfig, info: dict, *, metrics: Optional[dict] = None, co
                   f"({s.get('sampler')}, {s.get('steps')} steps"
                   + (f", {s['spacing']} grid" if s.get("spacing") else "")
                   + (f", eta {s['eta']:g}" if s.get("eta") is not None else "")
-                  + (f", corrector {s['corrector']}" if s.get("corrector") else "")
+                  + (f", {('linear', 'quadratic')[s['corrector'] - 1]} corrector" if s.get("corrector") else "")
                   + (f", guidance W = {s['guidance']:g}"
                      + (f" at noise levels {s['guidance_interval'][0]:g}-{s['guidance_interval'][1]:g}"
                         if s.get("guidance_interval") else "")
