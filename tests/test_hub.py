@@ -114,6 +114,17 @@ def test_the_model_card_and_its_front_matter(tmp_path, capsys, mnist):
     assert "images (ddim, 3 steps, uniform grid, eta 0, " in card  # how they were drawn, grid and eta included
     assert re.search(r"SHA-256 `[0-9a-f]{64}`", card)
     assert (out / "samples.png").read_bytes().startswith(b"\x89PNG")
+    # a guided dpmpp report: the card names the band, and the corrector when there was one
+    from mnist_diffusion.hub import model_card
+    diff = md.load(out, device="cpu")
+    info = json.loads((out / "config.json").read_text())["export"]
+    sampler = {**r["sampler"], "sampler": "dpmpp", "steps": 20, "eta": 0.5, "guidance": 0.5,
+               "guidance_interval": [0.3, 5.0], "first_order_switches": True}
+    for k, words in [(1, ", eta 0.5, linear corrector, guidance W = 0.5 at noise levels 0.3-5, balanced"),
+                     (2, ", eta 0.5, quadratic corrector, guidance W = 0.5 at noise levels 0.3-5, balanced"),
+                     (0, ", eta 0.5, guidance W = 0.5 at noise levels 0.3-5, balanced")]:
+        text = model_card(diff.config, info, metrics={**r, "sampler": {**sampler, "corrector": k}})
+        assert words in text and ("corrector" in text) == (k > 0)
 
 
 def test_diffusers_reads_the_scheduler_config(tmp_path, capsys):
