@@ -2,6 +2,7 @@
 
     PYTHONPATH=src python scripts/make_pretrained.py            # all of them (`make pretrained`)
     PYTHONPATH=src python scripts/make_pretrained.py mnist      # one
+    PYTHONPATH=src python scripts/make_pretrained.py --rescore mnist   # new card numbers, same weights
 
 For each model: `mnist-diffusion train` (the exact command is in the card; `--resume auto`, so a
 stopped rebuild continues), `mnist-diffusion evaluate` on 10,000 images (its JSON goes into the
@@ -9,6 +10,11 @@ card), then `hub.export` at fp16 into src/mnist_diffusion/pretrained_models/NAME
 (README.md) and samples.png. Training is deterministic on a given machine and torch build, so the
 weights' SHA-256 matches the one pinned in pretrained.py there; elsewhere it differs, and the
 script says so (--pin writes the new hash into pretrained.py).
+
+--rescore leaves the weights alone: it evaluates the shipped fp16 weights with today's sampler
+defaults (`mnist-diffusion evaluate --pretrained NAME`, 10,000 images, JSON kept in
+RUNS/NAME/rescore.json) and rewrites the card's Evaluation section and samples.png from them, for
+when the samplers improve after a model was built.
 """
 from __future__ import annotations
 
@@ -26,6 +32,7 @@ import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 CLI = [sys.executable, "-m", "mnist_diffusion"]
+N_EVAL = 10_000  # images behind every card's numbers
 # name -> what it is, the train options, and the guidance its card is evaluated and drawn at
 MODELS = {
     "mnist": {"description": "MNIST, class-conditional, the quick preset (what `make run` trains)",
@@ -80,7 +87,7 @@ def build(name: str, runs: Path, out_root: Path) -> str:
     guided = [] if spec["guidance"] is None else ["--guidance", str(spec["guidance"])]
     if not report.exists():
         run(["evaluate", "--checkpoint", str(ck), "--sampler", "dpmpp", "--steps", "20", *guided,
-             "--num-samples", "10000", "--json", str(report), "--no-progress"])
+             "--num-samples", str(N_EVAL), "--json", str(report), "--no-progress"])
     metrics = json.loads(report.read_text())
     diff = md.load(ck, device="cpu")
     samples = card_samples(diff, guidance=spec["guidance"] or 0.0)
@@ -88,6 +95,35 @@ def build(name: str, runs: Path, out_root: Path) -> str:
     out = diff.export(out_root / name, dtype="fp16", metrics=metrics, command=command, samples=samples,
                       training=training_facts(ROOT / run_dir, diff.config.train.batch_size))
     return json.loads((out / "config.json").read_text())["export"]["sha256"]
+
+
+def rescore(name: str, runs: Path, out_root: Path) -> str:
+    import mnist_diffusion as md
+    from mnist_diffusion.hub import card_samples, rescore_card
+    from mnist_diffusion.pretrained import PRETRAINED
+
+    spec, folder = MODELS[name], out_root / name
+    report = runs / name / "rescore.json"
+    guided = [] if spec["guidance"] is None else ["--guidance", str(spec["guidance"])]
+    evaluate = ["evaluate", "--pretrained", name, "--sampler", "dpmpp", "--steps", "20", *guided,
+                "--num-samples", str(N_EVAL), "--seed", "0"]
+    if not report.exists():
+        report.parent.mkdir(parents=True, exist_ok=True)
+        run([*evaluate, "--json", str(report), "--no-progress"])
+    metrics = json.loads(report.read_text())
+    s = metrics.get("sampler") or {}
+    if (metrics.get("checkpoint"), metrics.get("n"), s.get("sampler"), s.get("steps"), s.get("guidance")) != \
+            (name, N_EVAL, "dpmpp", 20, spec["guidance"]):
+        raise SystemExit(f"{report} is not a {N_EVAL:,}-image report of the shipped {name} drawn by "
+                         f"`{' '.join(evaluate)}`; delete it to rescore")
+    diff = md.load(folder, device="cpu")  # checks the weights against config.json's SHA-256
+    if diff.source_sha256 != PRETRAINED[name]["sha256"]:
+        raise SystemExit(f"{folder} does not hold the shipped {name} (its weights' SHA-256 is not the pinned one)")
+    dtype = json.loads((folder / "config.json").read_text())["export"]["dtype"]
+    note = (f"Scored on the {dtype} weights in this folder with the sampler defaults of "
+            f"mnist-diffusion {md.__version__}: `mnist-diffusion {' '.join(evaluate)}`.")
+    rescore_card(folder, metrics, note=note, samples=card_samples(diff, guidance=spec["guidance"] or 0.0))
+    return diff.source_sha256
 
 
 def pin(hashes: dict[str, str]) -> None:
@@ -108,12 +144,22 @@ def main(argv=None) -> int:
     p.add_argument("--runs", type=Path, default=ROOT / "runs" / "pretrained")
     p.add_argument("--output", type=Path, default=ROOT / "src" / "mnist_diffusion" / "pretrained_models")
     p.add_argument("--pin", action="store_true", help="write the weights' hashes into pretrained.py")
+    p.add_argument("--rescore", action="store_true",
+                   help="keep the shipped weights; evaluate them with today's sampler defaults and rewrite "
+                        "their cards' numbers and samples")
     args = p.parse_args(argv)
     from mnist_diffusion.pretrained import PRETRAINED
 
     unknown = [n for n in args.names if n not in MODELS]
     if unknown:
         p.error(f"unknown model(s) {', '.join(unknown)}; choose from {', '.join(MODELS)}")
+    if args.rescore:
+        if args.pin:
+            p.error("--rescore keeps the weights; there is nothing to --pin")
+        for name in args.names or list(MODELS):
+            print(f"{name}: card rescored, weights unchanged (sha256 {rescore(name, args.runs, args.output)})",
+                  flush=True)
+        return 0
     hashes, differ = {}, []
     for name in args.names or list(MODELS):
         hashes[name] = build(name, args.runs, args.output)

@@ -11,8 +11,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from PIL import Image
 
 import mnist_diffusion as md
+from mnist_diffusion.checkpoint import CheckpointError
 from mnist_diffusion.cli import main
 from mnist_diffusion.images import save_npz, save_png
 
@@ -125,6 +127,24 @@ def test_the_model_card_and_its_front_matter(tmp_path, capsys, mnist):
                      (0, ", eta 0.5, guidance W = 0.5 at noise levels 0.3-5, balanced")]:
         text = model_card(diff.config, info, metrics={**r, "sampler": {**sampler, "corrector": k}})
         assert words in text and ("corrector" in text) == (k > 0)
+    # rescoring: new numbers and use line, the rest of the card and the weights untouched
+    from mnist_diffusion.hub import rescore_card
+    weights = (out / "model.safetensors").read_bytes()
+    new = {**r, "fid": 0.1234, "sampler": {**sampler, "guidance": 0.75, "corrector": 1}}
+    grid = np.full((28, 56), 200, np.uint8)
+    rescore_card(out, new, note="Scored again.", samples=grid)
+    after = (out / "README.md").read_text()
+    assert after.split("## Use")[0] == card.split("## Use")[0]  # front matter, description, samples
+    assert after.count("## Evaluation") == 1 and "| 0.123 |" in after and f"| {r['fid']:.3f} |" not in after
+    assert "linear corrector, guidance W = 0.75" in after and after.rstrip().endswith("Scored again.")
+    assert 'label="all", guidance=0.75, sampler="dpmpp"' in after
+    assert (out / "model.safetensors").read_bytes() == weights
+    assert np.array_equal(np.asarray(Image.open(out / "samples.png"))[::2, ::2], grid)  # saved at scale 2
+    # a folder whose weights changed is refused, and its card left as it was
+    (out / "model.safetensors").write_bytes(weights[:-1] + bytes([weights[-1] ^ 1]))
+    with pytest.raises(CheckpointError, match="modified or damaged"):
+        rescore_card(out, r)
+    assert (out / "README.md").read_text() == after
 
 
 def test_diffusers_reads_the_scheduler_config(tmp_path, capsys):

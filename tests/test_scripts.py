@@ -259,3 +259,35 @@ def test_few_step_screen_reproduces_the_library(checkpoints, tmp_path):
     heun = rows.pop("heun:grid=cap20:n=4")
     assert all(r["nfe"] == 8 and len(r["seq"]) == 4 and r["fid"] > 0 for r in rows.values())  # guided: 2 per step
     assert heun["nfe"] == 2 * (4 + 3) and heun["fid"] > 0  # Heun: a second evaluation on each of the 3 steps
+
+
+def test_make_pretrained_rescore_rewrites_the_card_not_the_weights(tmp_path, mnist, monkeypatch, capsys):
+    import shutil
+
+    from mnist_diffusion.cli import main
+    from mnist_diffusion.pretrained import PRETRAINED
+    mp = _script("make_pretrained")
+    shipped = Path(mp.ROOT) / "src" / "mnist_diffusion" / "pretrained_models" / "mnist"
+    out, runs = tmp_path / "models", tmp_path / "runs"
+    shutil.copytree(shipped, out / "mnist")
+    before = (out / "mnist" / "README.md").read_text()
+    report = runs / "mnist" / "rescore.json"
+    report.parent.mkdir(parents=True)
+    # a real report of the shipped weights, small (the script itself asks for N_EVAL images)
+    assert main(["evaluate", "--pretrained", "mnist", "--guidance", "0.5", "--sampler", "dpmpp", "--steps", "20",
+                 "--num-samples", "20", "--noise-mse-images", "20", "--seed", "0", "--no-progress",
+                 "--json", str(report)]) == 0
+    with pytest.raises(SystemExit, match="not a 10,000-image report of the shipped mnist"):
+        mp.main(["--rescore", "mnist", "--runs", str(runs), "--output", str(out)])
+    monkeypatch.setattr(mp, "N_EVAL", 20)
+    assert mp.main(["--rescore", "mnist", "--runs", str(runs), "--output", str(out)]) == 0
+    assert PRETRAINED["mnist"]["sha256"] in capsys.readouterr().out
+    card, r = (out / "mnist" / "README.md").read_text(), json.loads(report.read_text())
+    assert card.split("## Evaluation")[0] == before.split("## Evaluation")[0]
+    assert f"| {r['fid']:.3f} |" in card and "n = 20 images (dpmpp, 20 steps" in card
+    assert "`mnist-diffusion evaluate --pretrained mnist --sampler dpmpp --steps 20 --guidance 0.5" in card
+    for f in ("model.safetensors", "config.json", "scheduler_config.json"):
+        assert (out / "mnist" / f).read_bytes() == (shipped / f).read_bytes()
+    with pytest.raises(SystemExit):
+        mp.main(["--rescore", "--pin", "mnist"])
+    assert "nothing to --pin" in capsys.readouterr().err

@@ -166,8 +166,10 @@ def model_card(cfg: RunConfig, info: dict, *, metrics: Optional[dict] = None, co
              f"SHA-256 `{info['sha256']}`.", ""]
     if samples:
         lines += ["![samples](samples.png)", ""]
-    use = ('diff.sample(16, guidance=0.5, sampler="dpmpp", steps=20, seed=0)' if clustered
-           else 'diff.sample(10, label="all", guidance=0.5, sampler="dpmpp", steps=20, seed=0)' if conditional
+    w = ((metrics or {}).get("sampler") or {}).get("guidance")
+    w = 0.5 if w is None else w  # the guidance the card was scored at, else the library's usual 0.5
+    use = (f'diff.sample(16, guidance={w:g}, sampler="dpmpp", steps=20, seed=0)' if clustered
+           else f'diff.sample(10, label="all", guidance={w:g}, sampler="dpmpp", steps=20, seed=0)' if conditional
            else 'diff.sample(16, sampler="dpmpp", steps=20, seed=0)')
     lines += ["## Use", "", "```python", "import mnist_diffusion as md",
               "diff = md.load(\"path/to/this/folder\")", f"images = {use}   # uint8 (N, 28, 28)", "```", "",
@@ -181,30 +183,65 @@ def model_card(cfg: RunConfig, info: dict, *, metrics: Optional[dict] = None, co
             lines.append(f"- {key}: {value}")
         lines.append("")
     if metrics:
-        s = metrics.get("sampler", {})
-        lines += ["## Evaluation", "",
-                  f"`mnist-diffusion evaluate` with the shipped evaluator, n = {metrics['n']:,} images "
-                  f"({s.get('sampler')}, {s.get('steps')} steps"
-                  + (f", {s['spacing']} grid" if s.get("spacing") else "")
-                  + (f", eta {s['eta']:g}" if s.get("eta") is not None else "")
-                  + (f", {('linear', 'quadratic')[s['corrector'] - 1]} corrector" if s.get("corrector") else "")
-                  + (f", guidance W = {s['guidance']:g}"
-                     + (f" at noise levels {s['guidance_interval'][0]:g}-{s['guidance_interval'][1]:g}"
-                        if s.get("guidance_interval") else "")
-                     + (", second order where guidance switches" if s.get("first_order_switches") is False else "")
-                     + ", "
-                     + ("clusters drawn by their sizes" if clustered else "balanced labels")
-                     if s.get("guidance") is not None else "")
-                  + f") against the {metrics['dataset']} test split:", "",
-                  "| metric | value |", "|---|---:|",
-                  f"| FID (evaluator features; floor at this n: {metrics.get('fid_floor', float('nan')):.3f}) | "
-                  f"{metrics['fid']:.3f} |",
-                  f"| precision / recall | {metrics['precision']:.3f} / {metrics['recall']:.3f} |",
-                  f"| recognizable (top-1 probability >= 0.9) | {metrics['recognizable']:.3f} |"]
-        if "label_accuracy" in metrics:
-            lines.append(f"| label accuracy (the requested class) | {metrics['label_accuracy']:.3f} |")
-        lines.append(f"| class balance (normalised entropy) | {metrics['class_entropy']:.3f} |")
-        if "noise_mse" in metrics:
-            lines.append(f"| noise-prediction MSE on test images | {metrics['noise_mse']['overall']:.4f} |")
-        lines.append("")
+        lines += evaluation_section(metrics, clustered)
     return "\n".join(lines)
+
+
+def evaluation_section(metrics: dict, clustered: bool = False, *, note: Optional[str] = None) -> list[str]:
+    """The card's "## Evaluation" lines from an `evaluate --json` report: how the images were drawn
+    (sampler, steps, grid, eta, corrector, guidance), then FID against its floor, precision /
+    recall, recognizability, label accuracy, class balance, noise MSE. `note`: a sentence after the table."""
+    s = metrics.get("sampler", {})
+    lines = ["## Evaluation", "",
+             f"`mnist-diffusion evaluate` with the shipped evaluator, n = {metrics['n']:,} images "
+             f"({s.get('sampler')}, {s.get('steps')} steps"
+             + (f", {s['spacing']} grid" if s.get("spacing") else "")
+             + (f", eta {s['eta']:g}" if s.get("eta") is not None else "")
+             + (f", {('linear', 'quadratic')[s['corrector'] - 1]} corrector" if s.get("corrector") else "")
+             + (f", guidance W = {s['guidance']:g}"
+                + (f" at noise levels {s['guidance_interval'][0]:g}-{s['guidance_interval'][1]:g}"
+                   if s.get("guidance_interval") else "")
+                + (", second order where guidance switches" if s.get("first_order_switches") is False else "")
+                + ", "
+                + ("clusters drawn by their sizes" if clustered else "balanced labels")
+                if s.get("guidance") is not None else "")
+             + f") against the {metrics['dataset']} test split:", "",
+             "| metric | value |", "|---|---:|",
+             f"| FID (evaluator features; floor at this n: {metrics.get('fid_floor', float('nan')):.3f}) | "
+             f"{metrics['fid']:.3f} |",
+             f"| precision / recall | {metrics['precision']:.3f} / {metrics['recall']:.3f} |",
+             f"| recognizable (top-1 probability >= 0.9) | {metrics['recognizable']:.3f} |"]
+    if "label_accuracy" in metrics:
+        lines.append(f"| label accuracy (the requested class) | {metrics['label_accuracy']:.3f} |")
+    lines.append(f"| class balance (normalised entropy) | {metrics['class_entropy']:.3f} |")
+    if "noise_mse" in metrics:
+        lines.append(f"| noise-prediction MSE on test images | {metrics['noise_mse']['overall']:.4f} |")
+    lines.append("")
+    if note:
+        lines += [note, ""]
+    return lines
+
+
+def rescore_card(folder: str | os.PathLike, metrics: dict, *, note: Optional[str] = None,
+                 samples=None) -> Path:
+    """Give a model folder's card new numbers without touching its weights: its "## Evaluation"
+    section (the card's last) is replaced by `metrics`' (an `evaluate --json` report of these
+    weights), the use line takes the report's guidance, and `samples` (a uint8 grid) replaces
+    samples.png. The weights must still match the SHA-256 in config.json."""
+    folder = Path(folder)
+    model, cfg, info = load_folder(folder)  # refuses a folder whose weights changed
+    del model
+    card = folder / "README.md"
+    text = card.read_text(encoding="utf-8") if card.is_file() else ""
+    if "library_name: mnist-diffusion" not in text:
+        raise ConfigError(f"{card}: not a card written by export")
+    clustered = bool(cfg.train.cluster_sizes)
+    head = text.split("\n## Evaluation\n", 1)[0].rstrip("\n").split("\n")
+    fresh = model_card(cfg, info, metrics=metrics, samples=(folder / "samples.png").exists() or samples is not None)
+    use = next(ln for ln in fresh.split("\n") if ln.startswith("images = "))
+    head = [use if ln.startswith("images = ") else ln for ln in head]
+    if samples is not None:
+        from .images import save_png
+        save_png(samples, folder / "samples.png", scale=2)
+    atomic_write_text(card, "\n".join(head + [""] + evaluation_section(metrics, clustered, note=note)))
+    return folder
