@@ -7,6 +7,9 @@ RUN_DIR ?= runs/quick
 # torch is pinned here (not in pyproject) so this machine installs its local CPU build in
 # seconds instead of pulling a multi-GB CUDA wheel; users elsewhere get the `torch>=2.4` range.
 TORCH ?= torch==2.13.0
+# the suite runs on two pytest-xdist workers, one core and one torch thread each (tests/conftest.py);
+# `make test TEST_WORKERS=auto` uses every core, `TEST_WORKERS=0` runs it in one process
+TEST_WORKERS ?= 2
 
 .PHONY: run test setup setup-dev data data-all browser pretrained clean
 
@@ -56,7 +59,7 @@ browser:
 	  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver >/dev/null; }
 
 test: setup-dev data-all browser
-	$(BIN)/python -m pytest
+	$(BIN)/python -m pytest -n $(TEST_WORKERS) --dist worksteal
 
 clean:
 	rm -rf $(VENV) runs build src/*.egg-info

@@ -8,7 +8,11 @@ import torch
 
 from mnist_diffusion.config import RunConfig
 
-torch.set_num_threads(min(2, os.cpu_count() or 1))
+if os.environ.get("PYTEST_XDIST_WORKER"):  # `make test` runs two workers (pytest -n 2): one core each
+    os.environ["OMP_NUM_THREADS"] = "1"  # and for the commands the tests start
+    torch.set_num_threads(1)
+else:
+    torch.set_num_threads(min(2, os.cpu_count() or 1))
 
 
 def tiny_config(**train) -> RunConfig:
