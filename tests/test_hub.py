@@ -140,6 +140,10 @@ def test_the_model_card_and_its_front_matter(tmp_path, capsys, mnist):
     assert 'label="all", guidance=0.75, sampler="dpmpp"' in after
     assert (out / "model.safetensors").read_bytes() == weights
     assert np.array_equal(np.asarray(Image.open(out / "samples.png"))[::2, ::2], grid)  # saved at scale 2
+    bare = _export(tmp_path, "--no-samples", name="bare")  # a card without a picture gets one with its samples
+    rescore_card(bare, new, samples=grid)
+    text = (bare / "README.md").read_text()
+    assert text.index("![samples](samples.png)") < text.index("## Use") and (bare / "samples.png").is_file()
     # a folder whose weights changed is refused, and its card left as it was
     (out / "model.safetensors").write_bytes(weights[:-1] + bytes([weights[-1] ^ 1]))
     with pytest.raises(CheckpointError, match="modified or damaged"):

@@ -237,11 +237,13 @@ def rescore_card(folder: str | os.PathLike, metrics: dict, *, note: Optional[str
         raise ConfigError(f"{card}: not a card written by export")
     clustered = bool(cfg.train.cluster_sizes)
     head = text.split("\n## Evaluation\n", 1)[0].rstrip("\n").split("\n")
-    fresh = model_card(cfg, info, metrics=metrics, samples=(folder / "samples.png").exists() or samples is not None)
-    use = next(ln for ln in fresh.split("\n") if ln.startswith("images = "))
+    use = next(ln for ln in model_card(cfg, info, metrics=metrics).split("\n") if ln.startswith("images = "))
     head = [use if ln.startswith("images = ") else ln for ln in head]
     if samples is not None:
         from .images import save_png
         save_png(samples, folder / "samples.png", scale=2)
+        if "![samples](samples.png)" not in head and "## Use" in head:  # a card exported without samples
+            at = head.index("## Use")
+            head[at:at] = ["![samples](samples.png)", ""]
     atomic_write_text(card, "\n".join(head + [""] + evaluation_section(metrics, clustered, note=note)))
     return folder
