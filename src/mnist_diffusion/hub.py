@@ -166,13 +166,8 @@ def model_card(cfg: RunConfig, info: dict, *, metrics: Optional[dict] = None, co
              f"SHA-256 `{info['sha256']}`.", ""]
     if samples:
         lines += ["![samples](samples.png)", ""]
-    w = ((metrics or {}).get("sampler") or {}).get("guidance")
-    w = 0.5 if w is None else w  # the guidance the card was scored at, else the library's usual 0.5
-    use = (f'diff.sample(16, guidance={w:g}, sampler="dpmpp", steps=20, seed=0)' if clustered
-           else f'diff.sample(10, label="all", guidance={w:g}, sampler="dpmpp", steps=20, seed=0)' if conditional
-           else 'diff.sample(16, sampler="dpmpp", steps=20, seed=0)')
     lines += ["## Use", "", "```python", "import mnist_diffusion as md",
-              "diff = md.load(\"path/to/this/folder\")", f"images = {use}   # uint8 (N, 28, 28)", "```", "",
+              "diff = md.load(\"path/to/this/folder\")", use_line(cfg, metrics), "```", "",
               "`mnist-diffusion sample --checkpoint path/to/this/folder ...` reads it as well. "
               "`scheduler_config.json` loads into diffusers' `DDPMScheduler.from_config` with the same betas.", ""]
     if command or training:
@@ -185,6 +180,17 @@ def model_card(cfg: RunConfig, info: dict, *, metrics: Optional[dict] = None, co
     if metrics:
         lines += evaluation_section(metrics, clustered)
     return "\n".join(lines)
+
+
+def use_line(cfg: RunConfig, metrics: Optional[dict] = None) -> str:
+    """The card's line of Python that draws from the model, at the guidance the card was scored at
+    (else the library's usual 0.5)."""
+    w = ((metrics or {}).get("sampler") or {}).get("guidance")
+    w = 0.5 if w is None else w
+    use = (f'diff.sample(16, guidance={w:g}, sampler="dpmpp", steps=20, seed=0)' if cfg.train.cluster_sizes
+           else f'diff.sample(10, label="all", guidance={w:g}, sampler="dpmpp", steps=20, seed=0)'
+           if cfg.model.num_classes else 'diff.sample(16, sampler="dpmpp", steps=20, seed=0)')
+    return f"images = {use}   # uint8 (N, 28, 28)"
 
 
 def evaluation_section(metrics: dict, clustered: bool = False, *, note: Optional[str] = None) -> list[str]:
@@ -229,16 +235,14 @@ def rescore_card(folder: str | os.PathLike, metrics: dict, *, note: Optional[str
     weights), the use line takes the report's guidance, and `samples` (a uint8 grid) replaces
     samples.png. The weights must still match the SHA-256 in config.json."""
     folder = Path(folder)
-    model, cfg, info = load_folder(folder)  # refuses a folder whose weights changed
-    del model
+    _, cfg, _ = load_folder(folder)  # refuses a folder whose weights changed
     card = folder / "README.md"
     text = card.read_text(encoding="utf-8") if card.is_file() else ""
     if "library_name: mnist-diffusion" not in text:
         raise ConfigError(f"{card}: not a card written by export")
     clustered = bool(cfg.train.cluster_sizes)
     head = text.split("\n## Evaluation\n", 1)[0].rstrip("\n").split("\n")
-    use = next(ln for ln in model_card(cfg, info, metrics=metrics).split("\n") if ln.startswith("images = "))
-    head = [use if ln.startswith("images = ") else ln for ln in head]
+    head = [use_line(cfg, metrics) if ln.startswith("images = ") else ln for ln in head]
     if samples is not None:
         from .images import save_png
         save_png(samples, folder / "samples.png", scale=2)
