@@ -72,6 +72,14 @@ def training_facts(run_dir: Path, batch_size: int) -> dict:
                              "and checkpoints included)"}
 
 
+def card_evaluation(spec: dict, *source: str) -> list[str]:
+    """The `evaluate` command behind a card's numbers: DPM-Solver++ 20 steps with the library's
+    defaults, at the card's guidance, N_EVAL images, sampling seed 0."""
+    guided = [] if spec["guidance"] is None else ["--guidance", str(spec["guidance"])]
+    return ["evaluate", *source, "--sampler", "dpmpp", "--steps", "20", *guided, "--num-samples", str(N_EVAL),
+            "--seed", "0"]
+
+
 def build(name: str, runs: Path, out_root: Path) -> str:
     import mnist_diffusion as md
     from mnist_diffusion.hub import card_samples
@@ -84,10 +92,8 @@ def build(name: str, runs: Path, out_root: Path) -> str:
     run(train_cmd)
     ck = ROOT / run_dir / "checkpoints" / "last.pt"
     report = ROOT / run_dir / "evaluate.json"
-    guided = [] if spec["guidance"] is None else ["--guidance", str(spec["guidance"])]
     if not report.exists():
-        run(["evaluate", "--checkpoint", str(ck), "--sampler", "dpmpp", "--steps", "20", *guided,
-             "--num-samples", str(N_EVAL), "--json", str(report), "--no-progress"])
+        run([*card_evaluation(spec, "--checkpoint", str(ck)), "--json", str(report), "--no-progress"])
     metrics = json.loads(report.read_text())
     diff = md.load(ck, device="cpu")
     samples = card_samples(diff, guidance=spec["guidance"] or 0.0)
@@ -104,21 +110,22 @@ def rescore(name: str, runs: Path, out_root: Path) -> str:
 
     spec, folder = MODELS[name], out_root / name
     report = runs / name / "rescore.json"
-    guided = [] if spec["guidance"] is None else ["--guidance", str(spec["guidance"])]
-    evaluate = ["evaluate", "--pretrained", name, "--sampler", "dpmpp", "--steps", "20", *guided,
-                "--num-samples", str(N_EVAL), "--seed", "0"]
+    evaluate = card_evaluation(spec, "--pretrained", name)
+    diff = md.load(folder, device="cpu")  # first: checks the weights against config.json's SHA-256
+    if diff.source_sha256 != PRETRAINED[name]["sha256"]:
+        raise SystemExit(f"{folder} does not hold the shipped {name} (its weights' SHA-256 is not the pinned one)")
     if not report.exists():
         report.parent.mkdir(parents=True, exist_ok=True)
         run([*evaluate, "--json", str(report), "--no-progress"])
-    metrics = json.loads(report.read_text())
-    s = metrics.get("sampler") or {}
-    if (metrics.get("checkpoint"), metrics.get("n"), s.get("sampler"), s.get("steps"), s.get("guidance")) != \
-            (name, N_EVAL, "dpmpp", 20, spec["guidance"]):
+    try:
+        metrics = json.loads(report.read_text())
+    except (OSError, UnicodeDecodeError, ValueError) as e:
+        raise SystemExit(f"{report}: not a readable report ({e}); delete it to rescore") from None
+    s = metrics.get("sampler") if isinstance(metrics, dict) else None
+    if not isinstance(s, dict) or (metrics.get("checkpoint"), metrics.get("n"), s.get("sampler"), s.get("steps"),
+                                   s.get("guidance")) != (name, N_EVAL, "dpmpp", 20, spec["guidance"]):
         raise SystemExit(f"{report} is not a {N_EVAL:,}-image report of the shipped {name} drawn by "
                          f"`{' '.join(evaluate)}`; delete it to rescore")
-    diff = md.load(folder, device="cpu")  # checks the weights against config.json's SHA-256
-    if diff.source_sha256 != PRETRAINED[name]["sha256"]:
-        raise SystemExit(f"{folder} does not hold the shipped {name} (its weights' SHA-256 is not the pinned one)")
     dtype = json.loads((folder / "config.json").read_text())["export"]["dtype"]
     note = (f"Scored on the {dtype} weights in this folder with the sampler defaults of "
             f"mnist-diffusion {md.__version__}: `mnist-diffusion {' '.join(evaluate)}`.")
@@ -179,4 +186,15 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    from mnist_diffusion.checkpoint import CheckpointError
+    from mnist_diffusion.config import ConfigError
+    try:
+        sys.exit(main())
+    except subprocess.CalledProcessError as e:
+        sys.exit(f"make_pretrained.py: `mnist-diffusion {' '.join(map(str, e.cmd[len(CLI):]))}` failed "
+                 f"(exit {e.returncode}); run again to continue")
+    except (CheckpointError, ConfigError, OSError) as e:
+        sys.exit(f"make_pretrained.py: {e}")
+    except KeyboardInterrupt:
+        print("make_pretrained.py: interrupted; run again to continue", file=sys.stderr)
+        sys.exit(130)
