@@ -1,4 +1,4 @@
-"""The measurement scripts behind docs/BENCHMARKS.md and docs/SAMPLERS.md, on tiny models: they
+"""The tools in scripts/ and the measurements in experiments/ (behind docs/RESULTS.md), on tiny models: they
 must run, write what they say, and (sampler_table --resume) keep finished rows."""
 from __future__ import annotations
 
@@ -14,11 +14,13 @@ from mnist_diffusion.data import Split
 from mnist_diffusion.training import train
 from tests.conftest import tiny_config
 
-SCRIPTS = Path(__file__).resolve().parent.parent / "scripts"
+ROOT = Path(__file__).resolve().parent.parent
+SCRIPTS, EXPERIMENTS = ROOT / "scripts", ROOT / "experiments"  # maintained tools; measurements behind the docs
 
 
 def _script(name):
-    spec = importlib.util.spec_from_file_location(name, SCRIPTS / f"{name}.py")
+    path = SCRIPTS / f"{name}.py" if (SCRIPTS / f"{name}.py").exists() else EXPERIMENTS / f"{name}.py"
+    spec = importlib.util.spec_from_file_location(name, path)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
@@ -147,7 +149,7 @@ def test_gpu_check_dry_path_on_cpu(tmp_path, mnist):
 def test_editing_benchmark(tmp_path, mnist, task, extra):
     import json
     root = Path(__file__).resolve().parents[1]
-    spec = importlib.util.spec_from_file_location("editing_benchmark", root / "scripts" / "editing_benchmark.py")
+    spec = importlib.util.spec_from_file_location("editing_benchmark", root / "experiments" / "editing_benchmark.py")
     bench = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(bench)
     argv = [task, "--model", str(root / "tests" / "golden" / "tiny_cond.pt"), "--num-images", "8", "--steps", "4",
@@ -208,7 +210,7 @@ def test_report_table_never_writes_over_a_report(tmp_path):
 
 
 def test_few_step_screen_reproduces_the_library(checkpoints, tmp_path):
-    """scripts/few_step_screen.py: its variant on the library's grid draws the very images the library
+    """experiments/few_step_screen.py: its variant on the library's grid draws the very images the library
     draws with the same options (so its baseline rows equal `evaluate`'s), a guidance band over every
     noise level is no band, and each variant's row has its network evaluations counted."""
     import torch

@@ -1,6 +1,6 @@
 """Train every registered model for the same wall-clock budget and score it: docs/MODELS.md's table.
 
-    PYTHONPATH=src python scripts/compare_models.py --dataset mnist --minutes 3 \
+    PYTHONPATH=src python experiments/compare_models.py --dataset mnist --minutes 3 \
         --output docs/models_mnist.md --json docs/models_mnist.json
 
 For each model (at its canonical size, see `mnist-diffusion models`): train with the quick preset's

@@ -2,7 +2,7 @@
 run saved at several steps (a crude post-hoc EMA, after Karras et al. 2024, EDM2 sec. 3, which
 fits a chosen EMA profile from stored snapshots; here the plain mean of a few of them).
 
-    PYTHONPATH=src python scripts/average_ema.py runs/i20/quick-uni-s1 2800,3200 --output /tmp/ema2.pt
+    PYTHONPATH=src python experiments/average_ema.py runs/i20/quick-uni-s1 2800,3200 --output /tmp/ema2.pt
     mnist-diffusion evaluate --checkpoint /tmp/ema2.pt ...
 
 The run's warm-up EMA, decay (1 + t) / (10 + t), is a power-function EMA with gamma ~8 (EDM2's

@@ -1,6 +1,6 @@
 """Classifier-free guidance trade-off: label accuracy and FID against the guidance weight W.
 
-    PYTHONPATH=src python scripts/guidance_table.py --checkpoint runs/cond/checkpoints/last.pt \
+    PYTHONPATH=src python experiments/guidance_table.py --checkpoint runs/cond/checkpoints/last.pt \
         --unconditional runs/quick/checkpoints/last.pt --weights 0,1,2,4 --num-images 2000 \
         --output docs/results/guidance-mnist.md --json docs/results/guidance-mnist.json
 

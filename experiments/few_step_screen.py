@@ -1,7 +1,7 @@
 """Screen few-step sampler variants on one model: FID of each variant at a fixed number of network
 evaluations, every variant from the same per-image seeds, in one process.
 
-    PYTHONPATH=src python scripts/few_step_screen.py --model mnist-uncond --num-images 1000 \
+    PYTHONPATH=src python experiments/few_step_screen.py --model mnist-uncond --num-images 1000 \
         --variants "sde:grid=logsnr:eta=1,sde:grid=cap20:eta=2,ddpm:ddpm=100" --json out.json
 
 A variant is KIND:key=value:...; KIND sde/ode (DPM-Solver++(2M) with eta per step), sde3/ode3 (its

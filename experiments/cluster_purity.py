@@ -3,7 +3,7 @@ clusters.py on the training images (as training runs it: same seed, same feature
 cluster sizes and the purity against the labels the clustering never saw (the share of images whose
 cluster's most common label is their own; 0.11 would be chance for ten balanced classes).
 
-    PYTHONPATH=src python scripts/cluster_purity.py --dataset mnist --clusters 10,20,50 \
+    PYTHONPATH=src python experiments/cluster_purity.py --dataset mnist --clusters 10,20,50 \
         --json docs/results/label-free/cluster-purity-mnist.json
 """
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """FID-vs-steps table for every sampler on one checkpoint, with wall time per 64 images.
 
-    PYTHONPATH=src python scripts/sampler_table.py --checkpoint runs/default-mnist/checkpoints/last.pt \
+    PYTHONPATH=src python experiments/sampler_table.py --checkpoint runs/default-mnist/checkpoints/last.pt \
         --num-images 10000 --output docs/sampler_table.md --json docs/sampler_table.json
 
 For each (sampler, steps) it times the generation of 64 images (one batch, after a warm-up), then

@@ -1,6 +1,6 @@
 """How far each deterministic sampler lands from the converged ODE solution, per step count.
 
-    PYTHONPATH=src python scripts/solver_error.py --checkpoint runs/quick/checkpoints/last.pt
+    PYTHONPATH=src python experiments/solver_error.py --checkpoint runs/quick/checkpoints/last.pt
 
 DDIM (eta = 0) and DPM-Solver++ solve the same probability-flow ODE from the same x_T, so as
 steps grow they converge to one image per noise. The reference is DPM-Solver++ with

@@ -1,8 +1,8 @@
 """How well editing works: completion of masked test digits, and class-to-class translation.
 
-    PYTHONPATH=src python scripts/editing_benchmark.py completion --model mnist-uncond --num-images 1000 \
+    PYTHONPATH=src python experiments/editing_benchmark.py completion --model mnist-uncond --num-images 1000 \
         --json docs/results/editing-completion.json --output docs/results/editing-completion.md
-    PYTHONPATH=src python scripts/editing_benchmark.py translation --model mnist --num-images 1000 \
+    PYTHONPATH=src python experiments/editing_benchmark.py translation --model mnist --num-images 1000 \
         --json docs/results/editing-translation.json --output docs/results/editing-translation.md
 
 completion: the first N MNIST test digits, each of the six mask presets, filled in by plain

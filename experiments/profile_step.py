@@ -1,6 +1,6 @@
 """Where a training step's time goes, fp32 against bf16 autocast: torch.profiler over real steps.
 
-    PYTHONPATH=src python scripts/profile_step.py --preset quick --batch-size 64 --steps 20 \
+    PYTHONPATH=src python experiments/profile_step.py --preset quick --batch-size 64 --steps 20 \
         --output docs/results/profile-quick-b64.md --json docs/results/profile-quick-b64.json
 
 Both variants are `benchmark.TrainStep` (the step `train` takes: autocast forward, backward,

@@ -1,7 +1,7 @@
 """What zero terminal SNR (Lin et al. 2024) would change on a model's schedule, and what the
 sampler's first evaluation at t = T-1 gives today (docs/BENCHMARKS.md, "The schedule's ends").
 
-    PYTHONPATH=src python scripts/terminal_snr.py --model mnist --num-images 200
+    PYTHONPATH=src python experiments/terminal_snr.py --model mnist --num-images 200
 
 1. The rescale sqrt(a)' = (sqrt(a) - sqrt(a_T-1)) * sqrt(a_0) / (sqrt(a_0) - sqrt(a_T-1)): the largest
    relative change of sigma_t = sqrt((1 - a_t) / a_t) over the timesteps with sigma_t <= --cap.
