@@ -34,7 +34,7 @@ from typing import Callable, Optional
 import torch
 
 from .config import RunConfig
-from .device import autocast, resolve_precision
+from .device import autocast, choose_precision, describe_precision, resolve_precision
 from .models import count_parameters
 from .samplers import DEFAULT_STEPS, SAMPLERS
 from .schedule import make_schedule
@@ -495,7 +495,11 @@ def run_from_options(preset_name: Optional[str] = None, *, model: Optional[str] 
     dev = resolve_device(device)
     settings = replace(Settings.quick() if quick else Settings(), sample_images=sample_images,
                        full_sampling=full_sampling)
-    result = run(cfg, dev, batch_size=batch_size, amp=resolve_precision(precision, dev), settings=settings, **kwargs)
+    chosen = choose_precision(precision, dev)
+    log = kwargs.get("log") or (lambda _m: None)
+    log(f"precision: {describe_precision(precision, dev)}")
+    result = run(cfg, dev, batch_size=batch_size, amp=chosen.dtype, settings=settings, **kwargs)
+    result["precision_reason"] = f"{precision}: {chosen.reason}"
     # the preset the model came from (None when --model or --base-dim replaced its network)
     name = preset_name or "default"
     result["preset"] = name if preset(name).model == cfg.model else None
@@ -552,6 +556,7 @@ def format_table(r: dict) -> str:
     lines = [
         f"model      {mc['name']} (base {mc['base_dim']}, mults {','.join(map(str, mc['channel_mults']))}, "
         f"x{mc['num_res_blocks']}), T = {r['diffusion']['timesteps']}, {precision}"
+        + (f" ({r['precision_reason']})" if r.get("precision_reason") else "")
         + (f"; preset {r['preset']}" if r.get("preset") else ""),
         f"machine    {m['device_name']} ({m['device']}), {m['usable_cores']} of {m['cpu_count']} cores, "
         f"torch {m['torch']} with {m['torch_threads']} threads"

@@ -32,7 +32,7 @@ from . import checkpoint as ckpt_io
 from . import distributed
 from .config import ConfigError, RunConfig, check_resume
 from .data import Split, to_model_range
-from .device import autocast, resolve_device, resolve_precision
+from .device import autocast, describe_precision, resolve_device, resolve_precision
 from .diffusion import Diffusion
 from .images import save_grid
 from .models import build_model, count_parameters
@@ -523,6 +523,8 @@ def _train(cfg: RunConfig, data: Split, files: RunFiles, world: "distributed.Wor
     if tc.batch_size % world.size:
         raise TrainingError(f"--batch-size {tc.batch_size} must be divisible by the {world.size} processes")
     amp = resolve_precision(tc.precision, device)
+    if amp == torch.float16:  # fp16 gradients underflow without loss scaling, which this loop does not do
+        raise TrainingError("--precision fp16 trains without loss scaling here; use bf16 (or auto, fp32)")
     schedule = make_schedule(cfg.diffusion.schedule, cfg.diffusion.timesteps)
     images, labels = _split_tensors(data, tc.subset, tc.batch_size, device)
     n, spe = images.shape[0], steps_per_epoch(images.shape[0], tc.batch_size)
@@ -539,8 +541,8 @@ def _train(cfg: RunConfig, data: Split, files: RunFiles, world: "distributed.Wor
     if world.active:  # gradients are averaged over ranks: with equal shards that is the global-batch gradient
         net = torch.nn.parallel.DistributedDataParallel(net, device_ids=[device] if device.type == "cuda" else None)
     log(f"training {cfg.model.name} ({count_parameters(state.model):,} parameters) on {tc.dataset} ({n} images) for "
-        f"{total} steps on {device}" + (f" with {str(amp).split('.')[-1]} autocast" if amp else "")
-        + (f" on {world.size} processes" if world.active else ""))
+        f"{total} steps on {device}" + (f" on {world.size} processes" if world.active else "")
+        + f", {describe_precision(tc.precision, device)}")
 
     t_start, start_step, window = time.time(), state.step, _Window()
     t_dist = t_logit_normal(tc)  # None: uniform timesteps
