@@ -42,7 +42,9 @@ from mnist_diffusion.data import DataError, to_uint8
 from mnist_diffusion.evaluation import balanced_labels, evaluate_images
 from mnist_diffusion.samplers import (SPACINGS, _alpha_bar, _lambda, _pred_x0, corrector_weights, guidance_switches,
                                       timestep_sequence)
-from mnist_diffusion.sampling import SamplerOptions, _batches, generate
+from mnist_diffusion.config import SamplingConfig
+from mnist_diffusion.sampling import generate, run_batches
+from mnist_diffusion.sampling import plan as resolve_plan
 from mnist_diffusion.schedule import noise_level as schedule_noise_level
 
 
@@ -228,7 +230,7 @@ def draw(diff, kind, seq, etas, restarts, nfe, n, guidance, labels, batch_size, 
          reset_at_edges=False, corrector=0):
     """uint8 images of one variant, through the library's batch loop (per-image seeds, guidance)."""
     if kind == "ddpm":
-        return generate(diff, n, SamplerOptions(sampler="ddpm", steps=nfe, guidance=guidance), labels=labels,
+        return generate(diff, n, resolve_plan(diff, SamplingConfig(sampler="ddpm", steps=nfe, guidance=guidance)), labels=labels,
                         batch_size=batch_size)
     imgs = np.empty((n, 28, 28), np.uint8)
     banded = guidance and band != (0, math.inf)
@@ -245,7 +247,8 @@ def draw(diff, kind, seq, etas, restarts, nfe, n, guidance, labels, batch_size, 
                 return guided(x, t) if band[0] <= noise_level(sched, int(t[0])) <= band[1] else plain(x, t)
         return dpmpp_path(eps_fn, sched, noise.initial((1, 28, 28)), noise, seq, etas, restarts=restarts,
                           order=3 if kind.endswith("3") else 2, reset=reset, corrector=corrector, pece=kind == "heun")
-    for start, x0 in _batches(diff, n, SamplerOptions(guidance=guidance), run, nfe, labels=labels, seed=0,
+    for start, x0 in run_batches(diff, n, resolve_plan(diff, SamplingConfig(guidance=guidance, guidance_interval=(0, math.inf))),
+                                 run, nfe, labels=labels, seed=0,
                               batch_size=batch_size):
         imgs[start:start + len(x0)] = to_uint8(x0)
     return imgs

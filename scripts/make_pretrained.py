@@ -83,6 +83,7 @@ def card_evaluation(spec: dict, *source: str) -> list[str]:
 def build(name: str, runs: Path, out_root: Path) -> str:
     import mnist_diffusion as md
     from mnist_diffusion.hub import card_samples
+    from mnist_diffusion.sampling import section_of_report
 
     spec = MODELS[name]
     run_dir = runs / name
@@ -95,8 +96,10 @@ def build(name: str, runs: Path, out_root: Path) -> str:
     if not report.exists():
         run([*card_evaluation(spec, "--checkpoint", str(ck)), "--json", str(report), "--no-progress"])
     metrics = json.loads(report.read_text())
+    # the folder's sampling section is the draw its card was scored with (hub/diffusion export)
     diff = md.load(ck, device="cpu")
-    samples = card_samples(diff, guidance=spec["guidance"] or 0.0)
+    diff = diff.with_sampling(section_of_report(diff, metrics["sampler"]))
+    samples = card_samples(diff)
     command = "mnist-diffusion " + " ".join(a for a in train_cmd if a not in ("--resume", "auto", "--no-progress"))
     out = diff.export(out_root / name, dtype="fp16", metrics=metrics, command=command, samples=samples,
                       training=training_facts(ROOT / run_dir, diff.config.train.batch_size))
@@ -107,6 +110,7 @@ def rescore(name: str, runs: Path, out_root: Path) -> str:
     import mnist_diffusion as md
     from mnist_diffusion.hub import card_samples, rescore_card
     from mnist_diffusion.pretrained import PRETRAINED
+    from mnist_diffusion.sampling import section_of_report
 
     spec, folder = MODELS[name], out_root / name
     report = runs / name / "rescore.json"
@@ -129,7 +133,8 @@ def rescore(name: str, runs: Path, out_root: Path) -> str:
     dtype = json.loads((folder / "config.json").read_text())["export"]["dtype"]
     note = (f"Scored on the {dtype} weights in this folder with the sampler defaults of "
             f"mnist-diffusion {md.__version__}: `mnist-diffusion {' '.join(evaluate)}`.")
-    rescore_card(folder, metrics, note=note, samples=card_samples(diff, guidance=spec["guidance"] or 0.0))
+    diff = diff.with_sampling(section_of_report(diff, s))
+    rescore_card(folder, metrics, note=note, samples=card_samples(diff), sampling=diff.config.sampling)
     return diff.source_sha256
 
 

@@ -47,7 +47,7 @@ def test_import_is_light_until_a_name_is_used():
             "print(sorted(md.__all__))")
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert r.returncode == 0, r.stderr
-    for name in ("Diffusion", "load", "train", "evaluate", "preset", "RunConfig", "SamplerOptions"):
+    for name in ("Diffusion", "load", "train", "evaluate", "preset", "RunConfig", "SamplingConfig", "SamplingPlan"):
         assert name in r.stdout
     with pytest.raises(AttributeError, match="no attribute 'nope'"):
         import mnist_diffusion

@@ -64,7 +64,7 @@ def test_show_intermediate(tmp_path, mnist):
     assert main(["train", "--output-dir", str(run), *TINY]) == 0
     inter = tmp_path / "inter"
     assert main(["sample", "--checkpoint", str(run / "checkpoints/last.pt"), "--num-images", "3", "--no-progress",
-                 "--output", str(tmp_path / "g.png"), "--show-intermediate", str(inter),
+                 "--output", str(tmp_path / "g.png"), "--show-intermediate", str(inter), "--sampler", "ddpm",
                  "--intermediate-steps", "39,20,0"]) == 0
     assert sorted(p.name for p in inter.iterdir()) == ["step_0000.png", "step_0020.png", "step_0039.png", "strip.png"]
     w, h = Image.open(inter / "strip.png").size

@@ -212,3 +212,29 @@ def test_show_intermediate_with_respaced_ddpm_writes_every_requested_step(checkp
     assert len(nearest) == 3
     assert sorted(p.name for p in inter.glob("step_*.png")) == sorted(f"step_{t:04d}.png" for t in nearest)
     assert f"columns: t = {', '.join(map(str, nearest))}, final" in capsys.readouterr().out
+
+
+def test_a_checkpoint_without_a_sampling_section_draws_dpmpp_20(tmp_path, capsys):
+    """The golden checkpoint predates the sampling section: it gets the library's default."""
+    from pathlib import Path
+    ck = str(Path(__file__).parent / "golden" / "tiny_cond.pt")
+    for name, extra in (("a", []), ("b", ["--sampler", "dpmpp", "--steps", "20"])):
+        assert run_cli("sample", "--checkpoint", ck, "--label", "2", "--num-images", "2", *extra,
+                       "--output", str(tmp_path / f"{name}.png"), "--npz", str(tmp_path / f"{name}.npz")) == 0
+    a, b = (np.load(tmp_path / f"{k}.npz")["images"] for k in "ab")
+    assert a.tobytes() == b.tobytes()
+
+
+def test_sample_help_shows_the_everyday_options_and_help_all_the_research_ones(capsys):
+    with pytest.raises(SystemExit):
+        main(["sample", "--help"])
+    short = capsys.readouterr().out
+    with pytest.raises(SystemExit):
+        main(["sample", "--help-all"])
+    full = capsys.readouterr().out
+    flags = [ln.split()[0] for ln in short.split("options:")[1].splitlines() if ln.startswith("  -")]
+    assert len(flags) <= 20, flags
+    for research in ("--corrector", "--spacing", "--guidance-interval", "--no-first-order-switches", "--eta"):
+        assert research not in short and research in full
+    for everyday in ("--pretrained", "--label", "--guidance", "--sampler", "--steps", "--output"):
+        assert everyday in short

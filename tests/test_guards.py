@@ -318,7 +318,7 @@ def test_absurd_sampler_settings_are_refused(checkpoints, tmp_path, capsys, extr
 def test_guidance_that_overflows_is_an_error_not_black_images(checkpoints, tmp_path, capsys, monkeypatch):
     from mnist_diffusion import schedule
     monkeypatch.setattr(schedule, "guidance_mix", lambda c, u, w: u + 1e39 * (c - u))  # what W = 1e39 did
-    import mnist_diffusion.diffusion as d
+    import mnist_diffusion.denoiser as d
     monkeypatch.setattr(d, "guidance_mix", schedule.guidance_mix)
     assert _sample(checkpoints["cond"], "--label", "3", "--guidance", "1", "--output", str(tmp_path / "s.png")) == 2
     assert "non-finite values" in _err(capsys) and not (tmp_path / "s.png").exists()
@@ -339,11 +339,11 @@ def test_the_resume_key_hashes_the_bytes_that_were_loaded(checkpoints, tmp_path)
 
     from mnist_diffusion import load
     from mnist_diffusion.partial import request
-    from mnist_diffusion.sampling import SamplerOptions
+    from mnist_diffusion.sampling import plan
     ck = tmp_path / "model.pt"
     shutil.copyfile(checkpoints["uncond"], ck)
     original = hashlib.sha256(ck.read_bytes()).hexdigest()
     diff = load(ck, device="cpu")
     shutil.copyfile(checkpoints["cond"], ck)  # replaced after loading: the key must not change with it
-    key = request(diff, 4, SamplerOptions(), None, 0, 4)["checkpoint_sha256"]
+    key = request(diff, 4, plan(diff), None, 0, 4)["checkpoint_sha256"]
     assert key == original != hashlib.sha256(ck.read_bytes()).hexdigest()

@@ -107,6 +107,11 @@ def test_the_model_card_and_its_front_matter(tmp_path, capsys, mnist):
     assert main(["evaluate", "--checkpoint", str(GOLDEN), "--num-samples", "20", "--noise-mse-images", "20",
                  "--sampler", "ddim", "--steps", "3", "--device", "cpu", "--no-progress", "--json", str(report)]) == 0
     out = _export(tmp_path, "--metrics", str(report))
+    # the folder samples as its card was scored: the report's draw is its sampling section
+    saved = json.loads((out / "config.json").read_text())["sampling"]
+    assert (saved["sampler"], saved["steps"], saved["guidance"], saved["eta"]) == ("ddim", 3, 0.0, None)
+    assert md.load(out, device="cpu").plan().report() == {k: v for k, v in json.loads(report.read_text())[
+        "sampler"].items() if k not in ("ema", "precision", "labels")}
     card = (out / "README.md").read_text()
     front = card.split("---")[1]
     for line in ("license: mit", "library_name: mnist-diffusion", "- ylecun/mnist", "- class-conditional"):
@@ -132,12 +137,15 @@ def test_the_model_card_and_its_front_matter(tmp_path, capsys, mnist):
     weights = (out / "model.safetensors").read_bytes()
     new = {**r, "fid": 0.1234, "sampler": {**sampler, "guidance": 0.75, "corrector": 1}}
     grid = np.full((28, 56), 200, np.uint8)
-    rescore_card(out, new, note="Scored again.", samples=grid)
+    from mnist_diffusion.config import SamplingConfig
+    rescore_card(out, new, note="Scored again.", samples=grid,
+                 sampling=SamplingConfig(sampler="dpmpp", steps=20, guidance=0.75))
     after = (out / "README.md").read_text()
     assert after.split("## Use")[0] == card.split("## Use")[0]  # front matter, description, samples
     assert after.count("## Evaluation") == 1 and "| 0.123 |" in after and f"| {r['fid']:.3f} |" not in after
     assert "linear corrector, guidance W = 0.75" in after and after.rstrip().endswith("Scored again.")
-    assert 'label="all", guidance=0.75, sampler="dpmpp"' in after
+    assert 'diff.sample(10, label="all", seed=0)' in after and "dpmpp, 20 steps, guidance 0.75" in after
+    assert json.loads((out / "config.json").read_text())["sampling"]["guidance"] == 0.75  # the folder samples so
     assert (out / "model.safetensors").read_bytes() == weights
     assert np.array_equal(np.asarray(Image.open(out / "samples.png"))[::2, ::2], grid)  # saved at scale 2
     bare = _export(tmp_path, "--no-samples", name="bare")  # a card without a picture gets one with its samples

@@ -77,3 +77,29 @@ def test_a_modified_shipped_file_is_refused(tmp_path, monkeypatch):
     monkeypatch.setattr(pretrained, "DIR", tmp_path)
     with pytest.raises(CheckpointError, match="pinned for this shipped model"):
         md.load(name, device="cpu")
+
+
+@pytest.mark.parametrize("name", list(PRETRAINED))
+def test_each_shipped_model_samples_as_its_card_was_scored(name):
+    """The folder's sampling section resolves to the draw its card's Evaluation section describes."""
+    from mnist_diffusion.hub import draw_description
+    diff = md.load(name, device="cpu")
+    labelled = bool(diff.num_classes)
+    drawn = diff.plan(labelled=labelled)
+    card = (DIR / name / "README.md").read_text()
+    report = {**drawn.report(), "guidance": drawn.guidance if labelled else None}
+    assert f"images ({draw_description(report, diff.clustered)}) against" in card
+    assert drawn.sampler == "dpmpp" and drawn.steps == 20
+
+
+def test_sample_with_no_sampler_flags_draws_what_the_card_recommends(tmp_path, capsys):
+    """`sample --pretrained mnist --label 3` is the card's DPM-Solver++ 20 steps at W = 0.5."""
+    common = ["--pretrained", "mnist", "--label", "3", "--num-images", "3", "--no-progress", "--device", "cpu"]
+    assert main(["sample", *common, "--output", str(tmp_path / "a.png"), "--npz", str(tmp_path / "a.npz")]) == 0
+    assert main(["sample", *common, "--sampler", "dpmpp", "--steps", "20", "--guidance", "0.5",
+                 "--output", str(tmp_path / "b.png"), "--npz", str(tmp_path / "b.npz")]) == 0
+    assert main(["sample", *common, "--guidance", "0", "--output", str(tmp_path / "c.png"),
+                 "--npz", str(tmp_path / "c.npz")]) == 0
+    a, b, c = (np.load(tmp_path / f"{k}.npz")["images"] for k in "abc")
+    assert a.tobytes() == b.tobytes() and a.tobytes() != c.tobytes()
+    assert "dpmpp, 20 steps on the logsnr-capped grid, eta 0.5, guidance 0.5" in capsys.readouterr().err

@@ -6,7 +6,13 @@ from __future__ import annotations
 import pytest
 import torch
 
-from mnist_diffusion.sampling import SamplerOptions, Trajectory, generate, sample_batches
+from mnist_diffusion.config import SamplingConfig
+from mnist_diffusion.sampling import Trajectory, generate, plan, sample_batches
+
+
+def P(diff, **options):
+    """The plan `options` resolve to on `diff`."""
+    return plan(diff, SamplingConfig(**options))
 
 from test_diffusion import C, cond, one_thread, uncond  # noqa: F401  (fixtures: tiny random U-Nets, one thread)
 
@@ -22,7 +28,7 @@ def test_image_does_not_depend_on_batch_size(cond, sampler, steps):
 
 
 def test_sample_is_generate_and_same_seed_same_bytes(uncond):
-    opts = SamplerOptions("dpmpp", steps=4)
+    opts = P(uncond, sampler="dpmpp", steps=4)
     a = uncond.sample(8, sampler="dpmpp", steps=4, seed=5, batch_size=3)
     assert a.dtype.name == "uint8" and a.shape == (8, 28, 28)
     assert a.tobytes() == generate(uncond, 8, opts, seed=5, batch_size=3).tobytes()
@@ -30,7 +36,7 @@ def test_sample_is_generate_and_same_seed_same_bytes(uncond):
 
 
 def test_batches_continue_from_finished_ones(uncond):
-    opts = SamplerOptions("dpmpp", steps=4)
+    opts = P(uncond, sampler="dpmpp", steps=4)
     full = [(s, x) for s, x in sample_batches(uncond, 8, opts, seed=5, batch_size=3)]
     assert [s for s, _ in full] == [0, 3, 6] and [len(x) for _, x in full] == [3, 3, 2]
     rest = list(sample_batches(uncond, 8, opts, seed=5, batch_size=3, first=6))
@@ -42,7 +48,7 @@ def test_batches_continue_from_finished_ones(uncond):
 
 def test_options_reject_an_unknown_sampler():
     with pytest.raises(ValueError, match="unknown sampler 'euler'"):
-        SamplerOptions("euler")
+        SamplingConfig("euler")
 
 
 @pytest.mark.parametrize("sampler,steps,wanted,expect", [
@@ -51,8 +57,8 @@ def test_options_reject_an_unknown_sampler():
     ("ddim", 4, [19, 10, 0], None),
 ])
 def test_trajectory_records_the_nearest_visited_steps(uncond, sampler, steps, wanted, expect):
-    opts = SamplerOptions(sampler, steps=steps)
-    visited = opts.visited(uncond.schedule)
+    opts = P(uncond, sampler=sampler, steps=steps)
+    visited = list(opts.timesteps)
     rec = Trajectory(visited, wanted, max_images=2)
     final = generate(uncond, 3, opts, seed=1, batch_size=2, callback=rec)
     frames = rec.frames()
@@ -105,10 +111,10 @@ def test_conditional_training_drops_labels_with_probability_p(tmp_path, monkeypa
 
 def test_eta_above_one_is_for_dpmpp_only():
     """dpmpp's update keeps exact marginals for any eta >= 0 (test_samplers); DDIM's eq. 12 does not above 1."""
-    assert SamplerOptions(sampler="dpmpp", eta=2.0).eta == 2.0
+    assert SamplingConfig(sampler="dpmpp", eta=2.0).eta == 2.0
     for bad in [dict(sampler="ddim", eta=1.5), dict(sampler="dpmpp", eta=10.5), dict(sampler="dpmpp", eta=float("nan"))]:
         with pytest.raises(ValueError, match="eta"):
-            SamplerOptions(**bad)
+            SamplingConfig(**bad)
 
 
 def test_guidance_interval_defaults_and_checks(cond):
@@ -117,15 +123,16 @@ def test_guidance_interval_defaults_and_checks(cond):
     one-line errors."""
     from mnist_diffusion.sampling import GUIDANCE_INTERVAL
     assert GUIDANCE_INTERVAL == (0.3, 5.0)
-    assert SamplerOptions(sampler="dpmpp", guidance=0.5).interval_for() == (0.3, 5.0)
-    assert SamplerOptions(sampler="dpmpp", guidance=0.5).interval_for(autoguided=True) is None
-    assert SamplerOptions(sampler="ddpm", guidance=0.5).interval_for() is None
-    assert SamplerOptions(sampler="dpmpp").interval_for() is None
-    assert SamplerOptions(sampler="ddim", guidance=1, guidance_interval=(1, 2)).interval_for() == (1.0, 2.0)
-    assert SamplerOptions(sampler="dpmpp", guidance=1, guidance_interval=(0, float("inf"))).interval_for() is None
+    auto = cond.autoguided(cond)
+    assert P(cond, sampler="dpmpp", guidance=0.5).guidance_interval == (0.3, 5.0)
+    assert P(auto, sampler="dpmpp", guidance=0.5).guidance_interval is None
+    assert P(cond, sampler="ddpm", guidance=0.5).guidance_interval is None
+    assert P(cond, sampler="dpmpp").guidance_interval is None
+    assert P(cond, sampler="ddim", guidance=1, guidance_interval=(1, 2)).guidance_interval == (1.0, 2.0)
+    assert P(cond, sampler="dpmpp", guidance=1, guidance_interval=(0, float("inf"))).guidance_interval is None
     for bad in [(5, 0.3), (-1, 2), (1, 1), (float("nan"), 2), (1,)]:
         with pytest.raises(ValueError, match="guidance interval"):
-            SamplerOptions(guidance_interval=bad)
+            SamplingConfig(guidance_interval=bad)
 
     def draw(**kw):
         return cond.sample(3, label=4, guidance=1.0, sampler="dpmpp", steps=4, seed=2, **kw)
@@ -137,9 +144,9 @@ def test_guidance_interval_defaults_and_checks(cond):
     assert not (draw(first_order_switches=False) == draw()).all()
     assert (draw(guidance_interval=(0, float("inf")), first_order_switches=False) == everywhere).all()
     # dpmpp's corrector, 1 by default with guidance: other images, the same network evaluations
-    assert SamplerOptions(sampler="dpmpp", guidance=0.5).corrector_for() == 1
-    assert SamplerOptions(sampler="dpmpp", guidance=0.5).corrector_for(autoguided=True) == 0
-    assert SamplerOptions(sampler="dpmpp").corrector_for() == 0 and SamplerOptions().corrector_for() == 0
+    assert P(cond, sampler="dpmpp", guidance=0.5).corrector == 1
+    assert P(auto, sampler="dpmpp", guidance=0.5).corrector == 0
+    assert P(cond, sampler="dpmpp").corrector == 0 and P(cond, sampler="ddim").corrector == 0
     # (8 steps: a tiny model's x0 is saturated at high noise, and with fewer every other step is a switch)
     drawn = {k: [] for k in (None, 0, 1, 2)}
     images = {k: cond.sample(3, label=4, guidance=1.0, sampler="dpmpp", steps=8, seed=2, corrector=k,
@@ -151,17 +158,17 @@ def test_guidance_interval_defaults_and_checks(cond):
         cond.sample(3, label=4, sampler="ddim", corrector=1)
     for bad in (3, -1, 1.5):
         with pytest.raises(ValueError, match="corrector must be"):
-            SamplerOptions(sampler="dpmpp", corrector=bad)
+            SamplingConfig(sampler="dpmpp", corrector=bad)
 
 
 def test_dpmpp_default_eta_depends_on_guidance(uncond, cond):
     """eta None: dpmpp takes eta 2 without guidance, 0.5 with classifier-free guidance, 0 with
     autoguidance; ddim stays deterministic; an explicit eta always wins."""
-    assert SamplerOptions(sampler="dpmpp").eta_for() == 2.0  # with or without labels
-    assert SamplerOptions(sampler="dpmpp", guidance=0.5).eta_for() == 0.5
-    assert SamplerOptions(sampler="dpmpp").eta_for(autoguided=True) == 0.0
-    assert SamplerOptions(sampler="ddim").eta_for() == 0.0
-    assert SamplerOptions(sampler="dpmpp", eta=0.3).eta_for() == 0.3
+    assert P(uncond, sampler="dpmpp").eta == 2.0 and P(cond, sampler="dpmpp").eta == 2.0  # labels or not
+    assert P(cond, sampler="dpmpp", guidance=0.5).eta == 0.5
+    assert P(cond.autoguided(cond), sampler="dpmpp").eta == 0.0
+    assert P(cond, sampler="ddim").eta == 0.0
+    assert P(cond, sampler="dpmpp", eta=0.3).eta == 0.3
 
     def draw(diff, **kw):
         return diff.sample(3, sampler="dpmpp", steps=4, seed=2, **kw)

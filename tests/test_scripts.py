@@ -217,12 +217,13 @@ def test_few_step_screen_reproduces_the_library(checkpoints, tmp_path):
 
     import mnist_diffusion as md
     from mnist_diffusion.evaluation import balanced_labels
-    from mnist_diffusion.sampling import SamplerOptions, generate
+    from mnist_diffusion.config import SamplingConfig
+    from mnist_diffusion.sampling import generate, plan
     screen = _script("few_step_screen")
     diff = md.load(checkpoints["cond"], device="cpu")
     labels = torch.as_tensor(balanced_labels(6, 10))
     # 8 steps: a tiny model's x0 is saturated at high noise, and with fewer every other step is a switch
-    lib = generate(diff, 6, SamplerOptions(sampler="dpmpp", steps=8, guidance=0.5), labels=labels, batch_size=3)
+    lib = generate(diff, 6, plan(diff, SamplingConfig(sampler="dpmpp", steps=8, guidance=0.5)), labels=labels, batch_size=3)
     # the library takes first-order steps where guidance switches on or off (the screen's reset=1) and,
     # with guidance, a linear corrector (corr=1)
     variant = "sde:grid=logsnr-capped:eta=0.5:glo=0.3:ghi=5:n=8:reset=1"
@@ -233,7 +234,7 @@ def test_few_step_screen_reproduces_the_library(checkpoints, tmp_path):
                               lib)
     # corr=K is the library's corrector K (0 = none), and each changes the images
     for k in (0, 2):
-        other = generate(diff, 6, SamplerOptions(sampler="dpmpp", steps=8, guidance=0.5, corrector=k), labels=labels,
+        other = generate(diff, 6, plan(diff, SamplingConfig(sampler="dpmpp", steps=8, guidance=0.5, corrector=k)), labels=labels,
                          batch_size=3)
         assert screen.plan(diff.schedule, variant + f":corr={k}")[-1] == k
         assert np.array_equal(screen.draw(diff, kind, seq, etas, restarts, nfe, 6, 0.5, labels, 3, band, reset, k),

@@ -2,7 +2,7 @@
 
     import mnist_diffusion as md
     diff = md.train(md.preset("quick"), dataset="mnist")            # a Diffusion, trained in memory
-    imgs = diff.sample(16, label=7, guidance=0.5, sampler="dpmpp", steps=20, seed=0)   # uint8 (16, 28, 28)
+    imgs = diff.sample(16, label=7, seed=0)    # uint8 (16, 28, 28), the model's own sampling (DPM-Solver++ 20)
     diff = md.load("runs/quick/checkpoints/last.pt")                 # the same object from a checkpoint
     report = md.evaluate(imgs, dataset="mnist")                      # the dict `evaluate --json` writes
 
@@ -19,7 +19,7 @@ _EXPORTS = {
     "train": "api", "evaluate": "api",
     "RunConfig": "config", "ModelConfig": "config", "DiffusionConfig": "config", "TrainConfig": "config",
     "preset": "config", "ConfigError": "config",
-    "SamplerOptions": "sampling", "Trajectory": "sampling",
+    "SamplingConfig": "config", "SamplingPlan": "sampling", "plan": "sampling", "Trajectory": "sampling",
     "load_dataset": "api",
 }
 __all__ = sorted(_EXPORTS)

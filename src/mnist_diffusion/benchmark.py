@@ -271,7 +271,8 @@ def sampling_times(model: torch.nn.Module, cfg: RunConfig, device: torch.device,
     timed over `timed_steps` steps, on a schedule of that many timesteps (the same network and
     the same work per step), and its total is extrapolated as (seconds per step) x (steps)."""
     from .diffusion import Diffusion
-    from .sampling import SamplerOptions, generate
+    from .config import SamplingConfig
+    from .sampling import generate, plan
 
     precision = _precision_name(amp)
     diff = Diffusion(model, cfg, device=device, precision=precision)
@@ -282,8 +283,9 @@ def sampling_times(model: torch.nn.Module, cfg: RunConfig, device: torch.device,
     for name in SAMPLERS:
         n_steps = min((steps or {}).get(name) or DEFAULT_STEPS[name] or diff.timesteps, diff.timesteps)
         full = settings.full_sampling or n_steps <= settings.max_full_steps
-        timed, options = (diff, SamplerOptions(name, steps=n_steps)) if full else (short, SamplerOptions(name, steps=k))
-        generate(diff, n, SamplerOptions(name, steps=2), batch_size=n)  # warm-up, untimed
+        timed, options = (diff, plan(diff, SamplingConfig(name, steps=n_steps))) if full else \
+            (short, plan(short, SamplingConfig(name, steps=k)))
+        generate(diff, n, plan(diff, SamplingConfig(name, steps=2)), batch_size=n)  # warm-up, untimed
         runs = []
         for r in range(settings.sample_repeats if full else 1):
             synchronize(device)

@@ -9,17 +9,37 @@ exit; `--debug` shows the traceback instead.
 from __future__ import annotations
 
 import argparse
+import importlib.util
+import json
 import os
 import sys
+import time
 import zipfile
 from pathlib import Path
 from typing import Callable
 
+import numpy as np
+
+from . import benchmark as bench
+from . import evaluation as ev
+from . import labels
 from . import options as opt
 from .atomic import atomic_write_json
-from .config import ConfigError
-from .options import MAX_IMAGES, sampler_options
+from .checkpoint import CheckpointError
+from .config import ConfigError, SamplingConfig
+from .data import DataError, cache_dir, load_training_data, prepare, to_uint8
+from .diffusion import Diffusion
+from .editing import load_inputs, load_mask, mask_preset
+from .evaluator import train_for_dataset
+from .hub import card_samples
+from .images import check_grid, load_images, load_sample_set, save_gif, save_grid, save_npz
+from .models import describe
+from .options import sampler_options
 from .outputs import check_output_dir, check_outputs
+from .partial import generate_resumable
+from .pretrained import PRETRAINED
+from .sampling import Recording, generate, section_of_report
+from .training import Interrupted, TrainingError, run_config, train
 
 EXIT_ERROR = 2
 # name -> (help text, add_arguments(parser), run(args) -> exit code); filled by @command below
@@ -42,7 +62,6 @@ def _info(msg: str) -> None:
 
 @command("data", "fetch, verify and cache a dataset", opt.data_options)
 def cmd_data(args) -> int:
-    from .data import cache_dir, prepare
     splits = prepare(args.dataset, data_dir=args.data_dir, download=not args.no_download, log=_info)
     for name, s in splits.items():
         print(f"{args.dataset} {name}: {s.images.shape[0]} images, {len(set(s.labels.tolist()))} classes, verified")
@@ -55,7 +74,6 @@ def cmd_data(args) -> int:
 
 def train_config(args):
     """(config, run directory, checkpoint to resume or None) of the train options: training.run_config."""
-    from .training import run_config
     return run_config(args.preset, config=args.config, resume=args.resume, output_dir=args.output_dir,
                       values={k: v for k, v in vars(args).items() if "." in k},
                       conditional=True if args.conditional else False if args.unconditional else None, log=_info)
@@ -63,8 +81,6 @@ def train_config(args):
 
 @command("train", "train a noise-prediction network", opt.train_options)
 def cmd_train(args) -> int:
-    from .data import load_training_data
-    from .training import train
 
     cfg, run_dir, resume = train_config(args)
     if args.dry_run:
@@ -93,75 +109,69 @@ def cmd_train(args) -> int:
 
 def load_diffusion(args):
     """The Diffusion of --checkpoint or --pretrained, on --device at --precision (EMA weights unless
-    --no-ema)."""
-    from .diffusion import Diffusion
+    --no-ema). A name that is both a shipped model and a path here is the shipped model, said once."""
     if not (args.checkpoint or args.pretrained):
         raise ConfigError("--checkpoint or --pretrained is required")
+    if args.checkpoint in PRETRAINED and Path(args.checkpoint).exists():
+        _info(f"note: --checkpoint {args.checkpoint} is the shipped model of that name, not ./{args.checkpoint} "
+              f"(give ./{args.checkpoint} for the local one)")
     diff = Diffusion.load(args.checkpoint or args.pretrained, device=args.device, precision=args.precision,
                           use_ema=not args.no_ema)
     if getattr(args, "autoguide", None):
-        if not getattr(args, "guidance", 0.0):
+        if not getattr(args, "guidance", None):
             raise ConfigError("--autoguide needs --guidance W (W > 0: how far to push away from the weaker model)")
         weak = Diffusion.load(args.autoguide, device=args.device, precision=args.precision, use_ema=not args.no_ema)
+        if weak.dataset != diff.dataset:
+            raise ConfigError(f"--autoguide {args.autoguide} was trained on {weak.dataset}, the model on "
+                              f"{diff.dataset}: autoguidance needs a weaker version of the same model")
         diff = diff.autoguided(weak)
     return diff
 
 
 def sample_request(args, diff):
     """--label/--num-images/--nrow -> (labels or None, number of images, images per grid row)."""
-    if args.label is None and diff.clustered:  # its clusters, drawn by their sizes: guidance applies
-        n = args.num_images or 64
-        return diff.labels("clusters", n, args.seed), n, args.nrow
-    if args.label is None:
+    if args.label is None and not diff.clustered:
         if args.guidance and diff.guide is None:
             raise ConfigError("--guidance needs --label (guidance steers towards a class) or --autoguide")
         if diff.num_classes:  # the unlabelled path is what guidance is built on, not the model's best
             _info("note: a class-conditional model sampled without labels; --label all or --label K "
-                  "with --guidance 0.5 draws far better digits")
-        return None, args.num_images or 64, args.nrow
-    if args.label == "all":
-        if args.num_images is not None:
-            raise ConfigError("--label all draws one row per class; set the row length with --nrow, not --num-images")
-        per_class = args.nrow or 10
-        n = (diff.num_classes or 1) * per_class
-        if n > MAX_IMAGES:
-            raise ConfigError(f"--label all --nrow {per_class}: {n:,} images, more than {MAX_IMAGES:,}")
-        return diff.labels("all", n), n, per_class
-    n = args.num_images or 64
-    return diff.labels(args.label, n), n, args.nrow
+                  "draws far better digits (with the model's guidance)")
+    req = labels.request(args.label, args.num_images, args.nrow, num_classes=diff.num_classes,
+                         cluster_sizes=diff.config.train.cluster_sizes, seed=args.seed)
+    diff.check_labels(req.labels, req.num_images)
+    return req
 
 
-@command("sample", "draw images from a checkpoint", opt.sample_options)
+@command("sample", "draw images from a model (its card's sampling unless told otherwise)", opt.sample_options)
 def cmd_sample(args) -> int:
-    from .images import check_grid, save_grid
-    from .partial import generate_resumable
-    from .sampling import Recording, generate
-
     check_outputs([("--output", args.output, ".png"), ("--npz", args.npz, ".npz"), ("--gif", args.gif, ".gif")],
                   inputs=[args.checkpoint])
     if args.show_intermediate:
         check_output_dir(args.show_intermediate, "--show-intermediate", inputs=[args.checkpoint],
                          outputs=[args.output, args.npz, args.gif])
-    options = sampler_options(args)
+    given = sampler_options(args)
+    SamplingConfig().override(**given)  # the settings checked before the model is loaded
     diff = load_diffusion(args)
-    labels, n, nrow = sample_request(args, diff)
-    options.check(diff.schedule)
+    want, n, nrow = sample_request(args, diff)
+    drawn = diff.plan(labelled=want is not None, **given)
+    diff.check_labels(want, n, drawn.guidance)
     check_grid(n, nrow)
-    trajectory = Recording.plan(options.visited(diff.schedule), diff.timesteps, intermediate=bool(args.show_intermediate),
-                                 steps=args.intermediate_steps, gif_frames=args.gif_frames if args.gif else None)
-    draw = dict(labels=labels, seed=args.seed, batch_size=args.batch_size, progress=not args.no_progress,
+    trajectory = Recording.plan(list(drawn.timesteps), diff.timesteps, intermediate=bool(args.show_intermediate),
+                                steps=args.intermediate_steps, gif_frames=args.gif_frames if args.gif else None)
+    _info(f"sampling {n} images: {drawn.describe()}")
+    draw = dict(labels=want, seed=args.seed, batch_size=args.batch_size, progress=not args.no_progress,
                 callback=trajectory)
     if args.npz:  # batches kept as they finish (without a trajectory, which must see them all)
-        imgs = generate_resumable(diff, n, options, args.npz, log=_info, **draw)
+        imgs = generate_resumable(diff, n, drawn, args.npz, log=_info, **draw)
         print(f"wrote {args.npz}")
     else:
-        imgs = generate(diff, n, options, **draw)
+        imgs = generate(diff, n, drawn, **draw)
     save_grid(imgs, args.output, nrow=nrow)
     print(f"wrote {args.output} ({len(imgs)} images)")
     if trajectory is not None:
         from .visualize import write_trajectory
         for line in write_trajectory(trajectory, imgs, gif=args.gif, steps_dir=args.show_intermediate, nrow=nrow,
-                                     caption=f"samples ({args.sampler})"):
+                                     caption=f"samples ({drawn.sampler})"):
             print(line)
     return 0
 
@@ -171,7 +181,6 @@ def cmd_sample(args) -> int:
 
 @command("models", "list the available networks", opt.models_options)
 def cmd_models(args) -> int:
-    from .models import describe
     print(f"{'name':<12} {'params':>10} {'weights MB':>10} {'checkpoint MB':>13}  {'size':<26} description")
     for row in describe(args.base_dim):
         # a training checkpoint holds the weights, the EMA copy and Adam's two moments: ~4x
@@ -214,8 +223,6 @@ def _check_evaluate(args) -> None:
 @command("evaluate", "score generated images (FID, precision/recall, recognizability, balance, noise MSE)",
          opt.evaluate_options)
 def cmd_evaluate(args) -> int:
-    from . import evaluation as ev
-    from .diffusion import Diffusion
 
     _check_evaluate(args)
     progress = not args.no_progress
@@ -229,7 +236,6 @@ def cmd_evaluate(args) -> int:
         print(f"wrote {Path(args.run) / 'metrics.json'} and {Path(args.run) / 'metrics.png'}")
         result = {"run": str(args.run), "checkpoints": rows}
     elif args.samples:
-        from .images import load_sample_set
         images, labels = load_sample_set(args.samples, args.value_range)
         result = ev.evaluate_samples(images, args.dataset, labels=labels, seed=args.seed, evaluator=args.evaluator,
                                      inception=args.inception, progress=progress)
@@ -257,7 +263,7 @@ def cmd_visualize(args) -> int:
         args.output = args.output or str(Path(args.run) / f"{args.figure}{suffix}")
     run_files = [Path(args.run) / "loss.csv"] if getattr(args, "run", None) else []
     check_outputs([("--output", args.output, suffix)], inputs=run_files)
-    from . import visualize as viz
+    from . import visualize as viz  # matplotlib: only for the figures
     options = {k: v for k, v in vars(args).items() if k in ("run", "dataset", "index", "num_images", "schedule",
                                                           "beta", "timesteps", "seed", "frame_ms", "label", "guidance")}
     if "num_timesteps" in vars(args):
@@ -265,7 +271,6 @@ def cmd_visualize(args) -> int:
     if args.figure == "denoising":
         options["diffusion"] = load_diffusion(argparse.Namespace(**vars(args), no_ema=False))
     if "dataset" in options:
-        from .data import prepare
         options["split"] = prepare(args.dataset, data_dir=args.data_dir, log=_info)["train"]
     print(f"wrote {viz.figure(args.figure, args.output, **options)}")
     return 0
@@ -276,11 +281,9 @@ def cmd_visualize(args) -> int:
 
 def _real_pair(args):
     """Images I and J of --images or of the --dataset test split (uint8, (2, 28, 28))."""
-    from .images import load_images
     if args.images:
         pool, where = load_images(args.images), args.images
     else:
-        from .data import prepare
         pool, where = prepare(args.dataset, data_dir=args.data_dir, log=_info)["test"].images, f"the {args.dataset} test split"
     bad = [i for i in args.real if i >= len(pool)]
     if bad:
@@ -290,8 +293,6 @@ def _real_pair(args):
 
 @command("interpolate", "spherical interpolation between two noises or two inverted real digits", opt.interpolate_options)
 def cmd_interpolate(args) -> int:
-    from .data import to_uint8
-    from .images import save_gif, save_grid
 
     if args.frames < 2:
         raise ConfigError("--frames must be at least 2 (the two ends)")
@@ -320,11 +321,9 @@ def cmd_interpolate(args) -> int:
 @command("inpaint", "fill in the hidden part of images (RePaint), with any trained model",
          lambda p: opt.editing_options(p, inpaint=True))
 def cmd_inpaint(args) -> int:
-    from .editing import load_mask, mask_preset
     images, _, diff = _edit_inputs(args, mask=args.mask)
     mask = mask_preset(args.mask_preset, len(images), args.seed) if args.mask_preset else load_mask(args.mask,
                                                                                                  len(images))
-    import numpy as np
     out = diff.inpaint(images, mask, label=args.label, jump_length=args.jump_length, resample=args.resample,
                        **_run_options(args))
     shown = np.where(mask > 0, images, 60).astype(np.uint8)  # hidden pixels in grey
@@ -342,10 +341,9 @@ def cmd_edit(args) -> int:
 
 
 def _edit_inputs(args, mask=None):
-    from .editing import load_inputs
     check_outputs([("--output", args.output, ".png"), ("--npz", args.npz, ".npz")],
                   inputs=[args.checkpoint, args.image, mask])
-    sampler_options(args)  # settings checked before any work
+    SamplingConfig().override(**sampler_options(args))  # settings checked before any work
     images, labels, notes = load_inputs(args.image, args.from_test, args.dataset, args.data_dir)
     for line in notes:
         _info(line)
@@ -353,14 +351,12 @@ def _edit_inputs(args, mask=None):
 
 
 def _run_options(args) -> dict:
-    return {**sampler_options(args).as_dict(), "seed": args.seed, "batch_size": args.batch_size,
+    return {**sampler_options(args), "seed": args.seed, "batch_size": args.batch_size,
             "progress": not args.no_progress}
 
 
 def _write_edit(args, columns, results, diff) -> int:
-    import numpy as np
 
-    from .images import save_grid, save_npz
     save_grid(np.stack(columns, axis=1).reshape(-1, 28, 28), args.output, nrow=len(columns))
     names = "original | masked | result" if len(columns) == 3 else "original | result"
     print(f"wrote {args.output} ({len(results)} images; columns: {names})")
@@ -374,7 +370,6 @@ def _write_edit(args, columns, results, diff) -> int:
 @command("train-evaluator", "train the evaluator CNN on one's own labelled images (held-out accuracy reported)",
          opt.train_evaluator_options)
 def cmd_train_evaluator(args) -> int:
-    from .evaluator import train_for_dataset
     check_outputs([("--output", args.output, ".safetensors")])
     r = train_for_dataset(args.dataset, args.output, epochs=args.epochs, max_shift=args.max_shift, seed=args.seed,
                           log=_info)
@@ -386,7 +381,6 @@ def cmd_train_evaluator(args) -> int:
 @command("demo", "a browser demo: generate, watch the denoising, edit a sketch (needs the [demo] extra)",
          opt.demo_options)
 def cmd_demo(args) -> int:
-    import importlib.util
     if importlib.util.find_spec("gradio") is None:
         raise ConfigError("the demo needs Gradio: pip install -e '.[demo]'")
     from .demo import launch
@@ -395,7 +389,6 @@ def cmd_demo(args) -> int:
     print(f"loaded {diff}; starting the demo (Ctrl-C stops it)", flush=True)
     _, url, _ = launch(diff, host=args.host, port=args.port, log=_info, block=False)
     print(f"open {url}", flush=True)
-    import time
     while True:
         time.sleep(3600)
 
@@ -406,9 +399,7 @@ def cmd_demo(args) -> int:
 @command("export", "write a checkpoint as a shareable model folder (safetensors, config, scheduler config, card)",
          opt.export_options)
 def cmd_export(args) -> int:
-    import json
 
-    from .hub import card_samples, export
     check_output_dir(args.output, "--output", inputs=[args.checkpoint, args.metrics])
     try:
         metrics = json.loads(Path(args.metrics).read_text(encoding="utf-8")) if args.metrics else None
@@ -419,8 +410,10 @@ def cmd_export(args) -> int:
         raise ConfigError(f"--metrics {args.metrics}: not the report of `evaluate --checkpoint ... --json` "
                           f"(it needs {', '.join(sorted(need))})")
     diff = load_diffusion(argparse.Namespace(**vars(args), pretrained=None))
+    if metrics is not None and isinstance(metrics.get("sampler"), dict):  # the folder samples as it was scored
+        diff = diff.with_sampling(section_of_report(diff, metrics["sampler"]))
     samples = None if args.no_samples else card_samples(diff)
-    out = export(diff, args.output, dtype=args.dtype, metrics=metrics, samples=samples,
+    out = diff.export(args.output, dtype=args.dtype, metrics=metrics, samples=samples,
                  command=f"mnist-diffusion train --config {Path(args.output) / 'config.json'} --output-dir runs/NAME",
                  training={"steps": diff.step})
     print(f"wrote {out} ({', '.join(sorted(p.name for p in out.iterdir()))})")
@@ -433,7 +426,6 @@ def cmd_export(args) -> int:
 @command("benchmark", "measure training and sampling speed, memory and checkpoint size of a model on a device",
          opt.benchmark_options)
 def cmd_benchmark(args) -> int:
-    from . import benchmark as bench
 
     comparisons = bench.parse_comparisons(args.compare)
     check_outputs([("--json", args.json, ".json")])
@@ -471,12 +463,13 @@ def main(argv=None) -> int:
     if not sys.stderr.isatty():
         # progress bars into a log file or CI: a line every 30 s, not ten carriage returns a second
         os.environ.setdefault("TQDM_MININTERVAL", "30")
+    argv = list(sys.argv[1:] if argv is None else argv)
+    opt.SHOW_ALL = "--help-all" in argv  # the research options too: --help-all is --help with them shown
+    if opt.SHOW_ALL:
+        argv = ["--help" if a == "--help-all" else a for a in argv]
     parser = build_parser()
     args = parser.parse_args(argv)
     debug = getattr(args, "debug", False)
-    from .checkpoint import CheckpointError
-    from .data import DataError
-    from .training import Interrupted, TrainingError
 
     try:
         return COMMANDS[args.command][2](args) or 0

@@ -25,16 +25,21 @@ PREDICTIONS = ("eps", "v")
 T_SAMPLINGS = ("uniform", "logit-normal")
 MAX_CLUSTERS = 1000  # train.clusters: k-means clusters as classes (clusters.py)
 MAX_LEVELS = 5  # resolution levels a 28x28 image can be halved into: 28, 14, 7, 4, 2
+SAMPLERS = ("ddpm", "ddim", "dpmpp")
+SPACINGS = ("uniform", "quadratic", "logsnr", "logsnr-capped")
+MAX_GUIDANCE = 100.0
+MAX_ETA = 10.0  # dpmpp's eta > 1 keeps exact marginals; beyond ~5 each step is nearly a fresh draw
 
 
 def option(default, help: str, *, flag: Optional[str] = None, kind: Optional[str] = None,
-           choices: Optional[tuple] = None, resumable: bool = False, cli: bool = True):
+           choices: Optional[tuple] = None, resumable: bool = False, cli: bool = True, research: bool = False):
     """A config field and what the command line needs to know of it (dataclass field metadata):
     its --help text, its flag (default --name-with-dashes), `kind` of number (positive, nonneg,
     unit = [0, 1)), `choices`, and whether it may change when a run is resumed. cli=False keeps it
-    out of the command line (set through --config or the library)."""
+    out of the command line (set through --config or the library); research=True keeps it out of
+    --help (listed by --help-all): a knob kept for measurements, not for everyday use."""
     return field(default=default, metadata={"help": help, "flag": flag, "kind": kind, "choices": choices,
-                                            "resumable": resumable, "cli": cli})
+                                            "resumable": resumable, "cli": cli, "research": research})
 
 
 @dataclass(frozen=True)
@@ -183,15 +188,118 @@ class TrainConfig:
 
 
 @dataclass(frozen=True)
+class SamplingConfig:
+    """How to draw from a model: the options a user sets. A model carries its recommended ones
+    (RunConfig.sampling, written by `train` and `export`), and a command's flags override them field
+    by field. None (steps, eta, spacing, guidance_interval, corrector) means "the rule's choice",
+    which sampling.plan resolves against the model into concrete values. The field metadata is
+    what the command line shows (research=True: only under --help-all)."""
+    sampler: str = option("dpmpp", "ddpm (ancestral), ddim or dpmpp (DPM-Solver++(2M), the default)",
+                          choices=SAMPLERS)
+    steps: Optional[int] = option(None, "network evaluations (default: dpmpp 20, ddim 50, ddpm all T)",
+                                  kind="positive")
+    guidance: float = option(0.0, "classifier-free guidance weight w (needs labels; 0 = plain conditional; "
+                                  "default: the model's own)", kind="nonneg")
+    eta: Optional[float] = option(None, "stochasticity of ddim and dpmpp: 0 = deterministic; 1 = DDPM-like for "
+                                        "ddim, SDE-DPM-Solver++(2M) for dpmpp; dpmpp also takes up to 10 (more "
+                                        "fresh noise per step, same marginals); default for dpmpp 2, or 0.5 with "
+                                        "--guidance, 0 with --autoguide; ddim 0", kind="nonneg", research=True)
+    spacing: Optional[str] = option(None, "timestep grid for respaced samplers: uniform in t, quadratic (denser "
+                                          "near t=0), logsnr (uniform in log-SNR), or logsnr-capped (T-1, then "
+                                          "uniform in log-SNR from noise level 20 down); default logsnr-capped "
+                                          "for dpmpp, uniform otherwise", choices=SPACINGS, research=True)
+    clip: bool = option(True, "do not clip predicted x0 to [-1, 1]", flag="--no-clip", research=True)
+    guidance_interval: Optional[tuple[float, float]] = option(
+        None, "guide only at noise levels sigma_t = sqrt((1-a_t)/a_t) in LO,HI (Kynkaanniemi et al. 2024), "
+              "unguided elsewhere (one network evaluation instead of two); default for dpmpp with --guidance "
+              "0.3,5, otherwise every step (0,inf)", research=True)
+    first_order_switches: bool = option(
+        True, "dpmpp with a guidance interval: extrapolate (second order) across the steps where guidance "
+              "switches on or off, instead of the default first-order steps there",
+        flag="--no-first-order-switches", research=True)
+    corrector: Optional[int] = option(
+        None, "dpmpp only: after each network evaluation, redo the step that led there with the new x0 as well "
+              "(UniPC's corrector; 1 linear, 2 quadratic in log-SNR; no extra evaluations; 0 = none); default 1 "
+              "with --guidance, else 0", choices=(0, 1, 2), research=True)
+
+    def __post_init__(self):
+        self.validate()
+
+    def validate(self) -> None:
+        """One-line errors naming the option (also for the library's keywords: wrong types too)."""
+        if self.sampler not in SAMPLERS:
+            raise ConfigError(f"unknown sampler {self.sampler!r}; choose from {', '.join(SAMPLERS)}")
+        if self.steps is not None and (isinstance(self.steps, bool) or not isinstance(self.steps, int)
+                                       or self.steps < 1):
+            raise ConfigError(f"steps must be a positive integer, got {self.steps!r}")
+        for name in ("guidance", "eta"):
+            v = getattr(self, name)
+            if v is not None and (isinstance(v, bool) or not isinstance(v, (int, float))):
+                raise ConfigError(f"{name} must be a number, got {v!r}")
+        if self.spacing is not None and self.spacing not in SPACINGS:
+            raise ConfigError(f"unknown spacing {self.spacing!r}; choose from {', '.join(SPACINGS)}")
+        if self.corrector not in (None, 0, 1, 2) or isinstance(self.corrector, bool):
+            raise ConfigError(f"corrector must be 0 (none), 1 (linear) or 2 (quadratic), got {self.corrector!r}")
+        if self.corrector and self.sampler != "dpmpp":
+            raise ConfigError(f"the corrector is dpmpp's; {self.sampler} has none (use --sampler dpmpp)")
+        top = MAX_ETA if self.sampler == "dpmpp" else 1.0
+        if self.eta is not None and not 0.0 <= self.eta <= top:  # also NaN
+            raise ConfigError(f"eta {self.eta} is outside [0, {top:g}] for {self.sampler} "
+                              f"(0: deterministic, 1: as stochastic as DDPM; above 1 only dpmpp)")
+        if not 0.0 <= self.guidance <= MAX_GUIDANCE:
+            raise ConfigError(f"guidance {self.guidance} is outside [0, {MAX_GUIDANCE:g}] (useful values are below 10)")
+        if self.guidance_interval is not None:
+            gi = tuple(self.guidance_interval)
+            if len(gi) != 2 or not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in gi) \
+                    or not 0.0 <= gi[0] < gi[1]:
+                raise ConfigError(f"guidance interval {self.guidance_interval!r}: need two noise levels LO,HI "
+                                  "with 0 <= LO < HI (HI may be inf), e.g. 0.3,5")
+
+    def override(self, **given) -> "SamplingConfig":
+        """These options with the given ones (None = not given, keep this one's) put over them."""
+        unknown = set(given) - {f.name for f in dataclasses.fields(self)}
+        if unknown:
+            raise TypeError(f"unknown sampling option(s): {', '.join(sorted(unknown))}")
+        changes = {k: v for k, v in given.items() if v is not None}
+        if "sampler" in changes and changes["sampler"] != self.sampler:
+            # the stored steps, eta and grid were chosen for the stored sampler: a new one starts from its own
+            base = {"guidance": self.guidance, "clip": self.clip, "guidance_interval": self.guidance_interval,
+                    "first_order_switches": self.first_order_switches}
+            return SamplingConfig(**{**base, **changes})
+        return dataclasses.replace(self, **changes)
+
+    def to_dict(self) -> dict:
+        d = dataclasses.asdict(self)
+        if d["guidance_interval"] is not None:
+            d["guidance_interval"] = list(d["guidance_interval"])
+        return d
+
+
+def recommended_sampling(cfg: "RunConfig") -> SamplingConfig:
+    """What a newly trained model of `cfg` recommends when its config says nothing: DPM-Solver++ 20
+    steps, guided at W = 1 when conditioned on clusters and 0.5 on labels (the quick preset's
+    measured best on MNIST; docs/RESULTS.md), unguided otherwise."""
+    w = 1.0 if cfg.train.clusters else 0.5 if cfg.model.num_classes else 0.0
+    return SamplingConfig(sampler="dpmpp", steps=min(20, cfg.diffusion.timesteps), guidance=w)
+
+
+@dataclass(frozen=True)
 class RunConfig:
     model: ModelConfig = field(default_factory=ModelConfig)
     diffusion: DiffusionConfig = field(default_factory=DiffusionConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
+    # how to draw from the model (the section a checkpoint or model folder ships with); a config
+    # without one gets the library's default, DPM-Solver++ 20 steps unguided
+    sampling: SamplingConfig = field(default_factory=SamplingConfig)
 
     def validate(self) -> "RunConfig":
         self.model.validate()
         self.diffusion.validate()
         self.train.validate()
+        self.sampling.validate()
+        if self.sampling.steps is not None and self.sampling.steps > self.diffusion.timesteps:
+            raise ConfigError(f"sampling.steps {self.sampling.steps}: the model has only T = "
+                              f"{self.diffusion.timesteps} timesteps")
         if self.train.clusters and self.model.num_classes != self.train.clusters:
             raise ConfigError(f"train.clusters {self.train.clusters} needs model.num_classes {self.train.clusters} "
                               f"(the clusters are the classes), got {self.model.num_classes}")
@@ -211,7 +319,7 @@ class RunConfig:
         if not isinstance(data, dict):
             raise ConfigError("config must be a JSON object")
         data = {k: v for k, v in data.items() if k not in ("run_id", "export")}
-        parts = {"model": ModelConfig, "diffusion": DiffusionConfig, "train": TrainConfig}
+        parts = {"model": ModelConfig, "diffusion": DiffusionConfig, "train": TrainConfig, "sampling": SamplingConfig}
         unknown = set(data) - set(parts)
         if unknown:
             raise ConfigError(f"unknown config section(s): {', '.join(sorted(unknown))}")
@@ -265,6 +373,8 @@ def _check_type(value, hint, key: str):
     if origin is tuple:
         if not isinstance(value, (list, tuple)):
             raise ConfigError(f"{key} must be a list, got {type(value).__name__}")
+        if key.endswith("guidance_interval") and len(value) == 2 and value[1] == math.inf:  # 0,inf: every step
+            return (_check_type(value[0], args[0], key), math.inf)
         return tuple(_check_type(v, args[0], key) for v in value)
     if hint is bool:
         if not isinstance(value, bool):
@@ -294,7 +404,10 @@ def _build(klass, data: dict, section: str):
     if unknown:
         raise ConfigError(f"unknown key(s) in {section}: {', '.join(sorted(unknown))}")
     values = {k: _check_type(v, hints[k], f"{section}.{k}") for k, v in data.items()}
-    return klass(**values)
+    try:
+        return klass(**values)
+    except ConfigError as e:  # SamplingConfig checks itself on construction: name the section
+        raise ConfigError(f"{section}: {e}") from None
 
 
 # Presets. `quick`: recognisable, requested MNIST digits within `make run`'s budget on a 2-core CPU.
@@ -422,6 +535,8 @@ def resolve(base: RunConfig, values: dict, *, conditional: Optional[bool] = None
         if clusters or base.train.clusters:
             changes["model"]["num_classes"] = clusters or None
     cfg = base.replace(**{k: v for k, v in changes.items() if v})
+    if not resuming and base.sampling == SamplingConfig():  # no section of its own: the recommended one
+        cfg = dataclasses.replace(cfg, sampling=recommended_sampling(cfg)).validate()
     if resuming:
         check_resume(base, cfg)
         if preset_name:

@@ -129,10 +129,10 @@ def generate_frames(diff, req: Request):
     shows (same seed, same images). When the page goes away (the generator is closed), the
     sampler stops at its next step, so the queue's next request does not share the CPU with it."""
     from .data import to_uint8
-    from .sampling import SamplerOptions
     labels, n = check(req, diff)
     steps = None if req.sampler == "ddpm" and req.steps >= diff.timesteps else req.steps
-    total = len(SamplerOptions(req.sampler, steps=steps).visited(diff.schedule))
+    drawn = diff.plan(labelled=labels is not None, sampler=req.sampler, steps=steps, guidance=req.guidance)
+    total = len(drawn.timesteps)
     every = max(1, total // FRAMES)
     posts: queue.Queue = queue.Queue(maxsize=4)
     stop = threading.Event()
@@ -150,8 +150,8 @@ def generate_frames(diff, req: Request):
 
     def run():
         try:
-            result["images"] = diff.sample(n, label=labels, guidance=req.guidance, sampler=req.sampler, steps=steps,
-                                           seed=req.seed, callback=on_step)
+            result["images"] = diff.sample(n, label=labels, seed=req.seed, callback=on_step,
+                                           **{k: getattr(drawn, k) for k in ("sampler", "steps", "guidance")})
         except _Cancelled:
             pass
         except Exception as e:  # noqa: BLE001  (shown in the page)
@@ -314,10 +314,12 @@ def build(diff, *, schedule_figure: Optional[str] = None):
             with gr.Row():
                 with gr.Column(scale=1):
                     label = gr.Dropdown(classes, value=classes[0], label="digit", elem_id="label")
-                    guidance = gr.Slider(0, LIMITS["guidance"], value=0.5 if names else 0, step=0.25,
+                    own = diff.config.sampling  # the model's own: what its card recommends
+                    guidance = gr.Slider(0, LIMITS["guidance"], value=own.guidance if names else 0, step=0.25,
                                          label="guidance W", elem_id="guidance")
-                    sampler = gr.Radio(["dpmpp", "ddim", "ddpm"], value="dpmpp", label="sampler", elem_id="sampler")
-                    steps = gr.Slider(1, LIMITS["steps"]["ddpm"], value=20, step=1, label="steps", elem_id="steps")
+                    sampler = gr.Radio(["dpmpp", "ddim", "ddpm"], value=own.sampler, label="sampler", elem_id="sampler")
+                    steps = gr.Slider(1, LIMITS["steps"]["ddpm"], value=len(diff.plan(labelled=False).timesteps),
+                                      step=1, label="steps", elem_id="steps")
                     seed = gr.Number(0, precision=0, label="seed", elem_id="seed")
                     num = gr.Slider(1, LIMITS["images"], value=10 if names else 8, step=1, label="images",
                                     elem_id="num_images")

@@ -25,11 +25,9 @@ import torch
 from tqdm.auto import tqdm
 
 from .evaluator import EvalNet, embed, file_sha256, shipped_evaluator, weights_path
-from .samplers import DEFAULT_SPACING
 
 if TYPE_CHECKING:
     from .diffusion import Diffusion
-    from .sampling import SamplerOptions
 
 K_NEIGHBOURS = 3
 RECOGNIZABLE_THRESHOLD = 0.9
@@ -361,23 +359,25 @@ def _inception(images_u8: np.ndarray, dataset: str, progress: bool) -> float:
     return inception_fid(images_u8, dataset, progress=progress)
 
 
-def evaluate_model(diff: "Diffusion", options: "SamplerOptions", num_samples: int = 10000, *,
+def evaluate_model(diff: "Diffusion", options: Optional[dict] = None, num_samples: int = 10000, *,
                    dataset: Optional[str] = None, noise_images: int = 10000, seed: int = 0, batch_size: int = 256,
                    npz: Optional[str] = None, evaluator: Optional[str] = None, inception: bool = False,
                    progress: bool = False, log: Callable[[str], None] = lambda _m: None) -> tuple[dict, np.ndarray]:
     """Draw `num_samples` images (a conditional model's with balanced labels: image i asks for class
-    i mod C) and score them; add the model's noise MSE on `noise_images` test images. With `npz`,
-    the images are kept as they come and saved there (partial.generate_resumable). Returns (the
-    report `evaluate --json` writes, the images)."""
+    i mod C) and score them; add the model's noise MSE on `noise_images` test images. `options`:
+    the sampling options given ({name: value}, None = the model's own); the report records the
+    plan they resolved to. With `npz`, the images are kept as they come and saved there
+    (partial.generate_resumable). Returns (the report `evaluate --json` writes, the images)."""
     from .partial import generate_resumable
     from .sampling import generate
 
+    options = dict(options or {})
     dataset = dataset or diff.dataset
     if dataset != diff.dataset:
         log(f"note: {diff.source or 'this model'} was trained on {diff.dataset}; its images are scored against "
             f"the {dataset} test split and evaluator")
-    if options.guidance and not diff.num_classes and diff.guide is None:
-        raise ValueError(f"guidance {options.guidance}: {diff.source or 'this model'} is an unconditional model "
+    if options.get("guidance") and not diff.num_classes and diff.guide is None:
+        raise ValueError(f"guidance {options['guidance']}: {diff.source or 'this model'} is an unconditional model "
                          "(guidance needs one trained with --conditional)")
     ref = reference_for(dataset, evaluator)  # before drawing: a missing evaluator is an error now, not later
     if diff.clustered:  # clusters drawn by their sizes: no class was asked for, so no label accuracy
@@ -385,12 +385,14 @@ def evaluate_model(diff: "Diffusion", options: "SamplerOptions", num_samples: in
     else:
         labels = balanced_labels(num_samples, diff.num_classes) if diff.num_classes else None
         requested = None if labels is None else torch.as_tensor(labels)
+    drawn = diff.plan(labelled=requested is not None, **options)
     draw = dict(labels=requested, seed=seed, batch_size=batch_size, progress=progress)
+    log(f"drawing {num_samples:,} images: {drawn.describe()}")
     if npz:
-        imgs = generate_resumable(diff, num_samples, options, npz, log=log, **draw)
+        imgs = generate_resumable(diff, num_samples, drawn, npz, log=log, **draw)
         log(f"wrote {npz}")
     else:
-        imgs = generate(diff, num_samples, options, **draw)
+        imgs = generate(diff, num_samples, drawn, **draw)
     result = evaluate_images(imgs, ref, seed=seed, labels=labels, progress=progress)
     m = min(noise_images, len(ref.test))
     test_labels = ref.test_labels[:m] if diff.num_classes and not diff.clustered and ref.test_labels is not None \
@@ -400,20 +402,13 @@ def evaluate_model(diff: "Diffusion", options: "SamplerOptions", num_samples: in
     result["noise_mse"] = noise_mse(diff, ref.test[:m], torch.Generator().manual_seed(seed), labels=test_labels,
                                     batch_size=batch_size, progress=progress)
     result["noise_mse"]["n"] = m
-    interval = options.interval_for(diff.guide is not None)
     result.update(checkpoint=diff.source, step=diff.step, seed=seed, sampler={
-        "sampler": options.sampler, "steps": options.steps, "eta": options.eta_for(diff.guide is not None),
-        "spacing": options.spacing or DEFAULT_SPACING[options.sampler],
-        "clip": options.clip, "ema": diff.ema, "precision": diff.precision,
+        **drawn.report(), "ema": diff.ema, "precision": diff.precision,
         "labels": "clusters drawn by their sizes" if diff.clustered else
                   "balanced (image i gets class i mod num_classes)" if labels is not None else None,
-        "guidance": options.guidance if requested is not None or diff.guide is not None else None,
-        **({"guidance_interval": interval and list(interval)} if options.guidance else {}),  # None: every step
-        # dpmpp's first-order steps where guidance switches on or off (recorded only where there are such)
-        **({"first_order_switches": options.first_order_switches}
-           if options.guidance and interval and options.sampler == "dpmpp" else {}),
-        **({"corrector": options.corrector_for(diff.guide is not None)} if options.sampler == "dpmpp" else {}),
         **({"autoguide": diff.guide.source, "autoguide_step": diff.guide.step} if diff.guide is not None else {})})
+    if requested is None and diff.guide is None:
+        result["sampler"]["guidance"] = None  # unlabelled and unguided: no guidance weight applies
     if dataset != diff.dataset:
         result["warning"] = f"the model was trained on {diff.dataset}, scored against {dataset}"
     if inception:
@@ -421,7 +416,7 @@ def evaluate_model(diff: "Diffusion", options: "SamplerOptions", num_samples: in
     return result, imgs
 
 
-def evaluate_run(run_dir: str | Path, options: "SamplerOptions", num_samples: int = 1000, *,
+def evaluate_run(run_dir: str | Path, options: Optional[dict] = None, num_samples: int = 1000, *,
                  noise_images: int = 2000, load: Callable[[Path], "Diffusion"],
                  log: Callable[[str], None] = lambda _m: None, **kwargs) -> list[dict]:
     """`evaluate_model` for every RUN/checkpoints/step_*.pt, in step order, each row with the minutes

@@ -15,6 +15,7 @@ Not here: the shipped models (pretrained.py), training checkpoints (checkpoint.p
 """
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import os
@@ -24,8 +25,10 @@ from typing import Optional
 import torch
 
 from .atomic import atomic_write_bytes, atomic_write_json, atomic_write_text
-from .checkpoint import CheckpointError
+from .checkpoint import CheckpointError, load_state
 from .config import ConfigError, RunConfig
+from .images import grid, save_png
+from .models import build_model
 
 DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 FORMAT = "mnist-diffusion-model/1"
@@ -80,7 +83,6 @@ def export(diff, output: str | os.PathLike, *, dtype: str = "fp16", metrics: Opt
     atomic_write_json(out / "config.json", {**diff.config.to_dict(), "export": info})
     atomic_write_json(out / "scheduler_config.json", scheduler_config(diff.config, diff.schedule.betas))
     if samples is not None:
-        from .images import save_png
         save_png(samples, out / "samples.png", scale=2)
     elif (out / "samples.png").exists():
         (out / "samples.png").unlink()  # an earlier export's samples would show another model
@@ -96,8 +98,6 @@ def load_folder(path: str | os.PathLike, expected_sha256: Optional[str] = None):
     from safetensors import SafetensorError
     from safetensors.torch import load
 
-    from .checkpoint import load_state
-    from .models import build_model
 
     folder = Path(path)
     try:
@@ -130,14 +130,12 @@ def load_folder(path: str | os.PathLike, expected_sha256: Optional[str] = None):
     return model.eval(), cfg, {**info, "sha256": digest}
 
 
-def card_samples(diff, guidance: float = 0.5, seed: int = 0):
-    """The grid a model card shows: one row per class at `guidance`, or 64 images; DPM-Solver++ 20."""
-    from .images import grid
-    if diff.clustered:  # clusters drawn by their sizes, guided
-        return grid(diff.sample(64, guidance=guidance, sampler="dpmpp", steps=20, seed=seed), nrow=8)
-    if diff.num_classes:
-        return grid(diff.sample(label="all", guidance=guidance, sampler="dpmpp", steps=20, seed=seed), nrow=10)
-    return grid(diff.sample(64, sampler="dpmpp", steps=20, seed=seed), nrow=8)
+def card_samples(diff, seed: int = 0):
+    """The grid a model card shows, drawn as the model's own sampling section says: one row per
+    class, or 64 images (a clustered model's clusters drawn by their sizes)."""
+    if diff.num_classes and not diff.clustered:
+        return grid(diff.sample(label="all", seed=seed), nrow=10)
+    return grid(diff.sample(64, seed=seed), nrow=8)
 
 
 def model_card(cfg: RunConfig, info: dict, *, metrics: Optional[dict] = None, command: Optional[str] = None,
@@ -183,35 +181,40 @@ def model_card(cfg: RunConfig, info: dict, *, metrics: Optional[dict] = None, co
 
 
 def use_line(cfg: RunConfig, metrics: Optional[dict] = None) -> str:
-    """The card's line of Python that draws from the model, at the guidance the card was scored at
-    (else the library's usual 0.5)."""
-    w = ((metrics or {}).get("sampler") or {}).get("guidance")
-    w = 0.5 if w is None else w
-    use = (f'diff.sample(16, guidance={w:g}, sampler="dpmpp", steps=20, seed=0)' if cfg.train.cluster_sizes
-           else f'diff.sample(10, label="all", guidance={w:g}, sampler="dpmpp", steps=20, seed=0)'
-           if cfg.model.num_classes else 'diff.sample(16, sampler="dpmpp", steps=20, seed=0)')
-    return f"images = {use}   # uint8 (N, 28, 28)"
+    """The card's line of Python that draws from the model: its config's sampling section is the
+    default, so the line names no sampler settings."""
+    s = cfg.sampling
+    said = f"{s.sampler}, {s.steps or 'default'} steps" + (f", guidance {s.guidance:g}" if s.guidance else "")
+    use = ('diff.sample(16, seed=0)' if cfg.train.cluster_sizes or not cfg.model.num_classes
+           else 'diff.sample(10, label="all", seed=0)')
+    return f"images = {use}   # uint8 (N, 28, 28); {said}, as config.json's sampling section says"
+
+
+def draw_description(s: dict, clustered: bool = False) -> str:
+    """How a report's images were drawn, as the card says it: 'dpmpp, 20 steps, logsnr-capped grid,
+    eta 0.5, linear corrector, guidance W = 0.5 at noise levels 0.3-5, balanced labels' (from the
+    report's "sampler" entry, i.e. sampling.SamplingPlan.report())."""
+    return (f"{s.get('sampler')}, {s.get('steps')} steps"
+            + (f", {s['spacing']} grid" if s.get("spacing") else "")
+            + (f", eta {s['eta']:g}" if s.get("eta") is not None else "")
+            + (f", {('linear', 'quadratic')[s['corrector'] - 1]} corrector" if s.get("corrector") else "")
+            + (f", guidance W = {s['guidance']:g}"
+               + (f" at noise levels {s['guidance_interval'][0]:g}-{s['guidance_interval'][1]:g}"
+                  if s.get("guidance_interval") else "")
+               + (", second order where guidance switches" if s.get("first_order_switches") is False else "")
+               + ", "
+               + ("clusters drawn by their sizes" if clustered else "balanced labels")
+               if s.get("guidance") is not None else ""))
 
 
 def evaluation_section(metrics: dict, clustered: bool = False, *, note: Optional[str] = None) -> list[str]:
     """The card's "## Evaluation" lines from an `evaluate --json` report: how the images were drawn
     (sampler, steps, grid, eta, corrector, guidance), then FID against its floor, precision /
     recall, recognizability, label accuracy, class balance, noise MSE. `note`: a sentence after the table."""
-    s = metrics.get("sampler", {})
     lines = ["## Evaluation", "",
              f"`mnist-diffusion evaluate` with the shipped evaluator, n = {metrics['n']:,} images "
-             f"({s.get('sampler')}, {s.get('steps')} steps"
-             + (f", {s['spacing']} grid" if s.get("spacing") else "")
-             + (f", eta {s['eta']:g}" if s.get("eta") is not None else "")
-             + (f", {('linear', 'quadratic')[s['corrector'] - 1]} corrector" if s.get("corrector") else "")
-             + (f", guidance W = {s['guidance']:g}"
-                + (f" at noise levels {s['guidance_interval'][0]:g}-{s['guidance_interval'][1]:g}"
-                   if s.get("guidance_interval") else "")
-                + (", second order where guidance switches" if s.get("first_order_switches") is False else "")
-                + ", "
-                + ("clusters drawn by their sizes" if clustered else "balanced labels")
-                if s.get("guidance") is not None else "")
-             + f") against the {metrics['dataset']} test split:", "",
+             f"({draw_description(metrics.get('sampler', {}), clustered)}) against the {metrics['dataset']} "
+             "test split:", "",
              "| metric | value |", "|---|---:|",
              f"| FID (evaluator features; floor at this n: {metrics.get('fid_floor', float('nan')):.3f}) | "
              f"{metrics['fid']:.3f} |",
@@ -229,25 +232,31 @@ def evaluation_section(metrics: dict, clustered: bool = False, *, note: Optional
 
 
 def rescore_card(folder: str | os.PathLike, metrics: dict, *, note: Optional[str] = None,
-                 samples=None) -> Path:
+                 samples=None, sampling=None) -> Path:
     """Give a model folder's card new numbers without touching its weights: its "## Evaluation"
     section (the card's last) is replaced by `metrics`' (an `evaluate --json` report of these
-    weights), the use line takes the report's guidance, and `samples` (a uint8 grid) replaces
-    samples.png. The weights must still match the SHA-256 in config.json."""
+    weights), `samples` (a uint8 grid) replaces samples.png, and `sampling` (a SamplingConfig: the
+    draw the report scored) replaces config.json's sampling section. The weights must still match
+    the SHA-256 in config.json."""
     folder = Path(folder)
     _, cfg, _ = load_folder(folder)  # refuses a folder whose weights changed
     card = folder / "README.md"
     text = card.read_text(encoding="utf-8") if card.is_file() else ""
     if "library_name: mnist-diffusion" not in text:
         raise ConfigError(f"{card}: not a card written by export")
+    if sampling is not None:
+        cfg = dataclasses.replace(cfg, sampling=sampling).validate()
     clustered = bool(cfg.train.cluster_sizes)
     head = text.split("\n## Evaluation\n", 1)[0].rstrip("\n").split("\n")
     head = [use_line(cfg, metrics) if ln.startswith("images = ") else ln for ln in head]
+    if samples is not None and "![samples](samples.png)" not in head and "## Use" in head:  # exported without
+        at = head.index("## Use")
+        head[at:at] = ["![samples](samples.png)", ""]
+    new_card = "\n".join(head + [""] + evaluation_section(metrics, clustered, note=note))  # before any write
+    if sampling is not None:
+        raw = json.loads((folder / "config.json").read_text(encoding="utf-8"))
+        atomic_write_json(folder / "config.json", {**cfg.to_dict(), "export": raw["export"]})
     if samples is not None:
-        from .images import save_png
         save_png(samples, folder / "samples.png", scale=2)
-        if "![samples](samples.png)" not in head and "## Use" in head:  # a card exported without samples
-            at = head.index("## Use")
-            head[at:at] = ["![samples](samples.png)", ""]
-    atomic_write_text(card, "\n".join(head + [""] + evaluation_section(metrics, clustered, note=note)))
+    atomic_write_text(card, new_card)
     return folder

@@ -11,10 +11,25 @@ import argparse
 import dataclasses
 import typing
 
-from .config import DATASETS, SCHEDULES
+from .benchmark import sampler_steps_arg
+from .config import DATASETS, PRESETS, SCHEDULES, SECTIONS, SPACINGS, SamplingConfig
+from .editing import MASK_PRESETS
+from .pretrained import PRETRAINED
 
 DEVICES = ("auto", "cpu", "cuda", "mps")
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
+# --help-all shows the options kept for measurements (config.option(research=True) and those
+# passed through `research`); plain --help hides them. cli.main sets this before building the parser.
+SHOW_ALL = False
+
+
+def research(help_text: str) -> str:
+    """The help of an option shown only by --help-all."""
+    return help_text if SHOW_ALL else argparse.SUPPRESS
+
+
+def add_help_all(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--help-all", action="store_true", help="show every option, the research ones too, and exit")
 
 
 def _number(parse, ok, describe: str, limit=None):
@@ -98,7 +113,8 @@ def add_fields(p: argparse.ArgumentParser, fields, prefix: str = "", keep_defaul
     for f, hint in fields:
         meta = f.metadata
         flag = meta.get("flag") or "--" + f.name.replace("_", "-")
-        kw = dict(dest=prefix + f.name, help=meta["help"].replace("%", "%%"))  # argparse formats help with %
+        shown = meta["help"].replace("%", "%%")  # argparse formats help with %
+        kw = dict(dest=prefix + f.name, help=research(shown) if meta.get("research") else shown)
         if keep_defaults:
             kw["default"] = f.default
         if hint is bool:  # default-on switches: --no-clip, --no-lr-decay
@@ -127,9 +143,12 @@ def dataclass_fields(klass) -> list[tuple[dataclasses.Field, type]]:
     return out
 
 
-def add_device(p: argparse.ArgumentParser, precision: str = "auto", help: str | None = None) -> None:
+def add_device(p: argparse.ArgumentParser, precision: str = "auto", help: str | None = None,
+               hide_precision: bool = False) -> None:
     p.add_argument("--device", choices=DEVICES, default="auto")
-    p.add_argument("--precision", choices=PRECISIONS, default=precision, help=help)
+    text = help or ("autocast: auto = bf16 where the device computes it natively (AVX-512 BF16 or AMX CPUs, "
+                    "GPUs with bf16), else fp32")
+    p.add_argument("--precision", choices=PRECISIONS, default=precision, help=research(text) if hide_precision else text)
 
 
 def dataset_arg(text: str) -> str:
@@ -150,7 +169,6 @@ def add_dataset(p: argparse.ArgumentParser, data_dir: bool = True, custom: bool 
 # option groups shared by commands
 
 def add_model_source(p: argparse.ArgumentParser) -> None:
-    from .pretrained import PRETRAINED
     src = p.add_mutually_exclusive_group()
     src.add_argument("--checkpoint", help="a checkpoint written by `train`, or a model folder written by `export`")
     src.add_argument("--pretrained", choices=list(PRETRAINED), metavar="NAME",
@@ -158,23 +176,25 @@ def add_model_source(p: argparse.ArgumentParser) -> None:
 
 
 def add_sampler_options(p: argparse.ArgumentParser) -> None:
-    """Options shared by every command that draws samples (sample, evaluate)."""
-    from .sampling import SamplerOptions
+    """Options shared by every command that draws samples (sample, evaluate, inpaint, edit). The
+    sampler settings default to None, "not given": the model's own sampling section fills them."""
+    add_help_all(p)
     add_model_source(p)
     p.add_argument("--seed", type=nonneg_int, default=0)
-    add_fields(p, dataclass_fields(SamplerOptions), keep_defaults=True)
-    p.add_argument("--batch-size", type=count(65536), default=256)
-    add_device(p)
-    p.add_argument("--no-ema", action="store_true", help="use the raw weights instead of the EMA weights")
+    add_fields(p, dataclass_fields(SamplingConfig))
+    p.add_argument("--batch-size", type=count(65536), default=256, help=research("images per batch (default 256)"))
+    add_device(p, hide_precision=True)
+    p.add_argument("--no-ema", action="store_true", help=research("use the raw weights instead of the EMA weights"))
     p.add_argument("--autoguide", metavar="SOURCE",
-                   help="guide with a weaker version of the model (autoguidance, Karras et al. 2024): an early "
-                        "checkpoint of the same run, say; --guidance W then weighs it, and no labels are needed")
-    p.add_argument("--no-progress", action="store_true")
+                   help=research("guide with a weaker version of the model (autoguidance, Karras et al. 2024): an "
+                                 "early checkpoint of the same run, say; --guidance W then weighs it, and no labels "
+                                 "are needed"))
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
 
 
-def sampler_options(args):
-    from .sampling import SamplerOptions
-    return SamplerOptions(**{f.name: getattr(args, f.name) for f, _ in dataclass_fields(SamplerOptions)})
+def sampler_options(args) -> dict:
+    """The sampler settings given on the command line ({name: value}; None = not given)."""
+    return {f.name: getattr(args, f.name) for f, _ in dataclass_fields(SamplingConfig)}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -186,7 +206,6 @@ def data_options(p: argparse.ArgumentParser) -> None:
 
 
 def train_options(p: argparse.ArgumentParser) -> None:
-    from .config import PRESETS
     p.add_argument("--preset", choices=list(PRESETS), default=None,
                    help="starting configuration (default: 'default'; tiny: a seconds-long smoke test); "
                         "other options override it")
@@ -197,7 +216,6 @@ def train_options(p: argparse.ArgumentParser) -> None:
     cond.add_argument("--conditional", action="store_true", help="class-conditional model (classifier-free guidance)")
     cond.add_argument("--unconditional", action="store_true",
                       help="no class labels, even where the preset is conditional (the quick preset is)")
-    from .config import SECTIONS
     for section, klass in SECTIONS.items():  # one option per config field: config.option metadata
         add_fields(p, [(f, hint) for f, hint in dataclass_fields(klass) if f.metadata["cli"]], prefix=section + ".")
     p.add_argument("--resume", help="checkpoint to resume from, or 'auto' for the newest good one in --output-dir")
@@ -215,10 +233,10 @@ def sample_options(p: argparse.ArgumentParser) -> None:
                                  "are kept as they finish, so a stopped run continues where it was when run again")
     p.add_argument("--show-intermediate", metavar="DIR", help="save the denoising trajectory into DIR")
     p.add_argument("--intermediate-steps", type=int_list,
-                   help="timesteps to save with --show-intermediate (default: 10 spread over the run)")
+                   help=research("timesteps to save with --show-intermediate (default: 10 spread over the run)"))
     p.add_argument("--gif", metavar="PATH", help="also write an animation of the reverse process (first 64 images)")
     p.add_argument("--gif-frames", type=count(1000), default=40,
-                   help="frames in --gif, spaced so the late low-noise steps get most (default 40)")
+                   help=research("frames in --gif, spaced so the late low-noise steps get most (default 40)"))
 
 
 def models_options(p: argparse.ArgumentParser) -> None:
@@ -303,7 +321,6 @@ def visualize_options(p: argparse.ArgumentParser) -> None:
 
 
 def interpolate_options(p: argparse.ArgumentParser) -> None:
-    from .samplers import SPACINGS
     add_model_source(p)
     src = p.add_mutually_exclusive_group()
     src.add_argument("--seeds", type=two_ints, default=(0, 1),
@@ -324,7 +341,6 @@ def interpolate_options(p: argparse.ArgumentParser) -> None:
 
 
 def editing_options(p: argparse.ArgumentParser, inpaint: bool) -> None:
-    from .editing import MASK_PRESETS
     add_sampler_options(p)
     src = p.add_mutually_exclusive_group(required=True)
     src.add_argument("--image", help="a picture (PNG, JPEG...; any size and mode: made 28x28 grayscale, inverted if "
@@ -361,8 +377,6 @@ def export_options(p: argparse.ArgumentParser) -> None:
 
 
 def benchmark_options(p: argparse.ArgumentParser) -> None:
-    from .benchmark import sampler_steps_arg
-    from .config import PRESETS
     p.add_argument("--preset", choices=list(PRESETS), default=None,
                    help="the model (and T, lr, EMA decay) of a preset (default: 'default')")
     p.add_argument("--model", help="network name instead of the preset's (see `mnist-diffusion models`)")

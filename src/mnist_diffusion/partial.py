@@ -19,7 +19,7 @@ import torch
 
 from .data import to_uint8
 from .images import save_npz
-from .sampling import SamplerOptions, sample_batches
+from .sampling import SamplingPlan, sample_batches
 
 if TYPE_CHECKING:
     from .diffusion import Diffusion
@@ -64,17 +64,18 @@ class PartialImages:
             pass
 
 
-def request(diff: "Diffusion", num_images: int, options: SamplerOptions, labels: Optional[torch.Tensor],
+def request(diff: "Diffusion", num_images: int, options: SamplingPlan, labels: Optional[torch.Tensor],
             seed: int, batch_size: int) -> dict:
     """Everything that decides a run's images, as the partial file's key."""
     label_hash = None
     if labels is not None:
         label_hash = hashlib.sha256(np.asarray(labels, dtype=np.int64).tobytes()).hexdigest()
-    return {"checkpoint_sha256": diff.fingerprint(), "ema": diff.ema, "num_images": num_images, "seed": seed, **options.as_dict(),
+    return {"checkpoint_sha256": diff.fingerprint(), "ema": diff.ema, "num_images": num_images, "seed": seed, **options.report(),
+            "timesteps": list(options.timesteps),
             "precision": str(diff.amp), "device": str(diff.device), "batch_size": batch_size, "labels": label_hash}
 
 
-def generate_resumable(diff: "Diffusion", num_images: int, options: SamplerOptions, output: str | os.PathLike, *,
+def generate_resumable(diff: "Diffusion", num_images: int, options: SamplingPlan, output: str | os.PathLike, *,
                        labels: Optional[torch.Tensor] = None, seed: int = 0, batch_size: int = 256,
                        progress: bool = False, callback=None, log: Callable[[str], None] = lambda _m: None) -> np.ndarray:
     """sampling.generate, keeping each finished batch in the partial file of `output` and continuing

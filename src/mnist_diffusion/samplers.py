@@ -14,6 +14,7 @@ from typing import Callable, Collection, Optional, Sequence, Union
 
 import torch
 
+from .config import SAMPLERS, SPACINGS
 from .schedule import Schedule, extract, noise_level, predict_eps_from_x0, predict_x0_from_eps, q_posterior
 
 EpsFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
@@ -21,7 +22,6 @@ NoiseFn = Callable[[torch.Tensor], torch.Tensor]
 # callback(step_index, t, x_t, pred_x0) is called once per network evaluation
 Callback = Optional[Callable[[int, int, torch.Tensor, torch.Tensor], None]]
 
-SAMPLERS = ("ddpm", "ddim", "dpmpp")
 DEFAULT_STEPS = {"ddpm": None, "ddim": 50, "dpmpp": 20}  # None = every timestep
 # log-SNR grids for DPM-Solver++: the most accurate at 10-50 steps against a converged ODE solution
 # with a trained MNIST model (docs/SAMPLERS.md); capped, because the plain one spends 8 of 20
@@ -51,7 +51,6 @@ class PerImageNoise:
         return self(torch.empty((len(self.generators), *shape), device=self.device))
 
 
-SPACINGS = ("uniform", "quadratic", "logsnr", "logsnr-capped")
 # "logsnr-capped" starts its log-SNR grid at this noise level sigma/alpha (after one evaluation at
 # T-1): the cosine schedule's clipped last beta puts t = 999..992 at sigma/alpha 20,291..92, pure
 # noise, where a plain log-SNR grid spends 8 of 20 evaluations (docs/BENCHMARKS.md, issue 20)

@@ -36,14 +36,13 @@ from .device import autocast, describe_precision, resolve_device, resolve_precis
 from .diffusion import Diffusion
 from .images import save_grid
 from .models import build_model, count_parameters
-from .sampling import SamplerOptions, generate
+from .sampling import generate
 from .schedule import Schedule, diffusion_loss, logit_normal_timesteps, make_schedule
 
 # elapsed_s: wall-clock seconds of training so far (previews and checkpoints included, summed over
 # resumes), so a run's quality can be read against minutes, not only steps
 LOSS_FIELDS = ["step", "epoch", "loss", "lr", "images_per_s", "skipped", "elapsed_s"]
 PREVIEW_SEED = 1234  # training previews use the same noise every time, so the grids show one set forming
-PREVIEW_SAMPLER = ("ddim", 50)
 
 
 class TrainingError(RuntimeError):
@@ -409,10 +408,9 @@ class RunFiles:
             return
         cfg = state.cfg
         diff = Diffusion(state.ema, cfg, device=device, precision=cfg.train.precision)
-        options = SamplerOptions(sampler=PREVIEW_SAMPLER[0], steps=min(PREVIEW_SAMPLER[1], diff.timesteps),
-                                 clip=cfg.train.clip)
         labels = torch.arange(cfg.train.num_samples) % diff.num_classes if diff.num_classes else None
-        images = generate(diff, cfg.train.num_samples, options, labels=labels, seed=PREVIEW_SEED)
+        drawn = diff.plan(labelled=labels is not None, clip=cfg.train.clip)  # the model's own sampling
+        images = generate(diff, cfg.train.num_samples, drawn, labels=labels, seed=PREVIEW_SEED)
         save_grid(images, self.path / "samples" / f"step_{step:07d}.png")
 
     def finish(self, log: Callable[[str], None]) -> None:

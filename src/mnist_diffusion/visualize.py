@@ -22,6 +22,8 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
 from .atomic import atomic_write_bytes  # noqa: E402
+from .config import SamplingConfig  # noqa: E402
+from .sampling import generate, gif_timesteps, plan  # noqa: E402
 
 
 def _save_fig(fig, path: str | os.PathLike, dpi: int = 120) -> Path:
@@ -231,18 +233,16 @@ def plot_denoising(diff, output, *, label=None, guidance: float = 0.0, num_image
     """What the model sees and says while it denoises: for each image, x_t (top row) and its
     prediction of the clean image x0-hat (bottom row) at `columns` of the visited timesteps, then
     the sample. Early on x0-hat is a blurry average digit; it sharpens as t falls."""
-    from .sampling import SamplerOptions, generate
-
-    options = SamplerOptions(sampler, steps=min(steps, diff.timesteps), guidance=guidance)
-    visited = options.visited(diff.schedule)
-    ts = set(gif_timesteps(visited, columns))
+    drawn = plan(diff, SamplingConfig(sampler, steps=min(steps, diff.timesteps), guidance=guidance))
+    visited = drawn.timesteps
+    ts = set(gif_timesteps(list(visited), columns))
     seen: dict[int, tuple] = {}
 
     def record(start, i, t, x, x0):
         if t in ts:
             seen[t] = (x.float().cpu().numpy()[:, 0], x0.float().cpu().numpy()[:, 0])
     labels = diff.labels(diff.default_label(label), num_images, seed)
-    final = generate(diff, num_images, options, labels=labels, seed=seed, batch_size=num_images, callback=record)
+    final = generate(diff, num_images, drawn, labels=labels, seed=seed, batch_size=num_images, callback=record)
     order = sorted(seen, reverse=True)
     final_f = final.astype(np.float64) / 127.5 - 1
     rows, row_labels = [], []
@@ -382,24 +382,6 @@ def plot_math(output) -> Path:
 
 # ---------------------------------------------------------------------------------------------
 # Animations (Pillow only: no matplotlib per frame)
-
-def gif_timesteps(visited: list[int], num_frames: int) -> list[int]:
-    """Pick up to `num_frames` of the visited timesteps (in visiting order, T-1 ... 0), spaced
-    quadratically in t so the late, low-noise steps where detail forms get most of the frames."""
-    if num_frames < 2:
-        raise ValueError(f"a GIF needs at least 2 frames, got {num_frames}")
-    visited = sorted(set(int(t) for t in visited), reverse=True)
-    if len(visited) <= num_frames:
-        return visited
-    top = visited[0]
-    picked = {min(visited, key=lambda v: abs(v - top * u * u)) for u in np.linspace(1.0, 0.0, num_frames)}
-    # quadratic targets collide near t = 0; fill up with the lowest unpicked steps
-    for v in sorted(visited):
-        if len(picked) >= num_frames:
-            break
-        picked.add(v)
-    return sorted(picked, reverse=True)
-
 
 def reverse_gif(trajectory, final: np.ndarray, output, *, nrow=None, caption: str = "samples") -> Path:
     """The reverse process as a GIF: one grid per recorded x_t (a sampling.Trajectory), noisiest
