@@ -1,5 +1,5 @@
 """What zero terminal SNR (Lin et al. 2024) would change on a model's schedule, and what the
-sampler's first evaluation at t = T-1 gives today (docs/BENCHMARKS.md, "The schedule's ends").
+sampler's first evaluation at t = T-1 gives today (docs/decisions/terminal-snr.md).
 
     PYTHONPATH=src python experiments/terminal_snr.py --model mnist --num-images 200
 

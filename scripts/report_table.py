@@ -1,5 +1,5 @@
 """One markdown table from `mnist-diffusion evaluate --json` reports: the rows of a comparison in
-docs/BENCHMARKS.md, read from the JSON files next to it rather than typed by hand.
+docs/RESULTS.md or docs/decisions/, read from the JSON files next to it rather than typed by hand.
 
     PYTHONPATH=src python scripts/report_table.py docs/results/label-free/*.json \
         --output docs/results/label-free/table.md
