@@ -44,9 +44,9 @@ data-all: data
 
 run: data
 	$(BIN)/mnist-diffusion train --preset quick --dataset mnist --output-dir $(RUN_DIR) --resume auto
-	$(BIN)/mnist-diffusion sample --checkpoint $(RUN_DIR)/checkpoints/last.pt --label all --guidance 0.5 --sampler dpmpp --steps 20 --output $(RUN_DIR)/samples.png
+	$(BIN)/mnist-diffusion sample --checkpoint $(RUN_DIR)/checkpoints/last.pt --label all --output $(RUN_DIR)/samples.png
 	@echo "sample grid: $(RUN_DIR)/samples.png"
-	@echo "no time to train? the same model ships with the package: $(BIN)/mnist-diffusion sample --pretrained mnist --label all --guidance 0.5 --sampler dpmpp --steps 20"
+	@echo "no time to train? the same model ships with the package: $(BIN)/mnist-diffusion sample --pretrained mnist --label all"
 
 # rebuild the shipped models from scratch (train, evaluate on 10,000 images, export): ~1.5 h on 2 CPU cores
 pretrained: data-all

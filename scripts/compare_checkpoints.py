@@ -4,7 +4,7 @@ weights, optimiser state) and their configs, and says what differs.
     PYTHONPATH=src python scripts/compare_checkpoints.py runs/a/checkpoints/last.pt runs/b/checkpoints/last.pt \
         --json docs/results/same-run.json
 
-Used for docs/BENCHMARKS.md ("Your own images"): Fashion-MNIST read from 60,000 PNGs trains the
+Used for docs/RESULTS.md ("Reproducibility checks"): Fashion-MNIST read from 60,000 PNGs trains the
 same weights, bit for bit, as the built-in set.
 """
 from __future__ import annotations

@@ -247,3 +247,35 @@ def test_autoguidance_mixes_the_two_models_eps():
         strong.autoguided(wrap(random_unet(None), None, T=30))
     with pytest.raises(ValueError, match="same conditioning"):
         strong.autoguided(wrap(random_unet(), C))
+
+
+@pytest.mark.parametrize("kwargs, error, words", [
+    (dict(num_images=-1), ValueError, "num_images must be a positive integer"),
+    (dict(num_images=2.5), TypeError, "num_images must be a positive integer"),
+    (dict(num_images=2, steps=2.5), ValueError, "steps must be a positive integer"),
+    (dict(num_images=2, guidance="0.5", label=1), ValueError, "guidance must be a number"),
+    (dict(num_images=2, batch_size=0), ValueError, "batch_size must be a positive integer"),
+    (dict(num_images=2, label=3.7), TypeError, "label must be a class number"),
+    (dict(num_images=2, label=True), TypeError, "label must be a class number"),
+    (dict(num_images=2, label=[0.5, 1.5]), TypeError, "labels must be class numbers"),
+    (dict(num_images=2, seed=1.5), TypeError, "seed must be a non-negative integer"),
+    (dict(num_images=2, stepz=3), TypeError, "unknown sampling option"),
+])
+def test_sample_checks_its_arguments(cond, kwargs, error, words):
+    """The Python API: wrong types and values are one clear error naming the argument."""
+    n = kwargs.pop("num_images")
+    with pytest.raises(error, match=words):
+        cond.sample(n, **kwargs)
+
+
+def test_sample_options_default_to_the_models_own_section(cond):
+    """Options not given come from config.sampling; an explicit `options` object works the same."""
+    from mnist_diffusion.config import SamplingConfig
+    own = cond.with_sampling(SamplingConfig(sampler="ddim", steps=3, guidance=1.5))
+    assert own.plan().report() == cond.plan(sampler="ddim", steps=3, guidance=1.5).report()
+    a = own.sample(2, label=4, seed=1)
+    assert a.tobytes() == cond.sample(2, label=4, seed=1, sampler="ddim", steps=3, guidance=1.5).tobytes()
+    assert a.tobytes() == cond.sample(2, label=4, seed=1, options=SamplingConfig("ddim", steps=3, guidance=1.5)).tobytes()
+    # the model's guidance is for labelled draws: without a label it is left out, not an error
+    assert own.plan(labelled=False).guidance == 0.0
+    assert own.sample(2, seed=1).shape == (2, 28, 28)

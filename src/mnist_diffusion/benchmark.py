@@ -14,7 +14,7 @@ How the numbers are taken:
   process (other variants, sampling) cannot inflate it.
 - A/B comparisons alternate windows of A and B in one process, so machine noise hits both alike.
 
-Not here: speed targets (docs/BENCHMARKS.md holds measured tables), sample quality (evaluation.py).
+Not here: speed targets (docs/RESULTS.md holds measured tables, docs/BENCHMARKS.md how they are measured), sample quality (evaluation.py).
 """
 from __future__ import annotations
 
@@ -511,7 +511,7 @@ def run_from_options(preset_name: Optional[str] = None, *, model: Optional[str] 
 def run(cfg: RunConfig, device: torch.device, *, batch_size: int = 128, amp: Optional[torch.dtype] = None,
         settings: Settings = Settings(), sampler_steps: Optional[dict[str, int]] = None, memory: bool = True,
         comparisons: tuple[str, ...] = (), log: Callable[[str], None] = lambda _m: None) -> dict:
-    """The whole benchmark as one JSON-ready dict (see docs/BENCHMARKS.md for every key)."""
+    """The whole benchmark as one JSON-ready dict (docs/BENCHMARKS.md, "What each number means")."""
     for name, n in (sampler_steps or {}).items():
         if name not in SAMPLERS:
             raise BenchmarkError(f"unknown sampler {name!r} in sampler steps; choose from {', '.join(SAMPLERS)}")

@@ -1,7 +1,7 @@
 """Label-free conditioning: k-means clusters of the training images stand in for class labels.
 
 A class-conditional model with guidance draws far better images than an unconditional one of the
-same size and training (docs/BENCHMARKS.md, "Classifier-free guidance"), but it needs labels.
+same size and training (docs/decisions/label-free-clusters.md), but it needs labels.
 `train --clusters K` gets most of that gain without any: the images are grouped into K clusters
 (k-means on the leading principal components of their pixels, never in the evaluator's features,
 which would leak the metric), the model is trained conditioned on the cluster ids with label drop,

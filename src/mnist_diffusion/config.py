@@ -413,7 +413,7 @@ def _build(klass, data: dict, section: str):
 # Presets. `quick`: recognisable, requested MNIST digits within `make run`'s budget on a 2-core CPU.
 # `default`: the longer unconditional run the README's default-model numbers come from. `tiny`: a
 # smoke test that trains in seconds (tests, trying the API); its samples are not digits yet.
-# Why each value: docs/BENCHMARKS.md ("Time to quality", "Memory").
+# Why each value: docs/decisions/ (conditional-quick-preset.md, micro-batch.md); the numbers: docs/RESULTS.md.
 PRESETS: dict[str, dict[str, dict]] = {
     "quick": {
         # ~1M parameters; batch 64: twice the updates of 128 at the same images/s on 2 cores.

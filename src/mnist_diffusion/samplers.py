@@ -25,8 +25,8 @@ Callback = Optional[Callable[[int, int, torch.Tensor, torch.Tensor], None]]
 DEFAULT_STEPS = {"ddpm": None, "ddim": 50, "dpmpp": 20}  # None = every timestep
 # log-SNR grids for DPM-Solver++: the most accurate at 10-50 steps against a converged ODE solution
 # with a trained MNIST model (docs/SAMPLERS.md); capped, because the plain one spends 8 of 20
-# evaluations on pure noise, which cost FID on every shipped model (docs/BENCHMARKS.md, "Few steps as
-# good as many"). DDIM keeps the usual uniform grid
+# evaluations on pure noise, which cost FID on every shipped model (docs/decisions/capped-grid.md).
+# DDIM keeps the usual uniform grid
 DEFAULT_SPACING = {"ddpm": "uniform", "ddim": "uniform", "dpmpp": "logsnr-capped"}
 
 
@@ -53,7 +53,7 @@ class PerImageNoise:
 
 # "logsnr-capped" starts its log-SNR grid at this noise level sigma/alpha (after one evaluation at
 # T-1): the cosine schedule's clipped last beta puts t = 999..992 at sigma/alpha 20,291..92, pure
-# noise, where a plain log-SNR grid spends 8 of 20 evaluations (docs/BENCHMARKS.md, issue 20)
+# noise, where a plain log-SNR grid spends 8 of 20 evaluations (docs/decisions/capped-grid.md)
 LOGSNR_CAP = 20.0
 
 
@@ -222,7 +222,7 @@ def dpmpp(eps_fn: EpsFn, schedule: Schedule, x_T: torch.Tensor, noise_fn: Option
     image (lambda = inf) at first order, x = x0, since the second-order weights degenerate there
     (r -> 0). The noise injected by eta > 0 corrects part of the network's error along the way,
     as ancestral DDPM does: with trained MNIST models it gives a lower FID at the same steps
-    (docs/BENCHMARKS.md).
+    (docs/decisions/sde-eta.md).
     `first_order_at`: timesteps where eps_fn jumps (guidance switching on or off, see
     guidance_switches); the step from there is first order, D_i = x0_{t_{i-1}}, because the
     multistep estimate would extrapolate the jump as if it were the trend of a smooth x0.
