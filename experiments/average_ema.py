@@ -25,7 +25,7 @@ def average(run: Path, steps: list[int]) -> dict:
     """last.pt of `run` with its "ema" replaced by the mean of the EMA weights at `steps`."""
     base = load(run / "checkpoints" / "last.pt")
     snaps = [load(run / "checkpoints" / f"step_{s:07d}.pt") for s in steps]
-    for s, ck in zip(steps, snaps):  # one run = one run id (training.RunFiles), as resume checks
+    for s, ck in zip(steps, snaps):  # one run = one run id (rundir.RunFiles), as resume checks
         if ck.get("run_id") != base.get("run_id") or ck["config"]["model"] != base["config"]["model"] \
                 or set(ck["ema"]) != set(base["ema"]):
             raise CheckpointError(f"step_{s:07d}.pt is not from the same run as last.pt")

@@ -8,8 +8,9 @@ from mnist_diffusion import checkpoint as ckpt_io
 from mnist_diffusion.data import Split
 from mnist_diffusion.models import build_model
 from mnist_diffusion.schedule import make_schedule
-from mnist_diffusion.training import (NonFiniteLoss, TrainingError, accumulate_gradients, draw_batch,
-                                      elapsed_seconds, ema_update, lr_at, planned_steps, train)
+from mnist_diffusion.rundir import elapsed_seconds
+from mnist_diffusion.training import (NonFiniteLoss, TrainingError, accumulate_gradients, draw_batch, ema_update,
+                                      lr_at, planned_steps, train)
 from tests.conftest import tiny_config
 
 

@@ -379,7 +379,10 @@ def _precision_name(amp: Optional[torch.dtype]) -> str:
 # A/B comparisons
 
 def amp_dtype_for(device: torch.device) -> torch.dtype:
-    """The reduced precision --compare tests: bf16 autocast on CPU, AMP (bf16, else fp16) on GPUs."""
+    """The reduced precision --compare tests: bf16 autocast on CPU (also where `auto` picks fp32:
+    the comparison shows why), AMP (bf16, else fp16) on GPUs."""
+    if device.type == "cpu":
+        return torch.bfloat16
     return resolve_precision("auto", device) or torch.float16
 
 

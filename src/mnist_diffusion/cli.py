@@ -39,7 +39,8 @@ from .outputs import check_output_dir, check_outputs
 from .partial import generate_resumable
 from .pretrained import PRETRAINED
 from .sampling import Recording, generate, section_of_report
-from .training import Interrupted, TrainingError, run_config, train
+from .rundir import run_config
+from .training import Interrupted, TrainingError, train
 
 EXIT_ERROR = 2
 # name -> (help text, add_arguments(parser), run(args) -> exit code); filled by @command below
@@ -73,7 +74,7 @@ def cmd_data(args) -> int:
 # train
 
 def train_config(args):
-    """(config, run directory, checkpoint to resume or None) of the train options: training.run_config."""
+    """(config, run directory, checkpoint to resume or None) of the train options: rundir.run_config."""
     return run_config(args.preset, config=args.config, resume=args.resume, output_dir=args.output_dir,
                       values={k: v for k, v in vars(args).items() if "." in k},
                       conditional=True if args.conditional else False if args.unconditional else None, log=_info)

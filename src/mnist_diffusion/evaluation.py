@@ -453,7 +453,7 @@ def evaluate_run(run_dir: str | Path, options: Optional[dict] = None, num_sample
 def training_minutes(run: Path, batch_size: int):
     """(steps, minutes) from the run's loss.csv, to put FID against wall-clock training time;
     None when the run has no usable loss.csv."""
-    from .training import elapsed_seconds, read_loss_rows
+    from .rundir import elapsed_seconds, read_loss_rows
     try:
         rows = read_loss_rows(run / "loss.csv")
         seconds = elapsed_seconds(rows, batch_size)
