@@ -101,14 +101,15 @@ def build(name: str, runs: Path, out_root: Path) -> str:
     diff = diff.with_sampling(section_of_report(diff, metrics["sampler"]))
     samples = card_samples(diff)
     command = "mnist-diffusion " + " ".join(a for a in train_cmd if a not in ("--resume", "auto", "--no-progress"))
-    out = diff.export(out_root / name, dtype="fp16", metrics=metrics, command=command, samples=samples,
+    out = diff.export(out_root / name, dtype="fp16", metrics=metrics, command=command, samples=samples, allow_shipped=True,
                       training=training_facts(ROOT / run_dir, diff.config.train.batch_size))
     return json.loads((out / "config.json").read_text())["export"]["sha256"]
 
 
 def rescore(name: str, runs: Path, out_root: Path) -> str:
     import mnist_diffusion as md
-    from mnist_diffusion.hub import card_samples, rescore_card
+    from mnist_diffusion.config import ConfigError
+    from mnist_diffusion.hub import card_samples, check_report, rescore_card
     from mnist_diffusion.pretrained import PRETRAINED
     from mnist_diffusion.sampling import section_of_report
 
@@ -130,6 +131,10 @@ def rescore(name: str, runs: Path, out_root: Path) -> str:
                                    s.get("guidance")) != (name, N_EVAL, "dpmpp", 20, spec["guidance"]):
         raise SystemExit(f"{report} is not a {N_EVAL:,}-image report of the shipped {name} drawn by "
                          f"`{' '.join(evaluate)}`; delete it to rescore")
+    try:  # every number the card shows, checked before anything in the folder is touched
+        check_report(metrics, str(report))
+    except ConfigError as e:
+        raise SystemExit(f"{e}; delete it to rescore") from None
     dtype = json.loads((folder / "config.json").read_text())["export"]["dtype"]
     note = (f"Scored on the {dtype} weights in this folder with the sampler defaults of "
             f"mnist-diffusion {md.__version__}: `mnist-diffusion {' '.join(evaluate)}`.")

@@ -214,3 +214,31 @@ def test_bad_sample_files_are_one_line_errors(tmp_path, capsys, array, extra, wo
     assert main(["evaluate", "--samples", str(tmp_path / "x.npz"), "--dataset", "mnist", *extra]) == 2
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and words in err and "x.npz" in err
+
+
+def test_export_never_writes_into_the_shipped_models(tmp_path, capsys):
+    """An editable install's pretrained_models/ is the checkout: export may not replace a shipped model."""
+    from mnist_diffusion.pretrained import DIR
+    before = {f: f.read_bytes() for f in (DIR / "mnist").iterdir()}
+    for target in (DIR / "mnist", DIR / "mine"):
+        assert main(["export", "--checkpoint", str(GOLDEN), "--output", str(target), "--no-samples"]) == 2
+        assert "shipped models' folder" in capsys.readouterr().err
+    assert {f: f.read_bytes() for f in (DIR / "mnist").iterdir()} == before and not (DIR / "mine").exists()
+    assert md.load("mnist", device="cpu").source_sha256 == md.load(DIR / "mnist", device="cpu").source_sha256
+
+
+def test_a_bad_metrics_report_leaves_the_folder_as_it_was(tmp_path, capsys):
+    """export --metrics with a wrong-typed value: refused before any write (the old card, weights and
+    config stay together), and no half-written sibling folder is left behind."""
+    out = _export(tmp_path, "--no-samples")
+    before = {f.name: f.read_bytes() for f in out.iterdir()}
+    good = {"dataset": "mnist", "n": 20, "fid": 1.0, "precision": 0.5, "recall": 0.5, "recognizable": 0.9,
+            "class_entropy": 0.9}
+    for bad, words in (({"fid": "x"}, "fid must be a number"), ({"n": None}, "n must be a number"),
+                       ({"sampler": 3}, "sampler must be an object"), ({"fid": None, "n": 1}, "fid must be")):
+        (tmp_path / "m.json").write_text(json.dumps({**good, **bad}))
+        assert main(["export", "--checkpoint", str(GOLDEN), "--output", str(out), "--dtype", "fp32",
+                     "--metrics", str(tmp_path / "m.json"), "--device", "cpu"]) == 2
+        assert words in capsys.readouterr().err
+        assert {f.name: f.read_bytes() for f in out.iterdir()} == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["m.json", "model"]

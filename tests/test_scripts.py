@@ -294,3 +294,10 @@ def test_make_pretrained_rescore_rewrites_the_card_not_the_weights(tmp_path, mni
     with pytest.raises(SystemExit):
         mp.main(["--rescore", "--pin", "mnist"])
     assert "nothing to --pin" in capsys.readouterr().err
+    # the right identity with a bad number: one line, and nothing in the folder touched (samples.png too)
+    files = {f.name: f.read_bytes() for f in (out / "mnist").iterdir()}
+    for bad in ({"fid": "low"}, {"recall": None}):
+        report.write_text(json.dumps({**r, **bad}))
+        with pytest.raises(SystemExit, match=r"must be a number, got .*; delete it to rescore"):
+            mp.main(["--rescore", "mnist", "--runs", str(runs), "--output", str(out)])
+        assert {f.name: f.read_bytes() for f in (out / "mnist").iterdir()} == files

@@ -31,7 +31,7 @@ from .data import DataError, cache_dir, load_training_data, prepare, to_uint8
 from .diffusion import Diffusion
 from .editing import load_inputs, load_mask, mask_preset
 from .evaluator import train_for_dataset
-from .hub import card_samples
+from .hub import card_samples, check_report, is_shipped_folder
 from .images import check_grid, load_images, load_sample_set, save_gif, save_grid, save_npz
 from .models import describe
 from .options import sampler_options
@@ -402,14 +402,15 @@ def cmd_demo(args) -> int:
 def cmd_export(args) -> int:
 
     check_output_dir(args.output, "--output", inputs=[args.checkpoint, args.metrics])
+    if is_shipped_folder(args.output):  # before loading anything: the shipped models are make_pretrained's
+        raise ConfigError(f"--output {args.output} is inside the shipped models' folder; only "
+                          "scripts/make_pretrained.py writes there: export somewhere else")
     try:
         metrics = json.loads(Path(args.metrics).read_text(encoding="utf-8")) if args.metrics else None
     except (OSError, UnicodeDecodeError, ValueError) as e:
         raise ConfigError(f"--metrics {args.metrics}: not a readable JSON report ({e})") from None
-    need = {"dataset", "n", "fid", "precision", "recall", "recognizable", "class_entropy"}
-    if metrics is not None and not (isinstance(metrics, dict) and need <= set(metrics)):
-        raise ConfigError(f"--metrics {args.metrics}: not the report of `evaluate --checkpoint ... --json` "
-                          f"(it needs {', '.join(sorted(need))})")
+    if metrics is not None:
+        check_report(metrics, f"--metrics {args.metrics}")
     diff = load_diffusion(argparse.Namespace(**vars(args), pretrained=None))
     if metrics is not None and isinstance(metrics.get("sampler"), dict):  # the folder samples as it was scored
         diff = diff.with_sampling(section_of_report(diff, metrics["sampler"]))

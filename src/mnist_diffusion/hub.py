@@ -19,6 +19,8 @@ import dataclasses
 import hashlib
 import json
 import os
+import shutil
+import tempfile
 from pathlib import Path
 from typing import Optional
 
@@ -34,6 +36,7 @@ DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 FORMAT = "mnist-diffusion-model/1"
 HF_DATASETS = {"mnist": "ylecun/mnist", "fashion_mnist": "zalando-datasets/fashion_mnist"}
 FILES = ("model.safetensors", "config.json", "scheduler_config.json", "README.md", "samples.png")
+SHIPPED = (Path(__file__).resolve().parent / "pretrained_models")  # pretrained.DIR: only make_pretrained writes there
 
 
 def is_folder(path: str | os.PathLike) -> bool:
@@ -51,16 +54,51 @@ def scheduler_config(cfg: RunConfig, betas: torch.Tensor) -> dict:
             "_mnist_diffusion_schedule": cfg.diffusion.schedule}
 
 
+def check_report(metrics: dict, what: str = "--metrics") -> dict:
+    """An `evaluate --json` report fit for a card: the keys the card shows, each a number where a
+    number belongs. A bad one is a one-line ConfigError before anything is written."""
+    need = ("dataset", "n", "fid", "precision", "recall", "recognizable", "class_entropy")
+    if not isinstance(metrics, dict) or not set(need) <= set(metrics):
+        raise ConfigError(f"{what}: not the report of `evaluate --checkpoint ... --json` (it needs "
+                          f"{', '.join(need)})")
+    for key in need[1:] + tuple(k for k in ("fid_floor", "label_accuracy") if k in metrics):
+        v = metrics[key]
+        if isinstance(v, bool) or not isinstance(v, (int, float)) or v != v:
+            raise ConfigError(f"{what}: {key} must be a number, got {v!r}")
+    if not isinstance(metrics["dataset"], str):
+        raise ConfigError(f"{what}: dataset must be a name, got {metrics['dataset']!r}")
+    if "sampler" in metrics and not isinstance(metrics["sampler"], dict):
+        raise ConfigError(f"{what}: sampler must be an object, got {metrics['sampler']!r}")
+    if "noise_mse" in metrics and not (isinstance(metrics["noise_mse"], dict)
+                                       and isinstance(metrics["noise_mse"].get("overall"), (int, float))):
+        raise ConfigError(f"{what}: noise_mse.overall must be a number")
+    return metrics
+
+
+def is_shipped_folder(path: str | os.PathLike) -> bool:
+    """Is `path` the shipped models' folder or inside it (an editable install: the checkout)?"""
+    here = Path(path).resolve()
+    return here == SHIPPED or SHIPPED in here.parents
+
+
 def export(diff, output: str | os.PathLike, *, dtype: str = "fp16", metrics: Optional[dict] = None,
-           command: Optional[str] = None, training: Optional[dict] = None, samples=None) -> Path:
+           command: Optional[str] = None, training: Optional[dict] = None, samples=None,
+           allow_shipped: bool = False) -> Path:
     """Write `diff` (a Diffusion) as a model folder. `metrics`: an `evaluate --json` report for the
     card; `command`: how the model was trained; `training`: facts for the card (machine, minutes);
-    `samples`: a uint8 image grid for samples.png (None: none written)."""
+    `samples`: a uint8 image grid for samples.png (None: none written).
+
+    Everything is checked and built first; the folder is then written in a fresh sibling folder and
+    swapped in, so a failure leaves the old folder as it was. The shipped models' folder is refused
+    unless `allow_shipped` (scripts/make_pretrained.py, the documented build)."""
     from safetensors.torch import save
 
     if dtype not in DTYPES:
         raise ConfigError(f"dtype must be one of {', '.join(DTYPES)}, got {dtype!r}")
     out = Path(output)
+    if is_shipped_folder(out) and not allow_shipped:
+        raise ConfigError(f"--output {out} is inside the shipped models' folder ({SHIPPED}); only "
+                          "scripts/make_pretrained.py writes there: export somewhere else")
     if out.exists() and not out.is_dir():
         raise ConfigError(f"--output {out} is a file, not a folder")
     unknown = sorted(p.name for p in out.iterdir() if p.name not in FILES) if out.is_dir() else []
@@ -70,6 +108,8 @@ def export(diff, output: str | os.PathLike, *, dtype: str = "fp16", metrics: Opt
     if unknown:
         raise ConfigError(f"--output {out} holds other files ({', '.join(unknown[:3])}); export into an empty "
                           "folder or one written by export")
+    if metrics is not None:
+        check_report(metrics)
     tensors = {k: v.detach().to("cpu", DTYPES[dtype] if v.is_floating_point() else v.dtype).contiguous()
                for k, v in diff.model.state_dict().items()}
     # one metadata key: safetensors writes the metadata map in a random order, and the pinned
@@ -78,17 +118,41 @@ def export(diff, output: str | os.PathLike, *, dtype: str = "fp16", metrics: Opt
     digest = hashlib.sha256(payload).hexdigest()
     info = {"weights": "model.safetensors", "sha256": digest, "dtype": dtype, "ema": diff.ema, "step": diff.step,
             "source_sha256": diff.source_sha256, "parameters": sum(v.numel() for v in tensors.values())}
-    out.mkdir(parents=True, exist_ok=True)
-    atomic_write_bytes(out / "model.safetensors", payload)
-    atomic_write_json(out / "config.json", {**diff.config.to_dict(), "export": info})
-    atomic_write_json(out / "scheduler_config.json", scheduler_config(diff.config, diff.schedule.betas))
-    if samples is not None:
-        save_png(samples, out / "samples.png", scale=2)
-    elif (out / "samples.png").exists():
-        (out / "samples.png").unlink()  # an earlier export's samples would show another model
-    atomic_write_text(out / "README.md", model_card(diff.config, info, metrics=metrics, command=command,
-                                                    training=training, samples=samples is not None))
+    text = model_card(diff.config, info, metrics=metrics, command=command, training=training,
+                      samples=samples is not None)  # before any write: a bad value fails here
+    out.parent.mkdir(parents=True, exist_ok=True)
+    stage = Path(tempfile.mkdtemp(prefix=f".{out.name}.export-", dir=out.parent))
+    os.chmod(stage, 0o755)  # mkdtemp's 0700 would otherwise become the folder's
+    try:
+        atomic_write_bytes(stage / "model.safetensors", payload)
+        atomic_write_json(stage / "config.json", {**diff.config.to_dict(), "export": info})
+        atomic_write_json(stage / "scheduler_config.json", scheduler_config(diff.config, diff.schedule.betas))
+        if samples is not None:
+            save_png(samples, stage / "samples.png", scale=2)
+        atomic_write_text(stage / "README.md", text)
+        _swap_in(stage, out)
+    finally:
+        if stage.exists():
+            shutil.rmtree(stage, ignore_errors=True)
     return out
+
+
+def _swap_in(stage: Path, out: Path) -> None:
+    """Put the finished folder `stage` where `out` is: a rename when `out` is new; else the old
+    one is moved aside, the new one renamed in, and the old one removed (a crash between the two
+    renames leaves both, the old one beside it as .NAME.old-*)."""
+    if not out.exists():
+        os.rename(stage, out)
+        return
+    old = Path(tempfile.mkdtemp(prefix=f".{out.name}.old-", dir=out.parent))
+    os.rmdir(old)
+    os.rename(out, old)
+    try:
+        os.rename(stage, out)
+    except OSError:
+        os.rename(old, out)
+        raise
+    shutil.rmtree(old, ignore_errors=True)
 
 
 def load_folder(path: str | os.PathLike, expected_sha256: Optional[str] = None):
@@ -239,6 +303,7 @@ def rescore_card(folder: str | os.PathLike, metrics: dict, *, note: Optional[str
     draw the report scored) replaces config.json's sampling section. The weights must still match
     the SHA-256 in config.json."""
     folder = Path(folder)
+    check_report(metrics, "the report")
     _, cfg, _ = load_folder(folder)  # refuses a folder whose weights changed
     card = folder / "README.md"
     text = card.read_text(encoding="utf-8") if card.is_file() else ""
