@@ -127,13 +127,13 @@ def test_evaluate_conditional_checkpoint_reports_label_accuracy(mnist, tmp_path,
     r = _run_json(argv, tmp_path / "r.json")
     assert 0.0 <= r["label_accuracy"] <= 1.0
     assert r["sampler"]["labels"].startswith("balanced") and r["sampler"]["guidance"] == 0.0
-    import mnist_diffusion.sampling as sampling
-    seen, real = [], sampling.generate
+    import mnist_diffusion.evaluation as evaluation
+    seen, real = [], evaluation.generate
 
     def spy(diff, n, options, **kw):  # a 1-step model's images saturate either way: check what reaches the sampler
         seen.append((options.guidance, kw["labels"].tolist()))
         return real(diff, n, options, **kw)
-    monkeypatch.setattr(sampling, "generate", spy)
+    monkeypatch.setattr(evaluation, "generate", spy)
     guided = _run_json(argv + ["--guidance", "1.5"], tmp_path / "g.json")
     assert guided["sampler"]["guidance"] == 1.5
     assert seen == [(1.5, [i % 10 for i in range(10)])]

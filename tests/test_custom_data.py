@@ -145,6 +145,9 @@ def test_train_evaluator_and_evaluate_with_it(mnist, tmp_path, capsys):
     assert main(["train-evaluator", "--dataset", f"folder:{folder}", "--output", str(ev), "--epochs", "2"]) == 0
     out = capsys.readouterr().out
     assert "held-out accuracy" in out and "on 30 images (10 classes, trained on 270)" in out
+    # it may replace the evaluator it wrote itself (and nothing else of that suffix)
+    assert main(["train-evaluator", "--dataset", f"folder:{folder}", "--output", str(ev), "--epochs", "1"]) == 0
+    capsys.readouterr()
     samples = tmp_path / "s.npz"
     np.savez(samples, images=mnist["test"].images[:40], labels=mnist["test"].labels[:40].astype(np.int64))
     report = tmp_path / "r.json"

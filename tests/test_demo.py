@@ -82,7 +82,7 @@ def _grid_cells(png: bytes, n: int, cols: int) -> np.ndarray:
 @pytest.mark.skipif(CHROMIUM is None, reason="no Chromium here (make test installs Debian's)")
 def test_a_person_asks_for_a_seven_and_edits_a_sketch(server, tmp_path, mnist):
     sync_api = pytest.importorskip("playwright.sync_api")
-    from mnist_diffusion.evaluation import class_stats
+    from mnist_diffusion.metrics import class_stats
     from mnist_diffusion.evaluator import embed, shipped_evaluator
 
     with sync_api.sync_playwright() as pw:

@@ -7,8 +7,9 @@ import pytest
 import torch
 
 from mnist_diffusion.data import to_model_range, to_uint8
-from mnist_diffusion.evaluation import (balanced_labels, class_stats, evaluate_images, fid_from_features,
-                                        frechet_distance, knn_radii, noise_mse, precision_recall, sqrtm_psd)
+from mnist_diffusion.evaluation import balanced_labels, evaluate_images, noise_mse
+from mnist_diffusion.metrics import (class_stats, fid_from_features, frechet_distance, knn_radii, precision_recall,
+                                     sqrtm_psd)
 from mnist_diffusion.schedule import extract, make_schedule
 
 

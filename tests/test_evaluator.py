@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from mnist_diffusion import evaluator as ev
-from mnist_diffusion.evaluation import fid_from_features
+from mnist_diffusion.metrics import fid_from_features
 
 
 @pytest.mark.parametrize("dataset", ["mnist", "fashion_mnist"])

@@ -283,6 +283,15 @@ def test_lying_or_huge_images_are_refused_by_name(tmp_path):
         z.writestr("images.npy", buf.getvalue() + b"\x00" * 100)
     with pytest.raises(ValueError, match=r"claims.npz: 'images' claims uint8 \(10000000000, 28, 28\)"):
         npz_array(claims, "images")
+    # a header that claims fewer (or other) elements than the data holds: still the file's name
+    small = tmp_path / "small.npz"
+    header["shape"] = (5, 28, 28)
+    buf = io.BytesIO()
+    np.lib.format.write_array_header_1_0(buf, header)
+    with zipfile.ZipFile(small, "w") as z:
+        z.writestr("images.npy", buf.getvalue() + b"\x00" * 100)
+    with pytest.raises(ValueError, match=r"small.npz: not a readable npz"):
+        npz_array(small, "images")
 
 
 def test_counts_are_bounded_before_any_work(checkpoints, tmp_path, capsys):
@@ -347,3 +356,65 @@ def test_the_resume_key_hashes_the_bytes_that_were_loaded(checkpoints, tmp_path)
     shutil.copyfile(checkpoints["cond"], ck)  # replaced after loading: the key must not change with it
     key = request(diff, 4, plan(diff), None, 0, 4)["checkpoint_sha256"]
     assert key == original != hashlib.sha256(ck.read_bytes()).hexdigest()
+
+
+# ---------------------------------------------------------------------------------------------
+# inputs that would hang or explode (issue 36)
+
+def _within(seconds, fn, *args):
+    """fn(*args) in a thread: its result, or a failure if it is still blocked after `seconds`."""
+    import threading
+    box = {}
+    worker = threading.Thread(target=lambda: box.setdefault("rc", fn(*args)), daemon=True)
+    worker.start()
+    worker.join(seconds)
+    assert not worker.is_alive(), f"still blocked after {seconds} s"
+    return box["rc"]
+
+
+def test_a_fifo_as_checkpoint_autoguide_or_folder_weights_is_refused_not_read(checkpoints, tmp_path, capsys):
+    import os
+    import shutil
+    fifo = tmp_path / "model.pt"
+    os.mkfifo(fifo)
+    assert _within(30, _sample, str(fifo), "--output", str(tmp_path / "a.png")) == 2
+    assert "not a regular file" in _err(capsys)
+    assert _within(30, _sample, checkpoints["cond"], "--label", "1", "--guidance", "1", "--autoguide", str(fifo),
+                   "--output", str(tmp_path / "b.png")) == 2
+    assert "not a regular file" in _err(capsys)
+    folder = tmp_path / "folder"
+    assert main(["export", "--checkpoint", checkpoints["cond"], "--output", str(folder), "--no-samples"]) == 0
+    capsys.readouterr()
+    (folder / "model.safetensors").unlink()
+    os.mkfifo(folder / "model.safetensors")
+    assert _within(30, _sample, str(folder), "--output", str(tmp_path / "c.png")) == 2
+    assert "not a regular file" in _err(capsys)
+    shutil.rmtree(folder)
+    assert not any((tmp_path / n).exists() for n in ("a.png", "b.png", "c.png"))
+
+
+def test_a_deeply_nested_config_is_one_line(checkpoints, tmp_path, capsys):
+    deep = "[" * 100_000 + "]" * 100_000
+    (tmp_path / "c.json").write_text(deep)
+    assert main(["train", "--config", str(tmp_path / "c.json"), "--output-dir", str(tmp_path / "run")]) == 2
+    assert "nested too deeply" in _err(capsys)
+    folder = tmp_path / "folder"
+    assert main(["export", "--checkpoint", checkpoints["cond"], "--output", str(folder), "--no-samples"]) == 0
+    capsys.readouterr()
+    (folder / "config.json").write_text('{"model": ' + deep + "}")
+    assert _sample(str(folder), "--output", str(tmp_path / "s.png")) == 2
+    err = _err(capsys)
+    assert "nested too deeply" in err and "please report" not in err
+
+
+def test_a_model_folder_without_its_export_entry_is_refused(checkpoints, tmp_path, capsys):
+    """The export entry carries the weights' SHA-256: without it the weights would load unchecked."""
+    import json
+    folder = tmp_path / "folder"
+    assert main(["export", "--checkpoint", checkpoints["cond"], "--output", str(folder), "--no-samples"]) == 0
+    capsys.readouterr()
+    raw = json.loads((folder / "config.json").read_text())
+    for bad in ({k: v for k, v in raw.items() if k != "export"}, {**raw, "export": {**raw["export"], "sha256": "x"}}):
+        (folder / "config.json").write_text(json.dumps(bad))
+        assert _sample(str(folder), "--output", str(tmp_path / "s.png")) == 2
+        assert "export" in _err(capsys)

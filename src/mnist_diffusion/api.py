@@ -12,13 +12,14 @@ from typing import Callable, Optional, Sequence, Union
 import numpy as np
 
 from .config import RunConfig, preset
-from .data import Split
+from .data import DataError, Split, load_training_data, prepare
 from .diffusion import Diffusion
+from .evaluation import evaluate_images
+from .training import train as train_loop
 
 
 def load_dataset(dataset: str = "mnist", split: str = "train", data_dir: Optional[str] = None) -> Split:
     """A verified split of a built-in dataset (data.prepare: cache, packaged copies, mirrors)."""
-    from .data import DataError, prepare
     splits = prepare(dataset, data_dir=data_dir, log=lambda _m: None)
     if split not in splits:
         raise DataError(f"unknown split {split!r}; choose from {', '.join(splits)}")
@@ -35,7 +36,6 @@ def train(config: Union[RunConfig, str] = "quick", dataset: Union[str, Split, No
     section (e.g. max_steps=200, seed=1; clusters=50 conditions on k-means clusters instead of
     labels). With `output_dir` the run is written there as `train`
     writes it (checkpoints, previews, loss.csv) and can be resumed; without, nothing is written."""
-    from .training import train as train_loop
 
     cfg = preset(config) if isinstance(config, str) else config
     changes = dict(train_options)
@@ -44,7 +44,6 @@ def train(config: Union[RunConfig, str] = "quick", dataset: Union[str, Split, No
     if changes:  # clusters=K (label-free conditioning) makes the K clusters the model's classes
         model = {"num_classes": changes["clusters"]} if changes.get("clusters") else {}
         cfg = cfg.replace(train=changes, **({"model": model} if model else {}))
-    from .data import load_training_data
     data = dataset if isinstance(dataset, Split) else load_training_data(cfg.train.dataset, log=log)
     result = train_loop(cfg, data, output_dir, resume=resume, progress=progress, log=log)
     return result.diffusion
@@ -55,5 +54,4 @@ def evaluate(images: np.ndarray, dataset: str = "mnist", *, labels: Optional[Seq
     """Score uint8 (N, 28, 28) images against `dataset`'s test split with the shipped evaluator: FID
     and its floor, precision/recall, recognizability, class balance, and with `labels` (the class
     each image was asked for) label accuracy. The same dict `evaluate --json` writes."""
-    from .evaluation import evaluate_images
     return evaluate_images(np.asarray(images), dataset, seed=seed, labels=labels, progress=progress)

@@ -33,11 +33,14 @@ from typing import Callable, Optional
 
 import torch
 
-from .config import RunConfig
-from .device import autocast, choose_precision, describe_precision, resolve_precision
-from .models import count_parameters
+from .config import RunConfig, SamplingConfig, preset
+from .device import autocast, choose_precision, describe_precision, resolve_device, resolve_precision
+from .diffusion import Diffusion
+from .models import count_parameters, default_config
 from .samplers import DEFAULT_STEPS, SAMPLERS
+from .sampling import generate, plan
 from .schedule import make_schedule
+from .training import TrainState, apply_update, draw_batch, t_logit_normal, training_step
 
 FORMAT = "mnist-diffusion-benchmark/1"
 TRAIN_IMAGES = 60_000  # the in-memory "split" the benchmark batches from: MNIST's size, so memory matches a run
@@ -137,7 +140,6 @@ class TrainStep:
 
     def __init__(self, cfg: RunConfig, device: torch.device, batch_size: int, amp: Optional[torch.dtype],
                  channels_last: bool = False, compile: bool = False, seed: int = 0):
-        from .training import TrainState
         self.cfg, self.device, self.batch_size, self.amp = cfg, device, batch_size, amp
         self.memory_format = torch.channels_last if channels_last else torch.contiguous_format
         self.schedule = make_schedule(cfg.diffusion.schedule, cfg.diffusion.timesteps)
@@ -152,7 +154,6 @@ class TrainStep:
         self.model.train()
 
     def __call__(self) -> float:
-        from .training import apply_update, draw_batch, t_logit_normal, training_step
 
         idx = torch.randint(0, TRAIN_IMAGES, (self.batch_size,), device=self.device, generator=self.gen)
         batch = draw_batch(self.images, self.labels, idx, self.gen, timesteps=self.schedule.timesteps,
@@ -270,9 +271,6 @@ def sampling_times(model: torch.nn.Module, cfg: RunConfig, device: torch.device,
     A sampler with more evaluations than `settings.max_full_steps` (unless `full_sampling`) is
     timed over `timed_steps` steps, on a schedule of that many timesteps (the same network and
     the same work per step), and its total is extrapolated as (seconds per step) x (steps)."""
-    from .diffusion import Diffusion
-    from .config import SamplingConfig
-    from .sampling import generate, plan
 
     precision = _precision_name(amp)
     diff = Diffusion(model, cfg, device=device, precision=precision)
@@ -470,8 +468,6 @@ def parse_comparisons(text: Optional[str]) -> tuple[str, ...]:
 def resolve_config(preset_name: Optional[str] = None, model: Optional[str] = None, base_dim: Optional[int] = None,
                    micro_batch: Optional[int] = None) -> RunConfig:
     """A preset's config, with another network (at its canonical size), width or micro-batch."""
-    from .config import preset
-    from .models import default_config
 
     cfg = preset(preset_name or "default")
     changes = {}
@@ -491,8 +487,6 @@ def run_from_options(preset_name: Optional[str] = None, *, model: Optional[str] 
     """`run` for the options `mnist-diffusion benchmark` takes; records which preset the network is."""
     from dataclasses import replace
 
-    from .config import preset
-    from .device import resolve_device
 
     cfg = resolve_config(preset_name, model, base_dim, micro_batch)
     if threads:

@@ -11,6 +11,7 @@ import hashlib
 import io
 import os
 import pickle
+import stat
 from pathlib import Path
 from typing import Any, Optional
 
@@ -18,6 +19,7 @@ import torch
 
 from .atomic import atomic_write, atomic_write_text  # noqa: F401  (atomic_write_text: used via this module)
 from .config import ConfigError, RunConfig
+from .models import build_model
 
 FORMAT = "mnist-diffusion/1"
 
@@ -42,6 +44,25 @@ def training_state(cfg: RunConfig, step: int, epoch: int, model: torch.nn.Module
             "skipped": skipped, "torch": str(torch.__version__), "elapsed_s": elapsed_s, "run_id": run_id}
 
 
+def read_regular(path: str | os.PathLike, max_bytes: Optional[int] = None) -> bytes:
+    """The bytes of a regular file: a FIFO, a device or a socket would block the read forever (or
+    never end), so anything else is a ValueError naming the file, checked on the opened file itself
+    (no race with a swap after the check). `max_bytes`: larger files are refused unread."""
+    fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))  # a FIFO opens at once, unread
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            raise ValueError(f"{path}: not a regular file")
+        if max_bytes is not None and st.st_size > max_bytes:
+            raise ValueError(f"{path}: {st.st_size:,} bytes, more than the {max_bytes:,} such a file can be")
+        with os.fdopen(fd, "rb") as f:
+            fd = -1
+            return f.read()
+    finally:
+        if fd >= 0:
+            os.close(fd)
+
+
 def load(path: str | os.PathLike, map_location="cpu") -> dict:
     """Load and sanity-check a checkpoint; every failure is a one-line CheckpointError. The file is
     read once; the returned dict's "sha256" is the hash of exactly the bytes that were loaded (it is
@@ -52,9 +73,11 @@ def load(path: str | os.PathLike, map_location="cpu") -> dict:
     if path.is_dir():
         raise CheckpointError(f"checkpoint {path} is a directory, not a file")
     try:
-        data = path.read_bytes()
+        data = read_regular(path)
     except OSError as e:
         raise CheckpointError(f"{path}: cannot read the checkpoint ({e.strerror or e})") from None
+    except ValueError as e:
+        raise CheckpointError(str(e)) from None
     try:
         ckpt = torch.load(io.BytesIO(data), map_location=map_location, weights_only=True)
     except pickle.UnpicklingError as e:
@@ -83,7 +106,6 @@ def config_of(ckpt: dict, path: str = "checkpoint") -> RunConfig:
 
 def load_model(path: str | os.PathLike, device="cpu", use_ema: bool = True):
     """Rebuild the network from a checkpoint: returns (model in eval mode, RunConfig, ckpt dict)."""
-    from .models import build_model
 
     ckpt = load(path)
     cfg = config_of(ckpt, str(path))

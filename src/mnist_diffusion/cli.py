@@ -38,8 +38,8 @@ from .options import sampler_options
 from .outputs import check_output_dir, check_outputs
 from .partial import generate_resumable
 from .pretrained import PRETRAINED
-from .sampling import Recording, generate, section_of_report
 from .rundir import run_config
+from .sampling import Recording, generate, section_of_report
 from .training import Interrupted, TrainingError, train
 
 EXIT_ERROR = 2

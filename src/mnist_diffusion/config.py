@@ -332,6 +332,8 @@ class RunConfig:
             data = json.loads(text)
         except json.JSONDecodeError as e:
             raise ConfigError(f"config is not valid JSON: {e}") from None
+        except RecursionError:  # a config is two levels deep; thousands are an attack, not a config
+            raise ConfigError("config is nested too deeply to be a config") from None
         return cls.from_dict(data)
 
     def replace(self, **sections) -> "RunConfig":

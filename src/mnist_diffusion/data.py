@@ -32,6 +32,7 @@ from typing import Callable, Optional
 import numpy as np
 
 from .atomic import atomic_write_bytes
+from .images import npz_array, open_image
 
 
 class DataError(RuntimeError):
@@ -438,7 +439,6 @@ def load_custom(spec: str, log: Callable[[str], None] = lambda s: None) -> Split
 def _read_as_28x28(f: Path) -> tuple[np.ndarray, bool]:
     from PIL import Image
 
-    from .images import open_image
     with open_image(f) as im:
         changed = im.mode != "L" or im.size != (28, 28)
         g = im.convert("L")
@@ -448,7 +448,6 @@ def _read_as_28x28(f: Path) -> tuple[np.ndarray, bool]:
 
 
 def _load_npz_set(p: Path) -> Split:
-    from .images import npz_array
     try:
         images = npz_array(p, "images")
         import zipfile

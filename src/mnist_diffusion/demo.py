@@ -24,6 +24,11 @@ from typing import Optional
 
 import numpy as np
 
+from .data import CLASS_NAMES, prepare, to_model_range, to_uint8
+from .editing import MASK_PRESETS, check_mask, mask_preset, picture_to_digit
+from .images import grid
+from .schedule import q_sample
+
 LIMITS = {"images": 16, "guidance": 10.0, "steps": {"ddpm": 1000, "ddim": 200, "dpmpp": 100},
           "upload_pixels": 2048 * 2048, "upload_bytes": "4mb"}
 MAX_QUEUE = 24
@@ -102,7 +107,6 @@ def check(req: Request, diff) -> tuple[Optional[object], int]:
 
 
 def class_names(diff) -> list[str]:
-    from .data import CLASS_NAMES
     if not diff.num_classes:
         return []
     if diff.clustered:
@@ -114,7 +118,6 @@ def class_names(diff) -> list[str]:
 
 def show(images_u8: np.ndarray, nrow: Optional[int] = None) -> np.ndarray:
     """A grid of uint8 images, enlarged for the page."""
-    from .images import grid
     g = grid(np.asarray(images_u8, dtype=np.uint8), nrow=nrow, pad=1)
     return g.repeat(SCALE, 0).repeat(SCALE, 1)
 
@@ -128,7 +131,6 @@ def generate_frames(diff, req: Request):
     sampler works in a thread and posts every few steps; it is the library call the status line
     shows (same seed, same images). When the page goes away (the generator is closed), the
     sampler stops at its next step, so the queue's next request does not share the CPU with it."""
-    from .data import to_uint8
     labels, n = check(req, diff)
     steps = None if req.sampler == "ddpm" and req.steps >= diff.timesteps else req.steps
     drawn = diff.plan(labelled=labels is not None, sampler=req.sampler, steps=steps, guidance=req.guidance)
@@ -190,7 +192,6 @@ def digit_from_canvas(value, max_pixels: int = LIMITS["upload_pixels"]) -> np.nd
     """A Sketchpad/upload value as the model sees digits: uint8 (1, 28, 28)."""
     from PIL import Image
 
-    from .editing import picture_to_digit
     if value is None:
         raise DemoError("draw something first (or pick a test digit)")
     a = value.get("composite") if isinstance(value, dict) else value
@@ -211,7 +212,6 @@ def digit_from_canvas(value, max_pixels: int = LIMITS["upload_pixels"]) -> np.nd
 def edit(diff, source: str, canvas, test_index, target: str, strength: float, mode: str, preset: str,
          mask_canvas, seed) -> tuple[np.ndarray, str]:
     """SDEdit or inpainting of the drawn (or chosen test) digit; returns (before | after, status)."""
-    from .editing import MASK_PRESETS, check_mask, mask_preset
     seed = _whole(seed, 0, 2**31 - 1, "seed")
     if source == "canvas":
         digit = digit_from_canvas(canvas)
@@ -256,7 +256,6 @@ def _test_images(dataset: str) -> np.ndarray:
     blanks when the data is not installed."""
     if dataset not in _TEST:
         try:
-            from .data import prepare
             _TEST[dataset] = prepare(dataset, download=False)["test"].images[:1000]
         except Exception:  # noqa: BLE001  (the demo works without the datasets installed)
             _TEST[dataset] = np.zeros((1, 28, 28), np.uint8)
@@ -268,8 +267,6 @@ def explain(diff, test_index, t) -> tuple[np.ndarray, np.ndarray, str]:
     process of that digit at eight timesteps."""
     import torch
 
-    from .data import to_model_range, to_uint8
-    from .schedule import q_sample
     test = _test_images(diff.dataset)
     test_index = _whole(test_index, 0, len(test) - 1, "test digit #")
     s, t = diff.schedule, _whole(t, 0, diff.timesteps - 1, "t")

@@ -34,8 +34,17 @@ from .labels import Label
 from .models import build_model
 from .pretrained import resolve
 from .samplers import PerImageNoise, ddim, ddim_invert, slerp
-from .sampling import (SamplingPlan, edit_batches, generate, inpaint_batches, inpaint_plan, options_for, plan,
-                       sample_batches, section_of_report)
+from .sampling import (
+    SamplingPlan,
+    edit_batches,
+    generate,
+    inpaint_batches,
+    inpaint_plan,
+    options_for,
+    plan,
+    sample_batches,
+    section_of_report,
+)
 
 
 class Diffusion(Denoiser):

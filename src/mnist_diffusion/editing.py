@@ -13,6 +13,9 @@ from typing import Optional
 import numpy as np
 from PIL import Image
 
+from .data import prepare
+from .images import load_sample_set, npz_array, open_image
+
 MASK_PRESETS = ("left", "right", "top", "bottom", "center", "random")
 
 
@@ -54,7 +57,6 @@ def check_mask(mask, num_images: int) -> np.ndarray:
 
 def load_picture(path: str | os.PathLike) -> tuple[np.ndarray, list[str]]:
     """A user's image file as the model sees digits (picture_to_digit), after open_image's checks."""
-    from .images import open_image
     with open_image(path) as im:
         return picture_to_digit(im, Path(path).name)
 
@@ -95,13 +97,11 @@ def load_inputs(image: Optional[str] = None, from_test: Optional[int] = None, da
     if (image is None) == (from_test is None):
         raise ValueError("give exactly one of an image file and --from-test N")
     if from_test is not None:
-        from .data import prepare
         test = prepare(dataset, data_dir=data_dir, log=lambda _m: None)["test"]
         if not 1 <= from_test <= len(test.images):
             raise ValueError(f"--from-test {from_test}: the {dataset} test split has {len(test.images)} images")
         return test.images[:from_test], test.labels[:from_test].astype(np.int64), []
     if Path(image).suffix.lower() == ".npz" or Path(image).is_dir():
-        from .images import load_sample_set
         images, labels = load_sample_set(image)
         return images, labels, []
     picture, notes = load_picture(image)
@@ -111,7 +111,6 @@ def load_inputs(image: Optional[str] = None, from_test: Optional[int] = None, da
 def load_mask(path: str | os.PathLike, num_images: int) -> np.ndarray:
     """A mask file as known pixels: a PNG where white marks what to fill in and black what to keep
     (as inpainting tools paint it), resized to 28x28; or an npz whose `mask` holds 1 = known."""
-    from .images import npz_array, open_image
     if Path(path).suffix.lower() == ".npz":
         return check_mask(npz_array(path, "mask"), num_images)
     with open_image(path) as im:

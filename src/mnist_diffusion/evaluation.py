@@ -1,137 +1,56 @@
-"""Sample-quality metrics over any set of 28x28 images, in the fixed evaluator's feature space.
+"""Sample quality of a model or of any set of 28x28 images, in the fixed evaluator's feature space.
 
-- `frechet_distance`: FID's statistic (Heusel et al. 2017) in float64, with the symmetric form
-  tr sqrt(S1 C2 S1), S1 = C1^(1/2), so every square root is of a symmetric PSD matrix (eigh).
-- `precision_recall`: improved precision and recall (Kynkäänniemi et al. 2019), k-NN balls.
-- `class_stats`: recognizability (confident predictions) and class balance (normalised entropy).
 - `noise_mse`: a model's epsilon-prediction error on real images, overall and per timestep band.
-- `evaluate_images`: all of the above for one set of images, plus the same numbers for real
-  training images of the same count (`real_reference`), which is what a perfect generator scores.
+- `evaluate_images`: FID, precision/recall, recognizability and balance (metrics.py) for one set of
+  images, plus the same numbers for real training images of the same count (`real_reference`),
+  which is what a perfect generator scores.
 - `evaluate_model`: draw from a model and score the images; `evaluate_run`: every periodic
   checkpoint of a training run against its step and training minutes.
 
-Not here: the classifier (evaluator.py), generation (sampling.py), Inception (inception.py).
+Not here: the statistics themselves (metrics.py), the classifier (evaluator.py), generation
+(sampling.py), Inception (inception.py).
 """
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
-from typing import TYPE_CHECKING, Callable, Optional, Sequence
+from typing import Callable, Optional, Sequence
 
 import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from .evaluator import EvalNet, embed, file_sha256, shipped_evaluator, weights_path
-
-if TYPE_CHECKING:
-    from .diffusion import Diffusion
-
-K_NEIGHBOURS = 3
-RECOGNIZABLE_THRESHOLD = 0.9
-
+from .atomic import atomic_write_json
+from .checkpoint import config_of
+from .checkpoint import load as load_checkpoint
+from .data import data_sha256, is_custom, load_custom, prepare, to_model_range
+from .diffusion import Diffusion
+from .evaluator import EvalNet, embed, file_sha256, holdout_mask, load_custom_evaluator, shipped_evaluator, weights_path
+from .metrics import (
+    K_NEIGHBOURS,
+    RECOGNIZABLE_THRESHOLD,
+    _agreement,
+    class_stats,
+    feature_stats,
+    frechet_distance,
+    precision_recall,
+)
+from .partial import generate_resumable
+from .rundir import elapsed_seconds, read_loss_rows
+from .sampling import generate
+from .schedule import q_sample
 
 # ---------------------------------------------------------------------------------------------
 # Fréchet distance
-
-def sqrtm_psd(a: np.ndarray) -> np.ndarray:
-    """Square root of a symmetric positive semi-definite matrix via its eigendecomposition.
-    Round-off can leave tiny negative eigenvalues; they are set to zero (a PSD matrix has none)."""
-    a = np.asarray(a, dtype=np.float64)
-    a = (a + a.T) / 2  # symmetrise away round-off so eigh sees the matrix we mean
-    w, v = np.linalg.eigh(a)
-    return (v * np.sqrt(np.clip(w, 0.0, None))) @ v.T
-
-
-def feature_stats(features: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Mean and (unbiased) covariance of (N, D) features, float64."""
-    f = np.asarray(features, dtype=np.float64)
-    if f.ndim != 2 or f.shape[0] < 2:
-        raise ValueError(f"need at least 2 feature vectors for a covariance, got shape {f.shape}")
-    return f.mean(axis=0), np.cov(f, rowvar=False)
-
-
-def frechet_distance(mu1, cov1, mu2, cov2) -> float:
-    """||mu1 - mu2||^2 + tr(C1) + tr(C2) - 2 tr((C1 C2)^(1/2)).
-
-    C1 C2 is not symmetric, but it is similar to S1 C2 S1 (S1 = C1^(1/2)), which is symmetric PSD
-    and has the same eigenvalues, so tr((C1 C2)^(1/2)) = tr((S1 C2 S1)^(1/2)) needs only eigh: no
-    complex parts to discard, unlike scipy.linalg.sqrtm on the product."""
-    mu1, mu2 = np.asarray(mu1, np.float64), np.asarray(mu2, np.float64)
-    cov1, cov2 = np.asarray(cov1, np.float64), np.asarray(cov2, np.float64)
-    s1 = sqrtm_psd(cov1)
-    tr_covmean = np.trace(sqrtm_psd(s1 @ cov2 @ s1))
-    d = mu1 - mu2
-    # the exact value is >= 0; clamp the round-off of two nearly equal sets
-    return max(0.0, float(d @ d + np.trace(cov1) + np.trace(cov2) - 2.0 * tr_covmean))
-
-
-def fid_from_features(a: np.ndarray, b: np.ndarray) -> float:
-    return frechet_distance(*feature_stats(a), *feature_stats(b))
 
 
 # ---------------------------------------------------------------------------------------------
 # Precision and recall (Kynkäänniemi et al. 2019)
 
-def _pairwise(a: torch.Tensor, b: torch.Tensor, chunk: int = 1024):
-    """Yield (start, distances of a[start:start+chunk] to all of b), float64."""
-    for s in range(0, a.shape[0], chunk):
-        yield s, torch.cdist(a[s:s + chunk], b)
-
-
-def knn_radii(features: np.ndarray, k: int = K_NEIGHBOURS) -> np.ndarray:
-    """Distance from each point to its k-th nearest other point (the radius of its k-NN ball)."""
-    f = torch.as_tensor(np.asarray(features, dtype=np.float64))
-    if f.shape[0] <= k:
-        raise ValueError(f"need more than k={k} images for k-NN radii, got {f.shape[0]}")
-    out = torch.empty(f.shape[0], dtype=torch.float64)
-    for s, d in _pairwise(f, f):
-        # the k+1 smallest include the point itself at distance 0
-        out[s:s + d.shape[0]] = d.topk(k + 1, dim=1, largest=False).values[:, k]
-    return out.numpy()
-
-
-def coverage_share(points: np.ndarray, centres: np.ndarray, radii: np.ndarray) -> float:
-    """Share of `points` inside at least one ball (centre, radius): the manifold estimate of
-    the set of centres."""
-    p = torch.as_tensor(np.asarray(points, dtype=np.float64))
-    c = torch.as_tensor(np.asarray(centres, dtype=np.float64))
-    r = torch.as_tensor(np.asarray(radii, dtype=np.float64))
-    inside = 0
-    for _, d in _pairwise(p, c):
-        inside += int((d <= r[None, :]).any(dim=1).sum())
-    return inside / p.shape[0]
-
-
-def precision_recall(real: np.ndarray, fake: np.ndarray, k: int = K_NEIGHBOURS,
-                     real_radii: Optional[np.ndarray] = None) -> tuple[float, float]:
-    """Precision: share of generated points inside the real manifold (k-NN balls around real
-    points). Recall: share of real points inside the generated manifold."""
-    if real_radii is None:
-        real_radii = knn_radii(real, k)
-    precision = coverage_share(fake, real, real_radii)
-    recall = coverage_share(real, fake, knn_radii(fake, k))
-    return precision, recall
-
 
 # ---------------------------------------------------------------------------------------------
 # Classifier-based statistics
-
-def class_stats(probs: np.ndarray, threshold: float = RECOGNIZABLE_THRESHOLD) -> dict:
-    """recognizable: share with top probability >= threshold; class_histogram: counts of the
-    top class; class_entropy: entropy of that histogram / log(classes), 1.0 = perfectly balanced."""
-    probs = np.asarray(probs, dtype=np.float64)
-    n, c = probs.shape
-    hist = np.bincount(probs.argmax(axis=1), minlength=c)
-    p = hist / max(n, 1)
-    nz = p[p > 0]
-    return {
-        "recognizable": float((probs.max(axis=1) >= threshold).mean()) if n else 0.0,
-        "class_histogram": [int(v) for v in hist],
-        "class_entropy": max(0.0, float(-(nz * np.log(nz)).sum() / math.log(c))),  # never -0.0
-    }
 
 
 def label_accuracy(requested_labels, images_u8: np.ndarray, dataset: str,
@@ -142,13 +61,6 @@ def label_accuracy(requested_labels, images_u8: np.ndarray, dataset: str,
         raise ValueError(f"{len(requested_labels)} labels for {len(images_u8)} images")
     _, probs = embed(net or shipped_evaluator(dataset), images_u8)
     return _agreement(requested_labels, probs)
-
-
-def _agreement(labels, probs: np.ndarray) -> float:
-    labels = np.asarray(labels).astype(np.int64).reshape(-1)
-    if labels.shape[0] != probs.shape[0]:
-        raise ValueError(f"{labels.shape[0]} labels for {probs.shape[0]} images")
-    return float((probs.argmax(axis=1) == labels).mean())
 
 
 # ---------------------------------------------------------------------------------------------
@@ -164,8 +76,6 @@ def noise_mse(diff: "Diffusion", images_u8: np.ndarray, generator: torch.Generat
     i mod `bands`), so the number does not depend on batch size or device. Returns the overall MSE
     (the training loss under uniform t) and one entry per equal-width band of timesteps. A
     v-predicting network is scored on the eps it implies (Diffusion.eps_fn)."""
-    from .data import to_model_range
-    from .schedule import q_sample
 
     x0_all = to_model_range(images_u8)
     n, T = x0_all.shape[0], diff.timesteps
@@ -215,7 +125,6 @@ class Reference:
 @lru_cache(maxsize=2)
 def dataset_splits(dataset: str):
     """prepare(dataset), once per process: verifying 70k images' checksums costs about a second."""
-    from .data import prepare
     return prepare(dataset, download=False)
 
 
@@ -230,8 +139,6 @@ def reference_for(dataset: str, evaluator: Optional[str] = None) -> Reference:
     """The Reference of a built-in dataset (its test split, the shipped evaluator), or of one's own
     (`folder:`/`npz:`) with an evaluator trained on it by `train-evaluator`: the images that
     evaluator held out are the comparison set, the rest give the floor."""
-    from .data import data_sha256, is_custom, load_custom
-    from .evaluator import holdout_mask, load_custom_evaluator
     if evaluator is None:
         if is_custom(dataset):
             raise ValueError(f"no evaluator for {dataset}: FID in evaluator features, precision/recall, "
@@ -336,7 +243,6 @@ def evaluate_samples(images_u8: np.ndarray, dataset: str, *, labels: Optional[Se
     """`evaluate_images` for a set of images from anywhere (with the labels they were drawn for, if
     known), and the Inception FID on request. One's own unlabelled set has no evaluator: with
     `inception` alone it gets the Inception FID against its images, and is told what it lacks."""
-    from .data import is_custom, load_custom
     if is_custom(dataset) and evaluator is None and inception:
         from .inception import inception_fid
         real = load_custom(dataset).images
@@ -352,7 +258,6 @@ def evaluate_samples(images_u8: np.ndarray, dataset: str, *, labels: Optional[Se
 
 def _inception(images_u8: np.ndarray, dataset: str, progress: bool) -> float:
     """Inception FID against a built-in test split, or against all of one's own images."""
-    from .data import is_custom, load_custom
     from .inception import inception_fid
     if is_custom(dataset):
         return inception_fid(images_u8, reference_u8=load_custom(dataset).images, progress=progress)
@@ -368,8 +273,6 @@ def evaluate_model(diff: "Diffusion", options: Optional[dict] = None, num_sample
     the sampling options given ({name: value}, None = the model's own); the report records the
     plan they resolved to. With `npz`, the images are kept as they come and saved there
     (partial.generate_resumable). Returns (the report `evaluate --json` writes, the images)."""
-    from .partial import generate_resumable
-    from .sampling import generate
 
     options = dict(options or {})
     dataset = dataset or diff.dataset
@@ -422,9 +325,6 @@ def evaluate_run(run_dir: str | Path, options: Optional[dict] = None, num_sample
     """`evaluate_model` for every RUN/checkpoints/step_*.pt, in step order, each row with the minutes
     of training behind it; writes RUN/metrics.json and RUN/metrics.png (FID and noise MSE against
     training step). `load(path)` gives the Diffusion of a checkpoint."""
-    from .atomic import atomic_write_json
-    from .checkpoint import config_of
-    from .checkpoint import load as load_checkpoint
     from .visualize import plot_eval_metrics
 
     run = Path(run_dir)
@@ -453,7 +353,6 @@ def evaluate_run(run_dir: str | Path, options: Optional[dict] = None, num_sample
 def training_minutes(run: Path, batch_size: int):
     """(steps, minutes) from the run's loss.csv, to put FID against wall-clock training time;
     None when the run has no usable loss.csv."""
-    from .rundir import elapsed_seconds, read_loss_rows
     try:
         rows = read_loss_rows(run / "loss.csv")
         seconds = elapsed_seconds(rows, batch_size)

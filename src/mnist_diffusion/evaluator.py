@@ -22,7 +22,8 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from .data import to_model_range
+from .atomic import atomic_write_bytes, atomic_write_text
+from .data import data_sha256, load_training_data, to_model_range
 from .outputs import CUSTOM_EVALUATOR_FORMAT as CUSTOM_FORMAT
 
 WEIGHTS_DIR = Path(__file__).resolve().parent / "weights"
@@ -145,7 +146,6 @@ def write_weights(net: EvalNet, dataset: str, weights_dir: Optional[Path] = None
     returns the hash."""
     from safetensors.torch import save
 
-    from .atomic import atomic_write_bytes, atomic_write_text
 
     weights_dir = Path(weights_dir or WEIGHTS_DIR)
     path = weights_path(dataset, weights_dir)
@@ -243,7 +243,6 @@ def write_custom_evaluator(net: EvalNet, path: str | Path, meta: dict) -> str:
     data SHA-256, held-out accuracy); returns the file's SHA-256."""
     from safetensors.torch import save
 
-    from .atomic import atomic_write_bytes
     # one metadata key (safetensors writes several in a random order): the same net gives the same bytes
     payload = save({k: v.detach().cpu().contiguous() for k, v in net.state_dict().items()},
                    metadata={"format": json.dumps({"format": CUSTOM_FORMAT, **meta}, sort_keys=True)})
@@ -281,7 +280,6 @@ def train_for_dataset(dataset: str, output: str | Path, *, epochs: int = 5, batc
     """An evaluator for a labelled set (one's own, `folder:`/`npz:`, or a built-in one's train split):
     the shipped evaluators' recipe (`fit`) on all but every tenth image, its accuracy on those it
     held out, written to `output`. Returns what it wrote into the file's metadata."""
-    from .data import data_sha256, load_training_data
     data = load_training_data(dataset, log=log)
     if data.labels is None:
         raise EvaluatorError(f"{dataset} has no labels: an evaluator learns to tell its classes apart (put the images "

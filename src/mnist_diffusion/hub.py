@@ -19,6 +19,7 @@ import dataclasses
 import hashlib
 import json
 import os
+import re
 import shutil
 import tempfile
 from pathlib import Path
@@ -27,11 +28,12 @@ from typing import Optional
 import torch
 
 from .atomic import atomic_write_bytes, atomic_write_json, atomic_write_text
-from .checkpoint import CheckpointError, load_state
+from .checkpoint import CheckpointError, load_state, read_regular
 from .config import ConfigError, RunConfig
 from .images import grid, save_png
 from .models import build_model
 
+MAX_CONFIG_BYTES = 1 << 20  # a model folder's config.json is ~2 KB
 DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 FORMAT = "mnist-diffusion-model/1"
 HF_DATASETS = {"mnist": "ylecun/mnist", "fashion_mnist": "zalando-datasets/fashion_mnist"}
@@ -162,18 +164,23 @@ def load_folder(path: str | os.PathLike, expected_sha256: Optional[str] = None):
     from safetensors import SafetensorError
     from safetensors.torch import load
 
-
     folder = Path(path)
     try:
-        raw = json.loads((folder / "config.json").read_text(encoding="utf-8"))
+        raw = json.loads(read_regular(folder / "config.json", MAX_CONFIG_BYTES).decode("utf-8"))
+        if not isinstance(raw, dict):
+            raise ValueError("not a JSON object")
         cfg = RunConfig.from_dict(raw)
-        info = raw.get("export") or {}
-        if not (isinstance(info, dict) and info.get("weights", "model.safetensors") == "model.safetensors"
-                and isinstance(info.get("sha256", ""), str)):
+        info = raw.get("export")
+        if not isinstance(info, dict):  # every folder export writes has one: weights unchecked otherwise
+            raise ValueError("it has no `export` entry (the weights' SHA-256): not a folder written by export")
+        if not (info.get("weights", "model.safetensors") == "model.safetensors"
+                and re.fullmatch(r"[0-9a-f]{64}", str(info.get("sha256", "")))):
             raise ValueError("its `export` entry is not one export writes")
-        data = (folder / "model.safetensors").read_bytes()  # never a path the config names
+        data = read_regular(folder / "model.safetensors")  # never a path the config names
     except FileNotFoundError as e:
         raise CheckpointError(f"{folder}: not a model folder (no {Path(e.filename).name})") from None
+    except RecursionError:
+        raise CheckpointError(f"{folder}/config.json: nested too deeply to be a config") from None
     except (OSError, UnicodeDecodeError, ValueError, AttributeError) as e:
         raise CheckpointError(f"{folder}/config.json: {(str(e).strip().splitlines() or [type(e).__name__])[0]}") \
             from None

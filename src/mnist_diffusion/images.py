@@ -16,7 +16,6 @@ from PIL import Image
 from .atomic import atomic_write_bytes
 
 
-
 def grid(images: np.ndarray, nrow: Optional[int] = None, pad: int = 2, pad_value: int = 0) -> np.ndarray:
     """Tile (N, H, W) uint8 images into one (rows*H', cols*W') array; nrow = images per row."""
     images = np.asarray(images, dtype=np.uint8)
@@ -156,7 +155,10 @@ def npz_array(path: str | os.PathLike, key: str, max_bytes: int = MAX_NPZ_BYTES)
                              if not dtype.hasobject else f"{p}: {key!r} holds Python objects; refusing to unpickle")
         with np.load(p, allow_pickle=False) as z:
             return z[key]
-    except (OSError, EOFError, zipfile.BadZipFile) as e:
+    except (OSError, EOFError, zipfile.BadZipFile, ValueError) as e:
+        if isinstance(e, ValueError) and str(e).startswith(str(p)):
+            raise  # ours, already naming the file
+        # a header that lies about the data (numpy: "cannot reshape array of size ..."), a torn file
         raise ValueError(f"{p}: not a readable npz ({str(e).splitlines()[0] if str(e) else type(e).__name__})") \
             from None
 

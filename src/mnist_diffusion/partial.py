@@ -12,17 +12,15 @@ import hashlib
 import json
 import os
 from pathlib import Path
-from typing import TYPE_CHECKING, Callable, Optional
+from typing import Callable, Optional
 
 import numpy as np
 import torch
 
 from .data import to_uint8
+from .denoiser import Denoiser
 from .images import save_npz
 from .sampling import SamplingPlan, sample_batches
-
-if TYPE_CHECKING:
-    from .diffusion import Diffusion
 
 
 class PartialImages:
@@ -64,7 +62,7 @@ class PartialImages:
             pass
 
 
-def request(diff: "Diffusion", num_images: int, options: SamplingPlan, labels: Optional[torch.Tensor],
+def request(diff: Denoiser, num_images: int, options: SamplingPlan, labels: Optional[torch.Tensor],
             seed: int, batch_size: int) -> dict:
     """Everything that decides a run's images, as the partial file's key."""
     label_hash = None
@@ -75,7 +73,7 @@ def request(diff: "Diffusion", num_images: int, options: SamplingPlan, labels: O
             "precision": str(diff.amp), "device": str(diff.device), "batch_size": batch_size, "labels": label_hash}
 
 
-def generate_resumable(diff: "Diffusion", num_images: int, options: SamplingPlan, output: str | os.PathLike, *,
+def generate_resumable(diff: Denoiser, num_images: int, options: SamplingPlan, output: str | os.PathLike, *,
                        labels: Optional[torch.Tensor] = None, seed: int = 0, batch_size: int = 256,
                        progress: bool = False, callback=None, log: Callable[[str], None] = lambda _m: None) -> np.ndarray:
     """sampling.generate, keeping each finished batch in the partial file of `output` and continuing

@@ -25,9 +25,20 @@ from tqdm.auto import tqdm
 from .config import SamplingConfig
 from .data import to_uint8
 from .denoiser import Denoiser
+from .samplers import (
+    DEFAULT_SPACING,
+    DEFAULT_STEPS,
+    PerImageNoise,
+    guidance_switches,
+    repaint,
+    repaint_path,
+    run_sampler,
+    sdedit,
+    sdedit_plan,
+    timestep_sequence,
+    visited_timesteps,
+)
 from .schedule import noise_level
-from .samplers import (DEFAULT_SPACING, DEFAULT_STEPS, PerImageNoise, guidance_switches, repaint, repaint_path,
-                       run_sampler, sdedit, sdedit_plan, timestep_sequence, visited_timesteps)
 
 # dpmpp's default with classifier-free guidance: guide only at noise levels sigma_t in [0.3, 5]
 # (Kynkaanniemi et al. 2024); on the shipped guided models it beats guiding at every step, at 20

@@ -21,9 +21,13 @@ if "ipykernel" not in sys.modules:  # a notebook keeps its inline backend: its o
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
+from . import noising
 from .atomic import atomic_write_bytes  # noqa: E402
 from .config import SamplingConfig  # noqa: E402
+from .data import CLASS_NAMES, SIZES, to_model_range
+from .images import grid, label_frame, save_gif, save_grid, save_png
 from .sampling import generate, gif_timesteps, plan  # noqa: E402
+from .schedule import make_schedule, q_sample
 
 
 def _save_fig(fig, path: str | os.PathLike, dpi: int = 120) -> Path:
@@ -133,8 +137,6 @@ def plot_schedule(image_u8: np.ndarray, output, *, timesteps=DEFAULT_TIMESTEPS, 
     and linear schedules; (d) one real image diffused under both with the same noise."""
     import torch
 
-    from .data import to_model_range
-    from .schedule import make_schedule, q_sample
 
     ts = _check_timesteps(timesteps, T)
     scheds = {name: make_schedule(name, T) for name in ("linear", "cosine")}
@@ -204,8 +206,6 @@ def plot_forward(images_u8: np.ndarray, output, *, row_labels=None, timesteps=DE
     one noise draw eps across its row (its own generator, seeded from (seed, row))."""
     import torch
 
-    from .data import to_model_range
-    from .schedule import make_schedule, q_sample
 
     images_u8 = np.asarray(images_u8, dtype=np.uint8).reshape(-1, 28, 28)
     ts = _check_timesteps(timesteps, T)
@@ -278,8 +278,6 @@ def plot_noisers(image_u8: np.ndarray, output, *, timesteps=(0, 25, 50, 100, 200
     each rule's signal coefficient and noise std against t beside it."""
     import torch
 
-    from . import noising
-    from .data import to_model_range
 
     ts = _check_timesteps(timesteps, T)
     x0 = to_model_range(np.asarray(image_u8, dtype=np.uint8).reshape(1, 28, 28)).double()
@@ -386,7 +384,6 @@ def plot_math(output) -> Path:
 def reverse_gif(trajectory, final: np.ndarray, output, *, nrow=None, caption: str = "samples") -> Path:
     """The reverse process as a GIF: one grid per recorded x_t (a sampling.Trajectory), noisiest
     first, then the final samples, held."""
-    from .images import grid, label_frame, save_gif
 
     final = final[:64]
     nrow = nrow or max(1, int(np.ceil(np.sqrt(len(final)))))
@@ -403,7 +400,6 @@ def reverse_gif(trajectory, final: np.ndarray, output, *, nrow=None, caption: st
 def trajectory_grids(trajectory, final: np.ndarray, out_dir, *, nrow=None) -> list[int]:
     """One grid per recorded x_t (out_dir/step_TTTT.png), and out_dir/strip.png: a row per image
     (the first 8), noise on the left, the final sample on the right. Returns the timesteps."""
-    from .images import grid, save_grid, save_png
 
     out_dir = Path(out_dir)
     columns, ts = [], []
@@ -421,7 +417,6 @@ def _run_epoch_length(run_dir: Path):
     """Steps per epoch of a training run, from its config.json (None when it cannot be read)."""
     import json
 
-    from .data import SIZES
     try:
         train = json.loads((run_dir / "config.json").read_text())["train"]
         n = int(train.get("subset") or SIZES["train"])
@@ -438,7 +433,6 @@ def progress_gif(run_dir, output, *, duration_ms: int = 400, final_hold_ms: int 
 
     from PIL import Image
 
-    from .images import label_frame, save_gif
 
     run_dir = Path(run_dir)
     sample_dir = run_dir / "samples"
@@ -528,7 +522,6 @@ def figure(name: str, output, *, run=None, split=None, dataset: str = "mnist", i
     """Draw the figure called `name`: progress and loss from a training `run` directory; math from
     nothing; denoising from a model (`diffusion`); schedule, noisers (training image `index`) and
     forward (`num_images` rows, one of each class in turn) from a data `split` of `dataset`."""
-    from .data import CLASS_NAMES
     if name == "denoising":
         return plot_denoising(diffusion, output, label=label, guidance=guidance, num_images=min(num_images, 8),
                               seed=seed)
