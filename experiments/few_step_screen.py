@@ -42,7 +42,7 @@ from mnist_diffusion.data import DataError, to_uint8
 from mnist_diffusion.evaluation import balanced_labels, evaluate_images
 from mnist_diffusion.config import SamplingConfig
 from mnist_diffusion.research import dpmpp_path
-from mnist_diffusion.samplers import SPACINGS, _lambda, guidance_switches, timestep_sequence
+from mnist_diffusion.samplers import SPACINGS, half_log_snr, guidance_switches, timestep_sequence
 from mnist_diffusion.sampling import generate, run_batches
 from mnist_diffusion.sampling import plan as resolve_plan
 from mnist_diffusion.schedule import noise_level as schedule_noise_level
@@ -135,7 +135,7 @@ def plan(schedule, name):
         k, i_lo, i_hi, nsub = int(spec.get("k", 1)), int(spec["ilo"]), int(spec["ihi"]), int(spec.get("sub", 3))
         if not (0 <= i_hi < i_lo < len(seq) and k >= 1 and nsub >= 1):
             raise ValueError(f"variant {name!r}: need 0 <= ihi < ilo < n, k >= 1, sub >= 1")
-        lam = [_lambda(schedule, t) for t in range(schedule.timesteps)]
+        lam = [half_log_snr(schedule, t) for t in range(schedule.timesteps)]
         lh, ll = lam[seq[i_hi]], lam[seq[i_lo]]
         sub = [min(range(schedule.timesteps), key=lambda t: abs(lam[t] - (lh + (ll - lh) * j / nsub)))
                for j in range(nsub + 1)]

@@ -18,7 +18,7 @@ import torch
 
 import mnist_diffusion as md
 from mnist_diffusion.checkpoint import CheckpointError
-from mnist_diffusion.samplers import _pred_x0
+from mnist_diffusion.samplers import predict_x0
 
 
 def rescaled_sigma_change(schedule, cap: float) -> float:
@@ -55,8 +55,8 @@ def main(argv=None) -> int:
     labels = torch.arange(a.num_images) % diff.num_classes
     x = torch.randn(a.num_images, 1, 28, 28, generator=torch.Generator().manual_seed(0))
     with torch.no_grad():
-        clipped, _ = _pred_x0(diff.eps_fn(labels, 0.0), sched, x, T - 1, True)
-        raw, _ = _pred_x0(diff.eps_fn(labels, 0.0), sched, x, T - 1, False)
+        clipped, _ = predict_x0(diff.eps_fn(labels, 0.0), sched, x, T - 1, True)
+        raw, _ = predict_x0(diff.eps_fn(labels, 0.0), sched, x, T - 1, False)
     print(f"x0 estimate at t = {T - 1}: {float((raw.abs() > 1).float().mean()):.3f} of pixels clipped; mean squared "
           f"distance to the class mean {float(((clipped - means[labels]) ** 2).mean()):.3f} "
           f"(real digits: {float(((imgs - means[labs]) ** 2).mean()):.3f})")

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import math
 
-from .samplers import _alpha_bar, _lambda, _pred_x0, corrector_weights
+from .samplers import alpha_bar_at, half_log_snr, predict_x0, corrector_weights
 
 
 def dpmpp_path(eps_fn, schedule, x, noise_fn, seq, etas, clip=True, restarts=(), order=2, reset=frozenset(),
@@ -29,7 +29,7 @@ def dpmpp_path(eps_fn, schedule, x, noise_fn, seq, etas, clip=True, restarts=(),
         x0_1 = x0_2 = h_1 = h_2 = None
         last = None
         for i, t in enumerate(ts):
-            x0, _ = _pred_x0(eps_fn, schedule, x, t, clip)
+            x0, _ = predict_x0(eps_fn, schedule, x, t, clip)
             if t in reset:  # the denoiser jumped here (guidance switched): no extrapolation across it
                 x0_1 = x0_2 = h_1 = h_2 = None
             elif last is not None and i + 1 < len(ts):  # redo the step into x with this x0 as well
@@ -41,8 +41,8 @@ def dpmpp_path(eps_fn, schedule, x, noise_fn, seq, etas, clip=True, restarts=(),
                     return x0, None
                 break
             s = ts[i + 1]
-            a_t, a_s = _alpha_bar(schedule, t), _alpha_bar(schedule, s)
-            h = _lambda(schedule, s) - _lambda(schedule, t)
+            a_t, a_s = alpha_bar_at(schedule, t), alpha_bar_at(schedule, s)
+            h = half_log_snr(schedule, s) - half_log_snr(schedule, t)
             eta = etas_here[i]
             he = (1 + eta) * h
             if order == 2:
@@ -55,7 +55,7 @@ def dpmpp_path(eps_fn, schedule, x, noise_fn, seq, etas, clip=True, restarts=(),
                 if corrector:
                     last = (base, a_s, h, x0, x0_1 if corrector == 2 else None, h_1, eta)
                 if pece:  # Heun: evaluate at the end of the first-order step, redo it with both
-                    x0s, _ = _pred_x0(eps_fn, schedule, x, s, clip)
+                    x0s, _ = predict_x0(eps_fn, schedule, x, s, clip)
                     w = corrector_weights(h, None, eta, 1)
                     x = base + a_s ** 0.5 * (w[0] * x0s + w[1] * x0)
                 x0_1, x0_2, h_1, h_2 = x0, x0_1, h, h_1
@@ -85,7 +85,7 @@ def dpmpp_path(eps_fn, schedule, x, noise_fn, seq, etas, clip=True, restarts=(),
     t_lo, t_hi = seq[i_lo], seq[i_hi]
     sub_seq = sub
     for _ in range(k):
-        a_lo, a_hi = _alpha_bar(schedule, t_lo), _alpha_bar(schedule, t_hi)
+        a_lo, a_hi = alpha_bar_at(schedule, t_lo), alpha_bar_at(schedule, t_hi)
         x = (a_hi / a_lo) ** 0.5 * x + (1 - a_hi / a_lo) ** 0.5 * noise_fn(x)
         _, x = solve(x, sub_seq, [0.0] * len(sub_seq), False)
     out, _ = solve(x, seq[i_lo:], etas[i_lo:], True)

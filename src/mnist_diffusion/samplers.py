@@ -113,7 +113,8 @@ def _t(x: torch.Tensor, t: int) -> torch.Tensor:
     return torch.full((x.shape[0],), t, device=x.device, dtype=torch.long)
 
 
-def _pred_x0(eps_fn: EpsFn, schedule: Schedule, x: torch.Tensor, t: int, clip: bool):
+def predict_x0(eps_fn: EpsFn, schedule: Schedule, x: torch.Tensor, t: int, clip: bool):
+    """(x0, eps) of the network at timestep t (eq. 4 solved for x0), x0 clipped to [-1, 1] when `clip`."""
     tt = _t(x, t)
     eps = eps_fn(x, tt).to(x.dtype)
     x0 = predict_x0_from_eps(schedule, x, tt, eps)
@@ -134,7 +135,7 @@ def ddpm(eps_fn: EpsFn, schedule: Schedule, x_T: torch.Tensor, noise_fn: NoiseFn
         raise ValueError("variance must be 'posterior' or 'beta'")
     x = x_T
     for i, t in enumerate(range(schedule.timesteps - 1, -1, -1)):
-        x0, _ = _pred_x0(eps_fn, schedule, x, t, clip)
+        x0, _ = predict_x0(eps_fn, schedule, x, t, clip)
         if callback:
             callback(i, t, x, x0)
         tt = _t(x, t)
@@ -147,7 +148,8 @@ def ddpm(eps_fn: EpsFn, schedule: Schedule, x_T: torch.Tensor, noise_fn: NoiseFn
     return x
 
 
-def _alpha_bar(schedule: Schedule, t: int) -> float:
+def alpha_bar_at(schedule: Schedule, t: int) -> float:
+    """a_t as a float; 1 for t < 0 (the clean image)."""
     return 1.0 if t < 0 else float(schedule.alpha_bar[t])
 
 
@@ -166,10 +168,10 @@ def ddim(eps_fn: EpsFn, schedule: Schedule, x_T: torch.Tensor, noise_fn: Optiona
     x = x_T
     for i, t in enumerate(seq):
         s = seq[i + 1] if i + 1 < len(seq) else -1
-        x0, eps = _pred_x0(eps_fn, schedule, x, t, clip)
+        x0, eps = predict_x0(eps_fn, schedule, x, t, clip)
         if callback:
             callback(i, t, x, x0)
-        a_t, a_s = _alpha_bar(schedule, t), _alpha_bar(schedule, s)
+        a_t, a_s = alpha_bar_at(schedule, t), alpha_bar_at(schedule, s)
         sigma = eta * ((1 - a_s) / (1 - a_t)) ** 0.5 * (1 - a_t / a_s) ** 0.5
         x = a_s ** 0.5 * x0 + max(1 - a_s - sigma ** 2, 0.0) ** 0.5 * eps
         if sigma > 0:
@@ -186,7 +188,7 @@ def ddim_invert(eps_fn: EpsFn, schedule: Schedule, x0: torch.Tensor, *, steps: O
     prev = -1
     for t in seq:
         # eps is estimated at the current (less noisy) point, the usual first-order inversion
-        a_prev, a_t = _alpha_bar(schedule, prev), _alpha_bar(schedule, t)
+        a_prev, a_t = alpha_bar_at(schedule, prev), alpha_bar_at(schedule, t)
         t_eval = max(prev, 0)
         eps = eps_fn(x, _t(x, t_eval)).to(x.dtype)
         x0_hat = (x - (1 - a_prev) ** 0.5 * eps) / a_prev ** 0.5
@@ -195,7 +197,7 @@ def ddim_invert(eps_fn: EpsFn, schedule: Schedule, x0: torch.Tensor, *, steps: O
     return x
 
 
-def _lambda(schedule: Schedule, t: int) -> float:
+def half_log_snr(schedule: Schedule, t: int) -> float:
     """lambda_t = log(alpha_t / sigma_t) = 0.5 log(a_t / (1 - a_t)), the half log-SNR."""
     a = float(schedule.alpha_bar[t])
     return 0.5 * (math.log(a) - math.log1p(-a))
@@ -244,7 +246,7 @@ def dpmpp(eps_fn: EpsFn, schedule: Schedule, x_T: torch.Tensor, noise_fn: Option
     x0_prev, h_prev = None, None
     last = None  # the step into x: (its linear part plus noise, a_s, h, x0 it started from, the one before, h before)
     for i, t in enumerate(seq):
-        x0, _ = _pred_x0(eps_fn, schedule, x, t, clip)
+        x0, _ = predict_x0(eps_fn, schedule, x, t, clip)
         if callback:
             callback(i, t, x, x0)
         if i + 1 == len(seq):  # final step to lambda = inf
@@ -254,8 +256,8 @@ def dpmpp(eps_fn: EpsFn, schedule: Schedule, x_T: torch.Tensor, noise_fn: Option
             w_new, w_a, w_b = corrector_weights(h_, h_b if x0_b is not None else None, eta, corrector)
             x = base + a_t_ ** 0.5 * (w_new * x0 + w_a * x0_a + (w_b * x0_b if w_b else 0.0))
         s = seq[i + 1]
-        a_t, a_s = _alpha_bar(schedule, t), _alpha_bar(schedule, s)
-        h = _lambda(schedule, s) - _lambda(schedule, t)
+        a_t, a_s = alpha_bar_at(schedule, t), alpha_bar_at(schedule, s)
+        h = half_log_snr(schedule, s) - half_log_snr(schedule, t)
         # 1. first step and after a jump: first order (DPM-Solver++ 1 = DDIM); else multistep 2nd order
         if x0_prev is None or t in first_order_at:
             d = x0
@@ -335,11 +337,11 @@ def repaint(eps_fn: EpsFn, schedule: Schedule, x_T: torch.Tensor, noise_fn: Nois
     path = repaint_path(timestep_sequence(schedule, steps, spacing), jump_length, resample)
     x = x_T
     for i, (t, s) in enumerate(zip(path[:-1], path[1:])):
-        a_t, a_s = _alpha_bar(schedule, t), _alpha_bar(schedule, s)
+        a_t, a_s = alpha_bar_at(schedule, t), alpha_bar_at(schedule, s)
         if s > t:  # back up: the forward process from t to s in one jump
             x = (a_s / a_t) ** 0.5 * x + (1 - a_s / a_t) ** 0.5 * noise_fn(x)
             continue
-        x0, eps = _pred_x0(eps_fn, schedule, x, t, clip)
+        x0, eps = predict_x0(eps_fn, schedule, x, t, clip)
         if callback:
             callback(i, t, x, x0)
         sigma = eta * ((1 - a_s) / (1 - a_t)) ** 0.5 * (1 - a_t / a_s) ** 0.5
