@@ -52,3 +52,36 @@ def test_import_is_light_until_a_name_is_used():
     with pytest.raises(AttributeError, match="no attribute 'nope'"):
         import mnist_diffusion
         mnist_diffusion.nope
+
+
+def test_train_checks_its_arguments_and_records_the_recommended_sampling(mnist, tmp_path, monkeypatch):
+    import mnist_diffusion as md
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(TypeError, match="dataset must be a name"):
+        md.train("tiny", dataset=123, max_steps=1, progress=False)  # once trained on MNIST instead
+    with pytest.raises(TypeError, match="config must be a RunConfig or a preset name"):
+        md.train(3, max_steps=1, progress=False)
+    with pytest.raises(ValueError, match="unknown key"):
+        md.train("tiny", max_stepz=1, progress=False)
+    diff = md.train(md.preset("tiny"), max_steps=1, progress=False)  # a RunConfig: no sampling section of its own
+    assert (diff.config.sampling.sampler, diff.config.sampling.guidance) == ("dpmpp", 0.5)
+
+
+def test_edit_and_inpaint_check_their_arguments(mnist, monkeypatch, tmp_path):
+    import mnist_diffusion as md
+    monkeypatch.chdir(tmp_path)
+    diff = md.load("mnist", device="cpu")
+    images = mnist["test"].images[:2]
+    for kwargs, error, words in [(dict(strength="0.5"), ValueError, "strength must be in"),
+                                 (dict(strength=0.5, seed=1.5), TypeError, "seed must be"),
+                                 (dict(strength=0.5, label=2.5), TypeError, "label must be"),
+                                 (dict(strength=0.5, steps=0), ValueError, "steps must be")]:
+        with pytest.raises(error, match=words):
+            diff.edit(images, **kwargs)
+    mask = np.ones((28, 28), np.float32)
+    mask[:, 14:] = 0  # the right half to fill in
+    for kwargs, error, words in [(dict(resample=0), ValueError, "resample must be"),
+                                 (dict(jump_length=1.5), TypeError, "jump_length must be"),
+                                 (dict(seed=-1), ValueError, "seed must be")]:
+        with pytest.raises(error, match=words):
+            diff.inpaint(images, mask, **kwargs)

@@ -37,6 +37,11 @@ def train(config: Union[RunConfig, str] = "quick", dataset: Union[str, Split, No
     labels). With `output_dir` the run is written there as `train`
     writes it (checkpoints, previews, loss.csv) and can be resumed; without, nothing is written."""
 
+    if not isinstance(config, (str, RunConfig)):
+        raise TypeError(f"config must be a RunConfig or a preset name, got {type(config).__name__}")
+    if dataset is not None and not isinstance(dataset, (str, Split)):
+        raise TypeError(f"dataset must be a name (mnist, fashion_mnist, folder:PATH, npz:PATH) or a Split, "
+                        f"got {type(dataset).__name__}")
     cfg = preset(config) if isinstance(config, str) else config
     changes = dict(train_options)
     if isinstance(dataset, str):

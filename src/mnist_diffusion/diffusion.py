@@ -165,7 +165,8 @@ class Diffusion(Denoiser):
         Known pixels come back as they were (up to uint8 rounding); uint8 (N, 28, 28)."""
         known = self._as_model_range(images)
         m = torch.as_tensor(check_mask(mask, len(known)))[:, None]
-        labels = self.labels(label, len(known))
+        labels = self.labels(label, len(known), _seed(seed))
+        jump_length, resample = _count(jump_length, "jump_length"), _count(resample, "resample")
         given = {**(options.to_dict() if options is not None else {}), **sampling}
         if given.get("sampler") is None:
             given["sampler"] = "ddpm"
@@ -183,7 +184,7 @@ class Diffusion(Denoiser):
         if isinstance(strength, bool) or not isinstance(strength, (int, float)) or not 0.0 <= strength <= 1.0:
             raise ValueError(f"strength must be in [0, 1], got {strength!r}")
         x = self._as_model_range(images)
-        labels = self.labels(label, len(x))
+        labels = self.labels(label, len(x), _seed(seed))
         drawn = self.plan(options, labelled=labels is not None, **sampling)
         if strength == 0.0:
             self.check_labels(labels, len(x), drawn.guidance)

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import dataclasses
 import math
 import os
 import signal
@@ -25,7 +26,7 @@ from tqdm.auto import tqdm
 
 from . import checkpoint as ckpt_io
 from . import distributed
-from .config import ConfigError, RunConfig, check_resume
+from .config import ConfigError, RunConfig, SamplingConfig, check_resume, recommended_sampling
 from .data import Split, to_model_range
 from .device import autocast, describe_precision, resolve_device, resolve_precision
 from .diffusion import Diffusion
@@ -263,6 +264,8 @@ def train(cfg: RunConfig, data: Split, run_dir: Optional[str | os.PathLike] = No
     """Train (or resume) a run. With `run_dir` it writes checkpoints, previews and loss.csv there;
     without, it trains in memory only. The result holds the EMA model as a `Diffusion`."""
     cfg, data = bind_data(cfg, data, log)
+    if cfg.sampling == SamplingConfig():  # no section of its own (md.train, an old config): the recommended one
+        cfg = dataclasses.replace(cfg, sampling=recommended_sampling(cfg)).validate()
     world, device = distributed.setup(resolve_device(cfg.train.device))
     files = RunFiles(Path(run_dir) if run_dir is not None and world.main else None)  # only rank 0 writes
     try:
