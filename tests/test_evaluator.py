@@ -72,3 +72,42 @@ def test_inception_fid_on_a_handful_of_images(mnist):
     assert f.shape == (4, 2048) and np.isfinite(f).all()
     assert fid_from_features(f, f) == pytest.approx(0.0, abs=1e-6)
     assert inception.inception_fid(imgs, reference_u8=imgs) == pytest.approx(0.0, abs=1e-6)
+
+
+# ---------------------------------------------------------------------------------------------
+# the gate: the shipped evaluator is not confident on pictures that are no digit (garment)
+
+@pytest.mark.parametrize("dataset", ["mnist", "fashion_mnist"])
+def test_non_digits_are_not_recognizable_and_real_images_are(dataset, mnist, fashion):
+    """Outliers of each kind from a seed the gate never saw: the classifier alone calls many of
+    them confident (blank MNIST pictures all of them); with the gate, `evaluate` calls none
+    recognizable, while real test images keep their score."""
+    from mnist_diffusion.evaluation import evaluate_images
+    split = (mnist if dataset == "mnist" else fashion)["test"]
+    real = evaluate_images(split.images[:500], dataset, reference=False)
+    _, probs = ev.embed(ev.shipped_evaluator(dataset), split.images[:500])
+    assert real["recognizable"] == pytest.approx(float((probs.max(axis=1) >= 0.9).mean()), abs=0.004)
+    for kind, images in ev.outliers(split.images, 200, seed=7).items():
+        assert evaluate_images(images, dataset, reference=False)["recognizable"] <= 0.01, kind
+    gate = ev.shipped_gate(dataset)
+    assert (ev.real_probability(gate, split.images[:1000]) >= 0.5).mean() >= 0.995
+
+
+def test_the_outliers_are_seeded_and_of_every_kind(mnist):
+    a = ev.outliers(mnist["test"].images, 6, seed=3)
+    b = ev.outliers(mnist["test"].images, 6, seed=3)
+    assert list(a) == list(ev.OUTLIERS) and all(a[k].shape == (6, 28, 28) and a[k].dtype == np.uint8 for k in a)
+    assert all(np.array_equal(a[k], b[k]) for k in a)
+    assert (a["blank"] == a["blank"][:, :1, :1]).all()  # flat pictures
+    # shuffled patches keep a real image's pixels, in another order
+    assert sorted(a["shuffled patches"][0].ravel().tolist()) != sorted(a["uniform noise"][0].ravel().tolist())
+
+
+def test_a_tampered_gate_is_refused(tmp_path):
+    shutil.copytree(ev.WEIGHTS_DIR, tmp_path, dirs_exist_ok=True)
+    path = ev.weights_path("mnist", tmp_path, kind="gate")
+    data = bytearray(path.read_bytes())
+    data[-100] ^= 0xFF
+    path.write_bytes(bytes(data))
+    with pytest.raises(ev.EvaluatorError, match="does not match"):
+        ev.load_evaluator("mnist", weights_dir=tmp_path, kind="gate")

@@ -26,8 +26,10 @@ from .checkpoint import config_of
 from .checkpoint import load as load_checkpoint
 from .data import data_sha256, is_custom, load_custom, prepare, to_model_range
 from .diffusion import Diffusion
-from .evaluator import EvalNet, embed, file_sha256, holdout_mask, load_custom_evaluator, shipped_evaluator, weights_path
+from .evaluator import (EvalNet, embed, file_sha256, holdout_mask, load_custom_evaluator, real_probability, shipped_evaluator,
+                        shipped_gate, weights_path)
 from .metrics import (
+    GATE_LEVEL,
     K_NEIGHBOURS,
     RECOGNIZABLE_THRESHOLD,
     _agreement,
@@ -116,6 +118,7 @@ class Reference:
     train: np.ndarray
     sha256: str
     test_labels: Optional[np.ndarray] = None
+    gate: Optional[EvalNet] = None  # real image or not (evaluator.shipped_gate); None for one's own data
 
     @property
     def key(self) -> tuple[str, str]:
@@ -132,7 +135,7 @@ def dataset_splits(dataset: str):
 def builtin_reference(dataset: str) -> Reference:
     splits = dataset_splits(dataset)
     return Reference(dataset, shipped_evaluator(dataset), splits["test"].images, splits["train"].images,
-                     file_sha256(weights_path(dataset)), splits["test"].labels)
+                     file_sha256(weights_path(dataset)), splits["test"].labels, shipped_gate(dataset))
 
 
 def reference_for(dataset: str, evaluator: Optional[str] = None) -> Reference:
@@ -171,6 +174,14 @@ def _test_reference(ref: Reference, progress: bool = False):
     return _TEST_REFERENCE[ref.key]
 
 
+def gate_passes(ref: Reference, images_u8: np.ndarray) -> Optional[np.ndarray]:
+    """Which images the shipped gate takes for real ones of the dataset (probability >= GATE_LEVEL),
+    None for one's own data (no gate: recognizability is the classifier's confidence alone)."""
+    if ref.gate is None:
+        return None
+    return real_probability(ref.gate, images_u8) >= GATE_LEVEL
+
+
 def _subset(n_total: int, n: int, seed: int, salt: int) -> np.ndarray:
     g = torch.Generator().manual_seed(int(seed) * 7919 + salt)
     return torch.randperm(n_total, generator=g)[:n].sort().values.numpy()
@@ -186,13 +197,15 @@ def _reference_scores(ref: Reference, n: int, seed: int, k: int, progress: bool 
     if key not in _REFERENCE_SCORES:
         real = ref.train[_subset(len(ref.train), min(n, len(ref.train)), seed, salt=1)]
         rf, rp = embed(ref.net, real, progress=progress, desc="features (real train)")
-        _REFERENCE_SCORES[key] = {"n": int(len(real)), **score_features(rf, rp, ref, seed, k)}
+        _REFERENCE_SCORES[key] = {"n": int(len(real)),
+                                  **score_features(rf, rp, ref, seed, k, passes=gate_passes(ref, real))}
     return _REFERENCE_SCORES[key]
 
 
 def score_features(feats: np.ndarray, probs: np.ndarray, dataset, seed: int = 0,
-                   k: int = K_NEIGHBOURS, progress: bool = False) -> dict:
-    """The metrics of one set given its evaluator outputs (the test split is the reference)."""
+                   k: int = K_NEIGHBOURS, progress: bool = False, passes: Optional[np.ndarray] = None) -> dict:
+    """The metrics of one set given its evaluator outputs (the test split is the reference).
+    `passes`: whether the gate takes each image for a real one (recognizable needs it too)."""
     test_feats, (mu_r, cov_r) = _test_reference(_ref(dataset), progress)
     n = len(feats)
     if n <= k:
@@ -202,7 +215,7 @@ def score_features(feats: np.ndarray, probs: np.ndarray, dataset, seed: int = 0,
     real = test_feats[_subset(len(test_feats), min(n, len(test_feats)), seed, salt=2)]
     precision, recall = precision_recall(real, feats, k)
     return {"fid": frechet_distance(mu, cov, mu_r, cov_r), "precision": precision, "recall": recall,
-            **class_stats(probs)}
+            **class_stats(probs, inside=passes)}
 
 
 def evaluate_images(images_u8: np.ndarray, dataset, *, seed: int = 0, k: int = K_NEIGHBOURS,
@@ -216,7 +229,9 @@ def evaluate_images(images_u8: np.ndarray, dataset, *, seed: int = 0, k: int = K
         raise ValueError(f"expected uint8 images (N, 28, 28), got {images_u8.dtype} {images_u8.shape}")
     ref = _ref(dataset)
     feats, probs = embed(ref.net, images_u8, progress=progress, desc="features (samples)")
-    result = {"dataset": ref.name, "n": int(len(images_u8)), **score_features(feats, probs, ref, seed, k, progress)}
+    real = gate_passes(ref, images_u8)
+    result = {"dataset": ref.name, "n": int(len(images_u8)),
+              **score_features(feats, probs, ref, seed, k, progress, passes=real)}
     if reference:
         floor = _reference_scores(ref, len(images_u8), seed, k, progress)
         result["fid_floor"] = floor["fid"]
@@ -226,6 +241,8 @@ def evaluate_images(images_u8: np.ndarray, dataset, *, seed: int = 0, k: int = K
     result["k"] = k
     result["recognizable_threshold"] = RECOGNIZABLE_THRESHOLD
     result["evaluator_sha256"] = ref.sha256
+    if ref.gate is not None:
+        result["gate_sha256"] = file_sha256(weights_path(ref.name, kind="gate"))
     return result
 
 

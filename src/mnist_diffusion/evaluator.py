@@ -67,8 +67,9 @@ class EvalNet(nn.Module):
         return self.head(self.dropout(self.features(x)))
 
 
-def weights_path(dataset: str, weights_dir: Optional[Path] = None) -> Path:
-    return Path(weights_dir or WEIGHTS_DIR) / f"evaluator_{dataset}.safetensors"
+def weights_path(dataset: str, weights_dir: Optional[Path] = None, kind: str = "evaluator") -> Path:
+    """The shipped weights of `kind` "evaluator" (the classifier) or "gate" (real image or not)."""
+    return Path(weights_dir or WEIGHTS_DIR) / f"{kind}_{dataset}.safetensors"
 
 
 def file_sha256(path: Path) -> str:
@@ -87,9 +88,10 @@ def expected_checksums(weights_dir: Optional[Path] = None) -> dict[str, str]:
         raise EvaluatorError(f"{path}: cannot read the evaluator checksums ({e})") from None
 
 
-def load_evaluator(dataset: str, device="cpu", weights_dir: Optional[Path] = None) -> EvalNet:
-    """The shipped evaluator for `dataset`, in eval mode, after checking its SHA-256."""
-    path = weights_path(dataset, weights_dir)
+def load_evaluator(dataset: str, device="cpu", weights_dir: Optional[Path] = None, kind: str = "evaluator") -> EvalNet:
+    """The shipped evaluator (or, kind="gate", its gate) for `dataset`, in eval mode, after checking
+    its SHA-256."""
+    path = weights_path(dataset, weights_dir, kind)
     if not path.is_file():
         raise EvaluatorError(f"no evaluator weights for {dataset!r} at {path}; "
                              "run scripts/train_evaluator.py or reinstall the package")
@@ -106,12 +108,70 @@ def load_evaluator(dataset: str, device="cpu", weights_dir: Optional[Path] = Non
         state = load_file(str(path))
     except (SafetensorError, OSError) as e:
         raise EvaluatorError(f"{path}: not a readable safetensors file ({e})") from None
-    net = EvalNet()
+    net = EvalNet(num_classes=2 if kind == "gate" else NUM_CLASSES)
     try:
         net.load_state_dict(state)
     except (RuntimeError, TypeError, AttributeError) as e:
         raise EvaluatorError(f"{path}: weights do not fit the evaluator network ({str(e).splitlines()[0]})") from None
     return net.to(device).eval()
+
+
+@lru_cache(maxsize=4)
+def shipped_gate(dataset: str, device: str = "cpu") -> EvalNet:
+    """The shipped gate for `dataset`, loaded (and hashed) once per process: a 2-class EvalNet whose
+    class 1 is "a real image of this dataset" and class 0 "not one" (OUTLIERS, made by `outliers`)."""
+    return load_evaluator(dataset, device=device, kind="gate")
+
+
+@torch.no_grad()
+def real_probability(gate: EvalNet, images_u8: np.ndarray, batch_size: int = 1000) -> np.ndarray:
+    """The gate's probability that each uint8 (N, 28, 28) image is a real image of its dataset."""
+    images_u8 = np.asarray(images_u8)
+    device = next(gate.parameters()).device
+    out = [torch.softmax(gate(to_model_range(images_u8[s:s + batch_size]).to(device)).double(), dim=1)[:, 1].cpu()
+           for s in range(0, len(images_u8), batch_size)]
+    return torch.cat(out).numpy() if out else np.zeros(0)
+
+
+# What the gate learns to refuse (outlier exposure, Hendrycks et al. 2019): pictures a classifier's
+# softmax can call confidently although they are no digit (garment) at all
+OUTLIERS = ("blank", "uniform noise", "smooth blobs", "shuffled patches")
+
+
+def outliers(real: np.ndarray, n: int, seed: int = 0) -> dict[str, np.ndarray]:
+    """uint8 (n, 28, 28) images of each kind in OUTLIERS, from one seeded generator: blank (a flat
+    level 0-40), uniform noise, smooth blobs (bicubic-upsampled 4x4 or 7x7 noise), and real images
+    cut into 7x7 or 4x4 tiles put back in a random order."""
+    g = np.random.default_rng(seed)
+    blank = np.broadcast_to(g.integers(0, 41, (n, 1, 1)), (n, 28, 28)).astype(np.uint8)
+    noise = g.integers(0, 256, (n, 28, 28), dtype=np.uint8)
+    blobs = np.empty((n, 28, 28), np.uint8)
+    for k, side in enumerate((4, 7)):
+        part = slice(k, n, 2)
+        coarse = torch.as_tensor(g.random((len(range(n)[part]), 1, side, side)), dtype=torch.float32)
+        up = torch.nn.functional.interpolate(coarse, size=(28, 28), mode="bicubic", align_corners=False)
+        blobs[part] = (up.clamp(0, 1)[:, 0].numpy() * 255).astype(np.uint8)
+    shuffled = np.empty((n, 28, 28), np.uint8)
+    picks = real[g.integers(0, len(real), n)]
+    for k, tile in enumerate((7, 4)):
+        part = picks[k::2]
+        m, q = len(part), 28 // tile
+        tiles = part.reshape(m, q, tile, q, tile).transpose(0, 1, 3, 2, 4).reshape(m, q * q, tile, tile)
+        order = np.argsort(g.random((m, q * q)), axis=1)
+        tiles = np.take_along_axis(tiles, order[:, :, None, None], axis=1)
+        shuffled[k::2] = tiles.reshape(m, q, q, tile, tile).transpose(0, 1, 3, 2, 4).reshape(m, 28, 28)
+    return dict(zip(OUTLIERS, (blank, noise, blobs, shuffled)))
+
+
+def fit_gate(images: np.ndarray, *, n: int = 20_000, epochs: int = 3, seed: int = 0, log=lambda _m: None) -> EvalNet:
+    """The gate's recipe: `n` real images (a seeded subset of `images`) against n outliers (a
+    quarter of each kind, from the same seed), trained as `fit` trains the evaluator."""
+    g = np.random.default_rng(seed)
+    real = np.asarray(images)[g.permutation(len(images))[:n]]
+    fake = np.concatenate(list(outliers(np.asarray(images), (n + 3) // 4, seed=seed + 1).values()))[:n]
+    x = np.concatenate([real, fake])
+    y = np.concatenate([np.ones(len(real), np.int64), np.zeros(len(fake), np.int64)])
+    return fit(x, y, num_classes=2, epochs=epochs, max_shift=1, seed=seed, log=log)
 
 
 @lru_cache(maxsize=4)
@@ -141,14 +201,13 @@ def embed(net: EvalNet, images_u8: np.ndarray, batch_size: int = 1000, progress:
     return torch.cat(feats).numpy(), torch.cat(probs).numpy()
 
 
-def write_weights(net: EvalNet, dataset: str, weights_dir: Optional[Path] = None) -> str:
+def write_weights(net: EvalNet, dataset: str, weights_dir: Optional[Path] = None, kind: str = "evaluator") -> str:
     """Save the weights atomically as safetensors and record their SHA-256 in checksums.json;
     returns the hash."""
     from safetensors.torch import save
 
-
     weights_dir = Path(weights_dir or WEIGHTS_DIR)
-    path = weights_path(dataset, weights_dir)
+    path = weights_path(dataset, weights_dir, kind)
     atomic_write_bytes(path, save({k: v.detach().cpu().contiguous() for k, v in net.state_dict().items()},
                                   metadata={"format": "mnist-diffusion-evaluator/1"}))  # one key: same bytes every time
     sums_path = weights_dir / CHECKSUM_FILE

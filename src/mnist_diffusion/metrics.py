@@ -18,6 +18,7 @@ import torch
 
 K_NEIGHBOURS = 3
 RECOGNIZABLE_THRESHOLD = 0.9
+GATE_LEVEL = 0.5  # the gate's probability of a real image above which an image counts as one (evaluator.py)
 
 
 def sqrtm_psd(a: np.ndarray) -> np.ndarray:
@@ -97,16 +98,21 @@ def precision_recall(real: np.ndarray, fake: np.ndarray, k: int = K_NEIGHBOURS,
     return precision, recall
 
 
-def class_stats(probs: np.ndarray, threshold: float = RECOGNIZABLE_THRESHOLD) -> dict:
-    """recognizable: share with top probability >= threshold; class_histogram: counts of the
-    top class; class_entropy: entropy of that histogram / log(classes), 1.0 = perfectly balanced."""
+def class_stats(probs: np.ndarray, threshold: float = RECOGNIZABLE_THRESHOLD,
+                inside: Optional[np.ndarray] = None) -> dict:
+    """recognizable: share with top probability >= threshold (and, given `inside`, taken for a real
+    image by the evaluator's gate); class_histogram: counts of the top class; class_entropy:
+    entropy of that histogram / log(classes), 1.0 = perfectly balanced."""
     probs = np.asarray(probs, dtype=np.float64)
     n, c = probs.shape
     hist = np.bincount(probs.argmax(axis=1), minlength=c)
     p = hist / max(n, 1)
     nz = p[p > 0]
+    confident = probs.max(axis=1) >= threshold
+    if inside is not None:
+        confident = confident & np.asarray(inside, dtype=bool)
     return {
-        "recognizable": float((probs.max(axis=1) >= threshold).mean()) if n else 0.0,
+        "recognizable": float(confident.mean()) if n else 0.0,
         "class_histogram": [int(v) for v in hist],
         "class_entropy": max(0.0, float(-(nz * np.log(nz)).sum() / math.log(c))),  # never -0.0
     }
