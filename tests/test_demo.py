@@ -307,3 +307,36 @@ def test_malformed_api_requests_say_what_was_wrong_without_a_traceback(server):
     log = "".join(server["log"][start:])
     assert not wrong, "\n".join(wrong)
     assert "Traceback" not in log, log[-3000:]
+
+
+def test_one_request_runs_at_a_time_whatever_the_tab(server):
+    """The model uses every core: an edit or an explain sent while a generate runs waits for it
+    (one queue for all the events, not one per event)."""
+    client_mod = pytest.importorskip("gradio_client")
+    client = client_mod.Client(server["url"], verbose=False)
+    generate = client.submit("one of each", 0.5, "ddim", 100, 0, 16, api_name="/generate")
+    deadline = time.time() + 60
+    while not generate.outputs() and time.time() < deadline:  # its first frames: it is running
+        time.sleep(0.02)
+    assert generate.outputs() and not generate.done()
+    sent = time.time()
+    others = {"edit": client.submit(*EDIT, api_name="/edit"), "explain": client.submit(*EXPLAIN, api_name="/explain")}
+    done: dict[str, float] = {}
+    jobs = {"generate": generate, **others}
+    midway = None  # which were done 1.5 s after the two were sent (alone, each takes well under a second)
+    while len(done) < len(jobs) and time.time() < deadline + 120:
+        for name, job in jobs.items():
+            if name not in done and job.done():
+                done[name] = time.time()
+        if midway is None and time.time() > sent + 1.5:
+            midway = set(done)
+        time.sleep(0.02)
+    assert set(done) == set(jobs), done
+    for job in jobs.values():
+        job.result()  # each one answered
+    # alone, an edit or an explain takes well under a second, and the generate ran for seconds after they
+    # were sent: they finish with it (the client hears of the end of each a little apart), not seconds before
+    assert done["generate"] - sent > 3, done["generate"] - sent
+    assert midway == set(), midway  # the generate still running, and the two waiting for it
+    assert min(done["edit"], done["explain"]) > done["generate"] - 1, \
+        {k: round(v - done["generate"], 2) for k, v in done.items()}

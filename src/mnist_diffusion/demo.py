@@ -320,7 +320,8 @@ def explain(diff, test_index, t) -> tuple[np.ndarray, np.ndarray, str]:
 
 
 def build(diff, *, schedule_figure: Optional[str] = None):
-    """The Blocks app for a Diffusion: three tabs (Generate, Edit, Explain)."""
+    """The Blocks app for a Diffusion: three tabs (Generate, Edit, Explain). All their events share
+    one queue (concurrency id "model", one at a time)."""
     import gradio as gr
     import pydantic
 
@@ -381,7 +382,8 @@ def build(diff, *, schedule_figure: Optional[str] = None):
         def validate_inputs(self, block_fn, inputs):
             want = block_fn.inputs
             if len(inputs) != len(want):  # Gradio would pass on extra values silently
-                name = block_fn.api_name if isinstance(block_fn.api_name, str) else "this event"
+                public = getattr(block_fn, "api_visibility", "public") == "public"  # api_name=False: "false"
+                name = block_fn.api_name if public and isinstance(block_fn.api_name, str) else "this event"
                 raise refuse(f"{name} takes {len(want)} values ({', '.join(map(label_of, want))}), "
                              f"got {len(inputs)}")
 
@@ -411,6 +413,7 @@ def build(diff, *, schedule_figure: Optional[str] = None):
             except Exception as e:  # noqa: BLE001  (a value Gradio could not read: the request's fault)
                 raise refuse(f"the request could not be read: {first_line(e)}") from None
 
+    one = {"concurrency_id": "model", "concurrency_limit": 1}  # one queue for every event: the model uses every core
     with Blocks(title="mnist-diffusion", analytics_enabled=False) as app:
         gr.Markdown(f"# mnist-diffusion\nA denoising diffusion model for {diff.dataset.replace('_', '-')} "
                     f"({diff.num_classes or 'no'} {'clusters' if diff.clustered else 'classes'}, T = "
@@ -437,7 +440,7 @@ def build(diff, *, schedule_figure: Optional[str] = None):
                         x0 = gr.Image(label="predicted x0", format="png", elem_id="x0")
                     final = gr.Image(label="samples", format="png", elem_id="final")
             go.click(stream, [label, guidance, sampler, steps, seed, num], [xt, x0, final, status], api_name="generate",
-                     preprocess=False)
+                     preprocess=False, **one)
         with gr.Tab("Edit", id="edit"):
             with gr.Row():
                 with gr.Column():
@@ -467,7 +470,7 @@ def build(diff, *, schedule_figure: Optional[str] = None):
 
             edit_go.click(guard(edit_drawn),
                           [source, canvas, index, target, strength, mode, preset, mask_canvas, edit_seed],
-                          [edited, edit_status], api_name="edit", preprocess=False)
+                          [edited, edit_status], api_name="edit", preprocess=False, **one)
         with gr.Tab("Explain", id="explain"):
             with gr.Row():
                 ex_index = gr.Number(0, precision=0, label="test digit #", elem_id="explain_index")
@@ -481,9 +484,9 @@ def build(diff, *, schedule_figure: Optional[str] = None):
                 gr.Image(schedule_figure, label="the schedule", elem_id="schedule_figure")
             show_t = guard(lambda i, t: explain(diff, i, t))
             ex_index.change(show_t, [ex_index, ex_t], [ex_xt, ex_row, ex_text], api_name="explain",
-                            preprocess=False)
-            ex_t.change(show_t, [ex_index, ex_t], [ex_xt, ex_row, ex_text], api_name=False, preprocess=False)
-            app.load(show_t, [ex_index, ex_t], [ex_xt, ex_row, ex_text], api_name=False, preprocess=False)
+                            preprocess=False, **one)
+            ex_t.change(show_t, [ex_index, ex_t], [ex_xt, ex_row, ex_text], api_name=False, preprocess=False, **one)
+            app.load(show_t, [ex_index, ex_t], [ex_xt, ex_row, ex_text], api_name=False, preprocess=False, **one)
     return app
 
 
