@@ -74,9 +74,21 @@ def server(tmp_path_factory):
     pytest.importorskip("gradio")
     cwd, tmp = tmp_path_factory.mktemp("demo-cwd"), tmp_path_factory.mktemp("demo-tmp")
     p, url, log = _start(cwd, tmp)
+    folder = _folder(tmp)
     yield {"url": url, "proc": p, "cwd": cwd, "port": int(url.rstrip("/").rsplit(":", 1)[1]), "log": log,
-           "tmp": tmp}
+           "folder": folder, "files_at_start": set(_files_in(folder))}
     _stop(p)
+
+
+def _folder(tmp: Path) -> Path:
+    """The demo's temporary folder (Gradio's files), the one folder it makes in TMPDIR."""
+    found = list(tmp.glob("mnist-diffusion-demo-*"))
+    assert len(found) == 1, found
+    return found[0]
+
+
+def _files_in(folder: Path) -> list[Path]:
+    return [f for f in folder.rglob("*") if f.is_file()]
 
 
 def test_it_binds_to_loopback_and_writes_nothing_beside_it(server):
@@ -340,3 +352,42 @@ def test_one_request_runs_at_a_time_whatever_the_tab(server):
     assert midway == set(), midway  # the generate still running, and the two waiting for it
     assert min(done["edit"], done["explain"]) > done["generate"] - 1, \
         {k: round(v - done["generate"], 2) for k, v in done.items()}
+
+
+def test_the_temp_folder_stays_bounded(server):
+    """Every image the page is sent is a file in Gradio's folder: after many requests it holds at most
+    demo.CACHE's bound (plus the request that is running), and the page's own files are kept."""
+    client_mod = pytest.importorskip("gradio_client")
+    from mnist_diffusion import demo
+    client = client_mod.Client(server["url"], verbose=False)
+    for i in range(demo.CACHE["files"] // 40 + 2):  # 24 frames of x_t and x0 and the samples: 49 files each
+        client.predict("7", 0.5, "ddim", 24, i, 1, api_name="/generate")
+    client.predict(*EXPLAIN, api_name="/explain")  # two more files
+    folder = server["folder"]
+    files = _files_in(folder)
+    kept = server["files_at_start"]
+    assert kept and all(f.exists() for f in kept)  # the schedule figure and the page's defaults
+    assert len(files) <= demo.CACHE["files"] + len(kept) + 2, len(files)
+    assert sum(f.stat().st_size for f in files) <= demo.CACHE["bytes"] + sum(f.stat().st_size for f in kept)
+    folders = [d for d in folder.rglob("*") if d.is_dir()]
+    assert len(folders) <= len(files), (len(folders), len(files))  # no trail of empty folders either
+
+
+@pytest.mark.parametrize("how, status", [("SIGINT", 130), ("SIGTERM", 143)])
+def test_the_temp_folder_is_removed_when_the_server_stops(tmp_path, how, status):
+    """Ctrl-C or a SIGTERM (a service manager, `kill`): the server stops with 130 or 143, its
+    temporary folder is gone, and nothing is logged but a line."""
+    client_mod = pytest.importorskip("gradio_client")
+    import signal
+    p, url, log = _start(tmp_path, tmp_path)
+    try:
+        folder = _folder(tmp_path)
+        client_mod.Client(url, verbose=False).predict(*GENERATE, api_name="/generate")
+        assert len(_files_in(folder)) > 2
+        p.send_signal(getattr(signal, how))
+        assert p.wait(timeout=30) == status
+    finally:
+        _stop(p)
+    time.sleep(0.2)  # the log's reader thread
+    assert not folder.exists(), _files_in(folder)[:5]
+    assert "Traceback" not in "".join(log), "".join(log)[-3000:]

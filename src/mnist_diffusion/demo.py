@@ -5,10 +5,11 @@ Every handler checks all of its own inputs as they came over HTTP (Gradio's prep
 but for decoding a drawing): types, NaN and infinity, LIMITS (the page's sliders are a convenience,
 not a guard). A request outside them, or with too few or too many values, gets a one-line message
 saying what was wrong, in the page and in the API's answer, no traceback in the server's log, and
-the server goes on serving. Requests
-queue with one running at a time (the model uses every core) and at most MAX_QUEUE waiting. The page
-loads nothing from the internet (system fonts, no analytics), Gradio's files go to a temporary
-folder, and the server binds to 127.0.0.1 unless told otherwise.
+the server goes on serving. All the events share one queue, one request running at a time (the
+model uses every core) and at most MAX_QUEUE waiting. The page loads nothing from the internet
+(system fonts, no analytics). Gradio's files go to a temporary folder kept within CACHE (oldest
+deleted first) and removed when the server closes or the process exits (Ctrl-C, SIGTERM); the
+server binds to 127.0.0.1 unless told otherwise.
 
 Not here: sampling and editing themselves (diffusion.py); the command line (cli.py).
 """
@@ -19,6 +20,8 @@ import html
 import os
 import queue
 import shutil
+import signal
+import sys
 import tempfile
 import threading
 import time
@@ -37,6 +40,9 @@ LIMITS = {"images": 16, "guidance": 10.0, "steps": {"ddpm": 1000, "ddim": 200, "
           "upload_pixels": 2048 * 2048, "upload_bytes": "4mb"}
 SAMPLERS = ("dpmpp", "ddim", "ddpm")  # as the page lists them
 MAX_QUEUE = 24
+# Gradio's folder (uploads, every image sent to a page): before each request and every every_s
+# seconds, its files past age_s and then the oldest past `files` or `bytes` are deleted
+CACHE = {"files": 256, "bytes": 64 << 20, "age_s": 300, "every_s": 30}
 DRAWN = "drawn clusters"  # a model trained on clusters: each image's cluster drawn by the clusters' sizes
 FRAMES = 24  # most intermediate frames streamed per generation
 SCALE = 4  # pixels per image pixel in the page
@@ -286,6 +292,67 @@ def _files(value):
             yield from _files(v)
 
 
+class TempFolder:
+    """The demo's temporary folder: Gradio's files (GRADIO_TEMP_DIR: uploads, each image sent to a
+    page, in a folder per content hash) and the schedule figure. `sweep` keeps it within CACHE;
+    `remove` deletes it (the server's close, the interpreter's exit)."""
+
+    def __init__(self):
+        self.path = Path(tempfile.mkdtemp(prefix="mnist-diffusion-demo-"))
+        self.kept: set[str] = set()  # never swept: the page's own files (set by `keep_all`)
+        self._lock = threading.Lock()
+
+    def keep_all(self) -> None:
+        """Every file there now is the page's own (the figure, the components' defaults)."""
+        self.kept |= {str(f) for f in self.path.rglob("*") if f.is_file()}
+
+    def sweep(self, keep=frozenset(), now: Optional[float] = None) -> list[str]:
+        """Delete the files older than CACHE["age_s"], then the oldest until at most CACHE["files"]
+        files of CACHE["bytes"] are left (the kept ones not counted), and the folders left empty;
+        returns the files deleted. One sweep at a time; a file that goes meanwhile is skipped."""
+        if not self._lock.acquire(blocking=False):
+            return []
+        try:
+            now = time.time() if now is None else now
+            found = []
+            for folder, _, names in os.walk(self.path):
+                for name in names:
+                    f = os.path.join(folder, name)
+                    if f in self.kept or f in keep:
+                        continue
+                    try:
+                        st = os.lstat(f)
+                    except OSError:
+                        continue
+                    found.append((st.st_mtime, st.st_size, f))
+            found.sort()  # oldest first
+            count, size, gone = len(found), sum(f[1] for f in found), []
+            for mtime, nbytes, f in found:
+                if now - mtime <= CACHE["age_s"] and count <= CACHE["files"] and size <= CACHE["bytes"]:
+                    break
+                try:
+                    os.unlink(f)
+                    if os.path.dirname(f) != str(self.path):
+                        os.rmdir(os.path.dirname(f))  # its hash's folder, if that is empty now
+                except OSError:
+                    pass
+                gone.append(f)
+                count, size = count - 1, size - nbytes
+            for folder, _, _ in os.walk(self.path, topdown=False):  # emptied by Gradio's own delete_cache
+                if folder != str(self.path):
+                    try:
+                        if now - os.lstat(folder).st_mtime > 10:  # not one Gradio is about to write in
+                            os.rmdir(folder)  # only if empty
+                    except OSError:
+                        pass
+            return gone
+        finally:
+            self._lock.release()
+
+    def remove(self) -> None:
+        shutil.rmtree(self.path, ignore_errors=True)
+
+
 _TEST: dict[str, np.ndarray] = {}
 
 
@@ -319,9 +386,11 @@ def explain(diff, test_index, t) -> tuple[np.ndarray, np.ndarray, str]:
     return show(to_uint8(xt)), show(to_uint8(row), nrow=8), text
 
 
-def build(diff, *, schedule_figure: Optional[str] = None):
+def build(diff, *, schedule_figure: Optional[str] = None, before=None):
     """The Blocks app for a Diffusion: three tabs (Generate, Edit, Explain). All their events share
-    one queue (concurrency id "model", one at a time)."""
+    one queue (concurrency id "model", one at a time); `before()`, if given, runs at the start of
+    each request (launch: the temporary folder's sweep). `app.on_close` (callables) run after the
+    server's close."""
     import gradio as gr
     import pydantic
 
@@ -341,6 +410,8 @@ def build(diff, *, schedule_figure: Optional[str] = None):
     def guard(fn):  # every expected failure is a message in the page; the server goes on serving
         def wrapped(*args):
             try:
+                if before is not None:
+                    before()
                 return fn(*args)
             except (DemoError, ValueError, TypeError) as e:
                 raise refuse(first_line(e)) from None
@@ -350,6 +421,8 @@ def build(diff, *, schedule_figure: Optional[str] = None):
 
     def stream(label, guidance, sampler, steps, seed, num_images):
         try:
+            if before is not None:
+                before()
             yield from generate_frames(diff, Request(label, guidance, sampler, steps, seed, num_images))
         except (DemoError, ValueError, TypeError) as e:
             raise refuse(first_line(e)) from None
@@ -377,7 +450,18 @@ def build(diff, *, schedule_figure: Optional[str] = None):
     class Blocks(gr.Blocks):
         """gr.Blocks whose own refusals of a request, before any handler sees it (too few or too
         many values, a value that is not a component's data, a file that was not uploaded here),
-        are one-line messages naming the field, not tracebacks."""
+        are one-line messages naming the field, not tracebacks; and whose close runs `on_close`."""
+
+        def __init__(self, *args, **kwargs):
+            self.on_close: list = []
+            super().__init__(*args, **kwargs)
+
+        def close(self, verbose: bool = True) -> None:
+            try:
+                super().close(verbose)
+            finally:
+                while self.on_close:
+                    self.on_close.pop()()
 
         def validate_inputs(self, block_fn, inputs):
             want = block_fn.inputs
@@ -414,7 +498,8 @@ def build(diff, *, schedule_figure: Optional[str] = None):
                 raise refuse(f"the request could not be read: {first_line(e)}") from None
 
     one = {"concurrency_id": "model", "concurrency_limit": 1}  # one queue for every event: the model uses every core
-    with Blocks(title="mnist-diffusion", analytics_enabled=False) as app:
+    with Blocks(title="mnist-diffusion", analytics_enabled=False,
+                delete_cache=(CACHE["every_s"], CACHE["age_s"])) as app:
         gr.Markdown(f"# mnist-diffusion\nA denoising diffusion model for {diff.dataset.replace('_', '-')} "
                     f"({diff.num_classes or 'no'} {'clusters' if diff.clustered else 'classes'}, T = "
                     f"{diff.timesteps}), running on this machine's "
@@ -490,27 +575,77 @@ def build(diff, *, schedule_figure: Optional[str] = None):
     return app
 
 
+def _stop_on_sigterm() -> Optional[object]:
+    """SIGTERM (a service manager, `kill`) exits as Ctrl-C does, through the interpreter's exit (so
+    the temporary folder goes), with status 143; only in the main thread and where nothing else
+    handles it. Returns the handler installed, or None."""
+    def stop(signum, frame):
+        print(f"mnist-diffusion demo: stopped by {signal.Signals(signum).name}", file=sys.stderr, flush=True)
+        raise SystemExit(128 + signum)
+
+    if threading.current_thread() is not threading.main_thread() or signal.getsignal(signal.SIGTERM) != signal.SIG_DFL:
+        return None
+    signal.signal(signal.SIGTERM, stop)
+    return stop
+
+
 def launch(diff, *, host: str = "127.0.0.1", port: int = 7860, log=print, block: bool = True):
-    """Start the demo: files in a temporary folder, no analytics, system fonts, bounded queue."""
-    tmp = tempfile.mkdtemp(prefix="mnist-diffusion-demo-")
-    atexit.register(shutil.rmtree, tmp, ignore_errors=True)  # Gradio's files go nowhere else
-    os.environ["GRADIO_TEMP_DIR"] = tmp
+    """Start the demo: files in a temporary folder (bounded, removed when the server closes or the
+    process exits, SIGTERM included), no analytics, system fonts, one bounded queue."""
+    folder = TempFolder()
+    atexit.register(folder.remove)  # Gradio's files go nowhere else
+    os.environ["GRADIO_TEMP_DIR"] = str(folder.path)
     os.environ["GRADIO_ANALYTICS_ENABLED"] = "False"
     import gradio as gr
     from PIL import Image
 
     from .visualize import plot_schedule
-    # Gradio decodes uploads before our checks see them: past 2 x MAX_IMAGE_PIXELS, PIL refuses to
-    # decode at all, so a small file claiming 10,000 x 10,000 pixels never becomes an array
+    # Gradio's preprocessing decodes a drawing (in the edit's handler): past 2 x MAX_IMAGE_PIXELS, PIL
+    # refuses to decode at all, so a small file claiming 10,000 x 10,000 pixels never becomes an array
     Image.MAX_IMAGE_PIXELS = LIMITS["upload_pixels"] // 2
-    figure = str(Path(tmp) / "schedule.png")
+    figure = str(folder.path / "schedule.png")
     ts = sorted({int(v) for v in np.linspace(0, diff.timesteps - 1, 8)})
     plot_schedule(_test_images(diff.dataset)[0], figure, T=diff.timesteps, timesteps=ts)
-    app = build(diff, schedule_figure=figure)
+    app = None
+
+    def sweep():
+        keep = set().union(*(getattr(b, "keep_in_cache", set()) for b in list(app.blocks.values())))
+        gone = folder.sweep(keep)
+        for files in list(app.temp_file_sets):  # Gradio forgets them too (its own sweep keeps what it did not delete)
+            files.difference_update(gone)
+
+    app = build(diff, schedule_figure=figure, before=sweep)
     app.queue(default_concurrency_limit=1, max_size=MAX_QUEUE)
     if host not in ("127.0.0.1", "localhost", "::1"):
         log(f"WARNING: the demo listens on {host}: anyone who can reach this machine can use it")
     theme = gr.themes.Default(font=["ui-sans-serif", "system-ui", "sans-serif"],
                               font_mono=["ui-monospace", "monospace"])  # no web fonts fetched
-    return app.launch(server_name=host, server_port=port, prevent_thread_lock=not block, quiet=True, theme=theme,
-                      max_file_size=LIMITS["upload_bytes"], footer_links=[], ssr_mode=False)
+    stopped = threading.Event()
+
+    def sweeping():  # an idle server's files age out too
+        while not stopped.wait(CACHE["every_s"]):
+            sweep()
+
+    handler = _stop_on_sigterm()
+
+    def closed():
+        stopped.set()
+        folder.remove()
+        if handler is not None and signal.getsignal(signal.SIGTERM) is handler:
+            signal.signal(signal.SIGTERM, signal.SIG_DFL)
+
+    app.on_close.append(closed)
+    try:
+        out = app.launch(server_name=host, server_port=port, prevent_thread_lock=True, quiet=True, theme=theme,
+                         max_file_size=LIMITS["upload_bytes"], footer_links=[], ssr_mode=False)
+    except BaseException:
+        closed()
+        raise
+    folder.keep_all()  # the figure and the components' defaults, copied in by now
+    threading.Thread(target=sweeping, name="demo-temp-sweep", daemon=True).start()
+    if block:
+        try:
+            app.block_thread()
+        finally:
+            app.close()
+    return out
