@@ -1,15 +1,19 @@
 """The browser demo, tested as a person and a crowd would use it: a real Chromium (Debian's) driven by
 Playwright asks for a 7, reads the image back from the page and has the shipped evaluator judge
 it; a stroke on the Edit canvas comes back edited; every request stays on this machine. Then 20
-requests at once on loopback, limits enforced by the server, memory bounded."""
+requests at once on loopback, limits enforced by the server, memory bounded; and malformed requests
+straight to the HTTP API, each refused with a message saying what was wrong and no traceback in the
+server's log."""
 from __future__ import annotations
 
 import io
+import json
 import os
 import shutil
 import socket
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -35,12 +39,11 @@ def _rss(pid: int) -> int:
     return 0
 
 
-@pytest.fixture(scope="module")
-def server(tmp_path_factory):
-    pytest.importorskip("gradio")
-    cwd = tmp_path_factory.mktemp("demo-cwd")
+def _start(cwd: Path, tmp: Path):
+    """`mnist-diffusion demo` on a free port, its temporary files under `tmp`: (process, url, log),
+    the log (stdout and stderr, line by line) read all along by a thread, so it never fills the pipe."""
     port = _free_port()
-    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", "TMPDIR": str(tmp)}
     p = subprocess.Popen([sys.executable, "-m", "mnist_diffusion", "demo", "--port", str(port), "--device", "cpu"],
                          cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     lines, url, deadline = [], None, time.time() + 120
@@ -53,12 +56,39 @@ def server(tmp_path_factory):
     if url is None:
         p.kill()
         pytest.fail("the demo did not start:\n" + "".join(lines))
-    yield {"url": url, "proc": p, "cwd": cwd, "port": port}
-    p.terminate()
+    threading.Thread(target=lambda: lines.extend(p.stdout), daemon=True).start()
+    return p, url, lines
+
+
+def _stop(p: subprocess.Popen) -> None:
+    if p.poll() is None:
+        p.terminate()
     try:
         p.wait(timeout=20)
     except subprocess.TimeoutExpired:
         p.kill()
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory):
+    pytest.importorskip("gradio")
+    cwd, tmp = tmp_path_factory.mktemp("demo-cwd"), tmp_path_factory.mktemp("demo-tmp")
+    p, url, log = _start(cwd, tmp)
+    folder = _folder(tmp)
+    yield {"url": url, "proc": p, "cwd": cwd, "port": int(url.rstrip("/").rsplit(":", 1)[1]), "log": log,
+           "folder": folder, "files_at_start": set(_files_in(folder))}
+    _stop(p)
+
+
+def _folder(tmp: Path) -> Path:
+    """The demo's temporary folder (Gradio's files), the one folder it makes in TMPDIR."""
+    found = list(tmp.glob("mnist-diffusion-demo-*"))
+    assert len(found) == 1, found
+    return found[0]
+
+
+def _files_in(folder: Path) -> list[Path]:
+    return [f for f in folder.rglob("*") if f.is_file()]
 
 
 def test_it_binds_to_loopback_and_writes_nothing_beside_it(server):
@@ -108,6 +138,14 @@ def test_a_person_asks_for_a_seven_and_edits_a_sketch(server, tmp_path, mnist):
         _, probs = embed(shipped_evaluator("mnist"), sevens)
         assert (probs.argmax(1) == 7).all() and class_stats(probs)["recognizable"] >= 0.75, probs.max(1)
         page.screenshot(path=str(tmp_path / "generate.png"), full_page=True)
+        # a refusal is a message in the page saying what was wrong
+        start = len(server["log"])
+        seed_box = page.locator("#seed input")
+        seed_box.fill("-1")
+        seed_box.press("Enter")
+        page.locator("#generate_button").click()
+        page.get_by_text("seed must be a whole number from 0 to 2147483647, got -1").first.wait_for(timeout=30_000)
+        assert "Traceback" not in "".join(server["log"][start:])
         # Edit: a stroke on the canvas, SDEdit towards 7
         page.get_by_role("tab", name="Edit").click()
         page.locator("#canvas button[aria-label='Brush']").first.click()  # as a person must: pick the brush
@@ -156,10 +194,12 @@ def test_twenty_requests_at_once_are_answered_or_refused_and_memory_stays_bounde
 
 
 def test_malformed_uploads_get_a_message_and_serving_goes_on(server, tmp_path):
-    """Not an image, an empty file, a 10,000 x 10,000 picture (small on disk): each refused, not crashed."""
+    """Not an image, an empty file, a 10,000 x 10,000 picture (small on disk): each refused with a
+    message naming the field, no traceback in the server's log, not crashed."""
     client_mod = pytest.importorskip("gradio_client")
     from PIL import Image
     client = client_mod.Client(server["url"], verbose=False)
+    start = len(server["log"])
     (tmp_path / "notes.png").write_text("this is not a picture")
     (tmp_path / "empty.png").write_bytes(b"")
     Image.new("L", (10_000, 10_000)).save(tmp_path / "huge.png")  # ~100 kB of zeros, 10^8 pixels
@@ -170,6 +210,184 @@ def test_malformed_uploads_get_a_message_and_serving_goes_on(server, tmp_path):
             client.predict("canvas", {"background": f, "layers": [], "composite": f}, 0, "7", 0.6, "SDEdit",
                            "bottom", None, 0, api_name="/edit")
         assert "Connection" not in type(e.value).__name__, e.value
+        assert "draw a digit or a scribble: cannot be read as a picture" in str(e.value), (name, e.value)
+        assert name != "huge.png" or "pixels" in str(e.value), e.value
     before = _rss(server["proc"].pid)
     client.predict("test digit", None, 3, "7", 0.3, "SDEdit", "bottom", None, 0, api_name="/edit")  # still serving
     assert _rss(server["proc"].pid) - before < 200 << 20
+    time.sleep(0.5)  # the log's reader thread
+    assert "Traceback" not in "".join(server["log"][start:]), "".join(server["log"][start:])[-3000:]
+
+
+def _call(url: str, api: str, data) -> tuple[str, object]:
+    """POST {"data": data} to the demo's /gradio_api/call/<api>, as any HTTP client can, and read the
+    answer: ("complete", the outputs) or ("error", the message the page would show; None if none)."""
+    httpx = pytest.importorskip("httpx")
+    with httpx.Client(base_url=url, timeout=120) as c:  # json.dumps: NaN and Infinity go as JavaScript writes them
+        r = c.post(f"/gradio_api/call/{api}", content=json.dumps({"data": data}),
+                   headers={"content-type": "application/json"})
+        assert r.status_code == 200, r.text
+        event = None
+        with c.stream("GET", f"/gradio_api/call/{api}/{r.json()['event_id']}") as answer:
+            for line in answer.iter_lines():
+                if line.startswith("event: "):
+                    event = line[len("event: "):]
+                elif line.startswith("data: ") and event in ("complete", "error"):
+                    payload = json.loads(line[len("data: "):])
+                    return event, (payload or {}).get("error") if event == "error" else payload
+    return "nothing", None
+
+
+GENERATE = ["one of each", 0.5, "ddim", 4, 0, 2]
+EDIT = ["test digit", None, 3, "7", 0.3, "SDEdit", "bottom", None, 0]
+EXPLAIN = [0, 100]
+FILE = {"_type": "gradio.FileData"}
+
+
+def _with(values: list, i: int, v) -> list:
+    return [*values[:i], v, *values[i + 1:]]
+
+
+# (endpoint, the values sent, what the message must say): each is one thing wrong
+MALFORMED = [
+    ("generate", [], "generate takes 6 values (digit, guidance W, sampler, steps, seed, images), got 0"),
+    ("generate", GENERATE[:3], "generate takes 6 values (digit, guidance W, sampler, steps, seed, images), got 3"),
+    ("generate", GENERATE + [1], "generate takes 6 values (digit, guidance W, sampler, steps, seed, images), got 7"),
+    ("generate", _with(GENERATE, 0, 7), "digit must be one of 'one of each', '0', "),
+    ("generate", _with(GENERATE, 0, None), "digit must be one of 'one of each', '0', "),
+    ("generate", _with(GENERATE, 1, "abc"), "guidance must be a number in [0, 10], got 'abc'"),
+    ("generate", _with(GENERATE, 1, "NaN"), "guidance must be a number in [0, 10], got 'NaN'"),
+    ("generate", _with(GENERATE, 1, float("nan")), "guidance must be a number in [0, 10], got nan"),
+    ("generate", _with(GENERATE, 1, float("inf")), "guidance must be a number in [0, 10], got inf"),
+    ("generate", _with(GENERATE, 1, True), "guidance must be a number in [0, 10], got True"),
+    ("generate", _with(GENERATE, 1, [1]), "guidance must be a number in [0, 10], got [1]"),
+    ("generate", _with(GENERATE, 2, 3), "sampler must be one of 'dpmpp', 'ddim', 'ddpm', got 3"),
+    ("generate", _with(GENERATE, 3, "four"), "steps for ddim must be a whole number from 1 to 200, got 'four'"),
+    ("generate", _with(GENERATE, 3, 2.5), "steps for ddim must be a whole number from 1 to 200, got 2.5"),
+    ("generate", _with(GENERATE, 4, "x"), "seed must be a whole number from 0 to 2147483647, got 'x'"),
+    ("generate", _with(GENERATE, 4, 1e300), "seed must be a whole number from 0 to 2147483647, got 1e+300"),
+    ("generate", _with(GENERATE, 4, None), "seed must be a whole number from 0 to 2147483647, got nothing"),
+    ("generate", _with(GENERATE, 5, None), ("the number of images (at most 16 images) must be a whole number "
+                                            "from 1 to 16, got nothing")),
+    ("edit", EDIT[:4], ("edit takes 9 values (start from, draw a digit or a scribble, test digit #, towards class, "
+                        "SDEdit strength, edit, inpaint: region to fill, inpaint: paint the region to fill (with "
+                        "'painted'), seed), got 4")),
+    ("edit", _with(EDIT, 0, "bogus"), "start from must be one of 'canvas', 'test digit', got 'bogus'"),
+    ("edit", _with(EDIT, 1, "notadict"), "draw a digit or a scribble: 'notadict' is not a drawing"),
+    ("edit", _with(EDIT, 1, {"composite": "x"}), "draw a digit or a scribble: {'composite': 'x'} is not a drawing"),
+    ("edit", _with(EDIT, 1, {"background": None, "layers": [], "composite": {"path": "/etc/passwd", "meta": FILE}}),
+     "the request could not be read: Cannot move /etc/passwd to the gradio cache dir because it was not uploaded"),
+    ("edit", _with(EDIT, 1, {"background": None, "layers": [], "composite": {"path": "http://example.com/7.png",
+                                                                           "meta": FILE}}),
+     "draw a digit or a scribble: its files must be uploaded to this server first, got 'http://example.com/7.png'"),
+    ("edit", _with(EDIT, 2, "x"), "test digit # must be a whole number from 0 to 999, got 'x'"),
+    ("edit", _with(EDIT, 3, 7), "towards class must be one of '0', '1', "),
+    ("edit", _with(EDIT, 4, "NaN"), "SDEdit strength must be a number in [0, 1], got 'NaN'"),
+    ("edit", _with(EDIT, 4, float("nan")), "SDEdit strength must be a number in [0, 1], got nan"),
+    ("edit", _with(EDIT, 5, "bogus"), "edit must be one of 'SDEdit', 'inpaint', got 'bogus'"),
+    ("edit", _with(_with(EDIT, 5, "inpaint"), 6, "everywhere"), ("inpaint: region to fill must be one of "
+                                                                  "'left', 'right', 'top', 'bottom', 'center', "
+                                                                  "'random', 'painted', got 'everywhere'")),
+    ("edit", _with(EDIT, 8, "s"), "seed must be a whole number from 0 to 2147483647, got 's'"),
+    ("explain", [], "explain takes 2 values (test digit #, timestep t), got 0"),
+    ("explain", [0], "explain takes 2 values (test digit #, timestep t), got 1"),
+    ("explain", ["a", 5], "test digit # must be a whole number from 0 to 999, got 'a'"),
+    ("explain", [None, 5], "test digit # must be a whole number from 0 to 999, got nothing"),
+    ("explain", [-1, 5], "test digit # must be a whole number from 0 to 999, got -1"),
+    ("explain", [0, "NaN"], "timestep t must be a whole number from 0 to 999, got 'NaN'"),
+    ("explain", [0, float("inf")], "timestep t must be a whole number from 0 to 999, got inf"),
+    ("explain", [0, 5000], "timestep t must be a whole number from 0 to 999, got 5000"),
+    ("explain", [0, 2.5], "timestep t must be a whole number from 0 to 999, got 2.5"),
+]
+
+
+def test_malformed_api_requests_say_what_was_wrong_without_a_traceback(server):
+    """Straight to the HTTP API, as a script would: too few or too many values, wrong types, NaN and
+    infinity, values out of range. Each answer names the field and what was wrong (the message the
+    page shows), the server logs no traceback, and it goes on serving every endpoint."""
+    start = len(server["log"])
+    wrong = []
+    for api, data, message in MALFORMED:
+        event, said = _call(server["url"], api, data)
+        if event != "error" or message not in str(said):
+            wrong.append(f"{api} {data!r:.80}: {event} {said!r:.300}")
+    for api, data in (("generate", GENERATE), ("edit", EDIT), ("explain", EXPLAIN)):
+        event, said = _call(server["url"], api, data)
+        if event != "complete":
+            wrong.append(f"{api} {data!r}: {event} {said!r:.300} (a good request)")
+    time.sleep(0.5)  # the log's reader thread
+    log = "".join(server["log"][start:])
+    assert not wrong, "\n".join(wrong)
+    assert "Traceback" not in log, log[-3000:]
+
+
+def test_one_request_runs_at_a_time_whatever_the_tab(server):
+    """The model uses every core: an edit or an explain sent while a generate runs waits for it
+    (one queue for all the events, not one per event)."""
+    client_mod = pytest.importorskip("gradio_client")
+    client = client_mod.Client(server["url"], verbose=False)
+    generate = client.submit("one of each", 0.5, "ddim", 100, 0, 16, api_name="/generate")
+    deadline = time.time() + 60
+    while not generate.outputs() and time.time() < deadline:  # its first frames: it is running
+        time.sleep(0.02)
+    assert generate.outputs() and not generate.done()
+    sent = time.time()
+    others = {"edit": client.submit(*EDIT, api_name="/edit"), "explain": client.submit(*EXPLAIN, api_name="/explain")}
+    done: dict[str, float] = {}
+    jobs = {"generate": generate, **others}
+    midway = None  # which were done 1.5 s after the two were sent (alone, each takes well under a second)
+    while len(done) < len(jobs) and time.time() < deadline + 120:
+        for name, job in jobs.items():
+            if name not in done and job.done():
+                done[name] = time.time()
+        if midway is None and time.time() > sent + 1.5:
+            midway = set(done)
+        time.sleep(0.02)
+    assert set(done) == set(jobs), done
+    for job in jobs.values():
+        job.result()  # each one answered
+    # alone, an edit or an explain takes well under a second, and the generate ran for seconds after they
+    # were sent: they finish with it (the client hears of the end of each a little apart), not seconds before
+    assert done["generate"] - sent > 3, done["generate"] - sent
+    assert midway == set(), midway  # the generate still running, and the two waiting for it
+    assert min(done["edit"], done["explain"]) > done["generate"] - 1, \
+        {k: round(v - done["generate"], 2) for k, v in done.items()}
+
+
+def test_the_temp_folder_stays_bounded(server):
+    """Every image the page is sent is a file in Gradio's folder: after many requests it holds at most
+    demo.CACHE's bound (plus the request that is running), and the page's own files are kept."""
+    client_mod = pytest.importorskip("gradio_client")
+    from mnist_diffusion import demo
+    client = client_mod.Client(server["url"], verbose=False)
+    for i in range(demo.CACHE["files"] // 40 + 2):  # 24 frames of x_t and x0 and the samples: 49 files each
+        client.predict("7", 0.5, "ddim", 24, i, 1, api_name="/generate")
+    client.predict(*EXPLAIN, api_name="/explain")  # two more files
+    folder = server["folder"]
+    files = _files_in(folder)
+    kept = server["files_at_start"]
+    assert kept and all(f.exists() for f in kept)  # the schedule figure and the page's defaults
+    assert len(files) <= demo.CACHE["files"] + len(kept) + 2, len(files)
+    assert sum(f.stat().st_size for f in files) <= demo.CACHE["bytes"] + sum(f.stat().st_size for f in kept)
+    folders = [d for d in folder.rglob("*") if d.is_dir()]
+    assert len(folders) <= len(files), (len(folders), len(files))  # no trail of empty folders either
+
+
+@pytest.mark.parametrize("how, status", [("SIGINT", 130), ("SIGTERM", 143)])
+def test_the_temp_folder_is_removed_when_the_server_stops(tmp_path, how, status):
+    """Ctrl-C or a SIGTERM (a service manager, `kill`): the server stops with 130 or 143, its
+    temporary folder is gone, and nothing is logged but a line."""
+    client_mod = pytest.importorskip("gradio_client")
+    import signal
+    p, url, log = _start(tmp_path, tmp_path)
+    try:
+        folder = _folder(tmp_path)
+        client_mod.Client(url, verbose=False).predict(*GENERATE, api_name="/generate")
+        assert len(_files_in(folder)) > 2
+        p.send_signal(getattr(signal, how))
+        assert p.wait(timeout=30) == status
+    finally:
+        _stop(p)
+    time.sleep(0.2)  # the log's reader thread
+    assert not folder.exists(), _files_in(folder)[:5]
+    assert "Traceback" not in "".join(log), "".join(log)[-3000:]

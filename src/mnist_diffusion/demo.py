@@ -1,20 +1,27 @@
 """The browser demo (`mnist-diffusion demo`): draw digits on demand and watch them denoise, edit a
 sketch, and see the forward process live. Gradio, an optional extra (`pip install -e .[demo]`).
 
-Every handler checks its own inputs against LIMITS (the page's sliders are a convenience, not a
-guard): a request outside them gets a message in the page and the server goes on serving. Requests
-queue with one running at a time (the model uses every core) and at most MAX_QUEUE waiting. The page
-loads nothing from the internet (system fonts, no analytics), Gradio's files go to a temporary
-folder, and the server binds to 127.0.0.1 unless told otherwise.
+Every handler checks all of its own inputs as they came over HTTP (Gradio's preprocessing is off
+but for decoding a drawing): types, NaN and infinity, LIMITS (the page's sliders are a convenience,
+not a guard). A request outside them, or with too few or too many values, gets a one-line message
+saying what was wrong, in the page and in the API's answer, no traceback in the server's log, and
+the server goes on serving. All the events share one queue, one request running at a time (the
+model uses every core) and at most MAX_QUEUE waiting. The page loads nothing from the internet
+(system fonts, no analytics). Gradio's files go to a temporary folder kept within CACHE (oldest
+deleted first) and removed when the server closes or the process exits (Ctrl-C, SIGTERM); the
+server binds to 127.0.0.1 unless told otherwise.
 
 Not here: sampling and editing themselves (diffusion.py); the command line (cli.py).
 """
 from __future__ import annotations
 
 import atexit
+import html
 import os
 import queue
 import shutil
+import signal
+import sys
 import tempfile
 import threading
 import time
@@ -31,7 +38,11 @@ from .schedule import q_sample
 
 LIMITS = {"images": 16, "guidance": 10.0, "steps": {"ddpm": 1000, "ddim": 200, "dpmpp": 100},
           "upload_pixels": 2048 * 2048, "upload_bytes": "4mb"}
+SAMPLERS = ("dpmpp", "ddim", "ddpm")  # as the page lists them
 MAX_QUEUE = 24
+# Gradio's folder (uploads, every image sent to a page): before each request and every every_s
+# seconds, its files past age_s and then the oldest past `files` or `bytes` are deleted
+CACHE = {"files": 256, "bytes": 64 << 20, "age_s": 300, "every_s": 30}
 DRAWN = "drawn clusters"  # a model trained on clusters: each image's cluster drawn by the clusters' sizes
 FRAMES = 24  # most intermediate frames streamed per generation
 SCALE = 4  # pixels per image pixel in the page
@@ -56,32 +67,52 @@ def first_line(e: Exception) -> str:
     return (str(e).strip().splitlines() or [type(e).__name__])[0]
 
 
+def _show(value) -> str:
+    """A value sent to the demo as a message quotes it: short, and 'nothing' for a cleared field."""
+    if value is None:
+        return "nothing"
+    r = repr(value)
+    return r if len(r) <= 60 else r[:57] + "..."
+
+
+def _is_number(value) -> bool:
+    """A JSON number (NaN and infinity included): not a string, a list or a boolean."""
+    return isinstance(value, (int, float, np.integer, np.floating)) and not isinstance(value, (bool, np.bool_))
+
+
 def _whole(value, lo: int, hi: int, what: str) -> int:
     """A whole number in [lo, hi] from a page field (None when the field was cleared), else DemoError."""
-    try:
-        v = float(value)
-    except (TypeError, ValueError):
-        raise DemoError(f"{what} must be a whole number from {lo} to {hi}, got {value!r}") from None
-    if not (v.is_integer() and lo <= v <= hi):
-        raise DemoError(f"{what} must be a whole number from {lo} to {hi}, got {value}")
-    return int(v)
+    if not (_is_number(value) and lo <= value <= hi and float(value).is_integer()):  # NaN fails the range
+        raise DemoError(f"{what} must be a whole number from {lo} to {hi}, got {_show(value)}")
+    return int(value)
 
 
 def _number(value, lo: float, hi: float, what: str) -> float:
-    try:
-        v = float(value)
-    except (TypeError, ValueError):
-        raise DemoError(f"{what} must be a number in [{lo:g}, {hi:g}], got {value!r}") from None
-    if not lo <= v <= hi:  # also NaN
-        raise DemoError(f"{what} must be in [{lo:g}, {hi:g}], got {value}")
-    return v
+    if not (_is_number(value) and lo <= value <= hi):  # also NaN
+        raise DemoError(f"{what} must be a number in [{lo:g}, {hi:g}], got {_show(value)}")
+    return float(value)
+
+
+def _choice(value, choices, what: str) -> str:
+    """One of the page's choices (a string), else DemoError listing them."""
+    choices = list(choices)
+    if not (isinstance(value, str) and value in choices):
+        listed = ", ".join(map(repr, choices[:12])) + (f", ... ({len(choices)} in all)" if len(choices) > 12 else "")
+        raise DemoError(f"{what} must be one of {listed}, got {_show(value)}")
+    return value
+
+
+def label_choices(diff) -> list[str]:
+    """What the Generate tab's digit field offers (and accepts: 'none' on a clustered model too)."""
+    names = class_names(diff)
+    return [DRAWN, "one of each", *names] if diff.clustered else (["one of each"] + names if names else []) + ["none"]
 
 
 def check(req: Request, diff) -> tuple[Optional[object], int]:
     """The labels and number of images of a generate request, or DemoError naming the limit."""
     names = class_names(diff)
-    if req.sampler not in LIMITS["steps"]:
-        raise DemoError(f"unknown sampler {req.sampler!r}")
+    _choice(req.label, label_choices(diff) + (["none"] if diff.clustered else []), "digit")
+    _choice(req.sampler, SAMPLERS, "sampler")
     top = min(LIMITS["steps"][req.sampler], diff.timesteps)
     req.steps = _whole(req.steps, 1, top, f"steps for {req.sampler}")
     req.guidance = _number(req.guidance, 0.0, LIMITS["guidance"], "guidance")
@@ -93,16 +124,10 @@ def check(req: Request, diff) -> tuple[Optional[object], int]:
         if req.guidance:
             raise DemoError("guidance steers towards a class: pick one, or set guidance to 0")
         return None, n
-    if not diff.num_classes:
-        raise DemoError("this model has no classes: choose 'none'")
-    if req.label == DRAWN:
-        if not diff.clustered:
-            raise DemoError(f"{DRAWN!r} is for models trained on clusters: pick a class")
+    if req.label == DRAWN:  # one of the choices only for a model trained on clusters
         return diff.labels("clusters", n, req.seed).numpy(), n
     if req.label == "one of each":
         return np.arange(n) % diff.num_classes, n
-    if req.label not in names:
-        raise DemoError(f"unknown class {req.label!r}")
     return np.full(n, names.index(req.label)), n
 
 
@@ -209,27 +234,35 @@ def digit_from_canvas(value, max_pixels: int = LIMITS["upload_pixels"]) -> np.nd
     return digit
 
 
+EDIT_SOURCES = ("canvas", "test digit")
+EDIT_MODES = ("SDEdit", "inpaint")
+EDIT_MASKS = (*MASK_PRESETS, "painted")  # the regions to fill in: a preset, or painted on the mask canvas
+
+
 def edit(diff, source: str, canvas, test_index, target: str, strength: float, mode: str, preset: str,
          mask_canvas, seed) -> tuple[np.ndarray, str]:
-    """SDEdit or inpainting of the drawn (or chosen test) digit; returns (before | after, status)."""
+    """SDEdit or inpainting of the drawn (or chosen test) digit; returns (before | after, status).
+    Every argument is checked before any work; one the edit does not use may be None (a cleared
+    field), any other value must be valid. `canvas` and `mask_canvas`: decoded Sketchpad values."""
+    source = _choice(source, EDIT_SOURCES, "start from")
+    mode = _choice(mode, EDIT_MODES, "edit")
     seed = _whole(seed, 0, 2**31 - 1, "seed")
-    if source == "canvas":
-        digit = digit_from_canvas(canvas)
-    else:
-        test = _test_images(diff.dataset)
-        digit = test[_whole(test_index, 0, len(test) - 1, "test digit #")][None]
     names = class_names(diff)
-    label = None
-    if target != "none":
-        if target not in names:
-            raise DemoError(f"unknown class {target!r}")
-        label = names.index(target)
+    target = _choice(target, names + ["none"], "towards class")
+    test = _test_images(diff.dataset)
+    if source == "test digit" or test_index is not None:
+        test_index = _whole(test_index, 0, len(test) - 1, "test digit #")
+    if mode == "SDEdit" or strength is not None:
+        strength = _number(strength, 0.0, 1.0, "SDEdit strength")
+    if mode == "inpaint" or preset is not None:
+        preset = _choice(preset, EDIT_MASKS, "inpaint: region to fill")
+    digit = digit_from_canvas(canvas) if source == "canvas" else test[test_index][None]
+    label = names.index(target) if target != "none" else None
     guidance = 2.0 if label is not None else 0.0
     t0 = time.time()
     if mode == "SDEdit":
-        strength = _number(strength, 0.0, 1.0, "strength")
         if strength == 0:
-            raise DemoError("strength 0 changes nothing: give a value in (0, 1]")
+            raise DemoError("SDEdit strength 0 changes nothing: give a value in (0, 1]")
         out = diff.edit(digit, strength, label=label, guidance=guidance, sampler="ddim",
                         steps=min(50, diff.timesteps), seed=seed)
         what = f"SDEdit at strength {float(strength):g}"
@@ -237,15 +270,87 @@ def edit(diff, source: str, canvas, test_index, target: str, strength: float, mo
         if preset == "painted":
             painted = digit_from_canvas(mask_canvas)[0] > 127  # strokes mark what to fill in
             mask = check_mask((~painted).astype(np.float32), 1)
-        elif preset in MASK_PRESETS:
-            mask = mask_preset(preset, 1, seed=seed)
         else:
-            raise DemoError(f"unknown mask {preset!r}")
+            mask = mask_preset(preset, 1, seed=seed)
         out = diff.inpaint(digit, mask, label=label, guidance=guidance, sampler="ddpm",
                            steps=min(100, diff.timesteps), resample=2, jump_length=5, seed=seed)
         what = f"inpainting ({preset})"
     return show(np.concatenate([digit, out])), f"{what}{f' towards {target}' if label is not None else ''}: " \
                                                f"{time.time() - t0:.1f} s"
+
+
+def _files(value):
+    """The file entries ({"path": ...} dicts) anywhere in a component's value as it came."""
+    if isinstance(value, dict):
+        if "path" in value:
+            yield value
+        else:
+            for v in value.values():
+                yield from _files(v)
+    elif isinstance(value, (list, tuple)):
+        for v in value:
+            yield from _files(v)
+
+
+class TempFolder:
+    """The demo's temporary folder: Gradio's files (GRADIO_TEMP_DIR: uploads, each image sent to a
+    page, in a folder per content hash) and the schedule figure. `sweep` keeps it within CACHE;
+    `remove` deletes it (the server's close, the interpreter's exit)."""
+
+    def __init__(self):
+        self.path = Path(tempfile.mkdtemp(prefix="mnist-diffusion-demo-"))
+        self.kept: set[str] = set()  # never swept: the page's own files (set by `keep_all`)
+        self._lock = threading.Lock()
+
+    def keep_all(self) -> None:
+        """Every file there now is the page's own (the figure, the components' defaults)."""
+        self.kept |= {str(f) for f in self.path.rglob("*") if f.is_file()}
+
+    def sweep(self, keep=frozenset(), now: Optional[float] = None) -> list[str]:
+        """Delete the files older than CACHE["age_s"], then the oldest until at most CACHE["files"]
+        files of CACHE["bytes"] are left (the kept ones not counted), and the folders left empty;
+        returns the files deleted. One sweep at a time; a file that goes meanwhile is skipped."""
+        if not self._lock.acquire(blocking=False):
+            return []
+        try:
+            now = time.time() if now is None else now
+            found = []
+            for folder, _, names in os.walk(self.path):
+                for name in names:
+                    f = os.path.join(folder, name)
+                    if f in self.kept or f in keep:
+                        continue
+                    try:
+                        st = os.lstat(f)
+                    except OSError:
+                        continue
+                    found.append((st.st_mtime, st.st_size, f))
+            found.sort()  # oldest first
+            count, size, gone = len(found), sum(f[1] for f in found), []
+            for mtime, nbytes, f in found:
+                if now - mtime <= CACHE["age_s"] and count <= CACHE["files"] and size <= CACHE["bytes"]:
+                    break
+                try:
+                    os.unlink(f)
+                    if os.path.dirname(f) != str(self.path):
+                        os.rmdir(os.path.dirname(f))  # its hash's folder, if that is empty now
+                except OSError:
+                    pass
+                gone.append(f)
+                count, size = count - 1, size - nbytes
+            for folder, _, _ in os.walk(self.path, topdown=False):  # emptied by Gradio's own delete_cache
+                if folder != str(self.path):
+                    try:
+                        if now - os.lstat(folder).st_mtime > 10:  # not one Gradio is about to write in
+                            os.rmdir(folder)  # only if empty
+                    except OSError:
+                        pass
+            return gone
+        finally:
+            self._lock.release()
+
+    def remove(self) -> None:
+        shutil.rmtree(self.path, ignore_errors=True)
 
 
 _TEST: dict[str, np.ndarray] = {}
@@ -269,7 +374,7 @@ def explain(diff, test_index, t) -> tuple[np.ndarray, np.ndarray, str]:
 
     test = _test_images(diff.dataset)
     test_index = _whole(test_index, 0, len(test) - 1, "test digit #")
-    s, t = diff.schedule, _whole(t, 0, diff.timesteps - 1, "t")
+    s, t = diff.schedule, _whole(t, 0, diff.timesteps - 1, "timestep t")
     x0 = to_model_range(test[test_index][None])
     eps = torch.randn(x0.shape, generator=torch.Generator().manual_seed(test_index))
     ts = [int(v) for v in np.linspace(0, diff.timesteps - 1, 8)]
@@ -281,28 +386,120 @@ def explain(diff, test_index, t) -> tuple[np.ndarray, np.ndarray, str]:
     return show(to_uint8(xt)), show(to_uint8(row), nrow=8), text
 
 
-def build(diff, *, schedule_figure: Optional[str] = None):
-    """The Blocks app for a Diffusion: three tabs (Generate, Edit, Explain)."""
+def build(diff, *, schedule_figure: Optional[str] = None, before=None):
+    """The Blocks app for a Diffusion: three tabs (Generate, Edit, Explain). All their events share
+    one queue (concurrency id "model", one at a time); `before()`, if given, runs at the start of
+    each request (launch: the temporary folder's sweep). `app.on_close` (callables) run after the
+    server's close."""
     import gradio as gr
+    import pydantic
 
     names = class_names(diff)
-    classes = [DRAWN, "one of each", *names] if diff.clustered else (["one of each"] + names if names else []) + ["none"]
+    classes = label_choices(diff)
+
+    def refuse(message: str):
+        """A refusal: one line in the page (Gradio renders it as HTML: escaped) and the API's
+        answer, no traceback in the server's log."""
+        return gr.Error(html.escape(message, quote=False), print_exception=False)
+
+    def unexpected(e: Exception):
+        """A failure no check foresaw (a bug): still a message in the page, and its traceback logged."""
+        return gr.Error(html.escape(f"unexpected error: {type(e).__name__}: {first_line(e)} (the server's "
+                                    "log has the traceback)", quote=False))
 
     def guard(fn):  # every expected failure is a message in the page; the server goes on serving
         def wrapped(*args):
             try:
+                if before is not None:
+                    before()
                 return fn(*args)
             except (DemoError, ValueError, TypeError) as e:
-                raise gr.Error(first_line(e)) from None
+                raise refuse(first_line(e)) from None
+            except Exception as e:  # shown in the page, logged
+                raise unexpected(e) from e
         return wrapped
 
     def stream(label, guidance, sampler, steps, seed, num_images):
         try:
+            if before is not None:
+                before()
             yield from generate_frames(diff, Request(label, guidance, sampler, steps, seed, num_images))
         except (DemoError, ValueError, TypeError) as e:
-            raise gr.Error(first_line(e)) from None
+            raise refuse(first_line(e)) from None
+        except Exception as e:  # shown in the page, logged
+            raise unexpected(e) from e
 
-    with gr.Blocks(title="mnist-diffusion", analytics_enabled=False) as app:
+    def label_of(block) -> str:
+        return str(getattr(block, "label", None) or getattr(block, "elem_id", None) or block.get_block_name())
+
+    def drawing(component, value):
+        """A Sketchpad's value as it came (its files uploaded to this server, Gradio checked) decoded
+        as Gradio's own preprocessing does (the editor's layers flattened, numpy); a file that is not
+        a picture, or one too large to decode, is a DemoError naming the field."""
+        if value is None:
+            return None
+        try:
+            return component.preprocess(component.data_model.model_validate(value))
+        except Exception as e:  # noqa: BLE001  (Pillow's errors are many: all of them mean "not readable")
+            detail = first_line(e)
+            for f in (value.get("background"), value.get("composite"), *(value.get("layers") or [])):
+                if isinstance(f, dict) and isinstance(f.get("path"), str):  # the server's paths: the name only
+                    detail = detail.replace(f["path"], Path(f["path"]).name)
+            raise DemoError(f"{label_of(component)}: cannot be read as a picture ({detail})") from None
+
+    class Blocks(gr.Blocks):
+        """gr.Blocks whose own refusals of a request, before any handler sees it (too few or too
+        many values, a value that is not a component's data, a file that was not uploaded here),
+        are one-line messages naming the field, not tracebacks; and whose close runs `on_close`."""
+
+        def __init__(self, *args, **kwargs):
+            self.on_close: list = []
+            super().__init__(*args, **kwargs)
+
+        def close(self, verbose: bool = True) -> None:
+            try:
+                super().close(verbose)
+            finally:
+                while self.on_close:
+                    self.on_close.pop()()
+
+        def validate_inputs(self, block_fn, inputs):
+            want = block_fn.inputs
+            if len(inputs) != len(want):  # Gradio would pass on extra values silently
+                public = getattr(block_fn, "api_visibility", "public") == "public"  # api_name=False: "false"
+                name = block_fn.api_name if public and isinstance(block_fn.api_name, str) else "this event"
+                raise refuse(f"{name} takes {len(want)} values ({', '.join(map(label_of, want))}), "
+                             f"got {len(inputs)}")
+
+        async def preprocess_data(self, block_fn, inputs, state, explicit_call=False):
+            if not isinstance(inputs, list):
+                raise refuse(f"the request's data must be a list of values, got {_show(inputs)}")
+            self.validate_inputs(block_fn, inputs)
+            for block, value in zip(block_fn.inputs, inputs):
+                model = getattr(block, "data_model", None)
+                if model is None or value is None:
+                    continue
+                try:
+                    model.model_validate(value, context={"validate_meta": True})
+                except pydantic.ValidationError as e:
+                    err = e.errors()[0]
+                    where = ".".join(map(str, err.get("loc", ())))
+                    raise refuse(f"{label_of(block)}: {_show(value)} is not a drawing "
+                                 f"({where + ': ' if where else ''}{err.get('msg', '')})") from None
+                for f in _files(value):
+                    if not isinstance(f.get("path"), str) or "://" in f["path"]:
+                        raise refuse(f"{label_of(block)}: its files must be uploaded to this server first, "
+                                     f"got {_show(f.get('path'))}")
+            try:
+                return await super().preprocess_data(block_fn, inputs, state, explicit_call)
+            except gr.Error as e:  # Gradio's own refusal (a file not uploaded here): its message, no traceback
+                raise refuse((str(e.message).strip().splitlines() or ["refused"])[0]) from None
+            except Exception as e:  # noqa: BLE001  (a value Gradio could not read: the request's fault)
+                raise refuse(f"the request could not be read: {first_line(e)}") from None
+
+    one = {"concurrency_id": "model", "concurrency_limit": 1}  # one queue for every event: the model uses every core
+    with Blocks(title="mnist-diffusion", analytics_enabled=False,
+                delete_cache=(CACHE["every_s"], CACHE["age_s"])) as app:
         gr.Markdown(f"# mnist-diffusion\nA denoising diffusion model for {diff.dataset.replace('_', '-')} "
                     f"({diff.num_classes or 'no'} {'clusters' if diff.clustered else 'classes'}, T = "
                     f"{diff.timesteps}), running on this machine's "
@@ -314,7 +511,7 @@ def build(diff, *, schedule_figure: Optional[str] = None):
                     own = diff.config.sampling  # the model's own: what its card recommends
                     guidance = gr.Slider(0, LIMITS["guidance"], value=own.guidance if names else 0, step=0.25,
                                          label="guidance W", elem_id="guidance")
-                    sampler = gr.Radio(["dpmpp", "ddim", "ddpm"], value=own.sampler, label="sampler", elem_id="sampler")
+                    sampler = gr.Radio(list(SAMPLERS), value=own.sampler, label="sampler", elem_id="sampler")
                     steps = gr.Slider(1, LIMITS["steps"]["ddpm"], value=len(diff.plan(labelled=False).timesteps),
                                       step=1, label="steps", elem_id="steps")
                     seed = gr.Number(0, precision=0, label="seed", elem_id="seed")
@@ -327,22 +524,23 @@ def build(diff, *, schedule_figure: Optional[str] = None):
                         xt = gr.Image(label="x_t (what the sampler holds)", format="png", elem_id="xt")
                         x0 = gr.Image(label="predicted x0", format="png", elem_id="x0")
                     final = gr.Image(label="samples", format="png", elem_id="final")
-            go.click(stream, [label, guidance, sampler, steps, seed, num], [xt, x0, final, status], api_name="generate")
+            go.click(stream, [label, guidance, sampler, steps, seed, num], [xt, x0, final, status], api_name="generate",
+                     preprocess=False, **one)
         with gr.Tab("Edit", id="edit"):
             with gr.Row():
                 with gr.Column():
-                    source = gr.Radio(["canvas", "test digit"], value="canvas", label="start from", elem_id="source")
+                    source = gr.Radio(list(EDIT_SOURCES), value="canvas", label="start from", elem_id="source")
                     canvas = gr.Sketchpad(label="draw a digit or a scribble", canvas_size=(280, 280),
                                           type="numpy", image_mode="L", elem_id="canvas",
                                           brush=gr.Brush(default_size=20, colors=["#000000"], color_mode="fixed"))
                     index = gr.Number(0, precision=0, label="test digit #", elem_id="test_index")
                 with gr.Column():
-                    mode = gr.Radio(["SDEdit", "inpaint"], value="SDEdit", label="edit", elem_id="mode")
+                    mode = gr.Radio(list(EDIT_MODES), value="SDEdit", label="edit", elem_id="mode")
                     target = gr.Dropdown((names or []) + ["none"], value=names[7] if len(names) > 7 else "none",
                                          label="towards class", elem_id="target")
                     strength = gr.Slider(0.05, 1.0, value=0.8, step=0.05, label="SDEdit strength", elem_id="strength")
-                    preset = gr.Dropdown(["bottom", "top", "left", "right", "center", "random", "painted"],
-                                         value="bottom", label="inpaint: region to fill", elem_id="preset")
+                    preset = gr.Dropdown(list(EDIT_MASKS), value="bottom", label="inpaint: region to fill",
+                                         elem_id="preset")
                     mask_canvas = gr.Sketchpad(label="inpaint: paint the region to fill (with 'painted')",
                                                canvas_size=(280, 280), type="numpy", image_mode="L",
                                                elem_id="mask_canvas")
@@ -351,9 +549,13 @@ def build(diff, *, schedule_figure: Optional[str] = None):
                 with gr.Column():
                     edited = gr.Image(label="before | after", format="png", elem_id="edited")
                     edit_status = gr.Markdown("", elem_id="edit_status")
-            edit_go.click(guard(lambda *a: edit(diff, *a)),
+            def edit_drawn(source, drawn, index, target, strength, mode, preset, mask, seed):
+                return edit(diff, source, drawing(canvas, drawn), index, target, strength, mode, preset,
+                            drawing(mask_canvas, mask), seed)
+
+            edit_go.click(guard(edit_drawn),
                           [source, canvas, index, target, strength, mode, preset, mask_canvas, edit_seed],
-                          [edited, edit_status], api_name="edit")
+                          [edited, edit_status], api_name="edit", preprocess=False, **one)
         with gr.Tab("Explain", id="explain"):
             with gr.Row():
                 ex_index = gr.Number(0, precision=0, label="test digit #", elem_id="explain_index")
@@ -366,33 +568,84 @@ def build(diff, *, schedule_figure: Optional[str] = None):
             if schedule_figure:
                 gr.Image(schedule_figure, label="the schedule", elem_id="schedule_figure")
             show_t = guard(lambda i, t: explain(diff, i, t))
-            ex_index.change(show_t, [ex_index, ex_t], [ex_xt, ex_row, ex_text], api_name="explain")
-            ex_t.change(show_t, [ex_index, ex_t], [ex_xt, ex_row, ex_text], api_name=False)
-            app.load(show_t, [ex_index, ex_t], [ex_xt, ex_row, ex_text], api_name=False)
+            ex_index.change(show_t, [ex_index, ex_t], [ex_xt, ex_row, ex_text], api_name="explain",
+                            preprocess=False, **one)
+            ex_t.change(show_t, [ex_index, ex_t], [ex_xt, ex_row, ex_text], api_name=False, preprocess=False, **one)
+            app.load(show_t, [ex_index, ex_t], [ex_xt, ex_row, ex_text], api_name=False, preprocess=False, **one)
     return app
 
 
+def _stop_on_sigterm() -> Optional[object]:
+    """SIGTERM (a service manager, `kill`) exits as Ctrl-C does, through the interpreter's exit (so
+    the temporary folder goes), with status 143; only in the main thread and where nothing else
+    handles it. Returns the handler installed, or None."""
+    def stop(signum, frame):
+        print(f"mnist-diffusion demo: stopped by {signal.Signals(signum).name}", file=sys.stderr, flush=True)
+        raise SystemExit(128 + signum)
+
+    if threading.current_thread() is not threading.main_thread() or signal.getsignal(signal.SIGTERM) != signal.SIG_DFL:
+        return None
+    signal.signal(signal.SIGTERM, stop)
+    return stop
+
+
 def launch(diff, *, host: str = "127.0.0.1", port: int = 7860, log=print, block: bool = True):
-    """Start the demo: files in a temporary folder, no analytics, system fonts, bounded queue."""
-    tmp = tempfile.mkdtemp(prefix="mnist-diffusion-demo-")
-    atexit.register(shutil.rmtree, tmp, ignore_errors=True)  # Gradio's files go nowhere else
-    os.environ["GRADIO_TEMP_DIR"] = tmp
+    """Start the demo: files in a temporary folder (bounded, removed when the server closes or the
+    process exits, SIGTERM included), no analytics, system fonts, one bounded queue."""
+    folder = TempFolder()
+    atexit.register(folder.remove)  # Gradio's files go nowhere else
+    os.environ["GRADIO_TEMP_DIR"] = str(folder.path)
     os.environ["GRADIO_ANALYTICS_ENABLED"] = "False"
     import gradio as gr
     from PIL import Image
 
     from .visualize import plot_schedule
-    # Gradio decodes uploads before our checks see them: past 2 x MAX_IMAGE_PIXELS, PIL refuses to
-    # decode at all, so a small file claiming 10,000 x 10,000 pixels never becomes an array
+    # Gradio's preprocessing decodes a drawing (in the edit's handler): past 2 x MAX_IMAGE_PIXELS, PIL
+    # refuses to decode at all, so a small file claiming 10,000 x 10,000 pixels never becomes an array
     Image.MAX_IMAGE_PIXELS = LIMITS["upload_pixels"] // 2
-    figure = str(Path(tmp) / "schedule.png")
+    figure = str(folder.path / "schedule.png")
     ts = sorted({int(v) for v in np.linspace(0, diff.timesteps - 1, 8)})
     plot_schedule(_test_images(diff.dataset)[0], figure, T=diff.timesteps, timesteps=ts)
-    app = build(diff, schedule_figure=figure)
+    app = None
+
+    def sweep():
+        keep = set().union(*(getattr(b, "keep_in_cache", set()) for b in list(app.blocks.values())))
+        gone = folder.sweep(keep)
+        for files in list(app.temp_file_sets):  # Gradio forgets them too (its own sweep keeps what it did not delete)
+            files.difference_update(gone)
+
+    app = build(diff, schedule_figure=figure, before=sweep)
     app.queue(default_concurrency_limit=1, max_size=MAX_QUEUE)
     if host not in ("127.0.0.1", "localhost", "::1"):
         log(f"WARNING: the demo listens on {host}: anyone who can reach this machine can use it")
     theme = gr.themes.Default(font=["ui-sans-serif", "system-ui", "sans-serif"],
                               font_mono=["ui-monospace", "monospace"])  # no web fonts fetched
-    return app.launch(server_name=host, server_port=port, prevent_thread_lock=not block, quiet=True, theme=theme,
-                      max_file_size=LIMITS["upload_bytes"], footer_links=[], ssr_mode=False)
+    stopped = threading.Event()
+
+    def sweeping():  # an idle server's files age out too
+        while not stopped.wait(CACHE["every_s"]):
+            sweep()
+
+    handler = _stop_on_sigterm()
+
+    def closed():
+        stopped.set()
+        folder.remove()
+        if handler is not None and signal.getsignal(signal.SIGTERM) is handler:
+            signal.signal(signal.SIGTERM, signal.SIG_DFL)
+
+    app.on_close.append(closed)
+    try:
+        out = app.launch(server_name=host, server_port=port, prevent_thread_lock=True, quiet=True, theme=theme,
+                         max_file_size=LIMITS["upload_bytes"], footer_links=[], ssr_mode=False)
+    except BaseException:
+        closed()
+        raise
+    folder.keep_all()  # the figure and the components' defaults, copied in by now
+    threading.Thread(target=sweeping, name="demo-temp-sweep", daemon=True).start()
+    if block:
+        try:
+            app.block_thread()
+        finally:
+            app.close()
+    return out
