@@ -210,13 +210,30 @@ def test_a_thin_picture_costs_no_memory(tmp_path):
         assert r["peak_mb"] < 200 and r["rss_growth_mb"] < 200, res
 
 
+def test_a_mask_goes_through_the_pictures_geometry(tmp_path):
+    from mnist_diffusion.editing import load_mask
+    a = np.zeros((30, 60), np.uint8)  # 60 wide, 30 tall: letterboxed to 28x14
+    a[5:25, 35:55] = 255
+    Image.fromarray(a).save(tmp_path / "pic.png")
+    Image.fromarray(a).save(tmp_path / "mask.png")  # white: fill in exactly the picture's bright block
+    digit, _ = load_picture(tmp_path / "pic.png")
+    mask = load_mask(tmp_path / "mask.png", 1)
+    assert digit.max() > 200 and (mask == 0).sum() > 20
+    assert np.array_equal(digit[0] > 127, mask[0] == 0)  # the same pixels
+    assert mask[0, :7].all() and mask[0, 21:].all()  # the letterbox margins are known ground
+
+
 def test_bad_pictures_and_masks_are_one_line_errors_and_touch_nothing(tmp_path, capsys):
     Image.new("L", (20000, 1), 255).save(tmp_path / "thin.png")
+    Image.new("L", (1, 3000), 0).save(tmp_path / "tall.png")
+    np.savez(tmp_path / "two.npz", images=_digits(2))
     out = tmp_path / "x.png"
     Image.new("L", (8, 8), 3).save(out)  # a result of an earlier run
     before = out.read_bytes()
     for argv, words in [(["edit", "--image", str(tmp_path / "thin.png"), "--strength", "0.5"],
-                         "thin.png: 20000x1 pixels is thinner than 50:1")]:
+                         "thin.png: 20000x1 pixels is thinner than 50:1"),
+                        (["inpaint", "--image", str(tmp_path / "two.npz"), "--mask", str(tmp_path / "tall.png")],
+                         "tall.png: 1x3000 pixels is thinner than 50:1")]:
         code = main([*argv, "--checkpoint", GOLDEN, "--output", str(out), "--steps", "2", "--no-progress"])
         err = capsys.readouterr().err.strip()
         assert code == 2 and len(err.splitlines()) == 1 and words in err and "Traceback" not in err, err

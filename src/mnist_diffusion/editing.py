@@ -94,8 +94,8 @@ def picture_to_digit(im: Image.Image, name: str = "the image") -> tuple[np.ndarr
     """A picture as the model sees digits: uint8 (1, 28, 28), light strokes on a dark ground.
 
     Any size and mode, converted to grayscale (transparent pixels count as white paper): resized
-    to fit 28x28 with its aspect kept and centred on the dark ground (letterboxed); inverted when
-    it is dark on light (the border is brighter than mid-grey), as drawings on paper are. Memory is bounded by
+    to fit 28x28 with its aspect kept and centred on the dark ground (letterboxed, the geometry
+    load_mask gives a mask too); inverted when it is dark on light (the border is brighter than mid-grey), as drawings on paper are. Memory is bounded by
     the input and the 28x28 output; a picture thinner than 50:1 is refused. Returns the image and
     a line for each conversion made. Every refusal is a one-line ValueError naming `name`."""
     notes = []
@@ -135,10 +135,14 @@ def load_inputs(image: Optional[str] = None, from_test: Optional[int] = None, da
 
 
 def load_mask(path: str | os.PathLike, num_images: int) -> np.ndarray:
-    """A mask file as known pixels: a PNG where white marks what to fill in and black what to keep
-    (as inpainting tools paint it), resized to 28x28; or an npz whose `mask` holds 1 = known."""
+    """A mask file as known pixels: a picture where white marks what to fill in and black what to
+    keep (as inpainting tools paint it), brought to 28x28 by the very geometry picture_to_digit
+    gives an image (aspect kept, centred; the margin is kept), so a mask painted over a picture of
+    the same size hides the same region; or an npz whose `mask` holds 1 = known."""
     if Path(path).suffix.lower() == ".npz":
         return check_mask(npz_array(path, "mask"), num_images)
+    name = str(path)
     with open_image(path) as im:
-        g = np.asarray(im.convert("L").resize((28, 28), Image.NEAREST), dtype=np.float32) / 255
-    return check_mask((g < 0.5).astype(np.float32), num_images)
+        _placement(*im.size, name)
+        g = im.convert("L")
+    return check_mask((_letterbox(g, name) < 128).astype(np.float32), num_images)
