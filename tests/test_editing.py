@@ -154,3 +154,88 @@ def test_a_wrong_size_mask_file_is_refused(tmp_path, mnist, capsys):
     assert main(["inpaint", "--checkpoint", GOLDEN, "--from-test", "2", "--mask", str(tmp_path / "m.npz"),
                  "--output", str(tmp_path / "x.png")]) == 2
     assert "the mask has shape (3, 27, 28)" in capsys.readouterr().err
+
+
+# ---------------------------------------------------------------------------------------------
+# pictures and masks from files: memory bounded by the output, one geometry, every mode
+
+_MEASURE = r"""
+import json, resource, sys, tracemalloc
+from mnist_diffusion.editing import load_picture
+vm = int(next(l for l in open("/proc/self/status") if l.startswith("VmSize")).split()[1]) * 1024
+resource.setrlimit(resource.RLIMIT_AS, (vm + (1 << 30), resource.RLIM_INFINITY))  # a runaway fails fast
+out = {}
+for path in sys.argv[1:]:
+    rss0 = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    tracemalloc.start()
+    try:
+        a, _ = load_picture(path)
+        r = {"shape": list(a.shape), "max": int(a.max())}
+    except ValueError as e:
+        r = {"error": str(e)}
+    except MemoryError:
+        r = {"error": "MemoryError"}
+    r["peak_mb"] = tracemalloc.get_traced_memory()[1] / 2**20
+    tracemalloc.stop()
+    r["rss_growth_mb"] = (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - rss0) / 1024
+    out[path] = r
+print(json.dumps(out))
+"""
+
+
+@pytest.mark.skipif(not Path("/proc/self/status").exists(), reason="measures memory through /proc (Linux)")
+def test_a_thin_picture_costs_no_memory(tmp_path):
+    import json
+    import os
+    import subprocess
+    import sys
+
+    import mnist_diffusion
+    thin = tmp_path / "thin.png"  # 102 bytes; padded to a square before reducing it was 400 M pixels, 3.75 GB
+    Image.new("L", (20000, 1), 255).save(thin)
+    wide = tmp_path / "wide.png"  # 40:1, kept: 8000x8000 when padded first
+    a = np.zeros((200, 8000), np.uint8)
+    a[20:180, 3700:4300] = 255
+    Image.fromarray(a).save(wide)
+    src = str(Path(mnist_diffusion.__file__).resolve().parents[1])
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([src, os.environ.get("PYTHONPATH", "")])}
+    run = subprocess.run([sys.executable, "-c", _MEASURE, str(thin), str(wide)], capture_output=True, text=True,
+                         env=env, timeout=300)
+    assert run.returncode == 0, run.stderr
+    res = json.loads(run.stdout)
+    t, w = res[str(thin)], res[str(wide)]
+    assert t.get("error", "").startswith(f"{thin}: 20000x1 pixels is thinner than 50:1"), t
+    assert w.get("shape") == [1, 28, 28] and w["max"] > 200, w  # the bar, 2 pixels wide, 1 tall, survives
+    for r in (t, w):
+        assert r["peak_mb"] < 200 and r["rss_growth_mb"] < 200, res
+
+
+def test_a_mask_goes_through_the_pictures_geometry(tmp_path):
+    from mnist_diffusion.editing import load_mask
+    a = np.zeros((30, 60), np.uint8)  # 60 wide, 30 tall: letterboxed to 28x14
+    a[5:25, 35:55] = 255
+    Image.fromarray(a).save(tmp_path / "pic.png")
+    Image.fromarray(a).save(tmp_path / "mask.png")  # white: fill in exactly the picture's bright block
+    digit, _ = load_picture(tmp_path / "pic.png")
+    mask = load_mask(tmp_path / "mask.png", 1)
+    assert digit.max() > 200 and (mask == 0).sum() > 20
+    assert np.array_equal(digit[0] > 127, mask[0] == 0)  # the same pixels
+    assert mask[0, :7].all() and mask[0, 21:].all()  # the letterbox margins are known ground
+
+
+def test_bad_pictures_and_masks_are_one_line_errors_and_touch_nothing(tmp_path, capsys):
+    Image.new("L", (20000, 1), 255).save(tmp_path / "thin.png")
+    Image.new("L", (1, 3000), 0).save(tmp_path / "tall.png")
+    np.savez(tmp_path / "two.npz", images=_digits(2))
+    out = tmp_path / "x.png"
+    Image.new("L", (8, 8), 3).save(out)  # a result of an earlier run
+    before = out.read_bytes()
+    for argv, words in [(["edit", "--image", str(tmp_path / "thin.png"), "--strength", "0.5"],
+                         "thin.png: 20000x1 pixels is thinner than 50:1"),
+                        (["inpaint", "--image", str(tmp_path / "two.npz"), "--mask", str(tmp_path / "tall.png")],
+                         "tall.png: 1x3000 pixels is thinner than 50:1")]:
+        code = main([*argv, "--checkpoint", GOLDEN, "--output", str(out), "--steps", "2", "--no-progress"])
+        err = capsys.readouterr().err.strip()
+        assert code == 2 and len(err.splitlines()) == 1 and words in err and "Traceback" not in err, err
+        assert err.startswith(f"mnist-diffusion {argv[0]}: error:"), err
+        assert out.read_bytes() == before

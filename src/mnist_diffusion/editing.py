@@ -58,35 +58,61 @@ def check_mask(mask, num_images: int) -> np.ndarray:
 def load_picture(path: str | os.PathLike) -> tuple[np.ndarray, list[str]]:
     """A user's image file as the model sees digits (picture_to_digit), after open_image's checks."""
     with open_image(path) as im:
-        return picture_to_digit(im, Path(path).name)
+        return picture_to_digit(im, str(path))
+
+
+MAX_ASPECT = 50  # a picture longer than this to one side holds no digit (20000x1 would be one row of 28)
+
+
+def _placement(w: int, h: int, name: str) -> tuple[int, int, int, int]:
+    """Where a w x h picture lands in 28x28, for images and masks alike: its size there, aspect
+    kept and the long side 28, and its offset (centred). Refuses an empty or absurdly thin one."""
+    if w < 1 or h < 1:
+        raise ValueError(f"{name}: the image is empty ({w}x{h} pixels)")
+    if max(w, h) > MAX_ASPECT * min(w, h):
+        raise ValueError(f"{name}: {w}x{h} pixels is thinner than {MAX_ASPECT}:1, no digit picture; crop it "
+                         "to the digit")
+    side = max(w, h)
+    nw, nh = max(1, round(28 * w / side)), max(1, round(28 * h / side))
+    return nw, nh, (28 - nw) // 2, (28 - nh) // 2
+
+
+def _letterbox(g: Image.Image, name: str, invert: bool = False) -> np.ndarray:
+    """A grayscale (L) picture as uint8 (28, 28): resized first (LANCZOS, aspect kept), then
+    inverted if asked, then centred on a 0 ground. The work is bounded by the input and the
+    output, never by the padded square (a 20000x1 picture padded first is 400 M pixels)."""
+    nw, nh, x0, y0 = _placement(*g.size, name)
+    if g.size != (nw, nh):
+        g = g.resize((nw, nh), Image.LANCZOS)
+    a = np.asarray(g, dtype=np.uint8)
+    out = np.zeros((28, 28), dtype=np.uint8)
+    out[y0:y0 + nh, x0:x0 + nw] = 255 - a if invert else a
+    return out
 
 
 def picture_to_digit(im: Image.Image, name: str = "the image") -> tuple[np.ndarray, list[str]]:
     """A picture as the model sees digits: uint8 (1, 28, 28), light strokes on a dark ground.
 
-    Any size and mode: converted to grayscale (transparent pixels count as white paper), padded to
-    a square with its own background and resized to 28x28; inverted when it is dark on light (the
-    border is brighter than mid-grey), as drawings on paper are. Returns the image and a line for
-    each conversion made."""
+    Any size and mode, converted to grayscale (transparent pixels count as white paper): resized
+    to fit 28x28 with its aspect kept and centred on the dark ground (letterboxed, the geometry
+    load_mask gives a mask too); inverted when it is dark on light (the border is brighter than mid-grey), as drawings on paper are. Memory is bounded by
+    the input and the 28x28 output; a picture thinner than 50:1 is refused. Returns the image and
+    a line for each conversion made. Every refusal is a one-line ValueError naming `name`."""
     notes = []
+    w, h = im.size
+    _placement(w, h, name)  # refused before any conversion
     if im.mode != "L" or im.size != (28, 28):
-        notes.append(f"{name}: {im.size[0]}x{im.size[1]} {im.mode} converted to 28x28 grayscale")
+        notes.append(f"{name}: {w}x{h} {im.mode} converted to 28x28 grayscale")
     if im.mode in ("RGBA", "LA", "P"):
         rgba = im.convert("RGBA")
         im = Image.alpha_composite(Image.new("RGBA", rgba.size, (255, 255, 255, 255)), rgba)
-    g = np.asarray(im.convert("L"), dtype=np.float64)
-    border = np.concatenate([g[0], g[-1], g[:, 0], g[:, -1]])
-    if border.mean() > 127:
-        g = 255 - g
+    g = im.convert("L")
+    edges = [g.crop(box) for box in ((0, 0, w, 1), (0, h - 1, w, h), (0, 0, 1, h), (w - 1, 0, w, h))]
+    border = np.concatenate([np.asarray(e, dtype=np.float64).ravel() for e in edges])
+    invert = bool(border.mean() > 127)
+    if invert:
         notes.append(f"{name}: inverted (dark strokes on a light ground; MNIST is light on dark)")
-    h, w = g.shape
-    side = max(h, w)
-    square = np.zeros((side, side))
-    square[(side - h) // 2:(side - h) // 2 + h, (side - w) // 2:(side - w) // 2 + w] = g
-    img = Image.fromarray(np.clip(square, 0, 255).astype(np.uint8), mode="L")
-    if side != 28:
-        img = img.resize((28, 28), Image.LANCZOS)
-    return np.asarray(img, dtype=np.uint8)[None], notes
+    return _letterbox(g, name, invert=invert)[None], notes
 
 
 def load_inputs(image: Optional[str] = None, from_test: Optional[int] = None, dataset: str = "mnist",
@@ -109,10 +135,14 @@ def load_inputs(image: Optional[str] = None, from_test: Optional[int] = None, da
 
 
 def load_mask(path: str | os.PathLike, num_images: int) -> np.ndarray:
-    """A mask file as known pixels: a PNG where white marks what to fill in and black what to keep
-    (as inpainting tools paint it), resized to 28x28; or an npz whose `mask` holds 1 = known."""
+    """A mask file as known pixels: a picture where white marks what to fill in and black what to
+    keep (as inpainting tools paint it), brought to 28x28 by the very geometry picture_to_digit
+    gives an image (aspect kept, centred; the margin is kept), so a mask painted over a picture of
+    the same size hides the same region; or an npz whose `mask` holds 1 = known."""
     if Path(path).suffix.lower() == ".npz":
         return check_mask(npz_array(path, "mask"), num_images)
+    name = str(path)
     with open_image(path) as im:
-        g = np.asarray(im.convert("L").resize((28, 28), Image.NEAREST), dtype=np.float32) / 255
-    return check_mask((g < 0.5).astype(np.float32), num_images)
+        _placement(*im.size, name)
+        g = im.convert("L")
+    return check_mask((_letterbox(g, name) < 128).astype(np.float32), num_images)
