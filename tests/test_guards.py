@@ -152,7 +152,13 @@ def test_resume_into_a_directory_of_another_run_is_refused(tmp_path, capsys):
     assert len(ids) == 2 and ckpt_io.load(a / "checkpoints/last.pt")["run_id"] in ids
     from mnist_diffusion.config import RunConfig
     saved = RunConfig.from_json((a / "config.json").read_text())
-    assert saved.train.data_sha256 and saved.replace(train={"data_sha256": None}) == cfg  # + the data's identity
+    import dataclasses
+
+    from mnist_diffusion.config import recommended_sampling
+    assert saved.sampling == recommended_sampling(cfg)  # a config without a sampling section gets the recommended one
+    # + the data's identity
+    assert saved.train.data_sha256 and saved.replace(train={"data_sha256": None}) == dataclasses.replace(
+        cfg, sampling=saved.sampling)
 
 
 def test_a_run_without_last_pt_is_not_treated_as_empty(tmp_path):
