@@ -223,15 +223,80 @@ def test_a_mask_goes_through_the_pictures_geometry(tmp_path):
     assert mask[0, :7].all() and mask[0, 21:].all()  # the letterbox margins are known ground
 
 
+def _stroke():
+    """A digit-like picture: an antialiased bar, light on dark, 8-bit, not square."""
+    yy, xx = np.mgrid[:48, :40]
+    a = 255 * np.clip(4 - np.abs(xx - 19.5 - (yy - 24) * 0.3), 0, 1) * ((yy > 6) & (yy < 42))
+    return np.round(a).astype(np.uint8)
+
+
+@pytest.mark.parametrize("light", [True, False])
+def test_float_and_16_bit_pictures_are_scaled_by_their_range(tmp_path, light):
+    ref = _stroke() if light else 255 - _stroke()
+    Image.fromarray(ref).save(tmp_path / "ref.png")
+    want, _ = load_picture(tmp_path / "ref.png")
+    assert want.max() > 200
+    Image.fromarray((ref / 255).astype(np.float32), mode="F").save(tmp_path / "f.tif")
+    Image.fromarray(ref.astype(np.uint16) * 257).save(tmp_path / "deep.png")
+    for name in ("f.tif", "deep.png"):
+        got, notes = load_picture(tmp_path / name)
+        assert np.abs(got.astype(int) - want.astype(int)).max() <= 1, name
+        assert any("scaled to [0, 255]" in n for n in notes), notes
+    Image.fromarray(ref.astype(np.float32), mode="F").save(tmp_path / "f255.tif")  # [0, 255] floats: as they are
+    assert np.abs(load_picture(tmp_path / "f255.tif")[0].astype(int) - want.astype(int)).max() <= 1
+
+
+@pytest.mark.parametrize("values, words", [((-1.0, 3.0), "F pixel values from -1 to 3; expected 0 to 1 or 0 to 255"),
+                                           ((0.0, np.nan), "NaN or infinite")])
+def test_a_float_picture_without_a_range_is_refused(tmp_path, values, words):
+    a = np.full((28, 28), values[0], np.float32)
+    a[10:18, 10:18] = values[1]
+    Image.fromarray(a, mode="F").save(tmp_path / "odd.tif")
+    with pytest.raises(ValueError, match=f"^{tmp_path / 'odd.tif'}: ") as e:
+        load_picture(tmp_path / "odd.tif")
+    assert words in str(e.value) and "\n" not in str(e.value)
+
+
+@pytest.mark.parametrize("stroke", [255, 0])
+def test_a_palette_png_with_a_transparent_background(tmp_path, stroke):
+    ref = _stroke() > 127
+    p = Image.fromarray(ref.astype(np.uint8), mode="P")  # index 0 the background, 1 the strokes
+    p.putpalette([stroke] * 3 * 2)  # the transparent entry has the strokes' colour (only alpha tells them apart)
+    p.save(tmp_path / "p.png", transparency=0)
+    Image.fromarray(np.where(ref, stroke, 255 - stroke).astype(np.uint8)).save(tmp_path / "ref.png")
+    got, notes = load_picture(tmp_path / "p.png")
+    want, _ = load_picture(tmp_path / "ref.png")
+    assert got.max() > 200 and np.array_equal(got, want), notes
+    rgba = Image.new("RGBA", (40, 48), (stroke, stroke, stroke, 0))  # the same with an alpha channel
+    rgba.putalpha(Image.fromarray(_stroke()))
+    rgba.save(tmp_path / "rgba.png")
+    got, _ = load_picture(tmp_path / "rgba.png")
+    assert np.abs(got.astype(int) - load_picture(tmp_path / "ref.png")[0].astype(int)).mean() < 8
+
+
+def test_a_mask_painted_on_a_transparent_layer(tmp_path):
+    from mnist_diffusion.editing import load_mask
+    a = np.zeros((30, 60), np.uint8)
+    a[5:25, 35:55] = 255
+    layer = Image.new("RGBA", (60, 30), (255, 255, 255, 0))  # white paint, unpainted pixels transparent white
+    layer.putalpha(Image.fromarray(a))
+    layer.save(tmp_path / "layer.png")
+    Image.fromarray(a).save(tmp_path / "mask.png")
+    assert np.array_equal(load_mask(tmp_path / "layer.png", 1), load_mask(tmp_path / "mask.png", 1))
+
+
 def test_bad_pictures_and_masks_are_one_line_errors_and_touch_nothing(tmp_path, capsys):
     Image.new("L", (20000, 1), 255).save(tmp_path / "thin.png")
     Image.new("L", (1, 3000), 0).save(tmp_path / "tall.png")
+    Image.fromarray(np.full((28, 28), 300.0, np.float32), mode="F").save(tmp_path / "hot.tif")
     np.savez(tmp_path / "two.npz", images=_digits(2))
     out = tmp_path / "x.png"
     Image.new("L", (8, 8), 3).save(out)  # a result of an earlier run
     before = out.read_bytes()
     for argv, words in [(["edit", "--image", str(tmp_path / "thin.png"), "--strength", "0.5"],
                          "thin.png: 20000x1 pixels is thinner than 50:1"),
+                        (["edit", "--image", str(tmp_path / "hot.tif"), "--strength", "0.5"],
+                         "hot.tif: F pixel values from 300 to 300"),
                         (["inpaint", "--image", str(tmp_path / "two.npz"), "--mask", str(tmp_path / "tall.png")],
                          "tall.png: 1x3000 pixels is thinner than 50:1")]:
         code = main([*argv, "--checkpoint", GOLDEN, "--output", str(out), "--steps", "2", "--no-progress"])

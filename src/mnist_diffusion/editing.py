@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Optional
 
 import numpy as np
-from PIL import Image
+from PIL import Image, ImageChops, ImageStat
 
 from .data import prepare
 from .images import load_sample_set, npz_array, open_image
@@ -90,12 +90,68 @@ def _letterbox(g: Image.Image, name: str, invert: bool = False) -> np.ndarray:
     return out
 
 
+def _has_alpha(im: Image.Image) -> bool:
+    if hasattr(im, "has_transparency_data"):  # Pillow >= 10.1
+        return im.has_transparency_data
+    return im.mode in ("RGBA", "LA", "PA", "RGBa", "La") or "transparency" in im.info
+
+
+def _grayscale(im: Image.Image, name: str, ground: Optional[int] = None) -> tuple[Image.Image, list[str]]:
+    """Any picture as 8-bit grayscale (L), and a line for each conversion that is not plain.
+
+    16-bit and 32-bit integer pictures are scaled from their range (0..65535; a 32-bit one holding
+    only 0..255 is kept), float ones from [0, 1] or [0, 255] (other ranges are refused: nothing
+    says what is white). Transparent pixels are laid on `ground`, or, when it is None, on the
+    ground the opaque pixels stand out from: black behind light strokes, white paper behind dark
+    ones (a palette PNG whose transparent index is the background is a digit, not a blank)."""
+    notes = []
+    try:
+        if im.mode == "F" or im.mode.startswith("I"):
+            f = im.convert("F")
+            if im.mode == "F" and not np.isfinite(np.asarray(f)).all():
+                raise ValueError(f"{name}: the float image holds NaN or infinite values")
+            lo, hi = f.getextrema()
+            if im.mode.startswith("I;16"):
+                top = 65535
+            elif im.mode == "I":
+                top = 255 if lo >= 0 and hi <= 255 else 65535
+            else:
+                top = 1 if lo >= 0 and hi <= 1 else 255
+            if lo < 0 or hi > top:
+                expected = "0 to 1 or 0 to 255" if im.mode == "F" else f"0 to {top}"
+                raise ValueError(f"{name}: {im.mode} pixel values from {lo:g} to {hi:g}; expected {expected}")
+            if top != 255:
+                notes.append(f"{name}: {im.mode} values in [0, {top}] scaled to [0, 255]")
+            return f.point(lambda v: v * (255 / top) + 0.5).convert("L"), notes
+        if not _has_alpha(im):
+            return im.convert("L"), notes
+        rgba = im.convert("RGBA")
+        alpha = rgba.getchannel("A")
+        if alpha.getextrema()[0] == 255:  # every pixel opaque
+            return rgba.convert("L"), notes
+        if ground is None:
+            weight = ImageStat.Stat(alpha).sum[0]
+            lum = ImageStat.Stat(ImageChops.multiply(rgba.convert("L"), alpha)).sum[0] * 255 / max(weight, 1)
+            ground = 0 if weight > 0 and lum > 127 else 255
+            behind = "black behind light" if ground == 0 else "white behind dark"
+            notes.append(f"{name}: transparent pixels taken as the ground ({behind} strokes)")
+        back = Image.new("RGBA", rgba.size, (ground, ground, ground, 255))
+        return Image.alpha_composite(back, rgba).convert("L"), notes
+    except ValueError as e:
+        if str(e).startswith(name):
+            raise
+        raise ValueError(f"{name}: cannot read a {im.mode} image as grayscale ({e})") from None
+    except OSError as e:
+        raise ValueError(f"{name}: cannot read a {im.mode} image as grayscale ({e})") from None
+
+
 def picture_to_digit(im: Image.Image, name: str = "the image") -> tuple[np.ndarray, list[str]]:
     """A picture as the model sees digits: uint8 (1, 28, 28), light strokes on a dark ground.
 
-    Any size and mode, converted to grayscale (transparent pixels count as white paper): resized
-    to fit 28x28 with its aspect kept and centred on the dark ground (letterboxed, the geometry
-    load_mask gives a mask too); inverted when it is dark on light (the border is brighter than mid-grey), as drawings on paper are. Memory is bounded by
+    Any size and mode (_grayscale: transparent pixels are the ground, 16-bit and float values
+    scaled from their range): resized to fit 28x28 with its aspect kept and centred on the dark
+    ground (letterboxed, the geometry load_mask gives a mask too); inverted when it is dark on
+    light (the border is brighter than mid-grey), as drawings on paper are. Memory is bounded by
     the input and the 28x28 output; a picture thinner than 50:1 is refused. Returns the image and
     a line for each conversion made. Every refusal is a one-line ValueError naming `name`."""
     notes = []
@@ -103,10 +159,8 @@ def picture_to_digit(im: Image.Image, name: str = "the image") -> tuple[np.ndarr
     _placement(w, h, name)  # refused before any conversion
     if im.mode != "L" or im.size != (28, 28):
         notes.append(f"{name}: {w}x{h} {im.mode} converted to 28x28 grayscale")
-    if im.mode in ("RGBA", "LA", "P"):
-        rgba = im.convert("RGBA")
-        im = Image.alpha_composite(Image.new("RGBA", rgba.size, (255, 255, 255, 255)), rgba)
-    g = im.convert("L")
+    g, more = _grayscale(im, name)
+    notes += more
     edges = [g.crop(box) for box in ((0, 0, w, 1), (0, h - 1, w, h), (0, 0, 1, h), (w - 1, 0, w, h))]
     border = np.concatenate([np.asarray(e, dtype=np.float64).ravel() for e in edges])
     invert = bool(border.mean() > 127)
@@ -136,13 +190,14 @@ def load_inputs(image: Optional[str] = None, from_test: Optional[int] = None, da
 
 def load_mask(path: str | os.PathLike, num_images: int) -> np.ndarray:
     """A mask file as known pixels: a picture where white marks what to fill in and black what to
-    keep (as inpainting tools paint it), brought to 28x28 by the very geometry picture_to_digit
-    gives an image (aspect kept, centred; the margin is kept), so a mask painted over a picture of
-    the same size hides the same region; or an npz whose `mask` holds 1 = known."""
+    keep (as inpainting tools paint it; transparent pixels are kept), brought to 28x28 by the very
+    geometry picture_to_digit gives an image (aspect kept, centred; the margin is kept), so a mask
+    painted over a picture of the same size hides the same region; or an npz whose `mask` holds
+    1 = known."""
     if Path(path).suffix.lower() == ".npz":
         return check_mask(npz_array(path, "mask"), num_images)
     name = str(path)
     with open_image(path) as im:
         _placement(*im.size, name)
-        g = im.convert("L")
+        g, _ = _grayscale(im, name, ground=0)
     return check_mask((_letterbox(g, name) < 128).astype(np.float32), num_images)
