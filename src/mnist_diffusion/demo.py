@@ -386,66 +386,75 @@ def explain(diff, test_index, t) -> tuple[np.ndarray, np.ndarray, str]:
     return show(to_uint8(xt)), show(to_uint8(row), nrow=8), text
 
 
-def build(diff, *, schedule_figure: Optional[str] = None, before=None):
-    """The Blocks app for a Diffusion: three tabs (Generate, Edit, Explain). All their events share
-    one queue (concurrency id "model", one at a time); `before()`, if given, runs at the start of
-    each request (launch: the temporary folder's sweep). `app.on_close` (callables) run after the
-    server's close."""
+def _refuse(message: str):
+    """A refusal: one line in the page (Gradio renders it as HTML: escaped) and the API's answer,
+    no traceback in the server's log."""
     import gradio as gr
-    import pydantic
 
-    names = class_names(diff)
-    classes = label_choices(diff)
+    return gr.Error(html.escape(message, quote=False), print_exception=False)
 
-    def refuse(message: str):
-        """A refusal: one line in the page (Gradio renders it as HTML: escaped) and the API's
-        answer, no traceback in the server's log."""
-        return gr.Error(html.escape(message, quote=False), print_exception=False)
 
-    def unexpected(e: Exception):
-        """A failure no check foresaw (a bug): still a message in the page, and its traceback logged."""
-        return gr.Error(html.escape(f"unexpected error: {type(e).__name__}: {first_line(e)} (the server's "
-                                    "log has the traceback)", quote=False))
+def _unexpected(e: Exception):
+    """A failure no check foresaw (a bug): still a message in the page, and its traceback logged."""
+    import gradio as gr
 
-    def guard(fn):  # every expected failure is a message in the page; the server goes on serving
-        def wrapped(*args):
-            try:
-                if before is not None:
-                    before()
-                return fn(*args)
-            except (DemoError, ValueError, TypeError) as e:
-                raise refuse(first_line(e)) from None
-            except Exception as e:  # shown in the page, logged
-                raise unexpected(e) from e
-        return wrapped
+    return gr.Error(html.escape(f"unexpected error: {type(e).__name__}: {first_line(e)} (the server's "
+                                "log has the traceback)", quote=False))
 
+
+def _guard(fn, before=None):
+    """`fn` as an event's handler: `before()` first, if given; every expected failure is a message in
+    the page, and the server goes on serving."""
+    def wrapped(*args):
+        try:
+            if before is not None:
+                before()
+            return fn(*args)
+        except (DemoError, ValueError, TypeError) as e:
+            raise _refuse(first_line(e)) from None
+        except Exception as e:  # shown in the page, logged
+            raise _unexpected(e) from e
+    return wrapped
+
+
+def _streamer(diff, before=None):
+    """The Generate button's handler: `generate_frames` of the page's values, failures as `_guard`'s."""
     def stream(label, guidance, sampler, steps, seed, num_images):
         try:
             if before is not None:
                 before()
             yield from generate_frames(diff, Request(label, guidance, sampler, steps, seed, num_images))
         except (DemoError, ValueError, TypeError) as e:
-            raise refuse(first_line(e)) from None
+            raise _refuse(first_line(e)) from None
         except Exception as e:  # shown in the page, logged
-            raise unexpected(e) from e
+            raise _unexpected(e) from e
+    return stream
 
-    def label_of(block) -> str:
-        return str(getattr(block, "label", None) or getattr(block, "elem_id", None) or block.get_block_name())
 
-    def drawing(component, value):
-        """A Sketchpad's value as it came (its files uploaded to this server, Gradio checked) decoded
-        as Gradio's own preprocessing does (the editor's layers flattened, numpy); a file that is not
-        a picture, or one too large to decode, is a DemoError naming the field."""
-        if value is None:
-            return None
-        try:
-            return component.preprocess(component.data_model.model_validate(value))
-        except Exception as e:  # noqa: BLE001  (Pillow's errors are many: all of them mean "not readable")
-            detail = first_line(e)
-            for f in (value.get("background"), value.get("composite"), *(value.get("layers") or [])):
-                if isinstance(f, dict) and isinstance(f.get("path"), str):  # the server's paths: the name only
-                    detail = detail.replace(f["path"], Path(f["path"]).name)
-            raise DemoError(f"{label_of(component)}: cannot be read as a picture ({detail})") from None
+def _label_of(block) -> str:
+    return str(getattr(block, "label", None) or getattr(block, "elem_id", None) or block.get_block_name())
+
+
+def _drawing(component, value):
+    """A Sketchpad's value as it came (its files uploaded to this server, Gradio checked) decoded as
+    Gradio's own preprocessing does (the editor's layers flattened, numpy); a file that is not a
+    picture, or one too large to decode, is a DemoError naming the field."""
+    if value is None:
+        return None
+    try:
+        return component.preprocess(component.data_model.model_validate(value))
+    except Exception as e:  # noqa: BLE001  (Pillow's errors are many: all of them mean "not readable")
+        detail = first_line(e)
+        for f in (value.get("background"), value.get("composite"), *(value.get("layers") or [])):
+            if isinstance(f, dict) and isinstance(f.get("path"), str):  # the server's paths: the name only
+                detail = detail.replace(f["path"], Path(f["path"]).name)
+        raise DemoError(f"{_label_of(component)}: cannot be read as a picture ({detail})") from None
+
+
+def _blocks_class():
+    """The demo's gr.Blocks subclass, made when the demo is built (Gradio is imported only then)."""
+    import gradio as gr
+    import pydantic
 
     class Blocks(gr.Blocks):
         """gr.Blocks whose own refusals of a request, before any handler sees it (too few or too
@@ -468,12 +477,12 @@ def build(diff, *, schedule_figure: Optional[str] = None, before=None):
             if len(inputs) != len(want):  # Gradio would pass on extra values silently
                 public = getattr(block_fn, "api_visibility", "public") == "public"  # api_name=False: "false"
                 name = block_fn.api_name if public and isinstance(block_fn.api_name, str) else "this event"
-                raise refuse(f"{name} takes {len(want)} values ({', '.join(map(label_of, want))}), "
-                             f"got {len(inputs)}")
+                raise _refuse(f"{name} takes {len(want)} values ({', '.join(map(_label_of, want))}), "
+                              f"got {len(inputs)}")
 
         async def preprocess_data(self, block_fn, inputs, state, explicit_call=False):
             if not isinstance(inputs, list):
-                raise refuse(f"the request's data must be a list of values, got {_show(inputs)}")
+                raise _refuse(f"the request's data must be a list of values, got {_show(inputs)}")
             self.validate_inputs(block_fn, inputs)
             for block, value in zip(block_fn.inputs, inputs):
                 model = getattr(block, "data_model", None)
@@ -484,94 +493,134 @@ def build(diff, *, schedule_figure: Optional[str] = None, before=None):
                 except pydantic.ValidationError as e:
                     err = e.errors()[0]
                     where = ".".join(map(str, err.get("loc", ())))
-                    raise refuse(f"{label_of(block)}: {_show(value)} is not a drawing "
-                                 f"({where + ': ' if where else ''}{err.get('msg', '')})") from None
+                    raise _refuse(f"{_label_of(block)}: {_show(value)} is not a drawing "
+                                  f"({where + ': ' if where else ''}{err.get('msg', '')})") from None
                 for f in _files(value):
                     if not isinstance(f.get("path"), str) or "://" in f["path"]:
-                        raise refuse(f"{label_of(block)}: its files must be uploaded to this server first, "
-                                     f"got {_show(f.get('path'))}")
+                        raise _refuse(f"{_label_of(block)}: its files must be uploaded to this server first, "
+                                      f"got {_show(f.get('path'))}")
             try:
                 return await super().preprocess_data(block_fn, inputs, state, explicit_call)
             except gr.Error as e:  # Gradio's own refusal (a file not uploaded here): its message, no traceback
-                raise refuse((str(e.message).strip().splitlines() or ["refused"])[0]) from None
+                raise _refuse((str(e.message).strip().splitlines() or ["refused"])[0]) from None
             except Exception as e:  # noqa: BLE001  (a value Gradio could not read: the request's fault)
-                raise refuse(f"the request could not be read: {first_line(e)}") from None
+                raise _refuse(f"the request could not be read: {first_line(e)}") from None
 
-    one = {"concurrency_id": "model", "concurrency_limit": 1}  # one queue for every event: the model uses every core
-    with Blocks(title="mnist-diffusion", analytics_enabled=False,
-                delete_cache=(CACHE["every_s"], CACHE["age_s"])) as app:
+    return Blocks
+
+
+# one queue for every event: the model uses every core
+_ONE_QUEUE = {"concurrency_id": "model", "concurrency_limit": 1}
+
+
+def _generate_tab(diff, before=None) -> None:
+    """The Generate tab: a digit, guidance, sampler, steps, seed and how many; x_t, the predicted x0
+    and the samples streamed as the sampler runs (event "generate")."""
+    import gradio as gr
+
+    names, classes = class_names(diff), label_choices(diff)
+    with gr.Tab("Generate", id="generate"):
+        with gr.Row():
+            with gr.Column(scale=1):
+                label = gr.Dropdown(classes, value=classes[0], label="digit", elem_id="label")
+                own = diff.config.sampling  # the model's own: what its card recommends
+                guidance = gr.Slider(0, LIMITS["guidance"], value=own.guidance if names else 0, step=0.25,
+                                     label="guidance W", elem_id="guidance")
+                sampler = gr.Radio(list(SAMPLERS), value=own.sampler, label="sampler", elem_id="sampler")
+                steps = gr.Slider(1, LIMITS["steps"]["ddpm"], value=len(diff.plan(labelled=False).timesteps),
+                                  step=1, label="steps", elem_id="steps")
+                seed = gr.Number(0, precision=0, label="seed", elem_id="seed")
+                num = gr.Slider(1, LIMITS["images"], value=10 if names else 8, step=1, label="images",
+                                elem_id="num_images")
+                go = gr.Button("Generate", variant="primary", elem_id="generate_button")
+            with gr.Column(scale=2):
+                status = gr.Markdown("Pick a digit and press Generate.", elem_id="status")
+                with gr.Row():
+                    xt = gr.Image(label="x_t (what the sampler holds)", format="png", elem_id="xt")
+                    x0 = gr.Image(label="predicted x0", format="png", elem_id="x0")
+                final = gr.Image(label="samples", format="png", elem_id="final")
+        go.click(_streamer(diff, before), [label, guidance, sampler, steps, seed, num], [xt, x0, final, status],
+                 api_name="generate", preprocess=False, **_ONE_QUEUE)
+
+
+def _edit_tab(diff, before=None) -> None:
+    """The Edit tab: SDEdit or inpainting of a drawn (or test) digit, before | after (event "edit")."""
+    import gradio as gr
+
+    names = class_names(diff)
+    with gr.Tab("Edit", id="edit"):
+        with gr.Row():
+            with gr.Column():
+                source = gr.Radio(list(EDIT_SOURCES), value="canvas", label="start from", elem_id="source")
+                canvas = gr.Sketchpad(label="draw a digit or a scribble", canvas_size=(280, 280),
+                                      type="numpy", image_mode="L", elem_id="canvas",
+                                      brush=gr.Brush(default_size=20, colors=["#000000"], color_mode="fixed"))
+                index = gr.Number(0, precision=0, label="test digit #", elem_id="test_index")
+            with gr.Column():
+                mode = gr.Radio(list(EDIT_MODES), value="SDEdit", label="edit", elem_id="mode")
+                target = gr.Dropdown((names or []) + ["none"], value=names[7] if len(names) > 7 else "none",
+                                     label="towards class", elem_id="target")
+                strength = gr.Slider(0.05, 1.0, value=0.8, step=0.05, label="SDEdit strength", elem_id="strength")
+                preset = gr.Dropdown(list(EDIT_MASKS), value="bottom", label="inpaint: region to fill",
+                                     elem_id="preset")
+                mask_canvas = gr.Sketchpad(label="inpaint: paint the region to fill (with 'painted')",
+                                           canvas_size=(280, 280), type="numpy", image_mode="L",
+                                           elem_id="mask_canvas")
+                edit_seed = gr.Number(0, precision=0, label="seed", elem_id="edit_seed")
+                edit_go = gr.Button("Edit", variant="primary", elem_id="edit_button")
+            with gr.Column():
+                edited = gr.Image(label="before | after", format="png", elem_id="edited")
+                edit_status = gr.Markdown("", elem_id="edit_status")
+
+        def edit_drawn(source, drawn, index, target, strength, mode, preset, mask, seed):
+            return edit(diff, source, _drawing(canvas, drawn), index, target, strength, mode, preset,
+                        _drawing(mask_canvas, mask), seed)
+
+        edit_go.click(_guard(edit_drawn, before),
+                      [source, canvas, index, target, strength, mode, preset, mask_canvas, edit_seed],
+                      [edited, edit_status], api_name="edit", preprocess=False, **_ONE_QUEUE)
+
+
+def _explain_tab(app, diff, schedule_figure: str | None = None, before=None) -> None:
+    """The Explain tab: x_t of a test digit at timestep t and the forward process (event "explain",
+    also run when either field changes and when the page loads), and the schedule's figure if given."""
+    import gradio as gr
+
+    with gr.Tab("Explain", id="explain"):
+        with gr.Row():
+            ex_index = gr.Number(0, precision=0, label="test digit #", elem_id="explain_index")
+            ex_t = gr.Slider(0, diff.timesteps - 1, value=diff.timesteps // 4, step=1, label="timestep t",
+                             elem_id="explain_t")
+        with gr.Row():
+            ex_xt = gr.Image(label="x_t", format="png", elem_id="explain_xt")
+            ex_row = gr.Image(label="the forward process", format="png", elem_id="explain_row")
+        ex_text = gr.Markdown(elem_id="explain_text")
+        if schedule_figure:
+            gr.Image(schedule_figure, label="the schedule", elem_id="schedule_figure")
+        show_t = _guard(lambda i, t: explain(diff, i, t), before)
+        ex_index.change(show_t, [ex_index, ex_t], [ex_xt, ex_row, ex_text], api_name="explain",
+                        preprocess=False, **_ONE_QUEUE)
+        ex_t.change(show_t, [ex_index, ex_t], [ex_xt, ex_row, ex_text], api_name=False, preprocess=False,
+                    **_ONE_QUEUE)
+        app.load(show_t, [ex_index, ex_t], [ex_xt, ex_row, ex_text], api_name=False, preprocess=False, **_ONE_QUEUE)
+
+
+def build(diff, *, schedule_figure: Optional[str] = None, before=None):
+    """The Blocks app for a Diffusion: three tabs (Generate, Edit, Explain). All their events share
+    one queue (_ONE_QUEUE: concurrency id "model", one at a time); `before()`, if given, runs at the
+    start of each request (launch: the temporary folder's sweep). `app.on_close` (callables) run
+    after the server's close."""
+    import gradio as gr
+
+    with _blocks_class()(title="mnist-diffusion", analytics_enabled=False,
+                         delete_cache=(CACHE["every_s"], CACHE["age_s"])) as app:
         gr.Markdown(f"# mnist-diffusion\nA denoising diffusion model for {diff.dataset.replace('_', '-')} "
                     f"({diff.num_classes or 'no'} {'clusters' if diff.clustered else 'classes'}, T = "
                     f"{diff.timesteps}), running on this machine's "
                     f"{diff.device}. Source: `{diff.source}`.")
-        with gr.Tab("Generate", id="generate"):
-            with gr.Row():
-                with gr.Column(scale=1):
-                    label = gr.Dropdown(classes, value=classes[0], label="digit", elem_id="label")
-                    own = diff.config.sampling  # the model's own: what its card recommends
-                    guidance = gr.Slider(0, LIMITS["guidance"], value=own.guidance if names else 0, step=0.25,
-                                         label="guidance W", elem_id="guidance")
-                    sampler = gr.Radio(list(SAMPLERS), value=own.sampler, label="sampler", elem_id="sampler")
-                    steps = gr.Slider(1, LIMITS["steps"]["ddpm"], value=len(diff.plan(labelled=False).timesteps),
-                                      step=1, label="steps", elem_id="steps")
-                    seed = gr.Number(0, precision=0, label="seed", elem_id="seed")
-                    num = gr.Slider(1, LIMITS["images"], value=10 if names else 8, step=1, label="images",
-                                    elem_id="num_images")
-                    go = gr.Button("Generate", variant="primary", elem_id="generate_button")
-                with gr.Column(scale=2):
-                    status = gr.Markdown("Pick a digit and press Generate.", elem_id="status")
-                    with gr.Row():
-                        xt = gr.Image(label="x_t (what the sampler holds)", format="png", elem_id="xt")
-                        x0 = gr.Image(label="predicted x0", format="png", elem_id="x0")
-                    final = gr.Image(label="samples", format="png", elem_id="final")
-            go.click(stream, [label, guidance, sampler, steps, seed, num], [xt, x0, final, status], api_name="generate",
-                     preprocess=False, **one)
-        with gr.Tab("Edit", id="edit"):
-            with gr.Row():
-                with gr.Column():
-                    source = gr.Radio(list(EDIT_SOURCES), value="canvas", label="start from", elem_id="source")
-                    canvas = gr.Sketchpad(label="draw a digit or a scribble", canvas_size=(280, 280),
-                                          type="numpy", image_mode="L", elem_id="canvas",
-                                          brush=gr.Brush(default_size=20, colors=["#000000"], color_mode="fixed"))
-                    index = gr.Number(0, precision=0, label="test digit #", elem_id="test_index")
-                with gr.Column():
-                    mode = gr.Radio(list(EDIT_MODES), value="SDEdit", label="edit", elem_id="mode")
-                    target = gr.Dropdown((names or []) + ["none"], value=names[7] if len(names) > 7 else "none",
-                                         label="towards class", elem_id="target")
-                    strength = gr.Slider(0.05, 1.0, value=0.8, step=0.05, label="SDEdit strength", elem_id="strength")
-                    preset = gr.Dropdown(list(EDIT_MASKS), value="bottom", label="inpaint: region to fill",
-                                         elem_id="preset")
-                    mask_canvas = gr.Sketchpad(label="inpaint: paint the region to fill (with 'painted')",
-                                               canvas_size=(280, 280), type="numpy", image_mode="L",
-                                               elem_id="mask_canvas")
-                    edit_seed = gr.Number(0, precision=0, label="seed", elem_id="edit_seed")
-                    edit_go = gr.Button("Edit", variant="primary", elem_id="edit_button")
-                with gr.Column():
-                    edited = gr.Image(label="before | after", format="png", elem_id="edited")
-                    edit_status = gr.Markdown("", elem_id="edit_status")
-            def edit_drawn(source, drawn, index, target, strength, mode, preset, mask, seed):
-                return edit(diff, source, drawing(canvas, drawn), index, target, strength, mode, preset,
-                            drawing(mask_canvas, mask), seed)
-
-            edit_go.click(guard(edit_drawn),
-                          [source, canvas, index, target, strength, mode, preset, mask_canvas, edit_seed],
-                          [edited, edit_status], api_name="edit", preprocess=False, **one)
-        with gr.Tab("Explain", id="explain"):
-            with gr.Row():
-                ex_index = gr.Number(0, precision=0, label="test digit #", elem_id="explain_index")
-                ex_t = gr.Slider(0, diff.timesteps - 1, value=diff.timesteps // 4, step=1, label="timestep t",
-                                 elem_id="explain_t")
-            with gr.Row():
-                ex_xt = gr.Image(label="x_t", format="png", elem_id="explain_xt")
-                ex_row = gr.Image(label="the forward process", format="png", elem_id="explain_row")
-            ex_text = gr.Markdown(elem_id="explain_text")
-            if schedule_figure:
-                gr.Image(schedule_figure, label="the schedule", elem_id="schedule_figure")
-            show_t = guard(lambda i, t: explain(diff, i, t))
-            ex_index.change(show_t, [ex_index, ex_t], [ex_xt, ex_row, ex_text], api_name="explain",
-                            preprocess=False, **one)
-            ex_t.change(show_t, [ex_index, ex_t], [ex_xt, ex_row, ex_text], api_name=False, preprocess=False, **one)
-            app.load(show_t, [ex_index, ex_t], [ex_xt, ex_row, ex_text], api_name=False, preprocess=False, **one)
+        _generate_tab(diff, before)
+        _edit_tab(diff, before)
+        _explain_tab(app, diff, schedule_figure, before)
     return app
 
 
