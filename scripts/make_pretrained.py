@@ -45,7 +45,23 @@ MODELS = {
                                       "of the images",
                        "train": ["--preset", "quick", "--unconditional", "--clusters", "50", "--dataset", "mnist"],
                        "guidance": 1.0},
+    # distilled students of the shipped models (distill.py): one network evaluation per image, the
+    # teacher's guidance built in; scored at their own one-step draw
+    "mnist-fast": {"description": "MNIST in one network evaluation: a student distilled from `mnist` (its guidance "
+                                  "0.5 built in)",
+                   "distill": ["--teacher", "mnist"], "guidance": None},
+    "fashion_mnist-fast": {"description": "Fashion-MNIST in one network evaluation: a student distilled from "
+                                          "`fashion_mnist` (its guidance 1 built in)",
+                           "distill": ["--teacher", "fashion_mnist"], "guidance": None},
 }
+# how a card's images are drawn: DPM-Solver++ 20 steps for a model trained from data, the
+# student's own one-step draw for a distilled one
+SAMPLING = {"train": ["--sampler", "dpmpp", "--steps", "20"],
+            "distill": ["--sampler", "ddim", "--spacing", "student", "--steps", "1"]}
+
+
+def kind(spec: dict) -> str:
+    return "distill" if "distill" in spec else "train"
 
 
 def run(argv: list[str]) -> None:
@@ -74,10 +90,9 @@ def training_facts(run_dir: Path, batch_size: int) -> dict:
 
 def card_evaluation(spec: dict, *source: str) -> list[str]:
     """The `evaluate` command behind a card's numbers: DPM-Solver++ 20 steps with the library's
-    defaults, at the card's guidance, N_EVAL images, sampling seed 0."""
+    defaults at the card's guidance (a student: its one-step draw), N_EVAL images, sampling seed 0."""
     guided = [] if spec["guidance"] is None else ["--guidance", str(spec["guidance"])]
-    return ["evaluate", *source, "--sampler", "dpmpp", "--steps", "20", *guided, "--num-samples", str(N_EVAL),
-            "--seed", "0"]
+    return ["evaluate", *source, *SAMPLING[kind(spec)], *guided, "--num-samples", str(N_EVAL), "--seed", "0"]
 
 
 def build(name: str, runs: Path, out_root: Path) -> str:
@@ -89,7 +104,7 @@ def build(name: str, runs: Path, out_root: Path) -> str:
     run_dir = runs / name
     if run_dir.resolve().is_relative_to(ROOT):
         run_dir = run_dir.resolve().relative_to(ROOT)  # the commands run in ROOT; the card shows this path
-    train_cmd = ["train", *spec["train"], "--output-dir", str(run_dir), "--resume", "auto", "--no-progress"]
+    train_cmd = [kind(spec), *spec[kind(spec)], "--output-dir", str(run_dir), "--resume", "auto", "--no-progress"]
     run(train_cmd)
     ck = ROOT / run_dir / "checkpoints" / "last.pt"
     report = ROOT / run_dir / "evaluate.json"
@@ -127,8 +142,9 @@ def rescore(name: str, runs: Path, out_root: Path) -> str:
     except (OSError, UnicodeDecodeError, ValueError) as e:
         raise SystemExit(f"{report}: not a readable report ({e}); delete it to rescore") from None
     s = metrics.get("sampler") if isinstance(metrics, dict) else None
+    want = ("ddim", 1, 0.0) if kind(spec) == "distill" else ("dpmpp", 20, spec["guidance"])
     if not isinstance(s, dict) or (metrics.get("checkpoint"), metrics.get("n"), s.get("sampler"), s.get("steps"),
-                                   s.get("guidance")) != (name, N_EVAL, "dpmpp", 20, spec["guidance"]):
+                                   s.get("guidance")) != (name, N_EVAL, *want):
         raise SystemExit(f"{report} is not a {N_EVAL:,}-image report of the shipped {name} drawn by "
                          f"`{' '.join(evaluate)}`; delete it to rescore")
     try:  # every number the card shows, checked before anything in the folder is touched

@@ -16,7 +16,7 @@ __version__ = "0.1.0"
 # public name -> module that defines it
 _EXPORTS = {
     "Diffusion": "diffusion", "load": "diffusion",
-    "train": "api", "evaluate": "api",
+    "train": "api", "evaluate": "api", "distill": "api",
     "RunConfig": "config", "ModelConfig": "config", "DiffusionConfig": "config", "TrainConfig": "config",
     "preset": "config", "ConfigError": "config",
     "SamplingConfig": "config", "SamplingPlan": "sampling", "plan": "sampling", "Trajectory": "sampling",

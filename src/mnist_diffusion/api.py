@@ -54,6 +54,28 @@ def train(config: Union[RunConfig, str] = "quick", dataset: Union[str, Split, No
     return result.diffusion
 
 
+def distill(teacher: Union[str, os.PathLike, None] = "mnist", *, output_dir: Optional[str | os.PathLike] = None,
+            resume: Optional[str] = None, method: Optional[str] = None, guidance: Optional[float] = None,
+            pairs: Optional[int] = None, teacher_steps: Optional[int] = None, progress: bool = True,
+            log: Callable[[str], None] = lambda _m: None, device: str = "auto", **train_options) -> Diffusion:
+    """Distil `teacher` (a shipped name, a model folder or a checkpoint) into a student that draws in
+    one network evaluation (`sample(..., steps=2)`: two), with the teacher's guidance built in, and
+    return it (EMA weights) as a `Diffusion`. `method` "pairs" (default) or "consistency";
+    `train_options` override the recipe's training options (e.g. max_steps=200, seed=1). With
+    `output_dir` the run is written as `mnist-diffusion distill` writes it and can be resumed."""
+    from .distill import distill as distill_loop
+    from .distill import distill_run
+    if teacher is not None and not isinstance(teacher, (str, os.PathLike)):
+        raise TypeError(f"teacher must be a shipped model's name or a path, got {type(teacher).__name__}")
+    changes = {"method": method, "guidance": guidance, "pairs": pairs, "teacher_steps": teacher_steps}
+    t, cfg, run_dir, resume = distill_run(None if teacher is None else str(teacher), output_dir=output_dir,
+                                          resume=resume, distill_changes=changes, train_changes=train_options,
+                                          device=device, log=log)
+    data = load_training_data(cfg.train.dataset, log=log)
+    result = distill_loop(t, cfg, data, output_dir and run_dir, resume=resume, progress=progress, log=log)
+    return result.diffusion
+
+
 def evaluate(images: np.ndarray, dataset: str = "mnist", *, labels: Optional[Sequence[int]] = None, seed: int = 0,
              progress: bool = False) -> dict:
     """Score uint8 (N, 28, 28) images against `dataset`'s test split with the shipped evaluator: FID

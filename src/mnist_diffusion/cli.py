@@ -29,6 +29,7 @@ from .checkpoint import CheckpointError
 from .config import ConfigError, SamplingConfig
 from .data import DataError, cache_dir, load_training_data, prepare, to_uint8
 from .diffusion import Diffusion
+from .distill import distill, distill_run
 from .editing import load_inputs, load_mask, mask_preset
 from .evaluator import train_for_dataset
 from .hub import card_samples, check_report, is_shipped_folder
@@ -102,6 +103,31 @@ def cmd_train(args) -> int:
         print(f"{result.world_size} processes; weights identical on every rank: yes "
               f"(checksums {', '.join(f'{v:.6f}' for v in result.rank_checksums)})")
     print(f"checkpoint: {result.checkpoint}")
+    return 0
+
+
+@command("distill", "distil a model into a one- or two-step student (its guided draw in 1-2 network evaluations)",
+         opt.distill_options)
+def cmd_distill(args) -> int:
+
+    given = {k: v for k, v in vars(args).items() if "." in k}
+    teacher, cfg, run_dir, resume = distill_run(
+        args.teacher, output_dir=args.output_dir, resume=args.resume, device=args.device, precision=args.precision,
+        distill_changes={k.partition(".")[2]: v for k, v in given.items() if k.startswith("distill.")},
+        train_changes={k.partition(".")[2]: v for k, v in given.items() if k.startswith("train.")}, log=_info)
+    if args.dry_run:
+        print(cfg.to_json())
+        print(f"run directory: {run_dir}" + (f" (resuming {resume})" if resume else ""))
+        return 0
+    data = load_training_data(cfg.train.dataset, data_dir=args.data_dir, log=_info)
+    result = distill(teacher, cfg, data, run_dir, resume=resume, progress=not args.no_progress, log=_info)
+    if result.step == result.start_step:
+        print(f"done: the run was already at step {result.step}; nothing left to train")
+    else:
+        print(f"done: {result.step} steps in {result.seconds:.0f} s, final loss {result.final_loss:.4f}")
+    print(f"checkpoint: {result.checkpoint}")
+    print(f"draw with it: mnist-diffusion sample --checkpoint {result.checkpoint} --label all --output grid.png "
+          "(--steps 2 for its two-step draw)")
     return 0
 
 

@@ -26,7 +26,8 @@ T_SAMPLINGS = ("uniform", "logit-normal")
 MAX_CLUSTERS = 1000  # train.clusters: k-means clusters as classes (clusters.py)
 MAX_LEVELS = 5  # resolution levels a 28x28 image can be halved into: 28, 14, 7, 4, 2
 SAMPLERS = ("ddpm", "ddim", "dpmpp")
-SPACINGS = ("uniform", "quadratic", "logsnr", "logsnr-capped")
+SPACINGS = ("uniform", "quadratic", "logsnr", "logsnr-capped", "student")
+DISTILL_METHODS = ("pairs", "consistency")
 MAX_GUIDANCE = 100.0
 MAX_ETA = 10.0  # dpmpp's eta > 1 keeps exact marginals; beyond ~5 each step is nearly a fresh draw
 
@@ -284,6 +285,39 @@ def recommended_sampling(cfg: "RunConfig") -> SamplingConfig:
 
 
 @dataclass(frozen=True)
+class DistillConfig:
+    """A distilled student's origin and recipe (distill.py); the empty default (no teacher) is a model
+    trained from data. A student maps noise to an image in one network evaluation (or a few: the
+    "student" timestep grid), with the teacher's classifier-free guidance W built in."""
+    teacher: str = option("", "the teacher: a checkpoint, a model folder or a shipped model's name", cli=False)
+    teacher_sha256: str = option("", "SHA-256 of the teacher's weights file", cli=False)
+    method: str = option("pairs", "pairs (regression onto the teacher's ODE solutions: noise -> image pairs, "
+                                  "drawn once) or consistency (consistency distillation: one teacher ODE step "
+                                  "as the target)", choices=DISTILL_METHODS)
+    guidance: float = option(0.5, "the teacher's classifier-free guidance W built into the student", kind="nonneg")
+    pairs: int = option(20_000, "pairs method: noise -> image pairs drawn from the teacher", kind="positive")
+    teacher_steps: int = option(20, "the teacher's DPM-Solver++ steps per pair (pairs) or ODE grid points "
+                                    "(consistency)", kind="positive")
+    top_share: float = option(0.5, "share of each batch trained at the noisiest timestep (the one-step input); "
+                                   "the rest at timesteps drawn uniformly (for the few-step grid)", kind="unit")
+
+    @property
+    def distilled(self) -> bool:
+        return bool(self.teacher)
+
+    def validate(self) -> None:
+        if self.method not in DISTILL_METHODS:
+            raise ConfigError(f"distill.method must be one of {', '.join(DISTILL_METHODS)}, got {self.method!r}")
+        if not 0.0 <= self.guidance <= MAX_GUIDANCE:
+            raise ConfigError(f"distill.guidance {self.guidance} is outside [0, {MAX_GUIDANCE:g}]")
+        if not 0.0 <= self.top_share <= 1.0:
+            raise ConfigError(f"distill.top_share must be in [0, 1], got {self.top_share}")
+        _at_most(self, pairs=1_000_000, teacher_steps=1000)
+        if self.pairs < 1 or self.teacher_steps < 1:
+            raise ConfigError("distill.pairs and distill.teacher_steps must be positive")
+
+
+@dataclass(frozen=True)
 class RunConfig:
     model: ModelConfig = field(default_factory=ModelConfig)
     diffusion: DiffusionConfig = field(default_factory=DiffusionConfig)
@@ -291,12 +325,15 @@ class RunConfig:
     # how to draw from the model (the section a checkpoint or model folder ships with); a config
     # without one gets the library's default, DPM-Solver++ 20 steps unguided
     sampling: SamplingConfig = field(default_factory=SamplingConfig)
+    # a distilled student's teacher and recipe (empty: trained from data)
+    distill: DistillConfig = field(default_factory=DistillConfig)
 
     def validate(self) -> "RunConfig":
         self.model.validate()
         self.diffusion.validate()
         self.train.validate()
         self.sampling.validate()
+        self.distill.validate()
         if self.sampling.steps is not None and self.sampling.steps > self.diffusion.timesteps:
             raise ConfigError(f"sampling.steps {self.sampling.steps}: the model has only T = "
                               f"{self.diffusion.timesteps} timesteps")
@@ -306,7 +343,10 @@ class RunConfig:
         return self
 
     def to_dict(self) -> dict:
-        return dataclasses.asdict(self)
+        out = dataclasses.asdict(self)
+        if not self.distill.distilled:  # a model trained from data: no section of its own
+            del out["distill"]
+        return out
 
     def to_json(self) -> str:
         return json.dumps(self.to_dict(), indent=2, sort_keys=True)
@@ -319,7 +359,8 @@ class RunConfig:
         if not isinstance(data, dict):
             raise ConfigError("config must be a JSON object")
         data = {k: v for k, v in data.items() if k not in ("run_id", "export")}
-        parts = {"model": ModelConfig, "diffusion": DiffusionConfig, "train": TrainConfig, "sampling": SamplingConfig}
+        parts = {"model": ModelConfig, "diffusion": DiffusionConfig, "train": TrainConfig, "sampling": SamplingConfig,
+                 "distill": DistillConfig}
         unknown = set(data) - set(parts)
         if unknown:
             raise ConfigError(f"unknown config section(s): {', '.join(sorted(unknown))}")
@@ -464,6 +505,9 @@ def resume_conflicts(saved: RunConfig, cfg: RunConfig) -> list[str]:
     to compute). The network, the process, the data and the optimisation stay the checkpoint's,
     so a resumed run continues the same run."""
     out = []
+    if saved.distill != cfg.distill:
+        out.append(f"the distillation (teacher {cfg.distill.teacher or 'none'}, method {cfg.distill.method}) differs "
+                   f"from the checkpoint's (teacher {saved.distill.teacher or 'none'}, method {saved.distill.method})")
     for section, klass in SECTIONS.items():
         for f in dataclasses.fields(klass):
             old, new = getattr(getattr(saved, section), f.name), getattr(getattr(cfg, section), f.name)

@@ -66,6 +66,11 @@ class Denoiser:
         return self.config.model.num_classes
 
     @property
+    def distilled(self) -> bool:
+        """A distilled student (distill.py): one or a few evaluations, its teacher's guidance built in."""
+        return self.config.distill.distilled
+
+    @property
     def timesteps(self) -> int:
         return self.schedule.timesteps
 
@@ -79,6 +84,9 @@ class Denoiser:
         if guidance < 0:
             raise ValueError(f"guidance must be >= 0, got {guidance}")
         if labels is None:
+            if self.distilled and self.num_classes is not None:
+                raise ValueError("this is a distilled student of labelled images: it draws the classes it is asked "
+                                 "for (a label, or 'all' for one row per class), not unlabelled ones")
             if guidance != 0.0 and self.guide is None:
                 raise ValueError("guidance needs labels (classifier-free guidance steers towards a class) or a "
                                  "weaker model to guide with (autoguidance)")

@@ -233,6 +233,12 @@ def model_card(cfg: RunConfig, info: dict, *, metrics: Optional[dict] = None, co
                 f", {m.num_classes} classes plus a null label for classifier-free guidance" if conditional else "")
              + f". Weights: {'EMA, ' if info.get('ema') else ''}{info['dtype']}, step {info.get('step')}, "
              f"SHA-256 `{info['sha256']}`.", ""]
+    if cfg.distill.distilled:
+        t = cfg.distill
+        lines += [f"A distilled student of `{t.teacher}` (teacher weights SHA-256 `{t.teacher_sha256}`), trained by "
+                  f"`{t.method}` (docs/decisions/distillation.md) with the teacher's classifier-free guidance "
+                  f"W = {t.guidance:g} built in: one network evaluation per image (the default), or two with "
+                  "`steps=2`; it takes a label and no further guidance.", ""]
     if samples:
         lines += ["![samples](samples.png)", ""]
     lines += ["## Use", "", "```python", "import mnist_diffusion as md",

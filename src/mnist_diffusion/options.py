@@ -12,7 +12,7 @@ import dataclasses
 import typing
 
 from .benchmark import sampler_steps_arg
-from .config import DATASETS, PRESETS, SCHEDULES, SECTIONS, SPACINGS, SamplingConfig
+from .config import DATASETS, PRESETS, SCHEDULES, SECTIONS, SPACINGS, DistillConfig, SamplingConfig, TrainConfig
 from .editing import MASK_PRESETS
 from .pretrained import PRETRAINED
 
@@ -374,6 +374,25 @@ def export_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--metrics", metavar="JSON", help="an `evaluate --json` report of this model, for the model card")
     p.add_argument("--no-samples", action="store_true", help="do not draw samples.png for the card")
     add_device(p)
+
+
+# the training options a distillation takes (the rest are the recipe's: distill.STUDENT_TRAIN)
+DISTILL_TRAIN_FIELDS = ("max_steps", "batch_size", "lr", "ema_decay", "seed", "time_limit", "save_interval",
+                        "sample_interval")
+
+
+def distill_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--teacher", help="the model to distil: a checkpoint, a model folder or a shipped model's name "
+                                     f"({', '.join(n for n in PRETRAINED if not n.endswith('-fast'))})")
+    p.add_argument("--output-dir", help="run directory (default: runs/<teacher>-fast)")
+    add_fields(p, [(f, h) for f, h in dataclass_fields(DistillConfig) if f.metadata["cli"]], prefix="distill.")
+    add_fields(p, [(f, h) for f, h in dataclass_fields(TrainConfig) if f.name in DISTILL_TRAIN_FIELDS],
+               prefix="train.")
+    p.add_argument("--data-dir", help="folder with the standard IDX files")
+    add_device(p)
+    p.add_argument("--resume", help="checkpoint to resume from, or 'auto' for the newest good one in --output-dir")
+    p.add_argument("--dry-run", action="store_true", help="print the resolved config and exit")
+    p.add_argument("--no-progress", action="store_true")
 
 
 def benchmark_options(p: argparse.ArgumentParser) -> None:

@@ -55,6 +55,10 @@ class PerImageNoise:
 # T-1): the cosine schedule's clipped last beta puts t = 999..992 at sigma/alpha 20,291..92, pure
 # noise, where a plain log-SNR grid spends 8 of 20 evaluations (docs/decisions/capped-grid.md)
 LOGSNR_CAP = 20.0
+# a distilled student's second evaluation (spacing "student"): the noise level its first image is
+# re-noised to, and the lowest of a longer grid (docs/decisions/distillation.md)
+STUDENT_SIGMA = 1.0
+STUDENT_SIGMA_LOW = 0.1
 
 
 def timestep_sequence(schedule: Union[Schedule, int], steps: Optional[int], spacing: str = "uniform", *,
@@ -74,6 +78,8 @@ def timestep_sequence(schedule: Union[Schedule, int], steps: Optional[int], spac
         raise ValueError(f"steps must be >= 1, got {steps}")
     if steps is None or steps >= T:
         return list(range(T - 1, -1, -1))
+    if spacing == "student":
+        return student_timesteps(schedule, steps or 1)
     n = steps if include_zero else steps + 1
     if n == 1:
         return [T - 1]
@@ -107,6 +113,28 @@ def timestep_sequence(schedule: Union[Schedule, int], steps: Optional[int], spac
     if not include_zero:
         q = q[1:]
     return q[::-1]
+
+
+def student_timesteps(schedule: Schedule, steps: int) -> list[int]:
+    """A distilled student's grid (spacing "student"): T-1 (pure noise), then steps-1 timesteps at
+    noise levels sigma_t = sqrt((1-a_t)/a_t) falling geometrically from STUDENT_SIGMA to
+    STUDENT_SIGMA_LOW; DDIM (eta 0) jumps between them with the student's x0 and the final step
+    lands on the clean image. One step is the one-step map itself."""
+    if not isinstance(schedule, Schedule):
+        raise ValueError("student spacing needs the schedule, not just T")
+    T = schedule.timesteps
+    steps = min(steps, T)
+    if steps == 1:
+        return [T - 1]
+    sigma = ((1 - schedule.alpha_bar) / schedule.alpha_bar).sqrt()  # increasing in t
+    want = torch.logspace(math.log10(STUDENT_SIGMA), math.log10(STUDENT_SIGMA_LOW), steps - 1, dtype=torch.float64)
+    if steps == 2:
+        want = want[:1]
+    seq = [T - 1]
+    for s in want.tolist():
+        t = int(torch.searchsorted(sigma.to(torch.float64), torch.tensor([s], dtype=torch.float64)).clamp(0, T - 1))
+        seq.append(min(t, seq[-1] - 1))
+    return [t for t in seq if t >= 0]
 
 
 def _t(x: torch.Tensor, t: int) -> torch.Tensor:

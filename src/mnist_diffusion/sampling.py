@@ -126,6 +126,9 @@ def plan(denoiser: Denoiser, options: SamplingConfig = SamplingConfig()) -> Samp
     if options.steps is not None and options.steps > schedule.timesteps:
         raise ValueError(f"steps {options.steps}: the model has only T = {schedule.timesteps} timesteps")
     sampler, guidance = options.sampler, float(options.guidance)
+    if denoiser.distilled and guidance:
+        raise ValueError(f"this distilled student has its teacher's guidance {denoiser.config.distill.guidance:g} "
+                         "built in; it takes no further guidance (leave --guidance out)")
     cfg_guided = bool(guidance) and not autoguided and sampler == "dpmpp"
     spacing = options.spacing or DEFAULT_SPACING[sampler]
     steps = options.steps or DEFAULT_STEPS[sampler] or schedule.timesteps
@@ -173,6 +176,9 @@ def sample_batches(denoiser: Denoiser, num_images: int, plan: SamplingPlan, *,
 def inpaint_plan(denoiser: Denoiser, options: SamplingConfig) -> SamplingPlan:
     """RePaint's plan: ddpm (ancestral, eta 1) or ddim (eta as given, else 0) on a uniform grid of
     every timestep unless `steps` says fewer; unguided unless asked."""
+    if denoiser.distilled:
+        raise ValueError(f"inpainting resamples the hidden part at every one of many steps (RePaint); a distilled "
+                         f"student takes one or two: inpaint with its teacher ({denoiser.config.distill.teacher})")
     if options.sampler == "dpmpp":
         raise ValueError("inpainting runs the ddpm or ddim sampler (a multistep solver cannot restart at every "
                          "step as RePaint needs)")

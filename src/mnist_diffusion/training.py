@@ -95,13 +95,14 @@ def ema_update(ema: torch.nn.Module, model: torch.nn.Module, decay: float, step:
 def accumulate_gradients(net, schedule: Schedule, x0: torch.Tensor, t: torch.Tensor, noise: torch.Tensor,
                          y: Optional[torch.Tensor], device: torch.device, amp: Optional[torch.dtype],
                          micro_batch: Optional[int] = None, min_snr_gamma: float = 0.0,
-                         prediction: str = "eps") -> torch.Tensor:
+                         prediction: str = "eps", loss_fn: Optional["LossFn"] = None) -> torch.Tensor:
     """Forward and backward the diffusion loss over the batch, `micro_batch` images at a time (all at once
     when None), adding into .grad; returns the batch's mean loss, detached.
 
     Each chunk's loss is weighted by its share of the batch, so the summed gradient is the full
     batch's mean-loss gradient (every layer here is per-sample: GroupNorm, no BatchNorm), while
-    only one chunk's activations are alive at a time. Under DDP only the last chunk all-reduces."""
+    only one chunk's activations are alive at a time. Under DDP only the last chunk all-reduces.
+    `loss_fn(net, x0, t, noise, y)` replaces the diffusion loss (a distillation objective's)."""
     B = x0.shape[0]
     size = min(micro_batch or B, B)
     total = torch.zeros((), device=device)
@@ -112,8 +113,9 @@ def accumulate_gradients(net, schedule: Schedule, x0: torch.Tensor, t: torch.Ten
         sync = contextlib.nullcontext() if last or not hasattr(net, "no_sync") else net.no_sync()
         with sync:
             with autocast(device, amp):
-                loss = diffusion_loss(net, schedule, x0[part], t[part], noise[part], None if y is None else y[part],
-                                      min_snr_gamma, prediction)
+                yp = None if y is None else y[part]
+                loss = diffusion_loss(net, schedule, x0[part], t[part], noise[part], yp, min_snr_gamma, prediction) \
+                    if loss_fn is None else loss_fn(net, x0[part], t[part], noise[part], yp)
             (loss * share).backward()
         total += loss.detach() * share
     return total
@@ -192,6 +194,31 @@ def draw_batch(images: torch.Tensor, labels: torch.Tensor, idx: torch.Tensor, ge
     return Batch(to_model_range(images[idx]), t, noise, y)
 
 
+# loss_fn(net, x0, t, noise, y) -> the batch's mean loss: an objective other than the diffusion loss
+LossFn = Callable[[torch.nn.Module, torch.Tensor, torch.Tensor, torch.Tensor, Optional[torch.Tensor]], torch.Tensor]
+
+
+@dataclass
+class Objective:
+    """What the loop trains on: `n` examples, a batch of them drawn by `draw(idx, generator, shard)`,
+    and the loss (None: the diffusion loss of schedule.py). The default is DDPM's (`image_objective`);
+    distill.py brings its own: the teacher's noise -> image pairs, or a teacher ODE step."""
+    n: int
+    draw: Callable[[torch.Tensor, torch.Generator, slice], Batch]
+    loss_fn: Optional[LossFn] = None
+
+
+def image_objective(cfg: RunConfig, images: torch.Tensor, labels: torch.Tensor) -> Objective:
+    """The diffusion objective on the training images: uniform (or logit-normal) timesteps, fresh
+    noise, labels dropped for classifier-free guidance."""
+    tc = cfg.train
+
+    def draw(idx: torch.Tensor, g: torch.Generator, shard: slice) -> Batch:
+        return draw_batch(images, labels, idx, g, timesteps=cfg.diffusion.timesteps, cond_drop_prob=tc.cond_drop_prob,
+                          null_label=cfg.model.num_classes, shard=shard, t_logit_normal=t_logit_normal(tc))
+    return Objective(int(images.shape[0]), draw)
+
+
 class TrainState:
     """What a checkpoint holds: the network, its EMA copy, AdamW, and the counters."""
 
@@ -226,7 +253,7 @@ class TrainState:
 
 
 def training_step(state: TrainState, net, schedule: Schedule, batch: Batch, lr: float, device: torch.device,
-                  amp: Optional[torch.dtype]) -> torch.Tensor:
+                  amp: Optional[torch.dtype], loss_fn: Optional[LossFn] = None) -> torch.Tensor:
     """Set the learning rate and accumulate the batch's gradients; returns its loss (detached). The
     caller decides, from the loss, whether to `apply_update` (DDP ranks agree on it first)."""
     for group in state.opt.param_groups:
@@ -234,7 +261,7 @@ def training_step(state: TrainState, net, schedule: Schedule, batch: Batch, lr: 
     state.opt.zero_grad(set_to_none=True)
     tc = state.cfg.train
     return accumulate_gradients(net, schedule, batch.x0, batch.t, batch.noise, batch.y, device, amp, tc.micro_batch,
-                                tc.min_snr_gamma, state.cfg.model.prediction)
+                                tc.min_snr_gamma, state.cfg.model.prediction, loss_fn)
 
 
 def apply_update(state: TrainState) -> None:
@@ -260,9 +287,13 @@ def apply_update(state: TrainState) -> None:
 
 def train(cfg: RunConfig, data: Split, run_dir: Optional[str | os.PathLike] = None, *, resume: Optional[str] = None,
           progress: bool = True, log: Callable[[str], None] = print,
-          step_hook: Optional[Callable[[int, float], None]] = None) -> TrainResult:
+          step_hook: Optional[Callable[[int, float], None]] = None,
+          objective: Optional[Callable[[RunConfig, torch.Tensor, torch.Tensor], Objective]] = None,
+          init: Optional[Callable[[TrainState], None]] = None) -> TrainResult:
     """Train (or resume) a run. With `run_dir` it writes checkpoints, previews and loss.csv there;
-    without, it trains in memory only. The result holds the EMA model as a `Diffusion`."""
+    without, it trains in memory only. The result holds the EMA model as a `Diffusion`.
+    `objective(cfg, images, labels)` replaces the diffusion objective (image_objective) and
+    `init(state)` sets a fresh run's first weights (a student starts as its teacher)."""
     cfg, data = bind_data(cfg, data, log)
     if cfg.sampling == SamplingConfig():  # no section of its own (md.train, an old config): the recommended one
         cfg = dataclasses.replace(cfg, sampling=recommended_sampling(cfg)).validate()
@@ -270,14 +301,15 @@ def train(cfg: RunConfig, data: Split, run_dir: Optional[str | os.PathLike] = No
     files = RunFiles(Path(run_dir) if run_dir is not None and world.main else None)  # only rank 0 writes
     try:
         return _train(cfg, data, files, world, device, resume=resume, progress=progress,
-                      log=log if world.main else _silent, step_hook=step_hook)
+                      log=log if world.main else _silent, step_hook=step_hook,
+                      objective=objective or image_objective, init=init)
     finally:
         files.close()
         distributed.teardown(world)
 
 
 def _train(cfg: RunConfig, data: Split, files: RunFiles, world: "distributed.World", device: torch.device,
-           *, resume, progress, log, step_hook) -> TrainResult:
+           *, resume, progress, log, step_hook, objective, init) -> TrainResult:
     tc = cfg.train
     if tc.batch_size % world.size:
         raise TrainingError(f"--batch-size {tc.batch_size} must be divisible by the {world.size} processes")
@@ -286,13 +318,16 @@ def _train(cfg: RunConfig, data: Split, files: RunFiles, world: "distributed.Wor
         raise TrainingError("--precision fp16 trains without loss scaling here; use bf16 (or auto, fp32)")
     schedule = make_schedule(cfg.diffusion.schedule, cfg.diffusion.timesteps)
     images, labels = _split_tensors(data, tc.subset, tc.batch_size, device)
-    n, spe = images.shape[0], steps_per_epoch(images.shape[0], tc.batch_size)
-    total = planned_steps(cfg, n)
 
     # 1. the state: fresh, or the checkpoint's; the run directory checked (and locked) before any work
     state = TrainState(cfg, device)
+    if init is not None and not resume:
+        init(state)
     ck = state.resume(resume, device) if resume else {}
     files.prepare(state, checkpoint_bytes=16 * count_parameters(state.model), resume=resume)
+    source = objective(cfg, images, labels)  # (a distillation's draws its teacher pairs here, under the lock)
+    n, spe = source.n, steps_per_epoch(source.n, tc.batch_size)
+    total = planned_steps(cfg, n)
     elapsed_before = float(ck.get("elapsed_s", files.begin(cfg, state.step, state.run_id)))  # old ones: loss.csv
     if resume:
         log(f"resumed from {resume} at step {state.step}")
@@ -304,7 +339,6 @@ def _train(cfg: RunConfig, data: Split, files: RunFiles, world: "distributed.Wor
         + f", {describe_precision(tc.precision, device)}")
 
     t_start, start_step, window = time.time(), state.step, _Window()
-    t_dist = t_logit_normal(tc)  # None: uniform timesteps
     loss_value, time_up, perm, perm_epoch = float("nan"), False, None, -1
     state.model.train()
     with _SignalCatcher() as sig, tqdm(total=total, initial=state.step, desc="training", unit="step",
@@ -316,12 +350,10 @@ def _train(cfg: RunConfig, data: Split, files: RunFiles, world: "distributed.Wor
                 g_epoch = torch.Generator().manual_seed(_mix(tc.seed, epoch, 1))
                 perm_epoch, perm = epoch, torch.randperm(n, generator=g_epoch).to(device)
             g = torch.Generator(device=device).manual_seed(_mix(tc.seed, state.step, 2))
-            batch = draw_batch(images, labels, perm[i * tc.batch_size:(i + 1) * tc.batch_size], g,
-                               timesteps=schedule.timesteps, cond_drop_prob=tc.cond_drop_prob,
-                               null_label=cfg.model.num_classes, shard=slice(world.rank, None, world.size),
-                               t_logit_normal=t_dist)
+            batch = source.draw(perm[i * tc.batch_size:(i + 1) * tc.batch_size], g, slice(world.rank, None, world.size))
             # 3. gradients; the ranks agree on the loss and on stopping before anyone updates
-            loss = training_step(state, net, schedule, batch, lr_at(cfg, state.step, total), device, amp)
+            loss = training_step(state, net, schedule, batch, lr_at(cfg, state.step, total), device, amp,
+                                 source.loss_fn)
             time_up = bool(tc.time_limit) and time.time() - t_start > tc.time_limit * 60
             loss_value, (stop, time_up) = distributed.agree(world, float(loss), (sig.signum is not None, time_up),
                                                             device)
