@@ -278,26 +278,26 @@ def test_lying_or_huge_images_are_refused_by_name(tmp_path):
     with pytest.raises(ValueError, match="a.png: not a readable image"):
         load_images(short.parent)
     claims = tmp_path / "claims.npz"  # a header announcing 10^10 images over a few bytes
-    save_npz(np.zeros((1, 28, 28), np.uint8), claims)
-    import zipfile
-    header = np.lib.format.header_data_from_array_1_0(np.zeros((1, 28, 28), np.uint8))
-    header["shape"] = (10**10, 28, 28)
-    import io
-    buf = io.BytesIO()
-    np.lib.format.write_array_header_1_0(buf, header)
-    with zipfile.ZipFile(claims, "w") as z:
-        z.writestr("images.npy", buf.getvalue() + b"\x00" * 100)
+    _lying_npz(claims, (10**10, 28, 28))
     with pytest.raises(ValueError, match=r"claims.npz: 'images' claims uint8 \(10000000000, 28, 28\)"):
         npz_array(claims, "images")
     # a header that claims fewer (or other) elements than the data holds: still the file's name
     small = tmp_path / "small.npz"
-    header["shape"] = (5, 28, 28)
-    buf = io.BytesIO()
-    np.lib.format.write_array_header_1_0(buf, header)
-    with zipfile.ZipFile(small, "w") as z:
-        z.writestr("images.npy", buf.getvalue() + b"\x00" * 100)
+    _lying_npz(small, (5, 28, 28))
     with pytest.raises(ValueError, match=r"small.npz: not a readable npz"):
         npz_array(small, "images")
+
+
+def _lying_npz(path, shape) -> None:
+    """An npz whose images.npy header claims `shape` (uint8) over 100 zero bytes."""
+    import io
+    import zipfile
+    header = np.lib.format.header_data_from_array_1_0(np.zeros((1, 28, 28), np.uint8))
+    header["shape"] = shape
+    buf = io.BytesIO()
+    np.lib.format.write_array_header_1_0(buf, header)
+    with zipfile.ZipFile(path, "w") as z:
+        z.writestr("images.npy", buf.getvalue() + b"\x00" * 100)
 
 
 def test_counts_are_bounded_before_any_work(checkpoints, tmp_path, capsys):

@@ -14,6 +14,8 @@ import numpy as np
 from .config import RunConfig, preset
 from .data import DataError, Split, load_training_data, prepare
 from .diffusion import Diffusion
+from .distill import distill as distill_loop
+from .distill import distill_run
 from .evaluation import evaluate_images
 from .training import train as train_loop
 
@@ -63,8 +65,6 @@ def distill(teacher: Union[str, os.PathLike, None] = "mnist", *, output_dir: Opt
     return it (EMA weights) as a `Diffusion`. `method` "pairs" (default) or "consistency";
     `train_options` override the recipe's training options (e.g. max_steps=200, seed=1). With
     `output_dir` the run is written as `mnist-diffusion distill` writes it and can be resumed."""
-    from .distill import distill as distill_loop
-    from .distill import distill_run
     if teacher is not None and not isinstance(teacher, (str, os.PathLike)):
         raise TypeError(f"teacher must be a shipped model's name or a path, got {type(teacher).__name__}")
     changes = {"method": method, "guidance": guidance, "pairs": pairs, "teacher_steps": teacher_steps}

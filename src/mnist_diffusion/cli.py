@@ -18,7 +18,12 @@ import zipfile
 from pathlib import Path
 from typing import Callable
 
-import numpy as np
+if not sys.stderr.isatty():
+    # progress bars into a log file or CI: a line every 30 s, not ten carriage returns a second
+    # (tqdm reads TQDM_* when it is imported, so this comes before anything that imports it)
+    os.environ.setdefault("TQDM_MININTERVAL", "30")
+
+import numpy as np  # noqa: E402
 
 from . import benchmark as bench
 from . import evaluation as ev
@@ -488,9 +493,6 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv=None) -> int:
-    if not sys.stderr.isatty():
-        # progress bars into a log file or CI: a line every 30 s, not ten carriage returns a second
-        os.environ.setdefault("TQDM_MININTERVAL", "30")
     argv = list(sys.argv[1:] if argv is None else argv)
     opt.SHOW_ALL = "--help-all" in argv  # the research options too: --help-all is --help with them shown
     if opt.SHOW_ALL:
