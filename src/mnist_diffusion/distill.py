@@ -38,7 +38,7 @@ from .atomic import atomic_write
 from .config import ConfigError, DistillConfig, RunConfig, SamplingConfig, resolve
 from .data import Split
 from .diffusion import Diffusion
-from .rundir import TrainingError
+from .rundir import TrainingError, find_resume
 from .samplers import run_sampler, timestep_sequence
 from .sampling import plan
 from .schedule import Schedule, extract, q_sample
@@ -278,13 +278,7 @@ def distill_run(teacher_source: Optional[str], *, output_dir: Optional[str | os.
     distill_changes = {k: v for k, v in (distill_changes or {}).items() if v is not None}
     train_changes = {k: v for k, v in (train_changes or {}).items() if v is not None}
     run_dir = Path(output_dir) if output_dir else None
-    if resume == "auto":
-        if run_dir is None:
-            raise ConfigError("--resume auto needs --output-dir (the run to resume)")
-        found = ckpt_io.find_latest(run_dir)
-        resume = str(found) if found else None
-        if found is None:
-            log(f"no checkpoint in {run_dir}: starting a new run")
+    resume = find_resume(resume, run_dir, log)
     if resume:
         base = ckpt_io.config_of(ckpt_io.load(resume), resume)
         if not base.distill.distilled:

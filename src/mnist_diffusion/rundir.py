@@ -76,6 +76,19 @@ def _write_loss_csv(path: Path, rows: list[dict]) -> None:
     ckpt_io.atomic_write_text(path, buf.getvalue())
 
 
+def find_resume(resume: Optional[str], run_dir: Optional[Path], log: Callable[[str], None] = print) -> Optional[str]:
+    """The checkpoint a --resume means: "auto" is the newest good one in run_dir (None, a new run,
+    when there is none); a path stays itself."""
+    if resume != "auto":
+        return resume
+    if run_dir is None:
+        raise ConfigError("--resume auto needs --output-dir (the run to resume)")
+    found = ckpt_io.find_latest(run_dir)
+    if found is None:
+        log(f"no checkpoint in {run_dir}: starting a new run")
+    return str(found) if found else None
+
+
 def run_config(preset_name: Optional[str] = None, *, config: Optional[str] = None, resume: Optional[str] = None,
                output_dir: Optional[str] = None, values: Optional[dict] = None, conditional: Optional[bool] = None,
                log: Callable[[str], None] = print) -> tuple[RunConfig, Path, Optional[str]]:
@@ -85,13 +98,7 @@ def run_config(preset_name: Optional[str] = None, *, config: Optional[str] = Non
     config.resolve applies `values` ({"train.lr": 1e-3, ...}) under the resume rule."""
 
     run_dir = Path(output_dir) if output_dir else None
-    if resume == "auto":
-        if run_dir is None:
-            raise ConfigError("--resume auto needs --output-dir (the run to resume)")
-        found = ckpt_io.find_latest(run_dir)
-        resume = str(found) if found else None
-        if found is None:
-            log(f"no checkpoint in {run_dir}: starting a new run")
+    resume = find_resume(resume, run_dir, log)
     if resume:
         base = ckpt_io.config_of(ckpt_io.load(resume), resume)
         run_dir = run_dir or Path(resume).resolve().parent.parent
