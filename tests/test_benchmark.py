@@ -1,6 +1,7 @@
 """benchmark.py and `mnist-diffusion benchmark` with tiny models: the command runs, the JSON has its
 keys with positive numbers, comparisons give ratios (or say why they failed), bad options are
-one-line errors. No timing assertions: speed targets live in docs/BENCHMARKS.md, never in tests."""
+one-line errors, the FLOP counter agrees with closed forms. No timing assertions: speed targets live
+in docs/BENCHMARKS.md, never in tests."""
 import json
 import os
 
@@ -63,6 +64,17 @@ def test_benchmark_writes_json_with_positive_numbers(tmp_path, capsys):
     if os.path.exists("/proc/self/status"):
         assert _positive(mem["peak_rss_bytes"]) and mem["peak_rss_bytes"] >= mem["rss_before_training_bytes"]
     assert "compare" not in r and r["preset"] is None  # --base-dim replaced the preset's network
+    # utilisation: counted FLOPs against this run's matmul peak
+    assert "utilisation (counted FLOPs)" in table and "matmul peak" in table
+    peak = r["peak"]
+    assert peak["matmul_size"] == bench.Settings.quick().peak_size and "failed" not in peak
+    assert _positive(peak["bf16_tflops"]) and _positive(peak["fp32_tflops"])
+    assert _positive(t["flops_per_image"]) and t["flops_per_step"] == t["flops_per_image"] * 8
+    assert t["achieved_tflops"] == pytest.approx(t["images_per_s"] * t["flops_per_image"] / 1e12)
+    assert t["share_of_peak_against"] == r["precision"]
+    assert 0 < t["share_of_peak"] <= 1
+    assert t["share_of_peak"] == pytest.approx(t["achieved_tflops"] / peak[f"{r['precision']}_tflops"])
+    assert set(t["share_of_each_peak"]) == {"bf16", "fp32"}
 
 
 def test_micro_batch_is_used_and_recorded(tmp_path, capsys):
@@ -71,6 +83,63 @@ def test_micro_batch_is_used_and_recorded(tmp_path, capsys):
     assert "training, batch 8 (3 at a time)" in capsys.readouterr().out
     r = json.loads(out.read_text())
     assert r["micro_batch"] == 3 and "failed" not in r["memory"]
+
+
+def test_no_peak_still_counts_flops(tmp_path, capsys):
+    out = tmp_path / "b.json"
+    assert main(["benchmark", *TINY, "--no-memory", "--no-peak", "--sampler-steps", "ddpm=2,ddim=2,dpmpp=2",
+                 "--json", str(out)]) == 0
+    assert "matmul peak not measured: --no-peak" in capsys.readouterr().out
+    r = json.loads(out.read_text())
+    assert r["peak"] is None and _positive(r["training"]["flops_per_image"])
+    assert _positive(r["training"]["achieved_tflops"]) and "share_of_peak" not in r["training"]
+
+
+def test_flop_counter_agrees_with_closed_forms():
+    # FlopCounterMode counts 2 FLOPs per multiply-add; backward with input gradients is 2x forward
+    M, K, N = 8, 32, 16
+    lin, x = torch.nn.Linear(K, N), torch.randn(M, K, requires_grad=True)
+    assert bench.count_flops(lambda: lin(x)) == 2 * M * N * K  # the bias add is not counted
+    assert bench.count_flops(lambda: lin(x).sum().backward()) == 3 * 2 * M * N * K
+    B, C_in, C_out, H, k = 2, 3, 8, 10, 3
+    conv, x = torch.nn.Conv2d(C_in, C_out, k, padding=1), torch.randn(B, C_in, H, H, requires_grad=True)
+    forward = 2 * B * C_out * H * H * C_in * k * k
+    assert bench.count_flops(lambda: conv(x)) == forward
+    assert bench.count_flops(lambda: conv(x).sum().backward()) == 3 * forward
+    with torch.autocast("cpu", torch.bfloat16):  # the precision does not change the count
+        assert bench.count_flops(lambda: conv(x).float().sum().backward()) == 3 * forward
+    # attention on CPU runs a kernel torch's table lacks: forward Q K^T and P V, 2 products of 2 b h s^2 d;
+    # backward (torch's formula) 5: Q K^T recomputed, as flash attention does, then dP, dV, dQ, dK
+    b, h, s, d = 2, 4, 49, 16
+    q = torch.randn(b, h, s, d, requires_grad=True)
+    attention = lambda: torch.nn.functional.scaled_dot_product_attention(q, q, q)  # noqa: E731
+    product = 2 * b * h * s * s * d
+    assert bench.count_flops(attention) == 2 * product
+    assert bench.count_flops(lambda: attention().sum().backward()) == (2 + 5) * product
+
+
+def test_training_flops_are_forward_and_backward_per_image(tiny):
+    cfg = tiny(batch_size=8)
+    step = bench.TrainStep(cfg, torch.device("cpu"), 8, None)
+    forward = bench.count_flops(step.eval_step(8))
+    counted = bench.training_flops(step)
+    # backward is 2x forward except for the first layer, which needs no gradient of its input
+    assert 2 * forward < counted["flops_per_step"] <= 3 * forward
+    assert counted["flops_per_image"] == counted["flops_per_step"] / 8
+    half = bench.training_flops(bench.TrainStep(cfg, torch.device("cpu"), 4, None))
+    assert half["flops_per_image"] == counted["flops_per_image"]
+
+
+def test_share_is_taken_against_the_training_precision():
+    training = {"images_per_s": 100.0, "flops_per_image": 1e9}  # 0.1 TFLOP/s
+    peak = {"matmul_size": 512, "bf16_tflops": 1.0, "fp32_tflops": 0.25}
+    u = bench.utilisation(training, peak, "fp32")
+    assert u["achieved_tflops"] == pytest.approx(0.1) and u["share_of_peak_against"] == "fp32"
+    assert u["share_of_peak"] == pytest.approx(0.4) and u["share_of_each_peak"]["bf16"] == pytest.approx(0.1)
+    assert bench.utilisation(training, peak, "bf16")["share_of_peak"] == pytest.approx(0.1)
+    failed = bench.utilisation(training, {**peak, "bf16_tflops": None}, "bf16")
+    assert failed["share_of_peak"] is None and set(failed["share_of_each_peak"]) == {"fp32"}
+    assert bench.utilisation(training, None, "bf16") == {"achieved_tflops": pytest.approx(0.1)}
 
 
 def test_sampler_steps_and_full_sampling(tmp_path):

@@ -13,6 +13,10 @@ How the numbers are taken:
 - Peak memory comes from a fresh subprocess that only trains, so earlier allocations of this
   process (other variants, sampling) cannot inflate it.
 - A/B comparisons alternate windows of A and B in one process, so machine noise hits both alike.
+- Utilisation: the FLOPs of one training step are counted (torch.utils.flop_counter.FlopCounterMode:
+  matmul, convolution and attention FLOPs, 2 per multiply-add, forward and backward), the machine's
+  bf16 and fp32 matmul peak is timed in the same run, and the training rate is quoted as a share of
+  the peak of the precision it trained at.
 
 Not here: speed targets (docs/RESULTS.md holds measured tables, docs/BENCHMARKS.md how they are measured), sample quality (evaluation.py).
 """
@@ -65,11 +69,14 @@ class Settings:
     timed_steps: int = 20
     memory_steps: int = 10  # training steps in the memory subprocess
     full_sampling: bool = False  # time every sampler fully, even ddpm at 1000 steps
+    peak_size: Optional[int] = None  # the matmul peak's n (n x n by n x n); None: 2048, 8192 on CUDA
+    peak_repeats: int = 5  # timed repetitions per precision after warm-up; the fastest is reported
+    peak_seconds: float = 0.5  # target length of one repetition
 
     @classmethod
     def quick(cls) -> "Settings":
         return cls(warmup_steps=2, windows=3, window_seconds=0.2, compile_warmup=2, sample_repeats=1,
-                   timed_steps=5, memory_steps=3)
+                   timed_steps=5, memory_steps=3, peak_size=512, peak_repeats=3, peak_seconds=0.05)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -305,6 +312,102 @@ def sampling_times(model: torch.nn.Module, cfg: RunConfig, device: torch.device,
 
 
 # ---------------------------------------------------------------------------------------------
+# utilisation: counted FLOPs against the machine's measured matmul peak
+
+FLOPS_HOW = ("torch.utils.flop_counter.FlopCounterMode over one training step (forward and backward of the "
+             "loss): matmul, convolution and attention FLOPs, 2 per multiply-add; elementwise ops, norms and "
+             "the optimiser are not counted")
+
+
+def _cpu_sdpa_flop(query_shape, key_shape, value_shape, *args, out_shape=None, **kwargs) -> int:
+    from torch.utils.flop_counter import sdpa_flop_count
+    return sdpa_flop_count(query_shape, key_shape, value_shape)
+
+
+def _cpu_sdpa_backward_flop(grad_out_shape, query_shape, key_shape, value_shape, *args, out_shape=None,
+                            **kwargs) -> int:
+    from torch.utils.flop_counter import sdpa_backward_flop_count
+    return sdpa_backward_flop_count(grad_out_shape, query_shape, key_shape, value_shape)
+
+
+def count_flops(fn: Callable[[], object]) -> int:
+    """The FLOPs torch.utils.flop_counter counts while `fn()` runs: matmuls, convolutions and attention,
+    2 per multiply-add, backward included. Attention on CPU (a kernel torch's table lacks) is counted
+    with torch's own attention formulas."""
+    from torch.utils.flop_counter import FlopCounterMode
+    ops = (("_scaled_dot_product_flash_attention_for_cpu", _cpu_sdpa_flop),
+           ("_scaled_dot_product_flash_attention_for_cpu_backward", _cpu_sdpa_backward_flop))
+    cpu_attention = {getattr(torch.ops.aten, name): f for name, f in ops if hasattr(torch.ops.aten, name)}
+    with FlopCounterMode(display=False, custom_mapping=cpu_attention) as counter:
+        fn()
+    return int(counter.get_total_flops())
+
+
+def training_flops(step: TrainStep) -> dict:
+    """FLOPs of one real training step (the step is taken: it is one more untimed step), per image."""
+    flops = count_flops(step)
+    return {"flops_per_step": flops, "flops_per_image": flops / step.batch_size, "flops_how": FLOPS_HOW}
+
+
+PEAK_DTYPES = {"bf16": torch.bfloat16, "fp32": torch.float32, "fp16": torch.float16}
+
+
+def matmul_tflops(device: torch.device, dtype: torch.dtype, n: int, repeats: int, seconds: float) -> float:
+    """TFLOP/s of an n x n by n x n matmul (2 n^3 FLOPs) in `dtype` on `device`: two untimed calls, then
+    `repeats` timed repetitions of as many calls as fill about `seconds`; the fastest repetition counts."""
+    g = torch.Generator().manual_seed(0)
+    a, b = (torch.randn((n, n), generator=g).to(device=device, dtype=dtype) for _ in range(2))
+    out = torch.empty((n, n), device=device, dtype=dtype)
+    for _ in range(2):
+        torch.mm(a, b, out=out)
+    synchronize(device)
+    t0 = time.perf_counter()
+    torch.mm(a, b, out=out)
+    synchronize(device)
+    calls = max(1, round(seconds / max(time.perf_counter() - t0, 1e-6)))
+    best = float("inf")
+    for _ in range(repeats):
+        synchronize(device)
+        t0 = time.perf_counter()
+        for _ in range(calls):
+            torch.mm(a, b, out=out)
+        synchronize(device)
+        best = min(best, (time.perf_counter() - t0) / calls)
+    return 2 * n ** 3 / best / 1e12
+
+
+def matmul_peak(device: torch.device, amp: Optional[torch.dtype], settings: Settings) -> dict:
+    """This machine's bf16 and fp32 matmul rate (and fp16's when training runs fp16), with the threads
+    and device the benchmark uses. A precision the device cannot multiply in is null, with the reason."""
+    n = settings.peak_size or (8192 if device.type == "cuda" else 2048)  # a GPU needs a large one to reach its peak
+    out: dict = {"matmul_size": n, "repeats": settings.peak_repeats,
+                 "how": f"{n}x{n} @ {n}x{n} torch.mm, 2 n^3 FLOPs, fastest of {settings.peak_repeats} "
+                        f"repetitions of ~{settings.peak_seconds:g} s after 2 untimed calls"}
+    for name in ("bf16", "fp32") + (("fp16",) if amp == torch.float16 else ()):
+        try:
+            out[f"{name}_tflops"] = matmul_tflops(device, PEAK_DTYPES[name], n, settings.peak_repeats,
+                                                  settings.peak_seconds)
+        except Exception as e:  # noqa: BLE001  (a device without that precision is a result)
+            out[f"{name}_tflops"] = None
+            out.setdefault("failed", {})[name] = _first_line(e)
+    if device.type == "cuda":
+        out["fp32_allows_tf32"] = torch.backends.cuda.matmul.allow_tf32
+    return out
+
+
+def utilisation(training: dict, peak: Optional[dict], precision: str) -> dict:
+    """Achieved TFLOP/s (images/s x counted FLOPs per image) and its share of the peak of the precision
+    training ran at (`share_of_peak`, against `share_of_peak_against`), and of every peak measured."""
+    achieved = training["images_per_s"] * training["flops_per_image"] / 1e12
+    out: dict = {"achieved_tflops": achieved}
+    if peak is not None:
+        shares = {name: achieved / peak[f"{name}_tflops"] for name in PEAK_DTYPES if peak.get(f"{name}_tflops")}
+        out.update(share_of_peak=shares.get(precision), share_of_peak_against=precision,
+                   share_of_each_peak=shares)
+    return out
+
+
+# ---------------------------------------------------------------------------------------------
 # peak memory, in a fresh process
 
 def _rss_now() -> dict:
@@ -507,7 +610,7 @@ def run_from_options(preset_name: Optional[str] = None, *, model: Optional[str] 
 
 def run(cfg: RunConfig, device: torch.device, *, batch_size: int = 128, amp: Optional[torch.dtype] = None,
         settings: Settings = Settings(), sampler_steps: Optional[dict[str, int]] = None, memory: bool = True,
-        comparisons: tuple[str, ...] = (), log: Callable[[str], None] = lambda _m: None) -> dict:
+        peak: bool = True, comparisons: tuple[str, ...] = (), log: Callable[[str], None] = lambda _m: None) -> dict:
     """The whole benchmark as one JSON-ready dict (docs/BENCHMARKS.md, "What each number means")."""
     for name, n in (sampler_steps or {}).items():
         if name not in SAMPLERS:
@@ -524,6 +627,10 @@ def run(cfg: RunConfig, device: torch.device, *, batch_size: int = 128, amp: Opt
     result["parameters"] = count_parameters(step.model)
     log(f"training: {settings.warmup_steps} warm-up steps, then {settings.windows} windows")
     result["training"] = training_throughput(step, settings)
+    log("counting the FLOPs of one training step" + ("; timing the bf16 and fp32 matmul peak" if peak else ""))
+    result["training"].update(training_flops(step))
+    result["peak"] = matmul_peak(device, amp, settings) if peak else None
+    result["training"].update(utilisation(result["training"], result["peak"], _precision_name(amp)))
     result["weights_bytes"] = saved_bytes(step.model.state_dict())
     result["checkpoint_bytes"] = saved_bytes(step.checkpoint_state())
     log("sampling: " + ", ".join(SAMPLERS))
@@ -549,6 +656,27 @@ def _seconds(s: float) -> str:
     return f"{s * 1000:.0f} ms" if s < 1 else f"{s:.1f} s"
 
 
+def _tflops(x: float) -> str:
+    return f"{x:.2f}" if x >= 0.1 else f"{x:.3g}"
+
+
+def _utilisation(r: dict) -> str:
+    """'334 img/s x 1.11 GFLOP = 0.37 TFLOP/s = 14.2% of this machine's bf16 matmul peak (...)'."""
+    t, peak = r["training"], r.get("peak")
+    text = (f"{t['images_per_s']:,.0f} img/s x {t['flops_per_image'] / 1e9:.3g} GFLOP = "
+            f"{_tflops(t['achieved_tflops'])} TFLOP/s")
+    if peak is None:
+        return text + " (matmul peak not measured: --no-peak)"
+    against, share = t.get("share_of_peak_against"), t.get("share_of_peak")
+    if share is None:
+        return text + f"; {against} matmul peak failed: {peak.get('failed', {}).get(against, 'unknown')}"
+    notes = [f"{_tflops(peak[f'{against}_tflops'])} TFLOP/s"]
+    notes += [f"{name} {_tflops(peak[f'{name}_tflops'])}" for name in PEAK_DTYPES
+              if name != against and peak.get(f"{name}_tflops")]
+    return text + (f" = {share:.1%} of this machine's {against} matmul peak "
+                   f"({'; '.join(notes)}; {peak['matmul_size']}^3)")
+
+
 def format_table(r: dict) -> str:
     m, mc = r["machine"], r["model"]
     precision = "fp32" if r["precision"] == "fp32" else f"{r['precision']} autocast"
@@ -570,6 +698,8 @@ def format_table(r: dict) -> str:
     chunks = f" ({r['micro_batch']} at a time)" if r.get("micro_batch") else ""
     lines.append(f"{'training, batch ' + str(t['batch_size']) + chunks:<34}{t['images_per_s']:>9,.1f} img/s"
                  f"   step {t['step_ms']:.1f} ms; {len(ws)} windows {min(ws):,.1f}-{max(ws):,.1f} img/s")
+    if "flops_per_image" in t:
+        lines.append(f"{'utilisation (counted FLOPs)':<34}{_utilisation(r)}")
     mem = r.get("memory")
     if mem is not None:
         label = f"peak memory, training batch {mem.get('batch_size', t['batch_size'])}{chunks}"

@@ -467,7 +467,8 @@ def cmd_benchmark(args) -> int:
                                     threads=args.threads, batch_size=args.batch_size, quick=args.quick,
                                     sample_images=args.sample_images, full_sampling=args.full_sampling,
                                     sampler_steps=args.sampler_steps, memory=not args.no_memory,
-                                    comparisons=comparisons, log=lambda m: _info(f"benchmark: {m}"))
+                                    peak=not args.no_peak, comparisons=comparisons,
+                                    log=lambda m: _info(f"benchmark: {m}"))
     result["options"] = {k: v for k, v in vars(args).items() if k not in ("debug", "command")}
     print(bench.format_table(result))
     if args.quick:

@@ -414,6 +414,8 @@ def benchmark_options(p: argparse.ArgumentParser) -> None:
                    help="also A/B-compare, in interleaved windows: precision (fp32 vs bf16/AMP), channels_last, "
                         "compile (torch.compile); a comma-separated subset, or all (the default with no value)")
     p.add_argument("--no-memory", action="store_true", help="skip the peak-memory subprocess")
+    p.add_argument("--no-peak", action="store_true",
+                   help="skip timing the bf16/fp32 matmul peak (the FLOPs per image are still counted)")
     p.add_argument("--quick", action="store_true", help="short warm-up and windows: a smoke test, not a measurement")
     p.add_argument("--json", metavar="PATH", help="also write the results (and machine info) as JSON")
 
