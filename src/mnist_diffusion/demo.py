@@ -181,7 +181,9 @@ class _Cancelled(Exception):
 def generate_frames(diff, req: Request):
     """Yield (x_t grid, predicted x0 grid, final grid or None, status) while sampling runs: the
     sampler works in a thread and posts every few steps; it is the library call the status line
-    shows (same seed, same images). When the page goes away (the generator is closed), the
+    shows (same seed, same images). A distilled student's draw is one yield, its last step's x_t and
+    x0 with the images (Gradio writes each image to a file named by its content: a frame sent again
+    with the images would be rewritten while the page may still be reading it). When the page goes away (the generator is closed), the
     sampler stops at its next step, so the queue's next request does not share the CPU with it."""
     labels, n = check(req, diff)
     steps = None if req.sampler == "ddpm" and req.steps >= diff.timesteps else req.steps
@@ -228,7 +230,8 @@ def generate_frames(diff, req: Request):
         while (item := posts.get()) is not None:
             i, t, x, x0 = item
             last = show(x, nrow), show(x0, nrow)
-            yield *last, None, f"step {i + 1} of {total}: t = {t}"
+            if not diff.distilled:  # a student's one or two steps: its last frame comes with the images
+                yield *last, None, f"step {i + 1} of {total}: t = {t}"
     finally:
         stop.set()
     if "error" in result:
