@@ -3,7 +3,7 @@ Playwright asks for a 7, reads the image back from the page and has the shipped 
 it; a stroke on the Edit canvas comes back edited; every request stays on this machine. Then 20
 requests at once on loopback, limits enforced by the server, memory bounded; and malformed requests
 straight to the HTTP API, each refused with a message saying what was wrong and no traceback in the
-server's log."""
+server's log. And a distilled student's instant mode: a new seed redraws without a click."""
 from __future__ import annotations
 
 import io
@@ -39,13 +39,14 @@ def _rss(pid: int) -> int:
     return 0
 
 
-def _start(cwd: Path, tmp: Path):
-    """`mnist-diffusion demo` on a free port, its temporary files under `tmp`: (process, url, log),
-    the log (stdout and stderr, line by line) read all along by a thread, so it never fills the pipe."""
+def _start(cwd: Path, tmp: Path, *model: str):
+    """`mnist-diffusion demo` on a free port (of `model`, its --checkpoint or --pretrained, if given),
+    its temporary files under `tmp`: (process, url, log), the log (stdout and stderr, line by line)
+    read all along by a thread, so it never fills the pipe."""
     port = _free_port()
     env = {**os.environ, "PYTHONUNBUFFERED": "1", "TMPDIR": str(tmp)}
-    p = subprocess.Popen([sys.executable, "-m", "mnist_diffusion", "demo", "--port", str(port), "--device", "cpu"],
-                         cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    p = subprocess.Popen([sys.executable, "-m", "mnist_diffusion", "demo", "--port", str(port), "--device", "cpu",
+                          *model], cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     lines, url, deadline = [], None, time.time() + 120
     while time.time() < deadline and p.poll() is None:
         line = p.stdout.readline()
@@ -390,4 +391,106 @@ def test_the_temp_folder_is_removed_when_the_server_stops(tmp_path, how, status)
         _stop(p)
     time.sleep(0.2)  # the log's reader thread
     assert not folder.exists(), _files_in(folder)[:5]
+    assert "Traceback" not in "".join(log), "".join(log)[-3000:]
+
+
+# ---------------------------------------------------------------------------------------------
+# a distilled student: the instant mode
+
+def _cli(cwd: Path, *args) -> None:
+    r = subprocess.run([sys.executable, "-m", "mnist_diffusion", *map(str, args)], cwd=cwd, capture_output=True,
+                       text=True)
+    assert r.returncode == 0, r.stderr[-3000:]
+
+
+@pytest.fixture(scope="module")
+def student(tmp_path_factory, mnist):
+    """A tiny student through the real CLI: a 4-step tiny teacher, distilled for 4 steps on 40 pairs."""
+    d = tmp_path_factory.mktemp("student")
+    common = ["--sample-interval", 0, "--precision", "fp32", "--no-progress", "--max-steps", 4]
+    _cli(d, "train", "--preset", "tiny", "--output-dir", d / "teacher", *common)
+    _cli(d, "distill", "--teacher", d / "teacher" / "checkpoints" / "last.pt", "--pairs", 40, "--teacher-steps", 4,
+         "--batch-size", 8, "--output-dir", d / "student", *common)
+    return d / "student" / "checkpoints" / "last.pt"
+
+
+def _by_id(config: dict) -> dict:
+    return {c["id"]: c["props"] for c in config["components"]}
+
+
+@pytest.mark.parametrize("source", ["fixture", "mnist-fast"])
+def test_a_students_page_draws_as_its_controls_move_and_fixes_its_guidance(source, request):
+    """The student's app wires change events on digit, steps, seed and images to the draw (always
+    the last change, no button), shows guidance fixed at 0 (built in, said in its info) and DDIM
+    with 1 or 2 steps; the Edit tab has no inpainting. What it cannot do is a one-line refusal."""
+    pytest.importorskip("gradio")
+    from mnist_diffusion import demo
+    from mnist_diffusion.diffusion import Diffusion
+    if source == "mnist-fast" and source not in PRETRAINED:
+        pytest.skip("mnist-fast is not shipped yet")
+    diff = Diffusion.load(request.getfixturevalue("student") if source == "fixture" else source, device="cpu")
+    assert diff.distilled
+    config = demo.build(diff).get_config_file()
+    props = _by_id(config)
+    elem = {p.get("elem_id"): i for i, p in props.items() if p.get("elem_id")}
+    instant = [d for d in config["dependencies"] if (elem["seed"], "change") in map(tuple, d["targets"])]
+    assert len(instant) == 1 and instant[0]["trigger_mode"] == "always_last", instant
+    targets = {tuple(t) for t in instant[0]["targets"]}
+    assert {(elem[e], "change") for e in ("label", "steps", "seed", "num_images")} <= targets
+    assert any(t[1] == "load" for t in targets)  # a first grid when the page opens
+    assert instant[0]["outputs"] == [elem["xt"], elem["x0"], elem["final"], elem["status"]]
+    assert any(d["api_name"] == "generate" for d in config["dependencies"])  # the button, as ever
+    guidance, sampler, steps = props[elem["guidance"]], props[elem["sampler"]], props[elem["steps"]]
+    assert guidance["value"] == 0 and guidance["interactive"] is False and "built in" in guidance["info"]
+    assert sampler["interactive"] is False and [c[0] for c in sampler["choices"]] == ["ddim"]
+    assert (steps["minimum"], steps["maximum"], steps["value"]) == (1, 2, 1)
+    assert [c[0] for c in props[elem["mode"]]["choices"]] == ["SDEdit"] and props[elem["preset"]]["visible"] is False
+    assert "none" not in [c[0] for c in props[elem["label"]]["choices"]]
+    (frame,) = demo.generate_frames(diff, demo.Request("7", 0, "ddim", 2, 0, 2))  # one yield: x_t, x0, images
+    assert all(a is not None for a in frame[:3])
+    assert "2 network evaluations" in frame[3] and " ms" in frame[3], frame[3]
+    refused = [(demo.Request("7", 0.5, "ddim", 1, 0, 2), "guidance W = 0.5 built in"),
+               (demo.Request("none", 0, "ddim", 1, 0, 2), "not unlabelled images"),
+               (demo.Request("7", 0, "dpmpp", 1, 0, 2), "sampler of a distilled student must be one of 'ddim'"),
+               (demo.Request("7", 0, "ddim", 20, 0, 2), "steps of a distilled student must be a whole number from 1 to 2")]
+    for req, words in refused:
+        with pytest.raises(demo.DemoError, match=words):
+            demo.check(req, diff)
+    edit = ["test digit", None, 3, "7", 0.6, "SDEdit", "bottom", None, 0]
+    assert "SDEdit at strength 0.6 (one network evaluation) towards 7" in demo.edit(diff, *edit)[1]
+    for i, value, words in ((5, "inpaint", "inpaint with its teacher"), (3, "none", "not unlabelled images")):
+        with pytest.raises(demo.DemoError, match=words):
+            demo.edit(diff, *[*edit[:i], value, *edit[i + 1:]])
+
+
+@pytest.mark.skipif(CHROMIUM is None, reason="no Chromium here (make test installs Debian's)")
+def test_a_new_seed_redraws_a_students_digits_without_a_click(student, tmp_path):
+    """`mnist-diffusion demo --checkpoint STUDENT` in Chromium: a grid when the page opens, and
+    another (a different image) as soon as the seed changes, the button untouched; no console
+    errors, no traceback in the server's log."""
+    sync_api = pytest.importorskip("playwright.sync_api")
+    p, url, log = _start(tmp_path, tmp_path, "--checkpoint", str(student))
+    errors: list[str] = []
+    try:
+        with sync_api.sync_playwright() as pw:
+            browser = pw.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox"])
+            page = browser.new_page(viewport={"width": 1400, "height": 1000})
+            page.on("console", lambda m: errors.append(m.text) if m.type == "error" else None)
+            page.on("pageerror", lambda e: errors.append(str(e)))
+            page.on("requestfailed", lambda r: "/queue/" in r.url or errors.append(f"{r.url}: {r.failure}"))
+            page.goto(url, wait_until="networkidle")
+            page.locator("#status", has_text="seed=0)").wait_for(timeout=30_000)  # drawn on load
+            first = page.locator("#final img").get_attribute("src")
+            assert page.locator("#guidance input[type=range]").is_disabled()
+            seed = page.locator("#seed input")
+            seed.fill("5")
+            seed.press("Enter")
+            page.locator("#status", has_text="seed=5)").wait_for(timeout=30_000)
+            assert "1 network evaluation " in page.locator("#status").inner_text()
+            page.wait_for_function("(old) => { const i = document.querySelector('#final img');"
+                                   " return i && i.src && i.src !== old; }", arg=first, timeout=10_000)
+            browser.close()
+    finally:
+        _stop(p)
+    assert not errors, errors
     assert "Traceback" not in "".join(log), "".join(log)[-3000:]

@@ -11,6 +11,12 @@ model uses every core) and at most MAX_QUEUE waiting. The page loads nothing fro
 deleted first) and removed when the server closes or the process exits (Ctrl-C, SIGTERM); the
 server binds to 127.0.0.1 unless told otherwise.
 
+A distilled student (diff.distilled: a draw in one or two network evaluations, its teacher's
+guidance built in) gets an instant Generate tab: it draws when the page loads and again at every
+change of the digit, steps, seed or number of images, the last change only while one runs; its
+guidance and sampler are fixed, its steps 1 or 2. What it cannot do (guidance, unlabelled
+draws, inpainting) is refused in one line; SDEdit is its one-step draw from the noised digit.
+
 Not here: sampling and editing themselves (diffusion.py); the command line (cli.py).
 """
 from __future__ import annotations
@@ -39,6 +45,8 @@ from .schedule import q_sample
 LIMITS = {"images": 16, "guidance": 10.0, "steps": {"ddpm": 1000, "ddim": 200, "dpmpp": 100},
           "upload_pixels": 2048 * 2048, "upload_bytes": "4mb"}
 SAMPLERS = ("dpmpp", "ddim", "ddpm")  # as the page lists them
+# a distilled student (diff.distilled): DDIM on its own grid, its one-step map or its two-step draw
+STUDENT = {"sampler": "ddim", "steps": 2}
 MAX_QUEUE = 24
 # Gradio's folder (uploads, every image sent to a page): before each request and every every_s
 # seconds, its files past age_s and then the oldest past `files` or `bytes` are deleted
@@ -65,6 +73,11 @@ class Request:
 def first_line(e: Exception) -> str:
     """What the page shows of an error: its first line (its type when it has no message)."""
     return (str(e).strip().splitlines() or [type(e).__name__])[0]
+
+
+def _took(seconds: float) -> str:
+    """A distilled student's time: milliseconds under a second (its draws take a few)."""
+    return f"{seconds * 1000:.0f} ms" if seconds < 1 else f"{seconds:.1f} s"
 
 
 def _show(value) -> str:
@@ -103,19 +116,33 @@ def _choice(value, choices, what: str) -> str:
 
 
 def label_choices(diff) -> list[str]:
-    """What the Generate tab's digit field offers (and accepts: 'none' on a clustered model too)."""
+    """What the Generate tab's digit field offers (and accepts: 'none' on a clustered model too; a
+    student of labelled images draws none unlabelled)."""
     names = class_names(diff)
+    if diff.distilled and names:
+        return ["one of each", *names]
     return [DRAWN, "one of each", *names] if diff.clustered else (["one of each"] + names if names else []) + ["none"]
 
 
 def check(req: Request, diff) -> tuple[Optional[object], int]:
-    """The labels and number of images of a generate request, or DemoError naming the limit."""
-    names = class_names(diff)
-    _choice(req.label, label_choices(diff) + (["none"] if diff.clustered else []), "digit")
-    _choice(req.sampler, SAMPLERS, "sampler")
-    top = min(LIMITS["steps"][req.sampler], diff.timesteps)
-    req.steps = _whole(req.steps, 1, top, f"steps for {req.sampler}")
+    """The labels and number of images of a generate request, or DemoError naming the limit. A
+    distilled student takes DDIM, 1 or 2 steps, no guidance (its teacher's is built in) and labels."""
+    names, student = class_names(diff), diff.distilled
+    _choice(req.label, dict.fromkeys(label_choices(diff) + (["none"] if diff.clustered or student else [])), "digit")
+    if student:
+        _choice(req.sampler, [STUDENT["sampler"]], "sampler of a distilled student")
+        req.steps = _whole(req.steps, 1, min(STUDENT["steps"], diff.timesteps), "steps of a distilled student")
+    else:
+        _choice(req.sampler, SAMPLERS, "sampler")
+        top = min(LIMITS["steps"][req.sampler], diff.timesteps)
+        req.steps = _whole(req.steps, 1, top, f"steps for {req.sampler}")
     req.guidance = _number(req.guidance, 0.0, LIMITS["guidance"], "guidance")
+    if student and req.guidance:
+        raise DemoError(f"guidance: this distilled student has its teacher's guidance W = "
+                        f"{diff.config.distill.guidance:g} built in and takes none of its own: send 0")
+    if student and req.label == "none" and names:
+        raise DemoError("this distilled student draws the classes it is asked for, not unlabelled images: pick one, "
+                        "or 'one of each'")
     n = req.num_images = _whole(req.num_images, 1, LIMITS["images"], "the number of images (at most 16 images)")
     req.seed = _whole(req.seed, 0, 2**31 - 1, "seed")
     if req.label == "none" and diff.clustered:  # its unlabelled draw is its clusters, drawn by size
@@ -154,7 +181,9 @@ class _Cancelled(Exception):
 def generate_frames(diff, req: Request):
     """Yield (x_t grid, predicted x0 grid, final grid or None, status) while sampling runs: the
     sampler works in a thread and posts every few steps; it is the library call the status line
-    shows (same seed, same images). When the page goes away (the generator is closed), the
+    shows (same seed, same images). A distilled student's draw is one yield, its last step's x_t and
+    x0 with the images (Gradio writes each image to a file named by its content: a frame sent again
+    with the images would be rewritten while the page may still be reading it). When the page goes away (the generator is closed), the
     sampler stops at its next step, so the queue's next request does not share the CPU with it."""
     labels, n = check(req, diff)
     steps = None if req.sampler == "ddpm" and req.steps >= diff.timesteps else req.steps
@@ -201,13 +230,20 @@ def generate_frames(diff, req: Request):
         while (item := posts.get()) is not None:
             i, t, x, x0 = item
             last = show(x, nrow), show(x0, nrow)
-            yield *last, None, f"step {i + 1} of {total}: t = {t}"
+            if not diff.distilled:  # a student's one or two steps: its last frame comes with the images
+                yield *last, None, f"step {i + 1} of {total}: t = {t}"
     finally:
         stop.set()
     if "error" in result:
         e = result["error"]
         raise DemoError(first_line(e))
     what = ("label=" + (f"[{', '.join(map(str, labels.tolist()))}]" if labels is not None else "None"))
+    if diff.distilled:  # one network evaluation per step (the teacher's guidance built in), its own sampler
+        yield (*last, show(result["images"], nrow), f"done: {n} image(s) in {_took(time.time() - t0)}, "
+               f"{total} network evaluation{'s' if total > 1 else ''} (a distilled student, its teacher's guidance "
+               f"W = {diff.config.distill.guidance:g} built in). The same images: `md.load(...).sample({n}, {what}, "
+               f"steps={total}, seed={req.seed})`")
+        return
     yield (*last, show(result["images"], nrow),
            f"done: {n} image(s) in {time.time() - t0:.1f} s. The same images: `md.load(...).sample({n}, {what}, "
            f"guidance={req.guidance:g}, sampler=\"{req.sampler}\", steps={total}, seed={req.seed})`")
@@ -243,7 +279,9 @@ def edit(diff, source: str, canvas, test_index, target: str, strength: float, mo
          mask_canvas, seed) -> tuple[np.ndarray, str]:
     """SDEdit or inpainting of the drawn (or chosen test) digit; returns (before | after, status).
     Every argument is checked before any work; one the edit does not use may be None (a cleared
-    field), any other value must be valid. `canvas` and `mask_canvas`: decoded Sketchpad values."""
+    field), any other value must be valid. `canvas` and `mask_canvas`: decoded Sketchpad values.
+    A distilled student does SDEdit only (its own one-step draw from the noised digit, its guidance
+    built in) and towards a class if it has classes."""
     source = _choice(source, EDIT_SOURCES, "start from")
     mode = _choice(mode, EDIT_MODES, "edit")
     seed = _whole(seed, 0, 2**31 - 1, "seed")
@@ -256,6 +294,8 @@ def edit(diff, source: str, canvas, test_index, target: str, strength: float, mo
         strength = _number(strength, 0.0, 1.0, "SDEdit strength")
     if mode == "inpaint" or preset is not None:
         preset = _choice(preset, EDIT_MASKS, "inpaint: region to fill")
+    if diff.distilled:
+        _student_edit_refusals(diff, mode, target)
     digit = digit_from_canvas(canvas) if source == "canvas" else test[test_index][None]
     label = names.index(target) if target != "none" else None
     guidance = 2.0 if label is not None else 0.0
@@ -263,9 +303,12 @@ def edit(diff, source: str, canvas, test_index, target: str, strength: float, mo
     if mode == "SDEdit":
         if strength == 0:
             raise DemoError("SDEdit strength 0 changes nothing: give a value in (0, 1]")
-        out = diff.edit(digit, strength, label=label, guidance=guidance, sampler="ddim",
-                        steps=min(50, diff.timesteps), seed=seed)
-        what = f"SDEdit at strength {float(strength):g}"
+        if diff.distilled:  # its own draw (DDIM, one step on its grid cut at the strength), guidance built in
+            out = diff.edit(digit, strength, label=label, seed=seed)
+        else:
+            out = diff.edit(digit, strength, label=label, guidance=guidance, sampler="ddim",
+                            steps=min(50, diff.timesteps), seed=seed)
+        what = f"SDEdit at strength {float(strength):g}" + (" (one network evaluation)" if diff.distilled else "")
     else:
         if preset == "painted":
             painted = digit_from_canvas(mask_canvas)[0] > 127  # strokes mark what to fill in
@@ -275,8 +318,19 @@ def edit(diff, source: str, canvas, test_index, target: str, strength: float, mo
         out = diff.inpaint(digit, mask, label=label, guidance=guidance, sampler="ddpm",
                            steps=min(100, diff.timesteps), resample=2, jump_length=5, seed=seed)
         what = f"inpainting ({preset})"
-    return show(np.concatenate([digit, out])), f"{what}{f' towards {target}' if label is not None else ''}: " \
-                                               f"{time.time() - t0:.1f} s"
+    took = _took(time.time() - t0) if diff.distilled else f"{time.time() - t0:.1f} s"
+    return show(np.concatenate([digit, out])), f"{what}{f' towards {target}' if label is not None else ''}: {took}"
+
+
+def _student_edit_refusals(diff, mode: str, target: str) -> None:
+    """What a distilled student cannot edit, each a DemoError: inpainting, and an unlabelled edit of
+    a model with classes."""
+    if mode == "inpaint":
+        raise DemoError("inpaint: a distilled student draws in one or two steps, and inpainting resamples at every "
+                        f"one of many: inpaint with its teacher ({diff.config.distill.teacher})")
+    if target == "none" and class_names(diff):
+        raise DemoError("towards class: this distilled student draws the classes it is asked for, not unlabelled "
+                        "images: pick one")
 
 
 def _files(value):
@@ -417,14 +471,21 @@ def _guard(fn, before=None):
     return wrapped
 
 
-def _streamer(diff, before=None):
-    """The Generate button's handler: `generate_frames` of the page's values, failures as `_guard`'s."""
+def _streamer(diff, before=None, *, quiet: bool = False):
+    """The Generate button's handler: `generate_frames` of the page's values, failures as `_guard`'s.
+    `quiet` (the instant events, fired as a control moves): a refusal is the status line and the
+    images stay, no popup (a seed being retyped is cleared for a moment)."""
+    import gradio as gr
+
     def stream(label, guidance, sampler, steps, seed, num_images):
         try:
             if before is not None:
                 before()
             yield from generate_frames(diff, Request(label, guidance, sampler, steps, seed, num_images))
         except (DemoError, ValueError, TypeError) as e:
+            if quiet:
+                yield gr.skip(), gr.skip(), gr.skip(), html.escape(first_line(e), quote=False)
+                return
             raise _refuse(first_line(e)) from None
         except Exception as e:  # shown in the page, logged
             raise _unexpected(e) from e
@@ -513,9 +574,33 @@ def _blocks_class():
 _ONE_QUEUE = {"concurrency_id": "model", "concurrency_limit": 1}
 
 
-def _generate_tab(diff, before=None) -> None:
+def _sampling_controls(diff) -> tuple:
+    """The Generate tab's guidance, sampler and steps fields: the model's own values; a distilled
+    student's guidance at 0 and fixed (its teacher's is built in), DDIM only, 1 or 2 steps."""
+    import gradio as gr
+
+    own = diff.config.sampling  # the model's own: what its card recommends
+    if diff.distilled:
+        built_in = (f"built into this distilled student (its teacher's W = {diff.config.distill.guidance:g}): "
+                    "nothing to set")
+        return (gr.Slider(0, LIMITS["guidance"], value=0, step=0.25, label="guidance W", elem_id="guidance",
+                          interactive=False, info=built_in),
+                gr.Radio([STUDENT["sampler"]], value=STUDENT["sampler"], label="sampler", elem_id="sampler",
+                         interactive=False, info="a distilled student is drawn by DDIM on its own timestep grid"),
+                gr.Slider(1, min(STUDENT["steps"], diff.timesteps), value=1, step=1, label="steps", elem_id="steps",
+                          info="network evaluations: 1, its one-step draw; 2, its two-step draw"))
+    return (gr.Slider(0, LIMITS["guidance"], value=own.guidance if class_names(diff) else 0, step=0.25,
+                      label="guidance W", elem_id="guidance"),
+            gr.Radio(list(SAMPLERS), value=own.sampler, label="sampler", elem_id="sampler"),
+            gr.Slider(1, LIMITS["steps"]["ddpm"], value=len(diff.plan(labelled=False).timesteps), step=1,
+                      label="steps", elem_id="steps"))
+
+
+def _generate_tab(app, diff, before=None) -> None:
     """The Generate tab: a digit, guidance, sampler, steps, seed and how many; x_t, the predicted x0
-    and the samples streamed as the sampler runs (event "generate")."""
+    and the samples streamed as the sampler runs (event "generate"). A distilled student's tab is
+    instant too: the page's load and every change of the digit, steps, seed or images draws again
+    (always the last change: a moving slider does not queue up draws)."""
     import gradio as gr
 
     names, classes = class_names(diff), label_choices(diff)
@@ -523,31 +608,33 @@ def _generate_tab(diff, before=None) -> None:
         with gr.Row():
             with gr.Column(scale=1):
                 label = gr.Dropdown(classes, value=classes[0], label="digit", elem_id="label")
-                own = diff.config.sampling  # the model's own: what its card recommends
-                guidance = gr.Slider(0, LIMITS["guidance"], value=own.guidance if names else 0, step=0.25,
-                                     label="guidance W", elem_id="guidance")
-                sampler = gr.Radio(list(SAMPLERS), value=own.sampler, label="sampler", elem_id="sampler")
-                steps = gr.Slider(1, LIMITS["steps"]["ddpm"], value=len(diff.plan(labelled=False).timesteps),
-                                  step=1, label="steps", elem_id="steps")
+                guidance, sampler, steps = _sampling_controls(diff)
                 seed = gr.Number(0, precision=0, label="seed", elem_id="seed")
                 num = gr.Slider(1, LIMITS["images"], value=10 if names else 8, step=1, label="images",
                                 elem_id="num_images")
                 go = gr.Button("Generate", variant="primary", elem_id="generate_button")
             with gr.Column(scale=2):
-                status = gr.Markdown("Pick a digit and press Generate.", elem_id="status")
+                status = gr.Markdown("Move a control: this distilled student draws again at once." if diff.distilled
+                                     else "Pick a digit and press Generate.", elem_id="status")
                 with gr.Row():
                     xt = gr.Image(label="x_t (what the sampler holds)", format="png", elem_id="xt")
                     x0 = gr.Image(label="predicted x0", format="png", elem_id="x0")
                 final = gr.Image(label="samples", format="png", elem_id="final")
-        go.click(_streamer(diff, before), [label, guidance, sampler, steps, seed, num], [xt, x0, final, status],
-                 api_name="generate", preprocess=False, **_ONE_QUEUE)
+        inputs, outputs = [label, guidance, sampler, steps, seed, num], [xt, x0, final, status]
+        go.click(_streamer(diff, before), inputs, outputs, api_name="generate", preprocess=False, **_ONE_QUEUE)
+        if diff.distilled:
+            gr.on([app.load, label.change, steps.change, seed.change, num.change], _streamer(diff, before, quiet=True),
+                  inputs, outputs, api_name=False, preprocess=False, trigger_mode="always_last",
+                  show_progress="minimal", **_ONE_QUEUE)
 
 
 def _edit_tab(diff, before=None) -> None:
-    """The Edit tab: SDEdit or inpainting of a drawn (or test) digit, before | after (event "edit")."""
+    """The Edit tab: SDEdit or inpainting of a drawn (or test) digit, before | after (event "edit").
+    A distilled student's: SDEdit only (no inpainting fields), towards one of its classes."""
     import gradio as gr
 
-    names = class_names(diff)
+    names, student = class_names(diff), diff.distilled
+    targets = names if student and names else (names or []) + ["none"]
     with gr.Tab("Edit", id="edit"):
         with gr.Row():
             with gr.Column():
@@ -557,15 +644,17 @@ def _edit_tab(diff, before=None) -> None:
                                       brush=gr.Brush(default_size=20, colors=["#000000"], color_mode="fixed"))
                 index = gr.Number(0, precision=0, label="test digit #", elem_id="test_index")
             with gr.Column():
-                mode = gr.Radio(list(EDIT_MODES), value="SDEdit", label="edit", elem_id="mode")
-                target = gr.Dropdown((names or []) + ["none"], value=names[7] if len(names) > 7 else "none",
+                mode = gr.Radio(["SDEdit"] if student else list(EDIT_MODES), value="SDEdit", label="edit",
+                                elem_id="mode", info=f"a distilled student does not inpaint (its teacher does: "
+                                                     f"{diff.config.distill.teacher})" if student else None)
+                target = gr.Dropdown(targets, value=targets[7] if len(targets) > 7 else targets[-1],
                                      label="towards class", elem_id="target")
                 strength = gr.Slider(0.05, 1.0, value=0.8, step=0.05, label="SDEdit strength", elem_id="strength")
                 preset = gr.Dropdown(list(EDIT_MASKS), value="bottom", label="inpaint: region to fill",
-                                     elem_id="preset")
+                                     elem_id="preset", visible=not student)
                 mask_canvas = gr.Sketchpad(label="inpaint: paint the region to fill (with 'painted')",
                                            canvas_size=(280, 280), type="numpy", image_mode="L",
-                                           elem_id="mask_canvas")
+                                           elem_id="mask_canvas", visible=not student)
                 edit_seed = gr.Number(0, precision=0, label="seed", elem_id="edit_seed")
                 edit_go = gr.Button("Edit", variant="primary", elem_id="edit_button")
             with gr.Column():
@@ -605,6 +694,15 @@ def _explain_tab(app, diff, schedule_figure: str | None = None, before=None) -> 
         app.load(show_t, [ex_index, ex_t], [ex_xt, ex_row, ex_text], api_name=False, preprocess=False, **_ONE_QUEUE)
 
 
+def _student_line(diff) -> str:
+    """The header's word on a distilled student (empty for any other model)."""
+    if not diff.distilled:
+        return ""
+    return (f" A distilled student of `{diff.config.distill.teacher}`: a draw in one network evaluation (two with "
+            f"steps 2), its teacher's guidance W = {diff.config.distill.guidance:g} built in; the Generate tab "
+            "draws again as you move its controls.")
+
+
 def build(diff, *, schedule_figure: Optional[str] = None, before=None):
     """The Blocks app for a Diffusion: three tabs (Generate, Edit, Explain). All their events share
     one queue (_ONE_QUEUE: concurrency id "model", one at a time); `before()`, if given, runs at the
@@ -617,8 +715,8 @@ def build(diff, *, schedule_figure: Optional[str] = None, before=None):
         gr.Markdown(f"# mnist-diffusion\nA denoising diffusion model for {diff.dataset.replace('_', '-')} "
                     f"({diff.num_classes or 'no'} {'clusters' if diff.clustered else 'classes'}, T = "
                     f"{diff.timesteps}), running on this machine's "
-                    f"{diff.device}. Source: `{diff.source}`.")
-        _generate_tab(diff, before)
+                    f"{diff.device}. Source: `{diff.source}`." + _student_line(diff))
+        _generate_tab(app, diff, before)
         _edit_tab(diff, before)
         _explain_tab(app, diff, schedule_figure, before)
     return app
