@@ -50,7 +50,9 @@ def scheduler_config(cfg: RunConfig, betas: torch.Tensor) -> dict:
     parameterisation and our sampling defaults (x0 clipped to [-1, 1], posterior variance)."""
     return {"_class_name": "DDPMScheduler", "num_train_timesteps": cfg.diffusion.timesteps,
             "trained_betas": [float(b) for b in betas], "beta_schedule": "linear",
-            "prediction_type": "epsilon" if cfg.model.prediction == "eps" else "v_prediction",
+            # diffusers' DDPMScheduler has no flow velocity: a flow model's config says so, and
+            # its card's sampler (or ours) draws it
+            "prediction_type": {"eps": "epsilon", "v": "v_prediction"}.get(cfg.model.prediction, "flow_prediction"),
             "variance_type": "fixed_small", "clip_sample": True, "clip_sample_range": 1.0,
             "timestep_spacing": "leading", "steps_offset": 0,
             "_mnist_diffusion_schedule": cfg.diffusion.schedule}
@@ -261,7 +263,7 @@ def use_line(cfg: RunConfig, metrics: Optional[dict] = None) -> str:
     """The card's line of Python that draws from the model: its config's sampling section is the
     default, so the line names no sampler settings."""
     s = cfg.sampling
-    said = f"{s.sampler}, {s.steps or 'default'} steps" + (f", guidance {s.guidance:g}" if s.guidance else "")
+    said = f"{s.sampler}, {_steps(s.steps or 'default')}" + (f", guidance {s.guidance:g}" if s.guidance else "")
     use = ('diff.sample(16, seed=0)' if cfg.train.cluster_sizes or not cfg.model.num_classes
            else 'diff.sample(10, label="all", seed=0)')
     return f"images = {use}   # uint8 (N, 28, 28); {said}, as config.json's sampling section says"
@@ -271,7 +273,7 @@ def draw_description(s: dict, clustered: bool = False) -> str:
     """How a report's images were drawn, as the card says it: 'dpmpp, 20 steps, logsnr-capped grid,
     eta 0.5, linear corrector, guidance W = 0.5 at noise levels 0.3-5, balanced labels' (from the
     report's "sampler" entry, i.e. sampling.SamplingPlan.report())."""
-    return (f"{s.get('sampler')}, {s.get('steps')} steps"
+    return (f"{s.get('sampler')}, {_steps(s.get('steps'))}"
             + (f", {s['spacing']} grid" if s.get("spacing") else "")
             + (f", eta {s['eta']:g}" if s.get("eta") is not None else "")
             + (f", {('linear', 'quadratic')[s['corrector'] - 1]} corrector" if s.get("corrector") else "")
@@ -338,3 +340,7 @@ def rescore_card(folder: str | os.PathLike, metrics: dict, *, note: Optional[str
         save_png(samples, folder / "samples.png", scale=2)
     atomic_write_text(card, new_card)
     return folder
+
+
+def _steps(n) -> str:
+    return "1 step" if n == 1 else f"{n} steps"
