@@ -98,6 +98,37 @@ def test_v_prediction_trains_samples_and_evaluates(tmp_path, mnist):
                      "--no-progress"]) == 0
 
 
+def test_flow_objective_trains_and_every_sampler_draws_it(tmp_path, mnist, capsys):
+    """--objective flow: the straight path, the velocity target and logit-normal times; drawn by
+    Euler and Heun in path time and by the eps samplers through the change of variables."""
+    run = tmp_path / "run"
+    assert main(["train", "--output-dir", str(run), "--objective", "flow", "--conditional", *TINY]) == 0
+    from mnist_diffusion import load
+    from mnist_diffusion.checkpoint import load as load_checkpoint
+    cfg = load_checkpoint(run / "checkpoints/last.pt")["config"]
+    assert (cfg["model"]["prediction"], cfg["diffusion"]["schedule"], cfg["train"]["t_sampling"]) == \
+        ("flow", "flow", "logit-normal")
+    diff = load(run / "checkpoints/last.pt")
+    euler = diff.sample(6, label=3, seed=1, sampler="euler", steps=6, spacing="uniform")
+    assert np.array_equal(euler, diff.sample(6, label=3, seed=1, sampler="euler", steps=6, spacing="uniform"))
+    ddim = diff.sample(6, label=3, seed=1, sampler="ddim", steps=6, eta=0.0)  # the same steps, other arithmetic
+    assert np.abs(euler.astype(int) - ddim.astype(int)).max() <= 1
+    for sampler in ("heun", "dpmpp", "ddpm"):
+        assert main(["sample", "--checkpoint", str(run / "checkpoints/last.pt"), "--sampler", sampler, "--steps", "4",
+                     "--label", "2", "--num-images", "4", "--output", str(tmp_path / f"{sampler}.png"),
+                     "--device", "cpu", "--no-progress"]) == 0
+    capsys.readouterr()
+    assert main(["sample", "--checkpoint", str(run / "checkpoints/last.pt"), "--sampler", "heun", "--eta", "0.5",
+                 "--output", str(tmp_path / "x.png"), "--no-progress"]) == 2
+    err = capsys.readouterr().err
+    assert "heun solves the flow ODE deterministically" in err and "Traceback" not in err
+    # explicit options win over the objective's
+    assert main(["train", "--objective", "flow", "--schedule", "cosine", "--dry-run",
+                 "--output-dir", str(tmp_path / "r")]) == 0
+    out = json.loads(capsys.readouterr().out.split("\nrun directory")[0])
+    assert (out["model"]["prediction"], out["diffusion"]["schedule"]) == ("flow", "cosine")
+
+
 def test_dry_run_prints_config(tmp_path, capsys):
     assert main(["train", "--preset", "quick", "--dry-run", "--output-dir", str(tmp_path / "r")]) == 0
     out = capsys.readouterr().out

@@ -70,7 +70,7 @@ def test_the_sampling_section_round_trips_through_json():
 
 
 @pytest.mark.parametrize("section, message", [
-    ({"sampler": "euler"}, "unknown sampler"), ({"steps": 2.5}, "sampling.steps must be an integer"),
+    ({"sampler": "rk4"}, "unknown sampler"), ({"steps": 2.5}, "sampling.steps must be an integer"),
     ({"guidance": "0.5"}, "sampling.guidance must be a finite number"), ({"eta": 11.0}, "eta 11.0 is outside"),
     ({"corrector": 1, "sampler": "ddim"}, "the corrector is dpmpp's"), ({"nonsense": 1}, "unknown key"),
     ({"steps": 5000}, "only T = 1000")])

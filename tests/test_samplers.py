@@ -15,8 +15,9 @@ import pytest
 import torch
 
 from mnist_diffusion.samplers import (LOGSNR_CAP, SPACINGS, PerImageNoise, corrector_weights, ddim, ddim_invert, ddpm,
-                                      dpmpp, guidance_switches, repaint, run_sampler, sdedit, slerp, timestep_sequence)
-from mnist_diffusion.schedule import Schedule, guidance_weights, make_schedule, noise_level, q_sample
+                                      dpmpp, flow_euler, flow_heun, guidance_switches, repaint, run_sampler, sdedit,
+                                      slerp, timestep_sequence, visited_timesteps)
+from mnist_diffusion.schedule import Schedule, flow_time, guidance_weights, make_schedule, noise_level, q_sample
 
 MU, SD = 0.5, 0.3
 
@@ -362,7 +363,7 @@ def test_sampled_image_is_independent_of_its_batch(name, kw):
 
 def test_run_sampler_rejects_unknown_names():
     with pytest.raises(ValueError, match="unknown sampler"):
-        run_sampler("euler", lambda x, t: x, make_schedule("cosine", 10), torch.zeros(1, 1), None)
+        run_sampler("rk4", lambda x, t: x, make_schedule("cosine", 10), torch.zeros(1, 1), None)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -482,3 +483,56 @@ def test_corrector_does_not_reach_across_a_jump():
         dpmpp(e, s, x_T, corrector=3, **kw)
     with pytest.raises(ValueError, match="dpmpp's"):
         run_sampler("ddim", e, s, x_T, None, steps=8, corrector=1)
+
+
+# ---------------------------------------------------------------------------------------------
+# Euler and Heun on the flow ODE dz/ds = eps - x_0
+
+@pytest.mark.parametrize("name", ["cosine", "flow"])
+@pytest.mark.parametrize("steps", [1, 5, 20])
+def test_flow_euler_is_ddim_at_eta_zero(name, steps):
+    """Euler in the straight path's coordinates with the model's (x_0, eps) lands on
+    (1 - s') x_0 + s' eps: the DDIM step (eq. 12, eta 0), to float64 rounding."""
+    s = make_schedule(name, 1000)
+    x_T = torch.randn(4, 1, 3, 3, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    for spacing in ("uniform", "flow"):
+        a = flow_euler(gaussian_eps(s), s, x_T, steps=steps, spacing=spacing, clip=False)
+        b = ddim(gaussian_eps(s), s, x_T, steps=steps, eta=0.0, spacing=spacing, clip=False)
+        assert torch.allclose(a, b, atol=1e-10, rtol=0)
+
+
+def test_flow_spacing_is_uniform_in_path_time():
+    flow, cos = make_schedule("flow", 1000), make_schedule("cosine", 1000)
+    # on the flow schedule s = (t + 1) / T: uniform in s is uniform in t, up to rounding
+    assert max(abs(a - b) for a, b in zip(timestep_sequence(flow, 20, "flow"), timestep_sequence(flow, 20, "uniform"))) <= 1
+    seq = timestep_sequence(cos, 11, "flow")
+    st = flow_time(cos, torch.tensor(seq))
+    gaps = st[:-1] - st[1:]
+    assert torch.allclose(gaps, gaps.mean().expand_as(gaps), rtol=0.05)
+
+
+@pytest.mark.parametrize("name", ["cosine", "flow"])
+def test_flow_heun_reaches_the_gaussian_toy_and_beats_euler(name):
+    """With the exact eps of x_0 ~ N(mu, s^2), the ODE maps the noise onto N(mu, s^2); Heun's
+    second-order steps get there with far less error than Euler's at the same grid."""
+    s = make_schedule(name, 1000)
+    errors = {}
+    for sampler, steps in [("euler", 10), ("heun", 10), ("heun", 40)]:
+        fn = flow_euler if sampler == "euler" else flow_heun
+        mean, std = exact_moments(lambda x, n: fn(gaussian_eps(s), s, x, steps=steps, clip=False), s)
+        errors[sampler, steps] = abs(mean - MU) + abs(std - SD)
+    assert errors["heun", 10] < errors["euler", 10] / 3
+    assert errors["heun", 40] < 2e-3
+
+
+def test_heun_visits_each_grid_point_after_the_first_twice():
+    s = make_schedule("flow", 100)
+    seq = timestep_sequence(s, 5, "flow")
+    visited = visited_timesteps("heun", s, 5)
+    assert len(visited) == 2 * 5 - 1 and visited[0] == seq[0] and visited[1::2] == seq[1:] == visited[2::2]
+    seen = []
+    run_sampler("heun", gaussian_eps(s), s, torch.zeros(1, 2, dtype=torch.float64), None, steps=5, clip=False,
+                callback=lambda i, t, x, x0: seen.append(t))
+    assert seen == visited
+    with pytest.raises(ValueError, match="deterministic"):
+        run_sampler("euler", gaussian_eps(s), s, torch.zeros(1, 2), None, steps=5, eta=0.5)

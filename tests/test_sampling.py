@@ -47,8 +47,8 @@ def test_batches_continue_from_finished_ones(uncond):
 
 
 def test_options_reject_an_unknown_sampler():
-    with pytest.raises(ValueError, match="unknown sampler 'euler'"):
-        SamplingConfig("euler")
+    with pytest.raises(ValueError, match="unknown sampler 'rk4'"):
+        SamplingConfig("rk4")
 
 
 @pytest.mark.parametrize("sampler,steps,wanted,expect", [

@@ -3,14 +3,14 @@ import math
 import pytest
 import torch
 
-from mnist_diffusion.schedule import (Schedule, cosine_betas, diffusion_loss, eps_from_output, guidance_mix,
-                                      guidance_weights, linear_betas, logit_normal_cdf, logit_normal_timesteps,
-                                      make_schedule, min_snr_weight, noise_level,
-                                      predict_eps_from_x0, predict_x0_from_eps, q_posterior, q_sample, q_step,
-                                      v_target)
+from mnist_diffusion.schedule import (Schedule, cosine_betas, diffusion_loss, eps_from_flow, eps_from_output,
+                                      flow_target, flow_time, guidance_mix, guidance_weights, linear_betas,
+                                      logit_normal_cdf, logit_normal_timesteps, make_schedule, min_snr_weight,
+                                      noise_level, predict_eps_from_x0, predict_x0_from_eps, q_posterior, q_sample,
+                                      q_step, v_target)
 
 
-@pytest.mark.parametrize("name", ["linear", "cosine"])
+@pytest.mark.parametrize("name", ["linear", "cosine", "flow"])
 @pytest.mark.parametrize("T", [10, 300, 1000])
 def test_alpha_bar_is_cumulative_product(name, T):
     s = make_schedule(name, T)
@@ -236,3 +236,79 @@ def test_noise_level_and_the_guidance_interval():
     assert w.dtype == torch.float32 and w.shape == (100,)
     assert (w[20:61] == 0.5).all() and (w[:20] == 0).all() and (w[61:] == 0).all()
     assert (guidance_weights(s, t, 0.5) == 0.5).all()
+
+
+# ---------------------------------------------------------------------------------------------
+# flow matching: the straight path z_s = (1 - s) x_0 + s eps and its velocity u = eps - x_0
+
+@pytest.mark.parametrize("T", [50, 1000])
+def test_flow_schedule_is_the_straight_path_at_unit_scale(T):
+    s = make_schedule("flow", T)
+    st = (torch.arange(T, dtype=torch.float64) + 1) / T
+    want = (1 - st) ** 2 / ((1 - st) ** 2 + st ** 2)
+    assert torch.allclose(s.alpha_bar[:-1], want[:-1], rtol=1e-12, atol=0)  # the last beta is clipped (s = 1)
+    assert 0 < s.alpha_bar[-1] < 1e-6
+    # the path's time of each x_t, read back from the schedule: s = (t + 1) / T
+    t = torch.arange(T - 1)
+    assert torch.allclose(flow_time(s, t), st[:-1], rtol=0, atol=1e-12)
+
+
+@pytest.mark.parametrize("name", ["cosine", "linear", "flow"])
+def test_eps_from_flow_inverts_the_velocity_on_any_schedule(name):
+    s = make_schedule(name, 1000)
+    g = torch.Generator().manual_seed(0)
+    x0 = torch.rand(64, 1, 4, 4, generator=g, dtype=torch.float64) * 2 - 1
+    eps = torch.randn(64, 1, 4, 4, generator=g, dtype=torch.float64)
+    t = torch.randint(0, 1000, (64,), generator=g)
+    x_t = q_sample(s, x0, t, eps)
+    u = flow_target(x0, eps)
+    assert torch.equal(u, eps - x0)
+    assert torch.allclose(eps_from_flow(s, x_t, t, u), eps, atol=1e-9)
+    assert torch.allclose(eps_from_output(s, "flow", x_t, t, u), eps, atol=1e-9)
+    # x_t is the path's point z_s at scale a + b: z_s = (1 - s) x_0 + s eps
+    a, b = s.sqrt_alpha_bar[t].view(-1, 1, 1, 1), s.sqrt_one_minus_alpha_bar[t].view(-1, 1, 1, 1)
+    st = flow_time(s, t).view(-1, 1, 1, 1)
+    assert torch.allclose(x_t / (a + b), (1 - st) * x0 + st * eps, atol=1e-12)
+
+
+def _gaussian_posterior(s, t, x_t, mu, sd):
+    """E[x_0 | x_t], E[eps | x_t] and Var(eps - x_0 | x_t) for x_0 ~ N(mu, sd^2) (closed form)."""
+    a, b = float(s.sqrt_alpha_bar[t]), float(s.sqrt_one_minus_alpha_bar[t])
+    var = a * a * sd * sd + b * b
+    e_x0 = mu + a * sd * sd * (x_t - a * mu) / var
+    e_eps = b * (x_t - a * mu) / var
+    return e_x0, e_eps, sd * sd * (a + b) ** 2 / var
+
+
+@pytest.mark.parametrize("t", [50, 500, 950])
+def test_flow_loss_on_the_gaussian_toy_is_minimised_by_the_posterior_velocity(t):
+    """The flow-matching loss's minimiser is E[eps - x_0 | x_t]; its eps (eps_from_flow) is the exact
+    posterior eps, and the loss there is Var(eps - x_0 | x_t), all in closed form."""
+    mu, sd, n = 0.5, 0.3, 200_000
+    s = make_schedule("flow", 1000)
+    g = torch.Generator().manual_seed(1)
+    x0 = mu + sd * torch.randn(n, 1, 1, 1, generator=g, dtype=torch.float64)
+    noise = torch.randn(n, 1, 1, 1, generator=g, dtype=torch.float64)
+    tt = torch.full((n,), t)
+
+    def posterior_velocity(x, tb):
+        e_x0, e_eps, _ = _gaussian_posterior(s, t, x, mu, sd)
+        return e_eps - e_x0
+
+    x_t = q_sample(s, x0, tt, noise)
+    e_x0, e_eps, var_u = _gaussian_posterior(s, t, x_t, mu, sd)
+    assert torch.allclose(eps_from_flow(s, x_t, tt, posterior_velocity(x_t, tt)), e_eps, atol=1e-12)
+    loss = float(diffusion_loss(posterior_velocity, s, x0, tt, noise, prediction="flow"))
+    assert loss == pytest.approx(var_u, rel=0.02)
+    worse = float(diffusion_loss(lambda x, tb: posterior_velocity(x, tb) + 0.05, s, x0, tt, noise, prediction="flow"))
+    assert worse == pytest.approx(var_u + 0.05 ** 2, rel=0.02)
+
+
+def test_min_snr_weight_for_flow_is_the_same_x0_weighting():
+    """min(SNR, gamma) ||x_0 error||^2 whatever the network predicts: an error e in u is an error
+    s_t e in x_0 (x_0 = x_t / (a + b) - s_t u)."""
+    s = make_schedule("flow", 1000)
+    t = torch.tensor([10, 300, 700, 990])
+    st = flow_time(s, t)
+    w = min_snr_weight(s, t, 5.0, "flow").double()
+    assert torch.allclose(w, s.snr[t].clamp(max=5.0) * st ** 2, rtol=1e-6)

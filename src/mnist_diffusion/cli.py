@@ -31,7 +31,7 @@ from . import labels
 from . import options as opt
 from .atomic import atomic_write_json
 from .checkpoint import CheckpointError
-from .config import ConfigError, SamplingConfig
+from .config import ConfigError, SamplingConfig, objective_values
 from .data import DataError, cache_dir, load_training_data, prepare, to_uint8
 from .diffusion import Diffusion
 from .distill import distill, distill_run
@@ -82,7 +82,7 @@ def cmd_data(args) -> int:
 def train_config(args):
     """(config, run directory, checkpoint to resume or None) of the train options: rundir.run_config."""
     return run_config(args.preset, config=args.config, resume=args.resume, output_dir=args.output_dir,
-                      values={k: v for k, v in vars(args).items() if "." in k},
+                      values=objective_values(args.objective, {k: v for k, v in vars(args).items() if "." in k}),
                       conditional=True if args.conditional else False if args.unconditional else None, log=_info)
 
 

@@ -20,13 +20,13 @@ class ConfigError(ValueError):
 
 
 DATASETS = ("mnist", "fashion_mnist")
-SCHEDULES = ("linear", "cosine")
-PREDICTIONS = ("eps", "v")
+SCHEDULES = ("linear", "cosine", "flow")
+PREDICTIONS = ("eps", "v", "flow")
 T_SAMPLINGS = ("uniform", "logit-normal")
 MAX_CLUSTERS = 1000  # train.clusters: k-means clusters as classes (clusters.py)
 MAX_LEVELS = 5  # resolution levels a 28x28 image can be halved into: 28, 14, 7, 4, 2
-SAMPLERS = ("ddpm", "ddim", "dpmpp")
-SPACINGS = ("uniform", "quadratic", "logsnr", "logsnr-capped", "student")
+SAMPLERS = ("ddpm", "ddim", "dpmpp", "euler", "heun")
+SPACINGS = ("uniform", "quadratic", "logsnr", "logsnr-capped", "student", "flow")
 DISTILL_METHODS = ("pairs", "consistency")
 MAX_GUIDANCE = 100.0
 MAX_ETA = 10.0  # dpmpp's eta > 1 keeps exact marginals; beyond ~5 each step is nearly a fresh draw
@@ -52,10 +52,12 @@ class ModelConfig:
     dropout: float = option(0.0, "dropout in the residual blocks", kind="unit")
     # None = unconditional; an int = number of classes for class-conditional models
     num_classes: typing.Optional[int] = option(None, "classes of a class-conditional model", cli=False)
-    # what the network outputs: "eps" (the noise, Ho et al. 2020) or "v" (sqrt(a_t) eps -
-    # sqrt(1 - a_t) x_0, Salimans & Ho 2022); samplers always receive eps (schedule.eps_from_output)
-    prediction: str = option("eps", "what the network learns to output: eps (the noise, default) or v "
-                                    "(Salimans & Ho 2022)", choices=PREDICTIONS)
+    # what the network outputs: "eps" (the noise, Ho et al. 2020), "v" (sqrt(a_t) eps -
+    # sqrt(1 - a_t) x_0, Salimans & Ho 2022) or "flow" (eps - x_0, the velocity of flow matching);
+    # samplers always receive eps (schedule.eps_from_output)
+    prediction: str = option("eps", "what the network learns to output: eps (the noise, default), v "
+                                    "(Salimans & Ho 2022) or flow (eps - x0, flow matching; see --objective)",
+                             choices=PREDICTIONS)
 
     def validate(self) -> None:
         _positive(self, "base_dim", "num_res_blocks")
@@ -195,10 +197,10 @@ class SamplingConfig:
     by field. None (steps, eta, spacing, guidance_interval, corrector) means "the rule's choice",
     which sampling.plan resolves against the model into concrete values. The field metadata is
     what the command line shows (research=True: only under --help-all)."""
-    sampler: str = option("dpmpp", "ddpm (ancestral), ddim or dpmpp (DPM-Solver++(2M), the default)",
-                          choices=SAMPLERS)
-    steps: Optional[int] = option(None, "network evaluations (default: dpmpp 20, ddim 50, ddpm all T)",
-                                  kind="positive")
+    sampler: str = option("dpmpp", "ddpm (ancestral), ddim, dpmpp (DPM-Solver++(2M), the default), or euler / "
+                                   "heun (the flow ODE in the straight path's time)", choices=SAMPLERS)
+    steps: Optional[int] = option(None, "network evaluations (default: dpmpp 20, ddim 50, euler 20, ddpm all T); "
+                                        "heun: grid points, 2 steps - 1 evaluations (default 10)", kind="positive")
     guidance: float = option(0.0, "classifier-free guidance weight w (needs labels; 0 = plain conditional; "
                                   "default: the model's own)", kind="nonneg")
     eta: Optional[float] = option(None, "stochasticity of ddim and dpmpp: 0 = deterministic; 1 = DDPM-like for "
@@ -207,8 +209,9 @@ class SamplingConfig:
                                         "--guidance, 0 with --autoguide; ddim 0", kind="nonneg", research=True)
     spacing: Optional[str] = option(None, "timestep grid for respaced samplers: uniform in t, quadratic (denser "
                                           "near t=0), logsnr (uniform in log-SNR), or logsnr-capped (T-1, then "
-                                          "uniform in log-SNR from noise level 20 down); default logsnr-capped "
-                                          "for dpmpp, uniform otherwise", choices=SPACINGS, research=True)
+                                          "uniform in log-SNR from noise level 20 down), or flow (uniform in the "
+                                          "straight path's time s); default logsnr-capped for dpmpp, flow for "
+                                          "euler and heun, uniform otherwise", choices=SPACINGS, research=True)
     clip: bool = option(True, "do not clip predicted x0 to [-1, 1]", flag="--no-clip", research=True)
     guidance_interval: Optional[tuple[float, float]] = option(
         None, "guide only at noise levels sigma_t = sqrt((1-a_t)/a_t) in LO,HI (Kynkaanniemi et al. 2024), "
@@ -243,6 +246,8 @@ class SamplingConfig:
             raise ConfigError(f"corrector must be 0 (none), 1 (linear) or 2 (quadratic), got {self.corrector!r}")
         if self.corrector and self.sampler != "dpmpp":
             raise ConfigError(f"the corrector is dpmpp's; {self.sampler} has none (use --sampler dpmpp)")
+        if self.eta and self.sampler in ("euler", "heun"):
+            raise ConfigError(f"{self.sampler} solves the flow ODE deterministically: it takes no eta (leave --eta out)")
         top = MAX_ETA if self.sampler == "dpmpp" else 1.0
         if self.eta is not None and not 0.0 <= self.eta <= top:  # also NaN
             raise ConfigError(f"eta {self.eta} is outside [0, {top:g}] for {self.sampler} "
@@ -451,6 +456,26 @@ def _build(klass, data: dict, section: str):
         return klass(**values)
     except ConfigError as e:  # SamplingConfig checks itself on construction: name the section
         raise ConfigError(f"{section}: {e}") from None
+
+
+# `train --objective NAME`: what the network learns, as the settings it stands for (explicit options
+# win). flow: flow matching on the straight path z_s = (1 - s) x_0 + s eps (the "flow" schedule),
+# the velocity eps - x_0 as the target and its logit-normal time distribution (Esser et al. 2024,
+# logit(s) ~ N(0, 1)); the samplers reach it through the change of variables (schedule.eps_from_flow)
+OBJECTIVES: dict[str, dict[str, str]] = {
+    "eps": {"model.prediction": "eps"},
+    "v": {"model.prediction": "v"},
+    "flow": {"model.prediction": "flow", "diffusion.schedule": "flow", "train.t_sampling": "logit-normal"},
+}
+
+
+def objective_values(objective: Optional[str], values: dict) -> dict:
+    """`values` (option dest -> value, None = not given) with an objective's settings under them."""
+    if objective is None:
+        return values
+    if objective not in OBJECTIVES:
+        raise ConfigError(f"unknown objective {objective!r}; choose from {', '.join(OBJECTIVES)}")
+    return {**OBJECTIVES[objective], **{k: v for k, v in values.items() if v is not None}}
 
 
 # Presets. `quick`: recognisable, requested MNIST digits within `make run`'s budget on a 2-core CPU.

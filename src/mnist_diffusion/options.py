@@ -12,7 +12,8 @@ import dataclasses
 import typing
 
 from .benchmark import sampler_steps_arg
-from .config import DATASETS, PRESETS, SCHEDULES, SECTIONS, SPACINGS, DistillConfig, SamplingConfig, TrainConfig
+from .config import (DATASETS, OBJECTIVES, PRESETS, SCHEDULES, SECTIONS, SPACINGS, DistillConfig, SamplingConfig,
+                     TrainConfig)
 from .editing import MASK_PRESETS
 from .pretrained import PRETRAINED
 
@@ -216,6 +217,10 @@ def train_options(p: argparse.ArgumentParser) -> None:
     cond.add_argument("--conditional", action="store_true", help="class-conditional model (classifier-free guidance)")
     cond.add_argument("--unconditional", action="store_true",
                       help="no class labels, even where the preset is conditional (the quick preset is)")
+    p.add_argument("--objective", choices=list(OBJECTIVES),
+                   help="what the network learns: eps (the noise), v, or flow (flow matching: the straight path "
+                        "(1 - s) x0 + s eps, velocity target, logit-normal times); sets --prediction, --schedule "
+                        "and --t-sampling, which win when given")
     for section, klass in SECTIONS.items():  # one option per config field: config.option metadata
         add_fields(p, [(f, hint) for f, hint in dataclass_fields(klass) if f.metadata["cli"]], prefix=section + ".")
     p.add_argument("--resume", help="checkpoint to resume from, or 'auto' for the newest good one in --output-dir")

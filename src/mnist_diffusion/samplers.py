@@ -15,19 +15,21 @@ from typing import Callable, Collection, Optional, Sequence, Union
 import torch
 
 from .config import SAMPLERS, SPACINGS
-from .schedule import Schedule, extract, noise_level, predict_eps_from_x0, predict_x0_from_eps, q_posterior
+from .schedule import (Schedule, extract, flow_time, noise_level, predict_eps_from_x0, predict_x0_from_eps,
+                       q_posterior)
 
 EpsFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 NoiseFn = Callable[[torch.Tensor], torch.Tensor]
 # callback(step_index, t, x_t, pred_x0) is called once per network evaluation
 Callback = Optional[Callable[[int, int, torch.Tensor, torch.Tensor], None]]
 
-DEFAULT_STEPS = {"ddpm": None, "ddim": 50, "dpmpp": 20}  # None = every timestep
+# None = every timestep; heun's are grid points (2 steps - 1 network evaluations)
+DEFAULT_STEPS = {"ddpm": None, "ddim": 50, "dpmpp": 20, "euler": 20, "heun": 10}
 # log-SNR grids for DPM-Solver++: the most accurate at 10-50 steps against a converged ODE solution
 # with a trained MNIST model (docs/SAMPLERS.md); capped, because the plain one spends 8 of 20
 # evaluations on pure noise, which cost FID on every shipped model (docs/decisions/capped-grid.md).
-# DDIM keeps the usual uniform grid
-DEFAULT_SPACING = {"ddpm": "uniform", "ddim": "uniform", "dpmpp": "logsnr-capped"}
+# DDIM keeps the usual uniform grid; Euler and Heun in flow time s take one uniform in s
+DEFAULT_SPACING = {"ddpm": "uniform", "ddim": "uniform", "dpmpp": "logsnr-capped", "euler": "flow", "heun": "flow"}
 
 
 class PerImageNoise:
@@ -69,8 +71,9 @@ def timestep_sequence(schedule: Union[Schedule, int], steps: Optional[int], spac
     lays out steps+1 points and drops t = 0, so every evaluation is followed by a real solver step
     and the final jump to the clean image starts from a moderately noisy point. Spacing is
     "uniform" in t, "quadratic" (denser near t = 0, Song et al. 2021), "logsnr" (uniform in
-    lambda = log(alpha/sigma), Lu et al. 2022; needs a Schedule) or "logsnr-capped" (T-1, then the
-    rest uniform in lambda from sigma/alpha = LOGSNR_CAP down; needs a Schedule)."""
+    lambda = log(alpha/sigma), Lu et al. 2022; needs a Schedule), "logsnr-capped" (T-1, then the
+    rest uniform in lambda from sigma/alpha = LOGSNR_CAP down; needs a Schedule) or "flow" (uniform
+    in the straight path's time s_t, schedule.flow_time; uniform in t on the flow schedule)."""
     T = schedule.timesteps if isinstance(schedule, Schedule) else int(schedule)
     if spacing not in SPACINGS:
         raise ValueError(f"unknown timestep spacing {spacing!r}; choose from {', '.join(SPACINGS)}")
@@ -88,6 +91,14 @@ def timestep_sequence(schedule: Union[Schedule, int], steps: Optional[int], spac
         pos = u * (T - 1)
     elif spacing == "quadratic":
         pos = u ** 2 * (T - 1)
+    elif spacing == "flow":
+        if not isinstance(schedule, Schedule):
+            raise ValueError("flow spacing needs the schedule, not just T")
+        st = flow_time(schedule, torch.arange(T))  # increasing in t
+        target = st[0] + u * (st[-1] - st[0])
+        idx = torch.searchsorted(st, target).clamp(1, T - 1)
+        lo, hi = st[idx - 1], st[idx]
+        pos = (idx - 1) + (target - lo) / (hi - lo)
     else:
         if not isinstance(schedule, Schedule):
             raise ValueError(f"{spacing} spacing needs the schedule, not just T")
@@ -222,6 +233,61 @@ def ddim_invert(eps_fn: EpsFn, schedule: Schedule, x0: torch.Tensor, *, steps: O
         x0_hat = (x - (1 - a_prev) ** 0.5 * eps) / a_prev ** 0.5
         x = a_t ** 0.5 * x0_hat + (1 - a_t) ** 0.5 * eps
         prev = t
+    return x
+
+
+def _flow_step(schedule: Schedule, x: torch.Tensor, t: int, s: int, u: torch.Tensor) -> torch.Tensor:
+    """One Euler step of the flow ODE dz/ds = u from timestep t to s (s < 0: the clean image) in the
+    straight path's coordinates z = x_t / (a_t + b_t), a = sqrt(a_t), b = sqrt(1 - a_t)
+    (schedule.flow_time), and back to x_s = (a_s + b_s) z."""
+    def coords(k: int) -> tuple[float, float]:  # (a + b, path time s)
+        a = alpha_bar_at(schedule, k) ** 0.5
+        b = (1 - alpha_bar_at(schedule, k)) ** 0.5
+        return a + b, b / (a + b)
+    (r_t, s_t), (r_s, s_s) = coords(t), coords(s)
+    return (x / r_t + (s_s - s_t) * u) * r_s
+
+
+@torch.no_grad()
+def flow_euler(eps_fn: EpsFn, schedule: Schedule, x_T: torch.Tensor, *, steps: Optional[int] = 20,
+               spacing: str = "flow", clip: bool = True, callback: Callback = None) -> torch.Tensor:
+    """Euler's method on the flow-matching ODE dz/ds = u(z, s), u = eps - x_0 (Liu et al. 2023), on
+    a grid uniform in the path's time s (spacing "flow"), the last step to s = 0. With u from the
+    model's (x_0, eps) the step lands on (1 - s') x_0 + s' eps: it is DDIM at eta = 0 written in flow
+    coordinates, whatever the model predicts (eps, v or flow are all turned into eps first)."""
+    seq = timestep_sequence(schedule, steps, spacing)
+    x = x_T
+    for i, t in enumerate(seq):
+        x0, eps = predict_x0(eps_fn, schedule, x, t, clip)
+        if callback:
+            callback(i, t, x, x0)
+        x = _flow_step(schedule, x, t, seq[i + 1] if i + 1 < len(seq) else -1, eps - x0)
+    return x
+
+
+@torch.no_grad()
+def flow_heun(eps_fn: EpsFn, schedule: Schedule, x_T: torch.Tensor, *, steps: Optional[int] = 10,
+              spacing: str = "flow", clip: bool = True, callback: Callback = None) -> torch.Tensor:
+    """Heun's method (the explicit trapezoidal rule, as in EDM's Algorithm 1) on the same ODE:
+    an Euler step to the next grid point, a second evaluation there, the step redone with the
+    mean of both velocities; the last step (to the clean image) stays Euler. `steps` grid points
+    cost 2 steps - 1 network evaluations."""
+    seq = timestep_sequence(schedule, steps, spacing)
+    x, k = x_T, 0
+    for i, t in enumerate(seq):
+        x0, eps = predict_x0(eps_fn, schedule, x, t, clip)
+        if callback:
+            callback(k, t, x, x0)
+        k += 1
+        u, nxt = eps - x0, seq[i + 1] if i + 1 < len(seq) else -1
+        guess = _flow_step(schedule, x, t, nxt, u)
+        if nxt < 0:
+            return guess
+        x0n, epsn = predict_x0(eps_fn, schedule, guess, nxt, clip)
+        if callback:
+            callback(k, nxt, guess, x0n)
+        k += 1
+        x = _flow_step(schedule, x, t, nxt, 0.5 * (u + epsn - x0n))
     return x
 
 
@@ -453,7 +519,10 @@ def visited_timesteps(name: str, schedule: Schedule, steps: Optional[int] = None
     """The timesteps at which `run_sampler(name, ...)` evaluates the network, in order."""
     spacing = DEFAULT_SPACING[name] if spacing is None else spacing
     steps = DEFAULT_STEPS[name] if steps is None else steps
-    return timestep_sequence(schedule, steps, spacing, include_zero=name != "dpmpp")
+    seq = timestep_sequence(schedule, steps, spacing, include_zero=name != "dpmpp")
+    if name == "heun":  # each grid point after the first twice: the corrector's evaluation, then the next step's
+        return seq[:1] + [t for t in seq[1:] for _ in range(2)]
+    return seq
 
 
 def run_sampler(name: str, eps_fn: EpsFn, schedule: Schedule, x_T: torch.Tensor, noise_fn: NoiseFn, *,
@@ -479,6 +548,11 @@ def run_sampler(name: str, eps_fn: EpsFn, schedule: Schedule, x_T: torch.Tensor,
     if name == "ddim":
         return ddim(eps_fn, schedule, x_T, noise_fn, steps=steps, eta=eta, spacing=spacing, clip=clip,
                     callback=callback)
+    if name in ("euler", "heun"):
+        if eta:
+            raise ValueError(f"{name} solves the flow ODE: it is deterministic (eta 0), got eta {eta:g}")
+        return (flow_euler if name == "euler" else flow_heun)(eps_fn, schedule, x_T, steps=steps, spacing=spacing,
+                                                              clip=clip, callback=callback)
     switches = guidance_switches(schedule, timestep_sequence(schedule, steps, spacing, include_zero=False),
                                  guidance_interval) if guidance_interval and first_order_switches else frozenset()
     return dpmpp(eps_fn, schedule, x_T, noise_fn, steps=steps, spacing=spacing, eta=eta, clip=clip,

@@ -91,8 +91,11 @@ class SamplingPlan:
     def describe(self) -> str:
         """One line: 'dpmpp, 20 steps on the logsnr-capped grid, eta 0.5, guidance 0.5 at noise levels
         0.3-5, linear corrector'."""
-        parts = [f"{self.sampler}, {self.steps} steps on the {self.spacing} grid"]
-        if self.sampler != "ddpm":
+        step_word = "step" if self.steps == 1 else "steps"
+        parts = [f"{self.sampler}, {self.steps} {step_word} on the {self.spacing} grid"]
+        if self.sampler == "heun":
+            parts[0] += f" ({len(self.timesteps)} evaluations)"
+        if self.sampler in ("ddim", "dpmpp"):
             parts.append(f"eta {self.eta:g}")
         if self.guidance:
             where = (f" at noise levels {self.guidance_interval[0]:g}-{self.guidance_interval[1]:g}"
@@ -152,7 +155,8 @@ def plan(denoiser: Denoiser, options: SamplingConfig = SamplingConfig()) -> Samp
     else:
         sigma = noise_level(schedule, torch.as_tensor(timesteps)).tolist()
         guided = tuple(t for t, s in zip(timesteps, sigma) if interval[0] <= s <= interval[1])
-    return SamplingPlan(sampler=sampler, steps=steps if sampler == "ddpm" else len(timesteps), spacing=spacing,
+    grid = min(steps, schedule.timesteps) if sampler == "heun" else len(timesteps)  # heun: grid points
+    return SamplingPlan(sampler=sampler, steps=steps if sampler == "ddpm" else grid, spacing=spacing,
                         timesteps=timesteps, eta=eta, clip=options.clip, guidance=guidance, guidance_interval=interval,
                         first_order_switches=options.first_order_switches,
                         switches=tuple(sorted(switches, reverse=True)), corrector=int(corrector),

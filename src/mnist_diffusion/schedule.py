@@ -17,6 +17,8 @@ Equation -> function (Ho et al. 2020 unless another paper is named):
   Nichol & Dhariwal 2021, eq. 17: the cosine schedule                         cosine_betas
   Salimans & Ho 2022: v = sqrt(a_t) eps - sqrt(1 - a_t) x_0, and back to eps  v_target, eps_from_v,
                                                                              eps_from_output
+  Lipman et al. 2023, Liu et al. 2023: the straight path z_s = (1 - s) x_0 + s eps flow_betas, flow_time,
+      and its velocity u = dz/ds = eps - x_0 (flow matching), and back to eps flow_target, eps_from_flow
   Hang et al. 2023: Min-SNR-gamma weights min(SNR_t, gamma) / SNR_t           min_snr_weight
   Esser et al. 2024, eq. 19: logit-normal density of t/T, logit(t/T) ~ N(m, s)  logit_normal_timesteps,
                                                                              logit_normal_cdf
@@ -53,7 +55,19 @@ def cosine_betas(timesteps: int, s: float = 0.008, max_beta: float = 0.999) -> t
     return betas.clamp(max=max_beta)
 
 
-BETA_SCHEDULES = {"linear": linear_betas, "cosine": cosine_betas}
+def flow_betas(timesteps: int, max_beta: float = 0.999) -> torch.Tensor:
+    """The straight path of flow matching (Lipman et al. 2023; rectified flow, Liu et al. 2023),
+    z_s = (1 - s) x_0 + s eps, at s = (t + 1) / T: as a variance-preserving process x_t = z_s / r_s,
+    r_s = sqrt((1 - s)^2 + s^2), so alpha_bar = (1 - s)^2 / r_s^2 (x_t is z_s at unit scale; the
+    network sees x_t, flow_time maps back). The last beta is clipped like the cosine schedule's
+    (s = 1 would be alpha_bar = 0)."""
+    s = torch.arange(timesteps + 1, dtype=torch.float64) / timesteps
+    alpha_bar = (1 - s) ** 2 / ((1 - s) ** 2 + s ** 2)
+    betas = 1 - alpha_bar[1:] / alpha_bar[:-1]
+    return betas.clamp(max=max_beta)
+
+
+BETA_SCHEDULES = {"linear": linear_betas, "cosine": cosine_betas, "flow": flow_betas}
 
 
 @dataclass(frozen=True)
@@ -160,17 +174,45 @@ def q_step(schedule: Schedule, x_prev: torch.Tensor, t: torch.Tensor, noise: tor
     return extract(schedule.alphas, t, x_prev).sqrt() * x_prev + extract(schedule.betas, t, x_prev).sqrt() * noise
 
 
+def flow_time(schedule: Schedule, t: torch.Tensor) -> torch.Tensor:
+    """s_t, the time of the straight path z_s = (1 - s) x_0 + s eps that x_t lies on (any schedule):
+    with a = sqrt(alpha_bar_t), b = sqrt(1 - alpha_bar_t), x_t = a x_0 + b eps = (a + b) z_s for
+    s = b / (a + b). float64, shape of t; s = (t + 1) / T on the "flow" schedule (bar its clipped end)."""
+    a = schedule.sqrt_alpha_bar.to(t.device)[t]
+    b = schedule.sqrt_one_minus_alpha_bar.to(t.device)[t]
+    return b / (a + b)
+
+
+def flow_target(x0: torch.Tensor, eps: torch.Tensor) -> torch.Tensor:
+    """The flow-matching velocity u = dz_s/ds = eps - x_0 of the straight path (Lipman et al. 2023,
+    eq. 23 with sigma_min = 0; Liu et al. 2023, eq. 1)."""
+    return eps - x0
+
+
+def eps_from_flow(schedule: Schedule, x_t: torch.Tensor, t: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
+    """eps from a velocity u = eps - x_0 at x_t = a x_0 + b eps: x_t + a u = (a + b) eps, so
+    eps = (x_t + a u) / (a + b); and x_0 = eps - u. Both stay well conditioned at a -> 0."""
+    a = extract(schedule.sqrt_alpha_bar, t, x_t)
+    b = extract(schedule.sqrt_one_minus_alpha_bar, t, x_t)
+    return (x_t + a * u) / (a + b)
+
+
 def eps_from_output(schedule: Schedule, prediction: str, x_t: torch.Tensor, t: torch.Tensor,
                     out: torch.Tensor) -> torch.Tensor:
-    """The eps a network's output stands for: the output itself for "eps", eps_from_v for "v"."""
-    return eps_from_v(schedule, x_t, t, out.to(x_t.dtype)) if prediction == "v" else out
+    """The eps a network's output stands for: the output itself for "eps", eps_from_v for "v",
+    eps_from_flow for "flow"."""
+    if prediction == "v":
+        return eps_from_v(schedule, x_t, t, out.to(x_t.dtype))
+    if prediction == "flow":
+        return eps_from_flow(schedule, x_t, t, out.to(x_t.dtype))
+    return out
 
 
 def guidance_mix(cond: torch.Tensor, uncond: torch.Tensor, w) -> torch.Tensor:
     """Classifier-free guidance (Ho & Salimans 2022, eq. 6): uncond + (1 + w) (cond - uncond); w = 0 is
     the conditional prediction; w a float, or a tensor that broadcasts (one weight per image). It may
-    mix v outputs as well as eps ones: eps is affine in v with coefficients that do not depend on the
-    label, so mixing commutes with eps_from_v."""
+    mix v or flow outputs as well as eps ones: eps is affine in either with coefficients that do not
+    depend on the label, so mixing commutes with eps_from_v and eps_from_flow."""
     return uncond + (1.0 + w) * (cond - uncond)
 
 
@@ -194,15 +236,20 @@ def guidance_weights(schedule: Schedule, t: torch.Tensor, w: float,
 
 def training_target(schedule: Schedule, prediction: str, x0: torch.Tensor, t: torch.Tensor,
                     noise: torch.Tensor) -> torch.Tensor:
-    """What the network learns to output: the noise (eps) or the velocity v."""
+    """What the network learns to output: the noise (eps), the velocity v or the flow velocity u."""
+    if prediction == "flow":
+        return flow_target(x0, noise)
     return noise if prediction == "eps" else v_target(schedule, x0, t, noise)
 
 
 def min_snr_weight(schedule: Schedule, t: torch.Tensor, gamma: float, prediction: str = "eps") -> torch.Tensor:
     """min(SNR_t, gamma) / SNR_t per timestep for eps-prediction (1 where SNR_t <= gamma, the noisy
-    steps; gamma / SNR_t below), or min(SNR_t, gamma) / (SNR_t + 1) for v-prediction: both turn
-    the loss into the same min(SNR_t, gamma)-weighted error in x_0."""
+    steps; gamma / SNR_t below), min(SNR_t, gamma) / (SNR_t + 1) for v-prediction, or
+    min(SNR_t, gamma) s_t^2 for flow (x_0 = eps - u and eps from eps_from_flow: an error e in u is
+    s_t e in x_0): all turn the loss into the same min(SNR_t, gamma)-weighted error in x_0."""
     snr = schedule.snr[t.cpu()]  # float64 on the CPU (MPS has no float64)
+    if prediction == "flow":
+        return (snr.clamp(max=gamma) * flow_time(schedule, t.cpu()) ** 2).float().to(t.device)
     return (snr.clamp(max=gamma) / (snr if prediction == "eps" else snr + 1)).float().to(t.device)
 
 
@@ -228,7 +275,8 @@ def diffusion_loss(net, schedule: Schedule, x0: torch.Tensor, t: torch.Tensor, n
                    y: Optional[torch.Tensor] = None, min_snr_gamma: float = 0.0,
                    prediction: str = "eps") -> torch.Tensor:
     """L_simple (eq. 14): || eps - eps_theta(sqrt(a_t) x0 + sqrt(1 - a_t) eps, t) ||^2, or for
-    prediction "v" the same with the target v (Salimans & Ho 2022). With min_snr_gamma > 0 each
+    prediction "v" the same with the target v (Salimans & Ho 2022), for "flow" with the target
+    u = eps - x_0 (flow matching; the network sees x_t, the path's point at unit scale). With min_snr_gamma > 0 each
     image's term is weighted by min_snr_weight (Hang et al. 2023). `net(x_t, t[, y])` is any
     network; y=None calls it without labels."""
     x_t = q_sample(schedule, x0, t, noise)

@@ -1,0 +1,129 @@
+"""Which training recipe reaches the quick preset's quality soonest on this machine (issue 38, item 3).
+
+Each variant is `mnist-diffusion train --preset quick` plus its options, run one after another in this
+process's order (one torch process at a time: interleaving variants and seeds keeps slow and fast
+stretches of a VM day spread over all of them), then `mnist-diffusion evaluate` of its last
+checkpoint with the model's own recommended draw (DPM-Solver++ 20, guided as its card says).
+
+    PYTHONPATH=src python experiments/recipe_search.py --variants base,half,half-flow --seeds 0,1 \
+        --num-samples 2000 --json docs/results/recipe-search.json
+
+Runs land in runs/recipe/VARIANT-sSEED (kept: --resume auto continues a stopped search, and a run
+with its evaluation already there is not redone). The table: training seconds (the train command's
+own count, previews and checkpoints included) and its ratio to `base` of the same seed, FID,
+recognizable and label accuracy.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+# each command holds /tmp/torch.lock (flock) while it runs: nothing else heavy shares the two cores,
+# and other work can run between commands
+CLI = ["flock", "/tmp/torch.lock", sys.executable, "-m", "mnist_diffusion"]
+HALF = ["--max-steps", "1600", "--sample-interval", "400", "--save-interval", "400"]
+VARIANTS = {
+    "base": [],                                            # today's quick preset: 3,200 steps of 64
+    "half": HALF,                                          # the same recipe planned for half the steps
+    "half-lr3": HALF + ["--lr", "3e-3"],
+    "half-flow": HALF + ["--objective", "flow"],
+    "half-v": HALF + ["--prediction", "v"],
+    "half-logit": HALF + ["--t-sampling", "logit-normal"],
+    "half-b128": ["--max-steps", "800", "--batch-size", "128", "--lr", "3e-3", "--warmup-steps", "50",
+                  "--sample-interval", "200", "--save-interval", "200"],
+    "half-flow-lr3": HALF + ["--objective", "flow", "--lr", "3e-3"],
+}
+
+
+def train(name: str, seed: int, runs: Path) -> dict:
+    run = runs / f"{name}-s{seed}"
+    facts = run / "recipe.json"
+    if facts.exists():
+        return json.loads(facts.read_text())
+    cmd = [*CLI, "train", "--preset", "quick", "--dataset", "mnist", "--seed", str(seed), *VARIANTS[name],
+           "--output-dir", str(run), "--resume", "auto", "--no-progress"]
+    print("+", " ".join(cmd[5:]), flush=True)
+    t0 = time.perf_counter()
+    out = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True)
+    wall = time.perf_counter() - t0
+    if out.returncode:
+        raise SystemExit(f"{name} seed {seed}: train failed:\n{out.stderr[-2000:]}")
+    m = re.search(r"done: (\d+) steps in (\d+) s", out.stdout)
+    if m is None:
+        raise SystemExit(f"{name} seed {seed}: the run was already finished but has no recipe.json; delete {run}")
+    result = {"variant": name, "seed": seed, "options": VARIANTS[name], "steps": int(m[1]),
+              "train_seconds": float(m[2]), "wall_seconds": round(wall, 1),
+              "command": "mnist-diffusion " + " ".join(cmd[5:-3])}
+    facts.write_text(json.dumps(result, indent=2))
+    return result
+
+
+def evaluate(run: Path, n: int) -> dict:
+    report = run / f"evaluate-n{n}.json"
+    if not report.exists():
+        cmd = [*CLI, "evaluate", "--checkpoint", str(run / "checkpoints" / "last.pt"), "--num-samples", str(n),
+               "--seed", "0", "--json", str(report), "--no-progress"]
+        print("+", " ".join(cmd[5:]), flush=True)
+        subprocess.run(cmd, cwd=ROOT, check=True, capture_output=True)
+    return json.loads(report.read_text())
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--variants", default="base,half", help=f"comma-separated, of {', '.join(VARIANTS)}")
+    p.add_argument("--seeds", default="0")
+    p.add_argument("--num-samples", type=int, default=2000)
+    p.add_argument("--runs", type=Path, default=ROOT / "runs" / "recipe")
+    p.add_argument("--json", type=Path)
+    args = p.parse_args(argv)
+    names = args.variants.split(",")
+    unknown = [n for n in names if n not in VARIANTS]
+    if unknown:
+        p.error(f"unknown variant(s) {', '.join(unknown)}")
+    rows = []
+    for seed in (int(s) for s in args.seeds.split(",")):
+        for name in names:
+            r = train(name, seed, args.runs)
+            ev = evaluate(args.runs / f"{name}-s{seed}", args.num_samples)
+            r.update({k: ev.get(k) for k in ("fid", "fid_floor", "recognizable", "label_accuracy", "n")})
+            r["sampler"] = ev.get("sampler")
+            rows.append(r)
+            print(f"{name:14s} seed {seed}: {r['train_seconds']:6.0f} s  FID {r['fid']:.3f}  "
+                  f"recognizable {r['recognizable']:.3f}  label accuracy {r.get('label_accuracy') or 0:.3f}",
+                  flush=True)
+    base = {r["seed"]: r["train_seconds"] for r in rows if r["variant"] == "base"}
+    for r in rows:
+        if r["seed"] in base:
+            r["time_ratio"] = round(r["train_seconds"] / base[r["seed"]], 3)
+    import platform
+    import torch
+    out = {"machine": platform.processor() or platform.machine(), "cpu": _cpu(), "torch": torch.__version__,
+           "threads": torch.get_num_threads(), "rows": rows}
+    if args.json:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(json.dumps(out, indent=2) + "\n")
+    print("\n| variant | seed | training s | vs base | FID | recognizable | label accuracy |\n|---|---:|---:|---:|---:|---:|---:|")
+    for r in rows:
+        print(f"| {r['variant']} | {r['seed']} | {r['train_seconds']:.0f} | {r.get('time_ratio', float('nan')):.2f} | "
+              f"{r['fid']:.3f} | {r['recognizable']:.3f} | {r.get('label_accuracy') or 0:.3f} |")
+    return 0
+
+
+def _cpu() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return "unknown"
+
+
+if __name__ == "__main__":
+    sys.exit(main())
