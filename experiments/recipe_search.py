@@ -38,6 +38,9 @@ VARIANTS = {
     "half-b128": ["--max-steps", "800", "--batch-size", "128", "--lr", "3e-3", "--warmup-steps", "50",
                   "--sample-interval", "200", "--save-interval", "200"],
     "half-flow-lr3": HALF + ["--objective", "flow", "--lr", "3e-3"],
+    "half-v-lr3": HALF + ["--prediction", "v", "--lr", "3e-3"],
+    # without labels (issue 38, item 4): today's budget, flow matching
+    "uncond-flow": ["--unconditional", "--objective", "flow"],
 }
 
 
@@ -78,25 +81,28 @@ def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--variants", default="base,half", help=f"comma-separated, of {', '.join(VARIANTS)}")
     p.add_argument("--seeds", default="0")
+    p.add_argument("--pairs", help="VARIANT:SEED,... instead of every variant at every seed (in this order)")
     p.add_argument("--num-samples", type=int, default=2000)
     p.add_argument("--runs", type=Path, default=ROOT / "runs" / "recipe")
     p.add_argument("--json", type=Path)
     args = p.parse_args(argv)
-    names = args.variants.split(",")
-    unknown = [n for n in names if n not in VARIANTS]
+    if args.pairs:
+        pairs = [(v, int(sd)) for v, _, sd in (x.partition(":") for x in args.pairs.split(","))]
+    else:
+        pairs = [(v, int(sd)) for sd in args.seeds.split(",") for v in args.variants.split(",")]
+    unknown = sorted({n for n, _ in pairs if n not in VARIANTS})
     if unknown:
         p.error(f"unknown variant(s) {', '.join(unknown)}")
     rows = []
-    for seed in (int(s) for s in args.seeds.split(",")):
-        for name in names:
-            r = train(name, seed, args.runs)
-            ev = evaluate(args.runs / f"{name}-s{seed}", args.num_samples)
-            r.update({k: ev.get(k) for k in ("fid", "fid_floor", "recognizable", "label_accuracy", "n")})
-            r["sampler"] = ev.get("sampler")
-            rows.append(r)
-            print(f"{name:14s} seed {seed}: {r['train_seconds']:6.0f} s  FID {r['fid']:.3f}  "
-                  f"recognizable {r['recognizable']:.3f}  label accuracy {r.get('label_accuracy') or 0:.3f}",
-                  flush=True)
+    for name, seed in pairs:
+        r = train(name, seed, args.runs)
+        ev = evaluate(args.runs / f"{name}-s{seed}", args.num_samples)
+        r.update({k: ev.get(k) for k in ("fid", "fid_floor", "recognizable", "label_accuracy", "n")})
+        r["sampler"] = ev.get("sampler")
+        rows.append(r)
+        print(f"{name:14s} seed {seed}: {r['train_seconds']:6.0f} s  FID {r['fid']:.3f}  "
+              f"recognizable {r['recognizable']:.3f}  label accuracy {r.get('label_accuracy') or 0:.3f}",
+              flush=True)
     base = {r["seed"]: r["train_seconds"] for r in rows if r["variant"] == "base"}
     for r in rows:
         if r["seed"] in base:
