@@ -11,7 +11,7 @@ TORCH ?= torch==2.13.0
 # `make test TEST_WORKERS=auto` uses every core, `TEST_WORKERS=0` runs it in one process
 TEST_WORKERS ?= 2
 
-.PHONY: run test setup setup-dev data data-all browser pretrained clean
+.PHONY: run test setup setup-dev data data-all browser pretrained site clean
 
 $(BIN)/.installed: pyproject.toml
 	$(PY) -m venv $(VENV)
@@ -58,8 +58,17 @@ browser:
 	@command -v chromium >/dev/null 2>&1 || { apt-get update -qq >/dev/null 2>&1 || true; \
 	  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver >/dev/null; }
 
-test: setup-dev data-all browser
+test: setup-dev data-all browser web/node_modules/.installed
 	$(BIN)/python -m pytest -n $(TEST_WORKERS) --dist worksteal
+
+# onnxruntime-web at the version web/package-lock.json pins, from npm (the static page's runtime)
+web/node_modules/.installed: web/package.json web/package-lock.json
+	npm ci --prefix web --no-audit --no-fund --silent
+	@touch $@
+
+# the static page: the one-step student in the visitor's browser; serve it with python -m http.server -d site
+site: setup-dev web/node_modules/.installed
+	$(BIN)/mnist-diffusion web --pretrained mnist-fast --output site
 
 clean:
 	rm -rf $(VENV) runs build src/*.egg-info

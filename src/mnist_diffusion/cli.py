@@ -432,6 +432,10 @@ def cmd_demo(args) -> int:
          opt.export_options)
 def cmd_export(args) -> int:
 
+    if not (args.checkpoint or args.pretrained):
+        raise ConfigError("export needs --checkpoint (a checkpoint or model folder) or --pretrained NAME")
+    if args.format == "onnx":
+        return _export_onnx(args)
     check_output_dir(args.output, "--output", inputs=[args.checkpoint, args.metrics])
     if is_shipped_folder(args.output):  # before loading anything: the shipped models are make_pretrained's
         raise ConfigError(f"--output {args.output} is inside the shipped models' folder; only "
@@ -442,7 +446,7 @@ def cmd_export(args) -> int:
         raise ConfigError(f"--metrics {args.metrics}: not a readable JSON report ({e})") from None
     if metrics is not None:
         check_report(metrics, f"--metrics {args.metrics}")
-    diff = load_diffusion(argparse.Namespace(**vars(args), pretrained=None))
+    diff = load_diffusion(args)
     if metrics is not None and isinstance(metrics.get("sampler"), dict):  # the folder samples as it was scored
         diff = diff.with_sampling(section_of_report(diff, metrics["sampler"]))
     samples = None if args.no_samples else card_samples(diff)
@@ -450,6 +454,37 @@ def cmd_export(args) -> int:
                  command=f"mnist-diffusion train --config {Path(args.output) / 'config.json'} --output-dir runs/NAME",
                  training={"steps": diff.step})
     print(f"wrote {out} ({', '.join(sorted(p.name for p in out.iterdir()))})")
+    return 0
+
+
+def _export_onnx(args) -> int:
+    from .portable import export_onnx
+    if args.dtype != "fp32":
+        raise ConfigError(f"--format onnx writes fp32 (the precision it is checked at), not {args.dtype}")
+    if args.metrics:
+        raise ConfigError("--metrics is for a model folder's card (--format safetensors)")
+    check_output_dir(args.output, "--output", inputs=[args.checkpoint])
+    diff = load_diffusion(args)
+    report = export_onnx(diff, args.output, source=args.pretrained or args.checkpoint)
+    print(f"wrote {Path(args.output) / 'model.onnx'} ({report['bytes'] / 1e6:.1f} MB, opset {report['opset']}) and "
+          f"plan.json; onnxruntime {report['onnxruntime']} agrees with PyTorch to {report['max_abs_difference']:.2g} "
+          f"(max abs difference, fp32, {report['checked_images']} random inputs; limit {report['tolerance']:g})")
+    return 0
+
+
+# ---------------------------------------------------------------------------------------------
+# web
+
+@command("web", "write a static web page that draws with the model in the visitor's browser (ONNX, WebAssembly)",
+         opt.web_options)
+def cmd_web(args) -> int:
+    from .website import build_site
+    source = {**vars(args), "pretrained": args.pretrained or (None if args.checkpoint else "mnist-fast")}
+    check_output_dir(args.output, "--output", inputs=[args.checkpoint])
+    diff = load_diffusion(argparse.Namespace(**source))
+    info = build_site(diff, args.output, runtime=args.runtime, source=source["pretrained"] or args.checkpoint)
+    print(f"wrote {args.output}/ (model {info['model_bytes'] / 1e6:.1f} MB, runtime {info['runtime_bytes'] / 1e6:.1f} MB, "
+          f"onnxruntime-web {info['onnxruntime_web']}); serve it: python -m http.server -d {args.output}")
     return 0
 
 

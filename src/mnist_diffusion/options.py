@@ -371,10 +371,13 @@ def editing_options(p: argparse.ArgumentParser, inpaint: bool) -> None:
 
 
 def export_options(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--checkpoint", required=True, help="a checkpoint written by `train`")
+    add_model_source(p)
     p.add_argument("--output", required=True, help="the folder to write (empty, or one written by export)")
+    p.add_argument("--format", choices=["safetensors", "onnx"], default="safetensors",
+                   help="safetensors: a model folder (weights, config, scheduler config, card); onnx: model.onnx "
+                        "and plan.json, checked against PyTorch with onnxruntime (needs the [onnx] extra)")
     p.add_argument("--dtype", choices=["fp32", "fp16", "bf16"], default="fp32",
-                   help="of the stored weights (fp16: half the size; images differ by rounding)")
+                   help="of the stored weights (fp16: half the size; images differ by rounding); ONNX is fp32")
     p.add_argument("--no-ema", action="store_true", help="export the raw weights instead of the EMA weights")
     p.add_argument("--metrics", metavar="JSON", help="an `evaluate --json` report of this model, for the model card")
     p.add_argument("--no-samples", action="store_true", help="do not draw samples.png for the card")
@@ -432,6 +435,15 @@ def train_evaluator_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--epochs", type=count(1000), default=5)
     p.add_argument("--max-shift", type=nonneg_int, default=2, help="random-shift augmentation in px (0: none)")
     p.add_argument("--seed", type=nonneg_int, default=0)
+
+
+def web_options(p: argparse.ArgumentParser) -> None:
+    add_model_source(p)
+    p.add_argument("--output", default="site", help="the folder to write (default site/; empty, or a site written by web)")
+    p.add_argument("--runtime", metavar="DIR", help="onnxruntime-web's npm package folder (default: "
+                                                    "web/node_modules/onnxruntime-web, which `make site` installs)")
+    p.add_argument("--no-ema", action="store_true", help="a checkpoint's raw weights instead of its EMA weights")
+    add_device(p)
 
 
 def demo_options(p: argparse.ArgumentParser) -> None:

@@ -1,0 +1,198 @@
+"""The network as ONNX, with the sampling plan beside it: what runs a model outside PyTorch.
+
+    DIR/model.onnx    the network: (x, t, label) -> its output (eps, v or flow, as plan.json says);
+                      x float32 (N,1,28,28), t and label int32 (N,), label = num_classes is "none";
+                      an unlabelled model has no label input
+    DIR/plan.json     what a sampler needs besides the network: the prediction, alpha_bar_t for every
+                      t, the classes, and the draws the model recommends with their timesteps,
+                      guidance and solver settings (the student's 1 and 2 steps; a teacher's
+                      DPM-Solver++ at 10 and 20 steps)
+
+The export is checked before anything is written: onnxruntime (the PyPI package) runs the file on
+random inputs and its outputs must match PyTorch's at fp32 within `TOLERANCE` (max abs difference,
+recorded in plan.json). The operators are those onnxruntime-web's WebAssembly backend runs (opset
+17; GroupNorm leaves as InstanceNormalization + reshapes, the timestep and label inputs are int32,
+cast to int64 inside the graph): tests/test_website.py runs the file in Chromium.
+
+Not here: the static page that runs it (website.py), the model folders (hub.py).
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Optional
+
+import numpy as np
+import torch
+
+from .atomic import atomic_write_bytes, atomic_write_json
+from .config import ConfigError
+from .data import CLASS_NAMES
+
+OPSET = 17
+TOLERANCE = 1e-4  # max abs difference between onnxruntime and PyTorch at fp32, on random inputs
+FILES = ("model.onnx", "plan.json")
+FORMAT = "mnist-diffusion-onnx/1"
+# the draws plan.json offers: a student's own grid (1 or 2 evaluations), a teacher's DPM-Solver++
+# (deterministic, eta 0, so that a page given the same starting noise draws the same digits)
+STUDENT_STEPS = (1, 2)
+TEACHER_STEPS = (10, 20)
+COEFFICIENTS = ("sqrt_alpha_bar", "sqrt_one_minus_alpha_bar", "sqrt_recip_alpha_bar", "sqrt_recipm1_alpha_bar")
+
+
+class _Exported(torch.nn.Module):
+    """The network with int32 timestep and label inputs (int64 is awkward in JavaScript)."""
+
+    def __init__(self, net: torch.nn.Module, labelled: bool):
+        super().__init__()
+        self.net, self.labelled = net, labelled
+
+    def forward(self, x, t, label=None):
+        if self.labelled:
+            return self.net(x, t.long(), label.long())
+        return self.net(x, t.long())
+
+
+def _need_onnx():
+    try:
+        import onnx  # noqa: F401
+        import onnxruntime  # noqa: F401
+    except ImportError:
+        raise ConfigError("ONNX export needs the onnx and onnxruntime packages: pip install 'mnist-diffusion[onnx]'") \
+            from None
+
+
+def onnx_bytes(diff) -> bytes:
+    """The network of `diff` (a Diffusion) as an ONNX model, fp32, batch size free."""
+    _need_onnx()
+    import io
+    import warnings
+
+    labelled = diff.num_classes is not None
+    net = _Exported(_fp32_copy(diff.model), labelled).eval()
+    n = 2
+    x = torch.zeros(n, 1, 28, 28)
+    t = torch.zeros(n, dtype=torch.int32)
+    args = (x, t, torch.zeros(n, dtype=torch.int32)) if labelled else (x, t)
+    names = ["x", "t", "label"][:len(args)]
+    buf = io.BytesIO()
+    with warnings.catch_warnings():  # the TorchScript exporter's deprecation notice: it is the one that
+        warnings.simplefilter("ignore")  # writes a single self-contained file with these operators
+        torch.onnx.export(net, args, buf, input_names=names, output_names=["out"], opset_version=OPSET,
+                          dynamic_axes={k: {0: "n"} for k in names + ["out"]}, dynamo=False)
+    return buf.getvalue()
+
+
+def _fp32_copy(model: torch.nn.Module) -> torch.nn.Module:
+    import copy
+    return copy.deepcopy(model).to("cpu", torch.float32).eval()
+
+
+def check(diff, payload: bytes, *, num_images: int = 8, seed: int = 0) -> dict:
+    """Run `payload` in onnxruntime on random inputs (x ~ N(0, I), t uniform, labels uniform with
+    the null label among them) and compare with PyTorch at fp32. Raises ConfigError above TOLERANCE."""
+    import onnx
+    import onnxruntime as ort
+
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(num_images, 1, 28, 28, generator=g)
+    t = torch.randint(0, diff.timesteps, (num_images,), generator=g, dtype=torch.int32)
+    t[0] = diff.timesteps - 1
+    feeds = {"x": x.numpy(), "t": t.numpy()}
+    net = _fp32_copy(diff.model)
+    with torch.no_grad():
+        if diff.num_classes is not None:
+            y = torch.randint(0, diff.num_classes + 1, (num_images,), generator=g, dtype=torch.int32)
+            y[0] = diff.num_classes
+            feeds["label"] = y.numpy()
+            want = net(x, t.long(), y.long()).numpy()
+        else:
+            want = net(x, t.long()).numpy()
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = 1
+    session = ort.InferenceSession(payload, options, providers=["CPUExecutionProvider"])
+    got = session.run(None, feeds)[0]
+    diff_max = float(np.abs(got - want).max())
+    if not np.isfinite(diff_max) or diff_max > TOLERANCE:
+        raise ConfigError(f"the ONNX model disagrees with PyTorch: max abs difference {diff_max:.3g} > {TOLERANCE:g}")
+    model = onnx.load_from_string(payload)
+    return {"max_abs_difference": diff_max, "tolerance": TOLERANCE, "checked_images": num_images,
+            "onnxruntime": ort.__version__, "opset": OPSET,
+            "operators": sorted({node.op_type for node in model.graph.node})}
+
+
+def _draw(plan) -> dict:
+    return {"sampler": plan.sampler, "steps": plan.steps, "spacing": plan.spacing, "timesteps": list(plan.timesteps),
+            "eta": plan.eta, "clip": plan.clip, "guidance": plan.guidance,
+            "guided_timesteps": list(plan.guided_timesteps) if plan.guidance else [],
+            "switches": list(plan.switches), "corrector": plan.corrector, "describe": plan.describe()}
+
+
+def sampling_plan(diff) -> dict:
+    """plan.json: everything but the network that the page's sampler (or any port) needs."""
+    cfg = diff.config
+    labelled = diff.num_classes is not None
+    draws = {}
+    if diff.distilled:
+        for steps in STUDENT_STEPS:
+            draws[str(steps)] = _draw(diff.plan(steps=steps, labelled=labelled))
+    else:
+        for steps in TEACHER_STEPS:
+            draws[str(steps)] = _draw(diff.plan(sampler="dpmpp", steps=steps, eta=0.0, labelled=labelled))
+    guidance = cfg.distill.guidance if diff.distilled else (cfg.sampling.guidance if labelled else 0.0)
+    return {"format": FORMAT, "dataset": diff.dataset, "prediction": diff.prediction, "timesteps": diff.timesteps,
+            "alpha_bar": [float(a) for a in diff.schedule.alpha_bar],
+            # the per-timestep coefficients as the schedule holds them (float64; PyTorch rounds them to
+            # the images' float32 before each product, and so does the page, to draw the same images)
+            "coefficients": {k: [float(a) for a in getattr(diff.schedule, k)] for k in COEFFICIENTS},
+            "num_classes": diff.num_classes, "null_label": diff.null_label,
+            "class_names": _class_names(diff), "distilled": diff.distilled, "guidance": float(guidance),
+            "takes_guidance": labelled and not diff.distilled,
+            "default_steps": STUDENT_STEPS[0] if diff.distilled else TEACHER_STEPS[-1], "draws": draws}
+
+
+def _class_names(diff) -> Optional[list[str]]:
+    if diff.num_classes is None:
+        return None
+    if diff.clustered:
+        return [f"cluster {i}" for i in range(diff.num_classes)]
+    return list(CLASS_NAMES.get(diff.dataset, [str(i) for i in range(diff.num_classes)]))
+
+
+def export_onnx(diff, output: str | os.PathLike, *, source: Optional[str] = None) -> dict:
+    """Write model.onnx and plan.json for `diff` into the folder `output` (made if missing; other
+    files there are left alone, ours replaced only once both are built and checked). Returns what
+    plan.json records of the export."""
+    out = Path(output)
+    if out.exists() and not out.is_dir():
+        raise ConfigError(f"--output {out} is a file, not a folder")
+    payload = onnx_bytes(diff)
+    report = check(diff, payload)
+    report.update({"bytes": len(payload), "sha256": hashlib.sha256(payload).hexdigest(), "source": source,
+                   "source_sha256": diff.source_sha256})
+    plan = {**sampling_plan(diff), "export": report}
+    out.mkdir(parents=True, exist_ok=True)
+    stage = Path(tempfile.mkdtemp(prefix=f".{out.name}.onnx-", dir=out.parent))
+    try:
+        atomic_write_bytes(stage / "model.onnx", payload)
+        atomic_write_json(stage / "plan.json", plan)
+        for name in FILES:  # plan.json last: a folder with a plan has its model
+            os.replace(stage / name, out / name)
+    finally:
+        shutil.rmtree(stage, ignore_errors=True)
+    return report
+
+
+def read_plan(folder: str | os.PathLike) -> dict:
+    path = Path(folder) / "plan.json"
+    try:
+        plan = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as e:
+        raise ConfigError(f"{path}: not a readable plan ({e})") from None
+    if plan.get("format") != FORMAT:
+        raise ConfigError(f"{path}: not an mnist-diffusion ONNX plan")
+    return plan

@@ -1,0 +1,223 @@
+"""The ONNX export and the static page: onnxruntime agrees with PyTorch; the page, served as plain
+files on loopback and run in Debian's Chromium, draws from the noise the Python sampler used the
+same digits (uint8, at most 2 levels apart, nearly all equal), for a one-step student and for a
+guided teacher's DPM-Solver++; no console error, no request to another host; bad input gets a
+message in the page; the CLI refuses what it cannot do in one line."""
+from __future__ import annotations
+
+import copy
+import functools
+import http.server
+import json
+import shutil
+import subprocess
+import sys
+import threading
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+import mnist_diffusion as md
+from mnist_diffusion.config import PRESETS, RunConfig
+from mnist_diffusion.data import to_uint8
+from mnist_diffusion.pretrained import PRETRAINED
+from mnist_diffusion.samplers import run_sampler
+from mnist_diffusion.website import ORT_WEB_VERSION, find_runtime
+
+ROOT = Path(__file__).resolve().parents[1]
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+onnx = pytest.importorskip("onnxruntime")
+
+
+def _runtime():
+    try:
+        return find_runtime()
+    except md.ConfigError as e:
+        pytest.skip(str(e))
+
+
+def _cli(*args, cwd=ROOT):
+    return subprocess.run([sys.executable, "-m", "mnist_diffusion", *args], cwd=cwd, capture_output=True, text=True)
+
+
+def _random(data: dict, seed: int):
+    """A model with every weight random (a fresh one's last layer is zero: its output would be too)."""
+    diff = md.Diffusion.new(RunConfig.from_dict(data), seed=seed)
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for p in diff.model.parameters():
+            p.add_(0.2 * torch.randn(p.shape, generator=g))
+    return diff
+
+
+def test_onnx_export_of_a_random_model_matches_pytorch(tmp_path):
+    from mnist_diffusion.portable import check, export_onnx, onnx_bytes, read_plan
+    for conditional in (True, False):
+        data = copy.deepcopy(PRESETS["tiny"])
+        data["model"]["num_classes"] = 10 if conditional else None
+        diff = _random(data, seed=1)
+        out = tmp_path / f"c{int(conditional)}"
+        report = export_onnx(diff, out)
+        assert report["max_abs_difference"] <= 1e-4 and report["opset"] == 17
+        plan = read_plan(out)
+        assert plan["num_classes"] == (10 if conditional else None) and len(plan["alpha_bar"]) == diff.timesteps
+        sess = onnx.InferenceSession(str(out / "model.onnx"), providers=["CPUExecutionProvider"])
+        assert [i.name for i in sess.get_inputs()] == (["x", "t", "label"] if conditional else ["x", "t"])
+        assert {i.type for i in sess.get_inputs()[1:]} == {"tensor(int32)"}
+        # a batch size other than the one traced: the axis is free
+        x = np.random.default_rng(0).standard_normal((5, 1, 28, 28), dtype=np.float32)
+        feeds = {"x": x, "t": np.arange(5, dtype=np.int32) * 9}
+        if conditional:
+            feeds["label"] = np.array([0, 3, 9, 10, 10], dtype=np.int32)
+        got = sess.run(None, feeds)[0]
+        with torch.no_grad():
+            want = diff.model.float()(torch.from_numpy(x), torch.from_numpy(feeds["t"]).long(),
+                                      *([torch.from_numpy(feeds["label"]).long()] if conditional else [])).numpy()
+        assert np.abs(got - want).max() <= 1e-4 and np.abs(want).mean() > 0.05
+    # the check catches a file that is not this network
+    with pytest.raises(md.ConfigError, match="disagrees with PyTorch"):
+        check(_random(PRESETS["tiny"], seed=1), onnx_bytes(_random(PRESETS["tiny"], seed=2)))
+
+
+def test_export_onnx_cli_and_its_refusals(tmp_path):
+    out = tmp_path / "onnx"
+    r = _cli("export", "--format", "onnx", "--pretrained", "mnist-fast" if "mnist-fast" in PRETRAINED else "mnist",
+             "--output", str(out))
+    assert r.returncode == 0, r.stderr
+    assert "agrees with PyTorch" in r.stdout and (out / "model.onnx").is_file() and (out / "plan.json").is_file()
+    plan = json.loads((out / "plan.json").read_text())
+    assert plan["export"]["max_abs_difference"] <= 1e-4
+    for args, words in ((["--dtype", "fp16"], "writes fp32"), ([], "needs --checkpoint")):
+        src = [] if words == "needs --checkpoint" else ["--pretrained", "mnist"]
+        r = _cli("export", "--format", "onnx", *src, "--output", str(tmp_path / "x"), *args)
+        assert r.returncode != 0 and words in r.stderr and "Traceback" not in r.stderr, r.stderr
+        assert len(r.stderr.strip().splitlines()) == 1
+
+
+def test_web_refuses_a_folder_of_other_files_and_a_missing_runtime(tmp_path):
+    (tmp_path / "mine").mkdir()
+    (tmp_path / "mine" / "notes.txt").write_text("keep me")
+    r = _cli("web", "--pretrained", "mnist", "--output", str(tmp_path / "mine"))
+    assert r.returncode != 0 and "holds other files" in r.stderr and "Traceback" not in r.stderr
+    assert (tmp_path / "mine" / "notes.txt").read_text() == "keep me"
+    r = _cli("web", "--pretrained", "mnist", "--output", str(tmp_path / "s"), "--runtime", str(tmp_path / "nothing"))
+    assert r.returncode != 0 and "onnxruntime-web not found" in r.stderr and not (tmp_path / "s").exists()
+
+
+# ---------------------------------------------------------------------------------------------
+# the page in Chromium
+
+class _Quiet(http.server.SimpleHTTPRequestHandler):
+    extensions_map = {**http.server.SimpleHTTPRequestHandler.extensions_map,
+                      ".mjs": "text/javascript", ".js": "text/javascript", ".wasm": "application/wasm"}
+
+    def log_message(self, *args):
+        pass
+
+
+@pytest.fixture(scope="module")
+def site(tmp_path_factory):
+    _runtime()
+    names = [n for n in ("mnist-fast", "mnist") if n in PRETRAINED]
+    if len(names) < 2:
+        pytest.skip("the page is tested with the shipped mnist-fast and mnist")
+    root = tmp_path_factory.mktemp("sites")
+    servers = {}
+    for name in names:
+        r = _cli("web", "--pretrained", name, "--output", str(root / name))
+        assert r.returncode == 0, r.stderr
+        httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), functools.partial(_Quiet, directory=str(root / name)))
+        threading.Thread(target=httpd.serve_forever, daemon=True).start()
+        servers[name] = (f"http://127.0.0.1:{httpd.server_address[1]}/", root / name, httpd)
+    yield servers
+    for _, _, httpd in servers.values():
+        httpd.shutdown()
+
+
+def _python_draw(name: str, steps: int, labels: torch.Tensor, noise: torch.Tensor) -> np.ndarray:
+    """What the CLI's sampler draws from `noise` with the draw the page runs (plan.json), at fp32."""
+    diff = md.load(name, device="cpu", precision="fp32")
+    if diff.distilled:
+        plan = diff.plan(steps=steps)
+    else:
+        plan = diff.plan(sampler="dpmpp", steps=steps, eta=0.0)
+    eps_fn = diff.eps_fn(labels, plan.guidance, plan.guidance_interval)
+    with torch.no_grad():
+        x = run_sampler(plan.sampler, eps_fn, diff.schedule, noise, None, steps=plan.steps, eta=plan.eta,
+                        spacing=plan.spacing, clip=plan.clip, guidance_interval=plan.guidance_interval,
+                        first_order_switches=plan.first_order_switches, corrector=plan.corrector)
+    return to_uint8(x)
+
+
+@pytest.mark.skipif(CHROMIUM is None, reason="no Chromium here (make test installs Debian's)")
+def test_the_page_draws_what_python_draws_from_the_same_noise(site, tmp_path):
+    sync_api = pytest.importorskip("playwright.sync_api")
+    from mnist_diffusion.evaluator import embed, shipped_evaluator
+    from mnist_diffusion.metrics import class_stats
+
+    labels = torch.arange(10)
+    noise = torch.randn(10, 1, 28, 28, generator=torch.Generator().manual_seed(7))
+    with sync_api.sync_playwright() as pw:
+        browser = pw.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox"])
+        for name, steps in (("mnist-fast", 1), ("mnist-fast", 2), ("mnist", 20)):
+            url, folder, _ = site[name]
+            page = browser.new_page(viewport={"width": 1100, "height": 900})
+            errors, hosts = [], set()
+            page.on("console", lambda m: errors.append(m.text) if m.type == "error" else None)
+            page.on("pageerror", lambda e: errors.append(str(e)))
+            page.on("request", lambda r: hosts.add(r.url.split("/")[2]))
+            page.goto(url)
+            page.wait_for_selector("body[data-ready='1']", timeout=120_000)
+            got = page.evaluate("([n, y, s]) => window.mnistDiffusion.sampleFromNoise(n, y, s)",
+                                [noise.flatten().tolist(), labels.tolist(), steps])
+            web = np.array(got["images"], dtype=np.uint8).reshape(10, 28, 28)
+            want = _python_draw(name, steps, labels, noise)
+            gap = np.abs(web.astype(int) - want.astype(int))
+            assert gap.max() <= 2 and (gap == 0).mean() >= 0.99, (name, steps, gap.max(), (gap == 0).mean())
+            _, probs = embed(shipped_evaluator("mnist"), web)
+            assert (probs.argmax(1) == labels.numpy()).mean() >= 0.8 and class_stats(probs)["recognizable"] >= 0.7
+            if steps == 1:
+                page.screenshot(path=str(tmp_path / f"{name}.png"))
+                # limits and bad input: a message in the page, nothing thrown at the console
+                page.fill("#count", "1000")
+                page.click("#draw")
+                page.wait_for_selector("#message.error", timeout=10_000)
+                assert "images must be a whole number from 1 to 100" in page.inner_text("#message")
+                page.fill("#count", "10")
+                page.fill("#seed", "-3")
+                page.click("#draw")
+                page.wait_for_function("document.querySelector('#message').textContent.includes('seed')")
+                page.fill("#seed", "4")
+                page.click("#draw")
+                page.wait_for_function("document.querySelector('#message').textContent.includes('10 images in')")
+                # a sketch turned into a 3
+                page.select_option("#target", "3")
+                box = page.locator("#sketch").bounding_box()
+                page.mouse.move(box["x"] + 60, box["y"] + 40)
+                page.mouse.down()
+                for dx, dy in ((140, 40), (80, 100), (140, 160), (60, 170)):
+                    page.mouse.move(box["x"] + dx, box["y"] + dy, steps=8)
+                page.mouse.up()
+                page.click("#edit")
+                page.wait_for_function("document.querySelector('#message').textContent.includes('turned the sketch')")
+            assert errors == [], errors
+            assert hosts == {url.split("/")[2]}, hosts
+            page.close()
+        browser.close()
+    assert ORT_WEB_VERSION in (folder / "site.json").read_text()
+
+
+@pytest.mark.skipif(CHROMIUM is None, reason="no Chromium here (make test installs Debian's)")
+def test_the_page_says_so_without_webassembly(site):
+    sync_api = pytest.importorskip("playwright.sync_api")
+    url, _, _ = site["mnist-fast"]
+    with sync_api.sync_playwright() as pw:
+        browser = pw.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox"])
+        page = browser.new_page()
+        page.add_init_script("delete window.WebAssembly")
+        page.goto(url)
+        page.wait_for_selector("#message.error", timeout=30_000)
+        assert "no WebAssembly" in page.inner_text("#message")
+        browser.close()
