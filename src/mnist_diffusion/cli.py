@@ -43,10 +43,12 @@ from .models import describe
 from .options import sampler_options
 from .outputs import check_output_dir, check_outputs
 from .partial import generate_resumable
+from .portable import export_onnx
 from .pretrained import PRETRAINED
 from .rundir import run_config
 from .sampling import Recording, generate, section_of_report
 from .training import Interrupted, TrainingError, train
+from .website import build_site
 
 EXIT_ERROR = 2
 # name -> (help text, add_arguments(parser), run(args) -> exit code); filled by @command below
@@ -458,7 +460,6 @@ def cmd_export(args) -> int:
 
 
 def _export_onnx(args) -> int:
-    from .portable import export_onnx
     if args.dtype != "fp32":
         raise ConfigError(f"--format onnx writes fp32 (the precision it is checked at), not {args.dtype}")
     if args.metrics:
@@ -478,7 +479,6 @@ def _export_onnx(args) -> int:
 @command("web", "write a static web page that draws with the model in the visitor's browser (ONNX, WebAssembly)",
          opt.web_options)
 def cmd_web(args) -> int:
-    from .website import build_site
     source = {**vars(args), "pretrained": args.pretrained or (None if args.checkpoint else "mnist-fast")}
     check_output_dir(args.output, "--output", inputs=[args.checkpoint])
     diff = load_diffusion(argparse.Namespace(**source))
