@@ -116,7 +116,8 @@ class TrainConfig:
     warmup_steps: int = option(200, "linear learning-rate warm-up", kind="nonneg")
     lr_decay: bool = option(True, "cosine decay to 10% over the planned steps", flag="--no-lr-decay")
     grad_clip: float = option(1.0, "clip the gradient norm to this (0 = off)", kind="nonneg")
-    ema_decay: float = option(0.999, "decay of the EMA weights that sampling uses", kind="unit")
+    ema_decay: float = option(0.999, "decay of the EMA weights that sampling uses, warmed up as "
+                              "min(decay, (1 + step) / (10 + step))", kind="unit")
     sample_interval: int = option(0, "steps between sample grids (0 = each epoch)", kind="nonneg", resumable=True)
     save_interval: int = option(0, "steps between checkpoints (0 = each epoch)", kind="nonneg", resumable=True)
     log_interval: int = option(50, "steps between loss.csv rows", kind="positive", resumable=True)
