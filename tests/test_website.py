@@ -210,9 +210,9 @@ def test_the_page_draws_what_python_draws_from_the_same_noise(site, tmp_path):
 
 
 @pytest.mark.skipif(CHROMIUM is None, reason="no Chromium here (make test installs Debian's)")
-def test_the_page_says_so_without_webassembly(site):
+def test_the_page_says_so_without_webassembly_and_when_opened_from_disk(site):
     sync_api = pytest.importorskip("playwright.sync_api")
-    url, _, _ = site["mnist-fast"]
+    url, folder, _ = site["mnist-fast"]
     with sync_api.sync_playwright() as pw:
         browser = pw.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox"])
         page = browser.new_page()
@@ -220,4 +220,11 @@ def test_the_page_says_so_without_webassembly(site):
         page.goto(url)
         page.wait_for_selector("#message.error", timeout=30_000)
         assert "no WebAssembly" in page.inner_text("#message")
+        page.close()
+        # Chromium runs no module from file://: the page says how to serve it instead of "loading" forever
+        page = browser.new_page()
+        page.goto((folder / "index.html").resolve().as_uri())
+        page.wait_for_selector("#message.error", timeout=30_000)
+        assert "python -m http.server" in page.inner_text("#message")
+        assert page.inner_text("#model") == ""
         browser.close()
