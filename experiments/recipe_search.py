@@ -42,6 +42,7 @@ VARIANTS = {
     # EMA 0.999 averages over ~1,000 steps: most of a 1,600-step run; 0.998 over ~500
     "half-v-ema998": HALF + ["--prediction", "v", "--ema-decay", "0.998"],
     # without labels (issue 38, item 4): today's budget, flow matching
+    "uncond": ["--unconditional"],                         # what the shipped mnist-uncond was trained with
     "uncond-flow": ["--unconditional", "--objective", "flow"],
 }
 
