@@ -85,3 +85,15 @@ def test_edit_and_inpaint_check_their_arguments(mnist, monkeypatch, tmp_path):
                                  (dict(seed=-1), ValueError, "seed must be")]:
         with pytest.raises(error, match=words):
             diff.inpaint(images, mask, **kwargs)
+
+
+def test_load_without_a_source_is_one_error_naming_it(tmp_path, monkeypatch):
+    """md.load(None) used to fail inside pathlib and md.load('') to read the current folder."""
+    import mnist_diffusion as md
+    monkeypatch.chdir(tmp_path)
+    for source, error in [(None, TypeError), ("", ValueError), ("  ", ValueError), (3, TypeError)]:
+        for load in (md.load, md.Diffusion.load):
+            with pytest.raises(error) as e:
+                load(source)
+            msg = str(e.value)
+            assert msg.startswith("source ") and "shipped model" in msg and "\n" not in msg, msg

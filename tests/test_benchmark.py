@@ -275,3 +275,22 @@ def test_model_options_resolve_like_train():
     assert cfg(preset="quick", base_dim=16).model.base_dim == 16
     assert cfg(preset="quick", base_dim=16).model.num_res_blocks == preset("quick").model.num_res_blocks
     assert cfg(model="unet", base_dim=8).model.base_dim == 8
+
+
+def test_more_sampler_steps_than_the_model_has_are_refused_before_any_work(tiny, monkeypatch, capsys):
+    """ddim=1000 on a model of T = 50 used to time 50 steps and report them as asked: now one line
+    naming the sampler, the steps asked and the model's T, before anything is built or timed."""
+    def no_work(*a, **kw):
+        raise AssertionError("the benchmark started working")
+    monkeypatch.setattr(bench, "TrainStep", no_work)
+    monkeypatch.setattr(bench, "machine_info", no_work)
+    with pytest.raises(bench.BenchmarkError, match=r"ddim=1000: .*50 timesteps.*at most 50"):
+        bench.run(tiny(), torch.device("cpu"), sampler_steps={"ddim": 1000})
+    with pytest.raises(bench.BenchmarkError, match=r"ddpm=51"):
+        bench.sampling_times(torch.nn.Identity(), tiny(), torch.device("cpu"), None, bench.Settings.quick(),
+                             {"ddpm": 51})
+    # through the command line, as the probe did it: the tiny preset has T = 50
+    assert main(["benchmark", *TINY, "--preset", "tiny", "--no-memory", "--sampler-steps", "dpmpp=20,ddim=1000"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "Traceback" not in err and "building" not in err, err
+    assert "ddim=1000" in err and "50 timesteps" in err and "at most 50" in err, err

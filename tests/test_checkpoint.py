@@ -81,3 +81,29 @@ def test_missing_and_directory(tmp_path):
         ckpt_io.load(tmp_path / "nope.pt")
     with pytest.raises(CheckpointError, match="directory"):
         ckpt_io.load(tmp_path)
+
+
+def test_a_garbage_pickle_is_one_line_without_torchs_own_notes(tmp_path):
+    """A pickle torch does not expect (protocol 4, no checkpoint inside) is one line naming the file,
+    without torch's warning that asks to "please file an issue" (about torch, not the user's file)."""
+    import subprocess
+    import sys
+    p = tmp_path / "g.pt"
+    with open(p, "wb") as f:
+        pickle.dump({"x": 1}, f, protocol=4)
+    r = subprocess.run([sys.executable, "-m", "mnist_diffusion", "sample", "--checkpoint", str(p), "--output",
+                        str(tmp_path / "x.png")], capture_output=True, text=True)
+    assert r.returncode == 2 and "g.pt" in r.stderr, r.stderr
+    assert len(r.stderr.strip().splitlines()) == 1 and "file an issue" not in r.stderr, r.stderr
+
+
+def test_a_mismatch_names_the_setting_that_differs():
+    """A class-count mismatch used to suggest --base-dim; the message names what differs."""
+    from mnist_diffusion.config import ModelConfig
+    from mnist_diffusion.models import build_model
+    small = dict(name="unet", base_dim=8, channel_mults=(1, 2), num_res_blocks=1)
+    ten = build_model(ModelConfig(**small, num_classes=10), 50).state_dict()
+    with pytest.raises(CheckpointError, match="weights are for 10 classes, the config says 5"):
+        ckpt_io.load_state(build_model(ModelConfig(**small, num_classes=5), 50), ten, "m")
+    with pytest.raises(CheckpointError, match="base width"):
+        ckpt_io.load_state(build_model(ModelConfig(**{**small, "base_dim": 16}, num_classes=10), 50), ten, "m")

@@ -154,3 +154,52 @@ def test_guidance_errors_are_one_line(tiny_run, tmp_path, capsys):
     assert "unconditional model" in capsys.readouterr().err.strip().splitlines()[-1]
     assert main(["evaluate", "--samples", str(tmp_path / "x.npz"), "--dataset", "mnist", "--guidance", "1"]) == 2
     assert "--samples scores given images" in capsys.readouterr().err.strip().splitlines()[-1]
+
+
+def _exit_code_within(seconds, argv, fifo):
+    """main(argv) in a thread: its exit code, or a failure if it still blocks after `seconds` (then
+    the FIFO gets a writer that closes at once, so the blocked read ends and the thread with it)."""
+    import os
+    import threading
+    box = {}
+    worker = threading.Thread(target=lambda: box.setdefault("rc", main(argv)), daemon=True)
+    worker.start()
+    worker.join(seconds)
+    if worker.is_alive():
+        try:
+            os.close(os.open(fifo, os.O_WRONLY | os.O_NONBLOCK))
+        except OSError:
+            pass  # blocked in open(), not read(): nothing to release
+        raise AssertionError(f"{' '.join(argv[:3])}: still blocked after {seconds} s")
+    return box["rc"]
+
+
+@pytest.mark.skipif(not hasattr(__import__("os"), "mkfifo"), reason="no FIFOs on this OS")
+def test_a_fifo_as_samples_or_evaluator_is_refused_not_read(tmp_path, capsys):
+    """A FIFO would block the read forever: --samples and --evaluator refuse it (any non-regular
+    file) in one line naming the option and the file, before anything is loaded."""
+    import os
+    fifo = tmp_path / "s.npz"
+    os.mkfifo(fifo)
+    save_npz(np.zeros((4, 28, 28), np.uint8), tmp_path / "ok.npz")
+    for argv, option in [(["--samples", str(fifo)], "--samples"),
+                         (["--samples", str(tmp_path / "ok.npz"), "--evaluator", str(fifo)], "--evaluator")]:
+        assert _exit_code_within(20, ["evaluate", *argv, "--dataset", "mnist", "--no-progress"], fifo) == 2
+        err = capsys.readouterr().err.strip()
+        assert len(err.splitlines()) == 1 and "Traceback" not in err, err
+        assert f"{option} {fifo}: not a regular file" in err, err
+    # the library refuses it too, whoever calls it
+    from mnist_diffusion.evaluator import load_custom_evaluator
+    from mnist_diffusion.images import load_sample_set
+    with pytest.raises(ValueError, match="not a regular file"):
+        load_sample_set(fifo)
+    with pytest.raises(ValueError, match="not a regular file"):
+        load_custom_evaluator(fifo)
+
+
+def test_evaluate_names_the_flag_where_the_api_names_its_keyword(mnist, capsys):
+    """The shared sampling check words its error for the caller: --guidance here, guidance= from Python."""
+    assert main(["evaluate", "--pretrained", "mnist-fast", "--guidance", "1", "--num-samples", "4",
+                 "--noise-mse-images", "4", "--no-progress"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert "leave --guidance out" in err and "Traceback" not in err, err

@@ -238,3 +238,20 @@ def test_sample_help_shows_the_everyday_options_and_help_all_the_research_ones(c
         assert research not in short and research in full
     for everyday in ("--pretrained", "--label", "--guidance", "--sampler", "--steps", "--output"):
         assert everyday in short
+
+
+def test_a_student_without_a_label_is_one_line_naming_the_flags(tmp_path, capsys):
+    """A distilled student (the shipped mnist-fast: no training here) sampled without --label: the one
+    line says what it needs, with no hint about labels and guidance printed first; with --guidance
+    the message names the flag, as the Python API names its keyword."""
+    out = tmp_path / "x.png"
+    for extra in ([], ["--guidance", "1"]):
+        assert run_cli("sample", "--pretrained", "mnist-fast", "--output", str(out), *extra) == 2
+        err = capsys.readouterr().err.strip()
+        assert len(err.splitlines()) == 1 and "needs a label" in err and "--label" in err, err
+        assert "no guidance" in err and "label=" not in err, err
+    assert run_cli("sample", "--pretrained", "mnist-fast", "--label", "3", "--guidance", "1", "--output",
+                   str(out)) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "leave --guidance out" in err, err
+    assert not out.exists()

@@ -394,6 +394,40 @@ def test_the_temp_folder_is_removed_when_the_server_stops(tmp_path, how, status)
     assert "Traceback" not in "".join(log), "".join(log)[-3000:]
 
 
+@pytest.mark.filterwarnings("ignore::Warning:gradio.queueing")  # its monitoring summary, pandas
+def test_what_gradio_keeps_of_past_api_calls_stays_bounded(tmp_path, monkeypatch):
+    """Every API call is a new session to Gradio, which kept a copy of the page's configuration for
+    each (~100 kB, up to 10,000 sessions), a record of each event and a set of event ids per session
+    for ever: the server grew from 484 to 983 MB over 4,000 calls, ~95 MB per 1,000, without levelling
+    off (experiments/demo_soak.py; bounded, 605 MB at 250 calls and 618 MB at 2,561). The demo
+    launched in this process with those bounds made small: after more calls than they allow, each
+    holds at most its bound, and the answered sessions' event ids are gone."""
+    pytest.importorskip("gradio")
+    import tempfile
+    from PIL import Image
+    from mnist_diffusion import demo
+    from mnist_diffusion.diffusion import Diffusion
+    for name in ("GRADIO_TEMP_DIR", "GRADIO_ANALYTICS_ENABLED", "GRADIO_ANALYTICS_MAX_EVENTS"):
+        monkeypatch.setenv(name, "")  # launch sets them in this process: put back afterwards
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", Image.MAX_IMAGE_PIXELS)
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    monkeypatch.setitem(demo.GRADIO_MEMORY, "sessions", 8)
+    monkeypatch.setitem(demo.GRADIO_MEMORY, "events", 16)
+    diff = Diffusion.load("mnist-fast" if "mnist-fast" in PRETRAINED else "mnist", device="cpu")
+    server_app, url, _ = demo.launch(diff, port=_free_port(), block=False, log=lambda *a: None)
+    blocks = server_app.get_blocks()
+    try:
+        answers = [_call(url, "explain", [i % 3, 10 * i])[0] for i in range(40)]
+        assert answers == ["complete"] * 40, answers
+        queue = blocks._queue
+        assert len(blocks.state_holder.session_data) <= 8, len(blocks.state_holder.session_data)
+        assert len(queue.event_analytics) <= 16, len(queue.event_analytics)
+        assert len(queue.pending_event_ids_session) <= 1, queue.pending_event_ids_session  # the last, if any
+    finally:
+        blocks.close()
+    assert not list(tmp_path.iterdir())  # its temporary folder went with it
+
+
 # ---------------------------------------------------------------------------------------------
 # a distilled student: the instant mode
 

@@ -279,3 +279,41 @@ def test_sample_options_default_to_the_models_own_section(cond):
     # the model's guidance is for labelled draws: without a label it is left out, not an error
     assert own.plan(labelled=False).guidance == 0.0
     assert own.sample(2, seed=1).shape == (2, 28, 28)
+
+
+@pytest.fixture(scope="module")
+def student(cond):
+    """A distilled student's config on a random network: what sampling checks read, no training."""
+    from mnist_diffusion.config import DistillConfig
+    from mnist_diffusion.distill import student_config
+    cfg = student_config(cond, DistillConfig(teacher="teacher.pt", guidance=0.5, pairs=8, teacher_steps=2))
+    return Diffusion.new(cfg, device="cpu", precision="fp32")
+
+
+def test_a_student_without_a_label_is_told_what_it_needs(student):
+    """One error, naming the API's own argument: a student needs a label and takes no guidance."""
+    for kwargs in ({}, {"guidance": 1.0}):
+        for call in (lambda: student.sample(2, **kwargs), lambda: student.sample_tensor(2, **kwargs),
+                     lambda: student.edit(torch.zeros(2, 1, 28, 28), 0.5, **kwargs)):
+            with pytest.raises(ValueError) as e:
+                call()
+            msg = str(e.value)
+            assert "needs a label" in msg and "label=" in msg and "no guidance" in msg, msg
+            assert "--" not in msg and "\n" not in msg, msg
+    assert student.sample(2, label=3).shape == (2, 28, 28)
+
+
+def test_api_errors_name_the_apis_arguments_not_cli_flags(student, cond, uncond):
+    """A Python call is told the keyword it passed (guidance=), the command line its flag (--guidance):
+    the shared checks take the caller's name style."""
+    with pytest.raises(ValueError, match=r"leave guidance= out") as e:
+        student.sample(2, label=3, guidance=1.0)
+    assert "--guidance" not in str(e.value)
+    with pytest.raises(ValueError, match=r"leave --guidance out"):
+        student.plan(guidance=1.0, names="cli")
+    with pytest.raises(ValueError, match="unconditional model") as e:
+        uncond.sample(2, label=1)
+    assert "--conditional" not in str(e.value)
+    from mnist_diffusion.labels import request
+    with pytest.raises(ValueError, match=r"--conditional"):  # the command line's request keeps its flags
+        request(1, 2, None, num_classes=None)

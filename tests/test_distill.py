@@ -2,8 +2,13 @@
 and a distillation through the real CLI (resume bit-exact, one-line errors)."""
 from __future__ import annotations
 
+import json
+import shutil
+import signal
 import subprocess
 import sys
+import time
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -18,6 +23,7 @@ from mnist_diffusion.samplers import ddim, student_timesteps
 from mnist_diffusion.schedule import make_schedule
 from mnist_diffusion.training import train
 
+GOLDEN_CKPT = Path(__file__).resolve().parent / "golden" / "tiny_cond.pt"  # another tiny model
 T = 1000
 STEPS = 300  # the students' training steps on the toy
 MU, S = 0.2, 0.15  # the toy data: x0 ~ N(MU, S^2 I), every pixel alike (a convolution can learn the map)
@@ -218,3 +224,98 @@ def test_distill_cli_errors_are_one_line(tiny_teacher, tmp_path):
         assert r.returncode == 2 and words in r.stderr and "Traceback" not in r.stderr, r.stderr
     r = _cli("distill", "--teacher", tiny_teacher, "--output-dir", tmp_path / "run", "--dry-run")
     assert '"distill"' in r.stdout and '"prediction": "v"' in r.stdout
+
+
+@pytest.fixture(scope="module")
+def tiny_student(tiny_teacher, tmp_path_factory):
+    out = tmp_path_factory.mktemp("student")
+    _cli("distill", "--teacher", tiny_teacher, "--pairs", 16, "--teacher-steps", 2, "--batch-size", 8, "--max-steps", 2,
+         "--sample-interval", 0, "--precision", "fp32", "--no-progress", "--output-dir", out)
+    return out
+
+
+def test_each_command_resumes_only_its_own_checkpoints(tiny_teacher, tiny_student):
+    """A checkpoint says what made it: `train --resume` on a student trained it with the plain loss
+    on real images and replaced its last.pt; distill refused the reverse."""
+    last = tiny_student / "checkpoints" / "last.pt"
+    before = last.read_bytes()
+    assert torch.load(last, weights_only=True)["made_by"] == "distill"
+    assert torch.load(tiny_teacher, weights_only=True)["made_by"] == "train"
+    for args in (["--resume", last], ["--resume", "auto", "--output-dir", tiny_student],
+                 ["--config", tiny_student / "config.json", "--output-dir", tiny_student.parent / "other"]):
+        r = _cli("train", *args, "--max-steps", 4, "--no-progress", check=False)
+        assert r.returncode == 2 and "distill" in r.stderr and "Traceback" not in r.stderr, r.stderr
+        assert len(r.stderr.strip().splitlines()) == 1, r.stderr
+    r = _cli("distill", "--resume", tiny_teacher, "--max-steps", 8, "--no-progress", check=False)
+    assert r.returncode == 2 and "checkpoint of `train`" in r.stderr, r.stderr
+    assert last.read_bytes() == before
+
+
+def test_pair_files_are_named_by_what_made_them(tiny_teacher, tmp_path):
+    """After a stop during pair drawing, a rerun with another --guidance or --teacher-steps reused
+    the old pair files (named by seed, offset and size only) and recorded the new settings."""
+    common = ["--teacher", tiny_teacher, "--pairs", 12, "--batch-size", 4, "--max-steps", 1, "--sample-interval", 0,
+              "--precision", "fp32", "--no-progress"]
+    runs = {}
+    for name, extra in (("a", ["--guidance", 0.5, "--teacher-steps", 2]), ("b", ["--guidance", 2, "--teacher-steps", 2]),
+                        ("c", ["--guidance", 0.5, "--teacher-steps", 3])):
+        run = tmp_path / name
+        _cli("distill", *common, *extra, "--output-dir", run)
+        runs[name] = run
+    names = {k: [p.name for p in (v / "pairs").glob("*.safetensors")] for k, v in runs.items()}
+    assert all(len(v) == 1 for v in names.values()) and len({v[0] for v in names.values()}) == 3, names
+    # the stopped run's pairs (guidance 0.5) are in the folder; a fresh run there with guidance 2
+    # draws its own and says that the others were not used
+    shutil.rmtree(runs["a"] / "checkpoints")
+    (runs["a"] / "config.json").unlink()
+    r = _cli("distill", *common, "--guidance", 2, "--teacher-steps", 2, "--output-dir", runs["a"])
+    assert "teacher pairs: drew 12" in r.stderr and "other settings" in r.stderr, r.stderr
+    ours = [p for p in (runs["a"] / "pairs").glob("*.safetensors") if p.name == names["b"][0]]
+    assert len(ours) == 1 and ours[0].read_bytes() == (runs["b"] / "pairs" / names["b"][0]).read_bytes()
+
+
+def test_resume_messages_and_a_moved_teacher(tiny_teacher, tiny_student, tmp_path):
+    """An unchanged flag given again on resume is not a change; the teacher is recorded by its
+    absolute path, so a resume from another folder finds it; a moved teacher is passed with
+    --teacher and checked by its weights' SHA-256."""
+    cfg = json.loads((tiny_student / "config.json").read_text())
+    assert Path(cfg["distill"]["teacher"]).is_absolute()
+    run = tmp_path / "run"
+    shutil.copytree(tiny_student, run)
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    r = subprocess.run([sys.executable, "-m", "mnist_diffusion", "distill", "--resume", "auto", "--output-dir", str(run),
+                        "--pairs", "16", "--max-steps", "3", "--no-progress"], capture_output=True, text=True,
+                       cwd=elsewhere)
+    assert r.returncode == 0 and "resumed from" in r.stderr, r.stderr
+    r = _cli("distill", "--resume", "auto", "--output-dir", run, "--pairs", 17, "--max-steps", 4, check=False)
+    assert r.returncode == 2 and "--pairs 17 differs from the run's 16" in r.stderr, r.stderr
+    # the teacher moved: its recorded path is gone
+    moved = tmp_path / "moved.pt"
+    shutil.copy(tiny_teacher, moved)
+    cfg = json.loads((run / "config.json").read_text())
+    ck = torch.load(run / "checkpoints" / "last.pt", weights_only=True)
+    ck["config"]["distill"]["teacher"] = str(tmp_path / "gone.pt")
+    torch.save(ck, run / "checkpoints" / "last.pt")
+    r = _cli("distill", "--resume", "auto", "--output-dir", run, "--max-steps", 4, "--no-progress", check=False)
+    assert r.returncode == 2 and "not found from here" in r.stderr and "--teacher" in r.stderr, r.stderr
+    r = _cli("distill", "--resume", "auto", "--output-dir", run, "--teacher", moved, "--max-steps", 4, "--no-progress")
+    assert "the same weights" in r.stderr and "done: 4 steps" in r.stdout, r.stderr
+    r = _cli("distill", "--resume", "auto", "--output-dir", run, "--teacher", GOLDEN_CKPT, "--max-steps", 5,
+             check=False)
+    assert r.returncode == 2 and "is not the run's teacher" in r.stderr, r.stderr
+
+
+def test_ctrl_c_during_pair_drawing_says_how_to_continue(tiny_teacher, tmp_path):
+    run = tmp_path / "run"
+    args = [sys.executable, "-m", "mnist_diffusion", "distill", "--teacher", str(tiny_teacher), "--pairs", "20000",
+            "--teacher-steps", "4", "--max-steps", "1", "--no-progress", "--output-dir", str(run)]
+    p = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 120
+    while not list((run / "pairs").glob("pairs-*.safetensors")) and time.time() < deadline and p.poll() is None:
+        time.sleep(0.2)
+    p.send_signal(signal.SIGINT)
+    _, err = p.communicate(timeout=60)
+    assert p.returncode == 130, err
+    assert "teacher pairs drawn so far are kept" in err and "run the same command again" in err, err
+    assert "Traceback" not in err and len(err.strip().splitlines()) <= 3, err

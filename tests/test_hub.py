@@ -80,14 +80,37 @@ def test_tampered_weights_or_a_config_that_does_not_fit_are_one_line_errors(tmp_
     assert main([*args[:1], "--checkpoint", str(bad), *args[1:]]) == 2
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and "does not match the SHA-256 recorded in config.json" in err
-    wrong = tmp_path / "wrong"
-    shutil.copytree(out, wrong)
-    cfg = json.loads((wrong / "config.json").read_text())
+    # a config edited after export is caught by the fingerprint export recorded beside the weights'
+    # SHA-256, whatever the edit: one that changes the network's shape, or one that would only draw noise
+    for i, edit in enumerate([("model", "base_dim", 16), ("model", "prediction", "v"),
+                              ("diffusion", "timesteps", 100), ("diffusion", "schedule", "linear")]):
+        wrong = tmp_path / f"wrong{i}"
+        shutil.copytree(out, wrong)
+        cfg = json.loads((wrong / "config.json").read_text())
+        cfg[edit[0]][edit[1]] = edit[2]
+        (wrong / "config.json").write_text(json.dumps(cfg))
+        assert main([*args[:1], "--checkpoint", str(wrong), *args[1:]]) == 2, edit
+        err = capsys.readouterr().err.strip()
+        assert len(err.splitlines()) == 1 and "was edited after export" in err, err
+        with pytest.raises(md.CheckpointError, match="edited after export"):
+            md.load(wrong)
+    # the sampling section is the user's to tune: an edit there loads
+    tuned = tmp_path / "tuned"
+    shutil.copytree(out, tuned)
+    cfg = json.loads((tuned / "config.json").read_text())
+    cfg["sampling"]["steps"] = 7
+    (tuned / "config.json").write_text(json.dumps(cfg))
+    assert md.load(tuned).config.sampling.steps == 7
+    # a folder exported before the fingerprint: the tensors must still fit the config's network
+    legacy = tmp_path / "legacy"
+    shutil.copytree(out, legacy)
+    cfg = json.loads((legacy / "config.json").read_text())
+    del cfg["export"]["config_sha256"]
     cfg["model"]["base_dim"] = 16
-    (wrong / "config.json").write_text(json.dumps(cfg))
-    assert main([*args[:1], "--checkpoint", str(wrong), *args[1:]]) == 2
+    (legacy / "config.json").write_text(json.dumps(cfg))
+    assert main([*args[:1], "--checkpoint", str(legacy), *args[1:]]) == 2
     err = capsys.readouterr().err.strip()
-    assert len(err.splitlines()) == 1 and "has shape" in err and "another --base-dim" in err
+    assert len(err.splitlines()) == 1 and "has shape" in err and "another base width" in err
     assert not (tmp_path / "x.png").exists()
 
 
@@ -95,7 +118,7 @@ def test_export_refuses_a_folder_of_other_files_and_no_ema_folders(tmp_path, cap
     (tmp_path / "busy").mkdir()
     (tmp_path / "busy" / "notes.txt").write_text("mine")
     assert main(["export", "--checkpoint", str(GOLDEN), "--output", str(tmp_path / "busy"), "--no-samples"]) == 2
-    assert "holds other files (notes.txt)" in capsys.readouterr().err
+    assert "holds files not written by export (notes.txt)" in capsys.readouterr().err
     assert (tmp_path / "busy" / "notes.txt").read_text() == "mine"
     out = _export(tmp_path, "--no-samples")
     with pytest.raises(ValueError, match="one set of weights"):
@@ -222,7 +245,7 @@ def test_export_never_writes_into_the_shipped_models(tmp_path, capsys):
     before = {f: f.read_bytes() for f in (DIR / "mnist").iterdir()}
     for target in (DIR / "mnist", DIR / "mine"):
         assert main(["export", "--checkpoint", str(GOLDEN), "--output", str(target), "--no-samples"]) == 2
-        assert "shipped models' folder" in capsys.readouterr().err
+        assert "writes the shipped models" in capsys.readouterr().err
     assert {f: f.read_bytes() for f in (DIR / "mnist").iterdir()} == before and not (DIR / "mine").exists()
     assert md.load("mnist", device="cpu").source_sha256 == md.load(DIR / "mnist", device="cpu").source_sha256
 

@@ -9,8 +9,8 @@ from mnist_diffusion.data import Split
 from mnist_diffusion.models import build_model
 from mnist_diffusion.schedule import make_schedule
 from mnist_diffusion.rundir import elapsed_seconds
-from mnist_diffusion.training import (NonFiniteLoss, TrainingError, accumulate_gradients, draw_batch, ema_update,
-                                      lr_at, planned_steps, train)
+from mnist_diffusion.training import (NonFiniteLoss, TrainingError, accumulate_gradients, draw_batch, ema_beta,
+                                      ema_update, lr_at, planned_steps, train)
 from tests.conftest import tiny_config
 
 
@@ -151,6 +151,31 @@ def test_ema_update_is_a_convex_combination():
         torch.nn.init.constant_(p, 0.0)
     ema_update(a, b, decay=0.9, step=10_000)
     assert all(torch.allclose(p, torch.full_like(p, 0.1)) for p in a.parameters())
+
+
+@pytest.mark.parametrize("gamma", [1.0, 2.0, 6.94])
+def test_power_ema_is_its_closed_form_average(gamma):
+    """EDM2's power-function EMA, beta_t = (1 - 1/t)^(g + 1): the product of the betas telescopes, so
+    after t steps the EMA is sum_tau (tau^(g+1) - (tau-1)^(g+1)) w_tau / t^(g+1) of the weights
+    w_1..w_t, whatever the first EMA held (beta_1 = 0 copies the weights)."""
+    torch.manual_seed(0)
+    ema, net = torch.nn.Linear(3, 2), torch.nn.Linear(3, 2)
+    seen = []
+    for step in range(40):
+        for p in net.parameters():
+            p.data.normal_()
+        seen.append([p.detach().clone() for p in net.parameters()])
+        ema_update(ema, net, decay=0.999, step=step, gamma=gamma)
+    t = len(seen)
+    w = torch.tensor([(k ** (gamma + 1) - (k - 1) ** (gamma + 1)) / t ** (gamma + 1) for k in range(1, t + 1)],
+                     dtype=torch.float64)
+    assert float(w.sum()) == pytest.approx(1.0)
+    for i, p in enumerate(ema.parameters()):
+        want = sum(wk * s[i].double() for wk, s in zip(w, seen))
+        assert torch.allclose(p.double(), want, atol=1e-5)
+    # gamma = 0 keeps the classic warm-up: min(decay, (1 + step) / (10 + step))
+    assert ema_beta(0.999, 0) == pytest.approx(0.1) and ema_beta(0.999, 20_000) == 0.999
+    assert ema_beta(0.999, 0, 2.0) == 0.0 and ema_beta(0.999, 99, 2.0) == pytest.approx(0.99 ** 3)
 
 
 @pytest.mark.parametrize("conditional", [False, True])

@@ -2,7 +2,8 @@
 files on loopback and run in Debian's Chromium, draws from the noise the Python sampler used the
 same digits (uint8, at most 2 levels apart, nearly all equal), for a one-step student and for a
 guided teacher's DPM-Solver++; no console error, no request to another host; bad input gets a
-message in the page; the CLI refuses what it cannot do in one line."""
+message in the page; a long draw leaves the page responsive, shows its steps and stops on Cancel or
+a new request; the status names the guidance used; the CLI refuses what it cannot do in one line."""
 from __future__ import annotations
 
 import copy
@@ -100,10 +101,11 @@ def test_web_refuses_a_folder_of_other_files_and_a_missing_runtime(tmp_path):
     (tmp_path / "mine").mkdir()
     (tmp_path / "mine" / "notes.txt").write_text("keep me")
     r = _cli("web", "--pretrained", "mnist", "--output", str(tmp_path / "mine"))
-    assert r.returncode != 0 and "holds other files" in r.stderr and "Traceback" not in r.stderr
+    assert r.returncode != 0 and "holds files not written by web" in r.stderr and "Traceback" not in r.stderr
     assert (tmp_path / "mine" / "notes.txt").read_text() == "keep me"
     r = _cli("web", "--pretrained", "mnist", "--output", str(tmp_path / "s"), "--runtime", str(tmp_path / "nothing"))
-    assert r.returncode != 0 and "onnxruntime-web not found" in r.stderr and not (tmp_path / "s").exists()
+    assert r.returncode != 0 and "onnxruntime-web" in r.stderr and "not found" in r.stderr
+    assert not (tmp_path / "s").exists()
 
 
 # ---------------------------------------------------------------------------------------------
@@ -128,6 +130,8 @@ def site(tmp_path_factory):
     for name in names:
         r = _cli("web", "--pretrained", name, "--output", str(root / name))
         assert r.returncode == 0, r.stderr
+        # the page runs its model in a module worker: a site without it cannot draw
+        assert (root / name / "worker.js").is_file(), "website.PAGE_FILES must list worker.js"
         httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), functools.partial(_Quiet, directory=str(root / name)))
         threading.Thread(target=httpd.serve_forever, daemon=True).start()
         servers[name] = (f"http://127.0.0.1:{httpd.server_address[1]}/", root / name, httpd)
@@ -228,3 +232,140 @@ def test_the_page_says_so_without_webassembly_and_when_opened_from_disk(site):
         assert "python -m http.server" in page.inner_text("#message")
         assert page.inner_text("#model") == ""
         browser.close()
+
+
+class _Page:
+    """A page of `site[name]` in Chromium, ready (its first draw done), collecting console errors and
+    the hosts it asked; `text()` is the message line, `grid()` the grid's pixels as a data URL."""
+
+    def __init__(self, browser, site, name):
+        self.url = site[name][0]
+        self.page = browser.new_page(viewport={"width": 1100, "height": 900})
+        self.errors, self.hosts = [], set()
+        self.page.on("console", lambda m: self.errors.append(m.text) if m.type == "error" else None)
+        self.page.on("pageerror", lambda e: self.errors.append(str(e)))
+        self.page.on("request", lambda r: self.hosts.add(r.url.split("/")[2]))
+        self.page.goto(self.url)
+        self.page.wait_for_selector("body[data-ready='1']", timeout=120_000)
+
+    def text(self) -> str:
+        return self.page.inner_text("#message")
+
+    def grid(self) -> str:
+        return self.page.evaluate("document.querySelector('#grid').toDataURL()")
+
+    def wait_for(self, words: str, timeout: float = 60_000):
+        self.page.wait_for_function("(w) => document.querySelector('#message').textContent.includes(w)",
+                                    arg=words, timeout=timeout)
+
+    def refused(self, field: str, value: str, words: str):
+        """`value` typed into `field`, Draw clicked: an error naming the limit, and nothing drawn."""
+        before = self.grid()
+        self.page.evaluate("(el => { el.textContent = ''; el.className = ''; })(document.querySelector('#message'))")
+        self.page.fill(field, value)
+        self.page.click("#draw")
+        self.page.wait_for_selector("#message.error", timeout=10_000)
+        assert words in self.text(), (value, self.text())
+        assert self.grid() == before
+
+    def close(self):
+        assert self.errors == [], self.errors
+        assert self.hosts == {self.url.split("/")[2]}, self.hosts
+        self.page.close()
+
+
+@pytest.fixture(scope="module")
+def browser():
+    if CHROMIUM is None:
+        pytest.skip("no Chromium here (make test installs Debian's)")
+    sync_api = pytest.importorskip("playwright.sync_api")
+    with sync_api.sync_playwright() as pw:
+        b = pw.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox"])
+        yield b
+        b.close()
+
+
+def test_a_long_draw_leaves_the_page_responsive_and_cancel_or_a_new_request_stops_it(site, browser):
+    # the guided teacher on 100 images: 20 evaluations of 200 images, half a minute on this machine
+    p = _Page(browser, site, "mnist")
+    page = p.page
+    # the page's own thread: a timer that records its longest gap while the draw runs
+    page.evaluate("""() => { let last = performance.now(); window.longestGap = 0;
+        setInterval(() => { const now = performance.now(); window.longestGap = Math.max(window.longestGap, now - last);
+                            last = now; }, 20); }""")
+    before = p.grid()
+    page.fill("#count", "100")
+    page.select_option("#steps", "20")
+    page.click("#draw")
+    p.wait_for("step 3 of 20")  # two evaluations done: progress is shown as it goes
+    assert not page.is_disabled("#cancel")
+    gap = page.evaluate("window.longestGap")
+    assert gap < 500, f"the page froze for {gap:.0f} ms during a draw"
+    under_way = int(p.text().split("step ")[1].split(" of")[0])
+    page.click("#cancel")
+    p.wait_for("cancelled after step", timeout=30_000)
+    done = int(p.text().split("after step ")[1].split(" of")[0])
+    assert done <= under_way + 1, (under_way, p.text())  # stopped within about one evaluation
+    page.wait_for_timeout(300)
+    assert p.grid() == before and page.is_disabled("#cancel") and "cancelled" in p.text()
+    # a new request while one runs: the running one stops, the new one draws
+    page.click("#draw")
+    p.wait_for("step 2 of 20")
+    page.fill("#count", "13")
+    page.click("#draw")
+    p.wait_for("13 images in", timeout=60_000)
+    assert page.evaluate("document.querySelector('#grid').height") == (2 * 30 + 2) * 3  # 13 images, not 100
+    assert page.evaluate("window.longestGap") < 500
+    p.close()
+
+
+def test_the_status_names_the_guidance_used_and_bad_guidance_is_refused(site, browser):
+    p = _Page(browser, site, "mnist")
+    page = p.page
+    assert "guidance 0.5 at noise levels 0.3-5" in p.text()  # the first draw: the model's own
+    page.fill("#count", "2")
+    for value, words in (("2", "guidance 2 at noise levels 0.3-5"), ("0", "no guidance")):
+        page.evaluate("document.querySelector('#message').textContent = ''")
+        page.fill("#guidance", value)
+        page.click("#draw")
+        p.wait_for("2 images in")
+        assert words in p.text() and "guidance 0.5" not in p.text(), p.text()
+    # empty, not a number, out of range: a message, never a draw at guidance 0
+    p.refused("#guidance", "", "guidance must be a number from 0 to 10, got an empty field")
+    p.refused("#guidance", "10.5", "guidance must be a number from 0 to 10, got 10.5")
+    p.refused("#guidance", "-1", "guidance must be a number from 0 to 10, got -1")
+    # text that is no number: the field holds "" and says badInput
+    page.fill("#guidance", "")
+    page.type("#guidance", "e")
+    assert page.evaluate("document.querySelector('#guidance').validity.badInput")
+    before = p.grid()
+    page.click("#draw")
+    page.wait_for_selector("#message.error", timeout=10_000)
+    assert "guidance must be a number from 0 to 10, got no number" in p.text() and p.grid() == before
+    noise = [0.0] * 784
+    for bad in ("NaN", "Infinity"):
+        with pytest.raises(Exception, match="guidance must be a number"):
+            page.evaluate(f"() => window.mnistDiffusion.sampleFromNoise({noise}, [3], 20, {bad})")
+    p.close()
+
+
+def test_seeds_are_bounded_where_every_images_seed_is_exact(site, browser):
+    p = _Page(browser, site, "mnist-fast")
+    page = p.page
+    limits = page.evaluate("window.mnistDiffusion.limits")
+    # image i is drawn from seed + i with a 32-bit generator: the last of 100 images must not wrap
+    assert limits["maxSeed"] + limits["maxImages"] - 1 == 2**32 - 1
+    for seed in ("4294967295", str(limits["maxSeed"] + 1), "1e20"):
+        p.refused("#seed", seed, f"seed must be a whole number from 0 to {limits['maxSeed']}, got {seed}")
+    p.refused("#seed", "", "seed must be a whole number from 0 to 4294967196, got an empty field")
+    page.fill("#count", "100")
+    page.fill("#seed", str(limits["maxSeed"]))
+    page.click("#draw")
+    p.wait_for("100 images in")
+    # the two ends of the range draw different noise: 2^32 - 1 is not seed 0 again
+    pair = page.evaluate("""async () => { const { gaussian } = await import('./sampler.js');
+        return [Array.from(gaussian(0, 4)), Array.from(gaussian(4294967295, 4))]; }""")
+    assert pair[0] != pair[1]
+    with pytest.raises(Exception, match="a noise seed must be a whole number"):
+        page.evaluate("async () => (await import('./sampler.js')).gaussian(4294967296, 4)")
+    p.close()

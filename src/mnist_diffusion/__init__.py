@@ -18,7 +18,7 @@ _EXPORTS = {
     "Diffusion": "diffusion", "load": "diffusion",
     "train": "api", "evaluate": "api", "distill": "api",
     "RunConfig": "config", "ModelConfig": "config", "DiffusionConfig": "config", "TrainConfig": "config",
-    "preset": "config", "ConfigError": "config",
+    "preset": "config", "ConfigError": "config", "CheckpointError": "checkpoint",
     "SamplingConfig": "config", "SamplingPlan": "sampling", "plan": "sampling", "Trajectory": "sampling",
     "load_dataset": "api",
 }

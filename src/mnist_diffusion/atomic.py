@@ -1,4 +1,5 @@
-"""Atomic file writes: write a temp file in the target's directory, fsync, rename into place.
+"""Atomic file writes (a temp file in the target's directory, fsync, rename into place) and the one
+safe read of a file someone else named (a regular file only: a FIFO would block forever).
 
 A crash, a full disk or Ctrl-C during a write leaves the previous file intact and no partial one;
 the temp file is removed on any failure. Every file the project writes goes through here.
@@ -6,9 +7,10 @@ the temp file is removed on any failure. Every file the project writes goes thro
 from __future__ import annotations
 
 import os
+import stat
 import tempfile
 from pathlib import Path
-from typing import BinaryIO, Callable
+from typing import BinaryIO, Callable, Optional
 
 
 def _umask() -> int:
@@ -52,3 +54,22 @@ def atomic_write_text(path: str | os.PathLike, text: str) -> Path:
 def atomic_write_json(path: str | os.PathLike, obj) -> Path:
     import json
     return atomic_write_text(path, json.dumps(obj, indent=2) + "\n")
+
+
+def read_regular(path: str | os.PathLike, max_bytes: Optional[int] = None) -> bytes:
+    """The bytes of a regular file: a FIFO, a device or a socket would block the read forever (or
+    never end), so anything else is a ValueError naming the file, checked on the opened file itself
+    (no race with a swap after the check). `max_bytes`: larger files are refused unread."""
+    fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))  # a FIFO opens at once, unread
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            raise ValueError(f"{path}: not a regular file")
+        if max_bytes is not None and st.st_size > max_bytes:
+            raise ValueError(f"{path}: {st.st_size:,} bytes, more than the {max_bytes:,} such a file can be")
+        with os.fdopen(fd, "rb") as f:
+            fd = -1
+            return f.read()
+    finally:
+        if fd >= 0:
+            os.close(fd)

@@ -281,6 +281,7 @@ def sampling_times(model: torch.nn.Module, cfg: RunConfig, device: torch.device,
     timed over `timed_steps` steps, on a schedule of that many timesteps (the same network and
     the same work per step), and its total is extrapolated as (seconds per step) x (steps)."""
 
+    _check_sampler_steps(steps, cfg.diffusion.timesteps)
     precision = _precision_name(amp)
     diff = Diffusion(model, cfg, device=device, precision=precision)
     k = settings.timed_steps
@@ -288,6 +289,8 @@ def sampling_times(model: torch.nn.Module, cfg: RunConfig, device: torch.device,
     n = settings.sample_images
     out = {}
     for name in BENCH_SAMPLERS:
+        # a default longer than the model's T (ddim's 50 on a T = 20 model) is every timestep; steps asked
+        # for are never cut short (_check_sampler_steps), so the table never shows steps it did not run
         n_steps = min((steps or {}).get(name) or DEFAULT_STEPS[name] or diff.timesteps, diff.timesteps)
         full = settings.full_sampling or n_steps <= settings.max_full_steps
         timed, options = (diff, plan(diff, SamplingConfig(name, steps=n_steps))) if full else \
@@ -594,6 +597,7 @@ def run_from_options(preset_name: Optional[str] = None, *, model: Optional[str] 
 
 
     cfg = resolve_config(preset_name, model, base_dim, micro_batch)
+    _check_sampler_steps(kwargs.get("sampler_steps"), cfg.diffusion.timesteps)  # before anything is said or set
     if threads:
         torch.set_num_threads(threads)
     dev = resolve_device(device)
@@ -610,15 +614,24 @@ def run_from_options(preset_name: Optional[str] = None, *, model: Optional[str] 
     return result
 
 
-def run(cfg: RunConfig, device: torch.device, *, batch_size: int = 128, amp: Optional[torch.dtype] = None,
-        settings: Settings = Settings(), sampler_steps: Optional[dict[str, int]] = None, memory: bool = True,
-        peak: bool = True, comparisons: tuple[str, ...] = (), log: Callable[[str], None] = lambda _m: None) -> dict:
-    """The whole benchmark as one JSON-ready dict (docs/BENCHMARKS.md, "What each number means")."""
+def _check_sampler_steps(sampler_steps: Optional[dict[str, int]], timesteps: int) -> None:
+    """The steps asked for, each a sampler of the table and no more than the model's T: a longer
+    request would be run (and reported) as T steps, a number for steps that never ran."""
     for name, n in (sampler_steps or {}).items():
         if name not in BENCH_SAMPLERS:
             raise BenchmarkError(f"unknown sampler {name!r} in sampler steps; choose from {', '.join(BENCH_SAMPLERS)}")
         if n < 1:
             raise BenchmarkError(f"{name}: steps must be >= 1, got {n}")
+        if n > timesteps:
+            raise BenchmarkError(f"sampler steps {name}={n}: the model has {timesteps} timesteps, so {name} takes at "
+                                 f"most {timesteps} steps")
+
+
+def run(cfg: RunConfig, device: torch.device, *, batch_size: int = 128, amp: Optional[torch.dtype] = None,
+        settings: Settings = Settings(), sampler_steps: Optional[dict[str, int]] = None, memory: bool = True,
+        peak: bool = True, comparisons: tuple[str, ...] = (), log: Callable[[str], None] = lambda _m: None) -> dict:
+    """The whole benchmark as one JSON-ready dict (docs/BENCHMARKS.md, "What each number means")."""
+    _check_sampler_steps(sampler_steps, cfg.diffusion.timesteps)  # before any work
     result = {"format": FORMAT, "machine": machine_info(device),
               "model": {**asdict(cfg.model), "channel_mults": list(cfg.model.channel_mults)},
               "diffusion": asdict(cfg.diffusion), "precision": _precision_name(amp), "settings": asdict(settings),

@@ -11,13 +11,13 @@ import hashlib
 import io
 import os
 import pickle
-import stat
+import warnings
 from pathlib import Path
 from typing import Any, Optional
 
 import torch
 
-from .atomic import atomic_write, atomic_write_text  # noqa: F401  (atomic_write_text: used via this module)
+from .atomic import atomic_write, atomic_write_text, read_regular  # noqa: F401  (re-exported for callers)
 from .config import ConfigError, RunConfig
 from .models import build_model
 
@@ -33,34 +33,20 @@ def atomic_save(obj: Any, path: str | os.PathLike) -> Path:
     return atomic_write(path, lambda f: torch.save(obj, f))
 
 
+MADE_BY = ("train", "distill")  # the commands that write checkpoints; each resumes only its own
+
+
 def training_state(cfg: RunConfig, step: int, epoch: int, model: torch.nn.Module, ema: torch.nn.Module,
                    optimizer: torch.optim.Optimizer, skipped: int = 0, elapsed_s: float = 0.0,
-                   run_id: Optional[str] = None) -> dict:
+                   run_id: Optional[str] = None, made_by: str = "train") -> dict:
     """The dict a training checkpoint holds (the only place it is built): weights, EMA weights,
-    AdamW's state, the config, the counters and the id of the run, all plain tensors, numbers and
-    strings."""
-    return {"format": FORMAT, "config": cfg.to_dict(), "step": step, "epoch": epoch,
+    AdamW's state, the config, the counters, the id of the run and the command that made it
+    (`made_by`: train or distill), all plain tensors, numbers and strings."""
+    if made_by not in MADE_BY:
+        raise ValueError(f"made_by must be one of {', '.join(MADE_BY)}, got {made_by!r}")
+    return {"format": FORMAT, "made_by": made_by, "config": cfg.to_dict(), "step": step, "epoch": epoch,
             "model": model.state_dict(), "ema": ema.state_dict(), "optimizer": optimizer.state_dict(),
             "skipped": skipped, "torch": str(torch.__version__), "elapsed_s": elapsed_s, "run_id": run_id}
-
-
-def read_regular(path: str | os.PathLike, max_bytes: Optional[int] = None) -> bytes:
-    """The bytes of a regular file: a FIFO, a device or a socket would block the read forever (or
-    never end), so anything else is a ValueError naming the file, checked on the opened file itself
-    (no race with a swap after the check). `max_bytes`: larger files are refused unread."""
-    fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))  # a FIFO opens at once, unread
-    try:
-        st = os.fstat(fd)
-        if not stat.S_ISREG(st.st_mode):
-            raise ValueError(f"{path}: not a regular file")
-        if max_bytes is not None and st.st_size > max_bytes:
-            raise ValueError(f"{path}: {st.st_size:,} bytes, more than the {max_bytes:,} such a file can be")
-        with os.fdopen(fd, "rb") as f:
-            fd = -1
-            return f.read()
-    finally:
-        if fd >= 0:
-            os.close(fd)
 
 
 def load(path: str | os.PathLike, map_location="cpu") -> dict:
@@ -79,10 +65,14 @@ def load(path: str | os.PathLike, map_location="cpu") -> dict:
     except ValueError as e:
         raise CheckpointError(str(e)) from None
     try:
-        ckpt = torch.load(io.BytesIO(data), map_location=map_location, weights_only=True)
+        with warnings.catch_warnings():  # torch's notes on odd pickles ("please file an issue") are about
+            warnings.simplefilter("ignore")  # torch, not this file: what is wrong with it is said below
+            ckpt = torch.load(io.BytesIO(data), map_location=map_location, weights_only=True)
     except pickle.UnpicklingError as e:
-        lines = [ln.strip() for ln in str(e).splitlines() if "Unsupported global" in ln or "Unpickler error" in ln]
-        first = lines[0] if lines else "unsupported content"
+        # torch's text is addressed to torch users ("Please file an issue", "re-run with weights_only=False",
+        # which would run the file's code): keep only its line that says what the file holds
+        lines = [ln.strip() for ln in str(e).splitlines() if ln.strip().startswith("Unsupported")]
+        first = lines[0] if lines else "content a weights-only load does not accept"
         raise CheckpointError(f"{path}: refused to load (not a plain-weights checkpoint: {first[:200]})") from None
     except Exception as e:  # noqa: BLE001 - arbitrary bytes make the unpickler fail in arbitrary ways
         # (EOFError, BadZipFile, RuntimeError, IndexError on a bare STOP opcode, ...): all mean corrupt
@@ -93,8 +83,24 @@ def load(path: str | os.PathLike, map_location="cpu") -> dict:
     for key in ("config", "model", "step"):
         if key not in ckpt:
             raise CheckpointError(f"{path}: checkpoint has no {key!r} entry")
+    if "made_by" not in ckpt:  # a checkpoint from before the entry: a student's config names its teacher
+        distill = ckpt["config"].get("distill") if isinstance(ckpt["config"], dict) else None
+        ckpt["made_by"] = "distill" if isinstance(distill, dict) and distill.get("teacher") else "train"
+    if ckpt["made_by"] not in MADE_BY:
+        raise CheckpointError(f"{path}: made by {ckpt['made_by']!r}, not by {' or '.join(MADE_BY)}")
     ckpt["sha256"] = hashlib.sha256(data).hexdigest()
     return ckpt
+
+
+def check_made_by(ckpt: dict, command: str, path: str | os.PathLike) -> None:
+    """A checkpoint is resumed by the command that made it: `train` refuses a distilled student's
+    (its loss is the teacher's pairs, not the data) and `distill` a trained model's."""
+    if ckpt.get("made_by", "train") != command:
+        made = ckpt.get("made_by", "train")
+        raise CheckpointError(f"{path} is a checkpoint of `{made}`" + (" (a distilled student)" if made == "distill" else "")
+                              + f", not of `{command}`: resume it with `mnist-diffusion {made} --resume {path}`"
+                              + (f", or distil a new student from it with `distill --teacher {path}`"
+                                 if made == "train" else ""))
 
 
 def config_of(ckpt: dict, path: str = "checkpoint") -> RunConfig:
@@ -125,8 +131,15 @@ def load_state(model: torch.nn.Module, state: dict, origin: str) -> None:
                               f"unexpected {unexpected[:3]}); was it trained with another --model?")
     for k, v in own.items():
         if tuple(state[k].shape) != tuple(v.shape):
+            if k.startswith("label_emb.") and state[k].shape[1:] == v.shape[1:]:  # one row per class + "none"
+                why = (f"the weights are for {state[k].shape[0] - 1} classes, the config says {v.shape[0] - 1}; "
+                       "was it trained on another number of classes?")
+            elif k.startswith("t_embed.") or k.startswith("time_emb."):  # one row per timestep
+                why = f"the weights are for T = {state[k].shape[0]}, the config says {v.shape[0]}"
+            else:
+                why = "was it trained with another base width (--base-dim) or levels (--channel-mults)?"
             raise CheckpointError(f"{origin}: tensor {k} has shape {tuple(state[k].shape)}, model expects "
-                                  f"{tuple(v.shape)}; was it trained with another --base-dim?")
+                                  f"{tuple(v.shape)}; {why}")
     model.load_state_dict(state)
 
 

@@ -29,7 +29,7 @@ from . import benchmark as bench
 from . import evaluation as ev
 from . import labels
 from . import options as opt
-from .atomic import atomic_write_json
+from .atomic import atomic_write_json, read_regular
 from .checkpoint import CheckpointError
 from .config import ConfigError, SamplingConfig, objective_values
 from .data import DataError, cache_dir, load_training_data, prepare, to_uint8
@@ -37,11 +37,11 @@ from .diffusion import Diffusion
 from .distill import distill, distill_run
 from .editing import load_inputs, load_mask, mask_preset
 from .evaluator import train_for_dataset
-from .hub import card_samples, check_report, is_shipped_folder
+from .hub import card_samples, check_report
 from .images import check_grid, load_images, load_sample_set, save_gif, save_grid, save_npz
 from .models import describe
 from .options import sampler_options
-from .outputs import check_output_dir, check_outputs
+from .outputs import check_folder, check_outputs
 from .partial import generate_resumable
 from .portable import export_onnx
 from .pretrained import PRETRAINED
@@ -92,6 +92,7 @@ def train_config(args):
 def cmd_train(args) -> int:
 
     cfg, run_dir, resume = train_config(args)
+    check_folder(run_dir, "run", "--output-dir")  # before the data is read (training checks it again, locked)
     if args.dry_run:
         print(cfg.to_json())
         print(f"run directory: {run_dir}" + (f" (resuming {resume})" if resume else ""))
@@ -122,6 +123,7 @@ def cmd_distill(args) -> int:
         args.teacher, output_dir=args.output_dir, resume=args.resume, device=args.device, precision=args.precision,
         distill_changes={k.partition(".")[2]: v for k, v in given.items() if k.startswith("distill.")},
         train_changes={k.partition(".")[2]: v for k, v in given.items() if k.startswith("train.")}, log=_info)
+    check_folder(run_dir, "run", "--output-dir")
     if args.dry_run:
         print(cfg.to_json())
         print(f"run directory: {run_dir}" + (f" (resuming {resume})" if resume else ""))
@@ -181,13 +183,14 @@ def cmd_sample(args) -> int:
     check_outputs([("--output", args.output, ".png"), ("--npz", args.npz, ".npz"), ("--gif", args.gif, ".gif")],
                   inputs=[args.checkpoint])
     if args.show_intermediate:
-        check_output_dir(args.show_intermediate, "--show-intermediate", inputs=[args.checkpoint],
-                         outputs=[args.output, args.npz, args.gif])
+        check_folder(args.show_intermediate, "grids", "--show-intermediate", inputs=[args.checkpoint],
+                     outputs=[args.output, args.npz, args.gif])
     given = sampler_options(args)
     SamplingConfig().override(**given)  # the settings checked before the model is loaded
     diff = load_diffusion(args)
+    diff.check_labelled(args.label is not None or diff.clustered, names="cli")  # a student: before any label hint
     want, n, nrow = sample_request(args, diff)
-    drawn = diff.plan(labelled=want is not None, **given)
+    drawn = diff.plan(labelled=want is not None, names="cli", **given)
     diff.check_labels(want, n, drawn.guidance)
     check_grid(n, nrow)
     trajectory = Recording.plan(list(drawn.timesteps), diff.timesteps, intermediate=bool(args.show_intermediate),
@@ -252,6 +255,10 @@ def _check_evaluate(args) -> None:
         if not args.dataset:
             raise ConfigError("--samples needs --dataset (mnist or fashion_mnist): it picks the reference "
                               "test split and the evaluator")
+    # a FIFO (or a device, a socket) as an input would block the read forever: refused unread, up front
+    for option, path, folder_ok in (("--samples", args.samples, True), ("--evaluator", args.evaluator, False)):
+        if path and Path(path).exists() and not Path(path).is_file() and not (folder_ok and Path(path).is_dir()):
+            raise ConfigError(f"{option} {path}: not a regular file" + (" or a folder of PNGs" if folder_ok else ""))
 
 
 @command("evaluate", "score generated images (FID, precision/recall, recognizability, balance, noise MSE)",
@@ -261,7 +268,7 @@ def cmd_evaluate(args) -> int:
     _check_evaluate(args)
     progress = not args.no_progress
     common = dict(dataset=args.dataset, seed=args.seed, batch_size=args.batch_size, inception=args.inception,
-                  evaluator=args.evaluator, progress=progress)
+                  evaluator=args.evaluator, progress=progress, names="cli")  # errors name the flags
     if args.run:
         rows = ev.evaluate_run(args.run, sampler_options(args), args.num_samples or 1000,
                                noise_images=args.noise_mse_images or 2000, log=_info, **common,
@@ -438,13 +445,10 @@ def cmd_export(args) -> int:
         raise ConfigError("export needs --checkpoint (a checkpoint or model folder) or --pretrained NAME")
     if args.format == "onnx":
         return _export_onnx(args)
-    check_output_dir(args.output, "--output", inputs=[args.checkpoint, args.metrics])
-    if is_shipped_folder(args.output):  # before loading anything: the shipped models are make_pretrained's
-        raise ConfigError(f"--output {args.output} is inside the shipped models' folder; only "
-                          "scripts/make_pretrained.py writes there: export somewhere else")
+    check_folder(args.output, "model", inputs=[args.checkpoint, args.metrics])  # before loading anything
     try:
-        metrics = json.loads(Path(args.metrics).read_text(encoding="utf-8")) if args.metrics else None
-    except (OSError, UnicodeDecodeError, ValueError) as e:
+        metrics = json.loads(read_regular(args.metrics, 1 << 20)) if args.metrics else None
+    except (OSError, UnicodeDecodeError, ValueError, RecursionError) as e:
         raise ConfigError(f"--metrics {args.metrics}: not a readable JSON report ({e})") from None
     if metrics is not None:
         check_report(metrics, f"--metrics {args.metrics}")
@@ -464,7 +468,7 @@ def _export_onnx(args) -> int:
         raise ConfigError(f"--format onnx writes fp32 (the precision it is checked at), not {args.dtype}")
     if args.metrics:
         raise ConfigError("--metrics is for a model folder's card (--format safetensors)")
-    check_output_dir(args.output, "--output", inputs=[args.checkpoint])
+    check_folder(args.output, "onnx", inputs=[args.checkpoint])
     diff = load_diffusion(args)
     report = export_onnx(diff, args.output, source=args.pretrained or args.checkpoint)
     print(f"wrote {Path(args.output) / 'model.onnx'} ({report['bytes'] / 1e6:.1f} MB, opset {report['opset']}) and "
@@ -480,11 +484,13 @@ def _export_onnx(args) -> int:
          opt.web_options)
 def cmd_web(args) -> int:
     source = {**vars(args), "pretrained": args.pretrained or (None if args.checkpoint else "mnist-fast")}
-    check_output_dir(args.output, "--output", inputs=[args.checkpoint])
+    check_folder(args.output, "site", inputs=[args.checkpoint])
     diff = load_diffusion(argparse.Namespace(**source))
     info = build_site(diff, args.output, runtime=args.runtime, source=source["pretrained"] or args.checkpoint)
     print(f"wrote {args.output}/ (model {info['model_bytes'] / 1e6:.1f} MB, runtime {info['runtime_bytes'] / 1e6:.1f} MB, "
-          f"onnxruntime-web {info['onnxruntime_web']}); serve it: python -m http.server -d {args.output}")
+          f"onnxruntime-web {info['onnxruntime_web']}"
+          + (f"; kept {len(info['kept'])} files it did not write: {', '.join(info['kept'][:3])}" if info["kept"] else "")
+          + f"); serve it: python -m http.server -d {args.output}")
     return 0
 
 

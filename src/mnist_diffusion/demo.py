@@ -8,8 +8,10 @@ saying what was wrong, in the page and in the API's answer, no traceback in the 
 the server goes on serving. All the events share one queue, one request running at a time (the
 model uses every core) and at most MAX_QUEUE waiting. The page loads nothing from the internet
 (system fonts, no analytics). Gradio's files go to a temporary folder kept within CACHE (oldest
-deleted first) and removed when the server closes or the process exits (Ctrl-C, SIGTERM); the
-server binds to 127.0.0.1 unless told otherwise.
+deleted first) and removed when the server closes or the process exits (Ctrl-C, SIGTERM); what
+it keeps in memory of past requests and sessions is bounded too (GRADIO_MEMORY), so the server's
+memory levels off however many API calls come (experiments/demo_soak.py measures it); the server
+binds to 127.0.0.1 unless told otherwise.
 
 A distilled student (diff.distilled: a draw in one or two network evaluations, its teacher's
 guidance built in) gets an instant Generate tab: it draws when the page loads and again at every
@@ -51,6 +53,13 @@ MAX_QUEUE = 24
 # Gradio's folder (uploads, every image sent to a page): before each request and every every_s
 # seconds, its files past age_s and then the oldest past `files` or `bytes` are deleted
 CACHE = {"files": 256, "bytes": 64 << 20, "age_s": 300, "every_s": 30}
+# What Gradio remembers of past requests, each API call (a script, gradio_client) a new session:
+# "sessions", a copy of the page's configuration (~100 kB) for each of the most recent (its default
+# 10,000: ~1 GB; the demo keeps nothing per session, no gr.State, no updated components, so a
+# session forgotten costs a fresh copy at its next request); "events", the monitoring page's record
+# of each event (its default 10,000). Its per-session event ids are forgotten once answered
+# (`_forget_answered`); its per-session message queues are its own LRU of 2,000.
+GRADIO_MEMORY = {"sessions": 64, "events": 1000}
 DRAWN = "drawn clusters"  # a model trained on clusters: each image's cluster drawn by the clusters' sizes
 FRAMES = 24  # most intermediate frames streamed per generation
 SCALE = 4  # pixels per image pixel in the page
@@ -722,6 +731,31 @@ def build(diff, *, schedule_figure: Optional[str] = None, before=None):
     return app
 
 
+def _forget_answered(app) -> None:
+    """Drop what Gradio's queue keeps of each session once it has nothing left to answer there (it
+    keeps a set of event ids per session, emptied as each is answered but never removed: a few
+    hundred bytes for every API call, for ever): the sessions whose set is empty, or whose messages
+    its LRU has already dropped (no stream can read them). Run on the server's event loop, where
+    the queue changes that dict, so nothing reads or grows it meanwhile; from one of the server's
+    worker threads (a handler), else nothing."""
+    import anyio.from_thread
+
+    queue = getattr(app, "_queue", None)
+    ids = getattr(queue, "pending_event_ids_session", None)
+    messages = getattr(queue, "pending_messages_per_session", None)
+    if not isinstance(ids, dict) or messages is None:
+        return
+
+    def forget():
+        for session in [s for s, pending in ids.items() if not pending or s not in messages]:
+            del ids[session]
+
+    try:
+        anyio.from_thread.run_sync(forget)
+    except RuntimeError:  # not called from a worker thread of the server's event loop
+        pass
+
+
 def _stop_on_sigterm() -> Optional[object]:
     """SIGTERM (a service manager, `kill`) exits as Ctrl-C does, through the interpreter's exit (so
     the temporary folder goes), with status 143; only in the main thread and where nothing else
@@ -743,6 +777,7 @@ def launch(diff, *, host: str = "127.0.0.1", port: int = 7860, log=print, block:
     atexit.register(folder.remove)  # Gradio's files go nowhere else
     os.environ["GRADIO_TEMP_DIR"] = str(folder.path)
     os.environ["GRADIO_ANALYTICS_ENABLED"] = "False"
+    os.environ["GRADIO_ANALYTICS_MAX_EVENTS"] = str(GRADIO_MEMORY["events"])  # read by app.queue()
     import gradio as gr
     from PIL import Image
 
@@ -761,7 +796,11 @@ def launch(diff, *, host: str = "127.0.0.1", port: int = 7860, log=print, block:
         for files in list(app.temp_file_sets):  # Gradio forgets them too (its own sweep keeps what it did not delete)
             files.difference_update(gone)
 
-    app = build(diff, schedule_figure=figure, before=sweep)
+    def before():  # at the start of each request, in its worker thread
+        sweep()
+        _forget_answered(app)
+
+    app = build(diff, schedule_figure=figure, before=before)
     app.queue(default_concurrency_limit=1, max_size=MAX_QUEUE)
     if host not in ("127.0.0.1", "localhost", "::1"):
         log(f"WARNING: the demo listens on {host}: anyone who can reach this machine can use it")
@@ -784,7 +823,8 @@ def launch(diff, *, host: str = "127.0.0.1", port: int = 7860, log=print, block:
     app.on_close.append(closed)
     try:
         out = app.launch(server_name=host, server_port=port, prevent_thread_lock=True, quiet=True, theme=theme,
-                         max_file_size=LIMITS["upload_bytes"], footer_links=[], ssr_mode=False)
+                         max_file_size=LIMITS["upload_bytes"], footer_links=[], ssr_mode=False,
+                         state_session_capacity=GRADIO_MEMORY["sessions"])
     except BaseException:
         closed()
         raise

@@ -85,14 +85,14 @@ class Denoiser:
             raise ValueError(f"guidance must be >= 0, got {guidance}")
         if labels is None:
             if self.distilled and self.num_classes is not None:
-                raise ValueError("this is a distilled student of labelled images: it draws the classes it is asked "
-                                 "for (a label, or 'all' for one row per class), not unlabelled ones")
+                raise ValueError("a distilled student needs a label: one per image, or 'all' for one row per class; "
+                                 "it draws no unlabelled images")
             if guidance != 0.0 and self.guide is None:
                 raise ValueError("guidance needs labels (classifier-free guidance steers towards a class) or a "
                                  "weaker model to guide with (autoguidance)")
             return
         if self.null_label is None:
-            raise ValueError("labels need a class-conditional model; this one was trained without --conditional")
+            raise ValueError("labels need a class-conditional model; this one was trained without labels")
         if labels.ndim != 1 or (num_images is not None and labels.shape[0] != num_images):
             raise ValueError(f"labels must be a 1-D tensor with one label per image, got shape {tuple(labels.shape)}")
         if labels.numel() and (int(labels.min()) < 0 or int(labels.max()) >= self.null_label):

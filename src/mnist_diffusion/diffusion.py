@@ -32,7 +32,7 @@ from .hub import export as export_folder
 from .hub import load_folder
 from .labels import Label
 from .models import build_model
-from .pretrained import resolve
+from .pretrained import PRETRAINED, resolve
 from .samplers import PerImageNoise, ddim, ddim_invert, slerp
 from .sampling import (
     SamplingPlan,
@@ -64,11 +64,17 @@ class Diffusion(Denoiser):
         """A shipped model by name ("mnist", "fashion_mnist", ...: pretrained.PRETRAINED), a model
         folder written by `export`, or a checkpoint written by `train` (its EMA weights unless
         use_ema=False)."""
+        what = f"a shipped model's name ({', '.join(PRETRAINED)}), a model folder or a checkpoint file"
+        if not isinstance(source, (str, os.PathLike)):  # pathlib's own TypeError would not name the argument
+            raise TypeError(f"source must be {what}, got {source!r}")
+        if not str(os.fspath(source)).strip():  # Path("") is the current folder: never what was meant
+            raise ValueError(f"source is empty: give {what}")
         device = resolve_device(device) if isinstance(device, str) else device
         path, pinned = resolve(source)
         if path.is_dir():
-            if not use_ema:
-                raise ValueError(f"{source}: a model folder holds one set of weights (--no-ema is for checkpoints)")
+            if not use_ema:  # the CLI and the library share this check: both names are given
+                raise ValueError(f"{source}: a model folder holds one set of weights (use_ema=False, --no-ema, "
+                                 "is for checkpoints)")
             model, cfg, info = load_folder(path, pinned)
             return cls(model, cfg, device=device, precision=precision, source=str(source),
                        source_sha256=info["sha256"], step=info.get("step"), ema=info.get("ema"))
@@ -109,25 +115,38 @@ class Diffusion(Denoiser):
     # -----------------------------------------------------------------------------------------
     # labels and the plan
 
-    def labels(self, label: Label, num_images: int, seed: int = 0) -> Optional[torch.Tensor]:
+    def labels(self, label: Label, num_images: int, seed: int = 0, *, names: str = "api") -> Optional[torch.Tensor]:
         """A label request -> one class per image, or None (labels.resolve: None, K, "all",
-        "clusters" or one label per image), checked against the model's classes."""
+        "clusters" or one label per image), checked against the model's classes. `names`: how
+        errors name the options, "api" (label=) or "cli" (--label)."""
         labels = label_rules.resolve(label, num_images, num_classes=self.num_classes,
-                                     cluster_sizes=self.config.train.cluster_sizes, seed=seed)
+                                     cluster_sizes=self.config.train.cluster_sizes, seed=seed, names=names)
         if labels is not None:
             self.check_labels(labels, num_images)
         return labels
+
+    def check_labelled(self, labelled: bool, names: str = "api") -> None:
+        """A distilled student of labelled images draws only the classes it is asked for, its
+        teacher's guidance built in: asked for none, it is one error saying what it needs, before
+        any other check (a hint about guidance would mislead: a student takes none)."""
+        if self.distilled and self.num_classes and not labelled:
+            label = ("--label K or --label all (one row per class)" if names == "cli" else
+                     "label=K, one label per image, or label='all'")
+            raise ValueError(f"a distilled student needs a label: {label}; it takes no guidance (its teacher's "
+                             f"{self.config.distill.guidance:g} is built in)")
 
     def default_label(self, label: Label) -> Label:
         """What drawing "without a label" means: for a model trained on clusters, clusters drawn by
         their sizes (which guidance then sharpens); otherwise the unconditional path."""
         return "clusters" if label is None and self.clustered else label
 
-    def plan(self, options: Optional[SamplingConfig] = None, *, labelled: bool = True, **given) -> SamplingPlan:
-        """The resolved plan of a draw (sampling.plan) with these options over the model's own."""
+    def plan(self, options: Optional[SamplingConfig] = None, *, labelled: bool = True, names: str = "api",
+             **given) -> SamplingPlan:
+        """The resolved plan of a draw (sampling.plan) with these options over the model's own;
+        `names`: how errors name the options, "api" (guidance=) or "cli" (--guidance)."""
         if options is not None:
             given = {**options.to_dict(), **{k: v for k, v in given.items() if v is not None}}
-        return plan(self, options_for(self, labelled=labelled, **given))
+        return plan(self, options_for(self, labelled=labelled, **given), names=names)
 
     # -----------------------------------------------------------------------------------------
     # sampling
@@ -142,6 +161,7 @@ class Diffusion(Denoiser):
         i, t, x_t, x0)` sees every network evaluation (sampling.Trajectory records frames with it)."""
         num_images = label_rules.count_for(label, self.num_classes, _count(num_images, "num_images"))
         labels = self.labels(self.default_label(label), num_images, _seed(seed))
+        self.check_labelled(labels is not None)
         drawn = self.plan(options, labelled=labels is not None, **sampling)
         return generate(self, num_images, drawn, labels=labels, seed=seed, batch_size=_count(batch_size, "batch_size"),
                         progress=progress, callback=callback)
@@ -150,6 +170,7 @@ class Diffusion(Denoiser):
                       options: Optional[SamplingConfig] = None, **sampling) -> torch.Tensor:
         """As `sample`, but the float images in [-1, 1], (N, 1, 28, 28), before rounding to uint8."""
         labels = self.labels(self.default_label(label), _count(num_images, "num_images"), _seed(seed))
+        self.check_labelled(labels is not None)
         drawn = self.plan(options, labelled=labels is not None, **sampling)
         parts = [x.float().cpu() for _, x in sample_batches(self, num_images, drawn, labels=labels, seed=seed,
                                                             batch_size=_count(batch_size, "batch_size"))]
@@ -185,6 +206,7 @@ class Diffusion(Denoiser):
             raise ValueError(f"strength must be in [0, 1], got {strength!r}")
         x = self._as_model_range(images)
         labels = self.labels(label, len(x), _seed(seed))
+        self.check_labelled(labels is not None)
         drawn = self.plan(options, labelled=labels is not None, **sampling)
         if strength == 0.0:
             self.check_labels(labels, len(x), drawn.guidance)

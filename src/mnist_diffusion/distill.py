@@ -24,6 +24,8 @@ progress bar, previews.
 from __future__ import annotations
 
 import dataclasses
+import hashlib
+import json
 import math
 import os
 import time
@@ -38,6 +40,7 @@ from .atomic import atomic_write
 from .config import ConfigError, DistillConfig, RunConfig, SamplingConfig, resolve
 from .data import Split
 from .diffusion import Diffusion
+from .pretrained import PRETRAINED
 from .rundir import TrainingError, find_resume
 from .samplers import run_sampler, timestep_sequence
 from .sampling import plan
@@ -125,12 +128,17 @@ def teacher_pairs(teacher: Diffusion, distill: DistillConfig, seed: int, folder:
     from safetensors.torch import load_file, save_file
 
     n, chunks, t0, drawn = distill.pairs, [], time.time(), 0
+    key = pairs_key(teacher, distill, seed)
     if folder is not None:
         folder.mkdir(parents=True, exist_ok=True)
+        others = [p for p in folder.glob("pairs-*.safetensors") if not p.name.startswith(f"pairs-{key}-")]
+        if others:
+            log(f"note: {len(others)} pair files in {folder} were drawn with other settings (another teacher, "
+                "guidance, steps or seed): not used")
     with tqdm(total=n, desc="teacher pairs", unit="img", disable=not progress, dynamic_ncols=True) as bar:
         for first in range(0, n, CHUNK):
             size = min(CHUNK, n - first)
-            path = None if folder is None else folder / f"pairs-{seed}-{first:07d}-{size}.safetensors"
+            path = None if folder is None else folder / f"pairs-{key}-{first:07d}-{size}.safetensors"
             part = _read_chunk(path, size, load_file) if path is not None and path.exists() else None
             if part is None:
                 part = draw_pairs(teacher, distill, seed, first, size)
@@ -145,6 +153,16 @@ def teacher_pairs(teacher: Diffusion, distill: DistillConfig, seed: int, folder:
         log(f"teacher pairs: drew {drawn:,} in {time.time() - t0:.0f} s ({drawn / max(time.time() - t0, 1e-9):.0f} "
             f"images/s; {teacher_plan(teacher, distill).describe()})")
     return {k: torch.cat([c[k] for c in chunks]) for k in chunks[0]}
+
+
+def pairs_key(teacher: Diffusion, distill: DistillConfig, seed: int) -> str:
+    """What decides a pair, as 16 hex digits of a SHA-256: the teacher's weights, the draw it is
+    solved with (sampler, steps, grid, guidance and its rules) and the seed. A pair file's name
+    starts with it, so a rerun with another teacher, guidance or steps never reads old pairs."""
+    how = teacher_plan(teacher, distill)
+    facts = {"teacher_sha256": teacher.source_sha256 or str(teacher.source), "draw": how.report(), "seed": seed,
+             "chunk": CHUNK, "version": 2}
+    return hashlib.sha256(json.dumps(facts, sort_keys=True, default=str).encode("utf-8")).hexdigest()[:16]
 
 
 def _read_chunk(path: Path, size: int, load_file) -> Optional[dict]:
@@ -280,21 +298,21 @@ def distill_run(teacher_source: Optional[str], *, output_dir: Optional[str | os.
     run_dir = Path(output_dir) if output_dir else None
     resume = find_resume(resume, run_dir, log)
     if resume:
-        base = ckpt_io.config_of(ckpt_io.load(resume), resume)
-        if not base.distill.distilled:
-            raise ConfigError(f"--resume {resume} is a checkpoint of `train`, not of `distill` (resume it with train)")
-        if teacher_source and str(teacher_source) != base.distill.teacher:
-            log(f"note: resuming with the checkpoint's teacher {base.distill.teacher}, not {teacher_source}")
-        if distill_changes:
-            raise ConfigError(f"--{next(iter(distill_changes)).replace('_', '-')} cannot change when resuming a "
-                              "distillation")
-        teacher = load_teacher(base.distill.teacher, device=device, precision=precision)
+        ckpt = ckpt_io.load(resume)
+        ckpt_io.check_made_by(ckpt, "distill", resume)
+        base = ckpt_io.config_of(ckpt, resume)
+        changed = {k: v for k, v in distill_changes.items() if getattr(base.distill, k, None) != v}
+        if changed:
+            k, v = next(iter(changed.items()))
+            raise ConfigError(f"--{k.replace('_', '-')} {v} differs from the run's {getattr(base.distill, k)!r}: the "
+                              "distillation settings cannot change when resuming (start a new --output-dir)")
+        teacher = _resume_teacher(base.distill, teacher_source, device=device, precision=precision, log=log)
         cfg = resolve(base, {f"train.{k}": v for k, v in train_changes.items()}, resuming=resume)
         return teacher, cfg, run_dir or Path(resume).resolve().parent.parent, resume
     if not teacher_source:
         raise ConfigError("--teacher is required (a checkpoint, a model folder or a shipped model's name)")
     teacher = load_teacher(teacher_source, device=device, precision=precision)
-    fields = {"teacher": str(teacher_source), "teacher_sha256": teacher.source_sha256 or "",
+    fields = {"teacher": _teacher_name(teacher_source), "teacher_sha256": teacher.source_sha256 or "",
               "guidance": float(teacher.config.sampling.guidance), **distill_changes}
     try:
         d = DistillConfig(**fields)
@@ -306,3 +324,27 @@ def distill_run(teacher_source: Optional[str], *, output_dir: Optional[str | os.
     cfg = student_config(teacher, d, train_changes)
     name = Path(str(teacher_source).rstrip("/")).name.removesuffix(".pt")
     return teacher, cfg, run_dir or Path("runs") / f"{name}-fast", None
+
+
+def _teacher_name(source: str | os.PathLike) -> str:
+    """How the config records the teacher: a shipped model by its name, a file or folder by its
+    absolute path (a relative one would not be found by a resume started from another folder)."""
+    return str(source) if str(source) in PRETRAINED else str(Path(source).resolve())
+
+
+def _resume_teacher(d: DistillConfig, given: Optional[str], *, device, precision: str,
+                    log: Callable[[str], None]) -> Diffusion:
+    """The teacher of a resumed distillation: the recorded one; or `given` (--teacher), when it
+    is the same weights (SHA-256) moved elsewhere or the recorded path is not found from here."""
+    if given and str(given) != d.teacher:
+        teacher = load_teacher(given, device=device, precision=precision)
+        if d.teacher_sha256 and teacher.source_sha256 != d.teacher_sha256:
+            raise ConfigError(f"--teacher {given} is not the run's teacher (its weights' SHA-256 is "
+                              f"{str(teacher.source_sha256)[:12]}..., the run's {d.teacher_sha256[:12]}..., "
+                              f"recorded as {d.teacher})")
+        log(f"note: the run's teacher {d.teacher} read from {given} (the same weights)")
+        return teacher
+    if d.teacher not in PRETRAINED and not Path(d.teacher).exists():
+        raise ConfigError(f"the run's teacher {d.teacher} is not found from here: pass --teacher PATH (the same "
+                          f"weights, SHA-256 {d.teacher_sha256[:12]}...)")
+    return load_teacher(d.teacher, device=device, precision=precision)

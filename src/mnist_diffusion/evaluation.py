@@ -284,12 +284,14 @@ def _inception(images_u8: np.ndarray, dataset: str, progress: bool) -> float:
 def evaluate_model(diff: "Diffusion", options: Optional[dict] = None, num_samples: int = 10000, *,
                    dataset: Optional[str] = None, noise_images: int = 10000, seed: int = 0, batch_size: int = 256,
                    npz: Optional[str] = None, evaluator: Optional[str] = None, inception: bool = False,
-                   progress: bool = False, log: Callable[[str], None] = lambda _m: None) -> tuple[dict, np.ndarray]:
+                   progress: bool = False, log: Callable[[str], None] = lambda _m: None,
+                   names: str = "api") -> tuple[dict, np.ndarray]:
     """Draw `num_samples` images (a conditional model's with balanced labels: image i asks for class
     i mod C) and score them; add the model's noise MSE on `noise_images` test images. `options`:
     the sampling options given ({name: value}, None = the model's own); the report records the
     plan they resolved to. With `npz`, the images are kept as they come and saved there
-    (partial.generate_resumable). Returns (the report `evaluate --json` writes, the images)."""
+    (partial.generate_resumable); `names`: how errors name the options, "api" (guidance=) or "cli"
+    (--guidance). Returns (the report `evaluate --json` writes, the images)."""
 
     options = dict(options or {})
     dataset = dataset or diff.dataset
@@ -305,7 +307,7 @@ def evaluate_model(diff: "Diffusion", options: Optional[dict] = None, num_sample
     else:
         labels = balanced_labels(num_samples, diff.num_classes) if diff.num_classes else None
         requested = None if labels is None else torch.as_tensor(labels)
-    drawn = diff.plan(labelled=requested is not None, **options)
+    drawn = diff.plan(labelled=requested is not None, names=names, **options)
     draw = dict(labels=requested, seed=seed, batch_size=batch_size, progress=progress)
     log(f"drawing {num_samples:,} images: {drawn.describe()}")
     if npz:

@@ -22,7 +22,7 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from .atomic import atomic_write_bytes, atomic_write_text
+from .atomic import atomic_write_bytes, atomic_write_text, read_regular
 from .data import data_sha256, load_training_data, to_model_range
 from .outputs import CUSTOM_EVALUATOR_FORMAT as CUSTOM_FORMAT
 
@@ -309,14 +309,22 @@ def write_custom_evaluator(net: EvalNet, path: str | Path, meta: dict) -> str:
     return hashlib.sha256(payload).hexdigest()
 
 
+MAX_CUSTOM_BYTES = 64 << 20  # an EvalNet is about 1 MB; anything far larger is not one, and is not read
+
+
 def load_custom_evaluator(path: str | Path) -> tuple[EvalNet, dict]:
     """(network, facts) of a file written by `train-evaluator`; facts include its SHA-256."""
     from safetensors import SafetensorError
     from safetensors.torch import load
 
     p = Path(path)
+    try:  # a FIFO would block the read forever; a file far larger than an EvalNet is not one
+        data = read_regular(p, MAX_CUSTOM_BYTES)
+    except OSError as e:
+        raise EvaluatorError(f"--evaluator {p}: cannot read it ({e.strerror or e})") from None
+    except ValueError as e:  # read_regular's message starts with the file
+        raise EvaluatorError(f"--evaluator {e}") from None
     try:
-        data = p.read_bytes()
         tensors = load(data)
         n = int.from_bytes(data[:8], "little")
         raw = (json.loads(data[8:8 + n]).get("__metadata__") or {}).get("format", "")  # these very bytes' metadata

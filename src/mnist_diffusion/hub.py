@@ -32,13 +32,13 @@ from .checkpoint import CheckpointError, load_state, read_regular
 from .config import ConfigError, RunConfig
 from .images import grid, save_png
 from .models import build_model
+from .outputs import MODEL_NAMES as FILES
+from .outputs import check_folder
 
 MAX_CONFIG_BYTES = 1 << 20  # a model folder's config.json is ~2 KB
 DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 FORMAT = "mnist-diffusion-model/1"
 HF_DATASETS = {"mnist": "ylecun/mnist", "fashion_mnist": "zalando-datasets/fashion_mnist"}
-FILES = ("model.safetensors", "config.json", "scheduler_config.json", "README.md", "samples.png")
-SHIPPED = (Path(__file__).resolve().parent / "pretrained_models")  # pretrained.DIR: only make_pretrained writes there
 
 
 def is_folder(path: str | os.PathLike) -> bool:
@@ -79,12 +79,6 @@ def check_report(metrics: dict, what: str = "--metrics") -> dict:
     return metrics
 
 
-def is_shipped_folder(path: str | os.PathLike) -> bool:
-    """Is `path` the shipped models' folder or inside it (an editable install: the checkout)?"""
-    here = Path(path).resolve()
-    return here == SHIPPED or SHIPPED in here.parents
-
-
 def export(diff, output: str | os.PathLike, *, dtype: str = "fp16", metrics: Optional[dict] = None,
            command: Optional[str] = None, training: Optional[dict] = None, samples=None,
            allow_shipped: bool = False) -> Path:
@@ -99,19 +93,7 @@ def export(diff, output: str | os.PathLike, *, dtype: str = "fp16", metrics: Opt
 
     if dtype not in DTYPES:
         raise ConfigError(f"dtype must be one of {', '.join(DTYPES)}, got {dtype!r}")
-    out = Path(output)
-    if is_shipped_folder(out) and not allow_shipped:
-        raise ConfigError(f"--output {out} is inside the shipped models' folder ({SHIPPED}); only "
-                          "scripts/make_pretrained.py writes there: export somewhere else")
-    if out.exists() and not out.is_dir():
-        raise ConfigError(f"--output {out} is a file, not a folder")
-    unknown = sorted(p.name for p in out.iterdir() if p.name not in FILES) if out.is_dir() else []
-    card = out / "README.md"
-    if card.is_file() and "library_name: mnist-diffusion" not in card.read_text(encoding="utf-8", errors="replace"):
-        unknown.insert(0, "README.md")  # someone's own README, not a card of ours
-    if unknown:
-        raise ConfigError(f"--output {out} holds other files ({', '.join(unknown[:3])}); export into an empty "
-                          "folder or one written by export")
+    out = check_folder(output, "model", allow_shipped=allow_shipped)
     if metrics is not None:
         check_report(metrics)
     tensors = {k: v.detach().to("cpu", DTYPES[dtype] if v.is_floating_point() else v.dtype).contiguous()
@@ -121,7 +103,8 @@ def export(diff, output: str | os.PathLike, *, dtype: str = "fp16", metrics: Opt
     payload = save(tensors, metadata={"format": FORMAT})
     digest = hashlib.sha256(payload).hexdigest()
     info = {"weights": "model.safetensors", "sha256": digest, "dtype": dtype, "ema": diff.ema, "step": diff.step,
-            "source_sha256": diff.source_sha256, "parameters": sum(v.numel() for v in tensors.values())}
+            "source_sha256": diff.source_sha256, "parameters": sum(v.numel() for v in tensors.values()),
+            "config_sha256": config_fingerprint(diff.config.to_dict())}
     text = model_card(diff.config, info, metrics=metrics, command=command, training=training,
                       samples=samples is not None)  # before any write: a bad value fails here
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -159,6 +142,15 @@ def _swap_in(stage: Path, out: Path) -> None:
     shutil.rmtree(old, ignore_errors=True)
 
 
+def config_fingerprint(config: dict) -> str:
+    """The SHA-256 of what a model folder's weights were made with: config.json less its `export`
+    entry (which records this) and its `sampling` section (how to draw; the user's to tune). A
+    hand edit of the prediction, the schedule or T would make the weights draw noise: load_folder
+    compares this with the fingerprint export recorded beside the weights' SHA-256."""
+    kept = {k: v for k, v in config.items() if k not in ("export", "sampling")}
+    return hashlib.sha256(json.dumps(kept, sort_keys=True, separators=(",", ":")).encode("utf-8")).hexdigest()
+
+
 def load_folder(path: str | os.PathLike, expected_sha256: Optional[str] = None):
     """(network, RunConfig, info) from a model folder: the weights' SHA-256 must match the one
     recorded in config.json (and `expected_sha256`, for shipped models); their names and shapes
@@ -186,6 +178,14 @@ def load_folder(path: str | os.PathLike, expected_sha256: Optional[str] = None):
     except (OSError, UnicodeDecodeError, ValueError, AttributeError) as e:
         raise CheckpointError(f"{folder}/config.json: {(str(e).strip().splitlines() or [type(e).__name__])[0]}") \
             from None
+    recorded = info.get("config_sha256")
+    if recorded is None and expected_sha256 is not None:
+        raise CheckpointError(f"{folder}/config.json: a shipped model's config records its fingerprint; this one "
+                              "has none (edited or replaced)")
+    if recorded is not None and recorded != config_fingerprint(raw):
+        raise CheckpointError(f"{folder}/config.json was edited after export: its model, diffusion or training "
+                              "settings no longer match the fingerprint recorded with the weights (they would draw "
+                              "noise); export again from the checkpoint (only the sampling section may be edited)")
     digest = hashlib.sha256(data).hexdigest()
     for want, what in ((info.get("sha256"), "the SHA-256 recorded in config.json"),
                        (expected_sha256, "the SHA-256 pinned for this shipped model")):
@@ -335,7 +335,9 @@ def rescore_card(folder: str | os.PathLike, metrics: dict, *, note: Optional[str
     new_card = "\n".join(head + [""] + evaluation_section(metrics, clustered, note=note))  # before any write
     if sampling is not None:
         raw = json.loads((folder / "config.json").read_text(encoding="utf-8"))
-        atomic_write_json(folder / "config.json", {**cfg.to_dict(), "export": raw["export"]})
+        # only the sampling section changes: every other byte (and so the fingerprint, which leaves
+        # the sampling section out) stays as export wrote it
+        atomic_write_json(folder / "config.json", {**raw, "sampling": cfg.to_dict()["sampling"]})
     if samples is not None:
         save_png(samples, folder / "samples.png", scale=2)
     atomic_write_text(card, new_card)

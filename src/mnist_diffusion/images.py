@@ -198,6 +198,8 @@ def load_sample_set(path: str | os.PathLike, value_range: Optional[str] = None) 
         return np.stack(out).astype(np.uint8), None
     if not path.exists():
         raise ValueError(f"{path} does not exist")
+    if not path.is_file():  # a FIFO named x.npz would block the zip reader forever
+        raise ValueError(f"{path}: not a regular file")
     if path.suffix.lower() != ".npz":
         raise ValueError(f"{path}: expected an .npz file or a folder of PNGs")
     import zipfile

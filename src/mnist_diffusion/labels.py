@@ -26,24 +26,27 @@ def _is_int(v) -> bool:
 
 
 def resolve(label: Label, num_images: int, *, num_classes: Optional[int], cluster_sizes: Sequence[int] = (),
-            seed: int = 0) -> Optional[torch.Tensor]:
+            seed: int = 0, names: str = "api") -> Optional[torch.Tensor]:
     """A label request -> one class per image (or None for the unconditional path).
 
     None: no labels. An int K: every image a K. "all": the same number of each class in order
     (0, 0, ..., 1, 1, ...), num_images a multiple of the classes. "clusters" (models trained with
     --clusters): each image's cluster drawn by the clusters' sizes, image i's from (seed, i). A
     sequence or tensor of ints: one label per image. Requests the model cannot honour are a
-    one-line ValueError (TypeError for a label that is no class number at all)."""
+    one-line ValueError (TypeError for a label that is no class number at all); `names` "cli"
+    words them for the command line (its flags), "api" for a Python call."""
     if label is None:
         return None
     if not num_classes:
-        raise ValueError(f"label {label!r}: this is an unconditional model (train with --conditional "
-                         "for class labels)")
+        raise ValueError(f"label {label!r}: this is an unconditional model "
+                         + ("(train with --conditional for class labels)" if names == "cli" else
+                            "(it was trained without class labels)"))
     if isinstance(label, str):
         if label == "clusters":
             if not cluster_sizes:
-                raise ValueError("label 'clusters' is for models trained with --clusters K; this one has class "
-                                 "labels")
+                # how the model was trained, not this call's argument: both ways of training are named
+                raise ValueError("label 'clusters' is for models trained with --clusters K (md.train(..., "
+                                 "clusters=K) in Python); this one has class labels")
             return torch.from_numpy(draw_clusters(tuple(cluster_sizes), num_images, seed))
         if label != "all":
             raise ValueError(f"label must be a class number, 'all' or one label per image, got {label!r}")
@@ -85,7 +88,8 @@ def request(label: Label, num_images: Optional[int], nrow: Optional[int], *, num
     one row per class, --nrow of each (default 10)."""
     if label is None and cluster_sizes:
         n = num_images or DEFAULT_IMAGES
-        return Request(resolve("clusters", n, num_classes=num_classes, cluster_sizes=cluster_sizes, seed=seed), n, nrow)
+        return Request(resolve("clusters", n, num_classes=num_classes, cluster_sizes=cluster_sizes, seed=seed,
+                               names="cli"), n, nrow)
     if label == "all":
         if num_images is not None:
             raise ValueError("--label all draws one row per class; set the row length with --nrow, not --num-images")
@@ -93,6 +97,7 @@ def request(label: Label, num_images: Optional[int], nrow: Optional[int], *, num
         n = (num_classes or 1) * per_class
         if n > MAX_IMAGES:
             raise ValueError(f"--label all --nrow {per_class}: {n:,} images, more than {MAX_IMAGES:,}")
-        return Request(resolve("all", n, num_classes=num_classes), n, per_class)
+        return Request(resolve("all", n, num_classes=num_classes, names="cli"), n, per_class)
     n = num_images or DEFAULT_IMAGES
-    return Request(resolve(label, n, num_classes=num_classes, cluster_sizes=cluster_sizes, seed=seed), n, nrow)
+    return Request(resolve(label, n, num_classes=num_classes, cluster_sizes=cluster_sizes, seed=seed, names="cli"),
+                   n, nrow)

@@ -32,11 +32,12 @@ import torch
 from .atomic import atomic_write_bytes, atomic_write_json
 from .config import ConfigError
 from .data import CLASS_NAMES
+from .outputs import ONNX_FORMAT as FORMAT
+from .outputs import ONNX_NAMES as FILES
+from .outputs import check_folder
 
 OPSET = 17
 TOLERANCE = 1e-4  # max abs difference between onnxruntime and PyTorch at fp32, on random inputs
-FILES = ("model.onnx", "plan.json")
-FORMAT = "mnist-diffusion-onnx/1"
 # the draws plan.json offers: a student's own grid (1 or 2 evaluations), a teacher's DPM-Solver++
 # (deterministic, eta 0, so that a page given the same starting noise draws the same digits)
 STUDENT_STEPS = (1, 2)
@@ -164,12 +165,10 @@ def _class_names(diff) -> Optional[list[str]]:
 
 
 def export_onnx(diff, output: str | os.PathLike, *, source: Optional[str] = None) -> dict:
-    """Write model.onnx and plan.json for `diff` into the folder `output` (made if missing; other
-    files there are left alone, ours replaced only once both are built and checked). Returns what
-    plan.json records of the export."""
-    out = Path(output)
-    if out.exists() and not out.is_dir():
-        raise ConfigError(f"--output {out} is a file, not a folder")
+    """Write model.onnx and plan.json for `diff` into the folder `output`: a new or empty folder, or
+    one an ONNX export wrote and nothing else (outputs.check_folder); ours are replaced only once
+    both are built and checked. Returns what plan.json records of the export."""
+    out = check_folder(output, "onnx")
     payload = onnx_bytes(diff)
     report = check(diff, payload)
     report.update({"bytes": len(payload), "sha256": hashlib.sha256(payload).hexdigest(), "source": source,

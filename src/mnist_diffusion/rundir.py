@@ -28,6 +28,7 @@ from .data import Split, data_sha256
 from .diffusion import Diffusion
 from .images import save_grid
 from .models import default_config
+from .outputs import check_folder
 from .sampling import generate
 
 LOSS_FIELDS = ["step", "epoch", "loss", "lr", "images_per_s", "skipped", "elapsed_s"]
@@ -100,16 +101,21 @@ def run_config(preset_name: Optional[str] = None, *, config: Optional[str] = Non
     run_dir = Path(output_dir) if output_dir else None
     resume = find_resume(resume, run_dir, log)
     if resume:
-        base = ckpt_io.config_of(ckpt_io.load(resume), resume)
+        ckpt = ckpt_io.load(resume)
+        ckpt_io.check_made_by(ckpt, "train", resume)
+        base = ckpt_io.config_of(ckpt, resume)
         run_dir = run_dir or Path(resume).resolve().parent.parent
     elif config:
-        try:
-            base = RunConfig.from_json(Path(config).read_text(encoding="utf-8"))
+        try:  # a FIFO or a device would block the read forever: a regular file only, and a small one
+            base = RunConfig.from_json(ckpt_io.read_regular(config, 1 << 20).decode("utf-8"))
         except OSError as e:
             raise ConfigError(f"cannot read --config {config}: {e.strerror}") from None
-        except (UnicodeDecodeError, ConfigError) as e:
-            raise ConfigError(f"--config {config}: {'not a text file' if isinstance(e, UnicodeDecodeError) else e}") \
-                from None
+        except (UnicodeDecodeError, ConfigError, ValueError, RecursionError) as e:
+            raise ConfigError(f"--config {config}: "
+                              f"{'not a text file' if isinstance(e, UnicodeDecodeError) else e}") from None
+        if base.distill.distilled:
+            raise ConfigError(f"--config {config} is a distilled student's config; `train` trains from data: "
+                              "make students with `mnist-diffusion distill`")
     else:
         base = preset(preset_name or "default")
     cfg = resolve(base, values or {}, conditional=conditional, resuming=resume, preset_name=preset_name,
@@ -173,6 +179,10 @@ class RunFiles:
             return
         if self.path.exists() and not self.path.is_dir():
             raise TrainingError(f"--output-dir {self.path} exists and is a file, not a directory")
+        try:  # a run writes only into a new or empty folder or a run's (never a model folder, a site, ...)
+            check_folder(self.path, "run", "--output-dir")
+        except ConfigError as e:
+            raise TrainingError(str(e)) from None
         try:
             (self.path / "checkpoints").mkdir(parents=True, exist_ok=True)
             self._lock = _lock_run_dir(self.path)

@@ -47,6 +47,15 @@ GUIDANCE_INTERVAL = (0.3, 5.0)
 EVERYWHERE = (0.0, float("inf"))
 # callback(batch_start, step_index, t, x_t, pred_x0): every network evaluation of a run
 BatchCallback = Optional[Callable[[int, int, int, torch.Tensor, torch.Tensor], None]]
+NAME_STYLES = ("api", "cli")
+
+
+def option_name(option: str, names: str = "api") -> str:
+    """How a message names an option to the one who gave it: the keyword of a Python call ("api":
+    guidance=) or the command line's flag ("cli": --guidance). The checks are shared, the words not."""
+    if names not in NAME_STYLES:
+        raise ValueError(f"names must be one of {', '.join(NAME_STYLES)}, got {names!r}")
+    return "--" + option.replace("_", "-") if names == "cli" else f"{option}="
 
 
 @dataclass(frozen=True)
@@ -116,7 +125,7 @@ def options_for(denoiser: Denoiser, *, labelled: bool, **given) -> SamplingConfi
     return options
 
 
-def plan(denoiser: Denoiser, options: SamplingConfig = SamplingConfig()) -> SamplingPlan:
+def plan(denoiser: Denoiser, options: SamplingConfig = SamplingConfig(), *, names: str = "api") -> SamplingPlan:
     """Resolve `options` against the model: the sampler's step count and grid, eta, the guidance
     interval and switch steps, the corrector. The rules, each measured on the shipped models
     (docs/RESULTS.md; docs/decisions/):
@@ -124,14 +133,15 @@ def plan(denoiser: Denoiser, options: SamplingConfig = SamplingConfig()) -> Samp
       with autoguidance (measured only so); 0 for ddim; ddpm is ancestral;
     - guidance interval: the one given (0,inf = every step), else 0.3-5 for dpmpp with
       classifier-free guidance, every step otherwise;
-    - corrector: the one given, else 1 for dpmpp with classifier-free guidance, 0 otherwise."""
+    - corrector: the one given, else 1 for dpmpp with classifier-free guidance, 0 otherwise.
+    `names`: how errors name the options (option_name: "api" keywords, "cli" flags)."""
     schedule, autoguided = denoiser.schedule, denoiser.guide is not None
     if options.steps is not None and options.steps > schedule.timesteps:
         raise ValueError(f"steps {options.steps}: the model has only T = {schedule.timesteps} timesteps")
     sampler, guidance = options.sampler, float(options.guidance)
     if denoiser.distilled and guidance:
         raise ValueError(f"this distilled student has its teacher's guidance {denoiser.config.distill.guidance:g} "
-                         "built in; it takes no further guidance (leave --guidance out)")
+                         f"built in; it takes no further guidance (leave {option_name('guidance', names)} out)")
     cfg_guided = bool(guidance) and not autoguided and sampler == "dpmpp"
     spacing = options.spacing or DEFAULT_SPACING[sampler]
     steps = options.steps or DEFAULT_STEPS[sampler] or schedule.timesteps

@@ -39,11 +39,11 @@ from .schedule import Schedule, diffusion_loss, logit_normal_timesteps, make_sch
 
 
 class Interrupted(TrainingError):
-    def __init__(self, signum: int, checkpoint: Optional[Path]):
+    def __init__(self, signum: int, checkpoint: Optional[Path], command: str = "train", saved: Optional[str] = None):
         self.signum = signum
         self.checkpoint = checkpoint
-        saved = (f"checkpoint saved to {checkpoint}; resume with: mnist-diffusion train --resume {checkpoint}"
-                 if checkpoint else "nothing was saved (an in-memory run)")
+        saved = saved or (f"checkpoint saved to {checkpoint}; resume with: mnist-diffusion {command} --resume "
+                          f"{checkpoint}" if checkpoint else "nothing was saved (an in-memory run)")
         super().__init__(f"interrupted by {signal.Signals(signum).name}; {saved}")
 
 
@@ -82,10 +82,20 @@ def lr_at(cfg: RunConfig, step: int, total: int) -> float:
     return tc.lr * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * progress)))
 
 
+def ema_beta(decay: float, step: int, gamma: float = 0.0) -> float:
+    """The EMA's decay after optimiser step `step` (0-based). gamma = 0: the classic warm-up
+    min(decay, (1 + step) / (10 + step)), so early EMA weights are not stuck at init; gamma > 0:
+    EDM2's power function (1 - 1/t)^(gamma + 1) with t = step + 1, which makes the EMA at every t
+    the average of the weights so far with weight tau^gamma (t = 1 copies the weights)."""
+    if gamma > 0:
+        t = step + 1
+        return (1.0 - 1.0 / t) ** (gamma + 1.0)
+    return min(decay, (1 + step) / (10 + step))
+
+
 @torch.no_grad()
-def ema_update(ema: torch.nn.Module, model: torch.nn.Module, decay: float, step: int) -> None:
-    # warm-up of the decay (as in many DDPM codebases): early EMA weights are not stuck at init
-    d = min(decay, (1 + step) / (10 + step))
+def ema_update(ema: torch.nn.Module, model: torch.nn.Module, decay: float, step: int, gamma: float = 0.0) -> None:
+    d = ema_beta(decay, step, gamma)
     # one fused call over all tensors: a per-parameter loop costs a Python dispatch per tensor
     torch._foreach_lerp_(list(ema.parameters()), [p.detach() for p in model.parameters()], 1.0 - d)
     for be, bm in zip(ema.buffers(), model.buffers()):
@@ -231,11 +241,14 @@ class TrainState:
         self.opt = torch.optim.AdamW(self.model.parameters(), lr=cfg.train.lr, weight_decay=cfg.train.weight_decay)
         self.step, self.skipped = 0, 0
         self.run_id = uuid.uuid4().hex  # which run a directory and its checkpoints belong to
+        self.made_by = "distill" if cfg.distill.distilled else "train"  # the command its checkpoints name
 
     def resume(self, path: str, device: torch.device) -> dict:
-        """Continue from a checkpoint of the same run (config.check_resume decides what may differ)."""
+        """Continue from a checkpoint of the same run, made by the same command (config.check_resume
+        decides what may differ)."""
         ck = ckpt_io.load(path, map_location=device)
         try:
+            ckpt_io.check_made_by(ck, self.made_by, path)
             check_resume(ckpt_io.config_of(ck, str(path)), self.cfg)
         except ConfigError as e:
             raise TrainingError(str(e)) from None
@@ -249,7 +262,7 @@ class TrainState:
 
     def checkpoint(self, epoch: int, elapsed_s: float) -> dict:
         return ckpt_io.training_state(self.cfg, self.step, epoch, self.model, self.ema, self.opt, self.skipped,
-                                      elapsed_s, self.run_id)
+                                      elapsed_s, self.run_id, self.made_by)
 
 
 def training_step(state: TrainState, net, schedule: Schedule, batch: Batch, lr: float, device: torch.device,
@@ -270,7 +283,7 @@ def apply_update(state: TrainState) -> None:
     if tc.grad_clip:
         torch.nn.utils.clip_grad_norm_(state.model.parameters(), tc.grad_clip)
     state.opt.step()
-    ema_update(state.ema, state.model, tc.ema_decay, state.step)
+    ema_update(state.ema, state.model, tc.ema_decay, state.step, tc.ema_gamma)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -294,6 +307,9 @@ def train(cfg: RunConfig, data: Split, run_dir: Optional[str | os.PathLike] = No
     without, it trains in memory only. The result holds the EMA model as a `Diffusion`.
     `objective(cfg, images, labels)` replaces the diffusion objective (image_objective) and
     `init(state)` sets a fresh run's first weights (a student starts as its teacher)."""
+    if cfg.distill.distilled and objective is None:  # a student's config trained on the data: not a student
+        raise TrainingError(f"this is a distilled student's config (teacher {cfg.distill.teacher}); train trains "
+                            "models from data: make or resume students with `mnist-diffusion distill`")
     cfg, data = bind_data(cfg, data, log)
     if cfg.sampling == SamplingConfig():  # no section of its own (md.train, an old config): the recommended one
         cfg = dataclasses.replace(cfg, sampling=recommended_sampling(cfg)).validate()
@@ -325,7 +341,14 @@ def _train(cfg: RunConfig, data: Split, files: RunFiles, world: "distributed.Wor
         init(state)
     ck = state.resume(resume, device) if resume else {}
     files.prepare(state, checkpoint_bytes=16 * count_parameters(state.model), resume=resume)
-    source = objective(cfg, images, labels)  # (a distillation's draws its teacher pairs here, under the lock)
+    with _SignalCatcher() as sig, sig.urgent():  # a distillation draws its teacher pairs here, under the lock
+        try:
+            source = objective(cfg, images, labels)
+        except KeyboardInterrupt:
+            kept = (f"the teacher pairs drawn so far are kept in {files.path / 'pairs'}: run the same command again "
+                    "to continue" if state.made_by == "distill" and files.path else None)
+            raise Interrupted(sig.signum or signal.SIGINT, files.last, state.made_by,
+                              kept or "stopped before training began") from None
     n, spe = source.n, steps_per_epoch(source.n, tc.batch_size)
     total = planned_steps(cfg, n)
     elapsed_before = float(ck.get("elapsed_s", files.begin(cfg, state.step, state.run_id)))  # old ones: loss.csv
@@ -383,7 +406,7 @@ def _train(cfg: RunConfig, data: Split, files: RunFiles, world: "distributed.Wor
             if step % (tc.sample_interval or spe) == 0 or done:
                 _preview(files, state, device, sig, step // spe, elapsed)
             if stop and not done:
-                raise Interrupted(sig.signum or signal.SIGTERM, files.last)
+                raise Interrupted(sig.signum or signal.SIGTERM, files.last, state.made_by)
     if state.step == start_step:  # nothing left to train: still leave a loadable last.pt
         files.save(state.checkpoint(state.step // spe, elapsed_before), False, 0)
     files.finish(log)
@@ -408,7 +431,7 @@ def _preview(files: RunFiles, state: TrainState, device: torch.device, sig: _Sig
             raise
         if files.saved_step != state.step:
             files.save(state.checkpoint(epoch, elapsed), False, 0)
-        raise Interrupted(sig.signum, files.last) from None
+        raise Interrupted(sig.signum, files.last, state.made_by) from None
     state.model.train()
 
 

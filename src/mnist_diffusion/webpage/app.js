@@ -1,11 +1,16 @@
-// The page: loads model/plan.json and model/model.onnx into onnxruntime-web (WebAssembly, files
-// beside this one: nothing is fetched from elsewhere), draws grids, turns a sketch into a digit.
+// The page: starts worker.js (a module Web Worker that loads model/plan.json and model/model.onnx
+// into onnxruntime-web, files beside this one: nothing is fetched from elsewhere, and runs the
+// sampler), draws grids, turns a sketch into a digit. The page's own thread only checks the fields,
+// makes the noise and paints, so a long draw never freezes it: it shows "step k of n", Cancel stops
+// it within one network evaluation, and a new request stops the running one first.
 // window.mnistDiffusion.sampleFromNoise(noise, labels, steps, guidance) runs the sampler on given
 // noise (the parity test feeds it the Python sampler's).
-import { IMAGE_PIXELS, gaussian, noised, runDraw, sdeditStart, toUint8 } from "./sampler.js";
+import { IMAGE_PIXELS, gaussian, noised, sdeditStart, toUint8 } from "./sampler.js";
 
-// limits the page enforces itself
-export const LIMITS = { maxImages: 100, maxGuidance: 10, maxSeed: 4294967295 };
+const MAX_IMAGES = 100;
+// limits the page enforces itself. Image i of a grid is drawn from seed + i by a 32-bit generator
+// (sampler.gaussian): past 2^32 - MAX_IMAGES the last images' seeds would wrap onto seed 0's
+export const LIMITS = { maxImages: MAX_IMAGES, maxGuidance: 10, maxSeed: 2 ** 32 - MAX_IMAGES };
 const SCALE = 3; // grid pixels per image pixel
 const $ = (id) => document.getElementById(id);
 
@@ -15,43 +20,110 @@ function message(text, kind = "error") {
   el.className = kind;
 }
 
-function threads() {
-  // several WebAssembly threads need a cross-origin isolated page (COOP/COEP headers); a plain
-  // static host gives one
-  return self.crossOriginIsolated ? Math.min(4, navigator.hardwareConcurrency || 1) : 1;
+// A draw that stopped before its end: Cancel, or a newer request (`superseded`: that one speaks)
+class Cancelled extends Error {
+  constructor(done, superseded = false) {
+    super(`cancelled after ${done} network evaluation${done === 1 ? "" : "s"}`);
+    this.done = done;
+    this.superseded = superseded;
+  }
 }
 
-async function load() {
+// The model runner: worker.js, started once; resolves when its model is loaded. run(request, onStep)
+// sends one draw and resolves to { x, seconds }; one runs at a time: a new request cancels the
+// running one and waits for it to end; cancel() stops the running one.
+function startRunner() {
   if (typeof WebAssembly !== "object" || typeof WebAssembly.instantiate !== "function") {
-    throw new Error("this browser has no WebAssembly: the model cannot run here (try a current Chrome, Firefox or Safari)");
+    return Promise.reject(new Error("this browser has no WebAssembly: the model cannot run here (try a current Chrome, Firefox or Safari)"));
   }
-  const ort = await import("./ort/ort.wasm.min.mjs");
-  ort.env.wasm.wasmPaths = new URL("./ort/", import.meta.url).href;
-  ort.env.wasm.numThreads = threads();
-  ort.env.wasm.proxy = false;
-  const plan = await (await fetch("./model/plan.json")).json();
-  const session = await ort.InferenceSession.create("./model/model.onnx", { executionProviders: ["wasm"] });
-  const labelled = plan.num_classes !== null;
-  async function net(x, t, labels) {
-    const n = t.length;
-    const feeds = { x: new ort.Tensor("float32", x, [n, 1, 28, 28]), t: new ort.Tensor("int32", t, [n]) };
-    if (labelled) feeds.label = new ort.Tensor("int32", labels, [n]);
-    const out = await session.run(feeds);
-    return out.out.data;
+  const worker = new Worker(new URL("./worker.js", import.meta.url), { type: "module" });
+  const jobs = new Map();   // id -> { resolve, reject, onStep }
+  let running = null;       // { id, ended: a promise that resolves when the draw has ended, however }
+  let latest = 0;           // the id of the newest request
+  let cancelledUpTo = 0;    // Cancel stops every request up to this id, running or waiting
+
+  function settle(m) {
+    const job = jobs.get(m.id);
+    if (!job) return;
+    if (m.type === "step") return job.onStep(m.done, m.total);
+    jobs.delete(m.id);
+    if (running && running.id === m.id) {
+      running.end();
+      running = null;
+    }
+    if (m.type === "done") job.resolve({ x: m.x, seconds: m.seconds });
+    else if (m.type === "cancelled") job.reject(new Cancelled(m.done, m.id !== latest));
+    else job.reject(new Error(m.message));
   }
-  return { ort, plan, net, labelled };
+
+  async function run(request, onStep = () => {}) {
+    const id = ++latest;
+    while (running) {
+      worker.postMessage({ type: "cancel", id: running.id });
+      await running.ended;
+      if (id !== latest) throw new Cancelled(0, true);  // a newer request came while this one waited
+      if (id <= cancelledUpTo) throw new Cancelled(0);
+    }
+    let end;
+    running = { id, ended: new Promise((resolve) => { end = resolve; }) };
+    running.end = end;
+    const result = new Promise((resolve, reject) => jobs.set(id, { resolve, reject, onStep }));
+    const transfer = [request.x.buffer, ...(request.labels ? [request.labels.buffer] : [])];
+    worker.postMessage({ type: "draw", id, start: null, ...request }, transfer);
+    return result;
+  }
+
+  function cancel() {
+    cancelledUpTo = latest;
+    if (!running) return false;
+    worker.postMessage({ type: "cancel", id: running.id });
+    return true;
+  }
+
+  return new Promise((resolve, reject) => {
+    worker.addEventListener("error", (e) => {
+      e.preventDefault();
+      // before "ready": it never started; after: it died (out of memory), taking its draws with it
+      reject(new Error("the page's model runner (worker.js) did not start: this browser may lack module workers (try a current Chrome, Firefox or Safari)"));
+      for (const job of jobs.values()) job.reject(new Error(`the model runner stopped: ${e.message || "reload the page"}`));
+      jobs.clear();
+      if (running) running.end();
+      running = null;
+    });
+    worker.addEventListener("message", (e) => {
+      const m = e.data;
+      if (m.type === "ready") resolve({ plan: m.plan, threads: m.threads, run, cancel, busy: () => running !== null });
+      else if (m.id === null) reject(new Error(m.message));
+      else settle(m);
+    });
+  });
+}
+
+// a number field's text; a number input holds "" both when empty and when what was typed is no
+// number ("1e", "--2"): both are refused by the checks below, never read as Number("") = 0
+function field(id) {
+  const el = $(id);
+  return el.validity && el.validity.badInput ? "no number" : el.value.trim();
+}
+
+function asNumber(value) {
+  return typeof value === "number" ? value : (String(value).trim() === "" ? NaN : Number(value));
+}
+
+function given(value) {
+  return String(value).trim() === "" ? "an empty field" : String(value);
 }
 
 function checkedInt(value, name, lo, hi) {
-  const v = Number(value);
-  if (!Number.isInteger(v) || v < lo || v > hi) throw new Error(`${name} must be a whole number from ${lo} to ${hi}, got ${value}`);
+  const v = asNumber(value);
+  if (!Number.isInteger(v) || v < lo || v > hi) throw new Error(`${name} must be a whole number from ${lo} to ${hi}, got ${given(value)}`);
   return v;
 }
 
 function checkedGuidance(value) {
-  const v = Number(value);
+  const v = asNumber(value);
   if (!Number.isFinite(v) || v < 0 || v > LIMITS.maxGuidance) {
-    throw new Error(`guidance must be a number from 0 to ${LIMITS.maxGuidance}, got ${value}`);
+    throw new Error(`guidance must be a number from 0 to ${LIMITS.maxGuidance}, got ${given(value)}`);
   }
   return v;
 }
@@ -111,14 +183,16 @@ function sketchImage(canvas) {
 }
 
 async function main() {
-  let model;
+  let runner;
   try {
-    model = await load();
+    runner = await startRunner();
   } catch (e) {
     message(String(e.message || e));
+    $("model").textContent = "";
     throw e;
   }
-  const { plan, net, labelled } = model;
+  const { plan } = runner;
+  const labelled = plan.num_classes !== null;
   const names = plan.class_names || [];
   const classSelect = $("label"), targetSelect = $("target"), stepsSelect = $("steps");
   if (labelled) {
@@ -130,10 +204,13 @@ async function main() {
   }
   $("guidance-row").hidden = !plan.takes_guidance;
   $("guidance").value = plan.guidance;
-  for (const k of Object.keys(plan.draws)) stepsSelect.add(new Option(`${k} (${plan.draws[k].describe})`, k));
+  $("guidance").max = LIMITS.maxGuidance;
+  $("seed").max = LIMITS.maxSeed;
+  $("count").max = LIMITS.maxImages;
+  for (const k of Object.keys(plan.draws)) stepsSelect.add(new Option(`${k} (${describe(k)})`, k));
   stepsSelect.value = String(plan.default_steps);
   $("model").textContent = `${plan.dataset}, ${plan.distilled ? "a distilled one-step student" : "predicts " + plan.prediction}, ` +
-    `${(plan.export.bytes / 1e6).toFixed(1)} MB; WebAssembly, ${threads()} thread${threads() > 1 ? "s" : ""}`;
+    `${(plan.export.bytes / 1e6).toFixed(1)} MB; WebAssembly, ${runner.threads} thread${runner.threads > 1 ? "s" : ""}`;
 
   function requestLabels(n, label) {
     if (!labelled) return null;
@@ -141,59 +218,117 @@ async function main() {
     return Int32Array.from({ length: n }, (_, i) => (label === "all" ? i % k : Number(label)));
   }
 
-  async function timed(what, fn) {
-    const t0 = performance.now();
-    const out = await fn();
-    const s = (performance.now() - t0) / 1000;
-    return [out, s];
+  // the guidance a draw uses: the field's, checked, for a model that takes it; none otherwise
+  function guidanceOf(value) {
+    return plan.takes_guidance ? checkedGuidance(value) : 0;
+  }
+
+  // a draw's description (plan.json's is written for the model's own guidance) with the guidance
+  // this draw used in its place: "guidance 2 at noise levels 0.3-5", "no guidance", "0.5 built in";
+  // w null: none named (the steps menu, where the field decides)
+  function describe(drawName, w = null) {
+    const draw = plan.draws[drawName];
+    const parts = draw.describe.split(", ");
+    let at = parts.findIndex((p) => /^(auto)?guidance /.test(p));
+    const planned = at >= 0 ? parts.splice(at, 1)[0] : "";
+    if (at < 0) at = parts.length - (draw.corrector ? 1 : 0);
+    let words = null;
+    if (plan.distilled && plan.guidance) words = `guidance ${plan.guidance} built in`;
+    else if (w === null) words = null;
+    else if (plan.takes_guidance && w > 0) {
+      // guided inside the planned interval, or at every step where none was planned (sampler.runDraw)
+      const where = draw.guidance > 0 ? (planned.match(/ at noise levels .*$/) || [""])[0] : "";
+      words = `guidance ${w}${where}`;
+    } else if (plan.takes_guidance) words = "no guidance";
+    if (words) parts.splice(at, 0, words);
+    return parts.join(", ");
+  }
+
+  // the running draw's progress, in the message line: step k is the network evaluation under way
+  function progress(what, total) {
+    const show = (done) => message(`${what}: step ${Math.min(done + 1, total)} of ${total} (Cancel stops it)`, "info");
+    show(0);
+    return show;
+  }
+
+  function stepsOf(drawName, start = null) {
+    const seq = plan.draws[drawName].timesteps;
+    return start === null ? seq.length : 1 + seq.filter((t) => t < start).length;
+  }
+
+  // a request's end that is not a picture: a cancel says so (unless a newer request took over and
+  // speaks for itself), an error is the message
+  function failed(e, total) {
+    if (e instanceof Cancelled) {
+      if (!e.superseded) message(`cancelled after step ${e.done} of ${total}, nothing drawn`, "info");
+    } else {
+      message(String(e.message || e));
+    }
+  }
+
+  function whileRunning(promise) {
+    $("cancel").disabled = false;
+    return promise.finally(() => { $("cancel").disabled = !runner.busy(); });
   }
 
   async function drawClicked() {
+    let total = 0;
     try {
-      const n = checkedInt($("count").value, "images", 1, LIMITS.maxImages);
-      const seed = checkedInt($("seed").value, "seed", 0, LIMITS.maxSeed);
-      const guidance = plan.takes_guidance ? checkedGuidance($("guidance").value) : 0;
-      const labels = requestLabels(n, classSelect.value);
+      const n = checkedInt(field("count"), "images", 1, LIMITS.maxImages);
+      const seed = checkedInt(field("seed"), "seed", 0, LIMITS.maxSeed);
+      const guidance = guidanceOf(field("guidance"));
+      const drawName = stepsSelect.value, label = classSelect.value;
+      const labels = requestLabels(n, label);
       const noise = new Float32Array(n * IMAGE_PIXELS);
       for (let i = 0; i < n; i++) noise.set(gaussian(seed + i, IMAGE_PIXELS), i * IMAGE_PIXELS);
-      message("drawing...", "info");
-      const [x, s] = await timed("draw", () => runDraw(plan, net, stepsSelect.value, noise, labels, guidance));
-      drawGrid($("grid"), toUint8(x), n, labelled && classSelect.value === "all" ? plan.num_classes : Math.min(n, 10));
-      message(`${n} image${n > 1 ? "s" : ""} in ${s.toFixed(2)} s (${plan.draws[stepsSelect.value].describe})`, "info");
-      $("timing").textContent = s.toFixed(3);
+      total = stepsOf(drawName);
+      const show = progress(`drawing ${n} image${n > 1 ? "s" : ""}`, total);
+      const { x, seconds } = await whileRunning(runner.run({ draw: drawName, x: noise, labels, guidance }, show));
+      drawGrid($("grid"), toUint8(x), n, labelled && label === "all" ? plan.num_classes : Math.min(n, 10));
+      message(`${n} image${n > 1 ? "s" : ""} in ${seconds.toFixed(2)} s (${describe(drawName, guidance)})`, "info");
+      $("timing").textContent = seconds.toFixed(3);
     } catch (e) {
-      message(String(e.message || e));
+      failed(e, total);
     }
   }
 
   const clearSketch = setupSketch($("sketch"));
   async function editClicked() {
+    let total = 0;
     try {
-      const strength = Number($("strength").value);
-      if (!(strength > 0 && strength <= 1)) throw new Error(`strength must be in (0, 1], got ${$("strength").value}`);
-      const seed = checkedInt($("seed").value, "seed", 0, LIMITS.maxSeed);
-      const guidance = plan.takes_guidance ? checkedGuidance($("guidance").value) : 0;
+      const strength = asNumber(field("strength"));
+      if (!(strength > 0 && strength <= 1)) throw new Error(`strength must be in (0, 1], got ${given(field("strength"))}`);
+      const seed = checkedInt(field("seed"), "seed", 0, LIMITS.maxSeed);
+      const guidance = guidanceOf(field("guidance"));
+      const drawName = stepsSelect.value, target = targetSelect.value;
       const t0 = sdeditStart(plan, strength);
       const x = noised(plan, sketchImage($("sketch")), gaussian(seed, IMAGE_PIXELS), t0);
-      const labels = labelled ? Int32Array.of(Number(targetSelect.value)) : null;
-      const [out, s] = await timed("edit", () => runDraw(plan, net, stepsSelect.value, x, labels, guidance, { start: t0 }));
+      const labels = labelled ? Int32Array.of(Number(target)) : null;
+      total = stepsOf(drawName, t0);
+      const show = progress("turning the sketch", total);
+      const { x: out, seconds } = await whileRunning(runner.run({ draw: drawName, x, labels, guidance, start: t0 }, show));
       drawGrid($("edited"), toUint8(out), 1, 1);
-      message(`turned the sketch into ${labelled ? names[Number(targetSelect.value)] : "an image"} in ${s.toFixed(2)} s ` +
-        `(from timestep ${t0})`, "info");
+      message(`turned the sketch into ${labelled ? names[Number(target)] : "an image"} in ${seconds.toFixed(2)} s ` +
+        `(from timestep ${t0}, ${describe(drawName, guidance)})`, "info");
     } catch (e) {
-      message(String(e.message || e));
+      failed(e, total);
     }
+  }
+
+  function cancelClicked() {
+    if (runner.cancel()) message("cancelling...", "info");
   }
 
   $("draw").addEventListener("click", drawClicked);
   $("edit").addEventListener("click", editClicked);
+  $("cancel").addEventListener("click", cancelClicked);
   $("clear").addEventListener("click", clearSketch);
   $("draw").disabled = $("edit").disabled = false;
 
   window.mnistDiffusion = {
     plan,
     limits: LIMITS,
-    threads: threads(),
+    threads: runner.threads,
     // the sampler on given noise: noise n*784 numbers, labels n class indices (null: unlabelled);
     // resolves to { images: uint8 n*784 as a plain array, seconds }
     async sampleFromNoise(noise, labels, steps, guidance) {
@@ -201,8 +336,8 @@ async function main() {
       if (!Number.isInteger(n) || n < 1 || n > LIMITS.maxImages) throw new Error(`noise must hold 1 to ${LIMITS.maxImages} images of 784 values`);
       const y = labels === null ? null : Int32Array.from(labels);
       const g = guidance === undefined || guidance === null ? plan.guidance : checkedGuidance(guidance);
-      const [x, s] = await timed("draw", () => runDraw(plan, net, String(steps), Float32Array.from(noise), y, g));
-      return { images: Array.from(toUint8(x)), seconds: s };
+      const { x, seconds } = await whileRunning(runner.run({ draw: String(steps), x: Float32Array.from(noise), labels: y, guidance: g }));
+      return { images: Array.from(toUint8(x)), seconds };
     },
     draw: drawClicked,
   };

@@ -203,7 +203,12 @@ export function noised(plan, x0, z, t) {
 // Standard normal noise from a 32-bit seed (mulberry32 + Box-Muller): image i of a grid uses seed
 // + i, so an image does not depend on how many are drawn. Not PyTorch's generator: the page's seeds
 // draw other digits than the CLI's (sampleFromNoise takes the CLI's noise for a like-for-like draw).
+// A seed outside 0..2^32 - 1 is refused, not wrapped: 2^32 + 5 would draw seed 5's image (app.js
+// bounds its seed field so that seed + i stays inside).
 export function gaussian(seed, count) {
+  if (!Number.isInteger(seed) || seed < 0 || seed > 0xffffffff) {
+    throw new Error(`a noise seed must be a whole number from 0 to ${0xffffffff}, got ${seed}`);
+  }
   let s = seed >>> 0;
   const uniform = () => {
     s = (s + 0x6d2b79f5) >>> 0;
