@@ -41,6 +41,11 @@ VARIANTS = {
     "half-v-lr3": HALF + ["--prediction", "v", "--lr", "3e-3"],
     # measured a no-op: the EMA warm-up keeps the decay under 0.998 until step 4,490 (faster-recipe.md)
     "half-v-ema998": HALF + ["--prediction", "v", "--ema-decay", "0.998"],
+    # issue 47 lever a: EDM2's power-function EMA, whose length is a share of the run at every step
+    # (the classic warm-up is close to gamma 8 here); the raw weights are those of half-v, seed for seed
+    "half-v-g2": HALF + ["--prediction", "v", "--ema-gamma", "2"],
+    "half-v-g4": HALF + ["--prediction", "v", "--ema-gamma", "4"],
+    "half-v-g16": HALF + ["--prediction", "v", "--ema-gamma", "16"],
     # without labels (issue 38, item 4): today's budget, flow matching
     "uncond": ["--unconditional"],                         # what the shipped mnist-uncond was trained with
     "uncond-flow": ["--unconditional", "--objective", "flow"],
