@@ -17,7 +17,7 @@ import torch
 from mnist_diffusion.config import DistillConfig, RunConfig
 from mnist_diffusion.data import Split
 from mnist_diffusion.diffusion import Diffusion
-from mnist_diffusion.distill import (STUDENT_SAMPLING, consistency_objective, draw_times, pairs_objective,
+from mnist_diffusion.distill import (STUDENT_SAMPLING, consistency_objective, draw_times, pairs_key, pairs_objective,
                                      student_config, teacher_pairs)
 from mnist_diffusion.samplers import ddim, student_timesteps
 from mnist_diffusion.schedule import make_schedule
@@ -254,24 +254,26 @@ def test_each_command_resumes_only_its_own_checkpoints(tiny_teacher, tiny_studen
 def test_pair_files_are_named_by_what_made_them(tiny_teacher, tmp_path):
     """After a stop during pair drawing, a rerun with another --guidance or --teacher-steps reused
     the old pair files (named by seed, offset and size only) and recorded the new settings."""
-    common = ["--teacher", tiny_teacher, "--pairs", 12, "--batch-size", 4, "--max-steps", 1, "--sample-interval", 0,
-              "--precision", "fp32", "--no-progress"]
-    runs = {}
-    for name, extra in (("a", ["--guidance", 0.5, "--teacher-steps", 2]), ("b", ["--guidance", 2, "--teacher-steps", 2]),
-                        ("c", ["--guidance", 0.5, "--teacher-steps", 3])):
-        run = tmp_path / name
-        _cli("distill", *common, *extra, "--output-dir", run)
-        runs[name] = run
-    names = {k: [p.name for p in (v / "pairs").glob("*.safetensors")] for k, v in runs.items()}
-    assert all(len(v) == 1 for v in names.values()) and len({v[0] for v in names.values()}) == 3, names
-    # the stopped run's pairs (guidance 0.5) are in the folder; a fresh run there with guidance 2
-    # draws its own and says that the others were not used
-    shutil.rmtree(runs["a"] / "checkpoints")
-    (runs["a"] / "config.json").unlink()
-    r = _cli("distill", *common, "--guidance", 2, "--teacher-steps", 2, "--output-dir", runs["a"])
-    assert "teacher pairs: drew 12" in r.stderr and "other settings" in r.stderr, r.stderr
-    ours = [p for p in (runs["a"] / "pairs").glob("*.safetensors") if p.name == names["b"][0]]
-    assert len(ours) == 1 and ours[0].read_bytes() == (runs["b"] / "pairs" / names["b"][0]).read_bytes()
+    teacher = Diffusion.load(tiny_teacher, device="cpu", precision="fp32")
+    folder = tmp_path / "pairs"
+
+    def draw(**changes):
+        logs = []
+        pairs = teacher_pairs(teacher, DistillConfig(**{"teacher": "t", "pairs": 12, "teacher_steps": 2,
+                                                         "guidance": 0.5, **changes}), 0, folder, progress=False,
+                              log=logs.append)
+        return pairs, " ".join(logs)
+
+    a, said = draw()
+    assert "drew 12" in said and "other settings" not in said
+    again, said = draw()
+    assert "drew" not in said and torch.equal(again["images"], a["images"])  # the same settings: read back
+    for changes in ({"guidance": 2.0}, {"teacher_steps": 3}):
+        other, said = draw(**changes)
+        assert "drew 12" in said and "other settings" in said, said
+        assert torch.equal(other["noise"], a["noise"])  # the same noises, drawn again by the other teacher draw
+    assert len(list(folder.glob("pairs-*.safetensors"))) == 3
+    assert len({pairs_key(teacher, DistillConfig(teacher="t", guidance=w), s) for w in (0.5, 2.0) for s in (0, 1)}) == 4
 
 
 def test_resume_messages_and_a_moved_teacher(tiny_teacher, tiny_student, tmp_path):
