@@ -295,7 +295,6 @@ def test_resume_messages_and_a_moved_teacher(tiny_teacher, tiny_student, tmp_pat
     # the teacher moved: its recorded path is gone
     moved = tmp_path / "moved.pt"
     shutil.copy(tiny_teacher, moved)
-    cfg = json.loads((run / "config.json").read_text())
     ck = torch.load(run / "checkpoints" / "last.pt", weights_only=True)
     ck["config"]["distill"]["teacher"] = str(tmp_path / "gone.pt")
     torch.save(ck, run / "checkpoints" / "last.pt")

@@ -174,13 +174,10 @@ def check_folder(path: str | os.PathLike, kind: str, option: str = "--output", *
         raise ConfigError(f"{option} {p} is a file, not a folder")
     real = p.resolve()
     _check_folder(option, real / "x")
-    shipped = real == SHIPPED or SHIPPED in real.parents
-    if real == PACKAGE or PACKAGE in real.parents:
-        if not (allow_shipped and shipped and kind == "model"):
-            raise ConfigError(f"{option} {p} is inside the installed package ({PACKAGE}); "
-                              + ("only scripts/make_pretrained.py writes the shipped models: " if shipped else "")
-                              + "write somewhere else")
-    if kind in SWAPPED and (real == Path.cwd().resolve() or real in Path.cwd().resolve().parents):
+    shipped = _within(real, SHIPPED)
+    if not (allow_shipped and shipped and kind == "model"):
+        _check_not_in_package(option, p, "only scripts/make_pretrained.py writes the shipped models: " if shipped else "")
+    if kind in SWAPPED and _within(Path.cwd().resolve(), real):
         raise ConfigError(f"{option} {p} is the current folder (or holds it), and {FOLDER_KINDS[kind]} is "
                           "replaced as a whole: name a folder below it, e.g. " + ("site" if kind == "site" else "model"))
     for src in (Path(s) for s in inputs if s):
@@ -211,10 +208,14 @@ def kind_writer(kind: str) -> str:
             "grids": "sample --show-intermediate"}.get(kind, kind)
 
 
-def _check_not_in_package(option: str, p: Path) -> None:
-    real = p.resolve()
-    if PACKAGE in real.parents:
-        raise ConfigError(f"{option} {p} is inside the installed package ({PACKAGE}); write somewhere else")
+def _within(path: Path, folder: Path) -> bool:
+    """Is the resolved `path` the folder or inside it?"""
+    return path == folder or folder in path.parents
+
+
+def _check_not_in_package(option: str, p: Path, why: str = "") -> None:
+    if _within(p.resolve(), PACKAGE):
+        raise ConfigError(f"{option} {p} is inside the installed package ({PACKAGE}); {why}write somewhere else")
 
 
 def _check_folder(option: str, p: Path) -> None:
