@@ -46,6 +46,12 @@ VARIANTS = {
     "half-v-g2": HALF + ["--prediction", "v", "--ema-gamma", "2"],
     "half-v-g4": HALF + ["--prediction", "v", "--ema-gamma", "4"],
     "half-v-g16": HALF + ["--prediction", "v", "--ema-gamma", "16"],
+    # issue 47 lever b: the network on 2x2 patches (levels from 14x14, wider; experiments/shape_bench.py
+    # times them): the same FLOPs per image as today's at 64 channels, about half at 48 or at mults 1,1
+    "half-v-p2-64": HALF + ["--prediction", "v", "--model", "unet_p2", "--base-dim", "64", "--channel-mults", "1,2"],
+    "half-v-p2-48": HALF + ["--prediction", "v", "--model", "unet_p2", "--base-dim", "48", "--channel-mults", "1,2"],
+    "half-v-p2-64-11": HALF + ["--prediction", "v", "--model", "unet_p2", "--base-dim", "64", "--channel-mults",
+                               "1,1"],
     # without labels (issue 38, item 4): today's budget, flow matching
     "uncond": ["--unconditional"],                         # what the shipped mnist-uncond was trained with
     "uncond-flow": ["--unconditional", "--objective", "flow"],

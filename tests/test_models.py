@@ -49,6 +49,29 @@ def test_state_dict_round_trip(name):
     assert torch.equal(a(x, t), b(x, t))
 
 
+@pytest.mark.parametrize("mults", [(1,), (1, 2), (1, 2, 2), (1, 2, 2, 2)])
+def test_patch_network_at_every_depth(mults):
+    """unet_p2 starts at 14x14: its levels are 14, 7, 4, 2 and the upsampling meets each skip's size."""
+    model = build_model(ModelConfig(name="unet_p2", base_dim=8, channel_mults=mults, num_res_blocks=1))
+    sizes = []
+    hook = lambda m, i, o: sizes.append(o.shape[-1])  # noqa: E731
+    for blocks in model.down:
+        blocks[0].register_forward_hook(hook)
+    assert model(torch.randn(2, 1, 28, 28), torch.tensor([0, 999])).shape == (2, 1, 28, 28)
+    assert sizes == [14, 7, 4, 2][:len(mults)]
+
+
+def test_patch_network_output_pixels_come_from_their_own_channels():
+    """The last layer's 4 channels at (i, j) become the 2x2 pixels at (2i..2i+1, 2j..2j+1) in raster
+    order, the inverse of the stem's unshuffle (a bias per channel shows where each one lands)."""
+    model = build_model(ModelConfig(name="unet_p2", base_dim=8, channel_mults=(1,), num_res_blocks=1))
+    with torch.no_grad():
+        model.conv_out.bias.copy_(torch.tensor([1.0, 2.0, 3.0, 4.0]))  # weights stay zero: the output is the bias
+    out = model(torch.randn(1, 1, 28, 28), torch.tensor([5]))[0, 0]
+    assert torch.equal(out[:2, :2], torch.tensor([[1.0, 2.0], [3.0, 4.0]]))
+    assert torch.equal(out, out[:2, :2].repeat(14, 14))
+
+
 def test_size_grows_with_base_dim():
     small = count_parameters(build_model(ModelConfig(base_dim=16)))
     big = count_parameters(build_model(ModelConfig(base_dim=32)))

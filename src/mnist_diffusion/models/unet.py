@@ -2,7 +2,10 @@
 scaled down). Residual blocks with GroupNorm, a sinusoidal timestep embedding through an MLP,
 concatenated skip connections, optional class embedding added to the time embedding.
 
-Resolutions for channel_mults of length 3: 28 -> 14 -> 7 and back.
+Resolutions for channel_mults of length 3: 28 -> 14 -> 7 and back. `unet_p2` first folds each 2x2
+patch of pixels into 4 channels (pixel unshuffle: 28 -> 14 before the first convolution) and unfolds
+its 4 output channels at the end (pixel shuffle), so its levels start at 14x14: wider, fewer
+positions, the same receptive field per layer in image pixels doubled.
 """
 from __future__ import annotations
 
@@ -59,14 +62,15 @@ class SelfAttention(nn.Module):
 
 
 class UNet(nn.Module):
-    def __init__(self, cfg: ModelConfig, attention: bool = False):
+    def __init__(self, cfg: ModelConfig, attention: bool = False, patch: int = 1):
         super().__init__()
         c = cfg.base_dim
         emb_dim = 4 * c
         self.base_dim = c
         self.time_mlp = nn.Sequential(nn.Linear(c, emb_dim), nn.SiLU(), nn.Linear(emb_dim, emb_dim))
         self.label_emb = LabelEmbedding(cfg.num_classes, emb_dim) if cfg.num_classes else None
-        self.conv_in = nn.Conv2d(1, c, 3, padding=1)
+        self.patch = patch
+        self.conv_in = nn.Conv2d(patch * patch, c, 3, padding=1)
 
         chans = [c * m for m in cfg.channel_mults]
         self.down = nn.ModuleList()
@@ -100,7 +104,7 @@ class UNet(nn.Module):
             self.upsample.append(nn.Conv2d(ch, ch, 3, padding=1) if i > 0 else nn.Identity())
 
         self.norm_out = _norm(ch)
-        self.conv_out = nn.Conv2d(ch, 1, 3, padding=1)
+        self.conv_out = nn.Conv2d(ch, patch * patch, 3, padding=1)
         nn.init.zeros_(self.conv_out.weight)
         nn.init.zeros_(self.conv_out.bias)
 
@@ -108,7 +112,7 @@ class UNet(nn.Module):
         emb = self.time_mlp(sinusoidal_embedding(t, self.base_dim).to(x.dtype))
         if self.label_emb is not None:
             emb = emb + self.label_emb(y, x.shape[0], x.device)
-        h = self.conv_in(x)
+        h = self.conv_in(F.pixel_unshuffle(x, self.patch) if self.patch > 1 else x)
         skips = [h]
         for blocks, down in zip(self.down, self.downsample):
             for block in blocks:
@@ -124,7 +128,8 @@ class UNet(nn.Module):
             if not isinstance(up, nn.Identity):
                 # to the size of the skip it meets next: 7 -> 14, but 4 -> 7 when a fourth level halved 7
                 h = up(F.interpolate(h, size=skips[-1].shape[-2:], mode="nearest"))
-        return self.conv_out(F.silu(self.norm_out(h)))
+        out = self.conv_out(F.silu(self.norm_out(h)))
+        return F.pixel_shuffle(out, self.patch) if self.patch > 1 else out
 
 
 @register("unet", "residual U-Net, GroupNorm, sinusoidal time embedding (default)",
@@ -137,3 +142,9 @@ def _unet(cfg: ModelConfig) -> nn.Module:
           defaults={"base_dim": 32, "channel_mults": (1, 2, 2), "num_res_blocks": 2})
 def _unet_attn(cfg: ModelConfig) -> nn.Module:
     return UNet(cfg, attention=True)
+
+
+@register("unet_p2", "unet on 2x2 pixel patches: levels from 14x14, wider (issue 47's CPU shape)",
+          defaults={"base_dim": 64, "channel_mults": (1, 2), "num_res_blocks": 1})
+def _unet_p2(cfg: ModelConfig) -> nn.Module:
+    return UNet(cfg, patch=2)

@@ -1,0 +1,102 @@
+"""Training throughput of network shapes and step variants, interleaved in one process (issue 47,
+levers b and e): images/s, counted FLOPs per image and the share of this machine's matmul peak.
+
+    PYTHONPATH=src python experiments/shape_bench.py --variants unet,p2-64,p2-48,p2-64-11,fused \
+        --json docs/results/shape-bench-amd.json
+
+Every variant is `benchmark.TrainStep` (the step `train` takes: bf16 autocast where native, forward,
+backward, gradient clipping, AdamW, EMA) at the quick preset's batch of 64, its network changed by
+the variant's model options (the same `--model/--base-dim/--channel-mults/--num-res-blocks` that
+`train` takes) or its optimiser made fused. Timed windows alternate between the variants
+(benchmark.interleaved_windows), so a slow stretch of the VM hits them alike; the median window
+is reported. The matmul peak is timed in the same run. Speed only: what each shape learns per
+update is measured by experiments/recipe_search.py (the same variant names).
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import sys
+from pathlib import Path
+
+import torch
+
+from mnist_diffusion import benchmark as bm
+from mnist_diffusion.atomic import atomic_write_text
+from mnist_diffusion.config import preset
+from mnist_diffusion.device import resolve_precision
+from mnist_diffusion.models import count_parameters
+
+# name: (ModelConfig fields over the quick preset's, fused AdamW)
+VARIANTS = {
+    "unet": ({}, False),                                                      # today's quick network
+    "fused": ({}, True),                                                      # the same, AdamW(fused=True)
+    "p2-64": ({"name": "unet_p2", "base_dim": 64, "channel_mults": (1, 2)}, False),
+    "p2-48": ({"name": "unet_p2", "base_dim": 48, "channel_mults": (1, 2)}, False),
+    "p2-64-11": ({"name": "unet_p2", "base_dim": 64, "channel_mults": (1, 1)}, False),
+    "p2-48-122": ({"name": "unet_p2", "base_dim": 48, "channel_mults": (1, 2, 2)}, False),
+    "unet-attn": ({"name": "unet_attn"}, False),
+}
+
+
+def step_for(name: str, batch: int, device: torch.device, amp) -> bm.TrainStep:
+    fields, fused = VARIANTS[name]
+    cfg = preset("quick")
+    cfg = dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, **fields)).validate()
+    step = bm.TrainStep(cfg, device, batch, amp)
+    if fused:
+        step.state.opt = torch.optim.AdamW(step.state.model.parameters(), lr=cfg.train.lr,
+                                           weight_decay=cfg.train.weight_decay, fused=True)
+    return step
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--variants", default="unet,p2-64,p2-48,p2-64-11", help=f"of {', '.join(VARIANTS)}")
+    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--windows", type=int, default=7)
+    p.add_argument("--window-seconds", type=float, default=4.0)
+    p.add_argument("--json", type=Path)
+    args = p.parse_args(argv)
+    names = args.variants.split(",")
+    unknown = [n for n in names if n not in VARIANTS]
+    if unknown:
+        raise SystemExit(f"unknown variant(s) {', '.join(unknown)}; choose from {', '.join(VARIANTS)}")
+    device = torch.device("cpu")
+    amp = resolve_precision("auto", device)  # what `train` uses here: bf16 where native
+    settings = bm.Settings(windows=args.windows, window_seconds=args.window_seconds, warmup_steps=8)
+    steps = {n: step_for(n, args.batch_size, device, amp) for n in names}
+    flops = {n: bm.training_flops(s)["flops_per_image"] for n, s in steps.items()}
+    timing = bm.interleaved_windows(steps, device, settings)
+    peak = bm.matmul_peak(device, amp, settings)
+    prec = "bf16" if amp == torch.bfloat16 else "fp32"
+    rows = []
+    for n in names:
+        r = {"variant": n, "model": VARIANTS[n][0], "fused_adamw": VARIANTS[n][1],
+             "parameters": count_parameters(steps[n].state.model), "gflop_per_image": flops[n] / 1e9,
+             **bm._rate(timing[n], args.batch_size)}
+        if "images_per_s" in r:
+            r.update(bm.utilisation({**r, "flops_per_image": flops[n]}, peak, prec))
+        rows.append(r)
+    base = rows[0].get("images_per_s")
+    print(f"{bm._cpu_model()}, {torch.get_num_threads()} threads, {prec}; peak bf16 {peak['bf16_tflops']:.2f} "
+          f"fp32 {peak['fp32_tflops']:.2f} TFLOP/s")
+    print(f"{'variant':10s} {'params':>10s} {'GFLOP/img':>9s} {'img/s':>7s} {'vs first':>8s} {'TFLOP/s':>7s} {'peak':>6s}")
+    for r in rows:
+        if "failed" in r:
+            print(f"{r['variant']:10s} failed: {r['failed']}")
+            continue
+        print(f"{r['variant']:10s} {r['parameters']:>10,} {r['gflop_per_image']:>9.3f} {r['images_per_s']:>7.1f} "
+              f"{r['images_per_s'] / base:>8.2f} {r['achieved_tflops']:>7.3f} {r.get('share_of_peak', 0):>6.1%}")
+    if args.json:
+        out = {"machine": bm.machine_info(device), "precision": prec, "batch_size": args.batch_size,
+               "peak": peak, "rows": rows, "command": "PYTHONPATH=src python experiments/shape_bench.py "
+               + " ".join(argv if argv is not None else sys.argv[1:])}
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(args.json, json.dumps(out, indent=2) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
