@@ -52,6 +52,10 @@ VARIANTS = {
     "half-v-p2-48": HALF + ["--prediction", "v", "--model", "unet_p2", "--base-dim", "48", "--channel-mults", "1,2"],
     "half-v-p2-64-11": HALF + ["--prediction", "v", "--model", "unet_p2", "--base-dim", "64", "--channel-mults",
                                "1,1"],
+    # a thin first level: 16 channels at 28x28, 64 below (0.71x the FLOPs per image)
+    "half-v-16-144": HALF + ["--prediction", "v", "--base-dim", "16", "--channel-mults", "1,4,4"],
+    # self-attention at 7x7 (network.md's 2-minute screen favoured it; never followed up)
+    "half-v-attn": HALF + ["--prediction", "v", "--model", "unet_attn", "--num-res-blocks", "1"],
     # without labels (issue 38, item 4): today's budget, flow matching
     "uncond": ["--unconditional"],                         # what the shipped mnist-uncond was trained with
     "uncond-flow": ["--unconditional", "--objective", "flow"],

@@ -9,7 +9,8 @@ backward, gradient clipping, AdamW, EMA) at the quick preset's batch of 64, its 
 the variant's model options (the same `--model/--base-dim/--channel-mults/--num-res-blocks` that
 `train` takes) or its optimiser made fused. Timed windows alternate between the variants
 (benchmark.interleaved_windows), so a slow stretch of the VM hits them alike; the median window
-is reported. The matmul peak is timed in the same run. Speed only: what each shape learns per
+is reported; a compiled variant's warm-up (where it compiles, once per run) is timed and reported
+beside it. The matmul peak is timed in the same run. Speed only: what each shape learns per
 update is measured by experiments/recipe_search.py (the same variant names).
 """
 from __future__ import annotations
@@ -27,25 +28,28 @@ from mnist_diffusion.atomic import atomic_write_text
 from mnist_diffusion.config import preset
 from mnist_diffusion.device import resolve_precision
 from mnist_diffusion.models import count_parameters
+from mnist_diffusion.training import draw_batch
 
-# name: (ModelConfig fields over the quick preset's, fused AdamW)
+# name: ModelConfig fields over the quick preset's, and the step's options (fused AdamW, torch.compile)
 VARIANTS = {
-    "unet": ({}, False),                                                      # today's quick network
-    "fused": ({}, True),                                                      # the same, AdamW(fused=True)
-    "p2-64": ({"name": "unet_p2", "base_dim": 64, "channel_mults": (1, 2)}, False),
-    "p2-48": ({"name": "unet_p2", "base_dim": 48, "channel_mults": (1, 2)}, False),
-    "p2-64-11": ({"name": "unet_p2", "base_dim": 64, "channel_mults": (1, 1)}, False),
-    "p2-48-122": ({"name": "unet_p2", "base_dim": 48, "channel_mults": (1, 2, 2)}, False),
-    "unet-attn": ({"name": "unet_attn"}, False),
+    "unet": {},                                                               # today's quick network
+    "fused": {"fused": True},                                                 # the same, AdamW(fused=True)
+    "compile": {"compile": True},                                             # the same, torch.compile'd network
+    "p2-64": {"model": {"name": "unet_p2", "base_dim": 64, "channel_mults": (1, 2)}},
+    "p2-48": {"model": {"name": "unet_p2", "base_dim": 48, "channel_mults": (1, 2)}},
+    "p2-64-11": {"model": {"name": "unet_p2", "base_dim": 64, "channel_mults": (1, 1)}},
+    "p2-48-122": {"model": {"name": "unet_p2", "base_dim": 48, "channel_mults": (1, 2, 2)}},
+    "unet-attn": {"model": {"name": "unet_attn"}},
+    "unet-16-144": {"model": {"base_dim": 16, "channel_mults": (1, 4, 4)}},    # a thin 28x28 level
 }
 
 
 def step_for(name: str, batch: int, device: torch.device, amp) -> bm.TrainStep:
-    fields, fused = VARIANTS[name]
+    v = VARIANTS[name]
     cfg = preset("quick")
-    cfg = dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, **fields)).validate()
-    step = bm.TrainStep(cfg, device, batch, amp)
-    if fused:
+    cfg = dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, **v.get("model", {}))).validate()
+    step = bm.TrainStep(cfg, device, batch, amp, compile=v.get("compile", False))
+    if v.get("fused"):
         step.state.opt = torch.optim.AdamW(step.state.model.parameters(), lr=cfg.train.lr,
                                            weight_decay=cfg.train.weight_decay, fused=True)
     return step
@@ -68,12 +72,21 @@ def main(argv=None) -> int:
     settings = bm.Settings(windows=args.windows, window_seconds=args.window_seconds, warmup_steps=8)
     steps = {n: step_for(n, args.batch_size, device, amp) for n in names}
     flops = {n: bm.training_flops(s)["flops_per_image"] for n, s in steps.items()}
-    timing = bm.interleaved_windows(steps, device, settings)
+    # compiled variants compile in their warm-up, which is timed (warmup_seconds): a run pays it once
+    warmup = {n: settings.warmup_steps + settings.compile_warmup for n in names if VARIANTS[n].get("compile")}
+    first = steps[names[0]]
+
+    def draw() -> None:  # the data path alone: index gather of uint8 images, to [-1, 1], noise, timesteps, labels
+        idx = torch.randint(0, bm.TRAIN_IMAGES, (args.batch_size,), device=device, generator=first.gen)
+        draw_batch(first.images, first.labels, idx, first.gen, timesteps=first.schedule.timesteps,
+                      cond_drop_prob=first.cfg.train.cond_drop_prob, null_label=first.cfg.model.num_classes)
+    timing = bm.interleaved_windows({**steps, "batch draw": draw}, device, settings, warmup)
+    data = bm._rate(timing["batch draw"], args.batch_size)
     peak = bm.matmul_peak(device, amp, settings)
     prec = "bf16" if amp == torch.bfloat16 else "fp32"
     rows = []
     for n in names:
-        r = {"variant": n, "model": VARIANTS[n][0], "fused_adamw": VARIANTS[n][1],
+        r = {"variant": n, **VARIANTS[n],
              "parameters": count_parameters(steps[n].state.model), "gflop_per_image": flops[n] / 1e9,
              **bm._rate(timing[n], args.batch_size)}
         if "images_per_s" in r:
@@ -82,15 +95,19 @@ def main(argv=None) -> int:
     base = rows[0].get("images_per_s")
     print(f"{bm._cpu_model()}, {torch.get_num_threads()} threads, {prec}; peak bf16 {peak['bf16_tflops']:.2f} "
           f"fp32 {peak['fp32_tflops']:.2f} TFLOP/s")
-    print(f"{'variant':10s} {'params':>10s} {'GFLOP/img':>9s} {'img/s':>7s} {'vs first':>8s} {'TFLOP/s':>7s} {'peak':>6s}")
+    print(f"{'variant':11s} {'params':>10s} {'GFLOP/img':>9s} {'img/s':>7s} {'vs first':>8s} {'TFLOP/s':>7s} {'peak':>6s} "
+          f"{'warm-up s':>9s}")
     for r in rows:
         if "failed" in r:
-            print(f"{r['variant']:10s} failed: {r['failed']}")
+            print(f"{r['variant']:11s} failed: {r['failed']}")
             continue
-        print(f"{r['variant']:10s} {r['parameters']:>10,} {r['gflop_per_image']:>9.3f} {r['images_per_s']:>7.1f} "
-              f"{r['images_per_s'] / base:>8.2f} {r['achieved_tflops']:>7.3f} {r.get('share_of_peak', 0):>6.1%}")
+        print(f"{r['variant']:11s} {r['parameters']:>10,} {r['gflop_per_image']:>9.3f} {r['images_per_s']:>7.1f} "
+              f"{r['images_per_s'] / base:>8.2f} {r['achieved_tflops']:>7.3f} {r.get('share_of_peak', 0):>6.1%} "
+              f"{r['warmup_seconds']:>9.1f}")
+    share = data["step_ms"] / rows[0]["step_ms"] if "step_ms" in rows[0] else float("nan")
+    print(f"the batch draw alone (the data path): {data['step_ms']:.2f} ms, {share:.1%} of a {names[0]} step")
     if args.json:
-        out = {"machine": bm.machine_info(device), "precision": prec, "batch_size": args.batch_size,
+        out = {"batch_draw": {**data, "share_of_first_step": share},"machine": bm.machine_info(device), "precision": prec, "batch_size": args.batch_size,
                "peak": peak, "rows": rows, "command": "PYTHONPATH=src python experiments/shape_bench.py "
                + " ".join(argv if argv is not None else sys.argv[1:])}
         args.json.parent.mkdir(parents=True, exist_ok=True)
