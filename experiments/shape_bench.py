@@ -62,6 +62,7 @@ def main(argv=None) -> int:
     p.add_argument("--windows", type=int, default=7)
     p.add_argument("--window-seconds", type=float, default=4.0)
     p.add_argument("--json", type=Path)
+    p.add_argument("--quick", action="store_true", help="short warm-up, windows and peak: a smoke test (the test's)")
     args = p.parse_args(argv)
     names = args.variants.split(",")
     unknown = [n for n in names if n not in VARIANTS]
@@ -69,9 +70,9 @@ def main(argv=None) -> int:
         raise SystemExit(f"unknown variant(s) {', '.join(unknown)}; choose from {', '.join(VARIANTS)}")
     device = torch.device("cpu")
     amp = resolve_precision("auto", device)  # what `train` uses here: bf16 where native
-    settings = bm.Settings(windows=args.windows, window_seconds=args.window_seconds, warmup_steps=8)
+    settings = (bm.Settings.quick() if args.quick else
+                bm.Settings(windows=args.windows, window_seconds=args.window_seconds, warmup_steps=8))
     steps = {n: step_for(n, args.batch_size, device, amp) for n in names}
-    flops = {n: bm.training_flops(s)["flops_per_image"] for n, s in steps.items()}
     # compiled variants compile in their warm-up, which is timed (warmup_seconds): a run pays it once
     warmup = {n: settings.warmup_steps + settings.compile_warmup for n in names if VARIANTS[n].get("compile")}
     first = steps[names[0]]
@@ -82,6 +83,10 @@ def main(argv=None) -> int:
                       cond_drop_prob=first.cfg.train.cond_drop_prob, null_label=first.cfg.model.num_classes)
     timing = bm.interleaved_windows({**steps, "batch draw": draw}, device, settings, warmup)
     data = bm._rate(timing["batch draw"], args.batch_size)
+    flops = {}  # counted after the timing, on the eager network (a compiled one compiles in its timed warm-up)
+    for n, s in steps.items():
+        s.net = s.model
+        flops[n] = bm.training_flops(s)["flops_per_image"]
     peak = bm.matmul_peak(device, amp, settings)
     prec = "bf16" if amp == torch.bfloat16 else "fp32"
     rows = []

@@ -89,6 +89,22 @@ def test_profile_step_lists_operators_for_both_precisions(tmp_path):
     assert "| operator |" in (tmp_path / "p.md").read_text()
 
 
+def test_shape_bench_times_every_variant_and_counts_their_flops(tmp_path, capsys):
+    bench = _script("shape_bench")
+    js = tmp_path / "s.json"
+    assert bench.main(["--variants", "unet,fused,p2-48", "--batch-size", "4", "--quick", "--json", str(js)]) == 0
+    r = json.loads(js.read_text())
+    rows = {row["variant"]: row for row in r["rows"]}
+    assert set(rows) == {"unet", "fused", "p2-48"} and all(row["images_per_s"] > 0 for row in rows.values())
+    assert rows["fused"]["gflop_per_image"] == rows["unet"]["gflop_per_image"]  # the same network
+    assert rows["fused"]["parameters"] == rows["unet"]["parameters"]
+    assert rows["p2-48"]["gflop_per_image"] < 0.7 * rows["unet"]["gflop_per_image"]  # levels from 14x14
+    assert 0 < r["batch_draw"]["share_of_first_step"] < 1 and r["peak"]["bf16_tflops"] > 0
+    assert "p2-48" in capsys.readouterr().out
+    with pytest.raises(SystemExit, match="unknown variant"):
+        bench.main(["--variants", "unet,nope"])
+
+
 def test_average_ema_is_the_mean_of_the_snapshots_and_refuses_other_runs(tmp_path, mnist, capsys):
     import torch
 
