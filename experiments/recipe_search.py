@@ -54,6 +54,13 @@ VARIANTS = {
                                "1,1"],
     # a thin first level: 16 channels at 28x28, 64 below (0.71x the FLOPs per image)
     "half-v-16-144": HALF + ["--prediction", "v", "--base-dim", "16", "--channel-mults", "1,4,4"],
+    # the thin first level given the steps its speed buys: 1.34x the images/s (shape_bench), so 1,900
+    # steps cost ~0.44x today's 3,200
+    "thin-v-1900": ["--max-steps", "1900", "--sample-interval", "400", "--save-interval", "400", "--prediction", "v",
+                    "--base-dim", "16", "--channel-mults", "1,4,4"],
+    "thin-attn-v-1900": ["--max-steps", "1900", "--sample-interval", "400", "--save-interval", "400",
+                         "--prediction", "v", "--model", "unet_attn", "--num-res-blocks", "1", "--base-dim", "16",
+                         "--channel-mults", "1,4,4"],
     # self-attention at 7x7 (network.md's 2-minute screen favoured it; never followed up)
     "half-v-attn": HALF + ["--prediction", "v", "--model", "unet_attn", "--num-res-blocks", "1"],
     # without labels (issue 38, item 4): today's budget, flow matching

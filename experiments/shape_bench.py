@@ -41,6 +41,7 @@ VARIANTS = {
     "p2-48-122": {"model": {"name": "unet_p2", "base_dim": 48, "channel_mults": (1, 2, 2)}},
     "unet-attn": {"model": {"name": "unet_attn"}},
     "unet-16-144": {"model": {"base_dim": 16, "channel_mults": (1, 4, 4)}},    # a thin 28x28 level
+    "attn-16-144": {"model": {"name": "unet_attn", "base_dim": 16, "channel_mults": (1, 4, 4)}},  # and attention
 }
 
 
