@@ -825,14 +825,16 @@ def launch(diff, *, host: str = "127.0.0.1", port: int = 7860, log=print, block:
         out = app.launch(server_name=host, server_port=port, prevent_thread_lock=True, quiet=True, theme=theme,
                          max_file_size=LIMITS["upload_bytes"], footer_links=[], ssr_mode=False,
                          state_session_capacity=GRADIO_MEMORY["sessions"])
+        folder.keep_all()  # the figure and the components' defaults, copied in by now
+        threading.Thread(target=sweeping, name="demo-temp-sweep", daemon=True).start()
+        if block:
+            app.block_thread()
     except BaseException:
+        # a Ctrl-C or SIGTERM at any point after the server thread started, not only inside
+        # block_thread: closed here, or its thread would keep the process alive
+        app.close()
         closed()
         raise
-    folder.keep_all()  # the figure and the components' defaults, copied in by now
-    threading.Thread(target=sweeping, name="demo-temp-sweep", daemon=True).start()
     if block:
-        try:
-            app.block_thread()
-        finally:
-            app.close()
+        app.close()  # block_thread returns after Gradio's own Ctrl-C handling
     return out
