@@ -4,8 +4,9 @@ holds its outputs (figures, numbers) and renders on a code host.
     PYTHONPATH=src python notebooks/build.py            # write and execute (a few minutes on 2 CPU cores)
     PYTHONPATH=src python notebooks/build.py --no-run   # write the cells only
 
-tests/test_notebook.py executes the committed notebook with smaller settings (NOTEBOOK_QUICK=1),
-so a renamed API breaks the build, not the reader.
+tests/test_notebook.py executes the cells built here with smaller settings (NOTEBOOK_QUICK=1) and
+checks that the committed notebook holds exactly these cells, so a renamed API breaks the build,
+not the reader, and a hand edit of the .ipynb is caught.
 """
 from __future__ import annotations
 
@@ -129,7 +130,7 @@ draws $x_{t-1}$ from the posterior $q(x_{t-1} \mid x_t, \hat x_0)$:
 $$x_{t-1} = \tilde\mu_t(x_t, \hat x_0) + \sigma_t z, \qquad \hat x_0 = \frac{x_t - \sqrt{1-\bar\alpha_t}\,\epsilon_\theta(x_t, t)}{\sqrt{\bar\alpha_t}}.$$
 
 A `Trajectory` records $x_t$ at chosen steps while `sample` runs:"""),
-    ("code", r"""rec = md.Trajectory(md.SamplerOptions("ddpm", steps=DDPM_STEPS).visited(model.schedule),
+    ("code", r"""rec = md.Trajectory(list(model.plan(sampler="ddpm", steps=DDPM_STEPS).timesteps),
                     [999, 900, 700, 500, 300, 150, 50, 0])
 final = model.sample(8, label=[0, 1, 2, 3, 4, 5, 6, 7], guidance=0.5, sampler="ddpm", steps=DDPM_STEPS, seed=3,
                      callback=rec)
