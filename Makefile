@@ -11,7 +11,7 @@ TORCH ?= torch==2.13.0
 # `make test TEST_WORKERS=auto` uses every core, `TEST_WORKERS=0` runs it in one process
 TEST_WORKERS ?= 2
 
-.PHONY: run test setup setup-dev data data-all browser pretrained site clean
+.PHONY: run test test-fast setup setup-dev data data-all browser pretrained site clean
 
 $(BIN)/.installed: pyproject.toml
 	$(PY) -m venv $(VENV)
@@ -60,6 +60,10 @@ browser:
 
 test: setup-dev data-all browser web/node_modules/.installed
 	$(BIN)/python -m pytest -n $(TEST_WORKERS) --dist worksteal
+
+# the unit layer: every test not marked `system` (no other process, server, browser or kernel)
+test-fast: setup-dev data-all
+	$(BIN)/python -m pytest -n $(TEST_WORKERS) --dist worksteal -m "not system"
 
 # onnxruntime-web at the version web/package-lock.json pins, from npm (the static page's runtime)
 web/node_modules/.installed: web/package.json web/package-lock.json

@@ -41,6 +41,7 @@ def test_train_in_memory_writes_nothing(mnist, tmp_path, monkeypatch):
     assert diff.sample(2, label=[3, 4], sampler="ddim", steps=2).shape == (2, 28, 28)
 
 
+@pytest.mark.system
 def test_import_is_light_until_a_name_is_used():
     code = ("import sys, mnist_diffusion as md; assert 'torch' not in sys.modules; "
             "md.preset('tiny'); assert 'torch' not in sys.modules; md.Diffusion; assert 'torch' in sys.modules; "

@@ -17,14 +17,7 @@ TINY = ["--model", "unet", "--base-dim", "8", "--batch-size", "8", "--sample-ima
         "--threads", "1", "--device", "cpu"]
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    # tiny models gain nothing from more threads; --threads sets a process-wide value, so give the
-    # other tests back what they had
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _positive(x) -> bool:
@@ -227,6 +220,7 @@ def test_checkpoint_bytes_match_a_real_training_checkpoint(tiny, tmp_path):
     assert set(step.checkpoint_state()) == set(torch.load(result.checkpoint, weights_only=True))
 
 
+@pytest.mark.system
 def test_memory_probe_in_a_subprocess(tiny):
     mem = bench.peak_memory(_tiny_cfg(tiny), torch.device("cpu"), 4, None, bench.Settings.quick())
     assert "failed" not in mem, mem

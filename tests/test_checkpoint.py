@@ -83,6 +83,7 @@ def test_missing_and_directory(tmp_path):
         ckpt_io.load(tmp_path)
 
 
+@pytest.mark.system
 def test_a_garbage_pickle_is_one_line_without_torchs_own_notes(tmp_path):
     """A pickle torch does not expect (protocol 4, no checkpoint inside) is one line naming the file,
     without torch's warning that asks to "please file an issue" (about torch, not the user's file)."""

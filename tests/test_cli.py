@@ -200,6 +200,7 @@ class _noop:
         return False
 
 
+@pytest.mark.system
 def test_console_script_errors_without_traceback(tmp_path):
     bad = tmp_path / "bad.pt"
     bad.write_bytes(b"not a checkpoint")

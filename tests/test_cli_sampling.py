@@ -7,42 +7,17 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-import torch
 from PIL import Image
 
 from mnist_diffusion.cli import main
-from mnist_diffusion.data import Split
 from mnist_diffusion.images import save_npz
-from mnist_diffusion.training import train
 
-from conftest import tiny_config
+from conftest import synthetic_split
 
 CELL = 28 + 2  # grid cell: image plus padding
 
 
-def synthetic_split(n=64, seed=0) -> Split:
-    rng = np.random.default_rng(seed)
-    return Split(images=rng.integers(0, 256, (n, 28, 28), dtype=np.uint8),
-                 labels=rng.integers(0, 10, n, dtype=np.uint8))
-
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    n = torch.get_num_threads()  # see test_sampling.py: tiny networks run faster on one thread
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
-@pytest.fixture(scope="module")
-def checkpoints(tmp_path_factory, one_thread):
-    out = {}
-    for name, classes in [("cond", 10), ("uncond", None)]:
-        cfg = tiny_config(max_steps=2, num_samples=2).replace(model={"num_classes": classes},
-                                                              diffusion={"timesteps": 20})
-        run = tmp_path_factory.mktemp(name)
-        out[name] = str(train(cfg, synthetic_split(), run, progress=False, log=lambda s: None).checkpoint)
-    return out
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def run_cli(*argv):

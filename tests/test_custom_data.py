@@ -20,12 +20,7 @@ TINY = ["--base-dim", "8", "--channel-mults", "1,2", "--num-res-blocks", "1", "-
         "--num-samples", "2", "--device", "cpu", "--precision", "fp32", "--no-progress"]
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def export_folder(images, labels, root: Path, classes=True) -> Path:

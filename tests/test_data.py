@@ -146,6 +146,7 @@ def test_mnist_pickle_format_is_read_exactly(tmp_path):
     assert np.array_equal(splits["test"].labels, parts[2][1].astype(np.uint8))
 
 
+@pytest.mark.system
 def test_download_from_local_http_mirror(fake_dataset, tmp_path):
     train, test = fake_dataset
     served = tmp_path / "mirror"

@@ -5,6 +5,7 @@ import os
 import subprocess
 import sys
 
+import pytest
 import torch
 
 from mnist_diffusion.device import choose_precision, cpu_bf16, describe_precision
@@ -34,6 +35,7 @@ def test_auto_on_cpu_follows_the_native_bf16_query():
     assert describe_precision("auto", CPU).startswith("bf16 autocast (auto: " if native else "fp32 (auto: ")
 
 
+@pytest.mark.system
 def test_auto_is_fp32_with_avx2_kernels_forced():
     """An AVX2-only laptop, emulated: bf16 would be emulated there (about 10x slower than fp32)."""
     name, reason = _probe(ATEN_CPU_CAPABILITY="avx2", ONEDNN_MAX_CPU_ISA="AVX2")
@@ -41,6 +43,7 @@ def test_auto_is_fp32_with_avx2_kernels_forced():
     assert "AVX2" in reason or "neither" in reason
 
 
+@pytest.mark.system
 def test_auto_is_fp32_when_onednn_is_kept_off_bf16():
     name, reason = _probe(ONEDNN_MAX_CPU_ISA="AVX512_CORE")
     assert name == "fp32" and ("ONEDNN_MAX_CPU_ISA" in reason or "neither" in reason or "kernels" in reason)

@@ -9,51 +9,13 @@ from __future__ import annotations
 import pytest
 import torch
 
-from mnist_diffusion.config import ModelConfig, RunConfig
 from mnist_diffusion.diffusion import Diffusion
-from mnist_diffusion.models import build_model
 from mnist_diffusion.samplers import PerImageNoise, ddim, ddim_invert, run_sampler, slerp
 from mnist_diffusion.schedule import make_schedule
 
-C = 10
+from conftest import C, random_unet, wrap
 
-
-def random_unet(num_classes=C, seed=0):
-    model = build_model(ModelConfig(base_dim=8, channel_mults=(1, 2), num_res_blocks=1, num_classes=num_classes))
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():  # zero-initialised layers (block outputs, conv_out) get small random weights
-        for p in model.parameters():  # so that eps depends on (x, t, y)
-            if p.ndim > 1 and not p.any():
-                p.copy_(torch.randn(p.shape, generator=g) * 0.02)
-    return model.eval()
-
-
-def wrap(model, num_classes=C, T=20, schedule="cosine", prediction="eps") -> Diffusion:
-    """Any network as a Diffusion: what travels with it is set in the config, nowhere else."""
-    cfg = RunConfig.from_dict({"model": {"base_dim": 8, "channel_mults": [1, 2], "num_res_blocks": 1,
-                                         "num_classes": num_classes, "prediction": prediction},
-                               "diffusion": {"timesteps": T, "schedule": schedule}})
-    return Diffusion(model, cfg, device="cpu", precision="fp32")
-
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny networks: with 2 threads on a busy shared CPU, thread hand-offs cost more than the
-    convolutions (measured: 2 s vs 10 ms per forward under load), so these tests use one."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
-@pytest.fixture(scope="module")
-def cond():
-    return wrap(random_unet())
-
-
-@pytest.fixture(scope="module")
-def uncond():
-    return wrap(random_unet(num_classes=None, seed=1), num_classes=None)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _xt(n=4, seed=2):

@@ -189,6 +189,7 @@ def tiny_teacher(tmp_path_factory, mnist):
     return out / "checkpoints" / "last.pt"
 
 
+@pytest.mark.system
 def test_distill_cli_end_to_end_and_resume_is_bit_exact(tiny_teacher, tmp_path):
     common = ["--teacher", tiny_teacher, "--pairs", 40, "--teacher-steps", 4, "--batch-size", 8, "--save-interval", 3,
               "--sample-interval", 0, "--precision", "fp32", "--no-progress"]
@@ -215,6 +216,7 @@ def test_distill_cli_end_to_end_and_resume_is_bit_exact(tiny_teacher, tmp_path):
         assert len(r.stderr.strip().splitlines()) <= 2
 
 
+@pytest.mark.system
 def test_distill_cli_errors_are_one_line(tiny_teacher, tmp_path):
     cases = [(["--teacher", tmp_path / "nope.pt"], "does not exist"),
              ([], "--teacher is required"),
@@ -234,6 +236,7 @@ def tiny_student(tiny_teacher, tmp_path_factory):
     return out
 
 
+@pytest.mark.system
 def test_each_command_resumes_only_its_own_checkpoints(tiny_teacher, tiny_student):
     """A checkpoint says what made it: `train --resume` on a student trained it with the plain loss
     on real images and replaced its last.pt; distill refused the reverse."""
@@ -276,6 +279,7 @@ def test_pair_files_are_named_by_what_made_them(tiny_teacher, tmp_path):
     assert len({pairs_key(teacher, DistillConfig(teacher="t", guidance=w), s) for w in (0.5, 2.0) for s in (0, 1)}) == 4
 
 
+@pytest.mark.system
 def test_resume_messages_and_a_moved_teacher(tiny_teacher, tiny_student, tmp_path):
     """An unchanged flag given again on resume is not a change; the teacher is recorded by its
     absolute path, so a resume from another folder finds it; a moved teacher is passed with
@@ -307,6 +311,7 @@ def test_resume_messages_and_a_moved_teacher(tiny_teacher, tiny_student, tmp_pat
     assert r.returncode == 2 and "is not the run's teacher" in r.stderr, r.stderr
 
 
+@pytest.mark.system
 def test_ctrl_c_during_pair_drawing_says_how_to_continue(tiny_teacher, tmp_path):
     run = tmp_path / "run"
     args = [sys.executable, "-m", "mnist_diffusion", "distill", "--teacher", str(tiny_teacher), "--pairs", "20000",

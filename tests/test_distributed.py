@@ -4,22 +4,26 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 import torch
 
 from mnist_diffusion import checkpoint as ckpt_io
-from tests.test_reliability import ARGS, env  # noqa: F401  (reuses the synthetic-data fixture)
+
+from conftest import TRAIN_ARGS
+
+pytestmark = pytest.mark.system  # other processes
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
 def _train_args(run, env, steps="6"):
-    args = [a for a in ARGS]
+    args = list(TRAIN_ARGS)
     args[args.index("--max-steps") + 1] = steps
     args[args.index("--save-interval") + 1] = "3"
     return ["train", "--output-dir", str(run), "--data-dir", str(env["idx"]), *args]
 
 
-def test_two_gloo_processes_match_one(env, tmp_path):  # noqa: F811
+def test_two_gloo_processes_match_one(env, tmp_path):
     e = dict(env["env"], OMP_NUM_THREADS="1")
     ddp = tmp_path / "ddp"
     r = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",

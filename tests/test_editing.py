@@ -6,6 +6,8 @@ sampling from scratch with the same seed, the RePaint path has the shape of the 
 the schedule prefix leaves every coefficient as it was. Tiny random networks; no training."""
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
@@ -16,9 +18,7 @@ from mnist_diffusion.editing import check_mask, load_picture, mask_preset
 from mnist_diffusion.samplers import repaint_path, timestep_sequence
 from mnist_diffusion.schedule import make_schedule
 
-from test_diffusion import cond, one_thread, uncond  # noqa: F401  (fixtures: tiny random U-Nets, one thread)
-
-from pathlib import Path
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 HERE = Path(__file__).resolve().parent
 GOLDEN = str(HERE / "golden" / "tiny_cond.pt")  # a fixed tiny conditional checkpoint
@@ -184,6 +184,7 @@ print(json.dumps(out))
 
 
 @pytest.mark.skipif(not Path("/proc/self/status").exists(), reason="measures memory through /proc (Linux)")
+@pytest.mark.system
 def test_a_thin_picture_costs_no_memory(tmp_path):
     import json
     import os

@@ -26,7 +26,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 
 from mnist_diffusion.cli import main
 
@@ -35,12 +34,7 @@ sys.path.insert(0, str(GOLDEN))
 import make_golden  # noqa: E402  (the same commands that made the fixture)
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)  # as make_golden.py ran: the thread count can change float sums
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 # against files made on another machine (see the module docstring)

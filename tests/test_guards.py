@@ -22,11 +22,9 @@ import torch
 
 from mnist_diffusion import checkpoint as ckpt_io
 from mnist_diffusion.cli import main
-from mnist_diffusion.images import save_npz, save_png
+from mnist_diffusion.images import save_png
 
-from conftest import tiny_config
-from test_cli_sampling import checkpoints, one_thread, synthetic_split  # noqa: F401  (fixtures)
-from test_reliability import _cmd, _logged_steps, env  # noqa: F401  (the synthetic-IDX fixture)
+from conftest import logged_steps, synthetic_split, tiny_config, train_cmd
 
 
 def _err(capsys) -> str:
@@ -101,11 +99,12 @@ def test_the_extension_decides_the_format_and_outputs_differ(checkpoints, tmp_pa
 # ---------------------------------------------------------------------------------------------
 # a run directory belongs to one run, and to one process at a time
 
+@pytest.mark.system
 def test_a_second_train_in_a_running_directory_is_refused_and_touches_nothing(env, tmp_path):  # noqa: F811
     run = tmp_path / "run"
     # saving every step: the first run's temporary checkpoint exists most of the time (a refused second
     # train used to delete it as a crash's leftover, and the first run then died on its rename)
-    first = subprocess.Popen(_cmd(run, env, "--max-steps", "100000", "--save-interval", "1"), env=env["env"],
+    first = subprocess.Popen(train_cmd(run, env, "--max-steps", "100000", "--save-interval", "1"), env=env["env"],
                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
         _second_is_refused(first, run, env)
@@ -117,10 +116,10 @@ def test_a_second_train_in_a_running_directory_is_refused_and_touches_nothing(en
 
 def _second_is_refused(first, run, env):  # noqa: F811
     deadline = time.time() + 120
-    while len(_logged_steps(run)) < 3 and time.time() < deadline and first.poll() is None:
+    while len(logged_steps(run)) < 3 and time.time() < deadline and first.poll() is None:
         time.sleep(0.02)
     for extra in (["--resume", "auto"], []):  # resuming it, or starting afresh there
-        second = subprocess.run(_cmd(run, env, *extra), env=env["env"], capture_output=True, text=True, timeout=120)
+        second = subprocess.run(train_cmd(run, env, *extra), env=env["env"], capture_output=True, text=True, timeout=120)
         assert second.returncode == 2 and "is in use by another training process (pid" in second.stderr
         assert second.stderr.count("error") == 1 and "Traceback" not in second.stderr
     time.sleep(1.0)
@@ -130,7 +129,7 @@ def _second_is_refused(first, run, env):  # noqa: F811
     assert first.returncode == 130, err  # stopped by us, not crashed
     step = ckpt_io.load(run / "checkpoints/last.pt")["step"]
     # the lock goes with the process: the run resumes afterwards
-    again = subprocess.run(_cmd(run, env, "--resume", "auto", "--max-steps", str(step + 1)), env=env["env"],
+    again = subprocess.run(train_cmd(run, env, "--resume", "auto", "--max-steps", str(step + 1)), env=env["env"],
                            capture_output=True, text=True, timeout=120)
     assert again.returncode == 0, again.stderr
 
@@ -222,6 +221,7 @@ def test_the_nan_message_says_when_no_checkpoint_exists(tmp_path, monkeypatch):
 # nothing hangs, and untrusted files are refused before they are decoded
 
 @pytest.mark.skipif(not hasattr(os, "mkfifo"), reason="no FIFOs on this OS")
+@pytest.mark.system
 def test_a_fifo_among_the_samples_is_refused_not_read(tmp_path):
     folder = tmp_path / "imgs"
     folder.mkdir()
@@ -232,9 +232,10 @@ def test_a_fifo_among_the_samples_is_refused_not_read(tmp_path):
     assert r.returncode == 2 and "b.png: not a regular file" in r.stderr
 
 
+@pytest.mark.system
 def test_sigterm_during_a_long_preview_stops_within_seconds(env, tmp_path):  # noqa: F811
     run = tmp_path / "run"
-    p = subprocess.Popen(_cmd(run, env, "--max-steps", "50", "--save-interval", "1", "--sample-interval", "1",
+    p = subprocess.Popen(train_cmd(run, env, "--max-steps", "50", "--save-interval", "1", "--sample-interval", "1",
                               "--num-samples", "10000"), env=env["env"], stdout=subprocess.PIPE,
                          stderr=subprocess.PIPE, text=True)  # the first preview alone takes minutes
     try:

@@ -22,12 +22,7 @@ GOLDEN = Path(__file__).resolve().parent / "golden" / "tiny_cond.pt"  # a fixed 
 DRAW = dict(label="all", guidance=0.5, sampler="dpmpp", steps=8, seed=3)
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _export(tmp_path, *extra, name="model"):

@@ -134,6 +134,7 @@ def _fifo_command_ends(tmp_path, *args) -> subprocess.CompletedProcess:
     return r
 
 
+@pytest.mark.system
 def test_a_fifo_as_train_config_or_export_metrics_is_refused_not_read(tmp_path):
     """Finding 5: `train --config FIFO` and `export --metrics FIFO` blocked forever."""
     fifo = tmp_path / "pipe.json"
@@ -145,6 +146,7 @@ def test_a_fifo_as_train_config_or_export_metrics_is_refused_not_read(tmp_path):
     assert not (tmp_path / "m").exists()
 
 
+@pytest.mark.system
 def test_web_rebuild_keeps_the_users_files_and_writes_through_a_link(tmp_path, capsys):
     """Finding 3: a rebuild deleted files the user added to the site (a CNAME, an about.html); a
     symlinked --output was replaced by a directory and a stale .NAME.old-* left beside it."""

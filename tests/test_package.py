@@ -14,6 +14,8 @@ import pytest
 
 from mnist_diffusion.pretrained import PRETRAINED
 
+pytestmark = pytest.mark.system  # other processes
+
 ROOT = Path(__file__).resolve().parents[1]
 
 

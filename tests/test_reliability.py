@@ -5,9 +5,6 @@ synthetic dataset given as IDX files (so they need no downloads and take a secon
 """
 from __future__ import annotations
 
-import csv
-import gzip
-import os
 import random
 import signal
 import subprocess
@@ -22,73 +19,30 @@ import torch
 from mnist_diffusion import checkpoint as ckpt_io
 from mnist_diffusion import data
 
+from conftest import logged_steps, train_cmd
+
 ROOT = Path(__file__).resolve().parents[1]
-
-ARGS = ["--base-dim", "8", "--channel-mults", "1,2", "--num-res-blocks", "1", "--timesteps", "40",
-        "--batch-size", "8", "--epochs", "1000", "--max-steps", "200", "--save-interval", "5", "--sample-interval", "1000",
-        "--log-interval", "1", "--num-samples", "2", "--device", "cpu", "--precision", "fp32",
-        "--no-progress", "--lr", "1e-3"]
-
-
-@pytest.fixture(scope="module")
-def env(tmp_path_factory):
-    """A synthetic 'mnist' whose checksums are announced to the child processes via a shim."""
-    root = tmp_path_factory.mktemp("rel")
-    rng = np.random.default_rng(0)
-    splits = {"train": data.Split(rng.integers(0, 256, (64, 28, 28), dtype=np.uint8),
-                                  rng.integers(0, 10, 64).astype(np.uint8)),
-              "test": data.Split(rng.integers(0, 256, (16, 28, 28), dtype=np.uint8),
-                                 rng.integers(0, 10, 16).astype(np.uint8))}
-    idx = root / "idx"
-    idx.mkdir()
-    for split, s in splits.items():
-        for stem, arr in zip(data.FILES[split], (s.images, s.labels)):
-            (idx / (stem + ".gz")).write_bytes(gzip.compress(data.encode_idx(arr)))
-    sums = {k: (data.sha256(s.images), data.sha256(s.labels)) for k, s in splits.items()}
-    shim = root / "shim"
-    shim.mkdir()
-    # sitecustomize runs at interpreter start-up in the child: it swaps in the synthetic checksums
-    (shim / "sitecustomize.py").write_text(
-        "import mnist_diffusion.data as d\n"
-        f"d.CHECKSUMS['mnist'] = {sums!r}\n"
-        "d.SIZES = {'train': 64, 'test': 16}\n")
-    e = dict(os.environ, PYTHONPATH=f"{shim}{os.pathsep}{ROOT / 'src'}", OMP_NUM_THREADS="1",
-             MNIST_DIFFUSION_CACHE=str(root / "cache"))
-    return {"env": e, "idx": idx, "root": root}
-
-
-def _cmd(run: Path, env, *extra):
-    return [sys.executable, "-m", "mnist_diffusion", "train", "--output-dir", str(run), "--data-dir",
-            str(env["idx"]), *ARGS, *extra]
-
-
-def _logged_steps(run: Path) -> list[int]:
-    try:
-        with open(run / "loss.csv", newline="") as f:
-            return [int(r["step"]) for r in csv.DictReader(f)]
-    except (FileNotFoundError, ValueError, KeyError):
-        return []
-
 
 def _weights(path: Path):
     ck = ckpt_io.load(path)
     return ck["step"], ck["model"], ck["ema"]
 
 
+@pytest.mark.system
 def test_sigkill_ten_times_then_finish_equals_uninterrupted(env, tmp_path):
     ref = tmp_path / "ref"
-    subprocess.run(_cmd(ref, env), env=env["env"], check=True, capture_output=True, timeout=300)
+    subprocess.run(train_cmd(ref, env), env=env["env"], check=True, capture_output=True, timeout=300)
 
     run = tmp_path / "run"
     rng = random.Random(1234)
     kills = 0
     for attempt in range(40):
-        p = subprocess.Popen(_cmd(run, env, "--resume", "auto"), env=env["env"], stdout=subprocess.DEVNULL,
+        p = subprocess.Popen(train_cmd(run, env, "--resume", "auto"), env=env["env"], stdout=subprocess.DEVNULL,
                              stderr=subprocess.PIPE)
         # wait for training to really start, then kill at a random moment a little later
-        start_steps = len(_logged_steps(run))
+        start_steps = len(logged_steps(run))
         deadline = time.time() + 60
-        while p.poll() is None and len(_logged_steps(run)) <= start_steps and time.time() < deadline:
+        while p.poll() is None and len(logged_steps(run)) <= start_steps and time.time() < deadline:
             time.sleep(0.02)
         time.sleep(rng.uniform(0.0, 0.25))
         if p.poll() is not None:
@@ -101,12 +55,12 @@ def test_sigkill_ten_times_then_finish_equals_uninterrupted(env, tmp_path):
         last = run / "checkpoints" / "last.pt"
         if last.exists():
             step = ckpt_io.load(last)["step"]
-            logged = _logged_steps(run)
+            logged = logged_steps(run)
             assert not logged or step >= logged[-1] - 5
         for ck in (run / "checkpoints").glob("*.pt"):
             ckpt_io.load(ck)  # never half-written
         if kills >= 10:
-            r = subprocess.run(_cmd(run, env, "--resume", "auto"), env=env["env"], capture_output=True,
+            r = subprocess.run(train_cmd(run, env, "--resume", "auto"), env=env["env"], capture_output=True,
                                timeout=300)
             assert r.returncode == 0, r.stderr.decode()
             break
@@ -121,12 +75,13 @@ def test_sigkill_ten_times_then_finish_equals_uninterrupted(env, tmp_path):
 
 
 @pytest.mark.parametrize("sig, code", [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
+@pytest.mark.system
 def test_interrupt_saves_and_says_how_to_resume(env, tmp_path, sig, code):
     run = tmp_path / "run"
-    p = subprocess.Popen(_cmd(run, env, "--max-steps", "100000", "--save-interval", "100000"),
+    p = subprocess.Popen(train_cmd(run, env, "--max-steps", "100000", "--save-interval", "100000"),
                          env=env["env"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     deadline = time.time() + 120
-    while len(_logged_steps(run)) < 3 and time.time() < deadline:
+    while len(logged_steps(run)) < 3 and time.time() < deadline:
         time.sleep(0.05)
     p.send_signal(sig)
     out, err = p.communicate(timeout=120)
@@ -134,12 +89,12 @@ def test_interrupt_saves_and_says_how_to_resume(env, tmp_path, sig, code):
     last_line = err.strip().splitlines()[-1]
     assert "resume with: mnist-diffusion train --resume" in last_line
     step = ckpt_io.load(run / "checkpoints/last.pt")["step"]
-    assert step >= 3 and step == _logged_steps(run)[-1]
+    assert step >= 3 and step == logged_steps(run)[-1]
 
 
 def test_failed_save_keeps_previous_checkpoint(tmp_path, monkeypatch):
     from mnist_diffusion.training import train
-    from tests.conftest import tiny_config
+    from conftest import tiny_config
 
     rng = np.random.default_rng(0)
     split = data.Split(rng.integers(0, 256, (32, 28, 28), dtype=np.uint8), np.zeros(32, np.uint8))
@@ -164,13 +119,15 @@ def test_failed_save_keeps_previous_checkpoint(tmp_path, monkeypatch):
     assert not list((tmp_path / "checkpoints").glob(".*.tmp"))
 
 
+@pytest.mark.system
 def test_unwritable_output_dir_fails_before_training(env, tmp_path):
-    r = subprocess.run(_cmd(Path("/proc/mnist-diffusion-test-run"), env), env=env["env"], capture_output=True,
+    r = subprocess.run(train_cmd(Path("/proc/mnist-diffusion-test-run"), env), env=env["env"], capture_output=True,
                        text=True, timeout=120)
     assert r.returncode == 2
     assert "cannot write to --output-dir" in r.stderr and "Traceback" not in r.stderr
 
 
+@pytest.mark.system
 def test_config_file_with_unknown_or_mistyped_keys(env, tmp_path):
     bad = tmp_path / "config.json"
     for text, words in [('{"train": {"lerning_rate": 1}}', "unknown key(s) in train: lerning_rate"),
@@ -182,11 +139,12 @@ def test_config_file_with_unknown_or_mistyped_keys(env, tmp_path):
         assert r.returncode == 2 and words in r.stderr and "Traceback" not in r.stderr
 
 
+@pytest.mark.system
 def test_resume_with_another_dataset_names_the_setting(env, tmp_path):
     run = tmp_path / "run"
-    subprocess.run(_cmd(run, env, "--max-steps", "2"), env=env["env"], check=True, capture_output=True, timeout=300)
+    subprocess.run(train_cmd(run, env, "--max-steps", "2"), env=env["env"], check=True, capture_output=True, timeout=300)
     before = (run / "checkpoints/last.pt").read_bytes()
-    r = subprocess.run(_cmd(run, env, "--resume", "auto", "--dataset", "fashion_mnist"), env=env["env"],
+    r = subprocess.run(train_cmd(run, env, "--resume", "auto", "--dataset", "fashion_mnist"), env=env["env"],
                        capture_output=True, text=True, timeout=120)
     assert r.returncode == 2 and "train.dataset='mnist'" in r.stderr
     assert (run / "checkpoints/last.pt").read_bytes() == before
@@ -197,7 +155,7 @@ def test_too_little_disk_space_fails_before_training(tmp_path, monkeypatch):
     import shutil
 
     from mnist_diffusion.training import TrainingError, train
-    from tests.conftest import tiny_config
+    from conftest import tiny_config
 
     usage = collections.namedtuple("usage", "total used free")
     monkeypatch.setattr(shutil, "disk_usage", lambda p: usage(10**9, 10**9 - 10**6, 10**6))

@@ -9,12 +9,14 @@ import torch
 from mnist_diffusion.config import SamplingConfig
 from mnist_diffusion.sampling import Trajectory, generate, plan, sample_batches
 
+from conftest import C
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
 
 def P(diff, **options):
     """The plan `options` resolve to on `diff`."""
     return plan(diff, SamplingConfig(**options))
-
-from test_diffusion import C, cond, one_thread, uncond  # noqa: F401  (fixtures: tiny random U-Nets, one thread)
 
 
 @pytest.mark.parametrize("sampler,steps", [("ddpm", None), ("ddim", 6), ("dpmpp", 6)])
@@ -76,17 +78,12 @@ def test_trajectory_records_the_nearest_visited_steps(uncond, sampler, steps, wa
 
 @pytest.mark.parametrize("p", [0.0, 0.5])
 def test_conditional_training_drops_labels_with_probability_p(tmp_path, monkeypatch, p):
-    import numpy as np
-
     from mnist_diffusion import training
     from mnist_diffusion.checkpoint import load_model
-    from mnist_diffusion.data import Split
 
-    from conftest import tiny_config
+    from conftest import synthetic_split, tiny_config
 
-    rng = np.random.default_rng(0)
-    split = Split(images=rng.integers(0, 256, (64, 28, 28), dtype=np.uint8),
-                  labels=rng.integers(0, 10, 64, dtype=np.uint8))
+    split = synthetic_split(64)
     seen = []
     real_loss = training.diffusion_loss
 

@@ -11,7 +11,7 @@ from mnist_diffusion.schedule import make_schedule
 from mnist_diffusion.rundir import elapsed_seconds
 from mnist_diffusion.training import (NonFiniteLoss, TrainingError, accumulate_gradients, draw_batch, ema_beta,
                                       ema_update, lr_at, planned_steps, train)
-from tests.conftest import tiny_config
+from conftest import tiny_config
 
 
 def _quiet(_):

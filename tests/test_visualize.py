@@ -107,14 +107,6 @@ def tiny_checkpoint(tmp_path_factory):
     return path
 
 
-@pytest.fixture
-def one_thread():
-    """A tiny network runs faster on one thread than on two busy ones (shared CI cores)."""
-    import torch
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
 
 
 @pytest.mark.usefixtures("one_thread")

@@ -82,6 +82,7 @@ def test_onnx_export_of_a_random_model_matches_pytorch(tmp_path):
         check(_random(PRESETS["tiny"], seed=1), onnx_bytes(_random(PRESETS["tiny"], seed=2)))
 
 
+@pytest.mark.system
 def test_export_onnx_cli_and_its_refusals(tmp_path):
     out = tmp_path / "onnx"
     r = _cli("export", "--format", "onnx", "--pretrained", "mnist-fast" if "mnist-fast" in PRETRAINED else "mnist",
@@ -97,6 +98,7 @@ def test_export_onnx_cli_and_its_refusals(tmp_path):
         assert len(r.stderr.strip().splitlines()) == 1
 
 
+@pytest.mark.system
 def test_web_refuses_a_folder_of_other_files_and_a_missing_runtime(tmp_path):
     (tmp_path / "mine").mkdir()
     (tmp_path / "mine" / "notes.txt").write_text("keep me")
@@ -156,6 +158,7 @@ def _python_draw(name: str, steps: int, labels: torch.Tensor, noise: torch.Tenso
 
 
 @pytest.mark.skipif(CHROMIUM is None, reason="no Chromium here (make test installs Debian's)")
+@pytest.mark.system
 def test_the_page_draws_what_python_draws_from_the_same_noise(site, tmp_path):
     sync_api = pytest.importorskip("playwright.sync_api")
     from mnist_diffusion.evaluator import embed, shipped_evaluator
@@ -214,6 +217,7 @@ def test_the_page_draws_what_python_draws_from_the_same_noise(site, tmp_path):
 
 
 @pytest.mark.skipif(CHROMIUM is None, reason="no Chromium here (make test installs Debian's)")
+@pytest.mark.system
 def test_the_page_says_so_without_webassembly_and_when_opened_from_disk(site):
     sync_api = pytest.importorskip("playwright.sync_api")
     url, folder, _ = site["mnist-fast"]
@@ -285,6 +289,7 @@ def browser():
         b.close()
 
 
+@pytest.mark.system
 def test_a_long_draw_leaves_the_page_responsive_and_cancel_or_a_new_request_stops_it(site, browser):
     # the guided teacher on 100 images: 20 evaluations of 200 images, half a minute on this machine
     p = _Page(browser, site, "mnist")
@@ -319,6 +324,7 @@ def test_a_long_draw_leaves_the_page_responsive_and_cancel_or_a_new_request_stop
     p.close()
 
 
+@pytest.mark.system
 def test_the_status_names_the_guidance_used_and_bad_guidance_is_refused(site, browser):
     p = _Page(browser, site, "mnist")
     page = p.page
@@ -349,6 +355,7 @@ def test_the_status_names_the_guidance_used_and_bad_guidance_is_refused(site, br
     p.close()
 
 
+@pytest.mark.system
 def test_seeds_are_bounded_where_every_images_seed_is_exact(site, browser):
     p = _Page(browser, site, "mnist-fast")
     page = p.page
