@@ -23,7 +23,8 @@ import pytest
 from mnist_diffusion.pretrained import PRETRAINED
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
-pytestmark = pytest.mark.skipif("mnist" not in PRETRAINED, reason="the demo serves the shipped mnist model")
+pytestmark = [pytest.mark.system,  # a server and a browser
+              pytest.mark.skipif("mnist" not in PRETRAINED, reason="the demo serves the shipped mnist model")]
 
 
 def _free_port() -> int:
