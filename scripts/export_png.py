@@ -16,7 +16,8 @@ from pathlib import Path
 
 from PIL import Image
 
-from mnist_diffusion.data import CLASS_NAMES, data_sha256, load_custom, prepare
+from mnist_diffusion.config import CLASS_NAMES
+from mnist_diffusion.data import data_sha256, load_custom, prepare
 
 
 def main(argv=None) -> int:

@@ -20,6 +20,11 @@ class ConfigError(ValueError):
 
 
 DATASETS = ("mnist", "fashion_mnist")
+CLASS_NAMES = {  # the datasets' classes, in label order
+    "mnist": [str(i) for i in range(10)],
+    "fashion_mnist": ["T-shirt/top", "Trouser", "Pullover", "Dress", "Coat",
+                      "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot"],
+}
 SCHEDULES = ("linear", "cosine", "flow")
 PREDICTIONS = ("eps", "v", "flow")
 T_SAMPLINGS = ("uniform", "logit-normal")

@@ -12,13 +12,67 @@ from __future__ import annotations
 
 import copy
 import hashlib
+from dataclasses import asdict, dataclass
 from typing import Optional
 
 import torch
 
-from .config import RunConfig
+from .config import CLASS_NAMES, RunConfig
 from .device import autocast, resolve_device, resolve_precision
 from .schedule import Schedule, diffusion_loss, eps_from_output, guidance_mix, guidance_weights, make_schedule
+
+
+@dataclass(frozen=True)
+class Capabilities:
+    """What a model can be asked for, decided once from its config (`capabilities`): the pipeline's
+    checks, the CLI, the demo and the static page's plan.json all read this one value."""
+    class_names: tuple[str, ...] = ()  # what each label means, in label order; () for a model without labels
+    clustered: bool = False  # its classes are k-means clusters, drawn by their sizes when no class is asked
+    distilled: bool = False  # a student: one or a few evaluations, its teacher's guidance built in
+    built_in_guidance: float = 0.0  # a student's: its teacher's W
+    teacher: str = ""  # a student's teacher, as it was named
+
+    @property
+    def labelled(self) -> bool:
+        return bool(self.class_names)
+
+    @property
+    def guidable(self) -> bool:
+        """Takes classifier-free guidance of its own (a student's is built in)."""
+        return self.labelled and not self.distilled
+
+    @property
+    def draws_unlabelled(self) -> bool:
+        """Draws with no class asked: not a student of labelled images (it draws what it is asked for)."""
+        return not (self.distilled and self.labelled)
+
+    @property
+    def inpaints(self) -> bool:
+        """RePaint resamples at every one of many steps: not a student's one or two."""
+        return not self.distilled
+
+    def as_dict(self) -> dict:
+        return {**asdict(self), "class_names": list(self.class_names), "labelled": self.labelled,
+                "guidable": self.guidable, "draws_unlabelled": self.draws_unlabelled, "inpaints": self.inpaints}
+
+
+def capabilities(config: RunConfig) -> Capabilities:
+    """A config's Capabilities. Class names: a clustered model's "cluster i", one's own labelled
+    data's (train.classes), the dataset's (CLASS_NAMES), else the labels' numbers."""
+    k, train, distill = config.model.num_classes, config.train, config.distill
+    if not k:
+        names: tuple[str, ...] = ()
+    elif train.cluster_sizes:
+        names = tuple(f"cluster {i}" for i in range(k))
+    elif len(train.classes) == k:
+        names = tuple(train.classes)
+    elif len(CLASS_NAMES.get(train.dataset, ())) == k:
+        names = tuple(CLASS_NAMES[train.dataset])
+    else:
+        names = tuple(str(i) for i in range(k))
+    return Capabilities(class_names=names, clustered=bool(k and train.cluster_sizes), distilled=distill.distilled,
+                        built_in_guidance=float(distill.guidance) if distill.distilled else 0.0,
+                        teacher=distill.teacher)
 
 
 class Denoiser:
@@ -56,9 +110,14 @@ class Denoiser:
         return self.config.model.num_classes
 
     @property
+    def capabilities(self) -> Capabilities:
+        """What it can be asked for (labels and their names, guidance, unlabelled draws, inpainting)."""
+        return capabilities(self.config)
+
+    @property
     def clustered(self) -> bool:
         """Trained with --clusters K: its classes are k-means clusters of the images, not labels."""
-        return bool(self.config.train.cluster_sizes)
+        return self.capabilities.clustered
 
     @property
     def null_label(self) -> Optional[int]:
@@ -68,7 +127,7 @@ class Denoiser:
     @property
     def distilled(self) -> bool:
         """A distilled student (distill.py): one or a few evaluations, its teacher's guidance built in."""
-        return self.config.distill.distilled
+        return self.capabilities.distilled
 
     @property
     def timesteps(self) -> int:
@@ -84,7 +143,7 @@ class Denoiser:
         if guidance < 0:
             raise ValueError(f"guidance must be >= 0, got {guidance}")
         if labels is None:
-            if self.distilled and self.num_classes is not None:
+            if not self.capabilities.draws_unlabelled:
                 raise ValueError("a distilled student needs a label: one per image, or 'all' for one row per class; "
                                  "it draws no unlabelled images")
             if guidance != 0.0 and self.guide is None:

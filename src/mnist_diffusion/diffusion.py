@@ -129,7 +129,7 @@ class Diffusion(Denoiser):
         """A distilled student of labelled images draws only the classes it is asked for, its
         teacher's guidance built in: asked for none, it is one error saying what it needs, before
         any other check (a hint about guidance would mislead: a student takes none)."""
-        if self.distilled and self.num_classes and not labelled:
+        if not labelled and not self.capabilities.draws_unlabelled:
             label = ("--label K or --label all (one row per class)" if names == "cli" else
                      "label=K, one label per image, or label='all'")
             raise ValueError(f"a distilled student needs a label: {label}; it takes no guidance (its teacher's "

@@ -52,7 +52,7 @@ def check_mask(mask, num_images: int) -> np.ndarray:
         raise ValueError("the mask keeps no pixel of an image: nothing to complete from (that is plain sampling)")
     if (known == 28 * 28).any():
         raise ValueError("the mask keeps every pixel of an image: nothing to inpaint")
-    return np.ascontiguousarray(m)
+    return np.array(m, order="C")  # a copy of its own: a broadcast (28, 28) mask is a read-only view
 
 
 def load_picture(path: str | os.PathLike) -> tuple[np.ndarray, list[str]]:

@@ -31,7 +31,6 @@ import torch
 
 from .atomic import atomic_write_bytes, atomic_write_json
 from .config import ConfigError
-from .data import CLASS_NAMES
 from .outputs import ONNX_FORMAT as FORMAT
 from .outputs import ONNX_NAMES as FILES
 from .outputs import check_folder
@@ -134,34 +133,27 @@ def _draw(plan) -> dict:
 
 
 def sampling_plan(diff) -> dict:
-    """plan.json: everything but the network that the page's sampler (or any port) needs."""
-    cfg = diff.config
-    labelled = diff.num_classes is not None
+    """plan.json: everything but the network that the page's sampler (or any port) needs; what the
+    model can be asked for is its `capabilities`, as the pipeline and the demo read them."""
+    cfg, can = diff.config, diff.capabilities
+    labelled = can.labelled
     draws = {}
-    if diff.distilled:
+    if can.distilled:
         for steps in STUDENT_STEPS:
             draws[str(steps)] = _draw(diff.plan(steps=steps, labelled=labelled))
     else:
         for steps in TEACHER_STEPS:
             draws[str(steps)] = _draw(diff.plan(sampler="dpmpp", steps=steps, eta=0.0, labelled=labelled))
-    guidance = cfg.distill.guidance if diff.distilled else (cfg.sampling.guidance if labelled else 0.0)
+    guidance = can.built_in_guidance if can.distilled else (cfg.sampling.guidance if labelled else 0.0)
     return {"format": FORMAT, "dataset": diff.dataset, "prediction": diff.prediction, "timesteps": diff.timesteps,
             "alpha_bar": [float(a) for a in diff.schedule.alpha_bar],
             # the per-timestep coefficients as the schedule holds them (float64; PyTorch rounds them to
             # the images' float32 before each product, and so does the page, to draw the same images)
             "coefficients": {k: [float(a) for a in getattr(diff.schedule, k)] for k in COEFFICIENTS},
             "num_classes": diff.num_classes, "null_label": diff.null_label,
-            "class_names": _class_names(diff), "distilled": diff.distilled, "guidance": float(guidance),
-            "takes_guidance": labelled and not diff.distilled,
-            "default_steps": STUDENT_STEPS[0] if diff.distilled else TEACHER_STEPS[-1], "draws": draws}
-
-
-def _class_names(diff) -> Optional[list[str]]:
-    if diff.num_classes is None:
-        return None
-    if diff.clustered:
-        return [f"cluster {i}" for i in range(diff.num_classes)]
-    return list(CLASS_NAMES.get(diff.dataset, [str(i) for i in range(diff.num_classes)]))
+            "class_names": list(can.class_names) if labelled else None, "distilled": can.distilled,
+            "guidance": float(guidance), "takes_guidance": can.guidable, "capabilities": can.as_dict(),
+            "default_steps": STUDENT_STEPS[0] if can.distilled else TEACHER_STEPS[-1], "draws": draws}
 
 
 def export_onnx(diff, output: str | os.PathLike, *, source: Optional[str] = None) -> dict:

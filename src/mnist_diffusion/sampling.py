@@ -139,8 +139,8 @@ def plan(denoiser: Denoiser, options: SamplingConfig = SamplingConfig(), *, name
     if options.steps is not None and options.steps > schedule.timesteps:
         raise ValueError(f"steps {options.steps}: the model has only T = {schedule.timesteps} timesteps")
     sampler, guidance = options.sampler, float(options.guidance)
-    if denoiser.distilled and guidance:
-        raise ValueError(f"this distilled student has its teacher's guidance {denoiser.config.distill.guidance:g} "
+    if denoiser.capabilities.distilled and guidance:
+        raise ValueError(f"this distilled student has its teacher's guidance {denoiser.capabilities.built_in_guidance:g} "
                          f"built in; it takes no further guidance (leave {option_name('guidance', names)} out)")
     cfg_guided = bool(guidance) and not autoguided and sampler == "dpmpp"
     spacing = options.spacing or DEFAULT_SPACING[sampler]
@@ -190,9 +190,9 @@ def sample_batches(denoiser: Denoiser, num_images: int, plan: SamplingPlan, *,
 def inpaint_plan(denoiser: Denoiser, options: SamplingConfig) -> SamplingPlan:
     """RePaint's plan: ddpm (ancestral, eta 1) or ddim (eta as given, else 0) on a uniform grid of
     every timestep unless `steps` says fewer; unguided unless asked."""
-    if denoiser.distilled:
+    if not denoiser.capabilities.inpaints:
         raise ValueError(f"inpainting resamples the hidden part at every one of many steps (RePaint); a distilled "
-                         f"student takes one or two: inpaint with its teacher ({denoiser.config.distill.teacher})")
+                         f"student takes one or two: inpaint with its teacher ({denoiser.capabilities.teacher})")
     if options.sampler == "dpmpp":
         raise ValueError("inpainting runs the ddpm or ddim sampler (a multistep solver cannot restart at every "
                          "step as RePaint needs)")

@@ -23,8 +23,8 @@ import numpy as np  # noqa: E402
 
 from . import noising
 from .atomic import atomic_write_bytes  # noqa: E402
-from .config import SamplingConfig  # noqa: E402
-from .data import CLASS_NAMES, SIZES, to_model_range
+from .config import CLASS_NAMES, SamplingConfig  # noqa: E402
+from .data import SIZES, to_model_range
 from .images import grid, label_frame, save_gif, save_grid, save_png
 from .sampling import generate, gif_timesteps, plan  # noqa: E402
 from .schedule import make_schedule, q_sample
