@@ -12,7 +12,7 @@ import pytest
 
 from mnist_diffusion.data import Split
 from mnist_diffusion.training import train
-from tests.conftest import tiny_config
+from conftest import tiny_config
 
 ROOT = Path(__file__).resolve().parent.parent
 SCRIPTS, EXPERIMENTS = ROOT / "scripts", ROOT / "experiments"  # maintained tools; measurements behind the docs
@@ -27,7 +27,8 @@ def _script(name):
 
 
 @pytest.fixture(scope="module")
-def checkpoints(tmp_path_factory, mnist):
+def mnist_checkpoints(tmp_path_factory, mnist):
+    """Two checkpoints of two steps on 64 real digits: "uncond" and "cond" (10 classes)."""
     root = tmp_path_factory.mktemp("scripts")
     data = Split(mnist["train"].images[:64], mnist["train"].labels[:64])
     out = {}
@@ -38,10 +39,10 @@ def checkpoints(tmp_path_factory, mnist):
     return out
 
 
-def test_sampler_table_resume_keeps_finished_rows(checkpoints, tmp_path):
+def test_sampler_table_resume_keeps_finished_rows(mnist_checkpoints, tmp_path):
     table = _script("sampler_table")
     js, md = tmp_path / "t.json", tmp_path / "t.md"
-    common = ["--checkpoint", checkpoints["uncond"], "--num-images", "12", "--timing-images", "4",
+    common = ["--checkpoint", mnist_checkpoints["uncond"], "--num-images", "12", "--timing-images", "4",
               "--device", "cpu", "--json", str(js), "--output", str(md)]
     assert table.main(common + ["--samplers", "ddim,dpmpp", "--steps", "2,3"]) == 0
     first = json.loads(js.read_text())["rows"]
@@ -60,10 +61,10 @@ def test_sampler_table_resume_keeps_finished_rows(checkpoints, tmp_path):
                                                                         "--resume"])
 
 
-def test_guidance_table(checkpoints, tmp_path):
+def test_guidance_table(mnist_checkpoints, tmp_path):
     guidance = _script("guidance_table")
     js = tmp_path / "g.json"
-    assert guidance.main(["--checkpoint", checkpoints["cond"], "--unconditional", checkpoints["uncond"],
+    assert guidance.main(["--checkpoint", mnist_checkpoints["cond"], "--unconditional", mnist_checkpoints["uncond"],
                           "--weights", "0,2", "--num-images", "12", "--steps", "3", "--device", "cpu",
                           "--json", str(js), "--output", str(tmp_path / "g.md")]) == 0
     r = json.loads(js.read_text())
@@ -72,7 +73,7 @@ def test_guidance_table(checkpoints, tmp_path):
     assert r["unconditional"]["fid"] > 0 and r["target"] == 0.97
     assert "| unconditional |" in (tmp_path / "g.md").read_text()
     with pytest.raises(SystemExit, match="not class-conditional"):
-        guidance.main(["--checkpoint", checkpoints["uncond"], "--num-images", "12", "--device", "cpu"])
+        guidance.main(["--checkpoint", mnist_checkpoints["uncond"], "--num-images", "12", "--device", "cpu"])
 
 
 def test_profile_step_lists_operators_for_both_precisions(tmp_path):
@@ -141,6 +142,7 @@ def test_average_ema_is_the_mean_of_the_snapshots_and_refuses_other_runs(tmp_pat
         avg.main([str(run), "4", "--output", str(run / "checkpoints" / "last.pt")])
 
 
+@pytest.mark.system
 def test_gpu_check_dry_path_on_cpu(tmp_path, mnist):
     """scripts/gpu_check.sh, the command meant for a CUDA machine, on its CPU path with tiny sizes:
     every stage runs and the one JSON holds each stage's seconds and the numbers."""
@@ -179,6 +181,15 @@ def test_editing_benchmark(tmp_path, mnist, task, extra):
         assert [r["strength"] for r in rows] == [0.5, 1.0] and all(0 <= r["pixel_distance"] <= 1 for r in rows)
     assert (tmp_path / "e.md").read_text().count("\n|") >= len(rows) + 1
     assert bench.main(argv) == 0  # a second run keeps the finished rows
+
+
+def test_the_option_tables_in_the_docs_are_made_from_the_parser(capsys):
+    """docs/SAMPLERS.md's table of `sample` options is the parser's (scripts/option_tables.py)."""
+    tables = _script("option_tables")
+    assert tables.main(["--check"]) == 0, capsys.readouterr().err
+    text = tables.table("sample")
+    assert "| `--sampler {ddpm,ddim,dpmpp,euler,heun}` |" in text and "| `--no-clip` * |" in text
+    assert "--help-all" not in text and all(row.startswith("| `--") for row in text.splitlines()[2:])
 
 
 def test_report_table_reads_evaluate_reports(tmp_path, capsys):
@@ -225,7 +236,7 @@ def test_report_table_never_writes_over_a_report(tmp_path):
     assert json.loads(report.read_text()) == {"n": 10, "fid": 1.0}
 
 
-def test_few_step_screen_reproduces_the_library(checkpoints, tmp_path):
+def test_few_step_screen_reproduces_the_library(mnist_checkpoints, tmp_path):
     """experiments/few_step_screen.py: its variant on the library's grid draws the very images the library
     draws with the same options (so its baseline rows equal `evaluate`'s), a guidance band over every
     noise level is no band, and each variant's row has its network evaluations counted."""
@@ -236,7 +247,7 @@ def test_few_step_screen_reproduces_the_library(checkpoints, tmp_path):
     from mnist_diffusion.config import SamplingConfig
     from mnist_diffusion.sampling import generate, plan
     screen = _script("few_step_screen")
-    diff = md.load(checkpoints["cond"], device="cpu")
+    diff = md.load(mnist_checkpoints["cond"], device="cpu")
     labels = torch.as_tensor(balanced_labels(6, 10))
     # 8 steps: a tiny model's x0 is saturated at high noise, and with fewer every other step is a switch
     lib = generate(diff, 6, plan(diff, SamplingConfig(sampler="dpmpp", steps=8, guidance=0.5)), labels=labels, batch_size=3)
@@ -266,8 +277,8 @@ def test_few_step_screen_reproduces_the_library(checkpoints, tmp_path):
         screen.plan(diff.schedule, "sde:skip=2")
     out = tmp_path / "screen.json"
     with pytest.raises(SystemExit, match="eta must be"):
-        screen.main(["--model", checkpoints["cond"], "--variants", "sde:eta=-1"])
-    screen.main(["--model", checkpoints["cond"], "--num-images", "12", "--batch-size", "6", "--guidance", "0.5",
+        screen.main(["--model", mnist_checkpoints["cond"], "--variants", "sde:eta=-1"])
+    screen.main(["--model", mnist_checkpoints["cond"], "--num-images", "12", "--batch-size", "6", "--guidance", "0.5",
                  "--json", str(out), "--variants",
                  "sde:grid=cap20:eta=0.5:n=4,sde:grid=cap20:eta=0.5:n=4:glo=0:ghi=inf,ode3:grid=karras7:n=4,"
                  "heun:grid=cap20:n=4"])

@@ -146,7 +146,8 @@ def dataclass_fields(klass) -> list[tuple[dataclasses.Field, type]]:
 
 def add_device(p: argparse.ArgumentParser, precision: str = "auto", help: str | None = None,
                hide_precision: bool = False) -> None:
-    p.add_argument("--device", choices=DEVICES, default="auto")
+    p.add_argument("--device", choices=DEVICES, default="auto",
+                   help="where to run: auto = cuda if there is one, else mps, else cpu")
     text = help or ("autocast: auto = bf16 where the device computes it natively (AVX-512 BF16 or AMX CPUs, "
                     "GPUs with bf16), else fp32")
     p.add_argument("--precision", choices=PRECISIONS, default=precision, help=research(text) if hide_precision else text)
@@ -181,7 +182,8 @@ def add_sampler_options(p: argparse.ArgumentParser) -> None:
     sampler settings default to None, "not given": the model's own sampling section fills them."""
     add_help_all(p)
     add_model_source(p)
-    p.add_argument("--seed", type=nonneg_int, default=0)
+    p.add_argument("--seed", type=nonneg_int, default=0,
+                   help="seed of the draw: image i depends only on (seed, i), whatever the batch size (default 0)")
     add_fields(p, dataclass_fields(SamplingConfig))
     p.add_argument("--batch-size", type=count(65536), default=256, help=research("images per batch (default 256)"))
     add_device(p, hide_precision=True)
@@ -318,7 +320,7 @@ def visualize_options(p: argparse.ArgumentParser) -> None:
     q.add_argument("--label", type=label_arg, help="class to draw (conditional models)")
     q.add_argument("--guidance", type=nonneg_float, default=0.0, help="classifier-free guidance weight (with --label)")
     q.add_argument("--num-images", type=count(8), default=4, help="images, two rows each (default 4, at most 8)")
-    q.add_argument("--seed", type=nonneg_int, default=0)
+    q.add_argument("--seed", type=nonneg_int, default=0, help="seed of the noise drawn for the figure")
     add_device(q)
     q = add("progress", "GIF of a training run's sample grids (same noise every time), labelled by step/epoch")
     q.add_argument("--frame-ms", type=positive_int, default=400, help="milliseconds per frame (default 400)")
@@ -434,7 +436,7 @@ def train_evaluator_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--output", required=True, help="the .safetensors file to write")
     p.add_argument("--epochs", type=count(1000), default=5)
     p.add_argument("--max-shift", type=nonneg_int, default=2, help="random-shift augmentation in px (0: none)")
-    p.add_argument("--seed", type=nonneg_int, default=0)
+    p.add_argument("--seed", type=nonneg_int, default=0, help="seed of the weights and the batches")
 
 
 def web_options(p: argparse.ArgumentParser) -> None:
