@@ -58,6 +58,10 @@ def eval_report(run: Path, n: int) -> Path:
     return run.with_name(f"{run.name}.eval-n{n}.json")
 
 
+def final_report(run: Path, n: int) -> Path:
+    return run.with_name(f"{run.name}.final-n{n}.json")
+
+
 def planned_steps(options: list[str], preset: str, steps: int | None) -> int:
     """The steps a variant plans: --steps, else its own --max-steps, else its preset's."""
     if steps:
@@ -104,6 +108,11 @@ def train_command(s: dict, run: Path, budget_left: float | None) -> list[str]:
 def eval_command(run: Path, n: int) -> list[str]:
     return ["evaluate", "--run", str(run), "--num-samples", str(n), "--seed", "0",
             "--json", str(eval_report(run, n)), "--no-progress"]
+
+
+def final_command(run: Path, n: int) -> list[str]:
+    return ["evaluate", "--checkpoint", str(run / "checkpoints" / "last.pt"), "--num-samples", str(n), "--seed", "0",
+            "--json", str(final_report(run, n)), "--no-progress"]
 
 
 def _cli(args, cmd: list[str]) -> list[str]:
@@ -197,6 +206,38 @@ def evaluate(args, run: Path) -> list[dict]:
     return rows
 
 
+def score_final(args, run: Path) -> dict:
+    """The last checkpoint's EMA weights scored with --final-num-samples images (once)."""
+    report = final_report(run, args.final_num_samples)
+    if not report.exists():
+        _run(args, final_command(run, args.final_num_samples), f"{run.name}: evaluate the last checkpoint")
+    r = json.loads(report.read_text())
+    return {k: r.get(k) for k in ("fid", "fid_floor", "recognizable", "label_accuracy", "n")}
+
+
+def final_summary(runs: list[dict], variants: list[str]) -> dict:
+    """Per variant: the seeds' mean and spread of the last checkpoint's scores, and its training time
+    as a ratio of the first variant's, seed by seed (the runs alternate, so each pair shares a stretch
+    of the machine's day)."""
+    first = {r["seed"]: r["train_seconds"] for r in runs if r["variant"] == variants[0]}
+    out = {}
+    for v in variants:
+        mine = [r for r in runs if r["variant"] == v and r.get("final")]
+        if not mine:
+            continue
+        entry = {"seeds": [r["seed"] for r in mine]}
+        for key in ("fid", "recognizable", "label_accuracy"):
+            vals = [r["final"][key] for r in mine if r["final"].get(key) is not None]
+            if vals:
+                entry[key] = {"mean": round(float(np.mean(vals)), 6), "min": min(vals), "max": max(vals)}
+        ratios = [r["train_seconds"] / first[r["seed"]] for r in mine if first.get(r["seed"])]
+        if ratios:
+            entry["time_ratio"] = {"mean": round(float(np.mean(ratios)), 4), "min": round(min(ratios), 4),
+                                   "max": round(max(ratios), 4)}
+        out[v] = entry
+    return out
+
+
 def mean_rows(runs: list[dict]) -> list[dict]:
     """The seeds' mean at each step every seed has (the same steps: one variant, one save interval)."""
     common = set.intersection(*({r["step"] for r in run["rows"]} for run in runs))
@@ -272,6 +313,9 @@ def main(argv=None) -> int:
     p.add_argument("--preset", default="quick", help="the preset the variants' options apply to (tiny: tests)")
     p.add_argument("--dataset", default="mnist")
     p.add_argument("--num-samples", type=int, default=2000, help="images per scored checkpoint")
+    p.add_argument("--final-num-samples", type=int, help="also score each run's last checkpoint with this many "
+                   "images (10000: the issue's targets), with the seeds' mean and each variant's time as a ratio "
+                   "of the first variant's")
     p.add_argument("--runs", type=Path, default=ROOT / "runs" / "time-curve")
     p.add_argument("--json", type=Path, help="default: RUNS/time-curve.json")
     p.add_argument("--figure", type=Path, help="PNG; default: RUNS/time-curve.png")
@@ -283,8 +327,9 @@ def main(argv=None) -> int:
     unknown = [v for v in variants if v not in VARIANTS]
     if unknown:
         p.error(f"unknown variant(s) {', '.join(unknown)}")
-    if args.points < 1 or (args.steps is not None and args.steps < 1) or args.num_samples < 1:
-        p.error("--points, --steps and --num-samples must be positive")
+    if args.points < 1 or (args.steps is not None and args.steps < 1) or args.num_samples < 1 or \
+            (args.final_num_samples is not None and args.final_num_samples < 1):
+        p.error("--points, --steps, --num-samples and --final-num-samples must be positive")
     if args.budget_seconds is not None and args.budget_seconds <= 0:
         p.error("--budget-seconds must be positive")
     args.runs = args.runs.resolve()
@@ -295,6 +340,8 @@ def main(argv=None) -> int:
                                                             args.budget_seconds)))
         for v, s in pairs:
             print("mnist-diffusion", " ".join(eval_command(args.runs / f"{v}-s{s}", args.num_samples)))
+            if args.final_num_samples:
+                print("mnist-diffusion", " ".join(final_command(args.runs / f"{v}-s{s}", args.final_num_samples)))
         return 0
 
     facts = {(v, s): train(args, v, s) for v, s in pairs}  # every run trained before anything is scored
@@ -305,6 +352,9 @@ def main(argv=None) -> int:
                      "steps": f["steps"], "train_seconds": f["train_seconds"],
                      "median_images_per_s": f.get("median_images_per_s"), "load_before": f.get("load_before"),
                      "rows": evaluate(args, args.runs / f"{v}-s{s}")})
+    if args.final_num_samples:
+        for run in runs:
+            run["final"] = score_final(args, Path(run["run"]))
     import torch
     result = {
         "what": "FID and recognizable of each checkpoint's EMA weights against its training seconds (issue 47)",
@@ -317,6 +367,9 @@ def main(argv=None) -> int:
         "runs": runs,
         "mean": {v: mean_rows([r for r in runs if r["variant"] == v]) for v in variants},
     }
+    if args.final_num_samples:
+        result["settings"]["final_num_samples"] = args.final_num_samples
+        result["final"] = final_summary(runs, variants)
     js = args.json or args.runs / "time-curve.json"
     from mnist_diffusion.atomic import atomic_write_json
     atomic_write_json(js, result)
@@ -332,6 +385,15 @@ def main(argv=None) -> int:
         for r in rows:
             print(f"| {v} | mean of {r['seeds']} | {r['step']} | {r['train_seconds']:.0f} | {r['fid']:.3f} | "
                   f"{r['recognizable']:.3f} | {r['label_accuracy'] or 0:.3f} |")
+    if args.final_num_samples:
+        print(f"\nthe last checkpoints at n = {args.final_num_samples:,} (seeds' mean [min, max]; time as a ratio of "
+              f"{variants[0]}'s)\n| variant | seeds | time ratio | FID | recognizable | label accuracy |\n"
+              "|---|---|---:|---:|---:|---:|")
+        for v, e in result["final"].items():
+            cell = {k: f"{e[k]['mean']:.3f} [{e[k]['min']:.3f}, {e[k]['max']:.3f}]" if k in e else "-"
+                    for k in ("time_ratio", "fid", "recognizable", "label_accuracy")}
+            print(f"| {v} | {', '.join(map(str, e['seeds']))} | {cell['time_ratio']} | {cell['fid']} | "
+                  f"{cell['recognizable']} | {cell['label_accuracy']} |")
     return 0
 
 

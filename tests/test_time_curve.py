@@ -36,12 +36,14 @@ def test_dry_run_prints_the_quick_curve_seed_major(tmp_path, capsys):
     assert not (tmp_path / "runs").exists()  # nothing run, nothing written
 
 
+@pytest.mark.system
 def test_time_curve_end_to_end_then_reuses_finished_runs(tmp_path, mnist, monkeypatch, capsys):
     tc = _time_curve()
     runs, js, png = tmp_path / "runs", tmp_path / "curve.json", tmp_path / "curve.png"
     # --no-lock: the test process may hold /tmp/torch.lock already (the commands would wait for it forever)
     argv = ["--variants", "half-v", "--seeds", "0", "--preset", "tiny", "--steps", "8", "--points", "3",
-            "--num-samples", "20", "--runs", str(runs), "--json", str(js), "--figure", str(png), "--no-lock"]
+            "--num-samples", "20", "--runs", str(runs), "--json", str(js), "--figure", str(png), "--no-lock",
+            "--final-num-samples", "16"]
     assert tc.main(argv) == 0
     out = capsys.readouterr().out
     result = json.loads(js.read_text())
@@ -66,6 +68,12 @@ def test_time_curve_end_to_end_then_reuses_finished_runs(tmp_path, mnist, monkey
         assert [m["fid"] for m in mean] == pytest.approx([r["fid"] for r in run["rows"]])
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert "| half-v | 0 | 8 |" in out and "| half-v | mean of 1 | 8 |" in out
+    (run,) = result["runs"]
+    assert run["final"]["n"] == 16 and result["settings"]["final_num_samples"] == 16
+    final = result["final"]["half-v"]
+    assert final["fid"] == {"mean": pytest.approx(run["final"]["fid"]), "min": run["final"]["fid"],
+                            "max": run["final"]["fid"]} and final["time_ratio"]["mean"] == 1.0
+    assert "| half-v | 0 | 1.000 [1.000, 1.000] |" in out
 
     # a rerun trains and scores nothing: every run and score is reused
     def no_command(*a, **k):
@@ -80,6 +88,26 @@ def test_time_curve_end_to_end_then_reuses_finished_runs(tmp_path, mnist, monkey
     # other settings for the same runs are refused, not mixed in
     with pytest.raises(SystemExit, match="other settings"):
         tc.main([*argv[:9], "2", *argv[10:]])  # --points 2
+
+
+def test_the_final_summary_is_each_variants_mean_spread_and_time_ratio():
+    """Time as a ratio of the first variant's, seed by seed (the runs of one seed share a stretch of
+    the machine's day), then the seeds' mean; scores as mean, min and max over the seeds."""
+    tc = _time_curve()
+
+    def run(variant, seed, seconds, fid, recognizable):
+        return {"variant": variant, "seed": seed, "train_seconds": seconds,
+                "final": {"fid": fid, "recognizable": recognizable, "label_accuracy": None, "n": 10000}}
+
+    runs = [run("base", 0, 1000, 0.17, 0.97), run("thin", 0, 450, 0.19, 0.96),
+            run("base", 1, 1200, 0.19, 0.97), run("thin", 1, 500, 0.17, 0.98)]
+    summary = tc.final_summary(runs, ["base", "thin"])
+    assert summary["base"]["time_ratio"] == {"mean": 1.0, "min": 1.0, "max": 1.0}
+    thin = summary["thin"]
+    assert thin["time_ratio"]["mean"] == pytest.approx((0.45 + 500 / 1200) / 2, abs=1e-4)
+    assert (thin["time_ratio"]["min"], thin["time_ratio"]["max"]) == (pytest.approx(500 / 1200, abs=1e-4), 0.45)
+    assert thin["fid"] == {"mean": pytest.approx(0.18), "min": 0.17, "max": 0.19} and thin["seeds"] == [0, 1]
+    assert "label_accuracy" not in thin  # none measured (an unlabelled model)
 
 
 def test_two_seed_mean_and_figure(tmp_path):
