@@ -37,7 +37,7 @@ def main(argv=None) -> int:
     clip = not args.no_clip
     fns = {"ddim": ddim, "dpmpp": dpmpp}
     ref = dpmpp(eps_fn, schedule, x_T, steps=args.reference_steps, spacing="uniform", clip=clip)
-    check = ddim(eps_fn, schedule, x_T, steps=500, clip=clip)
+    check = ddim(eps_fn, schedule, x_T, spacing="uniform", steps=500, clip=clip)
     rms = lambda a: float((a - ref).pow(2).mean().sqrt())  # noqa: E731
     print(f"reference: dpmpp {args.reference_steps} steps; its RMS distance to ddim 500 steps: {rms(check):.4f}")
     print(f"{args.num_images} images, seed {args.seed}, clip {clip}, checkpoint {args.checkpoint}\n")

@@ -92,6 +92,25 @@ def uncond(one_thread):
     return wrap(random_unet(num_classes=None, seed=1), num_classes=None)
 
 
+@pytest.fixture
+def executed_plans(monkeypatch):
+    """Every plan a draw runs, in order: the batch loop of sample, edit and inpaint
+    (sampling.run_batches), and inversion / decoding as the pipeline calls them."""
+    import mnist_diffusion.diffusion as pipeline
+    import mnist_diffusion.sampling as sampling
+    seen = []
+
+    def spy(real):
+        def run(denoiser, what, plan, *args, **kwargs):
+            seen.append(plan)
+            return real(denoiser, what, plan, *args, **kwargs)
+        return run
+    monkeypatch.setattr(sampling, "run_batches", spy(sampling.run_batches))
+    monkeypatch.setattr(pipeline, "invert", spy(sampling.invert))
+    monkeypatch.setattr(pipeline, "decode", spy(sampling.decode))
+    return seen
+
+
 # -- tiny trained runs ----------------------------------------------------------------------------------
 
 def synthetic_split(n=64, seed=0):

@@ -96,7 +96,10 @@ def test_sample_label_all_with_intermediate_steps_and_spacing(checkpoints, tmp_p
     assert png_size(inter / "step_0019.png") == png_size(out) == (2 * (CELL + 2), 2 * (10 * CELL + 2))
 
 
-def test_sample_one_label_with_guidance(checkpoints, tmp_path):
+def test_sample_one_label_with_guidance(checkpoints, tmp_path, executed_plans):
+    from mnist_diffusion.diffusion import Diffusion
+    from mnist_diffusion.sampling import options_for, plan
+    model = Diffusion.load(checkpoints["cond"], device="cpu")
     outs = []
     for w in ["0", "3"]:
         out = tmp_path / f"g{w}.npz"
@@ -105,6 +108,9 @@ def test_sample_one_label_with_guidance(checkpoints, tmp_path):
                        str(tmp_path / "g.png"), "--npz", str(out)) == 0
         outs.append(np.load(out)["images"])
     assert outs[0].shape == (2, 28, 28)
+    # the command ran the planner's plan: the model's own options under its flags
+    assert executed_plans == [plan(model, options_for(model, labelled=True, sampler="dpmpp", steps=3, guidance=w))
+                              for w in (0.0, 3.0)]
 
 
 @pytest.mark.parametrize("which,args,message", [
@@ -182,7 +188,7 @@ def test_show_intermediate_with_respaced_ddpm_writes_every_requested_step(checkp
                    "--intermediate-steps", "19,10,3") == 0
     from mnist_diffusion.samplers import visited_timesteps
     from mnist_diffusion.schedule import make_schedule
-    visited = visited_timesteps("ddpm", make_schedule("cosine", 20), 5)
+    visited = visited_timesteps("ddpm", make_schedule("cosine", 20), 5, "uniform")
     nearest = sorted({min(visited, key=lambda v: abs(v - w)) for w in (19, 10, 3)}, reverse=True)
     assert len(nearest) == 3
     assert sorted(p.name for p in inter.glob("step_*.png")) == sorted(f"step_{t:04d}.png" for t in nearest)

@@ -73,7 +73,7 @@ def test_sample_w0_equals_conditional_and_none_equals_null(cond):
     def direct(labels):
         noise = PerImageNoise(5, 3)
         return run_sampler("ddim", lambda x, t: cond.model(x, t, labels), cond.schedule, noise.initial((1, 28, 28)),
-                           noise, steps=5, eta=0.5)
+                           noise, steps=5, spacing="uniform", eta=0.5, clip=True)
 
     kw = dict(seed=5, sampler="ddim", steps=5, eta=0.5)
     assert torch.allclose(cond.sample_tensor(3, label=y, guidance=0.0, **kw), direct(y), atol=1e-5)
@@ -121,7 +121,7 @@ def test_a_v_model_samples_through_eps_and_recovers_x0():
     diff = wrap(_VOracle(s, x0), num_classes=None, T=200, prediction="v")
     assert diff.prediction == "v" and not hasattr(diff.model, "prediction")  # held by the object, not patched on
     for steps in (1, 7, 50):
-        out = ddim(diff.eps_fn(), s, x_T, steps=steps, clip=False)
+        out = ddim(diff.eps_fn(), s, x_T, spacing="uniform", steps=steps, clip=False)
         assert torch.allclose(out, x0, atol=1e-5, rtol=0)
 
 
@@ -141,10 +141,11 @@ def test_invert_and_decode_are_ddim_run_both_ways(uncond):
     x0 = torch.rand(2, 1, 28, 28, generator=torch.Generator().manual_seed(4)) * 2 - 1
     eps_fn, sched = uncond.eps_fn(), uncond.schedule
     z = uncond.invert(x0, steps=4)
-    assert torch.allclose(z, ddim_invert(eps_fn, sched, x0, steps=4), atol=1e-6)
-    assert torch.allclose(uncond.decode(z, steps=4), ddim(eps_fn, sched, z, steps=4, clip=True), atol=1e-6)
-    assert torch.allclose(uncond.decode(z, steps=4, clip=False), ddim(eps_fn, sched, z, steps=4, clip=False),
-                          rtol=1e-4, atol=1e-4)
+    assert torch.allclose(z, ddim_invert(eps_fn, sched, x0, steps=4, spacing="uniform"), atol=1e-6)
+    assert torch.allclose(uncond.decode(z, steps=4), ddim(eps_fn, sched, z, steps=4, spacing="uniform", clip=True),
+                          atol=1e-6)
+    assert torch.allclose(uncond.decode(z, steps=4, clip=False),
+                          ddim(eps_fn, sched, z, steps=4, spacing="uniform", clip=False), rtol=1e-4, atol=1e-4)
 
 
 def test_invert_decode_round_trip_with_an_exact_denoiser():

@@ -63,10 +63,10 @@ def test_sdedit_strength_zero_is_the_input_and_one_is_sampling(cond):  # noqa: F
 def test_sdedit_starts_at_the_share_of_the_process_and_steps():
     from mnist_diffusion.samplers import sdedit_plan
     s = make_schedule("cosine", 1000)
-    t0, sub, n = sdedit_plan("ddim", s, 0.3, 50)
+    t0, sub, n = sdedit_plan(s, 0.3, 50)
     assert (t0, sub.timesteps, n) == (299, 300, 15)
-    assert sdedit_plan("ddpm", s, 0.5, None)[2] is None  # every timestep of the prefix
-    assert sdedit_plan("dpmpp", s, 1.0, None)[0] == 999
+    assert sdedit_plan(s, 0.5, None)[2] is None  # every timestep of the prefix
+    assert sdedit_plan(s, 1.0, 20)[0] == 999
 
 
 def test_schedule_prefix_keeps_every_coefficient():
@@ -117,7 +117,10 @@ def test_a_picture_is_made_28x28_light_on_dark(tmp_path):
     assert a[0, 14, 14] > 200 and a[0, 1, 1] < 30  # the stroke is light now, the ground dark
 
 
-def test_inpaint_and_edit_commands(tmp_path, mnist, capsys):
+def test_inpaint_and_edit_commands(tmp_path, mnist, capsys, executed_plans):
+    from mnist_diffusion.diffusion import Diffusion
+    from mnist_diffusion.sampling import options_for, plan
+    model = Diffusion.load(GOLDEN, device="cpu")
     out = tmp_path / "in.png"
     assert main(["inpaint", "--checkpoint", GOLDEN, "--from-test", "3", "--mask-preset", "bottom", "--sampler", "ddpm",
                  "--steps", "5", "--output", str(out), "--npz", str(tmp_path / "in.npz"), "--no-progress"]) == 0
@@ -132,6 +135,11 @@ def test_inpaint_and_edit_commands(tmp_path, mnist, capsys):
                  "--label", "7", "--guidance", "1", "--sampler", "ddim", "--steps", "10", "--output",
                  str(tmp_path / "e.png"), "--no-progress"]) == 0
     assert "inverted" in capsys.readouterr().err
+    # each ran the planner's plan for its task, the model's own options under the flags
+    assert executed_plans == [
+        plan(model, options_for(model, labelled=False, sampler="ddpm", steps=5), task="inpaint"),
+        plan(model, options_for(model, labelled=True, guidance=1.0, sampler="ddim", steps=10), task="edit",
+             strength=0.6)]
 
 
 @pytest.mark.parametrize("argv, words", [

@@ -16,7 +16,7 @@ import torch
 
 from mnist_diffusion.samplers import (LOGSNR_CAP, SPACINGS, PerImageNoise, corrector_weights, ddim, ddim_invert, ddpm,
                                       dpmpp, flow_euler, flow_heun, guidance_switches, repaint, run_sampler, sdedit,
-                                      slerp, timestep_sequence, visited_timesteps)
+                                      sdedit_plan, slerp, timestep_sequence, visited_timesteps)
 from mnist_diffusion.schedule import Schedule, flow_time, guidance_weights, make_schedule, noise_level, q_sample
 
 MU, SD = 0.5, 0.3
@@ -127,7 +127,7 @@ def test_ddim_with_true_noise_recovers_x0(name, steps, spacing):
 
 def test_ddim_rejects_eta_without_noise():
     with pytest.raises(ValueError, match="noise_fn"):
-        ddim(lambda x, t: x, make_schedule("cosine", 10), torch.zeros(1, 1), None, eta=0.5)
+        ddim(lambda x, t: x, make_schedule("cosine", 10), torch.zeros(1, 1), None, steps=5, spacing="uniform", eta=0.5)
 
 
 def test_ddim_and_repaint_refuse_eta_above_one():
@@ -135,9 +135,10 @@ def test_ddim_and_repaint_refuse_eta_above_one():
     s = make_schedule("cosine", 10)
     noise = lambda like: torch.zeros_like(like)  # noqa: E731
     with pytest.raises(ValueError, match=r"eta in \[0, 1\]"):
-        ddim(lambda x, t: x, s, torch.zeros(1, 1), noise, eta=1.5)
+        ddim(lambda x, t: x, s, torch.zeros(1, 1), noise, steps=5, spacing="uniform", eta=1.5)
     with pytest.raises(ValueError, match=r"eta in \[0, 1\]"):
-        repaint(lambda x, t: x, s, torch.zeros(1, 1), noise, torch.zeros(1, 1), torch.ones(1, 1), eta=2.0)
+        repaint(lambda x, t: x, s, torch.zeros(1, 1), noise, torch.zeros(1, 1), torch.ones(1, 1), steps=None,
+                spacing="uniform", eta=2.0)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -156,7 +157,7 @@ def test_ddim_eta1_all_steps_is_ddpm_pathwise(clip):
         return lambda like: torch.randn(like.shape, generator=g, dtype=like.dtype)
 
     a = ddpm(eps_fn, s, x_T, noise(), clip=clip)
-    b = ddim(eps_fn, s, x_T, noise(), steps=None, eta=1.0, clip=clip)
+    b = ddim(eps_fn, s, x_T, noise(), spacing="uniform", steps=None, eta=1.0, clip=clip)
     assert torch.allclose(a, b, atol=1e-10, rtol=0)
 
 
@@ -172,7 +173,8 @@ def test_ddpm_oracle_samples_the_data_distribution(name):
         errors.append(abs(std - SD) / SD)
     assert errors[0] > errors[1] > errors[2] and errors[2] < 0.015
     s = make_schedule(name, 1000)
-    mean, std = exact_moments(lambda x, n: ddim(gaussian_eps(s), s, x, n, steps=None, eta=1.0, clip=False), s, 1000)
+    mean, std = exact_moments(lambda x, n: ddim(gaussian_eps(s), s, x, n, steps=None, spacing="uniform", eta=1.0,
+                                                    clip=False), s, 1000)
     assert abs(std - SD) / SD == pytest.approx(errors[2], abs=1e-9)  # DDIM eta=1: the same marginal
     _, std_beta = exact_moments(lambda x, n: ddpm(gaussian_eps(s), s, x, n, clip=False, variance="beta"), s, 1000)
     assert abs(std_beta - SD) / SD < 0.015  # the upper-bound variance beta_t also works at T = 1000
@@ -213,7 +215,8 @@ def test_dpmpp_converges_with_steps(name, sd):
         assert errs["dpmpp", n] < errs["ddim", n]
     assert errs["dpmpp", 1000] < errs["ddim", 1000] / 4
     # the default grid for dpmpp, uniform in log-SNR, is accurate to 1% by 50 steps
-    _, std = exact_moments(lambda x, n: dpmpp(gaussian_eps(s, sd=sd), s, x, n, steps=50, clip=False), s, 0, sd=sd)
+    _, std = exact_moments(lambda x, n: dpmpp(gaussian_eps(s, sd=sd), s, x, n, steps=50, spacing="logsnr", clip=False),
+                              s, 0, sd=sd)
     assert abs(std - sd) / sd < 0.01
 
 
@@ -222,7 +225,8 @@ def test_dpmpp_first_step_is_ddim():
     s = make_schedule("cosine", 100)
     x_T = torch.randn(2, 1, 3, 3, generator=torch.Generator().manual_seed(4), dtype=torch.float64)
     e = gaussian_eps(s)
-    assert torch.allclose(dpmpp(e, s, x_T, steps=1, clip=False), ddim(e, s, x_T, steps=1, clip=False))
+    assert torch.allclose(dpmpp(e, s, x_T, steps=1, spacing="logsnr", clip=False),
+                          ddim(e, s, x_T, steps=1, spacing="uniform", clip=False))
 
 
 def test_dpmpp_first_order_everywhere_is_ddim_on_its_grid():
@@ -270,30 +274,28 @@ def test_guidance_switches_are_where_the_noise_level_crosses_the_interval():
     assert guidance_switches(s, seq, (0.0, float("inf"))) == frozenset()
 
 
-def test_run_sampler_steps_first_order_where_guidance_switches(monkeypatch):
-    """run_sampler (and sdedit through it) hands dpmpp the guidance interval's switches as
-    first-order steps; without an interval, or for the other samplers, nothing changes."""
-    import mnist_diffusion.samplers as samplers
+def test_run_sampler_and_sdedit_hand_dpmpp_its_first_order_steps():
+    """run_sampler (and sdedit through it) hands dpmpp the plan's first-order steps (where a guidance
+    interval switches, guidance_switches); the other samplers take none."""
     s = make_schedule("cosine", 1000)
     x_T = torch.randn(2, 1, 3, 3, generator=torch.Generator().manual_seed(6), dtype=torch.float64)
     e, band = gaussian_eps(s), (0.3, 5.0)
     seq = timestep_sequence(s, 20, "logsnr-capped", include_zero=False)
-    banded = run_sampler("dpmpp", e, s, x_T, None, steps=20, guidance_interval=band)
-    assert torch.equal(banded, dpmpp(e, s, x_T, steps=20, spacing="logsnr-capped",
-                                     first_order_at=guidance_switches(s, seq, band)))
-    assert not torch.equal(banded, run_sampler("dpmpp", e, s, x_T, None, steps=20))
-    assert torch.equal(run_sampler("ddim", e, s, x_T, None, steps=10, guidance_interval=band),
-                       run_sampler("ddim", e, s, x_T, None, steps=10))
-    # first_order_switches=False: the band's switches are ordinary second-order steps
-    assert torch.equal(run_sampler("dpmpp", e, s, x_T, None, steps=20, guidance_interval=band,
-                                   first_order_switches=False), run_sampler("dpmpp", e, s, x_T, None, steps=20))
-    # sdedit passes both on: the same edit with the switches' first-order steps turned off differs
+    switches = guidance_switches(s, seq, band)
+    assert switches
+    kw = dict(steps=20, spacing="logsnr-capped", eta=0.0, clip=True)
+    banded = run_sampler("dpmpp", e, s, x_T, None, first_order_at=switches, **kw)
+    assert torch.equal(banded, dpmpp(e, s, x_T, first_order_at=switches, **kw))
+    assert not torch.equal(banded, run_sampler("dpmpp", e, s, x_T, None, **kw))
+    with pytest.raises(ValueError, match="dpmpp's"):
+        run_sampler("ddim", e, s, x_T, None, steps=10, spacing="uniform", eta=0.0, clip=True, corrector=1)
+    # sdedit passes them on: the same edit without the first-order steps differs
     images = torch.zeros(2, 1, 3, 3, dtype=torch.float64)
-    edited = sdedit("dpmpp", e, s, images, x_T, None, 0.9, steps=20, guidance_interval=band)
-    plain = sdedit("dpmpp", e, s, images, x_T, None, 0.9, steps=20, guidance_interval=band, first_order_switches=False)
-    assert not torch.equal(edited, plain)
-    monkeypatch.setattr(samplers, "guidance_switches", lambda *a: frozenset())
-    assert torch.equal(plain, sdedit("dpmpp", e, s, images, x_T, None, 0.9, steps=20, guidance_interval=band))
+    t0, sub, n = sdedit_plan(s, 0.9, 20)
+    cut = timestep_sequence(sub, n, "logsnr-capped", include_zero=False)
+    kw = dict(steps=n, spacing="logsnr-capped", eta=0.0, clip=True)
+    edited = sdedit("dpmpp", e, s, images, x_T, None, t0, first_order_at=guidance_switches(sub, cut, band), **kw)
+    assert not torch.equal(edited, sdedit("dpmpp", e, s, images, x_T, None, t0, **kw))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -310,8 +312,8 @@ def test_inversion_round_trip_exact_for_an_x0_oracle():
         return (x - a.sqrt() * x0) / (1 - a).sqrt()
 
     for steps in [3, 20, None]:
-        z = ddim_invert(eps_fn, s, x0, steps=steps)
-        assert torch.allclose(ddim(eps_fn, s, z, steps=steps, clip=False), x0, atol=1e-9)
+        z = ddim_invert(eps_fn, s, x0, steps=steps, spacing="uniform")
+        assert torch.allclose(ddim(eps_fn, s, z, spacing="uniform", steps=steps, clip=False), x0, atol=1e-9)
 
 
 def test_inversion_round_trip_gaussian_toy_improves_with_steps():
@@ -326,9 +328,9 @@ def test_inversion_round_trip_gaussian_toy_improves_with_steps():
     z_exact = aT.sqrt() * MU + (aT * SD ** 2 + 1 - aT).sqrt() * (x0 - MU) / SD
     z_errs, errs = [], []
     for steps in [10, 50, 250]:
-        z = ddim_invert(e, s, x0, steps=steps)
+        z = ddim_invert(e, s, x0, steps=steps, spacing="uniform")
         z_errs.append(float((z - z_exact).abs().max()))
-        errs.append(float((ddim(e, s, z, steps=steps, clip=False) - x0).abs().max()))
+        errs.append(float((ddim(e, s, z, spacing="uniform", steps=steps, clip=False) - x0).abs().max()))
     assert z_errs[0] > z_errs[1] > z_errs[2] and z_errs[2] < 0.05, z_errs
     assert errs[0] > errs[1] > errs[2] and errs[2] < 0.02, errs  # first order: ~1/steps
 
@@ -355,7 +357,8 @@ def test_sampled_image_is_independent_of_its_batch(name, kw):
 
     def draw(first, n):
         noise = PerImageNoise(11, n, first_index=first)
-        return run_sampler(name, e, s, noise.initial((1, 4, 4)), noise, **kw)
+        return run_sampler(name, e, s, noise.initial((1, 4, 4)), noise, **{"steps": None, "spacing": "uniform",
+                                                                         "eta": 0.0, "clip": True, **kw})
 
     whole = draw(0, 4)
     assert torch.allclose(whole, torch.cat([draw(0, 1), draw(1, 3)]), atol=1e-6)
@@ -363,7 +366,8 @@ def test_sampled_image_is_independent_of_its_batch(name, kw):
 
 def test_run_sampler_rejects_unknown_names():
     with pytest.raises(ValueError, match="unknown sampler"):
-        run_sampler("rk4", lambda x, t: x, make_schedule("cosine", 10), torch.zeros(1, 1), None)
+        run_sampler("rk4", lambda x, t: x, make_schedule("cosine", 10), torch.zeros(1, 1), None, steps=5,
+                    spacing="uniform", eta=0.0, clip=True)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -410,10 +414,11 @@ def test_stochastic_dpmpp_needs_noise_and_eta0_is_the_ode_solver():
     x_T = torch.randn(2, 1, 3, 3, generator=torch.Generator().manual_seed(5), dtype=torch.float64)
     e = gaussian_eps(s)
     with pytest.raises(ValueError, match="noise_fn"):
-        dpmpp(e, s, x_T, steps=5, eta=1.0)
-    ode = dpmpp(e, s, x_T, steps=7, clip=False)
-    assert torch.equal(dpmpp(e, s, x_T, lambda like: torch.ones_like(like), steps=7, eta=0.0, clip=False), ode)
-    assert not torch.allclose(dpmpp(e, s, x_T, lambda like: torch.ones_like(like), steps=7, eta=1.0, clip=False), ode)
+        dpmpp(e, s, x_T, spacing="logsnr", steps=5, eta=1.0)
+    ode = dpmpp(e, s, x_T, spacing="logsnr", steps=7, clip=False)
+    ones = lambda like: torch.ones_like(like)  # noqa: E731
+    assert torch.equal(dpmpp(e, s, x_T, ones, steps=7, spacing="logsnr", eta=0.0, clip=False), ode)
+    assert not torch.allclose(dpmpp(e, s, x_T, ones, steps=7, spacing="logsnr", eta=1.0, clip=False), ode)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -460,8 +465,8 @@ def test_corrected_stochastic_dpmpp_samples_the_data_distribution(eta):
     the std converges to the data's."""
     s = make_schedule("cosine", 1000)
     for c in (1, 2):
-        mean, std = exact_moments(lambda x, n: dpmpp(gaussian_eps(s), s, x, n, steps=200, eta=eta, clip=False,
-                                                     corrector=c), s, 200)
+        mean, std = exact_moments(lambda x, n: dpmpp(gaussian_eps(s), s, x, n, steps=200, spacing="logsnr", eta=eta,
+                                                     clip=False, corrector=c), s, 200)
         assert mean == pytest.approx(MU, abs=1e-9)
         assert abs(std - SD) / SD < 0.01
 
@@ -482,7 +487,7 @@ def test_corrector_does_not_reach_across_a_jump():
     with pytest.raises(ValueError, match="corrector must be"):
         dpmpp(e, s, x_T, corrector=3, **kw)
     with pytest.raises(ValueError, match="dpmpp's"):
-        run_sampler("ddim", e, s, x_T, None, steps=8, corrector=1)
+        run_sampler("ddim", e, s, x_T, None, steps=8, spacing="uniform", eta=0.0, clip=False, corrector=1)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -519,7 +524,7 @@ def test_flow_heun_reaches_the_gaussian_toy_and_beats_euler(name):
     errors = {}
     for sampler, steps in [("euler", 10), ("heun", 10), ("heun", 40)]:
         fn = flow_euler if sampler == "euler" else flow_heun
-        mean, std = exact_moments(lambda x, n: fn(gaussian_eps(s), s, x, steps=steps, clip=False), s)
+        mean, std = exact_moments(lambda x, n: fn(gaussian_eps(s), s, x, steps=steps, spacing="flow", clip=False), s)
         errors[sampler, steps] = abs(mean - MU) + abs(std - SD)
     assert errors["heun", 10] < errors["euler", 10] / 3
     assert errors["heun", 40] < 2e-3
@@ -528,11 +533,12 @@ def test_flow_heun_reaches_the_gaussian_toy_and_beats_euler(name):
 def test_heun_visits_each_grid_point_after_the_first_twice():
     s = make_schedule("flow", 100)
     seq = timestep_sequence(s, 5, "flow")
-    visited = visited_timesteps("heun", s, 5)
+    visited = visited_timesteps("heun", s, 5, "flow")
     assert len(visited) == 2 * 5 - 1 and visited[0] == seq[0] and visited[1::2] == seq[1:] == visited[2::2]
     seen = []
-    run_sampler("heun", gaussian_eps(s), s, torch.zeros(1, 2, dtype=torch.float64), None, steps=5, clip=False,
+    run_sampler("heun", gaussian_eps(s), s, torch.zeros(1, 2, dtype=torch.float64), None, steps=5, spacing="flow",
+                eta=0.0, clip=False,
                 callback=lambda i, t, x, x0: seen.append(t))
     assert seen == visited
     with pytest.raises(ValueError, match="deterministic"):
-        run_sampler("euler", gaussian_eps(s), s, torch.zeros(1, 2), None, steps=5, eta=0.5)
+        run_sampler("euler", gaussian_eps(s), s, torch.zeros(1, 2), None, steps=5, spacing="flow", eta=0.5, clip=True)

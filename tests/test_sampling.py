@@ -3,6 +3,7 @@ run, the trajectory recorder, and conditional training's label drops.
 """
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
 
@@ -172,3 +173,80 @@ def test_dpmpp_default_eta_depends_on_guidance(uncond, cond):
     assert (draw(uncond) == draw(uncond, eta=2.0, spacing="logsnr-capped")).all()
     assert not (draw(uncond) == draw(uncond, eta=0.0)).all()
     assert (draw(cond, label=3, guidance=1.0) == draw(cond, label=3, guidance=1.0, eta=0.5)).all()
+
+
+# -- every caller runs the planner's plan for its task ---------------------------------------------------
+
+def test_every_pipeline_draw_runs_the_plan_of_its_task(cond, uncond, executed_plans):
+    """sample, sample_tensor, edit, inpaint, invert and decode each run exactly what
+    sampling.plan(model, options, task) returns: none of them builds or adjusts a plan itself."""
+    from mnist_diffusion.sampling import options_for
+    images = cond.sample(2, label=[1, 2], steps=3, seed=4)
+    x = torch.as_tensor(images, dtype=torch.float32)[:, None] / 127.5 - 1
+    mask = np.zeros((28, 28), dtype=np.float32)
+    mask[:, 14:] = 1
+    expected = []
+
+    def want(diff, task="sample", strength=None, labelled=True, **given):
+        expected.append(plan(diff, options_for(diff, labelled=labelled, **given), task=task, strength=strength))
+    executed_plans.clear()
+    cond.sample(2, label=[1, 2], guidance=1.0, steps=5, seed=1)
+    want(cond, guidance=1.0, steps=5)
+    uncond.sample_tensor(2, sampler="ddim", steps=4)
+    want(uncond, labelled=False, sampler="ddim", steps=4)
+    cond.edit(images, 0.6, label=[3, 4], guidance=0.5, steps=6)
+    want(cond, "edit", 0.6, guidance=0.5, steps=6)
+    cond.edit(images, 0.5, label=[3, 4], sampler="ddpm")
+    want(cond, "edit", 0.5, sampler="ddpm")
+    cond.inpaint(images, mask, label=[5, 6], steps=4)
+    want(cond, "inpaint", sampler="ddpm", steps=4)
+    cond.inpaint(images, mask, label=[5, 6], sampler="ddim", eta=0.3, steps=4)
+    want(cond, "inpaint", sampler="ddim", eta=0.3, steps=4)
+    z = uncond.invert(x, steps=4)
+    expected.append(plan(uncond, SamplingConfig(steps=4), task="invert"))
+    uncond.decode(z, clip=False)
+    expected.append(plan(uncond, SamplingConfig(clip=False), task="invert"))
+    assert executed_plans == expected
+    assert [p.task for p in expected] == ["sample"] * 2 + ["edit"] * 2 + ["inpaint"] * 2 + ["invert"] * 2
+    assert [len(p.timesteps) for p in expected[2:4]] == [4, 10]  # 60% of 6 steps; half of T = 20
+
+
+def test_the_tools_draws_run_the_plan_of_their_task(cond, executed_plans, tmp_path):
+    """The figure, the demo and the training preview ask the planner too."""
+    from mnist_diffusion.demo.checks import Request
+    from mnist_diffusion.demo.draws import generate_frames
+    from mnist_diffusion.sampling import options_for
+    from mnist_diffusion.visualize import plot_denoising
+    executed_plans.clear()
+    plot_denoising(cond, tmp_path / "d.png", label=3, guidance=1.0, num_images=2, steps=4)
+    assert executed_plans == [plan(cond, options_for(cond, labelled=True, sampler="ddim", steps=4, guidance=1.0))]
+    executed_plans.clear()
+    list(generate_frames(cond, Request(label="one of each", guidance=0.5, sampler="dpmpp", steps=5, seed=2,
+                                       num_images=10)))
+    assert executed_plans == [plan(cond, options_for(cond, labelled=True, sampler="dpmpp", steps=5, guidance=0.5))]
+
+
+def test_the_training_preview_runs_the_models_own_plan(executed_plans, tmp_path):
+    from conftest import synthetic_split, tiny_config
+    from mnist_diffusion.diffusion import Diffusion
+    from mnist_diffusion.sampling import options_for
+    from mnist_diffusion.training import train
+    cfg = tiny_config(max_steps=1, num_samples=2).replace(diffusion={"timesteps": 20})
+    result = train(cfg, synthetic_split(16), tmp_path / "run", progress=False, log=lambda s: None)
+    diff = Diffusion.load(result.checkpoint, device="cpu", precision="fp32")
+    labelled = diff.num_classes is not None
+    assert executed_plans and all(p == plan(diff, options_for(diff, labelled=labelled, clip=cfg.train.clip))
+                                  for p in executed_plans)
+
+
+def test_the_option_help_states_the_planners_rules():
+    """The --steps and --spacing help name the planner's defaults (sampling.STEPS, SPACING): prose
+    that restates a rule is checked against it."""
+    import dataclasses
+    from mnist_diffusion.sampling import SPACING, STEPS
+    helps = {f.name: f.metadata["help"] for f in dataclasses.fields(SamplingConfig)}
+    for sampler, n in STEPS.items():
+        assert (f"{sampler} {n}" if n else f"{sampler} all T") in helps["steps"], sampler
+    for sampler, spacing in SPACING.items():
+        said = helps["spacing"].split("default ", 1)[1]
+        assert spacing in said and (sampler in said or spacing == "uniform"), sampler

@@ -24,7 +24,7 @@ import mnist_diffusion as md
 from mnist_diffusion.config import PRESETS, RunConfig
 from mnist_diffusion.data import to_uint8
 from mnist_diffusion.pretrained import PRETRAINED
-from mnist_diffusion.samplers import run_sampler
+from mnist_diffusion.sampling import run_plan
 from mnist_diffusion.website import ORT_WEB_VERSION, find_runtime
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -151,9 +151,7 @@ def _python_draw(name: str, steps: int, labels: torch.Tensor, noise: torch.Tenso
         plan = diff.plan(sampler="dpmpp", steps=steps, eta=0.0)
     eps_fn = diff.eps_fn(labels, plan.guidance, plan.guidance_interval)
     with torch.no_grad():
-        x = run_sampler(plan.sampler, eps_fn, diff.schedule, noise, None, steps=plan.steps, eta=plan.eta,
-                        spacing=plan.spacing, clip=plan.clip, guidance_interval=plan.guidance_interval,
-                        first_order_switches=plan.first_order_switches, corrector=plan.corrector)
+        x = run_plan(plan, eps_fn, diff.schedule, noise, None)
     return to_uint8(x)
 
 

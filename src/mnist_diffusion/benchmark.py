@@ -41,7 +41,6 @@ from .config import RunConfig, SamplingConfig, preset
 from .device import autocast, choose_precision, describe_precision, resolve_device, resolve_precision
 from .diffusion import Diffusion
 from .models import count_parameters, default_config
-from .samplers import DEFAULT_STEPS
 from .sampling import generate, plan
 from .schedule import make_schedule
 from .training import TrainState, apply_update, draw_batch, t_logit_normal, training_step
@@ -289,9 +288,10 @@ def sampling_times(model: torch.nn.Module, cfg: RunConfig, device: torch.device,
     n = settings.sample_images
     out = {}
     for name in BENCH_SAMPLERS:
-        # a default longer than the model's T (ddim's 50 on a T = 20 model) is every timestep; steps asked
-        # for are never cut short (_check_sampler_steps), so the table never shows steps it did not run
-        n_steps = min((steps or {}).get(name) or DEFAULT_STEPS[name] or diff.timesteps, diff.timesteps)
+        # the planner's steps (a rule longer than the model's T, ddim's 50 on a T = 20 model, is every
+        # timestep); steps asked for are never cut short (_check_sampler_steps), so the table never shows
+        # steps it did not run
+        n_steps = plan(diff, SamplingConfig(name, steps=(steps or {}).get(name))).steps
         full = settings.full_sampling or n_steps <= settings.max_full_steps
         timed, options = (diff, plan(diff, SamplingConfig(name, steps=n_steps))) if full else \
             (short, plan(short, SamplingConfig(name, steps=k)))

@@ -215,8 +215,8 @@ class SamplingConfig:
     what the command line shows (research=True: only under --help-all)."""
     sampler: str = option("dpmpp", "ddpm (ancestral), ddim, dpmpp (DPM-Solver++(2M), the default), or euler / "
                                    "heun (the flow ODE in the straight path's time)", choices=SAMPLERS)
-    steps: Optional[int] = option(None, "network evaluations (default: dpmpp 20, ddim 50, euler 20, ddpm all T); "
-                                        "heun: grid points, 2 steps - 1 evaluations (default 10)", kind="positive")
+    steps: Optional[int] = option(None, "network evaluations (default: dpmpp 20, ddim 50, euler 20, heun 10, ddpm "
+                                        "all T); heun counts grid points, 2 steps - 1 evaluations", kind="positive")
     guidance: float = option(0.0, "classifier-free guidance weight w (needs labels; 0 = plain conditional; "
                                   "default: the model's own)", kind="nonneg")
     eta: Optional[float] = option(None, "stochasticity of ddim and dpmpp: 0 = deterministic; 1 = DDPM-like for "

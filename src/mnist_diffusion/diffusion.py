@@ -33,13 +33,14 @@ from .hub import load_folder
 from .labels import Label
 from .models import build_model
 from .pretrained import PRETRAINED, resolve
-from .samplers import PerImageNoise, ddim, ddim_invert, slerp
+from .samplers import PerImageNoise, slerp
 from .sampling import (
     SamplingPlan,
+    decode,
     edit_batches,
     generate,
     inpaint_batches,
-    inpaint_plan,
+    invert,
     options_for,
     plan,
     sample_batches,
@@ -141,12 +142,19 @@ class Diffusion(Denoiser):
         return "clusters" if label is None and self.clustered else label
 
     def plan(self, options: Optional[SamplingConfig] = None, *, labelled: bool = True, names: str = "api",
-             **given) -> SamplingPlan:
-        """The resolved plan of a draw (sampling.plan) with these options over the model's own;
-        `names`: how errors name the options, "api" (guidance=) or "cli" (--guidance)."""
+             task: str = "sample", strength: Optional[float] = None, **given) -> SamplingPlan:
+        """The resolved plan of a `task` (sampling.plan: sample, edit at `strength`, inpaint, invert)
+        with these options over the model's own; `names`: how errors name the options, "api"
+        (guidance=) or "cli" (--guidance). Inpainting runs ddpm unless a sampler is given; inversion
+        takes only the steps, spacing and clipping given."""
         if options is not None:
             given = {**options.to_dict(), **{k: v for k, v in given.items() if v is not None}}
-        return plan(self, options_for(self, labelled=labelled, **given), names=names)
+        if task == "invert":
+            chosen = SamplingConfig().override(**{k: given.get(k) for k in ("steps", "spacing", "clip")})
+            return plan(self, chosen, task=task, names=names)
+        if task == "inpaint" and given.get("sampler") is None:
+            given["sampler"] = "ddpm"
+        return plan(self, options_for(self, labelled=labelled, **given), task=task, strength=strength, names=names)
 
     # -----------------------------------------------------------------------------------------
     # sampling
@@ -188,10 +196,7 @@ class Diffusion(Denoiser):
         m = torch.as_tensor(check_mask(mask, len(known)))[:, None]
         labels = self.labels(label, len(known), _seed(seed))
         jump_length, resample = _count(jump_length, "jump_length"), _count(resample, "resample")
-        given = {**(options.to_dict() if options is not None else {}), **sampling}
-        if given.get("sampler") is None:
-            given["sampler"] = "ddpm"
-        drawn = inpaint_plan(self, options_for(self, labelled=labels is not None, **given))
+        drawn = self.plan(options, labelled=labels is not None, task="inpaint", **sampling)
         return self._gather(inpaint_batches(self, known, m, drawn, jump_length=jump_length, resample=resample,
                                             labels=labels, seed=seed, batch_size=_count(batch_size, "batch_size"),
                                             progress=progress), len(known))
@@ -207,11 +212,11 @@ class Diffusion(Denoiser):
         x = self._as_model_range(images)
         labels = self.labels(label, len(x), _seed(seed))
         self.check_labelled(labels is not None)
-        drawn = self.plan(options, labelled=labels is not None, **sampling)
-        if strength == 0.0:
-            self.check_labels(labels, len(x), drawn.guidance)
+        if strength == 0.0:  # the options are still checked
+            self.check_labels(labels, len(x), self.plan(options, labelled=labels is not None, **sampling).guidance)
             return to_uint8(x)
-        return self._gather(edit_batches(self, x, strength, drawn, labels=labels, seed=seed,
+        drawn = self.plan(options, labelled=labels is not None, task="edit", strength=strength, **sampling)
+        return self._gather(edit_batches(self, x, drawn, labels=labels, seed=seed,
                                          batch_size=_count(batch_size, "batch_size"), progress=progress), len(x))
 
     @staticmethod
@@ -235,30 +240,26 @@ class Diffusion(Denoiser):
             out[start:start + len(x0)] = to_uint8(x0)
         return out
 
-    @torch.no_grad()
-    def invert(self, images: torch.Tensor, *, steps: Optional[int] = 50, spacing: str = "uniform",
+    def invert(self, images: torch.Tensor, *, steps: Optional[int] = None, spacing: Optional[str] = None,
                labels: Optional[torch.Tensor] = None) -> torch.Tensor:
         """Deterministic DDIM inversion: images in [-1, 1], (N, 1, 28, 28) -> the noise x_T that
-        `decode` (DDIM, eta = 0, same steps) maps back to (approximately) the same images."""
-        self.check_labels(labels)
-        return ddim_invert(self.eps_fn(labels), self.schedule, images.to(self.device), steps=steps, spacing=spacing)
+        `decode` (DDIM, eta = 0, same steps) maps back to (approximately) the same images. Steps and
+        grid: the plan's rule (sampling.INVERT_STEPS uniform steps) unless given."""
+        return invert(self, images, self.plan(task="invert", steps=steps, spacing=spacing), labels)
 
-    @torch.no_grad()
-    def decode(self, x_T: torch.Tensor, *, steps: Optional[int] = 50, spacing: str = "uniform", clip: bool = True,
-               labels: Optional[torch.Tensor] = None) -> torch.Tensor:
+    def decode(self, x_T: torch.Tensor, *, steps: Optional[int] = None, spacing: Optional[str] = None,
+               clip: bool = True, labels: Optional[torch.Tensor] = None) -> torch.Tensor:
         """Deterministic DDIM (eta = 0) from given noise. Without clipping it is the exact inverse of
         `invert` up to discretisation error, but only for an exact eps: at t = T-1 the x0-prediction
         divides the network's error by sqrt(a_{T-1}) (~5e-5 for the cosine schedule), and a trained
         model's unclipped trajectory can diverge. Clipping (the default) keeps it on the data range;
         measured on a quick-preset MNIST model, the 50-step round trip error was 7/255 with clipping
         and 49/255 without."""
-        self.check_labels(labels)
-        return ddim(self.eps_fn(labels), self.schedule, x_T.to(self.device), steps=steps, eta=0.0, spacing=spacing,
-                    clip=clip)
+        return decode(self, x_T, self.plan(task="invert", steps=steps, spacing=spacing, clip=clip), labels)
 
     @torch.no_grad()
-    def interpolate(self, z0: torch.Tensor, z1: torch.Tensor, frames: int, *, steps: Optional[int] = 50,
-                    spacing: str = "uniform", clip: bool = True) -> torch.Tensor:
+    def interpolate(self, z0: torch.Tensor, z1: torch.Tensor, frames: int, *, steps: Optional[int] = None,
+                    spacing: Optional[str] = None, clip: bool = True) -> torch.Tensor:
         """Images along the great circle between two noises z0, z1 (each (1, 1, 28, 28)): slerp at
         `frames` evenly spaced fractions, then deterministic DDIM. Returns (frames, 1, 28, 28) in [-1, 1];
         frame 0 decodes z0 and the last frame z1."""
@@ -269,7 +270,7 @@ class Diffusion(Denoiser):
         return self.decode(zs, steps=steps, spacing=spacing, clip=clip)
 
     @torch.no_grad()
-    def interpolate_between(self, ends, frames: int, *, steps: Optional[int] = 50, spacing: str = "uniform",
+    def interpolate_between(self, ends, frames: int, *, steps: Optional[int] = None, spacing: Optional[str] = None,
                             clip: bool = True) -> torch.Tensor:
         """`interpolate` between two seeds (the noise of image 0 of `sample(seed=A)` and of
         `sample(seed=B)`) or two real images (uint8 (2, 28, 28), inverted to noise with `invert`)."""

@@ -42,8 +42,8 @@ from .data import Split
 from .diffusion import Diffusion
 from .pretrained import PRETRAINED
 from .rundir import TrainingError, find_resume
-from .samplers import run_sampler, timestep_sequence
-from .sampling import plan
+from .samplers import timestep_sequence
+from .sampling import plan, run_plan
 from .schedule import Schedule, extract, q_sample
 from .training import Batch, Objective, TrainResult, TrainState, image_objective, train
 
@@ -110,10 +110,7 @@ def draw_pairs(teacher: Diffusion, distill: DistillConfig, seed: int, first: int
         part = slice(s, s + batch_size)
         yb = None if y is None else y[part].to(teacher.device)
         eps_fn = teacher.eps_fn(yb, how.guidance, how.guidance_interval)
-        x = run_sampler(how.sampler, eps_fn, teacher.schedule, z[part].float().to(teacher.device), None,
-                        steps=how.steps, eta=0.0, spacing=how.spacing, clip=how.clip,
-                        guidance_interval=how.guidance_interval, first_order_switches=how.first_order_switches,
-                        corrector=how.corrector)
+        x = run_plan(how, eps_fn, teacher.schedule, z[part].float().to(teacher.device), None)
         out.append(x.clamp(-1, 1).cpu().half())
     pairs = {"noise": z, "images": torch.cat(out)}
     if y is not None:

@@ -23,15 +23,6 @@ NoiseFn = Callable[[torch.Tensor], torch.Tensor]
 # callback(step_index, t, x_t, pred_x0) is called once per network evaluation
 Callback = Optional[Callable[[int, int, torch.Tensor, torch.Tensor], None]]
 
-# None = every timestep; heun's are grid points (2 steps - 1 network evaluations)
-DEFAULT_STEPS = {"ddpm": None, "ddim": 50, "dpmpp": 20, "euler": 20, "heun": 10}
-# log-SNR grids for DPM-Solver++: the most accurate at 10-50 steps against a converged ODE solution
-# with a trained MNIST model (docs/SAMPLERS.md); capped, because the plain one spends 8 of 20
-# evaluations on pure noise, which cost FID on every shipped model (docs/decisions/capped-grid.md).
-# DDIM keeps the usual uniform grid; Euler and Heun in flow time s take one uniform in s
-DEFAULT_SPACING = {"ddpm": "uniform", "ddim": "uniform", "dpmpp": "logsnr-capped", "euler": "flow", "heun": "flow"}
-
-
 class PerImageNoise:
     """N(0, I) noise with one generator per image, seeded from (seed, image index)."""
 
@@ -194,7 +185,7 @@ def alpha_bar_at(schedule: Schedule, t: int) -> float:
 
 @torch.no_grad()
 def ddim(eps_fn: EpsFn, schedule: Schedule, x_T: torch.Tensor, noise_fn: Optional[NoiseFn] = None, *,
-         steps: Optional[int] = 50, eta: float = 0.0, spacing: str = "uniform", clip: bool = True,
+         steps: Optional[int], spacing: str, eta: float = 0.0, clip: bool = True,
          callback: Callback = None) -> torch.Tensor:
     """Song et al. (2021), eq. 12: x_s = sqrt(a_s) x0 + sqrt(1 - a_s - sigma^2) eps + sigma z,
     sigma = eta sqrt((1 - a_s)/(1 - a_t)) sqrt(1 - a_t/a_s). eta = 0 is deterministic; the last
@@ -219,8 +210,8 @@ def ddim(eps_fn: EpsFn, schedule: Schedule, x_T: torch.Tensor, noise_fn: Optiona
 
 
 @torch.no_grad()
-def ddim_invert(eps_fn: EpsFn, schedule: Schedule, x0: torch.Tensor, *, steps: Optional[int] = 50,
-                spacing: str = "uniform") -> torch.Tensor:
+def ddim_invert(eps_fn: EpsFn, schedule: Schedule, x0: torch.Tensor, *, steps: Optional[int],
+                spacing: str) -> torch.Tensor:
     """Deterministic DDIM run forwards (eta = 0): image -> the x_T that ddim() maps back to it."""
     seq = list(reversed(timestep_sequence(schedule, steps, spacing)))  # 0 ... T-1
     x = x0
@@ -249,8 +240,8 @@ def _flow_step(schedule: Schedule, x: torch.Tensor, t: int, s: int, u: torch.Ten
 
 
 @torch.no_grad()
-def flow_euler(eps_fn: EpsFn, schedule: Schedule, x_T: torch.Tensor, *, steps: Optional[int] = 20,
-               spacing: str = "flow", clip: bool = True, callback: Callback = None) -> torch.Tensor:
+def flow_euler(eps_fn: EpsFn, schedule: Schedule, x_T: torch.Tensor, *, steps: Optional[int], spacing: str,
+               clip: bool = True, callback: Callback = None) -> torch.Tensor:
     """Euler's method on the flow-matching ODE dz/ds = u(z, s), u = eps - x_0 (Liu et al. 2023), on
     a grid uniform in the path's time s (spacing "flow"), the last step to s = 0. With u from the
     model's (x_0, eps) the step lands on (1 - s') x_0 + s' eps: it is DDIM at eta = 0 written in flow
@@ -266,8 +257,8 @@ def flow_euler(eps_fn: EpsFn, schedule: Schedule, x_T: torch.Tensor, *, steps: O
 
 
 @torch.no_grad()
-def flow_heun(eps_fn: EpsFn, schedule: Schedule, x_T: torch.Tensor, *, steps: Optional[int] = 10,
-              spacing: str = "flow", clip: bool = True, callback: Callback = None) -> torch.Tensor:
+def flow_heun(eps_fn: EpsFn, schedule: Schedule, x_T: torch.Tensor, *, steps: Optional[int], spacing: str,
+              clip: bool = True, callback: Callback = None) -> torch.Tensor:
     """Heun's method (the explicit trapezoidal rule, as in EDM's Algorithm 1) on the same ODE:
     an Euler step to the next grid point, a second evaluation there, the step redone with the
     mean of both velocities; the last step (to the clean image) stays Euler. `steps` grid points
@@ -299,7 +290,7 @@ def half_log_snr(schedule: Schedule, t: int) -> float:
 
 @torch.no_grad()
 def dpmpp(eps_fn: EpsFn, schedule: Schedule, x_T: torch.Tensor, noise_fn: Optional[NoiseFn] = None, *,
-          steps: Optional[int] = 20, spacing: str = "logsnr", eta: float = 0.0, clip: bool = True,
+          steps: Optional[int], spacing: str, eta: float = 0.0, clip: bool = True,
           first_order_at: Collection[int] = (), corrector: int = 0, callback: Callback = None) -> torch.Tensor:
     """DPM-Solver++(2M), Lu et al. (2022b), Algorithm 2, on the discrete schedule; with eta > 0
     its stochastic form (eta = 1: SDE-DPM-Solver++(2M), same paper, Appendix; eta in (0, 1)
@@ -417,7 +408,7 @@ def repaint_path(seq: Sequence[int], jump_length: int = 10, resample: int = 1) -
 
 @torch.no_grad()
 def repaint(eps_fn: EpsFn, schedule: Schedule, x_T: torch.Tensor, noise_fn: NoiseFn, known: torch.Tensor,
-            mask: torch.Tensor, *, steps: Optional[int] = None, spacing: str = "uniform", eta: float = 1.0,
+            mask: torch.Tensor, *, steps: Optional[int], spacing: str, eta: float = 1.0,
             jump_length: int = 10, resample: int = 1, clip: bool = True, callback: Callback = None) -> torch.Tensor:
     """Inpainting (RePaint, Lugmayr et al. 2022): `known` images in [-1, 1] and a `mask` (1 = known
     pixel), the same shape. Each reverse step (DDIM eq. 12 with `eta`; eta = 1 on every timestep is
@@ -455,11 +446,11 @@ def sdedit_start(schedule: Schedule, strength: float) -> int:
     return max(0, min(schedule.timesteps - 1, round(strength * schedule.timesteps) - 1))
 
 
-def sdedit_plan(name: str, schedule: Schedule, strength: float, steps: Optional[int] = None):
+def sdedit_plan(schedule: Schedule, strength: float, steps: Optional[int]):
     """(t0, the schedule cut at t0, the steps to run on it): the share `strength` of a full run's
-    steps (sampler `name`'s default when None; ddpm's None stays every timestep)."""
+    `steps` (None, every timestep, stays every timestep of the cut schedule)."""
     t0 = sdedit_start(schedule, strength)
-    n = steps if steps is not None else DEFAULT_STEPS[name]
+    n = steps
     if strength < 1.0 and n is not None:
         n = max(1, round(n * (t0 + 1) / schedule.timesteps))
     return t0, schedule.prefix(t0 + 1), n
@@ -467,22 +458,21 @@ def sdedit_plan(name: str, schedule: Schedule, strength: float, steps: Optional[
 
 @torch.no_grad()
 def sdedit(name: str, eps_fn: EpsFn, schedule: Schedule, images: torch.Tensor, noise: torch.Tensor, noise_fn: NoiseFn,
-           strength: float, *, steps: Optional[int] = None, eta: float = 0.0, spacing: Optional[str] = None,
-           clip: bool = True, guidance_interval: Optional[tuple[float, float]] = None,
-           first_order_switches: bool = True, corrector: int = 0, callback: Callback = None) -> torch.Tensor:
-    """SDEdit (Meng et al. 2022): noise `images` (in [-1, 1]) to t0 = sdedit_start(strength) with
-    `noise`, x_t0 = sqrt(a_t0) x + sqrt(1 - a_t0) noise, and run sampler `name` from there on the
-    schedule cut at t0 (Schedule.prefix), with the share `strength` of its steps. At strength 1,
-    x_t0 is the noise itself: the same run as sampling from scratch with that noise."""
-    t0, sub, n = sdedit_plan(name, schedule, strength, steps)
-    if strength == 1.0:
+           start: int, *, steps: Optional[int], spacing: str, eta: float, clip: bool,
+           first_order_at: Collection[int] = (), corrector: int = 0, callback: Callback = None) -> torch.Tensor:
+    """SDEdit (Meng et al. 2022): noise `images` (in [-1, 1]) to timestep `start` = t0 with `noise`,
+    x_t0 = sqrt(a_t0) x + sqrt(1 - a_t0) noise, and run sampler `name` from there on the schedule cut
+    at t0 (Schedule.prefix) for `steps` (sdedit_plan: the strength's share of a full run's). From
+    t0 = T - 1, x_t0 is the noise itself: the same run as sampling from scratch with that noise."""
+    sub = schedule.prefix(start + 1)
+    if start == schedule.timesteps - 1:
         x = noise
     else:
         # the coefficients as Python floats: the images stay in their dtype and device (MPS has no float64)
-        x = float(sub.sqrt_alpha_bar[t0]) * images.to(noise.dtype) + float(sub.sqrt_one_minus_alpha_bar[t0]) * noise
-    return run_sampler(name, eps_fn, sub, x, noise_fn, steps=n, eta=eta, spacing=spacing, clip=clip,
-                       guidance_interval=guidance_interval, first_order_switches=first_order_switches,
-                       corrector=corrector, callback=callback)
+        x = float(sub.sqrt_alpha_bar[start]) * images.to(noise.dtype) + \
+            float(sub.sqrt_one_minus_alpha_bar[start]) * noise
+    return run_sampler(name, eps_fn, sub, x, noise_fn, steps=steps, eta=eta, spacing=spacing, clip=clip,
+                       first_order_at=first_order_at, corrector=corrector, callback=callback)
 
 
 def slerp(z0: torch.Tensor, z1: torch.Tensor, alpha: float, eps: float = 1e-7) -> torch.Tensor:
@@ -514,11 +504,8 @@ def guidance_switches(schedule: Schedule, seq: Sequence[int],
     return frozenset(t for t, now, before in zip(seq[1:], inside[1:], inside) if now != before)
 
 
-def visited_timesteps(name: str, schedule: Schedule, steps: Optional[int] = None,
-                      spacing: Optional[str] = None) -> list[int]:
+def visited_timesteps(name: str, schedule: Schedule, steps: Optional[int], spacing: str) -> list[int]:
     """The timesteps at which `run_sampler(name, ...)` evaluates the network, in order."""
-    spacing = DEFAULT_SPACING[name] if spacing is None else spacing
-    steps = DEFAULT_STEPS[name] if steps is None else steps
     seq = timestep_sequence(schedule, steps, spacing, include_zero=name != "dpmpp")
     if name == "heun":  # each grid point after the first twice: the corrector's evaluation, then the next step's
         return seq[:1] + [t for t in seq[1:] for _ in range(2)]
@@ -526,25 +513,21 @@ def visited_timesteps(name: str, schedule: Schedule, steps: Optional[int] = None
 
 
 def run_sampler(name: str, eps_fn: EpsFn, schedule: Schedule, x_T: torch.Tensor, noise_fn: NoiseFn, *,
-                steps: Optional[int] = None, eta: float = 0.0, spacing: Optional[str] = None, clip: bool = True,
-                variance: str = "posterior", guidance_interval: Optional[tuple[float, float]] = None,
-                first_order_switches: bool = True, corrector: int = 0, callback: Callback = None) -> torch.Tensor:
-    """Dispatch by name with each sampler's default step count and spacing (when None).
-    `guidance_interval`: the one eps_fn guides in, if any; dpmpp takes first-order steps where
-    guidance switches (guidance_switches) unless `first_order_switches` is False, and does not
-    correct across them; the other samplers need not know. `corrector`: dpmpp's (0 = none)."""
+                steps: Optional[int], spacing: str, eta: float, clip: bool, first_order_at: Collection[int] = (),
+                corrector: int = 0, variance: str = "posterior", callback: Callback = None) -> torch.Tensor:
+    """Dispatch by name, every setting given (sampling.plan decides them). `steps` None or T: every
+    timestep. `first_order_at`: dpmpp's first-order steps (where a guidance interval switches, see
+    guidance_switches); `corrector`: dpmpp's (0 = none). DDPM with fewer steps than T is DDIM with
+    eta = 1 on the respaced grid."""
     if corrector and name != "dpmpp":
         raise ValueError(f"the corrector is dpmpp's; {name} has none")
     if name not in SAMPLERS:
         raise ValueError(f"unknown sampler {name!r}; choose from {', '.join(SAMPLERS)}")
-    spacing = DEFAULT_SPACING[name] if spacing is None else spacing
     if name == "ddpm":
         if steps not in (None, schedule.timesteps):
-            # DDPM with fewer steps is DDIM with eta = 1 on the respaced sequence
             return ddim(eps_fn, schedule, x_T, noise_fn, steps=steps, eta=1.0, spacing=spacing, clip=clip,
                         callback=callback)
         return ddpm(eps_fn, schedule, x_T, noise_fn, clip=clip, variance=variance, callback=callback)
-    steps = DEFAULT_STEPS[name] if steps is None else steps
     if name == "ddim":
         return ddim(eps_fn, schedule, x_T, noise_fn, steps=steps, eta=eta, spacing=spacing, clip=clip,
                     callback=callback)
@@ -553,7 +536,5 @@ def run_sampler(name: str, eps_fn: EpsFn, schedule: Schedule, x_T: torch.Tensor,
             raise ValueError(f"{name} solves the flow ODE: it is deterministic (eta 0), got eta {eta:g}")
         return (flow_euler if name == "euler" else flow_heun)(eps_fn, schedule, x_T, steps=steps, spacing=spacing,
                                                               clip=clip, callback=callback)
-    switches = guidance_switches(schedule, timestep_sequence(schedule, steps, spacing, include_zero=False),
-                                 guidance_interval) if guidance_interval and first_order_switches else frozenset()
     return dpmpp(eps_fn, schedule, x_T, noise_fn, steps=steps, spacing=spacing, eta=eta, clip=clip,
-                 first_order_at=switches, corrector=corrector, callback=callback)
+                 first_order_at=first_order_at, corrector=corrector, callback=callback)

@@ -26,9 +26,9 @@ from .config import SamplingConfig
 from .data import to_uint8
 from .denoiser import Denoiser
 from .samplers import (
-    DEFAULT_SPACING,
-    DEFAULT_STEPS,
     PerImageNoise,
+    ddim,
+    ddim_invert,
     guidance_switches,
     repaint,
     repaint_path,
@@ -38,7 +38,21 @@ from .samplers import (
     timestep_sequence,
     visited_timesteps,
 )
-from .schedule import noise_level
+from .schedule import Schedule, noise_level
+
+# Every sampling rule, here and nowhere else (samplers.py takes each setting explicitly).
+# Network evaluations per sampler (None: every timestep; heun's are grid points, 2 steps - 1 evaluations)
+STEPS = {"ddpm": None, "ddim": 50, "dpmpp": 20, "euler": 20, "heun": 10}
+# log-SNR grids for DPM-Solver++: the most accurate at 10-50 steps against a converged ODE solution
+# with a trained MNIST model (docs/SAMPLERS.md); capped, because the plain one spends 8 of 20
+# evaluations on pure noise, which cost FID on every shipped model (docs/decisions/capped-grid.md).
+# DDIM keeps the usual uniform grid; Euler and Heun in flow time s take one uniform in s
+SPACING = {"ddpm": "uniform", "ddim": "uniform", "dpmpp": "logsnr-capped", "euler": "flow", "heun": "flow"}
+# DDIM inversion and decoding (invert, decode, interpolate): deterministic DDIM on 50 uniform steps
+INVERT_STEPS = 50
+# what a plan is for: a draw from noise, an SDEdit from given images at a strength, RePaint, or the
+# deterministic DDIM pair inversion / decoding
+TASKS = ("sample", "edit", "inpaint", "invert")
 
 # dpmpp's default with classifier-free guidance: guide only at noise levels sigma_t in [0.3, 5]
 # (Kynkaanniemi et al. 2024); on the shipped guided models it beats guiding at every step, at 20
@@ -77,6 +91,8 @@ class SamplingPlan:
     corrector: int
     guided_timesteps: tuple[int, ...] = ()  # where guidance mixes two evaluations
     autoguided: bool = False
+    task: str = "sample"
+    start: Optional[int] = None  # an edit's t0: the timestep its noised images start from
 
     @property
     def evaluations(self) -> int:
@@ -125,26 +141,63 @@ def options_for(denoiser: Denoiser, *, labelled: bool, **given) -> SamplingConfi
     return options
 
 
-def plan(denoiser: Denoiser, options: SamplingConfig = SamplingConfig(), *, names: str = "api") -> SamplingPlan:
-    """Resolve `options` against the model: the sampler's step count and grid, eta, the guidance
-    interval and switch steps, the corrector. The rules, each measured on the shipped models
-    (docs/RESULTS.md; docs/decisions/):
+def plan(denoiser: Denoiser, options: SamplingConfig = SamplingConfig(), *, task: str = "sample",
+         strength: Optional[float] = None, names: str = "api") -> SamplingPlan:
+    """Resolve `options` against the model for `task` (TASKS) into every concrete setting of the
+    draw. The rules, each measured on the shipped models (docs/RESULTS.md; docs/decisions/):
+    - steps and grid: the given ones, else STEPS and SPACING for the sampler;
     - eta: the one given, else for dpmpp 2 without guidance, 0.5 with classifier-free guidance, 0
       with autoguidance (measured only so); 0 for ddim; ddpm is ancestral;
     - guidance interval: the one given (0,inf = every step), else 0.3-5 for dpmpp with
       classifier-free guidance, every step otherwise;
-    - corrector: the one given, else 1 for dpmpp with classifier-free guidance, 0 otherwise.
+    - corrector: the one given, else 1 for dpmpp with classifier-free guidance, 0 otherwise;
+    - edit (SDEdit at `strength`): a full draw's plan cut at t0 = samplers.sdedit_start(strength),
+      with the strength's share of its steps;
+    - inpaint (RePaint): ddpm (ancestral) or ddim (eta as given, else 0) on a uniform grid of every
+      timestep unless fewer steps are given; unguided unless asked;
+    - invert (DDIM inversion and decoding): ddim, eta 0, INVERT_STEPS uniform steps unless given, unguided.
     `names`: how errors name the options (option_name: "api" keywords, "cli" flags)."""
+    if task not in TASKS:
+        raise ValueError(f"unknown task {task!r}; choose from {', '.join(TASKS)}")
+    if (strength is None) != (task != "edit"):
+        raise ValueError("an edit's plan needs its strength, and only an edit's")
+    if options.steps is not None and options.steps > denoiser.schedule.timesteps:
+        raise ValueError(f"steps {options.steps}: the model has only T = {denoiser.schedule.timesteps} timesteps")
+    if task == "inpaint":
+        return _inpaint_plan(denoiser, options)
+    if task == "invert":
+        return _invert_plan(denoiser, options)
+    full = _sample_plan(denoiser, options, names)
+    return _cut(full, denoiser.schedule, strength) if task == "edit" else full
+
+
+def _guided(schedule: Schedule, timesteps: tuple[int, ...], guidance: float,
+            interval: Optional[tuple[float, float]]) -> tuple[int, ...]:
+    """The timesteps where guidance mixes two evaluations."""
+    if not guidance:
+        return ()
+    if interval is None:
+        return timesteps
+    sigma = noise_level(schedule, torch.as_tensor(timesteps)).tolist()
+    return tuple(t for t, s in zip(timesteps, sigma) if interval[0] <= s <= interval[1])
+
+
+def _switches(sampler: str, schedule: Schedule, timesteps: tuple[int, ...], interval, first_order: bool):
+    """dpmpp's first-order steps: where its guidance interval switches on or off."""
+    if sampler != "dpmpp" or not interval or not first_order:
+        return ()
+    return tuple(sorted(guidance_switches(schedule, list(timesteps), interval), reverse=True))
+
+
+def _sample_plan(denoiser: Denoiser, options: SamplingConfig, names: str) -> SamplingPlan:
     schedule, autoguided = denoiser.schedule, denoiser.guide is not None
-    if options.steps is not None and options.steps > schedule.timesteps:
-        raise ValueError(f"steps {options.steps}: the model has only T = {schedule.timesteps} timesteps")
     sampler, guidance = options.sampler, float(options.guidance)
     if denoiser.capabilities.distilled and guidance:
         raise ValueError(f"this distilled student has its teacher's guidance {denoiser.capabilities.built_in_guidance:g} "
                          f"built in; it takes no further guidance (leave {option_name('guidance', names)} out)")
     cfg_guided = bool(guidance) and not autoguided and sampler == "dpmpp"
-    spacing = options.spacing or DEFAULT_SPACING[sampler]
-    steps = options.steps or DEFAULT_STEPS[sampler] or schedule.timesteps
+    spacing = options.spacing or SPACING[sampler]
+    steps = options.steps or STEPS[sampler] or schedule.timesteps
     timesteps = tuple(visited_timesteps(sampler, schedule, steps, spacing))
     if options.eta is not None:
         eta = float(options.eta)
@@ -156,21 +209,58 @@ def plan(denoiser: Denoiser, options: SamplingConfig = SamplingConfig(), *, name
     gi = (float(gi[0]), float(gi[1]))
     interval = None if gi == EVERYWHERE or not guidance else gi
     corrector = options.corrector if options.corrector is not None else 1 if cfg_guided else 0
-    switches = guidance_switches(schedule, list(timesteps), interval) \
-        if sampler == "dpmpp" and interval and options.first_order_switches else frozenset()
-    if not guidance:
-        guided: tuple[int, ...] = ()
-    elif interval is None:
-        guided = timesteps
-    else:
-        sigma = noise_level(schedule, torch.as_tensor(timesteps)).tolist()
-        guided = tuple(t for t, s in zip(timesteps, sigma) if interval[0] <= s <= interval[1])
     grid = min(steps, schedule.timesteps) if sampler == "heun" else len(timesteps)  # heun: grid points
     return SamplingPlan(sampler=sampler, steps=steps if sampler == "ddpm" else grid, spacing=spacing,
                         timesteps=timesteps, eta=eta, clip=options.clip, guidance=guidance, guidance_interval=interval,
                         first_order_switches=options.first_order_switches,
-                        switches=tuple(sorted(switches, reverse=True)), corrector=int(corrector),
-                        guided_timesteps=guided, autoguided=autoguided)
+                        switches=_switches(sampler, schedule, timesteps, interval, options.first_order_switches),
+                        corrector=int(corrector), guided_timesteps=_guided(schedule, timesteps, guidance, interval),
+                        autoguided=autoguided)
+
+
+def _cut(full: SamplingPlan, schedule: Schedule, strength: float) -> SamplingPlan:
+    """An SDEdit's plan: `full` (a draw from noise) cut at t0, with the strength's share of its steps."""
+    t0, sub, n = sdedit_plan(schedule, strength, full.steps)
+    timesteps = tuple(visited_timesteps(full.sampler, sub, n, full.spacing))
+    return dataclasses.replace(
+        full, task="edit", start=t0, steps=n, timesteps=timesteps,
+        switches=_switches(full.sampler, sub, timesteps, full.guidance_interval, full.first_order_switches),
+        guided_timesteps=_guided(sub, timesteps, full.guidance, full.guidance_interval))
+
+
+def _inpaint_plan(denoiser: Denoiser, options: SamplingConfig) -> SamplingPlan:
+    if not denoiser.capabilities.inpaints:
+        raise ValueError(f"inpainting resamples the hidden part at every one of many steps (RePaint); a distilled "
+                         f"student takes one or two: inpaint with its teacher ({denoiser.capabilities.teacher})")
+    if options.sampler not in ("ddpm", "ddim"):
+        raise ValueError("inpainting runs the ddpm or ddim sampler (a multistep solver cannot restart at every "
+                         "step as RePaint needs)")
+    spacing = options.spacing or "uniform"
+    seq = tuple(timestep_sequence(denoiser.schedule, options.steps, spacing))
+    guidance = float(options.guidance)
+    return SamplingPlan(sampler=options.sampler, steps=len(seq), spacing=spacing, timesteps=seq,
+                        eta=1.0 if options.sampler == "ddpm" else float(options.eta or 0.0), clip=options.clip,
+                        guidance=guidance, guidance_interval=None, first_order_switches=options.first_order_switches,
+                        switches=(), corrector=0, guided_timesteps=seq if guidance else (),
+                        autoguided=denoiser.guide is not None, task="inpaint")
+
+
+def _invert_plan(denoiser: Denoiser, options: SamplingConfig) -> SamplingPlan:
+    spacing = options.spacing or SPACING["ddim"]
+    seq = tuple(timestep_sequence(denoiser.schedule, options.steps or INVERT_STEPS, spacing))
+    return SamplingPlan(sampler="ddim", steps=len(seq), spacing=spacing, timesteps=seq, eta=0.0, clip=options.clip,
+                        guidance=0.0, guidance_interval=None, first_order_switches=True, switches=(), corrector=0,
+                        task="invert")
+
+
+def run_plan(plan: SamplingPlan, eps_fn, schedule: Schedule, x_T: torch.Tensor, noise_fn, *,
+             callback=None) -> torch.Tensor:
+    """x_0 from x_T by a draw's plan (task "sample"), every setting the plan's."""
+    if plan.task != "sample":
+        raise ValueError(f"run_plan runs a draw from noise, not a {plan.task} plan")
+    return run_sampler(plan.sampler, eps_fn, schedule, x_T, noise_fn, steps=plan.steps, eta=plan.eta,
+                       spacing=plan.spacing, clip=plan.clip, first_order_at=frozenset(plan.switches),
+                       corrector=plan.corrector, callback=callback)
 
 
 def sample_batches(denoiser: Denoiser, num_images: int, plan: SamplingPlan, *,
@@ -179,34 +269,9 @@ def sample_batches(denoiser: Denoiser, num_images: int, plan: SamplingPlan, *,
     """Yield (start, x_0) for images start.. of a run, a batch at a time, x_0 in [-1, 1] with shape
     (n, 1, 28, 28). `first` skips the images a stopped run already has (a whole number of batches)."""
     def draw(eps_fn, noise, start, n, step_done):
-        return run_sampler(plan.sampler, eps_fn, denoiser.schedule, noise.initial((1, 28, 28)), noise,
-                           steps=plan.steps, eta=plan.eta, spacing=plan.spacing, clip=plan.clip,
-                           guidance_interval=plan.guidance_interval, first_order_switches=plan.first_order_switches,
-                           corrector=plan.corrector, callback=step_done)
+        return run_plan(plan, eps_fn, denoiser.schedule, noise.initial((1, 28, 28)), noise, callback=step_done)
     yield from run_batches(denoiser, num_images, plan, draw, len(plan.timesteps), labels=labels, seed=seed,
                         batch_size=batch_size, first=first, progress=progress, callback=callback)
-
-
-def inpaint_plan(denoiser: Denoiser, options: SamplingConfig) -> SamplingPlan:
-    """RePaint's plan: ddpm (ancestral, eta 1) or ddim (eta as given, else 0) on a uniform grid of
-    every timestep unless `steps` says fewer; unguided unless asked."""
-    if not denoiser.capabilities.inpaints:
-        raise ValueError(f"inpainting resamples the hidden part at every one of many steps (RePaint); a distilled "
-                         f"student takes one or two: inpaint with its teacher ({denoiser.capabilities.teacher})")
-    if options.sampler == "dpmpp":
-        raise ValueError("inpainting runs the ddpm or ddim sampler (a multistep solver cannot restart at every "
-                         "step as RePaint needs)")
-    T = denoiser.schedule.timesteps
-    if options.steps is not None and options.steps > T:
-        raise ValueError(f"steps {options.steps}: the model has only T = {T} timesteps")
-    spacing = options.spacing or "uniform"
-    seq = tuple(timestep_sequence(denoiser.schedule, options.steps, spacing))
-    guidance = float(options.guidance)
-    return SamplingPlan(sampler=options.sampler, steps=len(seq), spacing=spacing, timesteps=seq,
-                        eta=1.0 if options.sampler == "ddpm" else float(options.eta or 0.0), clip=options.clip,
-                        guidance=guidance, guidance_interval=None, first_order_switches=options.first_order_switches,
-                        switches=(), corrector=0, guided_timesteps=seq if guidance else (),
-                        autoguided=denoiser.guide is not None)
 
 
 def inpaint_batches(denoiser: Denoiser, known: torch.Tensor, mask: torch.Tensor, plan: SamplingPlan, *,
@@ -214,7 +279,9 @@ def inpaint_batches(denoiser: Denoiser, known: torch.Tensor, mask: torch.Tensor,
                     batch_size: int = 256, progress: bool = False,
                     callback: BatchCallback = None) -> Iterator[tuple[int, torch.Tensor]]:
     """samplers.repaint over `known` images ((N, 1, 28, 28) in [-1, 1]) and their masks (1 = keep),
-    in batches with per-image seeds, by an inpaint_plan."""
+    in batches with per-image seeds, by an inpaint plan (plan(..., task="inpaint"))."""
+    if plan.task != "inpaint":
+        raise ValueError(f"inpainting runs an inpaint plan, not a {plan.task} plan")
     path = repaint_path(list(plan.timesteps), jump_length, resample)
     evals = sum(s < t for t, s in zip(path[:-1], path[1:]))
 
@@ -227,22 +294,44 @@ def inpaint_batches(denoiser: Denoiser, known: torch.Tensor, mask: torch.Tensor,
                         progress=progress, callback=callback, desc="inpainting")
 
 
-def edit_batches(denoiser: Denoiser, images: torch.Tensor, strength: float, plan: SamplingPlan, *,
+def edit_batches(denoiser: Denoiser, images: torch.Tensor, plan: SamplingPlan, *,
                  labels: Optional[torch.Tensor] = None, seed: int = 0, batch_size: int = 256, progress: bool = False,
                  callback: BatchCallback = None) -> Iterator[tuple[int, torch.Tensor]]:
-    """samplers.sdedit over `images` ((N, 1, 28, 28) in [-1, 1]) at `strength`, in batches with
-    per-image seeds: image i's noise is the x_T that `sample(seed)` starts image i from. The plan
-    is a full run's; an edit takes the `strength` share of its steps."""
-    _, sub, n = sdedit_plan(plan.sampler, denoiser.schedule, strength, plan.steps)
-    evals = len(visited_timesteps(plan.sampler, sub, n, plan.spacing))
+    """samplers.sdedit over `images` ((N, 1, 28, 28) in [-1, 1]) by an edit plan (plan(..., task="edit",
+    strength=s)), in batches with per-image seeds: image i's noise is the x_T that `sample(seed)`
+    starts image i from."""
+    if plan.task != "edit":
+        raise ValueError(f"an edit runs an edit plan, not a {plan.task} plan")
 
     def draw(eps_fn, noise, start, n, step_done):
         return sdedit(plan.sampler, eps_fn, denoiser.schedule, images[start:start + n].to(denoiser.device),
-                      noise.initial((1, 28, 28)), noise, strength, steps=plan.steps, eta=plan.eta,
-                      spacing=plan.spacing, clip=plan.clip, guidance_interval=plan.guidance_interval,
-                      first_order_switches=plan.first_order_switches, corrector=plan.corrector, callback=step_done)
-    yield from run_batches(denoiser, len(images), plan, draw, evals, labels=labels, seed=seed, batch_size=batch_size,
-                        progress=progress, callback=callback, desc="editing")
+                      noise.initial((1, 28, 28)), noise, plan.start, steps=plan.steps, eta=plan.eta,
+                      spacing=plan.spacing, clip=plan.clip, first_order_at=frozenset(plan.switches),
+                      corrector=plan.corrector, callback=step_done)
+    yield from run_batches(denoiser, len(images), plan, draw, len(plan.timesteps), labels=labels, seed=seed,
+                        batch_size=batch_size, progress=progress, callback=callback, desc="editing")
+
+
+def invert(denoiser: Denoiser, images: torch.Tensor, plan: SamplingPlan,
+           labels: Optional[torch.Tensor] = None) -> torch.Tensor:
+    """Deterministic DDIM inversion by an invert plan: images in [-1, 1] -> x_T."""
+    if plan.task != "invert":
+        raise ValueError(f"inversion runs an invert plan, not a {plan.task} plan")
+    denoiser.check_labels(labels)
+    with torch.no_grad():
+        return ddim_invert(denoiser.eps_fn(labels), denoiser.schedule, images.to(denoiser.device), steps=plan.steps,
+                           spacing=plan.spacing)
+
+
+def decode(denoiser: Denoiser, x_T: torch.Tensor, plan: SamplingPlan,
+           labels: Optional[torch.Tensor] = None) -> torch.Tensor:
+    """Deterministic DDIM (eta 0) from given noise by an invert plan: inversion's inverse."""
+    if plan.task != "invert":
+        raise ValueError(f"decoding runs an invert plan, not a {plan.task} plan")
+    denoiser.check_labels(labels)
+    with torch.no_grad():
+        return ddim(denoiser.eps_fn(labels), denoiser.schedule, x_T.to(denoiser.device), steps=plan.steps, eta=0.0,
+                    spacing=plan.spacing, clip=plan.clip)
 
 
 def run_batches(denoiser: Denoiser, num_images, plan: SamplingPlan, draw, evals_per_batch, *, labels, seed, batch_size,

@@ -13,6 +13,7 @@ import io
 import os
 import sys
 from pathlib import Path
+from typing import Optional
 
 import matplotlib
 
@@ -23,10 +24,10 @@ import numpy as np  # noqa: E402
 
 from . import noising
 from .atomic import atomic_write_bytes  # noqa: E402
-from .config import CLASS_NAMES, SamplingConfig  # noqa: E402
+from .config import CLASS_NAMES  # noqa: E402
 from .data import SIZES, to_model_range
 from .images import grid, label_frame, save_gif, save_grid, save_png
-from .sampling import generate, gif_timesteps, plan  # noqa: E402
+from .sampling import generate, gif_timesteps  # noqa: E402
 from .schedule import make_schedule, q_sample
 
 
@@ -229,11 +230,13 @@ def plot_forward(images_u8: np.ndarray, output, *, row_labels=None, timesteps=DE
 # The reverse process of a trained model
 
 def plot_denoising(diff, output, *, label=None, guidance: float = 0.0, num_images: int = 4, sampler: str = "ddim",
-                   steps: int = 50, columns: int = 8, seed: int = 0) -> Path:
+                   steps: Optional[int] = None, columns: int = 8, seed: int = 0) -> Path:
     """What the model sees and says while it denoises: for each image, x_t (top row) and its
     prediction of the clean image x0-hat (bottom row) at `columns` of the visited timesteps, then
-    the sample. Early on x0-hat is a blurry average digit; it sharpens as t falls."""
-    drawn = plan(diff, SamplingConfig(sampler, steps=min(steps, diff.timesteps), guidance=guidance))
+    the sample. Early on x0-hat is a blurry average digit; it sharpens as t falls. `steps`: the
+    sampler's rule (sampling.plan) unless given."""
+    labels = diff.labels(diff.default_label(label), num_images, seed)
+    drawn = diff.plan(labelled=labels is not None, sampler=sampler, steps=steps, guidance=guidance)
     visited = drawn.timesteps
     ts = set(gif_timesteps(list(visited), columns))
     seen: dict[int, tuple] = {}
@@ -241,7 +244,6 @@ def plot_denoising(diff, output, *, label=None, guidance: float = 0.0, num_image
     def record(start, i, t, x, x0):
         if t in ts:
             seen[t] = (x.float().cpu().numpy()[:, 0], x0.float().cpu().numpy()[:, 0])
-    labels = diff.labels(diff.default_label(label), num_images, seed)
     final = generate(diff, num_images, drawn, labels=labels, seed=seed, batch_size=num_images, callback=record)
     order = sorted(seen, reverse=True)
     final_f = final.astype(np.float64) / 127.5 - 1
