@@ -178,6 +178,16 @@ def test_power_ema_is_its_closed_form_average(gamma):
     assert ema_beta(0.999, 0, 2.0) == 0.0 and ema_beta(0.999, 99, 2.0) == pytest.approx(0.99 ** 3)
 
 
+def test_adam_beta2_reaches_the_optimiser_and_is_checked():
+    from mnist_diffusion.config import ConfigError
+    from mnist_diffusion.training import TrainState
+    assert TrainState(tiny_config(), torch.device("cpu")).opt.param_groups[0]["betas"] == (0.9, 0.999)
+    assert TrainState(tiny_config(adam_beta2=0.99), torch.device("cpu")).opt.param_groups[0]["betas"] == (0.9, 0.99)
+    for bad in (1.0, -0.1):
+        with pytest.raises(ConfigError, match="adam_beta2"):
+            tiny_config(adam_beta2=bad)
+
+
 @pytest.mark.parametrize("conditional", [False, True])
 def test_micro_batches_give_the_full_batch_gradient(conditional):
     cfg = tiny_config()

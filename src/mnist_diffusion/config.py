@@ -118,6 +118,8 @@ class TrainConfig:
                                                      "same update, less memory", kind="positive", resumable=True)
     lr: float = option(2e-4, "peak learning rate of AdamW", kind="positive")
     weight_decay: float = option(0.0, "AdamW weight decay", kind="nonneg")
+    adam_beta2: float = option(0.999, "AdamW's second-moment decay beta2 (EDM2 trains with 0.99: a shorter memory "
+                                      "of the gradient's scale)", kind="unit", research=True)
     warmup_steps: int = option(200, "linear learning-rate warm-up", kind="nonneg")
     lr_decay: bool = option(True, "cosine decay to 10% over the planned steps", flag="--no-lr-decay")
     grad_clip: float = option(1.0, "clip the gradient norm to this (0 = off)", kind="nonneg")
@@ -174,6 +176,8 @@ class TrainConfig:
             raise ConfigError(f"train.lr must be in (0, 1), got {self.lr}")
         if not (0.0 <= self.ema_decay < 1.0):
             raise ConfigError(f"train.ema_decay must be in [0, 1), got {self.ema_decay}")
+        if not (0.0 <= self.adam_beta2 < 1.0):
+            raise ConfigError(f"train.adam_beta2 must be in [0, 1), got {self.adam_beta2}")
         if not 0.0 <= self.ema_gamma <= 1000.0:
             raise ConfigError(f"train.ema_gamma must be in [0, 1000] (0 = the classic warm-up), got {self.ema_gamma}")
         for key in ("sample_interval", "save_interval", "warmup_steps", "keep_checkpoints"):

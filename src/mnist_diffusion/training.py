@@ -238,7 +238,8 @@ class TrainState:
             torch.manual_seed(_mix(cfg.train.seed, 0, 3))
             self.model = build_model(cfg.model, cfg.diffusion.timesteps).to(device)
         self.ema = copy.deepcopy(self.model).eval().requires_grad_(False)
-        self.opt = torch.optim.AdamW(self.model.parameters(), lr=cfg.train.lr, weight_decay=cfg.train.weight_decay)
+        self.opt = torch.optim.AdamW(self.model.parameters(), lr=cfg.train.lr, weight_decay=cfg.train.weight_decay,
+                                     betas=(0.9, cfg.train.adam_beta2))
         self.step, self.skipped = 0, 0
         self.run_id = uuid.uuid4().hex  # which run a directory and its checkpoints belong to
         self.made_by = "distill" if cfg.distill.distilled else "train"  # the command its checkpoints name
