@@ -73,6 +73,8 @@ VARIANTS = {
     # the same planned for 1,750 steps: the time curve measured 1,900 at 0.46x today's time (256 against
     # 203 images/s), over the 0.45x target
     "thin-attn-v-1750": _steps(THIN_ATTN, 1750),
+    # between the two: 1,750 measured 0.40x back to back (FID mean 0.1905 at n = 10,000), 1,900 0.46x
+    "thin-attn-v-1850": _steps(THIN_ATTN, 1850),
     # issue 47 on the thin network at 1,750 steps: lever a, EDM2's power-function EMA at gamma 16 (shorter
     # than the classic warm-up's ~8: longer averages were worse, power-ema.md); lever d, AdamW's beta2 0.99
     # (EDM2's: a shorter memory of the gradient's scale for a short run)
