@@ -261,9 +261,13 @@ def test_missing_cuda_is_a_one_line_error(capsys):
 def test_model_options_resolve_like_train():
     from mnist_diffusion.config import preset
 
+    from mnist_diffusion.rundir import run_config
+
     def cfg(preset=None, model=None, base_dim=None, micro_batch=None):
         return bench.resolve_config(preset, model, base_dim, micro_batch)
-    assert cfg() == preset("default")
+    assert cfg() == run_config(None, output_dir="x")[0]  # what `train` would run
+    assert cfg(preset="quick", model="unet_attn", base_dim=16) == run_config(
+        "quick", output_dir="x", values={"model.name": "unet_attn", "model.base_dim": 16})[0]
     assert cfg(preset="quick", micro_batch=16).train.micro_batch == 16
     assert cfg(preset="quick").model == preset("quick").model
     assert cfg(preset="quick", base_dim=16).model.base_dim == 16

@@ -11,7 +11,7 @@ from typing import Callable, Optional, Sequence, Union
 
 import numpy as np
 
-from .config import RunConfig, preset
+from .config import RunConfig, preset, resolve
 from .data import DataError, Split, load_training_data, prepare
 from .diffusion import Diffusion
 from .distill import distill as distill_loop
@@ -44,13 +44,13 @@ def train(config: Union[RunConfig, str] = "quick", dataset: Union[str, Split, No
     if dataset is not None and not isinstance(dataset, (str, Split)):
         raise TypeError(f"dataset must be a name (mnist, fashion_mnist, folder:PATH, npz:PATH) or a Split, "
                         f"got {type(dataset).__name__}")
-    cfg = preset(config) if isinstance(config, str) else config
-    changes = dict(train_options)
+    base = preset(config) if isinstance(config, str) else config
+    values = {f"train.{k}": v for k, v in train_options.items()}
     if isinstance(dataset, str):
-        changes["dataset"] = dataset
-    if changes:  # clusters=K (label-free conditioning) makes the K clusters the model's classes
-        model = {"num_classes": changes["clusters"]} if changes.get("clusters") else {}
-        cfg = cfg.replace(train=changes, **({"model": model} if model else {}))
+        values["train.dataset"] = dataset
+    # the CLI's resolver: clusters=K makes the K clusters the model's classes, a config without a
+    # sampling section gets the recommended one
+    cfg = resolve(base, values)
     data = dataset if isinstance(dataset, Split) else load_training_data(cfg.train.dataset, log=log)
     result = train_loop(cfg, data, output_dir, resume=resume, progress=progress, log=log)
     return result.diffusion

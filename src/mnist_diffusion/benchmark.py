@@ -37,7 +37,7 @@ from typing import Callable, Optional
 
 import torch
 
-from .config import RunConfig, SamplingConfig, preset
+from .config import RunConfig, SamplingConfig, preset, resolve
 from .device import autocast, choose_precision, describe_precision, resolve_device, resolve_precision
 from .diffusion import Diffusion
 from .models import count_parameters, default_config
@@ -284,7 +284,8 @@ def sampling_times(model: torch.nn.Module, cfg: RunConfig, device: torch.device,
     precision = _precision_name(amp)
     diff = Diffusion(model, cfg, device=device, precision=precision)
     k = settings.timed_steps
-    short = Diffusion(model, cfg.replace(diffusion={"timesteps": max(2, k)}), device=device, precision=precision)
+    short = Diffusion(model, cfg.replace(diffusion={"timesteps": max(2, k)}, sampling={"steps": None}), device=device,
+                      precision=precision)
     n = settings.sample_images
     out = {}
     for name in BENCH_SAMPLERS:
@@ -575,17 +576,10 @@ def parse_comparisons(text: Optional[str]) -> tuple[str, ...]:
 
 def resolve_config(preset_name: Optional[str] = None, model: Optional[str] = None, base_dim: Optional[int] = None,
                    micro_batch: Optional[int] = None) -> RunConfig:
-    """A preset's config, with another network (at its canonical size), width or micro-batch."""
-
-    cfg = preset(preset_name or "default")
-    changes = {}
-    if model and model != cfg.model.name:
-        changes["model"] = {k: v for k, v in default_config(model).__dict__.items() if k != "num_classes"}
-    if base_dim:
-        changes.setdefault("model", {})["base_dim"] = base_dim
-    if micro_batch:
-        changes["train"] = {"micro_batch": micro_batch}
-    return cfg.replace(**changes) if changes else cfg
+    """A preset's config, with another network (at its canonical size), width or micro-batch: what
+    `train` would run with these options (config.resolve, the one resolver)."""
+    return resolve(preset(preset_name or "default"), {"model.name": model, "model.base_dim": base_dim,
+                                                      "train.micro_batch": micro_batch}, model_defaults=default_config)
 
 
 def run_from_options(preset_name: Optional[str] = None, *, model: Optional[str] = None, base_dim: Optional[int] = None,

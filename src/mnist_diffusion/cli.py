@@ -37,7 +37,7 @@ from .diffusion import Diffusion
 from .distill import distill, distill_run
 from .editing import load_inputs, load_mask, mask_preset
 from .evaluator import train_for_dataset
-from .hub import card_samples, check_report
+from .hub import EXPORT_DTYPE, card_samples, check_report
 from .images import check_grid, load_images, load_sample_set, save_gif, save_grid, save_npz
 from .models import describe
 from .options import sampler_options
@@ -456,7 +456,7 @@ def cmd_export(args) -> int:
     if metrics is not None and isinstance(metrics.get("sampler"), dict):  # the folder samples as it was scored
         diff = diff.with_sampling(section_of_report(diff, metrics["sampler"]))
     samples = None if args.no_samples else card_samples(diff)
-    out = diff.export(args.output, dtype=args.dtype, metrics=metrics, samples=samples,
+    out = diff.export(args.output, dtype=args.dtype or EXPORT_DTYPE, metrics=metrics, samples=samples,
                  command=f"mnist-diffusion train --config {Path(args.output) / 'config.json'} --output-dir runs/NAME",
                  training={"steps": diff.step})
     print(f"wrote {out} ({', '.join(sorted(p.name for p in out.iterdir()))})")
@@ -464,7 +464,7 @@ def cmd_export(args) -> int:
 
 
 def _export_onnx(args) -> int:
-    if args.dtype != "fp32":
+    if args.dtype not in (None, "fp32"):
         raise ConfigError(f"--format onnx writes fp32 (the precision it is checked at), not {args.dtype}")
     if args.metrics:
         raise ConfigError("--metrics is for a model folder's card (--format safetensors)")

@@ -64,12 +64,12 @@ def student_config(teacher: Diffusion, distill: DistillConfig, train_changes: Op
                           f"({teacher.config.distill.teacher})")
     if teacher.num_classes is None and distill.guidance:
         distill = dataclasses.replace(distill, guidance=0.0)  # nothing to guide an unlabelled model with
-    train = {**dataclasses.asdict(teacher.config.train), **STUDENT_TRAIN, "epochs": 10**6, **(train_changes or {})}
-    train["clusters"], train["cluster_sizes"] = 0, []  # the student takes the teacher's classes as they are
+    # the student takes the teacher's classes as they are (no clusters of its own)
+    train = {**STUDENT_TRAIN, "epochs": 10**6, "clusters": 0, "cluster_sizes": []}
     try:
-        return dataclasses.replace(
-            teacher.config, sampling=STUDENT_SAMPLING, distill=distill,
-        ).replace(model={"prediction": "v"}, train=train)
+        base = dataclasses.replace(teacher.config, sampling=STUDENT_SAMPLING, distill=distill).replace(
+            model={"prediction": "v"}, train=train)
+        return resolve(base, {f"train.{k}": v for k, v in (train_changes or {}).items()})  # train's resolver
     except ConfigError as e:
         raise TrainingError(str(e)) from None
 

@@ -79,7 +79,12 @@ def check_report(metrics: dict, what: str = "--metrics") -> dict:
     return metrics
 
 
-def export(diff, output: str | os.PathLike, *, dtype: str = "fp16", metrics: Optional[dict] = None,
+# what a model folder stores its weights as unless told: half the size, FID within one draw's noise
+# (docs/decisions/fp16-export.md); the library and `mnist-diffusion export` both default to it
+EXPORT_DTYPE = "fp16"
+
+
+def export(diff, output: str | os.PathLike, *, dtype: str = EXPORT_DTYPE, metrics: Optional[dict] = None,
            command: Optional[str] = None, training: Optional[dict] = None, samples=None,
            allow_shipped: bool = False) -> Path:
     """Write `diff` (a Diffusion) as a model folder. `metrics`: an `evaluate --json` report for the

@@ -15,6 +15,7 @@ from .benchmark import sampler_steps_arg
 from .config import (DATASETS, OBJECTIVES, PRESETS, SCHEDULES, SECTIONS, SPACINGS, DistillConfig, SamplingConfig,
                      TrainConfig)
 from .editing import MASK_PRESETS
+from .hub import EXPORT_DTYPE
 from .pretrained import PRETRAINED
 
 DEVICES = ("auto", "cpu", "cuda", "mps")
@@ -378,8 +379,9 @@ def export_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--format", choices=["safetensors", "onnx"], default="safetensors",
                    help="safetensors: a model folder (weights, config, scheduler config, card); onnx: model.onnx "
                         "and plan.json, checked against PyTorch with onnxruntime (needs the [onnx] extra)")
-    p.add_argument("--dtype", choices=["fp32", "fp16", "bf16"], default="fp32",
-                   help="of the stored weights (fp16: half the size; images differ by rounding); ONNX is fp32")
+    p.add_argument("--dtype", choices=["fp32", "fp16", "bf16"],
+                   help=f"of the stored weights (default {EXPORT_DTYPE}: half the size of fp32, images differ by "
+                        "rounding); ONNX is fp32")
     p.add_argument("--no-ema", action="store_true", help="export the raw weights instead of the EMA weights")
     p.add_argument("--metrics", metavar="JSON", help="an `evaluate --json` report of this model, for the model card")
     p.add_argument("--no-samples", action="store_true", help="do not draw samples.png for the card")
