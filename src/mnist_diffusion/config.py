@@ -38,14 +38,16 @@ MAX_ETA = 10.0  # dpmpp's eta > 1 keeps exact marginals; beyond ~5 each step is 
 
 
 def option(default, help: str, *, flag: Optional[str] = None, kind: Optional[str] = None,
-           choices: Optional[tuple] = None, resumable: bool = False, cli: bool = True, research: bool = False):
+           choices: Optional[tuple] = None, resumable: bool = False, cli: bool = True, research: bool = False,
+           open_choices: bool = False):
     """A config field and what the command line needs to know of it (dataclass field metadata):
     its --help text, its flag (default --name-with-dashes), `kind` of number (positive, nonneg,
     unit = [0, 1)), `choices`, and whether it may change when a run is resumed. cli=False keeps it
     out of the command line (set through --config or the library); research=True keeps it out of
     --help (listed by --help-all): a knob kept for measurements, not for everyday use."""
     return field(default=default, metadata={"help": help, "flag": flag, "kind": kind, "choices": choices,
-                                            "resumable": resumable, "cli": cli, "research": research})
+                                            "resumable": resumable, "cli": cli, "research": research,
+                                            "open_choices": open_choices})
 
 
 @dataclass(frozen=True)
@@ -65,19 +67,15 @@ class ModelConfig:
                              choices=PREDICTIONS)
 
     def validate(self) -> None:
-        _positive(self, "base_dim", "num_res_blocks")
         _at_most(self, base_dim=1024, num_res_blocks=16, num_classes=100_000)
-        if self.prediction not in PREDICTIONS:
-            raise ConfigError(f"model.prediction must be one of {PREDICTIONS}, got {self.prediction!r}")
         if not self.channel_mults or any(int(m) <= 0 for m in self.channel_mults):
             raise ConfigError("model.channel_mults must be a non-empty list of positive integers")
         if len(self.channel_mults) > MAX_LEVELS:
             raise ConfigError(f"model.channel_mults has {len(self.channel_mults)} levels; 28x28 images allow at "
                               f"most {MAX_LEVELS} (28 -> 14 -> 7 -> 4 -> 2)")
-        if not 0.0 <= self.dropout < 1.0:
-            raise ConfigError(f"model.dropout must be in [0, 1), got {self.dropout}")
         if self.num_classes is not None and self.num_classes < 2:
             raise ConfigError(f"model.num_classes must be >= 2 or null, got {self.num_classes}")
+        check_options(self)  # the metadata's bounds and choices, after the more specific messages above
 
 
 @dataclass(frozen=True)
@@ -86,11 +84,9 @@ class DiffusionConfig:
     schedule: str = option("cosine", "beta schedule", choices=SCHEDULES)
 
     def validate(self) -> None:
-        _positive(self, "timesteps")
         if self.timesteps < 2 or self.timesteps > 100_000:
             raise ConfigError(f"diffusion.timesteps must be in [2, 100000], got {self.timesteps}")
-        if self.schedule not in SCHEDULES:
-            raise ConfigError(f"diffusion.schedule must be one of {SCHEDULES}, got {self.schedule!r}")
+        check_options(self)  # the metadata's bounds and choices, after the more specific messages above
 
 
 @dataclass(frozen=True)
@@ -139,7 +135,8 @@ class TrainConfig:
     num_samples: int = option(64, "images per sample grid", kind="positive", resumable=True)
     clip: bool = option(True, "do not clip predicted x0 in training previews", flag="--no-clip", resumable=True)
     seed: int = option(0, "seed of the weights, the batches, the timesteps and the noise", kind="nonneg")
-    device: str = option("auto", "where to train", choices=("auto", "cpu", "cuda", "mps"), resumable=True)
+    device: str = option("auto", "where to train", choices=("auto", "cpu", "cuda", "mps"), resumable=True,
+                         open_choices=True)
     # auto: bf16 autocast where it is fast (CPU with bf16, CUDA), else fp32
     precision: str = option("auto", "autocast precision", choices=("auto", "fp32", "bf16", "fp16"), resumable=True)
     cond_drop_prob: float = option(0.1, "label drop probability for guidance (default 0.1; the quick preset: 0.2)",
@@ -164,50 +161,29 @@ class TrainConfig:
     def validate(self) -> None:
         if self.dataset not in DATASETS and not self.dataset.startswith(("folder:", "npz:")):
             raise ConfigError(f"train.dataset must be one of {DATASETS}, folder:PATH or npz:PATH, got {self.dataset!r}")
-        _positive(self, "epochs", "batch_size", "num_samples", "log_interval")
-        if self.max_steps is not None and self.max_steps <= 0:
-            raise ConfigError(f"train.max_steps must be positive, got {self.max_steps}")
-        if self.subset is not None and self.subset <= 0:
-            raise ConfigError(f"train.subset must be positive, got {self.subset}")
-        if self.micro_batch is not None and self.micro_batch <= 0:
-            raise ConfigError(f"train.micro_batch must be positive or null, got {self.micro_batch}")
         _at_most(self, batch_size=65536, num_samples=10_000, epochs=10**6, max_steps=10**9, log_interval=10**9)
         if not (0.0 < self.lr < 1.0):
             raise ConfigError(f"train.lr must be in (0, 1), got {self.lr}")
-        if not (0.0 <= self.ema_decay < 1.0):
-            raise ConfigError(f"train.ema_decay must be in [0, 1), got {self.ema_decay}")
-        if not (0.0 <= self.adam_beta2 < 1.0):
-            raise ConfigError(f"train.adam_beta2 must be in [0, 1), got {self.adam_beta2}")
         if not 0.0 <= self.ema_gamma <= 1000.0:
             raise ConfigError(f"train.ema_gamma must be in [0, 1000] (0 = the classic warm-up), got {self.ema_gamma}")
-        for key in ("sample_interval", "save_interval", "warmup_steps", "keep_checkpoints"):
-            if getattr(self, key) < 0:
-                raise ConfigError(f"train.{key} must be >= 0, got {getattr(self, key)}")
         if not 0 <= self.time_limit < math.inf:
             raise ConfigError(f"train.time_limit must be >= 0 minutes, got {self.time_limit}")
         if not (0 <= self.grad_clip < math.inf and 0 <= self.weight_decay < math.inf):
             raise ConfigError("train.grad_clip and train.weight_decay must be finite and >= 0")
-        if not 0.0 <= self.cond_drop_prob < 1.0:
-            raise ConfigError(f"train.cond_drop_prob must be in [0, 1), got {self.cond_drop_prob}")
         if self.min_snr_gamma < 0 or not math.isfinite(self.min_snr_gamma):
             raise ConfigError(f"train.min_snr_gamma must be >= 0 (0 = off), got {self.min_snr_gamma}")
-        if self.t_sampling not in T_SAMPLINGS:
-            raise ConfigError(f"train.t_sampling must be one of {T_SAMPLINGS}, got {self.t_sampling!r}")
         if not (math.isfinite(self.t_logit_mean) and abs(self.t_logit_mean) <= 20):
             raise ConfigError(f"train.t_logit_mean must be a finite number in [-20, 20], got {self.t_logit_mean}")
         if not 0 < self.t_logit_std <= 20:
             raise ConfigError(f"train.t_logit_std must be in (0, 20], got {self.t_logit_std}")
         if self.device not in ("auto", "cpu", "cuda", "mps") and not self.device.startswith("cuda:"):
             raise ConfigError(f"train.device must be auto, cpu, cuda or mps, got {self.device!r}")
-        if self.precision not in ("auto", "fp32", "bf16", "fp16"):
-            raise ConfigError(f"train.precision must be auto, fp32, bf16 or fp16, got {self.precision!r}")
-        if self.nonfinite not in ("stop", "skip"):
-            raise ConfigError(f"train.nonfinite must be 'stop' or 'skip', got {self.nonfinite!r}")
         if self.clusters and not 2 <= self.clusters <= MAX_CLUSTERS:
             raise ConfigError(f"train.clusters must be 0 (off) or in [2, {MAX_CLUSTERS}], got {self.clusters}")
         if self.cluster_sizes and (len(self.cluster_sizes) != self.clusters or min(self.cluster_sizes) < 0
                                    or sum(self.cluster_sizes) == 0):
             raise ConfigError(f"train.cluster_sizes must be {self.clusters} counts (one per cluster), not all zero")
+        check_options(self)  # the metadata's bounds and choices, after the more specific messages above
 
 
 @dataclass(frozen=True)
@@ -280,6 +256,7 @@ class SamplingConfig:
                     or not 0.0 <= gi[0] < gi[1]:
                 raise ConfigError(f"guidance interval {self.guidance_interval!r}: need two noise levels LO,HI "
                                   "with 0 <= LO < HI (HI may be inf), e.g. 0.3,5")
+        check_options(self)
 
     def override(self, **given) -> "SamplingConfig":
         """These options with the given ones (None = not given, keep this one's) put over them."""
@@ -411,12 +388,27 @@ class RunConfig:
         return dataclasses.replace(self, **new).validate()
 
 
-def _positive(obj, *names: str) -> None:
-    for n in names:
-        v = getattr(obj, n)
-        if v <= 0:
-            section = type(obj).__name__.replace("Config", "").lower()
-            raise ConfigError(f"{section}.{n} must be positive, got {v}")
+def check_options(obj) -> None:
+    """What each field's option metadata promises, checked in one place for every section: `kind`
+    (positive; nonneg: >= 0 and finite; unit: in [0, 1)) and `choices` (except where `open_choices`
+    says the command line offers fewer than a config may hold: train.device also takes cuda:N).
+    None passes (an optional field not set)."""
+    section = type(obj).__name__.replace("Config", "").lower()
+    for f in dataclasses.fields(obj):
+        v, meta = getattr(obj, f.name), f.metadata
+        if v is None or isinstance(v, (tuple, list)):
+            continue
+        kind, choices, name = meta.get("kind"), meta.get("choices"), f"{section}.{f.name}"
+        if choices and not meta.get("open_choices") and v not in choices:
+            raise ConfigError(f"{name} must be one of {choices}, got {v!r}")
+        if isinstance(v, bool) or not isinstance(v, (int, float)):
+            continue
+        if kind == "positive" and not v > 0:
+            raise ConfigError(f"{name} must be positive, got {v}")
+        if kind == "nonneg" and not 0 <= v < math.inf:
+            raise ConfigError(f"{name} must be >= 0, got {v}")
+        if kind == "unit" and not 0.0 <= v < 1.0:
+            raise ConfigError(f"{name} must be in [0, 1), got {v}")
 
 
 def _at_most(obj, **limits) -> None:

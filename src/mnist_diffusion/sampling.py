@@ -312,26 +312,28 @@ def edit_batches(denoiser: Denoiser, images: torch.Tensor, plan: SamplingPlan, *
                         batch_size=batch_size, progress=progress, callback=callback, desc="editing")
 
 
+def _invert_eps(denoiser: Denoiser, plan: SamplingPlan, labels: Optional[torch.Tensor], what: str):
+    """The unguided eps_fn that inversion and decoding run, after checking they were given an invert plan."""
+    if plan.task != "invert":
+        raise ValueError(f"{what} runs an invert plan, not a {plan.task} plan")
+    denoiser.check_labels(labels)
+    return denoiser.eps_fn(labels)
+
+
+@torch.no_grad()
 def invert(denoiser: Denoiser, images: torch.Tensor, plan: SamplingPlan,
            labels: Optional[torch.Tensor] = None) -> torch.Tensor:
     """Deterministic DDIM inversion by an invert plan: images in [-1, 1] -> x_T."""
-    if plan.task != "invert":
-        raise ValueError(f"inversion runs an invert plan, not a {plan.task} plan")
-    denoiser.check_labels(labels)
-    with torch.no_grad():
-        return ddim_invert(denoiser.eps_fn(labels), denoiser.schedule, images.to(denoiser.device), steps=plan.steps,
-                           spacing=plan.spacing)
+    return ddim_invert(_invert_eps(denoiser, plan, labels, "inversion"), denoiser.schedule, images.to(denoiser.device),
+                       steps=plan.steps, spacing=plan.spacing)
 
 
+@torch.no_grad()
 def decode(denoiser: Denoiser, x_T: torch.Tensor, plan: SamplingPlan,
            labels: Optional[torch.Tensor] = None) -> torch.Tensor:
     """Deterministic DDIM (eta 0) from given noise by an invert plan: inversion's inverse."""
-    if plan.task != "invert":
-        raise ValueError(f"decoding runs an invert plan, not a {plan.task} plan")
-    denoiser.check_labels(labels)
-    with torch.no_grad():
-        return ddim(denoiser.eps_fn(labels), denoiser.schedule, x_T.to(denoiser.device), steps=plan.steps, eta=0.0,
-                    spacing=plan.spacing, clip=plan.clip)
+    return ddim(_invert_eps(denoiser, plan, labels, "decoding"), denoiser.schedule, x_T.to(denoiser.device),
+                steps=plan.steps, eta=0.0, spacing=plan.spacing, clip=plan.clip)
 
 
 def run_batches(denoiser: Denoiser, num_images, plan: SamplingPlan, draw, evals_per_batch, *, labels, seed, batch_size,
