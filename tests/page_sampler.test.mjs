@@ -1,0 +1,46 @@
+// The page's sampler (src/mnist_diffusion/webpage/sampler.js) replaying draws that Python made:
+// tests/test_page_sampler.py writes one JSON fixture per draw (the model's plan.json, the start
+// noise, labels, every network call Python made with its input and output, and Python's result) and
+// runs `node --test` on this file with PAGE_FIXTURES naming their folder and PAGE_SAMPLER the module. The page's network is
+// the recorded calls, in order: each input must be what Python fed the network (within float32
+// rounding), so every step of the page's arithmetic is checked, not only the end.
+import assert from "node:assert/strict";
+import { readdirSync, readFileSync } from "node:fs";
+import { join } from "node:path";
+import { test } from "node:test";
+
+// the page's module as an .mjs copy (PAGE_SAMPLER): Node reads a bare .js file outside a
+// "type": "module" package as CommonJS
+const { runDraw } = await import(process.env.PAGE_SAMPLER);
+const folder = process.env.PAGE_FIXTURES;
+assert.ok(folder, "PAGE_FIXTURES must name the folder of fixtures (tests/test_page_sampler.py writes them)");
+const names = readdirSync(folder).filter((n) => n.endsWith(".json")).sort();
+assert.ok(names.length > 0, `no fixtures in ${folder}`);
+
+// the largest difference, scaled by the values' own size (at least 1)
+function gap(a, b) {
+  assert.equal(a.length, b.length);
+  let worst = 0;
+  for (let i = 0; i < a.length; i++) worst = Math.max(worst, Math.abs(a[i] - b[i]) / Math.max(1, Math.abs(b[i])));
+  return worst;
+}
+
+for (const name of names) {
+  test(`the page draws what Python drew: ${name}`, async () => {
+    const fx = JSON.parse(readFileSync(join(folder, name), "utf-8"));
+    let call = 0;
+    const net = async (x, t, labels) => {
+      assert.ok(call < fx.calls.length, `the page made more network calls than Python's ${fx.calls.length}`);
+      const want = fx.calls[call++];
+      assert.ok(t.every((v) => v === want.t), `call ${call}: timestep ${t[0]}, Python's ${want.t}`);
+      assert.deepEqual(labels === null || labels === undefined ? null : Array.from(labels), want.labels,
+                       `call ${call}: labels`);
+      assert.ok(gap(x, want.x) <= fx.tolerance, `call ${call} (t = ${want.t}): input differs by ${gap(x, want.x)}`);
+      return Float32Array.from(want.out);
+    };
+    const labels = fx.labels === null ? null : Int32Array.from(fx.labels);
+    const got = await runDraw(fx.plan, net, fx.draw, Float32Array.from(fx.x_T), labels, fx.guidance);
+    assert.equal(call, fx.calls.length, "the page made fewer network calls than Python");
+    assert.ok(gap(got, fx.want) <= fx.tolerance, `the images differ by ${gap(got, fx.want)}`);
+  });
+}
