@@ -11,6 +11,7 @@ import json
 import os
 import shutil
 import socket
+import signal
 import subprocess
 import sys
 import threading
@@ -46,8 +47,11 @@ def _start(cwd: Path, tmp: Path, *model: str):
     read all along by a thread, so it never fills the pipe."""
     port = _free_port()
     env = {**os.environ, "PYTHONUNBUFFERED": "1", "TMPDIR": str(tmp)}
+    # Ctrl-C as a terminal delivers it: a shell that runs the suite in the background without job
+    # control starts it with SIGINT ignored, and an ignored signal stays ignored in the child
     p = subprocess.Popen([sys.executable, "-m", "mnist_diffusion", "demo", "--port", str(port), "--device", "cpu",
-                          *model], cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+                          *model], cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                         preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     lines, url, deadline = [], None, time.time() + 120
     while time.time() < deadline and p.poll() is None:
         line = p.stdout.readline()
