@@ -239,6 +239,19 @@ def test_the_training_preview_runs_the_models_own_plan(executed_plans, tmp_path)
                                   for p in executed_plans)
 
 
+def test_inversion_is_planned_with_its_own_rule(uncond):
+    """invert / decode / interpolate: INVERT_STEPS uniform DDIM steps unless given, every timestep
+    of a model with fewer (T = 20 here), eta 0, unguided; the interpolate command leaves them to it."""
+    from mnist_diffusion.cli import build_parser
+    from mnist_diffusion.sampling import INVERT_STEPS
+    drawn = plan(uncond, SamplingConfig(), task="invert")
+    assert INVERT_STEPS > uncond.timesteps and drawn.timesteps == tuple(range(uncond.timesteps - 1, -1, -1))
+    assert (drawn.sampler, drawn.eta, drawn.guidance, drawn.spacing) == ("ddim", 0.0, 0.0, "uniform")
+    assert len(plan(uncond, SamplingConfig(steps=4), task="invert").timesteps) == 4
+    args = build_parser().parse_args(["interpolate", "--pretrained", "mnist"])
+    assert args.steps is None and args.spacing is None
+
+
 def test_the_option_help_states_the_planners_rules():
     """The --steps and --spacing help name the planner's defaults (sampling.STEPS, SPACING): prose
     that restates a rule is checked against it."""

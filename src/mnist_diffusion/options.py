@@ -339,8 +339,9 @@ def interpolate_options(p: argparse.ArgumentParser) -> None:
                                     "(default: the --dataset test split)")
     add_dataset(p)
     p.add_argument("--frames", type=count(1000), default=10, help="images along the path, ends included")
-    p.add_argument("--steps", type=positive_int, default=50, help="DDIM steps for inversion and decoding")
-    p.add_argument("--spacing", choices=SPACINGS, default="uniform")
+    p.add_argument("--steps", type=positive_int, help="DDIM steps for inversion and decoding (default 50, or every "
+                                                      "timestep of a model with fewer)")
+    p.add_argument("--spacing", choices=SPACINGS, help="their timestep grid (default uniform)")
     p.add_argument("--output", default="interpolation.png", help="PNG strip to write (one row, left to right)")
     p.add_argument("--gif", help="also write the frames as an animated GIF")
     add_device(p, "fp32", help="fp32 by default: inversion is only as exact as the arithmetic")
