@@ -292,9 +292,10 @@ def sampling_times(model: torch.nn.Module, cfg: RunConfig, device: torch.device,
         # the planner's steps (a rule longer than the model's T, ddim's 50 on a T = 20 model, is every
         # timestep); steps asked for are never cut short (_check_sampler_steps), so the table never shows
         # steps it did not run
-        n_steps = plan(diff, SamplingConfig(name, steps=(steps or {}).get(name))).steps
+        planned = plan(diff, SamplingConfig(name, steps=(steps or {}).get(name)))
+        n_steps = planned.steps
         full = settings.full_sampling or n_steps <= settings.max_full_steps
-        timed, options = (diff, plan(diff, SamplingConfig(name, steps=n_steps))) if full else \
+        timed, options = (diff, planned) if full else \
             (short, plan(short, SamplingConfig(name, steps=k)))
         generate(diff, n, plan(diff, SamplingConfig(name, steps=2)), batch_size=n)  # warm-up, untimed
         runs = []
