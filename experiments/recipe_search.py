@@ -1,6 +1,7 @@
 """Which training recipe reaches the quick preset's quality soonest on this machine (issue 38, item 3).
 
-Each variant is `mnist-diffusion train --preset quick` plus its options, run one after another in this
+Each variant is `mnist-diffusion train --preset quick` plus its options (stated against the quick
+preset before issue 47, BEFORE_47, so that a name keeps its meaning), run one after another in this
 process's order (one torch process at a time: interleaving variants and seeds keeps slow and fast
 stretches of a VM day spread over all of them), then `mnist-diffusion evaluate` of its last
 checkpoint with the model's own recommended draw (DPM-Solver++ 20, guided as its card says).
@@ -39,8 +40,25 @@ def _steps(options: list[str], steps: int) -> list[str]:
     return [*options[:i + 1], str(steps), *options[i + 2:]]
 
 
+# The quick preset before issue 47 (the 1.0M-parameter eps U-Net, 3,200 steps of 64): every recipe below is
+# stated against it, so that a variant's name means the same runs whatever the quick preset is today
+BEFORE_47 = ["--model", "unet", "--base-dim", "32", "--channel-mults", "1,2,2", "--num-res-blocks", "1",
+             "--prediction", "eps", "--max-steps", "3200"]
+
+
+def recipe(name: str, preset: str = "quick") -> list[str]:
+    """Variant `name`'s train options on top of `--preset PRESET`: for the quick preset, BEFORE_47 with the
+    variant's options applied (each flag once, the variant's value where it sets one)."""
+    options = VARIANTS[name]
+    if preset != "quick":
+        return list(options)
+    own = set(options)
+    base = [x for i in range(0, len(BEFORE_47), 2) if BEFORE_47[i] not in own for x in BEFORE_47[i:i + 2]]
+    return base + options
+
+
 VARIANTS = {
-    "base": [],                                            # today's quick preset: 3,200 steps of 64
+    "base": [],                                            # the former quick preset: 3,200 steps of 64
     "half": HALF,                                          # the same recipe planned for half the steps
     "half-lr3": HALF + ["--lr", "3e-3"],
     "half-flow": HALF + ["--objective", "flow"],
@@ -93,7 +111,7 @@ def train(name: str, seed: int, runs: Path) -> dict:
     facts = run / "recipe.json"
     if facts.exists():
         return json.loads(facts.read_text())
-    cmd = [*CLI, "train", "--preset", "quick", "--dataset", "mnist", "--seed", str(seed), *VARIANTS[name],
+    cmd = [*CLI, "train", "--preset", "quick", "--dataset", "mnist", "--seed", str(seed), *recipe(name),
            "--output-dir", str(run), "--resume", "auto", "--no-progress"]
     print("+", " ".join(cmd[5:]), flush=True)
     t0 = time.perf_counter()
@@ -104,7 +122,7 @@ def train(name: str, seed: int, runs: Path) -> dict:
     m = re.search(r"done: (\d+) steps in (\d+) s", out.stdout)
     if m is None:
         raise SystemExit(f"{name} seed {seed}: the run was already finished but has no recipe.json; delete {run}")
-    result = {"variant": name, "seed": seed, "options": VARIANTS[name], "steps": int(m[1]),
+    result = {"variant": name, "seed": seed, "options": recipe(name), "steps": int(m[1]),
               "train_seconds": float(m[2]), "wall_seconds": round(wall, 1),
               "command": "mnist-diffusion " + " ".join(cmd[5:-3])}
     facts.write_text(json.dumps(result, indent=2))

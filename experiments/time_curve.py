@@ -2,12 +2,12 @@
 
 Each (variant, seed) is `mnist-diffusion train --preset quick` plus the variant's options (the recipes
 of experiments/recipe_search.py), saving a checkpoint at --points evenly spread steps (all of them
-kept); every run is trained first, seed-major (base s0, half-v s0, base s1, half-v s1: slow and fast
+kept); every run is trained first, seed-major (base s0, thin s0, base s1, thin s1: slow and fast
 stretches of a VM day are shared by the variants), one torch process at a time, and only then is each
 run scored with `mnist-diffusion evaluate --run` (every checkpoint's EMA weights, the model's own draw:
 DPM-Solver++ 20, W = 0.5 for the quick preset), so scoring never counts as training time.
 
-    PYTHONPATH=src python experiments/time_curve.py --variants base,half-v --seeds 0,1 --points 8 \
+    PYTHONPATH=src python experiments/time_curve.py --variants base,thin-attn-v-1850 --seeds 0,1 --points 8 \
         --num-samples 2000 --json docs/results/time-curve.json --figure docs/figures/time_curve.png
 
 Training seconds are the run's own clock (`elapsed_s`: the train command's wall time, previews and
@@ -42,7 +42,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from recipe_search import VARIANTS as RECIPES, _cpu  # noqa: E402  (the recipes: one list, two experiments)
+from recipe_search import VARIANTS as RECIPES, _cpu, recipe  # noqa: E402  (the recipes: one list, two experiments)
 
 ROOT = Path(__file__).resolve().parents[1]
 LOCK = ["flock", "/tmp/torch.lock"]  # one torch process at a time on the 2-core machine
@@ -77,8 +77,9 @@ def planned_steps(options: list[str], preset: str, steps: int | None) -> int:
 
 
 def settings(args, name: str, seed: int) -> dict:
-    steps = planned_steps(VARIANTS[name], args.preset, args.steps)
-    return {"preset": args.preset, "dataset": args.dataset, "variant": name, "options": VARIANTS[name],
+    options = recipe(name, args.preset)
+    steps = planned_steps(options, args.preset, args.steps)
+    return {"preset": args.preset, "dataset": args.dataset, "variant": name, "options": options,
             "seed": seed, "steps": steps, "save_interval": max(1, math.ceil(steps / args.points)),
             "budget_seconds": args.budget_seconds}
 
@@ -304,7 +305,7 @@ def plot(result: dict, path: Path) -> Path:
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--variants", default="base,half-v", help=f"comma-separated, of {', '.join(VARIANTS)}")
+    p.add_argument("--variants", default="base,thin-attn-v-1850", help=f"comma-separated, of {', '.join(VARIANTS)}")
     p.add_argument("--seeds", default="0,1")
     p.add_argument("--points", type=int, default=8, help="checkpoints to score per run, evenly spread over its "
                    "planned steps (a save interval of ceil(steps / points); the last step is always one)")
@@ -363,7 +364,7 @@ def main(argv=None) -> int:
         "settings": {"preset": args.preset, "dataset": args.dataset, "points": args.points, "steps": args.steps,
                      "budget_seconds": args.budget_seconds, "num_samples": args.num_samples, "seeds": seeds,
                      "evaluate": "mnist-diffusion evaluate --run RUN --seed 0 (the model's own draw)"},
-        "variants": {v: VARIANTS[v] for v in variants},
+        "variants": {v: recipe(v, args.preset) for v in variants},
         "runs": runs,
         "mean": {v: mean_rows([r for r in runs if r["variant"] == v]) for v in variants},
     }

@@ -26,11 +26,14 @@ def test_dry_run_prints_the_quick_curve_seed_major(tmp_path, capsys):
     lines = capsys.readouterr().out.splitlines()
     train = [ln for ln in lines if " train " in ln]
     assert [ln.split("--output-dir ")[1].split()[0].rsplit("/", 1)[1] for ln in train] == \
-        ["base-s0", "half-v-s0", "base-s1", "half-v-s1"]  # seed-major: the variants share the machine's day
-    # 8 points over each recipe's own steps; the recipe's own --save-interval is replaced, not repeated
-    assert "--preset quick --dataset mnist --seed 0 --max-steps 3200 --save-interval 400 --keep-checkpoints 0 " \
+        ["base-s0", "thin-attn-v-1850-s0", "base-s1", "thin-attn-v-1850-s1"]  # seed-major: the variants share the day
+    # 8 points over each recipe's own steps; the recipe's own --save-interval is replaced, not repeated;
+    # `base` is the quick preset before issue 47 whatever the preset is today
+    assert "--preset quick --dataset mnist --seed 0 --model unet --base-dim 32 --channel-mults 1,2,2 " \
+           "--num-res-blocks 1 --prediction eps --max-steps 3200 --save-interval 400 --keep-checkpoints 0 " \
            "--time-limit 5 " in train[0]
-    assert "--prediction v --max-steps 1600 --save-interval 200 " in train[1]
+    assert "--prediction v --model unet_attn --num-res-blocks 1 --base-dim 16 --channel-mults 1,4,4 " \
+           "--max-steps 1850 --save-interval 232 " in train[1]
     assert all(ln.count("--save-interval") == 1 and ln.count("--max-steps") == 1 for ln in train)
     assert sum(" evaluate --run " in ln and "--num-samples 2000" in ln for ln in lines) == 4
     assert not (tmp_path / "runs").exists()  # nothing run, nothing written

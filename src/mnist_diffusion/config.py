@@ -493,15 +493,18 @@ def objective_values(objective: Optional[str], values: dict) -> dict:
 # Presets. `quick`: recognisable, requested MNIST digits within `make run`'s budget on a 2-core CPU.
 # `default`: the longer unconditional run the README's default-model numbers come from. `tiny`: a
 # smoke test that trains in seconds (tests, trying the API); its samples are not digits yet.
-# Why each value: docs/decisions/ (conditional-quick-preset.md, micro-batch.md); the numbers: docs/RESULTS.md.
+# Why each value: docs/decisions/ (conditional-quick-preset.md, network.md, micro-batch.md); the numbers: docs/RESULTS.md.
 PRESETS: dict[str, dict[str, dict]] = {
     "quick": {
-        # ~1M parameters; batch 64: twice the updates of 128 at the same images/s on 2 cores.
-        # Class-conditional, labels dropped 20% of the time (guidance and an unlabelled path)
-        "model": {"name": "unet", "base_dim": 32, "channel_mults": [1, 2, 2], "num_res_blocks": 1,
-                  "num_classes": 10},
+        # A thin first level (16 channels at 28x28, 64 below) with self-attention at 7x7, predicting v:
+        # 1,850 steps reach the FID and recognizable of the former 3,200-step eps U-Net in ~0.43x its
+        # time (issue 47; docs/decisions/network.md). Batch 64: twice the updates of 128 at the same
+        # images/s on 2 cores. Class-conditional, labels dropped 20% of the time (guidance and an
+        # unlabelled path)
+        "model": {"name": "unet_attn", "base_dim": 16, "channel_mults": [1, 4, 4], "num_res_blocks": 1,
+                  "num_classes": 10, "prediction": "v"},
         "diffusion": {"timesteps": 1000, "schedule": "cosine"},
-        "train": {"epochs": 100, "max_steps": 3200, "batch_size": 64, "lr": 1.5e-3, "warmup_steps": 100,
+        "train": {"epochs": 100, "max_steps": 1850, "batch_size": 64, "lr": 1.5e-3, "warmup_steps": 100,
                   "ema_decay": 0.999, "sample_interval": 400, "save_interval": 400, "cond_drop_prob": 0.2},
     },
     "default": {
