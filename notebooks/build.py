@@ -56,7 +56,7 @@ from mnist_diffusion.images import grid
 from mnist_diffusion.schedule import make_schedule, q_sample
 
 QUICK = os.environ.get("NOTEBOOK_QUICK") == "1"   # the test suite runs this notebook with smaller numbers
-TRAIN_STEPS = 20 if QUICK else 300                 # of the quick preset's 3,200
+TRAIN_STEPS = 20 if QUICK else 300                 # of the quick preset's 1,850
 N_EVAL = 100 if QUICK else 1000                    # images scored in section 6
 DDPM_STEPS = 100 if QUICK else None                # None: all 1000 steps of ancestral sampling
 
@@ -110,7 +110,7 @@ untrained = md.Diffusion.new(model.config, device="cpu")
 with torch.no_grad():
     print(f"loss, untrained network: {untrained.loss(x0, t, noise, torch.full((256,), 10)).item():.3f}")
     print(f"loss, shipped model:     {model.loss(x0, t, noise, torch.full((256,), 10)).item():.3f}")"""),
-    ("md", r"""A short run of the quick preset (the full one is 3,200 steps, about 9 minutes on 2 CPU cores).
+    ("md", r"""A short run of the quick preset (the full one is 1,850 steps, about 8 minutes on 2 CPU cores).
 `md.train` returns the model; with `output_dir` it also writes the run like the `train` command does
 (section 7 reads it back)."""),
     ("code", r"""RUN = Path(tempfile.mkdtemp()) / "run"
@@ -121,7 +121,7 @@ print(f"{TRAIN_STEPS} steps in {time.time() - t0:.0f} s")
 show(small.sample(label="all", guidance=0.5, sampler="dpmpp", steps=20, seed=0), nrow=10,
      title=f"after {TRAIN_STEPS} steps", width=5)
 show(model.sample(label="all", guidance=0.5, sampler="dpmpp", steps=20, seed=0), nrow=10,
-     title="the shipped model, 3,200 steps", width=5)"""),
+     title="the shipped model, 1,850 steps", width=5)"""),
     ("md", r"""## 3. The reverse process
 
 Sampling runs the process backwards. Ancestral DDPM (Algorithm 2) predicts $\hat x_0$ from $x_t$ and
