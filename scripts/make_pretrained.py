@@ -37,13 +37,13 @@ N_EVAL = 10_000  # images behind every card's numbers
 MODELS = {
     "mnist": {"description": "MNIST, class-conditional, the quick preset (what `make run` trains)",
               "train": ["--preset", "quick", "--dataset", "mnist"], "guidance": 0.5},
-    "fashion_mnist": {"description": "Fashion-MNIST, class-conditional, the quick preset",
-                      "train": ["--preset", "quick", "--dataset", "fashion_mnist"], "guidance": 1.0},
-    "mnist-uncond": {"description": "MNIST, unconditional, the quick preset trained without labels",
-                     "train": ["--preset", "quick", "--unconditional", "--dataset", "mnist"], "guidance": None},
-    "mnist-clusters": {"description": "MNIST, no labels used: the quick preset conditioned on 50 k-means clusters "
+    "fashion_mnist": {"description": "Fashion-MNIST, class-conditional, the quick-unet preset",
+                      "train": ["--preset", "quick-unet", "--dataset", "fashion_mnist"], "guidance": 1.0},
+    "mnist-uncond": {"description": "MNIST, unconditional, the quick-unet preset trained without labels",
+                     "train": ["--preset", "quick-unet", "--unconditional", "--dataset", "mnist"], "guidance": None},
+    "mnist-clusters": {"description": "MNIST, no labels used: the quick-unet preset conditioned on 50 k-means clusters "
                                       "of the images",
-                       "train": ["--preset", "quick", "--unconditional", "--clusters", "50", "--dataset", "mnist"],
+                       "train": ["--preset", "quick-unet", "--unconditional", "--clusters", "50", "--dataset", "mnist"],
                        "guidance": 1.0},
     # distilled students of the shipped models (distill.py): one network evaluation per image, the
     # teacher's guidance built in; scored at their own one-step draw

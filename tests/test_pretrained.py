@@ -81,6 +81,26 @@ def test_a_modified_shipped_file_is_refused(tmp_path, monkeypatch):
         md.load(name, device="cpu")
 
 
+@pytest.mark.parametrize("name", [n for n in PRETRAINED if not n.endswith("-fast")])
+def test_the_cards_training_command_makes_the_shipped_config(name, tmp_path, capsys):
+    """A card's `train` command, run today, sets up exactly the network, schedule and recipe of the
+    weights beside it (a preset that changed under a shipped model would fail here)."""
+    import json
+    card = (DIR / name / "README.md").read_text()
+    command = next(ln for ln in card.splitlines() if ln.startswith("mnist-diffusion train "))
+    argv = command.split()[1:]
+    argv[argv.index("--output-dir") + 1] = str(tmp_path / "run")
+    assert main([*argv, "--dry-run"]) == 0
+    planned = json.loads(capsys.readouterr().out.split("run directory:")[0])
+    from mnist_diffusion.config import RunConfig
+    saved = json.loads((DIR / name / "config.json").read_text())  # options added since read at their defaults
+    shipped = json.loads(RunConfig.from_dict({k: saved[k] for k in ("model", "diffusion", "train")}).to_json())
+    data_bound = {"data_sha256", "classes", "cluster_sizes"}  # what training reads from the data
+    assert planned["model"] == shipped["model"] and planned["diffusion"] == shipped["diffusion"]
+    assert {k: v for k, v in planned["train"].items() if k not in data_bound} == \
+        {k: v for k, v in shipped["train"].items() if k not in data_bound}
+
+
 @pytest.mark.parametrize("name", list(PRETRAINED))
 def test_each_shipped_model_samples_as_its_card_was_scored(name):
     """The folder's sampling section resolves to the draw its card's Evaluation section describes."""

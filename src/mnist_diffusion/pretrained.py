@@ -15,14 +15,14 @@ DIR = Path(__file__).resolve().parent / "pretrained_models"
 
 # name -> the SHA-256 of model.safetensors and what the model is (each folder's README.md says more)
 PRETRAINED: dict[str, dict[str, str]] = {
-    "mnist": {"sha256": "1eb148ff051cbceb97830869514b3f6c325b098832754b3c96f4508084d32e3c",
+    "mnist": {"sha256": "aff2b16383155f40b3a078bbb6820abeb6b674c587fdbd96e1979a346615206b",
                "description": "MNIST, class-conditional, the quick preset (what `make run` trains)"},
     "fashion_mnist": {"sha256": "440274ce2ef955f0b3fb743eccfe6921f740251339669ea2dd5194a5cafcaa7e",
-                       "description": "Fashion-MNIST, class-conditional, the quick preset"},
+                       "description": "Fashion-MNIST, class-conditional, the quick-unet preset"},
     "mnist-uncond": {"sha256": "e2d03c08ea04894c64d5ccded1261e8668eefed1f3db738c57f61d036ca1ae33",
-                      "description": "MNIST, unconditional, the quick preset trained without labels"},
+                      "description": "MNIST, unconditional, the quick-unet preset trained without labels"},
     "mnist-clusters": {"sha256": "021bf081765a96da79b5df3bc868e8b89ff22799b0cb0164e1516f8cdd4541b6",
-                        "description": "MNIST, no labels used: the quick preset conditioned on 50 k-means clusters of the images"},
+                        "description": "MNIST, no labels used: the quick-unet preset conditioned on 50 k-means clusters of the images"},
     "mnist-fast": {"sha256": "509ffc48f350ecf98ba115392fe11010183bb6e5cc65bdc0e71abfc4666048e1",
                     "description": "MNIST in one network evaluation: a student distilled from `mnist` (its guidance 0.5 built in)"},
     "fashion_mnist-fast": {"sha256": "961ff1dd7f254eed28e7bf5a9bf240370b77aa63abc736d0f9da559e9141cfc5",
