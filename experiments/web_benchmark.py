@@ -35,6 +35,12 @@ class _Quiet(http.server.SimpleHTTPRequestHandler):
         pass
 
 
+def _evaluations(plan: dict, steps: int) -> int:
+    """Network evaluations of the page's draw `steps` at the model's own guidance (sampleFromNoise's)."""
+    guided = plan["takes_guidance"] and plan["guidance"] > 0
+    return len(plan["draws"][str(steps)]["guided" if guided else "unguided"]["timesteps"])
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--repeats", type=int, default=5)
@@ -72,8 +78,7 @@ def main(argv=None) -> int:
                     times = page.evaluate(js, steps)[1:]
                     row = {"model": name, "steps": steps, "images": 10, "median_s": round(statistics.median(times), 4),
                            "times_s": [round(t, 4) for t in times], "threads": page.evaluate("window.mnistDiffusion.threads"),
-                           "evaluations": len(info and json.loads((site / "model" / "plan.json").read_text())
-                                              ["draws"][str(steps)]["timesteps"]),
+                           "evaluations": _evaluations(json.loads((site / "model" / "plan.json").read_text()), steps),
                            "model_bytes": info["model_bytes"], "runtime_bytes": info["runtime_bytes"]}
                     rows.append(row)
                     print(f"{name:11s} {steps:2d} steps: 10 images in {row['median_s']:.3f} s (median of {args.repeats}; "

@@ -1,6 +1,7 @@
-// The page's sampler (src/mnist_diffusion/webpage/sampler.js) replaying draws that Python made:
-// tests/test_page_sampler.py writes one JSON fixture per draw (the model's plan.json, the start
-// noise, labels, every network call Python made with its input and output, and Python's result) and
+// The page's sampler (src/mnist_diffusion/webpage/sampler.js, the interpreter of plan.json's programs)
+// replaying draws that Python made: tests/test_page_sampler.py writes one JSON fixture per draw (the
+// model's plan.json, the start noise, labels, an SDEdit's strength and image, every network call
+// Python made with its input and output, and Python's result) and
 // runs `node --test` on this file with PAGE_FIXTURES naming their folder and PAGE_SAMPLER the module. The page's network is
 // the recorded calls, in order: each input must be what Python fed the network (within float32
 // rounding), so every step of the page's arithmetic is checked, not only the end.
@@ -39,8 +40,21 @@ for (const name of names) {
       return Float32Array.from(want.out);
     };
     const labels = fx.labels === null ? null : Int32Array.from(fx.labels);
-    const got = await runDraw(fx.plan, net, fx.draw, Float32Array.from(fx.x_T), labels, fx.guidance);
+    const edit = fx.strength === null ? {} : { strength: fx.strength, image: Float32Array.from(fx.image) };
+    const got = await runDraw(fx.plan, net, fx.draw, Float32Array.from(fx.noise), labels, fx.guidance, edit);
     assert.equal(call, fx.calls.length, "the page made fewer network calls than Python");
     assert.ok(gap(got, fx.want) <= fx.tolerance, `the images differ by ${gap(got, fx.want)}`);
   });
 }
+
+test("a draw or an edit the plan does not offer is refused in one line", async () => {
+  const fx = JSON.parse(readFileSync(join(folder, names[0]), "utf-8"));
+  const noise = new Float32Array(784), never = async () => assert.fail("the network was called");
+  const draw = Object.keys(fx.plan.draws)[0];
+  for (const [name, extra, words] of [["7", {}, "no draw 7; the model offers"],
+                                      [draw, { strength: 0.55, image: noise }, "no edit at strength 0.55; the page offers 0.1,"],
+                                      [draw, { strength: 0.5 }, "an SDEdit needs its strength and its image"]]) {
+    await assert.rejects(runDraw(fx.plan, never, name, noise, null, 0, extra),
+                         (e) => e.message.includes(words) && !e.message.includes("\n"));
+  }
+});

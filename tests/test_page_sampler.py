@@ -1,8 +1,11 @@
 """The static page's sampler against the library's, call by call: Python draws with a model and
 records every network call; `node --test tests/page_sampler.test.mjs` replays them through the
-page's sampler.js (no browser, no ONNX runtime) and must feed the network the same inputs and end
-on the same images, within float32 rounding. Guided teacher (linear and quadratic corrector, the
-guidance interval's switch steps), unlabelled model, flow model, DDIM.
+page's sampler.js (an interpreter of plan.json's programs: no browser, no ONNX runtime) and must feed
+the network the same inputs and end on the same images, within float32 rounding. A distilled
+student, a guided teacher (linear and quadratic corrector, the guidance interval's switch steps, at
+its own weight, another and none), an unlabelled model, a flow model, and SDEdits, each the plan the
+CLI runs (`sample` with those options; `edit` at that strength). Python also interprets each program
+itself and must land on the library's images bit for bit.
 """
 from __future__ import annotations
 
@@ -14,9 +17,12 @@ from pathlib import Path
 import pytest
 import torch
 
-from mnist_diffusion.config import SamplingConfig
-from mnist_diffusion.portable import sampling_plan
-from mnist_diffusion.sampling import run_plan
+from mnist_diffusion.config import ConfigError, DistillConfig, SamplingConfig
+from mnist_diffusion.diffusion import Diffusion
+from mnist_diffusion.distill import student_config
+from mnist_diffusion.portable import EDIT_STRENGTHS, compile_plan, sampling_plan
+from mnist_diffusion.samplers import PerImageNoise, predict_x0
+from mnist_diffusion.sampling import edit_batches, run_plan
 
 from conftest import random_unet, wrap
 
@@ -24,17 +30,53 @@ NODE = shutil.which("node")
 HERE = Path(__file__).resolve().parent
 SAMPLER_JS = HERE.parent / "src" / "mnist_diffusion" / "webpage" / "sampler.js"
 TOLERANCE = 1e-4  # relative to max(1, |value|): float32 rounding, not a different step
+PLAN_KEYS = ("sampler", "steps", "spacing", "timesteps", "eta", "clip", "switches", "corrector", "start")
 
-pytestmark = [pytest.mark.system, pytest.mark.usefixtures("one_thread"),
-              pytest.mark.skipif(NODE is None, reason="no Node.js here")]
+pytestmark = [pytest.mark.usefixtures("one_thread")]
 
 
-def recorded_draw(diff, draw: str, labels, x_T: torch.Tensor) -> dict:
-    """Python's draw `draw` of the model's plan.json from x_T, with every network call it made."""
+def cli_plan(diff, steps: int, labelled: bool, guidance: float, strength=None):
+    """The plan the CLI runs for the page's draw `steps` at this guidance: `sample` (or `edit
+    --strength`) with the student's own sampler, or a teacher's --sampler dpmpp --eta 0."""
+    task = {"task": "edit", "strength": strength} if strength is not None else {}
+    if diff.capabilities.distilled:
+        return diff.plan(steps=steps, labelled=labelled, **task)
+    return diff.plan(sampler="dpmpp", steps=steps, eta=0.0, guidance=guidance, labelled=labelled, **task)
+
+
+def interpret(program: dict, diff, labels, guidance: float, noise, image=None) -> torch.Tensor:
+    """`program` run as sampler.js runs it, in PyTorch: rows c_1 v_1 + c_2 v_2 + ..., left to right."""
+    v = {"noise": noise, "image": image}
+
+    def combine(row):
+        out = None
+        for c, name in row:
+            out = c * v[name] if out is None else out + c * v[name]
+        return out
+    v["x"] = combine(program["init"])
+    for step in program["program"]:
+        eps_fn = diff.eps_fn(labels, guidance if step["guided"] else 0.0)
+        v["x0"], v["eps"] = predict_x0(eps_fn, diff.schedule, v["x"], step["t"], step["clip"])
+        for target, row in step["then"]:
+            v[target] = combine(row)
+    return v["x"]
+
+
+def recorded_draw(diff, draw: str, labels, noise: torch.Tensor, *, guidance=None, strength=None,
+                  image=None) -> dict:
+    """The library's draw of the page's `draw` from `noise` (an SDEdit of `image` at `strength`: the
+    CLI's `edit`, whose noise is the seed's), with every network call it made, and plan.json."""
     plan_json = sampling_plan(diff)
-    d = plan_json["draws"][draw]
-    how = diff.plan(sampler=d["sampler"], steps=d["steps"], eta=d["eta"], labelled=labels is not None)
-    assert how.timesteps == tuple(d["timesteps"]) and how.switches == tuple(d["switches"])
+    if guidance is None:
+        guidance = plan_json["guidance"]
+    guided = labels is not None and plan_json["takes_guidance"] and guidance > 0
+    modes = plan_json["draws"][draw] if strength is None else plan_json["draws"][draw]["edits"][f"{strength:g}"]
+    program = modes["guided" if guided else "unguided"]
+    how = cli_plan(diff, int(draw), labels is not None, guidance if guided else 0.0, strength)
+    # the page's program is the CLI's plan, step for step
+    assert {k: program[k] for k in PLAN_KEYS} == {k: getattr(how, k) if k != "timesteps" and k != "switches"
+                                                  else list(getattr(how, k)) for k in PLAN_KEYS}
+    assert [s["t"] for s in program["program"] if s["guided"]] == list(how.guided_timesteps if how.guidance else [])
     calls, forward = [], diff.model.forward
 
     def record(x, t, y=None):
@@ -42,32 +84,73 @@ def recorded_draw(diff, draw: str, labels, x_T: torch.Tensor) -> dict:
         calls.append({"t": int(t[0]), "labels": None if y is None else y.tolist(),
                       "x": x.flatten().tolist(), "out": out.float().flatten().tolist()})
         return out
+    y = None if labels is None else torch.tensor(labels)
     diff.model.forward = record
     try:
-        y = None if labels is None else torch.tensor(labels)
         with torch.no_grad():
-            x0 = run_plan(how, diff.eps_fn(y, how.guidance, how.guidance_interval), diff.schedule, x_T, None)
+            if strength is None:
+                x0 = run_plan(how, diff.eps_fn(y, how.guidance, how.guidance_interval), diff.schedule, noise, None)
+            else:  # the CLI's edit: image i's noise is that of image i of the seed (seed 5 here)
+                [(_, x0)] = list(edit_batches(diff, image, how, labels=y, seed=5))
+                noise = PerImageNoise(5, len(image)).initial((1, 28, 28))
     finally:
         del diff.model.forward
-    return {"plan": plan_json, "draw": draw, "guidance": how.guidance, "labels": labels,
-            "x_T": x_T.flatten().tolist(), "calls": calls, "want": x0.flatten().tolist(), "tolerance": TOLERANCE}
+    with torch.no_grad():
+        assert torch.equal(interpret(program, diff, y, guidance, noise, image), x0)
+    return {"plan": plan_json, "draw": draw, "guidance": guidance, "labels": labels, "strength": strength,
+            "image": None if image is None else image.flatten().tolist(), "noise": noise.flatten().tolist(),
+            "calls": calls, "want": x0.flatten().tolist(), "tolerance": TOLERANCE}
+
+
+def student():
+    """A distilled student (v, its own ddim grid, guidance 0.5 built in) with random weights."""
+    teacher = wrap(random_unet(), T=50)
+    cfg = student_config(teacher, DistillConfig(teacher="teacher.pt", guidance=0.5, pairs=8, teacher_steps=2))
+    return Diffusion(random_unet(seed=3), cfg, device="cpu", precision="fp32")
 
 
 def cases():
-    """(name, model, draw, labels): what the page is asked to draw."""
+    """(name, model, draw, labels, what): what the page is asked to draw."""
     guided = wrap(random_unet(), T=50).with_sampling(SamplingConfig(guidance=1.0))
     quadratic = guided.with_sampling(SamplingConfig(guidance=1.0, corrector=2))
     uncond = wrap(random_unet(num_classes=None, seed=1), num_classes=None, T=50)
     flow = wrap(random_unet(seed=2), T=50, schedule="flow", prediction="flow").with_sampling(
         SamplingConfig(guidance=0.5))
-    return [("guided-teacher-20", guided, "20", [3, 8]), ("guided-teacher-10-quadratic", quadratic, "10", [0, 9]),
-            ("unlabelled-20", uncond, "20", None), ("flow-20", flow, "20", [1, 2])]
+    pupil = student()
+    image = torch.rand(2, 1, 28, 28, generator=torch.Generator().manual_seed(3)) * 2 - 1
+    return [("student-1", pupil, "1", [3, 8], {}), ("student-2", pupil, "2", [0, 9], {}),
+            ("guided-teacher-20", guided, "20", [3, 8], {}),
+            ("guided-teacher-20-at-2", guided, "20", [3, 8], {"guidance": 2.0}),
+            ("guided-teacher-10-unguided", guided, "10", [3, 8], {"guidance": 0.0}),
+            ("guided-teacher-10-quadratic", quadratic, "10", [0, 9], {}),
+            ("unlabelled-20", uncond, "20", None, {}), ("flow-20", flow, "20", [1, 2], {}),
+            ("edit-guided-teacher-20", guided, "20", [4, 7], {"strength": 0.6, "image": image}),
+            ("edit-student-2", pupil, "2", [4, 7], {"strength": 0.3, "image": image}),
+            ("edit-unlabelled-10-from-noise", uncond, "10", None, {"strength": 1.0, "image": image})]
 
 
+def test_plan_json_offers_every_draw_guided_unguided_and_as_each_edit(cond):
+    plan = sampling_plan(cond.with_sampling(SamplingConfig(guidance=1.0)))
+    assert plan["edit_strengths"] == [f"{s:g}" for s in EDIT_STRENGTHS] and set(plan["draws"]) == {"10", "20"}
+    for draw in plan["draws"].values():
+        for modes in (draw, *draw["edits"].values()):
+            assert modes["guided"]["corrector"] == 1 and modes["unguided"]["corrector"] == 0
+    # t0 = round(s T) - 1 on T = 20; from T - 1 the noise itself (samplers.sdedit)
+    assert plan["draws"]["20"]["edits"]["0.5"]["guided"]["start"] == 9
+    assert plan["draws"]["20"]["edits"]["1"]["guided"]["init"] == [[1.0, "noise"]]
+    # what the page cannot run is refused in one line
+    for sampler in ("ddpm", "heun"):
+        with pytest.raises(ConfigError, match="the page runs deterministic ddim or dpmpp") as e:
+            compile_plan(cond.plan(sampler=sampler, steps=4), cond.schedule)
+        assert "\n" not in str(e.value)
+
+
+@pytest.mark.system
+@pytest.mark.skipif(NODE is None, reason="no Node.js here")
 def test_the_page_sampler_replays_pythons_draws(tmp_path):
-    x_T = torch.randn(2, 1, 28, 28, generator=torch.Generator().manual_seed(11))
-    for name, diff, draw, labels in cases():
-        fixture = recorded_draw(diff, draw, labels, x_T)
+    noise = torch.randn(2, 1, 28, 28, generator=torch.Generator().manual_seed(11))
+    for name, diff, draw, labels, what in cases():
+        fixture = recorded_draw(diff, draw, labels, noise, **what)
         assert fixture["calls"], name
         (tmp_path / f"{name}.json").write_text(json.dumps(fixture))
     shutil.copyfile(SAMPLER_JS, tmp_path / "sampler.mjs")
@@ -75,4 +158,4 @@ def test_the_page_sampler_replays_pythons_draws(tmp_path):
                        timeout=300, env={"PAGE_FIXTURES": str(tmp_path), "PAGE_SAMPLER": str(tmp_path / "sampler.mjs"),
                                          "PATH": str(Path(NODE).parent)})
     assert r.returncode == 0, r.stdout[-4000:] + r.stderr[-2000:]
-    assert f"# pass {len(cases())}" in r.stdout, r.stdout[-2000:]
+    assert f"# pass {len(cases()) + 1}" in r.stdout, r.stdout[-2000:]

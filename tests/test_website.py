@@ -3,7 +3,8 @@ files on loopback and run in Debian's Chromium, draws from the noise the Python 
 same digits (uint8, at most 2 levels apart, nearly all equal), for a one-step student and for a
 guided teacher's DPM-Solver++; no console error, no request to another host; bad input gets a
 message in the page; a long draw leaves the page responsive, shows its steps and stops on Cancel or
-a new request; the status names the guidance used; the CLI refuses what it cannot do in one line."""
+a new request; the status names the guidance used; the sketch's SDEdit is the CLI's `edit`; the CLI
+refuses what it cannot do in one line."""
 from __future__ import annotations
 
 import copy
@@ -334,6 +335,12 @@ def test_the_status_names_the_guidance_used_and_bad_guidance_is_refused(site, br
         page.click("#draw")
         p.wait_for("2 images in")
         assert words in p.text() and "guidance 0.5" not in p.text(), p.text()
+    # the sketch's SDEdit is the CLI's `edit` with the draw's options: its t0 and its share of the steps
+    want = md.load("mnist", device="cpu").plan(sampler="dpmpp", steps=20, eta=0.0, task="edit", strength=0.6)
+    page.fill("#guidance", "0.5")
+    page.click("#edit")
+    p.wait_for("turned the sketch")
+    assert f"SDEdit at strength 0.6 from timestep {want.start}, {want.describe()})" in p.text(), p.text()
     # empty, not a number, out of range: a message, never a draw at guidance 0
     p.refused("#guidance", "", "guidance must be a number from 0 to 10, got an empty field")
     p.refused("#guidance", "10.5", "guidance must be a number from 0 to 10, got 10.5")

@@ -4,9 +4,11 @@
                       x float32 (N,1,28,28), t and label int32 (N,), label = num_classes is "none";
                       an unlabelled model has no label input
     DIR/plan.json     what a sampler needs besides the network: the prediction, alpha_bar_t for every
-                      t, the classes, and the draws the model recommends with their timesteps,
-                      guidance and solver settings (the student's 1 and 2 steps; a teacher's
-                      DPM-Solver++ at 10 and 20 steps)
+                      t, the classes, and the draws the model recommends (the student's 1 and 2
+                      steps; a teacher's DPM-Solver++ at 10 and 20 steps, eta 0), each guided and
+                      unguided and as an SDEdit at each of EDIT_STRENGTHS, every one the plan
+                      `sampling.plan` gives for it, compiled into its per-step program
+                      (`compile_plan`), which the page's sampler.js interprets
 
 The export is checked before anything is written: onnxruntime (the PyPI package) runs the file on
 random inputs and its outputs must match PyTorch's at fp32 within `TOLERANCE` (max abs difference,
@@ -20,6 +22,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import os
 import shutil
 import tempfile
@@ -34,6 +37,7 @@ from .config import ConfigError
 from .outputs import ONNX_FORMAT as FORMAT
 from .outputs import ONNX_NAMES as FILES
 from .outputs import check_folder
+from .samplers import alpha_bar_at, corrector_weights, half_log_snr
 
 OPSET = 17
 TOLERANCE = 1e-4  # max abs difference between onnxruntime and PyTorch at fp32, on random inputs
@@ -41,6 +45,9 @@ TOLERANCE = 1e-4  # max abs difference between onnxruntime and PyTorch at fp32, 
 # (deterministic, eta 0, so that a page given the same starting noise draws the same digits)
 STUDENT_STEPS = (1, 2)
 TEACHER_STEPS = (10, 20)
+# the SDEdit strengths the page offers: each draw's edit at each is the plan of `mnist-diffusion edit
+# --strength S` with the draw's options
+EDIT_STRENGTHS = tuple(k / 10 for k in range(1, 11))
 COEFFICIENTS = ("sqrt_alpha_bar", "sqrt_one_minus_alpha_bar", "sqrt_recip_alpha_bar", "sqrt_recipm1_alpha_bar")
 
 
@@ -125,11 +132,103 @@ def check(diff, payload: bytes, *, num_images: int = 8, seed: int = 0) -> dict:
             "operators": sorted({node.op_type for node in model.graph.node})}
 
 
-def _draw(plan) -> dict:
+def compile_plan(plan, schedule) -> dict:
+    """A draw's plan (sampling.SamplingPlan, task "sample" or "edit") as the program sampler.js
+    interprets: the start and, per network evaluation, its timestep, whether it is guided, whether
+    x0 is clipped, and the update that follows as rows `[target, [[c, source], ...]]`, each
+    target = c_1 source_1 + c_2 source_2 + ..., run in order. Sources are named vectors: "noise" and
+    "image" (an edit's) given, "x" (the point the network saw), "x0" and "eps" (its prediction at this
+    step, sampling.predict_x0) and whatever an earlier row set. The coefficients are computed here in
+    float64 exactly as samplers.ddim and samplers.dpmpp compute their scalars, and the rows are laid
+    out in the order PyTorch runs their tensor operations, so a port that rounds each scalar, product
+    and sum to float32 (as sampler.js does) draws what run_plan / sampling.edit_batches draw. x ends
+    as the image. Deterministic ddim and dpmpp only (eta 0): the page draws no fresh noise."""
+    if plan.sampler not in ("ddim", "dpmpp") or plan.eta or plan.task not in ("sample", "edit"):
+        raise ConfigError(f"the page runs deterministic ddim or dpmpp draws and edits (eta 0), not a {plan.task} "
+                          f"with {plan.describe()}")
+    sub = schedule.prefix(plan.start + 1) if plan.task == "edit" else schedule
+    if plan.task == "edit" and plan.start < schedule.timesteps - 1:  # samplers.sdedit's x_t0
+        init = [[float(sub.sqrt_alpha_bar[plan.start]), "image"], [float(sub.sqrt_one_minus_alpha_bar[plan.start]), "noise"]]
+    else:
+        init = [[1.0, "noise"]]
+    seq, guided = list(plan.timesteps), set(plan.guided_timesteps if plan.guidance else ())
+    rows = (_ddim_rows if plan.sampler == "ddim" else _dpmpp_rows)(plan, sub, seq)
+    return {"start": plan.start, "init": init,
+            "program": [{"t": t, "guided": t in guided, "clip": plan.clip, "then": then} for t, then in zip(seq, rows)]}
+
+
+def _ddim_rows(plan, schedule, seq) -> list:
+    """samplers.ddim at eta 0: x_s = sqrt(a_s) x0 + sqrt(1 - a_s) eps, the last step to a_s = 1."""
+    out = []
+    for i in range(len(seq)):
+        a_s = alpha_bar_at(schedule, seq[i + 1] if i + 1 < len(seq) else -1)
+        out.append([["x", [[a_s ** 0.5, "x0"], [max(1 - a_s, 0.0) ** 0.5, "eps"]]]])
+    return out
+
+
+def _dpmpp_rows(plan, schedule, seq) -> list:
+    """samplers.dpmpp at eta 0, step by step: the corrector redoing the step into x (UniPC), the
+    multistep D (first order at the start and at plan.switches), the exponential-integrator step.
+    Vectors kept between steps: "base" (the last step's linear part), "x0_1" and "x0_2" (x0 one and
+    two evaluations back)."""
+    out, switches, corrector = [], set(plan.switches), plan.corrector
+    h_prev = last = None  # last: (a_s, h, whether x0_2 is the corrector's third point, h before) of the step into x
+    for i, t in enumerate(seq):
+        if i + 1 == len(seq):  # the final jump to lambda = inf: x = x0
+            out.append([["x", [[1.0, "x0"]]]])
+            break
+        then = []
+        if last is not None and t not in switches:
+            a_t_, h_, has_b, h_b = last
+            w_new, w_a, w_b = corrector_weights(h_, h_b if has_b else None, 0.0, corrector)
+            mix = [[w_new, "x0"], [w_a, "x0_1"]] + ([[w_b, "x0_2"]] if w_b else [])
+            then += [["mix", mix], ["x", [[1.0, "base"], [a_t_ ** 0.5, "mix"]]]]
+        s = seq[i + 1]
+        a_t, a_s = alpha_bar_at(schedule, t), alpha_bar_at(schedule, s)
+        h = half_log_snr(schedule, s) - half_log_snr(schedule, t)
+        first = h_prev is None or t in switches
+        if first:
+            then.append(["d", [[1.0, "x0"]]])
+        else:
+            r = h_prev / h
+            then.append(["d", [[1 + 1 / (2 * r), "x0"], [-(1 / (2 * r)), "x0_1"]]])
+        then += [["base", [[((1 - a_s) / (1 - a_t)) ** 0.5, "x"]]],
+                 ["x", [[1.0, "base"], [-(a_s ** 0.5 * math.expm1(-h)), "d"]]]]
+        if corrector == 2 and not first:  # the corrector's third point at the next step
+            then.append(["x0_2", [[1.0, "x0_1"]]])
+        then.append(["x0_1", [[1.0, "x0"]]])
+        if corrector:
+            last = (a_s, h, corrector == 2 and not first, h_prev)
+        h_prev = h
+        out.append(then)
+    return out
+
+
+def _draw(plan, schedule) -> dict:
     return {"sampler": plan.sampler, "steps": plan.steps, "spacing": plan.spacing, "timesteps": list(plan.timesteps),
             "eta": plan.eta, "clip": plan.clip, "guidance": plan.guidance,
             "guided_timesteps": list(plan.guided_timesteps) if plan.guidance else [],
-            "switches": list(plan.switches), "corrector": plan.corrector, "describe": plan.describe()}
+            "switches": list(plan.switches), "corrector": plan.corrector, "describe": plan.describe(),
+            **compile_plan(plan, schedule)}
+
+
+def page_plan(diff, steps: int, *, guided: bool, strength: Optional[float] = None):
+    """The plan of the page's draw at `steps` (an SDEdit at `strength` when given), guided or not:
+    a student's own grid; a teacher's DPM-Solver++ at eta 0 with guidance 0, or with its own weight
+    (1 where it has none: the page puts its weight in; the plan is the same for every weight > 0)."""
+    can = diff.capabilities
+    task = {"task": "edit", "strength": strength} if strength is not None else {}
+    if can.distilled:
+        return diff.plan(steps=steps, labelled=can.labelled, **task)
+    weight = (diff.config.sampling.guidance or 1.0) if guided else 0.0
+    return diff.plan(sampler="dpmpp", steps=steps, eta=0.0, guidance=weight, labelled=can.labelled, **task)
+
+
+def _modes(diff, steps: int, strength: Optional[float] = None) -> dict:
+    """A draw guided (a model that takes guidance) and unguided: the page runs the one its guidance asks for."""
+    def one(guided):
+        return _draw(page_plan(diff, steps, guided=guided, strength=strength), diff.schedule)
+    return {"guided": one(True) if diff.capabilities.guidable else None, "unguided": one(False)}
 
 
 def sampling_plan(diff) -> dict:
@@ -137,13 +236,9 @@ def sampling_plan(diff) -> dict:
     model can be asked for is its `capabilities`, as the pipeline and the demo read them."""
     cfg, can = diff.config, diff.capabilities
     labelled = can.labelled
-    draws = {}
-    if can.distilled:
-        for steps in STUDENT_STEPS:
-            draws[str(steps)] = _draw(diff.plan(steps=steps, labelled=labelled))
-    else:
-        for steps in TEACHER_STEPS:
-            draws[str(steps)] = _draw(diff.plan(sampler="dpmpp", steps=steps, eta=0.0, labelled=labelled))
+    draws = {str(steps): {**_modes(diff, steps),
+                          "edits": {f"{s:g}": _modes(diff, steps, s) for s in EDIT_STRENGTHS}}
+             for steps in (STUDENT_STEPS if can.distilled else TEACHER_STEPS)}
     guidance = can.built_in_guidance if can.distilled else (cfg.sampling.guidance if labelled else 0.0)
     return {"format": FORMAT, "dataset": diff.dataset, "prediction": diff.prediction, "timesteps": diff.timesteps,
             "alpha_bar": [float(a) for a in diff.schedule.alpha_bar],
@@ -153,7 +248,8 @@ def sampling_plan(diff) -> dict:
             "num_classes": diff.num_classes, "null_label": diff.null_label,
             "class_names": list(can.class_names) if labelled else None, "distilled": can.distilled,
             "guidance": float(guidance), "takes_guidance": can.guidable, "capabilities": can.as_dict(),
-            "default_steps": STUDENT_STEPS[0] if can.distilled else TEACHER_STEPS[-1], "draws": draws}
+            "default_steps": STUDENT_STEPS[0] if can.distilled else TEACHER_STEPS[-1],
+            "edit_strengths": [f"{s:g}" for s in EDIT_STRENGTHS], "draws": draws}
 
 
 def export_onnx(diff, output: str | os.PathLike, *, source: Optional[str] = None) -> dict:

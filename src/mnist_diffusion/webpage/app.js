@@ -5,13 +5,14 @@
 // it within one network evaluation, and a new request stops the running one first.
 // window.mnistDiffusion.sampleFromNoise(noise, labels, steps, guidance) runs the sampler on given
 // noise (the parity test feeds it the Python sampler's).
-import { IMAGE_PIXELS, gaussian, noised, sdeditStart, toUint8 } from "./sampler.js";
+import { IMAGE_PIXELS, drawProgram, gaussian, isGuided, toUint8 } from "./sampler.js";
 
 const MAX_IMAGES = 100;
 // limits the page enforces itself. Image i of a grid is drawn from seed + i by a 32-bit generator
 // (sampler.gaussian): past 2^32 - MAX_IMAGES the last images' seeds would wrap onto seed 0's
 export const LIMITS = { maxImages: MAX_IMAGES, maxGuidance: 10, maxSeed: 2 ** 32 - MAX_IMAGES };
 const SCALE = 3; // grid pixels per image pixel
+const DEFAULT_STRENGTH = "0.6"; // SDEdit's, one of plan.edit_strengths
 const $ = (id) => document.getElementById(id);
 
 function message(text, kind = "error") {
@@ -68,8 +69,8 @@ function startRunner() {
     running = { id, ended: new Promise((resolve) => { end = resolve; }) };
     running.end = end;
     const result = new Promise((resolve, reject) => jobs.set(id, { resolve, reject, onStep }));
-    const transfer = [request.x.buffer, ...(request.labels ? [request.labels.buffer] : [])];
-    worker.postMessage({ type: "draw", id, start: null, ...request }, transfer);
+    const transfer = [request.x.buffer, ...[request.labels, request.image].filter(Boolean).map((a) => a.buffer)];
+    worker.postMessage({ type: "draw", id, strength: null, image: null, ...request }, transfer);
     return result;
   }
 
@@ -207,8 +208,13 @@ async function main() {
   $("guidance").max = LIMITS.maxGuidance;
   $("seed").max = LIMITS.maxSeed;
   $("count").max = LIMITS.maxImages;
-  for (const k of Object.keys(plan.draws)) stepsSelect.add(new Option(`${k} (${describe(k)})`, k));
+  for (const k of Object.keys(plan.draws)) {
+    stepsSelect.add(new Option(`${k} (${describe(program(k, plan.guidance))})`, k));
+  }
   stepsSelect.value = String(plan.default_steps);
+  // the SDEdit strengths plan.json has programs for (each the CLI's `edit --strength S`)
+  for (const s of plan.edit_strengths) $("strength").add(new Option(s, s));
+  $("strength").value = plan.edit_strengths.includes(DEFAULT_STRENGTH) ? DEFAULT_STRENGTH : plan.edit_strengths.at(-1);
   $("model").textContent = `${plan.dataset}, ${plan.distilled ? "a distilled one-step student" : "predicts " + plan.prediction}, ` +
     `${(plan.export.bytes / 1e6).toFixed(1)} MB; WebAssembly, ${runner.threads} thread${runner.threads > 1 ? "s" : ""}`;
 
@@ -223,25 +229,19 @@ async function main() {
     return plan.takes_guidance ? checkedGuidance(value) : 0;
   }
 
-  // a draw's description (plan.json's is written for the model's own guidance) with the guidance
-  // this draw used in its place: "guidance 2 at noise levels 0.3-5", "no guidance", "0.5 built in";
-  // w null: none named (the steps menu, where the field decides)
-  function describe(drawName, w = null) {
-    const draw = plan.draws[drawName];
-    const parts = draw.describe.split(", ");
-    let at = parts.findIndex((p) => /^(auto)?guidance /.test(p));
-    const planned = at >= 0 ? parts.splice(at, 1)[0] : "";
-    if (at < 0) at = parts.length - (draw.corrector ? 1 : 0);
-    let words = null;
-    if (plan.distilled && plan.guidance) words = `guidance ${plan.guidance} built in`;
-    else if (w === null) words = null;
-    else if (plan.takes_guidance && w > 0) {
-      // guided inside the planned interval, or at every step where none was planned (sampler.runDraw)
-      const where = draw.guidance > 0 ? (planned.match(/ at noise levels .*$/) || [""])[0] : "";
-      words = `guidance ${w}${where}`;
-    } else if (plan.takes_guidance) words = "no guidance";
-    if (words) parts.splice(at, 0, words);
-    return parts.join(", ");
+  // the program a draw runs (as worker.js picks it: a labelled model's draws carry labels): guided
+  // or not as the guidance asks; an SDEdit's at `strength`
+  function program(drawName, guidance, strength = null) {
+    return drawProgram(plan, drawName, isGuided(plan, labelled, guidance), strength);
+  }
+
+  // a program's description with the guidance this draw used: "guidance 2 at noise levels 0.3-5",
+  // "no guidance", "guidance 0.5 built in"; w null: none named (the steps menu, where the field decides)
+  function describe(prog, w = null) {
+    const text = prog.describe;
+    if (plan.distilled && plan.guidance) return `${text}, guidance ${plan.guidance} built in`;
+    if (!plan.takes_guidance || w === null) return text.replace(/, (auto)?guidance [^,]*/, "");
+    return w > 0 ? text.replace(/guidance [^ ,]+/, `guidance ${w}`) : `${text}, no guidance`;
   }
 
   // the running draw's progress, in the message line: step k is the network evaluation under way
@@ -249,11 +249,6 @@ async function main() {
     const show = (done) => message(`${what}: step ${Math.min(done + 1, total)} of ${total} (Cancel stops it)`, "info");
     show(0);
     return show;
-  }
-
-  function stepsOf(drawName, start = null) {
-    const seq = plan.draws[drawName].timesteps;
-    return start === null ? seq.length : 1 + seq.filter((t) => t < start).length;
   }
 
   // a request's end that is not a picture: a cancel says so (unless a newer request took over and
@@ -281,11 +276,12 @@ async function main() {
       const labels = requestLabels(n, label);
       const noise = new Float32Array(n * IMAGE_PIXELS);
       for (let i = 0; i < n; i++) noise.set(gaussian(seed + i, IMAGE_PIXELS), i * IMAGE_PIXELS);
-      total = stepsOf(drawName);
+      const prog = program(drawName, guidance);
+      total = prog.program.length;
       const show = progress(`drawing ${n} image${n > 1 ? "s" : ""}`, total);
       const { x, seconds } = await whileRunning(runner.run({ draw: drawName, x: noise, labels, guidance }, show));
       drawGrid($("grid"), toUint8(x), n, labelled && label === "all" ? plan.num_classes : Math.min(n, 10));
-      message(`${n} image${n > 1 ? "s" : ""} in ${seconds.toFixed(2)} s (${describe(drawName, guidance)})`, "info");
+      message(`${n} image${n > 1 ? "s" : ""} in ${seconds.toFixed(2)} s (${describe(prog, guidance)})`, "info");
       $("timing").textContent = seconds.toFixed(3);
     } catch (e) {
       failed(e, total);
@@ -296,20 +292,19 @@ async function main() {
   async function editClicked() {
     let total = 0;
     try {
-      const strength = asNumber(field("strength"));
-      if (!(strength > 0 && strength <= 1)) throw new Error(`strength must be in (0, 1], got ${given(field("strength"))}`);
+      const strength = $("strength").value;
       const seed = checkedInt(field("seed"), "seed", 0, LIMITS.maxSeed);
       const guidance = guidanceOf(field("guidance"));
       const drawName = stepsSelect.value, target = targetSelect.value;
-      const t0 = sdeditStart(plan, strength);
-      const x = noised(plan, sketchImage($("sketch")), gaussian(seed, IMAGE_PIXELS), t0);
       const labels = labelled ? Int32Array.of(Number(target)) : null;
-      total = stepsOf(drawName, t0);
+      const prog = program(drawName, guidance, strength);
+      total = prog.program.length;
       const show = progress("turning the sketch", total);
-      const { x: out, seconds } = await whileRunning(runner.run({ draw: drawName, x, labels, guidance, start: t0 }, show));
+      const request = { draw: drawName, x: gaussian(seed, IMAGE_PIXELS), image: sketchImage($("sketch")), labels, guidance, strength };
+      const { x: out, seconds } = await whileRunning(runner.run(request, show));
       drawGrid($("edited"), toUint8(out), 1, 1);
       message(`turned the sketch into ${labelled ? names[Number(target)] : "an image"} in ${seconds.toFixed(2)} s ` +
-        `(from timestep ${t0}, ${describe(drawName, guidance)})`, "info");
+        `(SDEdit at strength ${strength} from timestep ${prog.start}, ${describe(prog, guidance)})`, "info");
     } catch (e) {
       failed(e, total);
     }

@@ -1,15 +1,22 @@
-// The samplers of samplers.py, ported to plain JavaScript: no DOM, no runtime, testable on its own.
+// The page's sampler: an interpreter of the programs plan.json carries (portable.compile_plan), with
+// no sampler of its own; no DOM, no runtime, testable on its own.
 //
 // `net(x, t, labels)` is the network (model.onnx): x a Float32Array of n*784 values, t and labels
 // Int32Arrays of n; it resolves to the network's output (eps, v or flow, as plan.prediction says).
 // `plan` is plan.json (portable.py): alpha_bar and the schedule's coefficients for every timestep, the
-// prediction, the null label and the draws with their timesteps.
+// prediction, the null label, and the draws, each guided and unguided and as an SDEdit at each
+// strength offered, with its program: the start x (from the noise, and an edit's image), then per
+// network evaluation its timestep, guidance and clipping and the rows of the update that follows,
+// target = c_1 source_1 + c_2 source_2 + ... over named vectors (x, this step's x0 and eps, and what
+// earlier rows kept). Turning the network's output into x0 is the model's (its prediction), not
+// the sampler's, and stays here.
 //
 // The arithmetic is PyTorch's: each tensor operation of samplers.py rounds to float32, scalars are
-// rounded to float32 before they multiply a tensor, and so does every line here (f = Math.fround).
-// It matters: at t = T - 1 a v-predicting model's x0 is (x - sqrt(1 - a) eps) sqrt(1 / a) with
-// sqrt(1 / a) ~ 2e4, and float32 rounding of eps moves x0 by up to ~0.006; the page reproduces the
-// Python draw's rounding rather than being more exact than it.
+// rounded to float32 before they multiply a tensor, and so does every line here (f = Math.fround);
+// the rows are laid out in the order PyTorch runs the sampler's operations. It matters: at
+// t = T - 1 a v-predicting model's x0 is (x - sqrt(1 - a) eps) sqrt(1 / a) with sqrt(1 / a) ~ 2e4,
+// and float32 rounding of eps moves x0 by up to ~0.006; the page reproduces the Python draw's
+// rounding rather than being more exact than it.
 
 const PIXELS = 28 * 28;
 const f = Math.fround;
@@ -17,17 +24,6 @@ const f = Math.fround;
 // a schedule coefficient at t as the tensor operation sees it (float64 rounded to float32)
 function coef(plan, name, t) {
   return f(plan.coefficients[name][t]);
-}
-
-// a_t as a float; 1 for t < 0 (the clean image)
-function alphaBar(plan, t) {
-  return t < 0 ? 1.0 : plan.alpha_bar[t];
-}
-
-// lambda_t = 0.5 log(a_t / (1 - a_t)), the half log-SNR
-function halfLogSnr(plan, t) {
-  const a = plan.alpha_bar[t];
-  return 0.5 * (Math.log(a) - Math.log1p(-a));
 }
 
 // The network at timestep t for every image, guided (classifier-free, Ho & Salimans 2022 eq. 6:
@@ -83,96 +79,59 @@ async function predictX0(plan, net, x, t, labels, w, clip) {
   return [x0, eps];
 }
 
-// DDIM at eta 0 (Song et al. 2021, eq. 12): x_s = sqrt(a_s) x0 + sqrt(1 - a_s) eps; the last step to x0
-async function ddim(plan, net, xT, seq, labels, w, clip, onStep) {
-  let x = xT;
-  for (let i = 0; i < seq.length; i++) {
-    const t = seq[i], s = i + 1 < seq.length ? seq[i + 1] : -1;
-    const [x0, eps] = await predictX0(plan, net, x, t, labels, w(t), clip);
-    const aS = alphaBar(plan, s);
-    const c0 = f(Math.sqrt(aS)), c1 = f(Math.sqrt(Math.max(1 - aS, 0)));
-    const next = new Float32Array(x.length);
-    for (let k = 0; k < x.length; k++) next[k] = f(f(c0 * x0[k]) + f(c1 * eps[k]));
-    x = next;
-    if (onStep) await onStep(i, seq.length);
-  }
-  return x;
+// target = c_1 source_1 + c_2 source_2 + ..., each product and sum rounded to float32, left to right
+function combine(vectors, row, size) {
+  const out = new Float32Array(size);
+  row.forEach(([c, name], k) => {
+    const v = vectors[name];
+    if (!v || v.length !== size) throw new Error(`the plan reads ${name}, which ${v ? "is not the images' size" : "nothing set"}`);
+    const cf = f(c);
+    if (k === 0) for (let i = 0; i < size; i++) out[i] = f(cf * v[i]);
+    else for (let i = 0; i < size; i++) out[i] = f(out[i] + f(cf * v[i]));
+  });
+  return out;
 }
 
-// dpmpp's corrector weights (samplers.corrector_weights) at eta 0, linear (order 1) or quadratic
-function correctorWeights(h, hBefore, order) {
-  const m0 = -Math.expm1(-h), m1 = h - m0, m2 = h * h - 2 * (h - m0);
-  if (order === 1 || hBefore === null) return [m1 / h, m0 - m1 / h, 0.0];
-  const hb = hBefore;
-  return [(m2 + hb * m1) / (h * (h + hb)), -(m2 + (hb - h) * m1 - hb * h * m0) / (hb * h),
-          (m2 - h * m1) / (hb * (hb + h))];
-}
-
-// DPM-Solver++(2M) at eta 0 (Lu et al. 2022b, Algorithm 2) with the corrector and the first-order
-// steps where guidance switches on or off, as samplers.dpmpp does; the last step jumps to x0
-async function dpmpp(plan, net, xT, seq, labels, w, clip, firstOrderAt, corrector, onStep) {
-  let x = xT, x0Prev = null, hPrev = null, last = null;
-  const n = x.length;
-  for (let i = 0; i < seq.length; i++) {
-    const t = seq[i];
-    const [x0] = await predictX0(plan, net, x, t, labels, w(t), clip);
-    if (onStep) await onStep(i, seq.length);
-    if (i + 1 === seq.length) return x0;
-    if (last !== null && !firstOrderAt.has(t)) {  // redo the step into x with the new x0 as well
-      const [base, aT, hStep, x0a, x0b, hb] = last;
-      const [wNew, wA, wB] = correctorWeights(hStep, x0b !== null ? hb : null, corrector).map(f);
-      const c = f(Math.sqrt(aT));
-      const fixed = new Float32Array(n);
-      for (let k = 0; k < n; k++) {
-        let inner = f(f(wNew * x0[k]) + f(wA * x0a[k]));
-        if (wB) inner = f(inner + f(wB * x0b[k]));
-        fixed[k] = f(base[k] + f(c * inner));
-      }
-      x = fixed;
-    }
-    const s = seq[i + 1];
-    const aT = alphaBar(plan, t), aS = alphaBar(plan, s);
-    const h = halfLogSnr(plan, s) - halfLogSnr(plan, t);
-    let d;
-    if (x0Prev === null || firstOrderAt.has(t)) {
-      d = x0;
-      x0Prev = null;
-    } else {
-      const r = hPrev / h, c0 = f(1 + 1 / (2 * r)), c1 = f(1 / (2 * r));
-      d = new Float32Array(n);
-      for (let k = 0; k < n; k++) d[k] = f(f(c0 * x0[k]) - f(c1 * x0Prev[k]));
-    }
-    const cx = f(Math.sqrt((1 - aS) / (1 - aT))), cd = f(Math.sqrt(aS) * Math.expm1(-h));
-    const base = new Float32Array(n), next = new Float32Array(n);
-    for (let k = 0; k < n; k++) {
-      base[k] = f(cx * x[k]);
-      next[k] = f(base[k] - f(cd * d[k]));
-    }
-    x = next;
-    if (corrector) last = [base, aS, h, x0, corrector === 2 ? x0Prev : null, hPrev];
-    x0Prev = x0;
-    hPrev = h;
-  }
-  return x;
-}
-
-// Run one of plan.draws from the starting point xT (n*784 values) at guidance w. `start` (SDEdit):
-// begin at that timestep instead, on the draw's grid cut below it. Resolves to the model-range images.
-export async function runDraw(plan, net, drawName, xT, labels, guidance, { start = null, onStep = null } = {}) {
+// The program of draw `drawName`, guided or not; an SDEdit's at `strength` (one of plan.edit_strengths)
+export function drawProgram(plan, drawName, guided, strength = null) {
   const draw = plan.draws[drawName];
   if (!draw) throw new Error(`no draw ${drawName}; the model offers ${Object.keys(plan.draws).join(", ")}`);
-  let seq = draw.timesteps;
-  if (start !== null) seq = [start, ...seq.filter((t) => t < start)];
-  const w0 = labels && plan.takes_guidance ? guidance : 0.0;
-  const guided = new Set(draw.guided_timesteps);
-  // guided only inside the draw's guidance interval (its guided timesteps), where one was planned
-  const w = (t) => (w0 > 0 && (guided.has(t) || draw.guidance === 0) ? w0 : 0.0);
-  if (draw.sampler === "ddim") return ddim(plan, net, xT, seq, labels, w, draw.clip, onStep);
-  if (draw.sampler === "dpmpp") {
-    const switches = new Set(w0 > 0 ? draw.switches : []);
-    return dpmpp(plan, net, xT, seq, labels, w, draw.clip, switches, draw.corrector, onStep);
+  const modes = strength === null ? draw : draw.edits[String(strength)];
+  if (!modes) throw new Error(`no edit at strength ${strength}; the page offers ${plan.edit_strengths.join(", ")}`);
+  const program = modes[guided ? "guided" : "unguided"];
+  if (!program) throw new Error("this model takes no guidance");
+  return program;
+}
+
+// whether a draw with these labels at this guidance mixes in classifier-free guidance
+export function isGuided(plan, labels, guidance) {
+  return Boolean(labels) && plan.takes_guidance && guidance > 0;
+}
+
+// Run a program from `noise` (n*784 values; an edit's `image` too): x starts as its init row, and each
+// step evaluates the network at x, turns its output into x0 and eps, and runs its rows. w: the
+// guidance weight of the steps the program guides. Resolves to x, the model-range images.
+export async function runProgram(plan, net, program, noise, labels, w, { image = null, onStep = null } = {}) {
+  const vectors = { noise, ...(image ? { image } : {}) };
+  vectors.x = combine(vectors, program.init, noise.length);
+  const total = program.program.length;
+  for (let i = 0; i < total; i++) {
+    const step = program.program[i];
+    [vectors.x0, vectors.eps] = await predictX0(plan, net, vectors.x, step.t, labels, step.guided ? w : 0.0, step.clip);
+    for (const [target, row] of step.then) vectors[target] = combine(vectors, row, noise.length);
+    if (onStep) await onStep(i, total);
   }
-  throw new Error(`the page has no ${draw.sampler} sampler`);
+  return vectors.x;
+}
+
+// Run one of plan.draws from `noise` at `guidance` (guided where the model takes it, labels are
+// given and guidance > 0); with `strength` and `image`, that draw's SDEdit of the image.
+export async function runDraw(plan, net, drawName, noise, labels, guidance,
+                              { strength = null, image = null, onStep = null } = {}) {
+  if ((strength !== null) !== (image !== null)) throw new Error("an SDEdit needs its strength and its image, a draw neither");
+  const guided = isGuided(plan, labels, guidance);
+  const program = drawProgram(plan, drawName, guided, strength);
+  return runProgram(plan, net, program, noise, labels, guided ? guidance : 0.0, { image, onStep });
 }
 
 // model range [-1, 1] -> uint8, 0 = background: round((x + 1) 127.5), halves to even as torch.round
@@ -184,19 +143,6 @@ export function toUint8(x) {
     if (r - v === 0.5 && r % 2 === 1) r -= 1;
     out[i] = r;
   }
-  return out;
-}
-
-// SDEdit's start (samplers.sdedit_start): strength s in (0, 1] -> round(s T) - 1
-export function sdeditStart(plan, strength) {
-  return Math.max(0, Math.min(plan.timesteps - 1, Math.round(strength * plan.timesteps) - 1));
-}
-
-// x_t = sqrt(a_t) x0 + sqrt(1 - a_t) z (eq. 4)
-export function noised(plan, x0, z, t) {
-  const a = coef(plan, "sqrt_alpha_bar", t), b = coef(plan, "sqrt_one_minus_alpha_bar", t);
-  const out = new Float32Array(x0.length);
-  for (let i = 0; i < x0.length; i++) out[i] = f(f(a * x0[i]) + f(b * z[i]));
   return out;
 }
 

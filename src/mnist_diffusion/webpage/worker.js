@@ -1,10 +1,11 @@
 // The page's model runner, a module Web Worker: loads model/plan.json and model/model.onnx into
-// onnxruntime-web (files beside this one: nothing is fetched from elsewhere) and runs sampler.js's
-// draws, so that a guided teacher's 20 evaluations on 100 images (half a minute on a laptop) never
-// freeze the page. One draw at a time: app.js waits for a draw to end before it sends the next.
+// onnxruntime-web (files beside this one: nothing is fetched from elsewhere) and runs plan.json's
+// draws with sampler.js, so that a guided teacher's 20 evaluations on 100 images (half a minute on a
+// laptop) never freeze the page. One draw at a time: app.js waits for a draw to end before it sends the next.
 //
-// Messages in:  { type: "draw", id, draw, x, labels, guidance, start }    run one of plan.draws
-//               { type: "cancel", id }                                    stop draw `id` between evaluations
+// Messages in:  { type: "draw", id, draw, x, labels, guidance, strength, image }
+//                                        run one of plan.draws from the noise x (with strength and image: its SDEdit)
+//               { type: "cancel", id }   stop draw `id` between evaluations
 // Messages out: { type: "ready", plan, threads } | { type: "failed", id: null, message }   once, at load
 //               { type: "step", id, done, total }                        after each network evaluation
 //               { type: "done", id, x, seconds } | { type: "cancelled", id, done } | { type: "failed", id, message }
@@ -45,13 +46,14 @@ class Cancelled extends Error {}
 const yieldToMessages = () => new Promise((resolve) => setTimeout(resolve, 0));
 
 async function run(model, request) {
-  const { id, draw, x, labels, guidance, start } = request;
+  const { id, draw, x, labels, guidance, strength, image } = request;
   let done = 0;
   try {
     if (cancelled.has(id)) throw new Cancelled();
     const t0 = performance.now();
     const out = await runDraw(model.plan, model.net, draw, x, labels, guidance, {
-      start,
+      strength,
+      image,
       onStep: async (i, total) => {
         done = i + 1;
         postMessage({ type: "step", id, done, total });
