@@ -1,7 +1,7 @@
 """The one fixture layer: tiny models and runs built one way, the real datasets when prepared, one
 torch thread for tiny networks, and the synthetic MNIST that child processes read.
 
-Fixtures here need no import; helpers (`tiny_config`, `random_unet`, `wrap`, `synthetic_split`,
+Fixtures here need no import; helpers (`tiny_config`, `finished`, `random_unet`, `wrap`, `synthetic_split`,
 `train_cmd`, `logged_steps`) are imported with `from conftest import ...`. Tests that start another
 process, a browser or a kernel carry the `system` marker: `make test-fast` runs the rest.
 """
@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 import torch
 
-from mnist_diffusion.config import ModelConfig, RunConfig
+from mnist_diffusion.config import ModelConfig, RunConfig, resolve
 
 ROOT = Path(__file__).resolve().parents[1]
 C = 10  # classes of the tiny labelled models
@@ -41,6 +41,12 @@ def tiny_config(**train) -> RunConfig:
     }
     base["train"].update(train)
     return RunConfig.from_dict(base)
+
+
+def finished(cfg: RunConfig) -> RunConfig:
+    """`cfg` as the resolver finishes a run's config (config.resolve with no options: a config without
+    a sampling section gets the recommended one), the only kind training.train takes."""
+    return resolve(cfg, {})
 
 
 @pytest.fixture
@@ -130,7 +136,7 @@ def checkpoints(tmp_path_factory, one_thread):
         cfg = tiny_config(max_steps=2, num_samples=2).replace(model={"num_classes": classes},
                                                               diffusion={"timesteps": 20})
         run = tmp_path_factory.mktemp(name)
-        out[name] = str(train(cfg, synthetic_split(), run, progress=False, log=lambda s: None).checkpoint)
+        out[name] = str(train(finished(cfg), synthetic_split(), run, progress=False, log=lambda s: None).checkpoint)
     return out
 
 

@@ -208,10 +208,12 @@ def test_windows_alternate_between_variants():
 
 def test_checkpoint_bytes_match_a_real_training_checkpoint(tiny, tmp_path):
     from mnist_diffusion.training import train
+
+    from conftest import finished
     cfg = tiny(batch_size=8, max_steps=2)
     rng = np.random.default_rng(0)
     data = Split(rng.integers(0, 256, (32, 28, 28), dtype=np.uint8), rng.integers(0, 10, 32, dtype=np.uint8))
-    result = train(cfg, data, tmp_path / "run", progress=False, log=lambda _m: None)
+    result = train(finished(cfg), data, tmp_path / "run", progress=False, log=lambda _m: None)
     step = bench.TrainStep(cfg, torch.device("cpu"), 8, None)
     step()
     step()

@@ -57,11 +57,11 @@ def test_wrong_image_size_is_one_line(tmp_path, capsys):
 
 @pytest.fixture(scope="module")
 def tiny_run(tmp_path_factory, mnist):
-    from conftest import tiny_config
+    from conftest import finished, tiny_config
     from mnist_diffusion.training import train
     run = tmp_path_factory.mktemp("run")
     cfg = tiny_config(max_steps=2, save_interval=1, sample_interval=100)
-    train(cfg, Split(mnist["train"].images[:64], mnist["train"].labels[:64]), run, progress=False,
+    train(finished(cfg), Split(mnist["train"].images[:64], mnist["train"].labels[:64]), run, progress=False,
           log=lambda s: None)
     return run
 
@@ -117,11 +117,11 @@ def test_evaluate_run(tiny_run):
 
 
 def test_evaluate_conditional_checkpoint_reports_label_accuracy(mnist, tmp_path, monkeypatch):
-    from conftest import tiny_config
+    from conftest import finished, tiny_config
     from mnist_diffusion.training import train
     cfg = tiny_config(max_steps=1, sample_interval=100).replace(model={"num_classes": 10})
-    train(cfg, Split(mnist["train"].images[:32], mnist["train"].labels[:32]), tmp_path / "run", progress=False,
-          log=lambda s: None)
+    train(finished(cfg), Split(mnist["train"].images[:32], mnist["train"].labels[:32]), tmp_path / "run",
+          progress=False, log=lambda s: None)
     argv = ["evaluate", "--checkpoint", str(tmp_path / "run" / "checkpoints" / "last.pt"),
             "--num-samples", "10", "--sampler", "ddim", "--steps", "2", "--noise-mse-images", "10"]
     r = _run_json(argv, tmp_path / "r.json")

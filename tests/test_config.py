@@ -100,3 +100,7 @@ def test_new_runs_record_the_recommended_sampling():
     assert clusters.sampling.guidance == 1.0
     tiny = resolve(RunConfig.from_dict({"diffusion": {"timesteps": 10}}), {})
     assert tiny.sampling.steps == 10  # never more steps than the model has timesteps
+    # a checkpoint from before configs had a sampling section resumes with the recommended one,
+    # and a finished config comes back as it is: training.train edits neither
+    assert resolve(preset("quick"), {}, resuming="old.pt").sampling == quick.sampling
+    assert resolve(quick, {}) == quick and resolve(uncond, {}, resuming="last.pt") == uncond

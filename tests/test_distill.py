@@ -23,6 +23,8 @@ from mnist_diffusion.samplers import ddim, student_timesteps
 from mnist_diffusion.schedule import make_schedule
 from mnist_diffusion.training import train
 
+from conftest import finished
+
 GOLDEN_CKPT = Path(__file__).resolve().parent / "golden" / "tiny_cond.pt"  # another tiny model
 T = 1000
 STEPS = 300  # the students' training steps on the toy
@@ -134,7 +136,7 @@ def test_distilled_one_step_map_approaches_the_exact_map(toy):
     data = Split(np.zeros((600, 28, 28), np.uint8), None)  # (the pairs are the data)
     pairs = teacher_pairs(teacher, cfg.distill, 0, None, progress=False, log=lambda _m: None)
     objective = lambda c, images, labels: pairs_objective(pairs, c, images.device)  # noqa: E731
-    result = train(cfg, data, None, progress=False, log=lambda _m: None, objective=objective)
+    result = train(finished(cfg), data, None, progress=False, log=lambda _m: None, objective=objective)
     z = torch.randn((64, 1, 28, 28), generator=torch.Generator().manual_seed(99))
     want = exact_map(z, mu, a_T)
     got = _one_step(result.diffusion, z)

@@ -24,7 +24,7 @@ from mnist_diffusion import checkpoint as ckpt_io
 from mnist_diffusion.cli import main
 from mnist_diffusion.images import save_png
 
-from conftest import logged_steps, synthetic_split, tiny_config, train_cmd
+from conftest import finished, logged_steps, synthetic_split, tiny_config, train_cmd
 
 
 def _err(capsys) -> str:
@@ -138,12 +138,12 @@ def test_resume_into_a_directory_of_another_run_is_refused(tmp_path, capsys):
     from mnist_diffusion.training import TrainingError, train
     cfg = tiny_config(max_steps=2, sample_interval=1000)
     a, b = tmp_path / "a", tmp_path / "b"
-    train(cfg, synthetic_split(), a, progress=False, log=lambda _m: None)
-    train(cfg.replace(train={"seed": 1}), synthetic_split(), b, progress=False, log=lambda _m: None)
+    train(finished(cfg), synthetic_split(), a, progress=False, log=lambda _m: None)
+    train(finished(cfg.replace(train={"seed": 1})), synthetic_split(), b, progress=False, log=lambda _m: None)
     before = {p.name: p.read_bytes() for p in [*(b / "checkpoints").iterdir(), b / "config.json", b / "loss.csv"]}
     with pytest.raises(TrainingError, match="holds another run"):
-        train(cfg.replace(train={"max_steps": 4}), synthetic_split(), b, resume=str(a / "checkpoints/last.pt"),
-              progress=False, log=lambda _m: None)
+        train(finished(cfg.replace(train={"max_steps": 4})), synthetic_split(), b,
+              resume=str(a / "checkpoints/last.pt"), progress=False, log=lambda _m: None)
     after = {p.name: p.read_bytes() for p in [*(b / "checkpoints").iterdir(), b / "config.json", b / "loss.csv"]}
     assert after == before
     # each run directory records its run, and a config file naming one is still a valid config
@@ -151,23 +151,18 @@ def test_resume_into_a_directory_of_another_run_is_refused(tmp_path, capsys):
     assert len(ids) == 2 and ckpt_io.load(a / "checkpoints/last.pt")["run_id"] in ids
     from mnist_diffusion.config import RunConfig
     saved = RunConfig.from_json((a / "config.json").read_text())
-    import dataclasses
-
-    from mnist_diffusion.config import recommended_sampling
-    assert saved.sampling == recommended_sampling(cfg)  # a config without a sampling section gets the recommended one
-    # + the data's identity
-    assert saved.train.data_sha256 and saved.replace(train={"data_sha256": None}) == dataclasses.replace(
-        cfg, sampling=saved.sampling)
+    # the finished config it was given, + the data's identity
+    assert saved.train.data_sha256 and saved.replace(train={"data_sha256": None}) == finished(cfg)
 
 
 def test_a_run_without_last_pt_is_not_treated_as_empty(tmp_path):
     from mnist_diffusion.training import TrainingError, train
     cfg = tiny_config(max_steps=2, save_interval=1, sample_interval=1000)
-    train(cfg, synthetic_split(), tmp_path, progress=False, log=lambda _m: None)
+    train(finished(cfg), synthetic_split(), tmp_path, progress=False, log=lambda _m: None)
     (tmp_path / "checkpoints/last.pt").unlink()
     before = sorted(p.name for p in (tmp_path / "checkpoints").iterdir())
     with pytest.raises(TrainingError, match="already holds a run"):
-        train(cfg, synthetic_split(), tmp_path, progress=False, log=lambda _m: None)
+        train(finished(cfg), synthetic_split(), tmp_path, progress=False, log=lambda _m: None)
     assert sorted(p.name for p in (tmp_path / "checkpoints").iterdir()) == before == ["step_0000001.pt",
                                                                                      "step_0000002.pt"]
 
@@ -203,7 +198,7 @@ def test_weights_that_become_non_finite_are_never_saved(tmp_path, monkeypatch):
     monkeypatch.setattr(tr, "apply_update", poison)
     cfg = tiny_config(max_steps=6, save_interval=2, sample_interval=1000)
     with pytest.raises(tr.NonFiniteLoss, match="non-finite at step 4.*last good checkpoint"):
-        tr.train(cfg, synthetic_split(), tmp_path, progress=False, log=lambda _m: None)
+        tr.train(finished(cfg), synthetic_split(), tmp_path, progress=False, log=lambda _m: None)
     ck = ckpt_io.load(tmp_path / "checkpoints/last.pt")
     assert ck["step"] == 2 and all(bool(torch.isfinite(v).all()) for v in ck["model"].values())
 
@@ -213,7 +208,7 @@ def test_the_nan_message_says_when_no_checkpoint_exists(tmp_path, monkeypatch):
     real = tr.diffusion_loss
     monkeypatch.setattr(tr, "diffusion_loss", lambda *a, **k: real(*a, **k) * float("nan"))
     with pytest.raises(tr.NonFiniteLoss, match="step 1; no checkpoint had been written yet"):
-        tr.train(tiny_config(max_steps=3), synthetic_split(), tmp_path, progress=False, log=lambda _m: None)
+        tr.train(finished(tiny_config(max_steps=3)), synthetic_split(), tmp_path, progress=False, log=lambda _m: None)
     assert not list((tmp_path / "checkpoints").glob("*.pt"))
 
 

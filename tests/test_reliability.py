@@ -19,7 +19,7 @@ import torch
 from mnist_diffusion import checkpoint as ckpt_io
 from mnist_diffusion import data
 
-from conftest import logged_steps, train_cmd
+from conftest import finished, logged_steps, train_cmd
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -113,7 +113,7 @@ def test_failed_save_keeps_previous_checkpoint(tmp_path, monkeypatch):
 
     monkeypatch.setattr(ckpt_io, "atomic_save", disk_full_on_third_save)
     with pytest.raises(OSError, match="No space left"):
-        train(cfg, split, tmp_path, progress=False, log=lambda s: None)
+        train(finished(cfg), split, tmp_path, progress=False, log=lambda s: None)
     monkeypatch.undo()
     assert ckpt_io.load(tmp_path / "checkpoints/last.pt")["step"] == 4
     assert not list((tmp_path / "checkpoints").glob(".*.tmp"))
@@ -162,5 +162,5 @@ def test_too_little_disk_space_fails_before_training(tmp_path, monkeypatch):
     rng = np.random.default_rng(0)
     split = data.Split(rng.integers(0, 256, (32, 28, 28), dtype=np.uint8), np.zeros(32, np.uint8))
     with pytest.raises(TrainingError, match="MB free"):
-        train(tiny_config(max_steps=2), split, tmp_path, progress=False, log=lambda s: None)
+        train(finished(tiny_config(max_steps=2)), split, tmp_path, progress=False, log=lambda s: None)
     assert not (tmp_path / "checkpoints" / "last.pt").exists()

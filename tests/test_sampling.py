@@ -10,7 +10,7 @@ import torch
 from mnist_diffusion.config import SamplingConfig
 from mnist_diffusion.sampling import Trajectory, generate, plan, sample_batches
 
-from conftest import C
+from conftest import C, finished
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -95,7 +95,7 @@ def test_conditional_training_drops_labels_with_probability_p(tmp_path, monkeypa
     monkeypatch.setattr(training, "diffusion_loss", spy)
     cfg = tiny_config(max_steps=6, num_samples=2, cond_drop_prob=p).replace(model={"num_classes": C},
                                                                          diffusion={"timesteps": 10})
-    result = training.train(cfg, split, tmp_path, progress=False, log=lambda s: None)
+    result = training.train(finished(cfg), split, tmp_path, progress=False, log=lambda s: None)
     y = torch.cat(seen)  # 6 steps x 16 labels
     dropped = float((y == C).float().mean())
     assert y.min() >= 0 and y.max() <= C
@@ -232,7 +232,7 @@ def test_the_training_preview_runs_the_models_own_plan(executed_plans, tmp_path)
     from mnist_diffusion.sampling import options_for
     from mnist_diffusion.training import train
     cfg = tiny_config(max_steps=1, num_samples=2).replace(diffusion={"timesteps": 20})
-    result = train(cfg, synthetic_split(16), tmp_path / "run", progress=False, log=lambda s: None)
+    result = train(finished(cfg), synthetic_split(16), tmp_path / "run", progress=False, log=lambda s: None)
     diff = Diffusion.load(result.checkpoint, device="cpu", precision="fp32")
     labelled = diff.num_classes is not None
     assert executed_plans and all(p == plan(diff, options_for(diff, labelled=labelled, clip=cfg.train.clip))

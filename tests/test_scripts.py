@@ -12,7 +12,7 @@ import pytest
 
 from mnist_diffusion.data import Split
 from mnist_diffusion.training import train
-from conftest import tiny_config
+from conftest import finished, tiny_config
 
 ROOT = Path(__file__).resolve().parent.parent
 SCRIPTS, EXPERIMENTS = ROOT / "scripts", ROOT / "experiments"  # maintained tools; measurements behind the docs
@@ -34,7 +34,7 @@ def mnist_checkpoints(tmp_path_factory, mnist):
     out = {}
     for name, cfg in (("uncond", tiny_config(max_steps=2, sample_interval=100)),
                       ("cond", tiny_config(max_steps=2, sample_interval=100).replace(model={"num_classes": 10}))):
-        train(cfg, data, root / name, progress=False, log=lambda s: None)
+        train(finished(cfg), data, root / name, progress=False, log=lambda s: None)
         out[name] = str(root / name / "checkpoints" / "last.pt")
     return out
 
@@ -113,8 +113,8 @@ def test_average_ema_is_the_mean_of_the_snapshots_and_refuses_other_runs(tmp_pat
     avg = _script("average_ema")
     data = Split(mnist["train"].images[:64], mnist["train"].labels[:64])
     run = tmp_path / "run"
-    train(tiny_config(max_steps=4, epochs=100, save_interval=2, sample_interval=100), data, run, progress=False,
-          log=lambda s: None)
+    train(finished(tiny_config(max_steps=4, epochs=100, save_interval=2, sample_interval=100)), data, run,
+          progress=False, log=lambda s: None)
     s2, s4 = (ckpt_io.load(run / "checkpoints" / f"step_{s:07d}.pt") for s in (2, 4))
     assert avg.main([str(run), "2,4", "--output", str(tmp_path / "avg.pt")]) == 0
     out = ckpt_io.load(tmp_path / "avg.pt")
@@ -131,7 +131,7 @@ def test_average_ema_is_the_mean_of_the_snapshots_and_refuses_other_runs(tmp_pat
     assert md.load(tmp_path / "avg.pt", device="cpu").sample(2, steps=2, seed=0).shape[0] == 2
     # a snapshot of another run, a missing step, and the run's own last.pt as output are refused
     other = tmp_path / "other"
-    train(tiny_config(max_steps=2, epochs=100, save_interval=2, sample_interval=100, lr=1e-3), data, other,
+    train(finished(tiny_config(max_steps=2, epochs=100, save_interval=2, sample_interval=100, lr=1e-3)), data, other,
           progress=False, log=lambda s: None)
     (run / "checkpoints" / "step_0000002.pt").write_bytes((other / "checkpoints" / "step_0000002.pt").read_bytes())
     capsys.readouterr()

@@ -11,7 +11,7 @@ from mnist_diffusion.schedule import make_schedule
 from mnist_diffusion.rundir import elapsed_seconds
 from mnist_diffusion.training import (NonFiniteLoss, TrainingError, accumulate_gradients, draw_batch, ema_beta,
                                       ema_update, lr_at, planned_steps, train)
-from conftest import tiny_config
+from conftest import finished, tiny_config
 
 
 def _quiet(_):
@@ -29,7 +29,7 @@ def _synthetic(n=64, seed=0):
 
 def test_loss_goes_down_on_a_tiny_subset(tmp_path, mnist):
     cfg = tiny_config(max_steps=60, epochs=100, sample_interval=1000, save_interval=1000, log_interval=10)
-    train(cfg, _split(mnist), tmp_path, progress=False, log=_quiet)
+    train(finished(cfg), _split(mnist), tmp_path, progress=False, log=_quiet)
     with open(tmp_path / "loss.csv") as f:
         losses = [float(r["loss"]) for r in csv.DictReader(f)]
     assert len(losses) == 6
@@ -41,7 +41,7 @@ def test_loss_goes_down_on_a_tiny_subset(tmp_path, mnist):
 def test_resume_gives_the_same_weights_as_an_uninterrupted_run(tmp_path):
     data = _synthetic()
     cfg = tiny_config(max_steps=12, epochs=100, save_interval=5, sample_interval=1000)
-    train(cfg, data, tmp_path / "full", progress=False, log=_quiet)
+    train(finished(cfg), data, tmp_path / "full", progress=False, log=_quiet)
 
     class Crash(Exception):
         pass
@@ -51,9 +51,10 @@ def test_resume_gives_the_same_weights_as_an_uninterrupted_run(tmp_path):
             raise Crash  # dies between checkpoints: steps 6-7 are lost and redone
 
     with pytest.raises(Crash):
-        train(cfg, data, tmp_path / "split", progress=False, log=_quiet, step_hook=crash_at_7)
+        train(finished(cfg), data, tmp_path / "split", progress=False, log=_quiet, step_hook=crash_at_7)
     assert ckpt_io.load(tmp_path / "split/checkpoints/last.pt")["step"] == 5
-    train(cfg, data, tmp_path / "split", resume=str(tmp_path / "split/checkpoints/last.pt"), progress=False, log=_quiet)
+    train(finished(cfg), data, tmp_path / "split", resume=str(tmp_path / "split/checkpoints/last.pt"), progress=False,
+          log=_quiet)
 
     a = ckpt_io.load(tmp_path / "full/checkpoints/last.pt")
     b = ckpt_io.load(tmp_path / "split/checkpoints/last.pt")
@@ -81,19 +82,19 @@ def test_elapsed_seconds_reads_the_column_or_estimates_old_rows():
 def test_resume_refuses_a_different_model(tmp_path):
     data = _synthetic()
     cfg = tiny_config(max_steps=2, sample_interval=1000)
-    train(cfg, data, tmp_path, progress=False, log=_quiet)
+    train(finished(cfg), data, tmp_path, progress=False, log=_quiet)
     other = cfg.replace(model={"base_dim": 16})
     with pytest.raises(TrainingError, match="model.base_dim=8"):
-        train(other, data, tmp_path, resume=str(tmp_path / "checkpoints/last.pt"), progress=False, log=_quiet)
+        train(finished(other), data, tmp_path, resume=str(tmp_path / "checkpoints/last.pt"), progress=False, log=_quiet)
 
 
 def test_new_run_refuses_to_overwrite(tmp_path):
     data = _synthetic()
     cfg = tiny_config(max_steps=1, sample_interval=1000)
-    train(cfg, data, tmp_path, progress=False, log=_quiet)
+    train(finished(cfg), data, tmp_path, progress=False, log=_quiet)
     before = (tmp_path / "checkpoints/last.pt").read_bytes()
     with pytest.raises(TrainingError, match="already holds a run"):
-        train(cfg, data, tmp_path, progress=False, log=_quiet)
+        train(finished(cfg), data, tmp_path, progress=False, log=_quiet)
     assert (tmp_path / "checkpoints/last.pt").read_bytes() == before
 
 
@@ -111,12 +112,12 @@ def test_nonfinite_loss_stops_and_keeps_last_good_checkpoint(tmp_path, monkeypat
 
     monkeypatch.setattr(tr, "diffusion_loss", flaky)
     with pytest.raises(NonFiniteLoss, match="step 4"):
-        train(cfg, data, tmp_path, progress=False, log=_quiet)
+        train(finished(cfg), data, tmp_path, progress=False, log=_quiet)
     assert ckpt_io.load(tmp_path / "checkpoints/last.pt")["step"] == 2
 
     calls["n"] = 0
     skip = cfg.replace(train={"nonfinite": "skip"})
-    train(skip, data, tmp_path / "skip", progress=False, log=_quiet)
+    train(finished(skip), data, tmp_path / "skip", progress=False, log=_quiet)
     ck = ckpt_io.load(tmp_path / "skip/checkpoints/last.pt")
     assert ck["step"] == 6 and ck["skipped"] == 1
     assert all(torch.isfinite(v).all() for v in ck["model"].values())
@@ -126,12 +127,19 @@ def test_output_dir_that_is_a_file(tmp_path):
     f = tmp_path / "file"
     f.write_text("x")
     with pytest.raises(TrainingError, match="is a file"):
-        train(tiny_config(max_steps=1), _synthetic(), f, progress=False, log=_quiet)
+        train(finished(tiny_config(max_steps=1)), _synthetic(), f, progress=False, log=_quiet)
+
+
+def test_train_takes_only_a_finished_config(tmp_path):
+    from mnist_diffusion.config import ConfigError
+    with pytest.raises(ConfigError, match="no sampling section: resolve it first") as e:
+        train(tiny_config(max_steps=1), _synthetic(), tmp_path / "run", progress=False, log=_quiet)
+    assert "\n" not in str(e.value) and not (tmp_path / "run").exists()
 
 
 def test_batch_larger_than_data(tmp_path):
     with pytest.raises(TrainingError, match="larger than"):
-        train(tiny_config(max_steps=1, batch_size=128), _synthetic(64), tmp_path, progress=False, log=_quiet)
+        train(finished(tiny_config(max_steps=1, batch_size=128)), _synthetic(64), tmp_path, progress=False, log=_quiet)
 
 
 def test_lr_schedule_warmup_and_decay():
@@ -215,8 +223,8 @@ def test_micro_batches_give_the_full_batch_gradient(conditional):
 def test_training_with_micro_batches_follows_the_same_run(tmp_path):
     data = _synthetic()
     cfg = tiny_config(max_steps=6, epochs=100, sample_interval=1000, save_interval=1000)
-    train(cfg, data, tmp_path / "full", progress=False, log=_quiet)
-    train(cfg.replace(train={"micro_batch": 5}), data, tmp_path / "micro", progress=False, log=_quiet)
+    train(finished(cfg), data, tmp_path / "full", progress=False, log=_quiet)
+    train(finished(cfg.replace(train={"micro_batch": 5})), data, tmp_path / "micro", progress=False, log=_quiet)
     a = ckpt_io.load(tmp_path / "full/checkpoints/last.pt")
     b = ckpt_io.load(tmp_path / "micro/checkpoints/last.pt")
     # same data, noise and updates; only the summation order differs. Adam's normalised step turns
@@ -234,7 +242,7 @@ def test_training_with_micro_batches_follows_the_same_run(tmp_path):
 
 def test_min_snr_training_runs_and_records_gamma(tmp_path):
     cfg = tiny_config(max_steps=4, epochs=100, sample_interval=1000, save_interval=1000, min_snr_gamma=5.0)
-    result = train(cfg, _synthetic(), tmp_path, progress=False, log=_quiet)
+    result = train(finished(cfg), _synthetic(), tmp_path, progress=False, log=_quiet)
     assert np.isfinite(result.final_loss)
     assert ckpt_io.load(tmp_path / "checkpoints/last.pt")["config"]["train"]["min_snr_gamma"] == 5.0
 
@@ -259,7 +267,7 @@ def test_draw_batch_timesteps_uniform_or_logit_normal():
 def test_logit_normal_training_runs_and_records_it(tmp_path):
     cfg = tiny_config(max_steps=3, epochs=100, sample_interval=1000, save_interval=1000, t_sampling="logit-normal",
                       t_logit_mean=0.5)
-    train(cfg, _synthetic(), tmp_path, progress=False, log=_quiet)
+    train(finished(cfg), _synthetic(), tmp_path, progress=False, log=_quiet)
     recorded = ckpt_io.load(tmp_path / "checkpoints/last.pt")["config"]["train"]
     assert (recorded["t_sampling"], recorded["t_logit_mean"], recorded["t_logit_std"]) == ("logit-normal", 0.5, 1.0)
 
@@ -267,7 +275,7 @@ def test_logit_normal_training_runs_and_records_it(tmp_path):
 def test_time_limit_stops_with_a_checkpoint_and_a_grid(tmp_path):
     cfg = tiny_config(max_steps=100_000, epochs=100_000, sample_interval=100_000, save_interval=100_000,
                       time_limit=0.002)  # 0.12 s
-    result = train(cfg, _synthetic(), tmp_path, progress=False, log=_quiet)
+    result = train(finished(cfg), _synthetic(), tmp_path, progress=False, log=_quiet)
     assert 0 < result.step < 100_000
     assert ckpt_io.load(tmp_path / "checkpoints/last.pt")["step"] == result.step
     assert (tmp_path / "samples" / f"step_{result.step:07d}.png").exists()

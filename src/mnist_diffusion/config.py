@@ -611,7 +611,8 @@ def resolve(base: RunConfig, values: dict, *, conditional: Optional[bool] = None
     config file's or, when `resuming` names a checkpoint, the checkpoint's; then the resume rule
     (check_resume) and, with `preset_name`, check_preset. `conditional` True/False sets 10 classes /
     none. A new network name starts from that network's canonical size (`model_defaults(name)`, a
-    ModelConfig) before the explicit options."""
+    ModelConfig) before the explicit options. A config without a sampling section gets the
+    recommended one: what this returns is finished, as training.train takes it."""
     changes: dict[str, dict] = {"model": {}, "diffusion": {}, "train": {}}
     name = values.get("model.name")
     if name and name != base.model.name and not resuming and model_defaults is not None:
@@ -633,7 +634,7 @@ def resolve(base: RunConfig, values: dict, *, conditional: Optional[bool] = None
         if clusters or base.train.clusters:
             changes["model"]["num_classes"] = clusters or None
     cfg = base.replace(**{k: v for k, v in changes.items() if v})
-    if not resuming and base.sampling == SamplingConfig():  # no section of its own: the recommended one
+    if base.sampling == SamplingConfig():  # no section of its own (a preset, an old checkpoint): the recommended one
         cfg = dataclasses.replace(cfg, sampling=recommended_sampling(cfg)).validate()
     if resuming:
         check_resume(base, cfg)

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import contextlib
 import copy
-import dataclasses
 import math
 import os
 import signal
@@ -26,7 +25,7 @@ from tqdm.auto import tqdm
 
 from . import checkpoint as ckpt_io
 from . import distributed
-from .config import ConfigError, RunConfig, SamplingConfig, check_resume, recommended_sampling
+from .config import ConfigError, RunConfig, SamplingConfig, check_resume
 from .data import Split, to_model_range
 from .device import autocast, describe_precision, resolve_device, resolve_precision
 from .diffusion import Diffusion
@@ -304,16 +303,18 @@ def train(cfg: RunConfig, data: Split, run_dir: Optional[str | os.PathLike] = No
           step_hook: Optional[Callable[[int, float], None]] = None,
           objective: Optional[Callable[[RunConfig, torch.Tensor, torch.Tensor], Objective]] = None,
           init: Optional[Callable[[TrainState], None]] = None) -> TrainResult:
-    """Train (or resume) a run. With `run_dir` it writes checkpoints, previews and loss.csv there;
+    """Train (or resume) a run of `cfg`, a finished config (config.resolve's: rundir.run_config and
+    md.train resolve theirs). With `run_dir` it writes checkpoints, previews and loss.csv there;
     without, it trains in memory only. The result holds the EMA model as a `Diffusion`.
     `objective(cfg, images, labels)` replaces the diffusion objective (image_objective) and
     `init(state)` sets a fresh run's first weights (a student starts as its teacher)."""
     if cfg.distill.distilled and objective is None:  # a student's config trained on the data: not a student
         raise TrainingError(f"this is a distilled student's config (teacher {cfg.distill.teacher}); train trains "
                             "models from data: make or resume students with `mnist-diffusion distill`")
+    if cfg.sampling == SamplingConfig():  # the resolver (config.resolve) chooses it; train never does
+        raise ConfigError("train takes a finished config and this one has no sampling section: resolve it first "
+                          "(config.resolve, rundir.run_config or md.train)")
     cfg, data = bind_data(cfg, data, log)
-    if cfg.sampling == SamplingConfig():  # no section of its own (md.train, an old config): the recommended one
-        cfg = dataclasses.replace(cfg, sampling=recommended_sampling(cfg)).validate()
     world, device = distributed.setup(resolve_device(cfg.train.device))
     files = RunFiles(Path(run_dir) if run_dir is not None and world.main else None)  # only rank 0 writes
     try:
