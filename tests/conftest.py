@@ -1,5 +1,6 @@
 """The one fixture layer: tiny models and runs built one way, the real datasets when prepared, one
-torch thread for tiny networks, and the synthetic MNIST that child processes read.
+torch thread for tiny networks, the synthetic MNIST that child processes read, and the evaluator's
+test-split features computed once per run (not once per pytest-xdist worker).
 
 Fixtures here need no import; helpers (`tiny_config`, `finished`, `random_unet`, `wrap`, `synthetic_split`,
 `train_cmd`, `logged_steps`) are imported with `from conftest import ...`. Tests that start another
@@ -9,8 +10,10 @@ from __future__ import annotations
 
 import csv
 import gzip
+import hashlib
 import os
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -212,3 +215,61 @@ def mnist():
 @pytest.fixture(scope="session")
 def fashion():
     return _real("fashion_mnist")
+
+
+# -- the evaluator's test-split features, once per run -----------------------------------------------
+
+CHUNK = 1000  # evaluator.embed's batch: a chunk's features are the bytes the whole embedding gives it
+
+
+@pytest.fixture(scope="session", autouse=True)
+def shared_test_features(tmp_path_factory):
+    """evaluation._test_reference embeds a dataset's 10,000 test images (about 9 s on one thread)
+    once per process, so each pytest-xdist worker would pay for it again. The workers of one run
+    share that work instead: each embeds the 1,000-image chunks no worker has claimed yet, writes
+    them to the run's shared temp folder, and reads the others' chunks from there. Nothing outlives
+    the run; a single process (no xdist) keeps the library's own cache."""
+    if not os.environ.get("PYTEST_XDIST_WORKER"):
+        yield
+        return
+    from mnist_diffusion import evaluation
+    real, root = evaluation._test_reference, tmp_path_factory.getbasetemp().parent
+
+    def shared(ref, progress=False):
+        if ref.key not in evaluation._TEST_REFERENCE and len(ref.test) > CHUNK:
+            feats = _shared_features(root, ref)
+            evaluation._TEST_REFERENCE[ref.key] = (feats, evaluation.feature_stats(feats))
+        return real(ref, progress)
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(evaluation, "_test_reference", shared)
+        yield
+
+
+def _shared_features(root: Path, ref) -> np.ndarray:
+    from mnist_diffusion import evaluation
+    key = hashlib.sha256(f"{ref.name}\0{ref.sha256}\0".encode() + np.ascontiguousarray(ref.test).tobytes())
+    folder = root / f"test-features-{key.hexdigest()[:16]}"
+    folder.mkdir(exist_ok=True)
+    starts = range(0, len(ref.test), CHUNK)
+
+    def compute(s):
+        tmp = folder / f"{s:06d}.{os.getpid()}.tmp"
+        with open(tmp, "wb") as f:
+            np.save(f, evaluation.embed(ref.net, ref.test[s:s + CHUNK])[0])
+        os.replace(tmp, folder / f"{s:06d}.npy")
+
+    for s in starts:  # claim and embed what no worker has claimed
+        try:
+            os.close(os.open(folder / f"{s:06d}.claim", os.O_CREAT | os.O_EXCL | os.O_WRONLY))
+        except FileExistsError:
+            continue
+        compute(s)
+    deadline = time.monotonic() + 120
+    while missing := [s for s in starts if not (folder / f"{s:06d}.npy").exists()]:  # another worker's
+        if time.monotonic() > deadline:  # that worker died or hangs: embed them here
+            for s in missing:
+                compute(s)
+            break
+        time.sleep(0.02)
+    return np.concatenate([np.load(folder / f"{s:06d}.npy") for s in starts])
