@@ -4,6 +4,7 @@ one-line errors, the FLOP counter agrees with closed forms. No timing assertions
 in docs/BENCHMARKS.md, never in tests."""
 import json
 import os
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -20,15 +21,24 @@ TINY = ["--model", "unet", "--base-dim", "8", "--batch-size", "8", "--sample-ima
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 
+@pytest.fixture(autouse=True)
+def short_windows(monkeypatch):
+    """--quick's settings with windows of one call: these tests check what is measured and how it is
+    reported, not the numbers (test_windows_alternate_between_variants checks the windows)."""
+    quick = bench.Settings.quick()
+    monkeypatch.setattr(bench.Settings, "quick", classmethod(lambda cls: replace(quick, window_seconds=0.01,
+                                                                                    peak_seconds=0.01)))
+
+
 def _positive(x) -> bool:
     return isinstance(x, (int, float)) and not isinstance(x, bool) and x > 0 and np.isfinite(x)
 
 
 def test_benchmark_writes_json_with_positive_numbers(tmp_path, capsys):
     out = tmp_path / "bench.json"
-    assert main(["benchmark", *TINY, "--json", str(out)]) == 0
+    assert main(["benchmark", *TINY, "--no-memory", "--json", str(out)]) == 0  # memory: a subprocess (below)
     table = capsys.readouterr().out
-    for words in ("parameters", "checkpoint (model + EMA + AdamW)", "training, batch 8", "peak memory",
+    for words in ("parameters", "checkpoint (model + EMA + AdamW)", "training, batch 8",
                   "ddpm", "ddim", "dpmpp", "extrapolated from", "measured"):
         assert words in table
     r = json.loads(out.read_text())
@@ -51,11 +61,7 @@ def test_benchmark_writes_json_with_positive_numbers(tmp_path, capsys):
     assert r["sampling"]["dpmpp"]["method"] == "measured" and r["sampling"]["ddim"]["method"] == "measured"
     for e in r["sampling"].values():
         assert e["images"] == 4 and _positive(e["seconds"]) and _positive(e["images_per_s"])
-    mem = r["memory"]
-    assert "failed" not in mem, mem
-    assert mem["batch_size"] == 8
-    if os.path.exists("/proc/self/status"):
-        assert _positive(mem["peak_rss_bytes"]) and mem["peak_rss_bytes"] >= mem["rss_before_training_bytes"]
+    assert "memory" not in r and "peak memory" not in table
     assert "compare" not in r and r["preset"] is None  # --base-dim replaced the preset's network
     # utilisation: counted FLOPs against this run's matmul peak
     assert "utilisation (counted FLOPs)" in table and "matmul peak" in table
@@ -70,12 +76,19 @@ def test_benchmark_writes_json_with_positive_numbers(tmp_path, capsys):
     assert set(t["share_of_each_peak"]) == {"bf16", "fp32"}
 
 
-def test_micro_batch_is_used_and_recorded(tmp_path, capsys):
+@pytest.mark.system
+def test_micro_batch_is_used_and_recorded_and_memory_measured(tmp_path, capsys):
     out = tmp_path / "bench.json"
-    assert main(["benchmark", *TINY, "--micro-batch", "3", "--json", str(out)]) == 0
-    assert "training, batch 8 (3 at a time)" in capsys.readouterr().out
+    assert main(["benchmark", *TINY, "--micro-batch", "3", "--no-peak", "--json", str(out)]) == 0
+    table = capsys.readouterr().out
+    assert "training, batch 8 (3 at a time)" in table and "peak memory, training batch 8 (3 at a time)" in table
     r = json.loads(out.read_text())
-    assert r["micro_batch"] == 3 and "failed" not in r["memory"]
+    assert r["micro_batch"] == 3
+    mem = r["memory"]  # from a fresh process that only trains
+    assert "failed" not in mem, mem
+    assert mem["batch_size"] == 8
+    if os.path.exists("/proc/self/status"):
+        assert _positive(mem["peak_rss_bytes"]) and mem["peak_rss_bytes"] >= mem["rss_before_training_bytes"]
 
 
 def test_no_peak_still_counts_flops(tmp_path, capsys):
@@ -148,7 +161,8 @@ def test_compare_reports_ratios(tmp_path, capsys, monkeypatch):
     # a real torch.compile takes a minute even for a tiny model; the identity stands in for it here
     monkeypatch.setattr(torch, "compile", lambda model, **kw: model)
     out = tmp_path / "b.json"
-    assert main(["benchmark", *TINY, "--no-memory", "--compare", "--json", str(out)]) == 0
+    assert main(["benchmark", *TINY, "--no-memory", "--no-peak", "--sampler-steps", "ddpm=2,ddim=2,dpmpp=2",
+                 "--compare", "--json", str(out)]) == 0
     table = capsys.readouterr().out
     assert "train B/A" in table and "compilation included" in table
     c = json.loads(out.read_text())["compare"]

@@ -152,7 +152,7 @@ def test_label_drop_probability_needs_labels(tmp_path, capsys):
 def test_unconditional_cannot_resume_a_conditional_run(tmp_path, mnist, capsys):
     run = tmp_path / "r"
     common = ["--max-steps", "1", "--subset", "32", "--batch-size", "16", "--base-dim", "8", "--num-res-blocks", "1",
-              "--timesteps", "20", "--output-dir", str(run), "--no-progress"]
+              "--timesteps", "20", "--num-samples", "2", "--output-dir", str(run), "--no-progress"]
     assert main(["train", "--preset", "quick", *common]) == 0
     assert main(["train", "--resume", "auto", "--unconditional", *common]) == 2
     assert "--unconditional differs from the checkpoint" in capsys.readouterr().err
@@ -161,7 +161,8 @@ def test_unconditional_cannot_resume_a_conditional_run(tmp_path, mnist, capsys):
 def test_resume_with_a_preset_rejects_a_run_of_another_network(tmp_path, mnist, capsys):
     # what `make run` meets in a runs/quick left by a version whose quick preset had no labels
     run = tmp_path / "r"
-    common = ["--max-steps", "1", "--subset", "32", "--batch-size", "16", "--output-dir", str(run), "--no-progress"]
+    common = ["--max-steps", "1", "--subset", "32", "--batch-size", "16", "--num-samples", "2",  # (a small preview)
+              "--output-dir", str(run), "--no-progress"]
     assert main(["train", "--preset", "quick", "--unconditional", *common]) == 0
     before = (run / "checkpoints/last.pt").read_bytes()
     assert main(["train", "--preset", "quick", "--resume", "auto", *common]) == 2

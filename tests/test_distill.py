@@ -256,10 +256,10 @@ def test_each_command_resumes_only_its_own_checkpoints(tiny_teacher, tiny_studen
     assert last.read_bytes() == before
 
 
-def test_pair_files_are_named_by_what_made_them(tiny_teacher, tmp_path):
+def test_pair_files_are_named_by_what_made_them(checkpoints, tmp_path):
     """After a stop during pair drawing, a rerun with another --guidance or --teacher-steps reused
     the old pair files (named by seed, offset and size only) and recorded the new settings."""
-    teacher = Diffusion.load(tiny_teacher, device="cpu", precision="fp32")
+    teacher = Diffusion.load(checkpoints["cond"], device="cpu", precision="fp32")  # trained in this process
     folder = tmp_path / "pairs"
 
     def draw(**changes):

@@ -305,16 +305,16 @@ def test_make_pretrained_rescore_rewrites_the_card_not_the_weights(tmp_path, mni
     report.parent.mkdir(parents=True)
     # a real report of the shipped weights, small (the script itself asks for N_EVAL images)
     assert main(["evaluate", "--pretrained", "mnist", "--guidance", "0.5", "--sampler", "dpmpp", "--steps", "20",
-                 "--num-samples", "20", "--noise-mse-images", "20", "--seed", "0", "--no-progress",
+                 "--num-samples", "10", "--noise-mse-images", "10", "--seed", "0", "--no-progress",
                  "--json", str(report)]) == 0
     with pytest.raises(SystemExit, match="not a 10,000-image report of the shipped mnist"):
         mp.main(["--rescore", "mnist", "--runs", str(runs), "--output", str(out)])
-    monkeypatch.setattr(mp, "N_EVAL", 20)
+    monkeypatch.setattr(mp, "N_EVAL", 10)
     assert mp.main(["--rescore", "mnist", "--runs", str(runs), "--output", str(out)]) == 0
     assert PRETRAINED["mnist"]["sha256"] in capsys.readouterr().out
     card, r = (out / "mnist" / "README.md").read_text(), json.loads(report.read_text())
     assert card.split("## Evaluation")[0] == before.split("## Evaluation")[0]
-    assert f"| {r['fid']:.3f} |" in card and "n = 20 images (dpmpp, 20 steps" in card
+    assert f"| {r['fid']:.3f} |" in card and "n = 10 images (dpmpp, 20 steps" in card
     assert "`mnist-diffusion evaluate --pretrained mnist --sampler dpmpp --steps 20 --guidance 0.5" in card
     for f in ("model.safetensors", "config.json", "scheduler_config.json"):
         assert (out / "mnist" / f).read_bytes() == (shipped / f).read_bytes()
