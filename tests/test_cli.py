@@ -132,7 +132,7 @@ def test_flow_objective_trains_and_every_sampler_draws_it(tmp_path, mnist, capsy
 def test_dry_run_prints_config(tmp_path, capsys):
     assert main(["train", "--preset", "quick", "--dry-run", "--output-dir", str(tmp_path / "r")]) == 0
     out = capsys.readouterr().out
-    assert '"base_dim": 32' in out and not (tmp_path / "r").exists()
+    assert '"name": "unet_attn"' in out and '"base_dim": 16' in out and not (tmp_path / "r").exists()
 
 
 @pytest.mark.parametrize("flag, classes", [([], 10), (["--unconditional"], None), (["--conditional"], 10)])
