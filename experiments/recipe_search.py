@@ -102,6 +102,10 @@ VARIANTS = {
     # the quick preset's 1,850): the schedule as it is, and AdamW's beta2 0.99
     "thin-attn-v-1500": _steps(THIN_ATTN, 1500),
     "thin-attn-v-1500-b99": _steps(THIN_ATTN, 1500) + ["--adam-beta2", "0.99"],
+    # the schedule's shape: warmup-stable-decay (the peak held, linear to 0 over the last 20%) instead of the
+    # cosine to 10%; and the same with a shorter warm-up (25 steps, not the preset's 100)
+    "thin-attn-v-1500-wsd": _steps(THIN_ATTN, 1500) + ["--lr-schedule", "wsd"],
+    "thin-attn-v-1500-wsd-w25": _steps(THIN_ATTN, 1500) + ["--lr-schedule", "wsd", "--warmup-steps", "25"],
     # self-attention at 7x7 (network.md's 2-minute screen favoured it; never followed up)
     "half-v-attn": HALF + ["--prediction", "v", "--model", "unet_attn", "--num-res-blocks", "1"],
     # without labels (issue 38, item 4): today's budget, flow matching

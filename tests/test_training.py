@@ -150,6 +150,16 @@ def test_lr_schedule_warmup_and_decay():
     assert planned_steps(tiny_config(epochs=3, batch_size=16), 64) == 12
 
 
+def test_lr_schedule_wsd_holds_then_cools_down_linearly_to_zero():
+    # 10 warm-up steps, 90 after them, the last 20% (18 steps: 82..99) cooling down
+    cfg = tiny_config(warmup_steps=10, lr=1e-3, lr_schedule="wsd", lr_cooldown=0.2)
+    assert lr_at(cfg, 4, 100) == pytest.approx(5e-4)  # the warm-up is the cosine schedule's
+    assert [lr_at(cfg, s, 100) for s in (10, 50, 82)] == [1e-3] * 3
+    assert lr_at(cfg, 91, 100) == pytest.approx(1e-3 * 9 / 18)
+    assert lr_at(cfg, 99, 100) == pytest.approx(1e-3 / 18)
+    assert lr_at(cfg, 100, 100) == 0.0
+
+
 def test_ema_update_is_a_convex_combination():
     cfg = tiny_config()
     a, b = build_model(cfg.model), build_model(cfg.model)

@@ -27,6 +27,7 @@ CLASS_NAMES = {  # the datasets' classes, in label order
 }
 SCHEDULES = ("linear", "cosine", "flow")
 PREDICTIONS = ("eps", "v", "flow")
+LR_SCHEDULES = ("cosine", "wsd")
 T_SAMPLINGS = ("uniform", "logit-normal")
 MAX_CLUSTERS = 1000  # train.clusters: k-means clusters as classes (clusters.py)
 MAX_LEVELS = 5  # resolution levels a 28x28 image can be halved into: 28, 14, 7, 4, 2
@@ -118,6 +119,13 @@ class TrainConfig:
                                       "of the gradient's scale)", kind="unit", research=True)
     warmup_steps: int = option(200, "linear learning-rate warm-up", kind="nonneg")
     lr_decay: bool = option(True, "cosine decay to 10% over the planned steps", flag="--no-lr-decay")
+    # warmup-stable-decay (Hu et al. 2024, MiniCPM; Hägele et al. 2024): the peak rate held, then a linear
+    # cool-down to 0 over the last share of the planned steps
+    lr_schedule: str = option("cosine", "the rate after warm-up: cosine (to 10% over the planned steps) or wsd "
+                                        "(constant, then linear to 0 over the last --lr-cooldown of them)",
+                              choices=LR_SCHEDULES, research=True)
+    lr_cooldown: float = option(0.2, "wsd: the share of the planned steps that cools the rate down to 0",
+                                kind="unit", research=True)
     grad_clip: float = option(1.0, "clip the gradient norm to this (0 = off)", kind="nonneg")
     ema_decay: float = option(0.999, "decay of the EMA weights that sampling uses, warmed up as "
                               "min(decay, (1 + step) / (10 + step)) (so 0.999 is reached only after ~9,000 "

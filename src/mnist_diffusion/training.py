@@ -77,6 +77,10 @@ def lr_at(cfg: RunConfig, step: int, total: int) -> float:
         return tc.lr * (step + 1) / tc.warmup_steps
     if not tc.lr_decay or total <= tc.warmup_steps:
         return tc.lr
+    if tc.lr_schedule == "wsd":
+        # held at the peak, then linear to 0: the last cool-down step trains at lr / cooldown_steps
+        cooldown = max(1, round(tc.lr_cooldown * (total - tc.warmup_steps)))
+        return tc.lr * min(1.0, (total - step) / cooldown)
     progress = min(1.0, (step - tc.warmup_steps) / max(1, total - tc.warmup_steps))
     return tc.lr * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * progress)))
 
