@@ -1,6 +1,6 @@
 // The page's sampler (src/mnist_diffusion/webpage/sampler.js, the interpreter of plan.json's programs)
 // replaying draws that Python made: tests/test_page_sampler.py writes one JSON fixture per draw (the
-// model's plan.json, the start noise, labels, an SDEdit's strength and image, every network call
+// model's plan.json, the start noise, the fresh noise of eta > 0, labels, an SDEdit's strength and image, every network call
 // Python made with its input and output, and Python's result) and
 // runs `node --test` on this file with PAGE_FIXTURES naming their folder and PAGE_SAMPLER the module. The page's network is
 // the recorded calls, in order: each input must be what Python fed the network (within float32
@@ -12,7 +12,7 @@ import { test } from "node:test";
 
 // the page's module as an .mjs copy (PAGE_SAMPLER): Node reads a bare .js file outside a
 // "type": "module" package as CommonJS
-const { runDraw } = await import(process.env.PAGE_SAMPLER);
+const { givenFresh, runDraw } = await import(process.env.PAGE_SAMPLER);
 const folder = process.env.PAGE_FIXTURES;
 assert.ok(folder, "PAGE_FIXTURES must name the folder of fixtures (tests/test_page_sampler.py writes them)");
 const names = readdirSync(folder).filter((n) => n.endsWith(".json")).sort();
@@ -41,8 +41,13 @@ for (const name of names) {
     };
     const labels = fx.labels === null ? null : Int32Array.from(fx.labels);
     const edit = fx.strength === null ? {} : { strength: fx.strength, image: Float32Array.from(fx.image) };
-    const got = await runDraw(fx.plan, net, fx.draw, Float32Array.from(fx.noise), labels, fx.guidance, edit);
+    // a stochastic draw's fresh noise: Python's, replayed; every value of it must be used
+    let used = 0;
+    const given = givenFresh(Float32Array.from(fx.fresh));
+    const fresh = (size) => { used += size; return given(size); };
+    const got = await runDraw(fx.plan, net, fx.draw, Float32Array.from(fx.noise), labels, fx.guidance, { ...edit, fresh });
     assert.equal(call, fx.calls.length, "the page made fewer network calls than Python");
+    assert.equal(used, fx.fresh.length, "the page used another amount of fresh noise than Python drew");
     assert.ok(gap(got, fx.want) <= fx.tolerance, `the images differ by ${gap(got, fx.want)}`);
   });
 }
@@ -57,4 +62,24 @@ test("a draw or an edit the plan does not offer is refused in one line", async (
     await assert.rejects(runDraw(fx.plan, never, name, noise, null, 0, extra),
                          (e) => e.message.includes(words) && !e.message.includes("\n"));
   }
+});
+
+test("a stochastic draw asks for its fresh noise; the page's comes from each image's seed", async () => {
+  const { gaussianStream, seededFresh } = await import(process.env.PAGE_SAMPLER);
+  const name = names.find((n) => JSON.parse(readFileSync(join(folder, n), "utf-8")).fresh.length > 0);
+  assert.ok(name, "no fixture draws fresh noise");
+  const fx = JSON.parse(readFileSync(join(folder, name), "utf-8"));
+  const labels = fx.labels === null ? null : Int32Array.from(fx.labels);
+  const never = async () => assert.fail("the network was called");
+  await assert.rejects(runDraw(fx.plan, never, fx.draw, Float32Array.from(fx.noise), labels, fx.guidance,
+                               fx.strength === null ? {} : { strength: fx.strength, image: Float32Array.from(fx.image) }),
+                       (e) => e.message.includes("was given no source of it"));
+  // image i's fresh noise continues its own stream (seed + i) after its start noise
+  const fresh = seededFresh(5, 2), first = fresh(2 * 784), second = fresh(2 * 784);
+  for (const i of [0, 1]) {
+    const stream = gaussianStream(5 + i).next(3 * 784);
+    assert.deepEqual(first.subarray(i * 784, (i + 1) * 784), stream.subarray(784, 2 * 784));
+    assert.deepEqual(second.subarray(i * 784, (i + 1) * 784), stream.subarray(2 * 784));
+  }
+  assert.throws(() => fresh(784), /fresh noise for 2 images asked for 784 values/);
 });

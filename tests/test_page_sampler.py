@@ -3,9 +3,10 @@ records every network call; `node --test tests/page_sampler.test.mjs` replays th
 page's sampler.js (an interpreter of plan.json's programs: no browser, no ONNX runtime) and must feed
 the network the same inputs and end on the same images, within float32 rounding. A distilled
 student, a guided teacher (linear and quadratic corrector, the guidance interval's switch steps, at
-its own weight, another and none), an unlabelled model, a flow model, and SDEdits, each the plan the
-CLI runs (`sample` with those options; `edit` at that strength). Python also interprets each program
-itself and must land on the library's images bit for bit.
+its own weight, another and none; its card's eta, and eta 0), a ddim card at eta 1, an unlabelled
+model, a flow model, and SDEdits, each the plan the CLI runs (`sample` with those options; `edit` at
+that strength); the fresh noise of eta > 0 is the library's, replayed. Python also interprets each
+program itself and must land on the library's images bit for bit.
 """
 from __future__ import annotations
 
@@ -36,17 +37,18 @@ pytestmark = [pytest.mark.usefixtures("one_thread")]
 
 
 def cli_plan(diff, steps: int, labelled: bool, guidance: float, strength=None):
-    """The plan the CLI runs for the page's draw `steps` at this guidance: `sample` (or `edit
-    --strength`) with the student's own sampler, or a teacher's --sampler dpmpp --eta 0."""
+    """The plan the CLI runs for the page's draw `steps` at this guidance: `sample --steps STEPS` (or
+    `edit --strength`), the model's own draw (a student's without guidance)."""
     task = {"task": "edit", "strength": strength} if strength is not None else {}
     if diff.capabilities.distilled:
         return diff.plan(steps=steps, labelled=labelled, **task)
-    return diff.plan(sampler="dpmpp", steps=steps, eta=0.0, guidance=guidance, labelled=labelled, **task)
+    return diff.plan(steps=steps, guidance=guidance, labelled=labelled, **task)
 
 
-def interpret(program: dict, diff, labels, guidance: float, noise, image=None) -> torch.Tensor:
-    """`program` run as sampler.js runs it, in PyTorch: rows c_1 v_1 + c_2 v_2 + ..., left to right."""
-    v = {"noise": noise, "image": image}
+def interpret(program: dict, diff, labels, guidance: float, noise, image=None, fresh=()) -> torch.Tensor:
+    """`program` run as sampler.js runs it, in PyTorch: rows c_1 v_1 + c_2 v_2 + ..., left to right;
+    `fresh`: the noise of the steps marked fresh, in order."""
+    v, fresh = {"noise": noise, "image": image}, iter(fresh)
 
     def combine(row):
         out = None
@@ -57,6 +59,8 @@ def interpret(program: dict, diff, labels, guidance: float, noise, image=None) -
     for step in program["program"]:
         eps_fn = diff.eps_fn(labels, guidance if step["guided"] else 0.0)
         v["x0"], v["eps"] = predict_x0(eps_fn, diff.schedule, v["x"], step["t"], step["clip"])
+        if step["fresh"]:
+            v["fresh"] = next(fresh)
         for target, row in step["then"]:
             v[target] = combine(row)
     return v["x"]
@@ -84,21 +88,30 @@ def recorded_draw(diff, draw: str, labels, noise: torch.Tensor, *, guidance=None
         calls.append({"t": int(t[0]), "labels": None if y is None else y.tolist(),
                       "x": x.flatten().tolist(), "out": out.float().flatten().tolist()})
         return out
+    drawn, draw_noise = [], PerImageNoise.__call__
+
+    def record_noise(self, like):  # every draw of the seed's per-image generators, in order
+        drawn.append(draw_noise(self, like))
+        return drawn[-1]
     y = None if labels is None else torch.tensor(labels)
-    diff.model.forward = record
+    diff.model.forward, PerImageNoise.__call__ = record, record_noise
     try:
         with torch.no_grad():
-            if strength is None:
-                x0 = run_plan(how, diff.eps_fn(y, how.guidance, how.guidance_interval), diff.schedule, noise, None)
-            else:  # the CLI's edit: image i's noise is that of image i of the seed (seed 5 here)
+            if strength is None:  # the start noise given, eta > 0's fresh noise seed 5's
+                x0 = run_plan(how, diff.eps_fn(y, how.guidance, how.guidance_interval), diff.schedule, noise,
+                              PerImageNoise(5, len(noise)))
+            else:  # the CLI's edit: image i's noise is that of image i of the seed (seed 5 here), then its fresh
                 [(_, x0)] = list(edit_batches(diff, image, how, labels=y, seed=5))
-                noise = PerImageNoise(5, len(image)).initial((1, 28, 28))
+                noise = drawn.pop(0)
     finally:
         del diff.model.forward
+        PerImageNoise.__call__ = draw_noise
+    assert len(drawn) == sum(step["fresh"] for step in program["program"]) and (len(drawn) > 0) == (how.eta > 0)
     with torch.no_grad():
-        assert torch.equal(interpret(program, diff, y, guidance, noise, image), x0)
+        assert torch.equal(interpret(program, diff, y, guidance, noise, image, drawn), x0)
     return {"plan": plan_json, "draw": draw, "guidance": guidance, "labels": labels, "strength": strength,
             "image": None if image is None else image.flatten().tolist(), "noise": noise.flatten().tolist(),
+            "fresh": [v for z in drawn for v in z.flatten().tolist()],
             "calls": calls, "want": x0.flatten().tolist(), "tolerance": TOLERANCE}
 
 
@@ -113,6 +126,8 @@ def cases():
     """(name, model, draw, labels, what): what the page is asked to draw."""
     guided = wrap(random_unet(), T=50).with_sampling(SamplingConfig(guidance=1.0))
     quadratic = guided.with_sampling(SamplingConfig(guidance=1.0, corrector=2))
+    deterministic = guided.with_sampling(SamplingConfig(guidance=1.0, eta=0.0))
+    ddim = guided.with_sampling(SamplingConfig(sampler="ddim", eta=1.0))
     uncond = wrap(random_unet(num_classes=None, seed=1), num_classes=None, T=50)
     flow = wrap(random_unet(seed=2), T=50, schedule="flow", prediction="flow").with_sampling(
         SamplingConfig(guidance=0.5))
@@ -123,6 +138,7 @@ def cases():
             ("guided-teacher-20-at-2", guided, "20", [3, 8], {"guidance": 2.0}),
             ("guided-teacher-10-unguided", guided, "10", [3, 8], {"guidance": 0.0}),
             ("guided-teacher-10-quadratic", quadratic, "10", [0, 9], {}),
+            ("guided-teacher-10-eta0", deterministic, "10", [5, 6], {}), ("ddim-eta1-10", ddim, "10", [2, 7], {}),
             ("unlabelled-20", uncond, "20", None, {}), ("flow-20", flow, "20", [1, 2], {}),
             ("edit-guided-teacher-20", guided, "20", [4, 7], {"strength": 0.6, "image": image}),
             ("edit-student-2", pupil, "2", [4, 7], {"strength": 0.3, "image": image}),
@@ -138,11 +154,16 @@ def test_plan_json_offers_every_draw_guided_unguided_and_as_each_edit(cond):
     # t0 = round(s T) - 1 on T = 20; from T - 1 the noise itself (samplers.sdedit)
     assert plan["draws"]["20"]["edits"]["0.5"]["guided"]["start"] == 9
     assert plan["draws"]["20"]["edits"]["1"]["guided"]["init"] == [[1.0, "noise"]]
-    # what the page cannot run is refused in one line
+    # the card's draw, its eta too: guided 0.5 (fresh noise at every step but the last), unguided 2
+    assert (plan["draws"]["20"]["guided"]["eta"], plan["draws"]["20"]["unguided"]["eta"]) == (0.5, 2.0)
+    assert [s["fresh"] for s in plan["draws"]["20"]["guided"]["program"]] == [True] * 19 + [False]
+    # what the page cannot run is refused in one line; a card with such a sampler is drawn with dpmpp
     for sampler in ("ddpm", "heun"):
-        with pytest.raises(ConfigError, match="the page runs deterministic ddim or dpmpp") as e:
+        with pytest.raises(ConfigError, match="the page runs ddim or dpmpp draws and edits") as e:
             compile_plan(cond.plan(sampler=sampler, steps=4), cond.schedule)
         assert "\n" not in str(e.value)
+        assert sampling_plan(cond.with_sampling(SamplingConfig(sampler=sampler)))["draws"]["10"]["unguided"][
+            "sampler"] == "dpmpp"
 
 
 @pytest.mark.system
@@ -158,4 +179,4 @@ def test_the_page_sampler_replays_pythons_draws(tmp_path):
                        timeout=300, env={"PAGE_FIXTURES": str(tmp_path), "PAGE_SAMPLER": str(tmp_path / "sampler.mjs"),
                                          "PATH": str(Path(NODE).parent)})
     assert r.returncode == 0, r.stdout[-4000:] + r.stderr[-2000:]
-    assert f"# pass {len(cases()) + 1}" in r.stdout, r.stdout[-2000:]
+    assert f"# pass {len(cases()) + 2}" in r.stdout, r.stdout[-2000:]

@@ -25,6 +25,7 @@ import mnist_diffusion as md
 from mnist_diffusion.config import PRESETS, RunConfig
 from mnist_diffusion.data import to_uint8
 from mnist_diffusion.pretrained import PRETRAINED
+from mnist_diffusion.samplers import PerImageNoise
 from mnist_diffusion.sampling import run_plan
 from mnist_diffusion.website import ORT_WEB_VERSION, find_runtime
 
@@ -143,17 +144,20 @@ def site(tmp_path_factory):
         httpd.shutdown()
 
 
-def _python_draw(name: str, steps: int, labels: torch.Tensor, noise: torch.Tensor) -> np.ndarray:
-    """What the CLI's sampler draws from `noise` with the draw the page runs (plan.json), at fp32."""
+def _python_draw(name: str, steps: int, labels: torch.Tensor, noise: torch.Tensor) -> tuple[np.ndarray, list]:
+    """What the CLI's sampler draws from `noise` with the draw the page runs (plan.json: `sample --steps
+    STEPS`), at fp32, and the fresh noise it drew (eta > 0; seed 5's), all of it in order."""
     diff = md.load(name, device="cpu", precision="fp32")
-    if diff.distilled:
-        plan = diff.plan(steps=steps)
-    else:
-        plan = diff.plan(sampler="dpmpp", steps=steps, eta=0.0)
+    plan = diff.plan(steps=steps)
     eps_fn = diff.eps_fn(labels, plan.guidance, plan.guidance_interval)
+    fresh, seeded = [], PerImageNoise(5, len(noise))
+
+    def noise_fn(like):
+        fresh.append(seeded(like))
+        return fresh[-1]
     with torch.no_grad():
-        x = run_plan(plan, eps_fn, diff.schedule, noise, None)
-    return to_uint8(x)
+        x = run_plan(plan, eps_fn, diff.schedule, noise, noise_fn)
+    return to_uint8(x), [v for z in fresh for v in z.flatten().tolist()]
 
 
 @pytest.mark.skipif(CHROMIUM is None, reason="no Chromium here (make test installs Debian's)")
@@ -176,10 +180,10 @@ def test_the_page_draws_what_python_draws_from_the_same_noise(site, tmp_path):
             page.on("request", lambda r: hosts.add(r.url.split("/")[2]))
             page.goto(url)
             page.wait_for_selector("body[data-ready='1']", timeout=120_000)
-            got = page.evaluate("([n, y, s]) => window.mnistDiffusion.sampleFromNoise(n, y, s)",
-                                [noise.flatten().tolist(), labels.tolist(), steps])
+            want, fresh = _python_draw(name, steps, labels, noise)
+            got = page.evaluate("([n, y, s, z]) => window.mnistDiffusion.sampleFromNoise(n, y, s, null, z)",
+                                [noise.flatten().tolist(), labels.tolist(), steps, fresh])
             web = np.array(got["images"], dtype=np.uint8).reshape(10, 28, 28)
-            want = _python_draw(name, steps, labels, noise)
             gap = np.abs(web.astype(int) - want.astype(int))
             assert gap.max() <= 2 and (gap == 0).mean() >= 0.99, (name, steps, gap.max(), (gap == 0).mean())
             _, probs = embed(shipped_evaluator("mnist"), web)
@@ -336,7 +340,7 @@ def test_the_status_names_the_guidance_used_and_bad_guidance_is_refused(site, br
         p.wait_for("2 images in")
         assert words in p.text() and "guidance 0.5" not in p.text(), p.text()
     # the sketch's SDEdit is the CLI's `edit` with the draw's options: its t0 and its share of the steps
-    want = md.load("mnist", device="cpu").plan(sampler="dpmpp", steps=20, eta=0.0, task="edit", strength=0.6)
+    want = md.load("mnist", device="cpu").plan(steps=20, task="edit", strength=0.6)
     page.fill("#guidance", "0.5")
     page.click("#edit")
     p.wait_for("turned the sketch")

@@ -5,7 +5,7 @@
                       an unlabelled model has no label input
     DIR/plan.json     what a sampler needs besides the network: the prediction, alpha_bar_t for every
                       t, the classes, and the draws the model recommends (the student's 1 and 2
-                      steps; a teacher's DPM-Solver++ at 10 and 20 steps, eta 0), each guided and
+                      steps; a teacher's own draw at 10 and 20 steps), each guided and
                       unguided and as an SDEdit at each of EDIT_STRENGTHS, every one the plan
                       `sampling.plan` gives for it, compiled into its per-step program
                       (`compile_plan`), which the page's sampler.js interprets
@@ -41,8 +41,9 @@ from .samplers import alpha_bar_at, corrector_weights, half_log_snr
 
 OPSET = 17
 TOLERANCE = 1e-4  # max abs difference between onnxruntime and PyTorch at fp32, on random inputs
-# the draws plan.json offers: a student's own grid (1 or 2 evaluations), a teacher's DPM-Solver++
-# (deterministic, eta 0, so that a page given the same starting noise draws the same digits)
+# the draws plan.json offers: a student's own grid (1 or 2 evaluations), a teacher's own draw (its
+# card's: DPM-Solver++ with its eta; the page draws the fresh noise of eta > 0 from the image's seed)
+PAGE_SAMPLERS = ("ddim", "dpmpp")
 STUDENT_STEPS = (1, 2)
 TEACHER_STEPS = (10, 20)
 # the SDEdit strengths the page offers: each draw's edit at each is the plan of `mnist-diffusion edit
@@ -138,14 +139,14 @@ def compile_plan(plan, schedule) -> dict:
     x0 is clipped, and the update that follows as rows `[target, [[c, source], ...]]`, each
     target = c_1 source_1 + c_2 source_2 + ..., run in order. Sources are named vectors: "noise" and
     "image" (an edit's) given, "x" (the point the network saw), "x0" and "eps" (its prediction at this
-    step, sampling.predict_x0) and whatever an earlier row set. The coefficients are computed here in
-    float64 exactly as samplers.ddim and samplers.dpmpp compute their scalars, and the rows are laid
-    out in the order PyTorch runs their tensor operations, so a port that rounds each scalar, product
-    and sum to float32 (as sampler.js does) draws what run_plan / sampling.edit_batches draw. x ends
-    as the image. Deterministic ddim and dpmpp only (eta 0): the page draws no fresh noise."""
-    if plan.sampler not in ("ddim", "dpmpp") or plan.eta or plan.task not in ("sample", "edit"):
-        raise ConfigError(f"the page runs deterministic ddim or dpmpp draws and edits (eta 0), not a {plan.task} "
-                          f"with {plan.describe()}")
+    step, sampling.predict_x0), "fresh" (new N(0, I) noise, drawn once at each step marked "fresh":
+    the noise_fn draws of eta > 0, in the same order) and whatever an earlier row set. The
+    coefficients are computed here in float64 exactly as samplers.ddim and samplers.dpmpp compute
+    their scalars, and the rows are laid out in the order PyTorch runs their tensor operations, so a
+    port that rounds each scalar, product and sum to float32 (as sampler.js does) draws what run_plan /
+    sampling.edit_batches draw from the same noise. x ends as the image. ddim and dpmpp only."""
+    if plan.sampler not in PAGE_SAMPLERS or plan.task not in ("sample", "edit"):
+        raise ConfigError(f"the page runs ddim or dpmpp draws and edits, not a {plan.task} with {plan.describe()}")
     sub = schedule.prefix(plan.start + 1) if plan.task == "edit" else schedule
     if plan.task == "edit" and plan.start < schedule.timesteps - 1:  # samplers.sdedit's x_t0
         init = [[float(sub.sqrt_alpha_bar[plan.start]), "image"], [float(sub.sqrt_one_minus_alpha_bar[plan.start]), "noise"]]
@@ -154,24 +155,35 @@ def compile_plan(plan, schedule) -> dict:
     seq, guided = list(plan.timesteps), set(plan.guided_timesteps if plan.guidance else ())
     rows = (_ddim_rows if plan.sampler == "ddim" else _dpmpp_rows)(plan, sub, seq)
     return {"start": plan.start, "init": init,
-            "program": [{"t": t, "guided": t in guided, "clip": plan.clip, "then": then} for t, then in zip(seq, rows)]}
+            "program": [{"t": t, "guided": t in guided, "clip": plan.clip, "fresh": _reads_fresh(then), "then": then}
+                        for t, then in zip(seq, rows)]}
+
+
+def _reads_fresh(rows) -> bool:
+    return any(name == "fresh" for _, row in rows for _, name in row)
 
 
 def _ddim_rows(plan, schedule, seq) -> list:
-    """samplers.ddim at eta 0: x_s = sqrt(a_s) x0 + sqrt(1 - a_s) eps, the last step to a_s = 1."""
+    """samplers.ddim: x_s = sqrt(a_s) x0 + sqrt(1 - a_s - sigma^2) eps (+ sigma z where eta > 0), the
+    last step to a_s = 1."""
     out = []
-    for i in range(len(seq)):
-        a_s = alpha_bar_at(schedule, seq[i + 1] if i + 1 < len(seq) else -1)
-        out.append([["x", [[a_s ** 0.5, "x0"], [max(1 - a_s, 0.0) ** 0.5, "eps"]]]])
+    for i, t in enumerate(seq):
+        a_t, a_s = alpha_bar_at(schedule, t), alpha_bar_at(schedule, seq[i + 1] if i + 1 < len(seq) else -1)
+        sigma = plan.eta * ((1 - a_s) / (1 - a_t)) ** 0.5 * (1 - a_t / a_s) ** 0.5
+        then = [["x", [[a_s ** 0.5, "x0"], [max(1 - a_s - sigma ** 2, 0.0) ** 0.5, "eps"]]]]
+        if sigma > 0:
+            then.append(["x", [[1.0, "x"], [sigma, "fresh"]]])
+        out.append(then)
     return out
 
 
 def _dpmpp_rows(plan, schedule, seq) -> list:
-    """samplers.dpmpp at eta 0, step by step: the corrector redoing the step into x (UniPC), the
-    multistep D (first order at the start and at plan.switches), the exponential-integrator step.
-    Vectors kept between steps: "base" (the last step's linear part), "x0_1" and "x0_2" (x0 one and
-    two evaluations back)."""
-    out, switches, corrector = [], set(plan.switches), plan.corrector
+    """samplers.dpmpp, step by step: the corrector redoing the step into x (UniPC; SA-Solver's with
+    eta > 0), the multistep D (first order at the start and at plan.switches), the
+    exponential-integrator step and, with eta > 0, the fresh noise "z" added to x (and to the linear
+    part the corrector redoes). Vectors kept between steps: "base" (the last step's linear part),
+    "x0_1" and "x0_2" (x0 one and two evaluations back)."""
+    out, switches, corrector, eta = [], set(plan.switches), plan.corrector, plan.eta
     h_prev = last = None  # last: (a_s, h, whether x0_2 is the corrector's third point, h before) of the step into x
     for i, t in enumerate(seq):
         if i + 1 == len(seq):  # the final jump to lambda = inf: x = x0
@@ -180,7 +192,7 @@ def _dpmpp_rows(plan, schedule, seq) -> list:
         then = []
         if last is not None and t not in switches:
             a_t_, h_, has_b, h_b = last
-            w_new, w_a, w_b = corrector_weights(h_, h_b if has_b else None, 0.0, corrector)
+            w_new, w_a, w_b = corrector_weights(h_, h_b if has_b else None, eta, corrector)
             mix = [[w_new, "x0"], [w_a, "x0_1"]] + ([[w_b, "x0_2"]] if w_b else [])
             then += [["mix", mix], ["x", [[1.0, "base"], [a_t_ ** 0.5, "mix"]]]]
         s = seq[i + 1]
@@ -192,8 +204,13 @@ def _dpmpp_rows(plan, schedule, seq) -> list:
         else:
             r = h_prev / h
             then.append(["d", [[1 + 1 / (2 * r), "x0"], [-(1 / (2 * r)), "x0_1"]]])
-        then += [["base", [[((1 - a_s) / (1 - a_t)) ** 0.5, "x"]]],
-                 ["x", [[1.0, "base"], [-(a_s ** 0.5 * math.expm1(-h)), "d"]]]]
+        then += [["base", [[((1 - a_s) / (1 - a_t)) ** 0.5 * math.exp(-eta * h), "x"]]],
+                 ["x", [[1.0, "base"], [-(a_s ** 0.5 * math.expm1(-(1 + eta) * h)), "d"]]]]
+        if eta > 0:
+            then += [["z", [[(1 - a_s) ** 0.5 * math.sqrt(-math.expm1(-2 * eta * h)), "fresh"]]],
+                     ["x", [[1.0, "x"], [1.0, "z"]]]]
+            if corrector:
+                then.append(["base", [[1.0, "base"], [1.0, "z"]]])
         if corrector == 2 and not first:  # the corrector's third point at the next step
             then.append(["x0_2", [[1.0, "x0_1"]]])
         then.append(["x0_1", [[1.0, "x0"]]])
@@ -213,15 +230,17 @@ def _draw(plan, schedule) -> dict:
 
 
 def page_plan(diff, steps: int, *, guided: bool, strength: Optional[float] = None):
-    """The plan of the page's draw at `steps` (an SDEdit at `strength` when given), guided or not:
-    a student's own grid; a teacher's DPM-Solver++ at eta 0 with guidance 0, or with its own weight
-    (1 where it has none: the page puts its weight in; the plan is the same for every weight > 0)."""
+    """The plan of the page's draw at `steps` (an SDEdit at `strength` when given), guided or not: the
+    CLI's `sample --steps STEPS` (or `edit`) with guidance 0, or with the model's own weight (1 where it
+    has none: the page puts its weight in; the plan is the same for every weight > 0). A model whose
+    card samples with a sampler the page does not run (ddpm, euler, heun) is drawn with dpmpp."""
     can = diff.capabilities
     task = {"task": "edit", "strength": strength} if strength is not None else {}
     if can.distilled:
         return diff.plan(steps=steps, labelled=can.labelled, **task)
     weight = (diff.config.sampling.guidance or 1.0) if guided else 0.0
-    return diff.plan(sampler="dpmpp", steps=steps, eta=0.0, guidance=weight, labelled=can.labelled, **task)
+    sampler = None if diff.config.sampling.sampler in PAGE_SAMPLERS else "dpmpp"
+    return diff.plan(sampler=sampler, steps=steps, guidance=weight, labelled=can.labelled, **task)
 
 
 def _modes(diff, steps: int, strength: Optional[float] = None) -> dict:

@@ -279,7 +279,7 @@ async function main() {
       const prog = program(drawName, guidance);
       total = prog.program.length;
       const show = progress(`drawing ${n} image${n > 1 ? "s" : ""}`, total);
-      const { x, seconds } = await whileRunning(runner.run({ draw: drawName, x: noise, labels, guidance }, show));
+      const { x, seconds } = await whileRunning(runner.run({ draw: drawName, x: noise, labels, guidance, seed }, show));
       drawGrid($("grid"), toUint8(x), n, labelled && label === "all" ? plan.num_classes : Math.min(n, 10));
       message(`${n} image${n > 1 ? "s" : ""} in ${seconds.toFixed(2)} s (${describe(prog, guidance)})`, "info");
       $("timing").textContent = seconds.toFixed(3);
@@ -300,7 +300,8 @@ async function main() {
       const prog = program(drawName, guidance, strength);
       total = prog.program.length;
       const show = progress("turning the sketch", total);
-      const request = { draw: drawName, x: gaussian(seed, IMAGE_PIXELS), image: sketchImage($("sketch")), labels, guidance, strength };
+      const request = { draw: drawName, x: gaussian(seed, IMAGE_PIXELS), image: sketchImage($("sketch")), labels, guidance,
+                        strength, seed };
       const { x: out, seconds } = await whileRunning(runner.run(request, show));
       drawGrid($("edited"), toUint8(out), 1, 1);
       message(`turned the sketch into ${labelled ? names[Number(target)] : "an image"} in ${seconds.toFixed(2)} s ` +
@@ -324,14 +325,17 @@ async function main() {
     plan,
     limits: LIMITS,
     threads: runner.threads,
-    // the sampler on given noise: noise n*784 numbers, labels n class indices (null: unlabelled);
+    // the sampler on given noise: noise n*784 numbers, labels n class indices (null: unlabelled), and
+    // a stochastic draw's fresh noise (eta > 0) as one array of its draws in order (null: seed 0's);
     // resolves to { images: uint8 n*784 as a plain array, seconds }
-    async sampleFromNoise(noise, labels, steps, guidance) {
+    async sampleFromNoise(noise, labels, steps, guidance, fresh = null) {
       const n = noise.length / IMAGE_PIXELS;
       if (!Number.isInteger(n) || n < 1 || n > LIMITS.maxImages) throw new Error(`noise must hold 1 to ${LIMITS.maxImages} images of 784 values`);
       const y = labels === null ? null : Int32Array.from(labels);
       const g = guidance === undefined || guidance === null ? plan.guidance : checkedGuidance(guidance);
-      const { x, seconds } = await whileRunning(runner.run({ draw: String(steps), x: Float32Array.from(noise), labels: y, guidance: g }));
+      const request = { draw: String(steps), x: Float32Array.from(noise), labels: y, guidance: g, seed: 0,
+                        fresh: fresh === null ? null : Float32Array.from(fresh) };
+      const { x, seconds } = await whileRunning(runner.run(request));
       return { images: Array.from(toUint8(x)), seconds };
     },
     draw: drawClicked,

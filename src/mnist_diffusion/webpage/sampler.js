@@ -7,8 +7,8 @@
 // prediction, the null label, and the draws, each guided and unguided and as an SDEdit at each
 // strength offered, with its program: the start x (from the noise, and an edit's image), then per
 // network evaluation its timestep, guidance and clipping and the rows of the update that follows,
-// target = c_1 source_1 + c_2 source_2 + ... over named vectors (x, this step's x0 and eps, and what
-// earlier rows kept). Turning the network's output into x0 is the model's (its prediction), not
+// target = c_1 source_1 + c_2 source_2 + ... over named vectors (x, this step's x0 and eps, "fresh"
+// noise where the step is marked fresh (a stochastic draw's, eta > 0), and what earlier rows kept). Turning the network's output into x0 is the model's (its prediction), not
 // the sampler's, and stays here.
 //
 // The arithmetic is PyTorch's: each tensor operation of samplers.py rounds to float32, scalars are
@@ -110,14 +110,21 @@ export function isGuided(plan, labels, guidance) {
 
 // Run a program from `noise` (n*784 values; an edit's `image` too): x starts as its init row, and each
 // step evaluates the network at x, turns its output into x0 and eps, and runs its rows. w: the
-// guidance weight of the steps the program guides. Resolves to x, the model-range images.
-export async function runProgram(plan, net, program, noise, labels, w, { image = null, onStep = null } = {}) {
+// guidance weight of the steps the program guides. `fresh(size)`: the next fresh noise of a step
+// marked fresh (seededFresh, or givenFresh to replay another sampler's). Resolves to x, the
+// model-range images.
+export async function runProgram(plan, net, program, noise, labels, w,
+                                 { image = null, onStep = null, fresh = null } = {}) {
+  if (!fresh && program.program.some((step) => step.fresh)) {
+    throw new Error("this draw adds fresh noise at its steps (eta > 0) and was given no source of it");
+  }
   const vectors = { noise, ...(image ? { image } : {}) };
   vectors.x = combine(vectors, program.init, noise.length);
   const total = program.program.length;
   for (let i = 0; i < total; i++) {
     const step = program.program[i];
     [vectors.x0, vectors.eps] = await predictX0(plan, net, vectors.x, step.t, labels, step.guided ? w : 0.0, step.clip);
+    if (step.fresh) vectors.fresh = fresh(noise.length);
     for (const [target, row] of step.then) vectors[target] = combine(vectors, row, noise.length);
     if (onStep) await onStep(i, total);
   }
@@ -127,11 +134,11 @@ export async function runProgram(plan, net, program, noise, labels, w, { image =
 // Run one of plan.draws from `noise` at `guidance` (guided where the model takes it, labels are
 // given and guidance > 0); with `strength` and `image`, that draw's SDEdit of the image.
 export async function runDraw(plan, net, drawName, noise, labels, guidance,
-                              { strength = null, image = null, onStep = null } = {}) {
+                              { strength = null, image = null, onStep = null, fresh = null } = {}) {
   if ((strength !== null) !== (image !== null)) throw new Error("an SDEdit needs its strength and its image, a draw neither");
   const guided = isGuided(plan, labels, guidance);
   const program = drawProgram(plan, drawName, guided, strength);
-  return runProgram(plan, net, program, noise, labels, guided ? guidance : 0.0, { image, onStep });
+  return runProgram(plan, net, program, noise, labels, guided ? guidance : 0.0, { image, onStep, fresh });
 }
 
 // model range [-1, 1] -> uint8, 0 = background: round((x + 1) 127.5), halves to even as torch.round
@@ -146,12 +153,13 @@ export function toUint8(x) {
   return out;
 }
 
-// Standard normal noise from a 32-bit seed (mulberry32 + Box-Muller): image i of a grid uses seed
-// + i, so an image does not depend on how many are drawn. Not PyTorch's generator: the page's seeds
-// draw other digits than the CLI's (sampleFromNoise takes the CLI's noise for a like-for-like draw).
-// A seed outside 0..2^32 - 1 is refused, not wrapped: 2^32 + 5 would draw seed 5's image (app.js
-// bounds its seed field so that seed + i stays inside).
-export function gaussian(seed, count) {
+// A stream of standard normal values from a 32-bit seed (mulberry32 + Box-Muller, in pairs: an odd
+// count drops its pair's second value). Image i of a grid uses seed + i: its start noise, then its
+// fresh noise step by step, so an image does not depend on how many are drawn. Not PyTorch's
+// generator: the page's seeds draw other digits than the CLI's (sampleFromNoise takes the CLI's
+// noise for a like-for-like draw). A seed outside 0..2^32 - 1 is refused, not wrapped: 2^32 + 5
+// would draw seed 5's image (app.js bounds its seed field so that seed + i stays inside).
+export function gaussianStream(seed) {
   if (!Number.isInteger(seed) || seed < 0 || seed > 0xffffffff) {
     throw new Error(`a noise seed must be a whole number from 0 to ${0xffffffff}, got ${seed}`);
   }
@@ -163,14 +171,46 @@ export function gaussian(seed, count) {
     q ^= q + Math.imul(q ^ (q >>> 7), q | 61);
     return ((q ^ (q >>> 14)) >>> 0) / 4294967296;
   };
-  const out = new Float32Array(count);
-  for (let i = 0; i < count; i += 2) {
-    const u1 = 1 - uniform(), u2 = uniform();
-    const r = Math.sqrt(-2 * Math.log(u1));
-    out[i] = r * Math.cos(2 * Math.PI * u2);
-    if (i + 1 < count) out[i + 1] = r * Math.sin(2 * Math.PI * u2);
-  }
-  return out;
+  return {
+    next(count) {
+      const out = new Float32Array(count);
+      for (let i = 0; i < count; i += 2) {
+        const u1 = 1 - uniform(), u2 = uniform();
+        const r = Math.sqrt(-2 * Math.log(u1));
+        out[i] = r * Math.cos(2 * Math.PI * u2);
+        if (i + 1 < count) out[i + 1] = r * Math.sin(2 * Math.PI * u2);
+      }
+      return out;
+    },
+  };
+}
+
+// `count` standard normal values: the start of seed's stream
+export function gaussian(seed, count) {
+  return gaussianStream(seed).next(count);
+}
+
+// The fresh noise of n images drawn from seeds seed .. seed + n - 1: image i's stream after its start
+// noise (gaussian(seed + i, 784)), 784 values a step
+export function seededFresh(seed, n) {
+  const streams = Array.from({ length: n }, (_, i) => gaussianStream(seed + i));
+  for (const s of streams) s.next(PIXELS);
+  return (size) => {
+    if (size !== n * PIXELS) throw new Error(`fresh noise for ${n} images asked for ${size} values`);
+    const out = new Float32Array(size);
+    streams.forEach((s, i) => out.set(s.next(PIXELS), i * PIXELS));
+    return out;
+  };
+}
+
+// Fresh noise given as one array (another sampler's draws, in order): the next `size` values at each ask
+export function givenFresh(values) {
+  let at = 0;
+  return (size) => {
+    if (at + size > values.length) throw new Error(`the fresh noise given (${values.length} values) ran out`);
+    at += size;
+    return Float32Array.from(values.subarray(at - size, at));
+  };
 }
 
 export const IMAGE_PIXELS = PIXELS;

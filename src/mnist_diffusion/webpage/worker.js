@@ -3,13 +3,15 @@
 // draws with sampler.js, so that a guided teacher's 20 evaluations on 100 images (half a minute on a
 // laptop) never freeze the page. One draw at a time: app.js waits for a draw to end before it sends the next.
 //
-// Messages in:  { type: "draw", id, draw, x, labels, guidance, strength, image }
-//                                        run one of plan.draws from the noise x (with strength and image: its SDEdit)
+// Messages in:  { type: "draw", id, draw, x, labels, guidance, strength, image, seed, fresh }
+//                                        run one of plan.draws from the noise x (with strength and image: its SDEdit);
+//                                        a stochastic draw's fresh noise continues the streams of seeds seed + i
+//                                        (sampler.seededFresh), or is `fresh`, all of it in order
 //               { type: "cancel", id }   stop draw `id` between evaluations
 // Messages out: { type: "ready", plan, threads } | { type: "failed", id: null, message }   once, at load
 //               { type: "step", id, done, total }                        after each network evaluation
 //               { type: "done", id, x, seconds } | { type: "cancelled", id, done } | { type: "failed", id, message }
-import { runDraw } from "./sampler.js";
+import { IMAGE_PIXELS, givenFresh, runDraw, seededFresh } from "./sampler.js";
 
 const cancelled = new Set();
 let latest = null;  // the id of the last draw asked for: a cancel for an older one comes too late
@@ -46,7 +48,7 @@ class Cancelled extends Error {}
 const yieldToMessages = () => new Promise((resolve) => setTimeout(resolve, 0));
 
 async function run(model, request) {
-  const { id, draw, x, labels, guidance, strength, image } = request;
+  const { id, draw, x, labels, guidance, strength, image, seed, fresh } = request;
   let done = 0;
   try {
     if (cancelled.has(id)) throw new Cancelled();
@@ -54,6 +56,7 @@ async function run(model, request) {
     const out = await runDraw(model.plan, model.net, draw, x, labels, guidance, {
       strength,
       image,
+      fresh: fresh ? givenFresh(fresh) : seededFresh(seed, x.length / IMAGE_PIXELS),
       onStep: async (i, total) => {
         done = i + 1;
         postMessage({ type: "step", id, done, total });
