@@ -43,6 +43,9 @@ VARIANTS = {
     "unet-attn": {"model": {"name": "unet_attn"}},
     "unet-16-144": {"model": {"base_dim": 16, "channel_mults": (1, 4, 4)}},    # a thin 28x28 level
     "attn-16-144": {"model": {"name": "unet_attn", "base_dim": 16, "channel_mults": (1, 4, 4)}},  # + attention: quick
+    # the quick network with one block per level on the way up (not two), and one GroupNorm per block (not two)
+    "attn-16-144-dec1": {"model": {"name": "unet_attn", "base_dim": 16, "channel_mults": (1, 4, 4), "decoder_blocks": 1}},
+    "attn-16-144-gn1": {"model": {"name": "unet_attn", "base_dim": 16, "channel_mults": (1, 4, 4), "block_norms": 1}},
 }
 
 

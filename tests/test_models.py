@@ -72,6 +72,27 @@ def test_patch_network_output_pixels_come_from_their_own_channels():
     assert torch.equal(out, out[:2, :2].repeat(14, 14))
 
 
+def test_decoder_blocks_and_block_norms_cut_the_up_path_and_the_norms():
+    """decoder_blocks k: each level's up path has k blocks, reading the level's k deepest skips; block_norms 1:
+    one GroupNorm per residual block. The default network keeps its parameter names (checkpoints load)."""
+    from mnist_diffusion.config import ConfigError
+    cfg = ModelConfig(name="unet_attn", base_dim=8, channel_mults=(1, 2, 2), num_res_blocks=1, num_classes=10)
+    full = build_model(cfg)
+    assert [len(b) for b in full.up] == [2, 2, 2] and "up.0.1.norm2.weight" in full.state_dict()
+    thin = build_model(ModelConfig(**{**cfg.__dict__, "decoder_blocks": 1, "block_norms": 1}))
+    assert [len(b) for b in thin.up] == [1, 1, 1]
+    norms = lambda m: sum(isinstance(x, torch.nn.GroupNorm) for x in m.modules())  # noqa: E731
+    blocks = lambda m: sum(len(b) for b in (*m.down, *m.up)) + 2  # noqa: E731  (+ the two middle blocks)
+    assert norms(full) == 2 * blocks(full) + 2 and norms(thin) == blocks(thin) + 2  # + attention's and the output's
+    x, t, y = torch.randn(2, 1, 28, 28), torch.tensor([3, 700]), torch.tensor([1, 2])
+    assert thin(x, t, y).shape == (2, 1, 28, 28)
+    # each level's one block reads the level's deepest skip (its down block's output) beside h from below:
+    # 16 + 16 channels at 7x7, 16 (upsampled) + 8 at 28x28
+    assert thin.up[0][0].conv1.in_channels == 16 + 16 and thin.up[-1][0].conv1.in_channels == 16 + 8
+    with pytest.raises(ConfigError, match="decoder_blocks 3: a level has only num_res_blocks"):
+        ModelConfig(**{**cfg.__dict__, "decoder_blocks": 3}).validate()
+
+
 def test_size_grows_with_base_dim():
     small = count_parameters(build_model(ModelConfig(base_dim=16)))
     big = count_parameters(build_model(ModelConfig(base_dim=32)))

@@ -67,6 +67,13 @@ class ModelConfig:
                                     "(Salimans & Ho 2022) or flow (eps - x0, flow matching; see --objective)",
                              choices=PREDICTIONS)
 
+    # issue 47 lever b, the network's cost: the up path's residual blocks per level (each reads one
+    # skip, the deepest first; the unread skips of a level are dropped) and the GroupNorms per block
+    decoder_blocks: int = option(0, "residual blocks per level on the way up (0 = --num-res-blocks + 1, one per "
+                                    "skip connection)", kind="nonneg", research=True)
+    block_norms: int = option(2, "GroupNorms per residual block: 2 (before each convolution) or 1 (before the "
+                                 "first only)", choices=(1, 2), research=True)
+
     def validate(self) -> None:
         _at_most(self, base_dim=1024, num_res_blocks=16, num_classes=100_000)
         if not self.channel_mults or any(int(m) <= 0 for m in self.channel_mults):
@@ -76,6 +83,9 @@ class ModelConfig:
                               f"most {MAX_LEVELS} (28 -> 14 -> 7 -> 4 -> 2)")
         if self.num_classes is not None and self.num_classes < 2:
             raise ConfigError(f"model.num_classes must be >= 2 or null, got {self.num_classes}")
+        if self.decoder_blocks > self.num_res_blocks + 1:
+            raise ConfigError(f"model.decoder_blocks {self.decoder_blocks}: a level has only num_res_blocks + 1 = "
+                              f"{self.num_res_blocks + 1} skip connections to read")
         check_options(self)  # the metadata's bounds and choices, after the more specific messages above
 
 

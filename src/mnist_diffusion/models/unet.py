@@ -24,12 +24,12 @@ def _norm(ch: int) -> nn.GroupNorm:
 
 
 class ResBlock(nn.Module):
-    def __init__(self, in_ch: int, out_ch: int, emb_dim: int, dropout: float):
+    def __init__(self, in_ch: int, out_ch: int, emb_dim: int, dropout: float, norms: int = 2):
         super().__init__()
         self.norm1 = _norm(in_ch)
         self.conv1 = nn.Conv2d(in_ch, out_ch, 3, padding=1)
         self.emb = nn.Linear(emb_dim, out_ch)
-        self.norm2 = _norm(out_ch)
+        self.norm2 = _norm(out_ch) if norms == 2 else nn.Identity()
         self.dropout = nn.Dropout(dropout)
         self.conv2 = nn.Conv2d(out_ch, out_ch, 3, padding=1)
         nn.init.zeros_(self.conv2.weight)  # each block starts as the identity: stable early training
@@ -66,6 +66,9 @@ class UNet(nn.Module):
         super().__init__()
         c = cfg.base_dim
         emb_dim = 4 * c
+        norms = cfg.block_norms
+        self.skips_per_level = cfg.num_res_blocks + 1  # each level's up path reads the first up_blocks of them
+        self.up_blocks = cfg.decoder_blocks or self.skips_per_level
         self.base_dim = c
         self.time_mlp = nn.Sequential(nn.Linear(c, emb_dim), nn.SiLU(), nn.Linear(emb_dim, emb_dim))
         self.label_emb = LabelEmbedding(cfg.num_classes, emb_dim) if cfg.num_classes else None
@@ -80,7 +83,7 @@ class UNet(nn.Module):
         for i, out_ch in enumerate(chans):
             blocks = nn.ModuleList()
             for _ in range(cfg.num_res_blocks):
-                blocks.append(ResBlock(ch, out_ch, emb_dim, cfg.dropout))
+                blocks.append(ResBlock(ch, out_ch, emb_dim, cfg.dropout, norms))
                 ch = out_ch
                 skip_chs.append(ch)
             self.down.append(blocks)
@@ -89,17 +92,19 @@ class UNet(nn.Module):
             if not last:
                 skip_chs.append(ch)
 
-        self.mid1 = ResBlock(ch, ch, emb_dim, cfg.dropout)
+        self.mid1 = ResBlock(ch, ch, emb_dim, cfg.dropout, norms)
         self.mid_attn = SelfAttention(ch) if attention else nn.Identity()
-        self.mid2 = ResBlock(ch, ch, emb_dim, cfg.dropout)
+        self.mid2 = ResBlock(ch, ch, emb_dim, cfg.dropout, norms)
 
         self.up = nn.ModuleList()
         self.upsample = nn.ModuleList()
         for i, out_ch in reversed(list(enumerate(chans))):
             blocks = nn.ModuleList()
-            for _ in range(cfg.num_res_blocks + 1):
-                blocks.append(ResBlock(ch + skip_chs.pop(), out_ch, emb_dim, cfg.dropout))
-                ch = out_ch
+            for j in range(self.skips_per_level):
+                skip = skip_chs.pop()
+                if j < self.up_blocks:
+                    blocks.append(ResBlock(ch + skip, out_ch, emb_dim, cfg.dropout, norms))
+                    ch = out_ch
             self.up.append(blocks)
             self.upsample.append(nn.Conv2d(ch, ch, 3, padding=1) if i > 0 else nn.Identity())
 
@@ -123,8 +128,9 @@ class UNet(nn.Module):
                 skips.append(h)
         h = self.mid2(self.mid_attn(self.mid1(h, emb)), emb)
         for blocks, up in zip(self.up, self.upsample):
-            for block in blocks:
-                h = block(torch.cat([h, skips.pop()], dim=1), emb)
+            level = [skips.pop() for _ in range(self.skips_per_level)]  # this level's, deepest first
+            for block, skip in zip(blocks, level):
+                h = block(torch.cat([h, skip], dim=1), emb)
             if not isinstance(up, nn.Identity):
                 # to the size of the skip it meets next: 7 -> 14, but 4 -> 7 when a fourth level halved 7
                 h = up(F.interpolate(h, size=skips[-1].shape[-2:], mode="nearest"))
