@@ -106,6 +106,9 @@ VARIANTS = {
     # cosine to 10%; and the same with a shorter warm-up (25 steps, not the preset's 100)
     "thin-attn-v-1500-wsd": _steps(THIN_ATTN, 1500) + ["--lr-schedule", "wsd"],
     "thin-attn-v-1500-wsd-w25": _steps(THIN_ATTN, 1500) + ["--lr-schedule", "wsd", "--warmup-steps", "25"],
+    # issue 47 lever b on the quick network: one block per level on the way up (--decoder-blocks 1; 1.28x the
+    # training images/s in shape_bench), given the steps that speed buys at the 1,500-step budget
+    "thin-attn-v-dec1-1850": _steps(THIN_ATTN, 1850) + ["--decoder-blocks", "1"],
     # self-attention at 7x7 (network.md's 2-minute screen favoured it; never followed up)
     "half-v-attn": HALF + ["--prediction", "v", "--model", "unet_attn", "--num-res-blocks", "1"],
     # without labels (issue 38, item 4): today's budget, flow matching
