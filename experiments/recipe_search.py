@@ -114,6 +114,8 @@ VARIANTS = {
     # without labels (issue 38, item 4): today's budget, flow matching
     "uncond": ["--unconditional"],                         # what the shipped mnist-uncond was trained with
     "uncond-flow": ["--unconditional", "--objective", "flow"],
+    # issue 47, item 4: the unlabelled model may train up to 3x the quick budget; flow at twice it
+    "uncond-flow-2x": ["--unconditional", "--objective", "flow", "--max-steps", "6400"],
 }
 
 
