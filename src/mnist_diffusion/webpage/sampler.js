@@ -191,12 +191,16 @@ export function gaussian(seed, count) {
 }
 
 // The fresh noise of n images drawn from seeds seed .. seed + n - 1: image i's stream after its start
-// noise (gaussian(seed + i, 784)), 784 values a step
+// noise (gaussian(seed + i, 784)), 784 values a step. The streams start at the first ask, so a
+// deterministic draw (which never asks) pays nothing.
 export function seededFresh(seed, n) {
-  const streams = Array.from({ length: n }, (_, i) => gaussianStream(seed + i));
-  for (const s of streams) s.next(PIXELS);
+  let streams = null;
   return (size) => {
     if (size !== n * PIXELS) throw new Error(`fresh noise for ${n} images asked for ${size} values`);
+    if (!streams) {
+      streams = Array.from({ length: n }, (_, i) => gaussianStream(seed + i));
+      for (const s of streams) s.next(PIXELS);
+    }
     const out = new Float32Array(size);
     streams.forEach((s, i) => out.set(s.next(PIXELS), i * PIXELS));
     return out;
