@@ -27,6 +27,7 @@ import statistics
 import subprocess
 import sys
 from pathlib import Path
+from typing import Optional
 
 import torch
 
@@ -39,8 +40,13 @@ MODELS = {
               "train": ["--preset", "quick", "--dataset", "mnist"], "guidance": 0.5},
     "fashion_mnist": {"description": "Fashion-MNIST, class-conditional, the quick-unet preset",
                       "train": ["--preset", "quick-unet", "--dataset", "fashion_mnist"], "guidance": 1.0},
-    "mnist-uncond": {"description": "MNIST, unconditional, the quick-unet preset trained without labels",
-                     "train": ["--preset", "quick-unet", "--unconditional", "--dataset", "mnist"], "guidance": None},
+    # eps on flow matching's path and times, twice the quick-unet budget, guided by its own step-800
+    # weights (guide.safetensors): docs/decisions/autoguidance.md
+    "mnist-uncond": {"description": "MNIST, unconditional, autoguided by its own early weights (the quick-unet "
+                                    "network on the flow path, twice its steps)",
+                     "train": ["--preset", "quick-unet", "--unconditional", "--objective", "flow", "--prediction",
+                               "eps", "--max-steps", "6400", "--dataset", "mnist"],
+                     "guidance": 2.0, "autoguide": "step_0000800.pt"},
     "mnist-clusters": {"description": "MNIST, no labels used: the quick-unet preset conditioned on 50 k-means clusters "
                                       "of the images",
                        "train": ["--preset", "quick-unet", "--unconditional", "--clusters", "50", "--dataset", "mnist"],
@@ -88,10 +94,12 @@ def training_facts(run_dir: Path, batch_size: int) -> dict:
                              "and checkpoints included)"}
 
 
-def card_evaluation(spec: dict, *source: str) -> list[str]:
+def card_evaluation(spec: dict, *source: str, guide: Optional[Path] = None) -> list[str]:
     """The `evaluate` command behind a card's numbers: DPM-Solver++ 20 steps with the library's
-    defaults at the card's guidance (a student: its one-step draw), N_EVAL images, sampling seed 0."""
+    defaults at the card's guidance (a student: its one-step draw), N_EVAL images, sampling seed 0.
+    `guide`: an autoguided model's guide checkpoint (a shipped folder holds its own)."""
     guided = [] if spec["guidance"] is None else ["--guidance", str(spec["guidance"])]
+    guided += ["--autoguide", str(guide)] if guide is not None else []
     return ["evaluate", *source, *SAMPLING[kind(spec)], *guided, "--num-samples", str(N_EVAL), "--seed", "0"]
 
 
@@ -107,18 +115,22 @@ def build(name: str, runs: Path, out_root: Path) -> str:
     train_cmd = [kind(spec), *spec[kind(spec)], "--output-dir", str(run_dir), "--resume", "auto", "--no-progress"]
     run(train_cmd)
     ck = ROOT / run_dir / "checkpoints" / "last.pt"
+    guide = run_dir / "checkpoints" / spec["autoguide"] if "autoguide" in spec else None
     report = ROOT / run_dir / "evaluate.json"
     if not report.exists():
-        run([*card_evaluation(spec, "--checkpoint", str(ck)), "--json", str(report), "--no-progress"])
+        run([*card_evaluation(spec, "--checkpoint", str(ck), guide=guide), "--json", str(report), "--no-progress"])
     metrics = json.loads(report.read_text())
     # the folder's sampling section is the draw its card was scored with (hub/diffusion export)
     diff = md.load(ck, device="cpu")
+    if guide is not None:  # exported as guide.safetensors beside the weights
+        diff = diff.autoguided(md.load(ROOT / guide, device="cpu"))
     diff = diff.with_sampling(section_of_report(diff, metrics["sampler"]))
     samples = card_samples(diff)
     command = "mnist-diffusion " + " ".join(a for a in train_cmd if a not in ("--resume", "auto", "--no-progress"))
     out = diff.export(out_root / name, dtype="fp16", metrics=metrics, command=command, samples=samples, allow_shipped=True,
                       training=training_facts(ROOT / run_dir, diff.config.train.batch_size))
-    return json.loads((out / "config.json").read_text())["export"]["sha256"]
+    info = json.loads((out / "config.json").read_text())["export"]
+    return {"sha256": info["sha256"], **({"guide_sha256": info["guide"]["sha256"]} if "guide" in info else {})}
 
 
 def rescore(name: str, runs: Path, out_root: Path) -> str:
@@ -132,7 +144,8 @@ def rescore(name: str, runs: Path, out_root: Path) -> str:
     report = runs / name / "rescore.json"
     evaluate = card_evaluation(spec, "--pretrained", name)
     diff = md.load(folder, device="cpu")  # first: checks the weights against config.json's SHA-256
-    if diff.source_sha256 != PRETRAINED[name]["sha256"]:
+    guide = diff.guide.source_sha256 if diff.guide is not None else None
+    if diff.source_sha256 != PRETRAINED[name]["sha256"] or guide != PRETRAINED[name].get("guide_sha256"):
         raise SystemExit(f"{folder} does not hold the shipped {name} (its weights' SHA-256 is not the pinned one)")
     if not report.exists():
         report.parent.mkdir(parents=True, exist_ok=True)
@@ -159,13 +172,18 @@ def rescore(name: str, runs: Path, out_root: Path) -> str:
     return diff.source_sha256
 
 
-def pin(hashes: dict[str, str]) -> None:
-    """Write the new hashes into pretrained.py's PRETRAINED literal."""
+def pin(hashes: dict[str, dict[str, str]]) -> None:
+    """Write the new hashes (name -> {"sha256", and "guide_sha256" for an autoguided model}) into
+    pretrained.py's PRETRAINED literal."""
     path = ROOT / "src" / "mnist_diffusion" / "pretrained.py"
     from mnist_diffusion.pretrained import PRETRAINED
-    entries = {**PRETRAINED, **{n: {"sha256": h, "description": MODELS[n]["description"]} for n, h in hashes.items()}}
-    body = "".join(f'    "{n}": {{"sha256": "{e["sha256"]}",\n{" " * (len(n) + 10)}"description": "{e["description"]}"}},\n'
-                   for n, e in entries.items())
+    entries = {**PRETRAINED, **{n: {**h, "description": MODELS[n]["description"]} for n, h in hashes.items()}}
+
+    def entry(n: str, e: dict) -> str:
+        pad = " " * (len(n) + 10)
+        guide = f'\n{pad}"guide_sha256": "{e["guide_sha256"]}",' if "guide_sha256" in e else ""
+        return f'    "{n}": {{"sha256": "{e["sha256"]}",{guide}\n{pad}"description": "{e["description"]}"}},\n'
+    body = "".join(entry(n, e) for n, e in entries.items())
     text = re.sub(r"PRETRAINED: dict\[str, dict\[str, str\]\] = \{(?:\}|.*?\n\})\n",
                   "PRETRAINED: dict[str, dict[str, str]] = {\n" + body + "}\n", path.read_text(), flags=re.S)
     path.write_text(text)
@@ -196,9 +214,10 @@ def main(argv=None) -> int:
     hashes, differ = {}, []
     for name in args.names or list(MODELS):
         hashes[name] = build(name, args.runs, args.output)
-        pinned = PRETRAINED.get(name, {}).get("sha256")
-        print(f"{name}: sha256 {hashes[name]}" + ("" if pinned == hashes[name] else
-                                                 f" (pinned: {pinned or 'none'})"), flush=True)
+        pinned = {k: v for k, v in PRETRAINED.get(name, {}).items() if k.endswith("sha256")}
+        said = ", ".join(f"{k} {v}" for k, v in hashes[name].items())
+        print(f"{name}: {said}" + ("" if pinned == hashes[name] else
+                                   f" (pinned: {', '.join(pinned.values()) or 'none'})"), flush=True)
         if pinned != hashes[name]:
             differ.append(name)
     if args.pin:

@@ -260,3 +260,55 @@ def test_a_bad_metrics_report_leaves_the_folder_as_it_was(tmp_path, capsys):
         assert words in capsys.readouterr().err
         assert {f.name: f.read_bytes() for f in out.iterdir()} == before
     assert sorted(p.name for p in tmp_path.iterdir()) == ["m.json", "model"]
+
+
+def test_an_autoguided_folder_ships_its_guide(tmp_path, capsys, mnist, monkeypatch):
+    """export --autoguide: the guide's weights travel as guide.safetensors, checked like the model's,
+    and the folder draws exactly what the model guided by them draws in memory."""
+    raw = _export(tmp_path, "--no-ema", "--dtype", "fp32", "--no-samples", name="raw")  # a weaker set, same network
+    report = tmp_path / "r.json"
+    assert main(["evaluate", "--checkpoint", str(GOLDEN), "--autoguide", str(raw), "--guidance", "1.5",
+                 "--num-samples", "20", "--noise-mse-images", "20", "--sampler", "dpmpp", "--steps", "4",
+                 "--device", "cpu", "--no-progress", "--json", str(report)]) == 0
+    assert main(["export", "--checkpoint", str(GOLDEN), "--autoguide", str(raw), "--output", str(tmp_path / "no"),
+                 "--device", "cpu"]) == 2
+    assert "--autoguide needs --metrics" in capsys.readouterr().err and not (tmp_path / "no").exists()
+    out = _export(tmp_path, "--autoguide", str(raw), "--metrics", str(report), "--dtype", "fp32", "--no-samples")
+    assert (out / "guide.safetensors").is_file()
+    info = json.loads((out / "config.json").read_text())
+    assert info["sampling"]["guidance"] == 1.5 and info["export"]["guide"]["sha256"] == hashlib.sha256(
+        (out / "guide.safetensors").read_bytes()).hexdigest()
+    card = (out / "README.md").read_text()
+    assert "Autoguided (Karras et al. 2024" in card and "guidance W = 1.5, autoguided by the step-" in card
+    folder = md.load(out, device="cpu", precision="fp32")
+    mem = md.load(GOLDEN, device="cpu", precision="fp32").autoguided(md.load(raw, device="cpu", precision="fp32"))
+    draw = dict(label="all", sampler="dpmpp", steps=4, seed=3)
+    assert folder.guide is not None and folder.sample(**draw).tobytes() == mem.sample(guidance=1.5, **draw).tobytes()
+    assert folder.sample(**draw).tobytes() != folder.sample(**draw, guidance=0).tobytes()  # the guide is used
+    # a guide of another network cannot be stored as weights of this one
+    import dataclasses
+    other_cfg = dataclasses.replace(mem.config, model=dataclasses.replace(mem.config.model, base_dim=16))
+    other = md.Diffusion.new(other_cfg, device="cpu")
+    with pytest.raises(md.ConfigError, match="same network"):
+        mem.without_guide().autoguided(other).with_sampling(folder.config.sampling).export(tmp_path / "x")
+    # a changed or missing guide is a one-line error, like changed weights
+    args = ["sample", "--sampler", "ddim", "--steps", "2", "--num-images", "2", "--output", str(tmp_path / "x.png"),
+            "--device", "cpu"]
+    for name, damage, words in (("tampered", lambda p: p.write_bytes(p.read_bytes()[:-1] + b"\0"),
+                                 "guide.safetensors does not match the SHA-256 recorded"),
+                                ("missing", lambda p: p.unlink(), "autoguided but guide.safetensors is missing")):
+        bad = tmp_path / name
+        shutil.copytree(out, bad)
+        damage(bad / "guide.safetensors")
+        assert main([args[0], "--checkpoint", str(bad), *args[1:]]) == 2
+        err = capsys.readouterr().err.strip()
+        assert len(err.splitlines()) == 1 and words in err, err
+    # a shipped model's guide is pinned as its weights are
+    import mnist_diffusion.diffusion as pipeline
+    sha = info["export"]["sha256"]
+    for pins, words in (({"sha256": sha, "guide_sha256": "0" * 64}, "pinned for this shipped model"),
+                        ({"sha256": sha}, "names a guide this shipped model does not have")):
+        monkeypatch.setattr(pipeline, "resolve", lambda source, pins=pins: (out, pins))
+        with pytest.raises(CheckpointError, match=words):
+            md.load("shipped")
+    assert not (tmp_path / "x.png").exists()

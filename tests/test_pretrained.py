@@ -20,6 +20,11 @@ def test_shipped_files_match_their_pinned_hashes(name):
     assert file_sha256(DIR / name / "model.safetensors") == PRETRAINED[name]["sha256"]
     diff = md.load(name, device="cpu")
     assert diff.source_sha256 == PRETRAINED[name]["sha256"] and diff.ema
+    if "guide_sha256" in PRETRAINED[name]:  # an autoguided model: its guide is pinned as its weights are
+        assert file_sha256(DIR / name / "guide.safetensors") == PRETRAINED[name]["guide_sha256"]
+        assert diff.guide is not None and diff.guide.source_sha256 == PRETRAINED[name]["guide_sha256"]
+    else:
+        assert diff.guide is None and not (DIR / name / "guide.safetensors").exists()
     assert (DIR / name / "README.md").read_text().startswith("---\nlicense: mit")
 
 

@@ -445,13 +445,19 @@ def cmd_export(args) -> int:
         raise ConfigError("export needs --checkpoint (a checkpoint or model folder) or --pretrained NAME")
     if args.format == "onnx":
         return _export_onnx(args)
-    check_folder(args.output, "model", inputs=[args.checkpoint, args.metrics])  # before loading anything
+    check_folder(args.output, "model", inputs=[args.checkpoint, args.metrics, args.autoguide])  # before loading
     try:
         metrics = json.loads(read_regular(args.metrics, 1 << 20)) if args.metrics else None
     except (OSError, UnicodeDecodeError, ValueError, RecursionError) as e:
         raise ConfigError(f"--metrics {args.metrics}: not a readable JSON report ({e})") from None
     if metrics is not None:
         check_report(metrics, f"--metrics {args.metrics}")
+    if args.autoguide:  # the weight that guide is drawn with is the scored draw's
+        drawn = (metrics or {}).get("sampler") or {}
+        if not (drawn.get("autoguide") and drawn.get("guidance")):
+            raise ConfigError("--autoguide needs --metrics: the `evaluate --json` report of a draw with --autoguide "
+                              "and --guidance W (the folder draws with that W)")
+        args.guidance = drawn["guidance"]
     diff = load_diffusion(args)
     if metrics is not None and isinstance(metrics.get("sampler"), dict):  # the folder samples as it was scored
         diff = diff.with_sampling(section_of_report(diff, metrics["sampler"]))
@@ -468,6 +474,8 @@ def _export_onnx(args) -> int:
         raise ConfigError(f"--format onnx writes fp32 (the precision it is checked at), not {args.dtype}")
     if args.metrics:
         raise ConfigError("--metrics is for a model folder's card (--format safetensors)")
+    if args.autoguide:
+        raise ConfigError("--format onnx exports one network: the page draws without a guide (no --autoguide)")
     check_folder(args.output, "onnx", inputs=[args.checkpoint])
     diff = load_diffusion(args)
     report = export_onnx(diff, args.output, source=args.pretrained or args.checkpoint)

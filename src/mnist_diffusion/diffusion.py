@@ -22,14 +22,14 @@ import numpy as np
 import torch
 
 from . import labels as label_rules
-from .checkpoint import load_model
+from .checkpoint import CheckpointError, load_model
 from .config import RunConfig, SamplingConfig
 from .data import to_model_range, to_uint8
 from .denoiser import Denoiser
 from .device import resolve_device
 from .editing import check_mask
 from .hub import export as export_folder
-from .hub import load_folder
+from .hub import load_folder, load_guide
 from .labels import Label
 from .models import build_model
 from .pretrained import PRETRAINED, resolve
@@ -76,9 +76,19 @@ class Diffusion(Denoiser):
             if not use_ema:  # the CLI and the library share this check: both names are given
                 raise ValueError(f"{source}: a model folder holds one set of weights (use_ema=False, --no-ema, "
                                  "is for checkpoints)")
-            model, cfg, info = load_folder(path, pinned)
-            return cls(model, cfg, device=device, precision=precision, source=str(source),
+            model, cfg, info = load_folder(path, pinned and pinned["sha256"])
+            diff = cls(model, cfg, device=device, precision=precision, source=str(source),
                        source_sha256=info["sha256"], step=info.get("step"), ema=info.get("ema"))
+            if pinned is not None and "guide" in info and "guide_sha256" not in pinned:
+                raise CheckpointError(f"{path}/config.json names a guide this shipped model does not have "
+                                      "(edited or replaced)")
+            weak = load_guide(path, cfg, info, pinned and pinned.get("guide_sha256"))
+            if weak is None:
+                return diff
+            g = info["guide"]
+            return diff.autoguided(Denoiser(weak, cfg, device=device, precision=precision,
+                                            source=f"{source}/{g['weights']}", source_sha256=g["sha256"],
+                                            step=g.get("step"), ema=g.get("ema")))
         model, cfg, ckpt = load_model(path, device=device, use_ema=use_ema)
         return cls(model, cfg, device=device, precision=precision, source=str(source),
                    source_sha256=ckpt["sha256"], step=int(ckpt["step"]), ema=use_ema and ckpt.get("ema") is not None)

@@ -1,6 +1,8 @@
 """Model folders in the ecosystem's layout (the Hugging Face Hub's): share a model, not a checkpoint.
 
     DIR/model.safetensors       the weights (EMA by default), fp32, fp16 or bf16; tensors only
+    DIR/guide.safetensors       an autoguided model's guide: a weaker set of weights of the same
+                                network (Denoiser.autoguided), which its sampling section's guidance weighs
     DIR/config.json             the run config, plus "export": the weights' SHA-256, dtype, step
     DIR/scheduler_config.json   the betas, readable by diffusers' DDPMScheduler.from_config
     DIR/README.md               a model card: YAML front matter, samples, the command, the metrics
@@ -101,8 +103,7 @@ def export(diff, output: str | os.PathLike, *, dtype: str = EXPORT_DTYPE, metric
     out = check_folder(output, "model", allow_shipped=allow_shipped)
     if metrics is not None:
         check_report(metrics)
-    tensors = {k: v.detach().to("cpu", DTYPES[dtype] if v.is_floating_point() else v.dtype).contiguous()
-               for k, v in diff.model.state_dict().items()}
+    tensors = _tensors(diff.model, dtype)
     # one metadata key: safetensors writes the metadata map in a random order, and the pinned
     # SHA-256 needs the same bytes every time (the dtype is in config.json and in the tensors)
     payload = save(tensors, metadata={"format": FORMAT})
@@ -110,6 +111,9 @@ def export(diff, output: str | os.PathLike, *, dtype: str = EXPORT_DTYPE, metric
     info = {"weights": "model.safetensors", "sha256": digest, "dtype": dtype, "ema": diff.ema, "step": diff.step,
             "source_sha256": diff.source_sha256, "parameters": sum(v.numel() for v in tensors.values()),
             "config_sha256": config_fingerprint(diff.config.to_dict())}
+    guide = _guide_payload(diff, dtype)
+    if guide is not None:
+        info["guide"] = guide[1]
     text = model_card(diff.config, info, metrics=metrics, command=command, training=training,
                       samples=samples is not None)  # before any write: a bad value fails here
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -117,6 +121,8 @@ def export(diff, output: str | os.PathLike, *, dtype: str = EXPORT_DTYPE, metric
     os.chmod(stage, 0o755)  # mkdtemp's 0700 would otherwise become the folder's
     try:
         atomic_write_bytes(stage / "model.safetensors", payload)
+        if guide is not None:
+            atomic_write_bytes(stage / GUIDE, guide[0])
         atomic_write_json(stage / "config.json", {**diff.config.to_dict(), "export": info})
         atomic_write_json(stage / "scheduler_config.json", scheduler_config(diff.config, diff.schedule.betas))
         if samples is not None:
@@ -127,6 +133,36 @@ def export(diff, output: str | os.PathLike, *, dtype: str = EXPORT_DTYPE, metric
         if stage.exists():
             shutil.rmtree(stage, ignore_errors=True)
     return out
+
+
+GUIDE = "guide.safetensors"
+
+
+def _tensors(model: torch.nn.Module, dtype: str) -> dict[str, torch.Tensor]:
+    return {k: v.detach().to("cpu", DTYPES[dtype] if v.is_floating_point() else v.dtype).contiguous()
+            for k, v in model.state_dict().items()}
+
+
+def _guide_payload(diff, dtype: str) -> Optional[tuple[bytes, dict]]:
+    """An autoguided model's guide as guide.safetensors' bytes and its `export.guide` entry, or None.
+    The folder stores one network description, so the guide must be a set of weights of the same
+    network (an earlier checkpoint of the same run, as autoguidance.md measures)."""
+    from safetensors.torch import save
+
+    weak = getattr(diff, "guide", None)
+    if weak is None:
+        return None
+    same = ("model", "diffusion")
+    if any(weak.config.to_dict()[k] != diff.config.to_dict()[k] for k in same):
+        raise ConfigError("a model folder stores its guide as weights of the same network: this guide's network "
+                          "or noise schedule differs (export the model without it, or guide with an earlier "
+                          "checkpoint of the same run)")
+    if not diff.config.sampling.guidance:
+        raise ConfigError("an autoguided model folder needs the guidance that weighs its guide in its sampling "
+                          "section (export with a --metrics report drawn with --autoguide and --guidance W)")
+    payload = save(_tensors(weak.model, dtype), metadata={"format": FORMAT})
+    return payload, {"weights": GUIDE, "sha256": hashlib.sha256(payload).hexdigest(), "step": weak.step,
+                     "ema": weak.ema, "source_sha256": weak.source_sha256}
 
 
 def _swap_in(stage: Path, out: Path) -> None:
@@ -160,9 +196,6 @@ def load_folder(path: str | os.PathLike, expected_sha256: Optional[str] = None):
     """(network, RunConfig, info) from a model folder: the weights' SHA-256 must match the one
     recorded in config.json (and `expected_sha256`, for shipped models); their names and shapes
     must fit the config's network. Weights stored at fp16/bf16 are loaded into an fp32 network."""
-    from safetensors import SafetensorError
-    from safetensors.torch import load
-
     folder = Path(path)
     try:
         raw = json.loads(read_regular(folder / "config.json", MAX_CONFIG_BYTES).decode("utf-8"))
@@ -191,21 +224,53 @@ def load_folder(path: str | os.PathLike, expected_sha256: Optional[str] = None):
         raise CheckpointError(f"{folder}/config.json was edited after export: its model, diffusion or training "
                               "settings no longer match the fingerprint recorded with the weights (they would draw "
                               "noise); export again from the checkpoint (only the sampling section may be edited)")
+    model, digest = _network(folder / "model.safetensors", data, cfg, info.get("sha256"), expected_sha256)
+    return model, cfg, {**info, "sha256": digest}
+
+
+def load_guide(path: str | os.PathLike, cfg: RunConfig, info: dict, expected_sha256: Optional[str] = None):
+    """The guide network of an autoguided model folder (load_folder's `cfg` and `info`), its
+    guide.safetensors checked against the SHA-256 in config.json (and `expected_sha256`, a shipped
+    model's pin); None for a folder without a guide, which a pin refuses."""
+    folder, entry = Path(path), info.get("guide")
+    if entry is None:
+        if expected_sha256 is not None:
+            raise CheckpointError(f"{folder}/config.json: this shipped model is guided by {GUIDE}, which the "
+                                  "config no longer names (edited or replaced)")
+        return None
+    if not (isinstance(entry, dict) and entry.get("weights") == GUIDE
+            and re.fullmatch(r"[0-9a-f]{64}", str(entry.get("sha256", "")))):
+        raise CheckpointError(f"{folder}/config.json: its `export.guide` entry is not one export writes")
+    try:
+        data = read_regular(folder / GUIDE)
+    except FileNotFoundError:
+        raise CheckpointError(f"{folder}: the model is autoguided but {GUIDE} is missing") from None
+    except (OSError, ValueError) as e:
+        raise CheckpointError(f"{folder}/{GUIDE}: {(str(e).strip().splitlines() or [type(e).__name__])[0]}") \
+            from None
+    return _network(folder / GUIDE, data, cfg, entry["sha256"], expected_sha256)[0].eval()
+
+
+def _network(path: Path, data: bytes, cfg: RunConfig, recorded: Optional[str], pinned: Optional[str]):
+    """(the fp32 network of `cfg` holding the safetensors `data` read from `path`, its SHA-256), after
+    checking the bytes against the SHA-256 recorded in config.json and the one pinned for a shipped model."""
+    from safetensors import SafetensorError
+    from safetensors.torch import load
+
     digest = hashlib.sha256(data).hexdigest()
-    for want, what in ((info.get("sha256"), "the SHA-256 recorded in config.json"),
-                       (expected_sha256, "the SHA-256 pinned for this shipped model")):
+    for want, what in ((recorded, "the SHA-256 recorded in config.json"),
+                       (pinned, "the SHA-256 pinned for this shipped model")):
         if want is not None and digest != want:
-            raise CheckpointError(f"{folder}/model.safetensors does not match {what} ({digest[:12]}... vs "
+            raise CheckpointError(f"{path} does not match {what} ({digest[:12]}... vs "
                                   f"{want[:12]}...): the file was modified or damaged")
     try:
         tensors = load(data)
     except SafetensorError as e:
-        raise CheckpointError(f"{folder}/model.safetensors: not a readable safetensors file ({e})") from None
+        raise CheckpointError(f"{path}: not a readable safetensors file ({e})") from None
     model = build_model(cfg.model, cfg.diffusion.timesteps)
     own = model.state_dict()
-    load_state(model, {k: v.to(own[k].dtype) if k in own else v for k, v in tensors.items()},
-               f"{folder}/model.safetensors")
-    return model.eval(), cfg, {**info, "sha256": digest}
+    load_state(model, {k: v.to(own[k].dtype) if k in own else v for k, v in tensors.items()}, str(path))
+    return model.eval(), digest
 
 
 def card_samples(diff, seed: int = 0):
@@ -240,6 +305,13 @@ def model_card(cfg: RunConfig, info: dict, *, metrics: Optional[dict] = None, co
                 f", {m.num_classes} classes plus a null label for classifier-free guidance" if conditional else "")
              + f". Weights: {'EMA, ' if info.get('ema') else ''}{info['dtype']}, step {info.get('step')}, "
              f"SHA-256 `{info['sha256']}`.", ""]
+    if info.get("guide"):
+        g = info["guide"]
+        lines += [f"Autoguided (Karras et al. 2024, \"Guiding a diffusion model with a bad version of itself\"): "
+                  f"`{GUIDE}` holds the same network's {'EMA ' if g.get('ema') else ''}weights at step {g.get('step')} "
+                  f"(SHA-256 `{g['sha256']}`), and every draw pushes away from them with the weight W = "
+                  f"{cfg.sampling.guidance:g} of config.json's sampling section (`guidance=0`: the model alone, one "
+                  "network evaluation per step instead of two).", ""]
     if cfg.distill.distilled:
         t = cfg.distill
         lines += [f"A distilled student of `{t.teacher}` (teacher weights SHA-256 `{t.teacher_sha256}`), trained by "
@@ -287,7 +359,8 @@ def draw_description(s: dict, clustered: bool = False) -> str:
                   if s.get("guidance_interval") else "")
                + (", second order where guidance switches" if s.get("first_order_switches") is False else "")
                + ", "
-               + ("clusters drawn by their sizes" if clustered else "balanced labels")
+               + (f"autoguided by the step-{s.get('autoguide_step')} weights" if s.get("autoguide") else
+                  "clusters drawn by their sizes" if clustered else "balanced labels")
                if s.get("guidance") is not None else ""))
 
 

@@ -385,6 +385,10 @@ def export_options(p: argparse.ArgumentParser) -> None:
                         "rounding); ONNX is fp32")
     p.add_argument("--no-ema", action="store_true", help="export the raw weights instead of the EMA weights")
     p.add_argument("--metrics", metavar="JSON", help="an `evaluate --json` report of this model, for the model card")
+    p.add_argument("--autoguide", metavar="SOURCE",
+                   help="store a weaker version of the model (an earlier checkpoint of the same run) as "
+                        "guide.safetensors: the folder then draws with autoguidance at the --guidance W of the "
+                        "--metrics report, which must be drawn with --autoguide")
     p.add_argument("--no-samples", action="store_true", help="do not draw samples.png for the card")
     add_device(p)
 

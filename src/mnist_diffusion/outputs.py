@@ -86,7 +86,8 @@ def check_outputs(outputs: Sequence[tuple[str, Optional[str | os.PathLike], Opti
 # figures and reports written into it by `visualize` and `evaluate --run`)
 RUN_NAMES = frozenset({"config.json", "loss.csv", "loss.png", "checkpoints", "samples", "pairs", ".lock",
                        ".write-test", "metrics.json", "metrics.png"})
-MODEL_NAMES = ("model.safetensors", "config.json", "scheduler_config.json", "README.md", "samples.png")  # hub.FILES
+MODEL_NAMES = ("model.safetensors", "guide.safetensors", "config.json", "scheduler_config.json", "README.md",
+               "samples.png")  # hub.FILES
 ONNX_NAMES = ("model.onnx", "plan.json")  # portable.FILES
 ONNX_FORMAT = "mnist-diffusion-onnx/1"  # portable.FORMAT
 SITE_MARKER = "site.json"  # website.MARKER

@@ -13,7 +13,8 @@ from typing import Optional
 
 DIR = Path(__file__).resolve().parent / "pretrained_models"
 
-# name -> the SHA-256 of model.safetensors and what the model is (each folder's README.md says more)
+# name -> the SHA-256 of model.safetensors (and of guide.safetensors for an autoguided model) and what
+# the model is (each folder's README.md says more)
 PRETRAINED: dict[str, dict[str, str]] = {
     "mnist": {"sha256": "aff2b16383155f40b3a078bbb6820abeb6b674c587fdbd96e1979a346615206b",
                "description": "MNIST, class-conditional, the quick preset (what `make run` trains)"},
@@ -30,11 +31,12 @@ PRETRAINED: dict[str, dict[str, str]] = {
 }
 
 
-def resolve(source: str | os.PathLike) -> tuple[Path, Optional[str]]:
-    """(the path to load, the pinned SHA-256 when `source` names a shipped model)."""
+def resolve(source: str | os.PathLike) -> tuple[Path, Optional[dict[str, str]]]:
+    """(the path to load, the pins when `source` names a shipped model: "sha256" of its weights and,
+    for an autoguided one, "guide_sha256" of its guide's)."""
     name = str(source)
     if name in PRETRAINED:
-        return DIR / name, PRETRAINED[name]["sha256"]
+        return DIR / name, PRETRAINED[name]
     return Path(source), None
 
 
