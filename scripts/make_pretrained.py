@@ -46,7 +46,7 @@ MODELS = {
                                     "network on the flow path, twice its steps)",
                      "train": ["--preset", "quick-unet", "--unconditional", "--objective", "flow", "--prediction",
                                "eps", "--max-steps", "6400", "--dataset", "mnist"],
-                     "guidance": 2.0, "autoguide": "step_0000800.pt"},
+                     "guidance": 1.5, "autoguide": "step_0000800.pt"},
     "mnist-clusters": {"description": "MNIST, no labels used: the quick-unet preset conditioned on 50 k-means clusters "
                                       "of the images",
                        "train": ["--preset", "quick-unet", "--unconditional", "--clusters", "50", "--dataset", "mnist"],
