@@ -154,6 +154,11 @@ def evaluate(run: Path, n: int) -> dict:
     return json.loads(report.read_text())
 
 
+def _acc(row: dict) -> str:
+    """Label accuracy as the table shows it: '-' for a model without labels (None in the JSON)."""
+    return "-" if row.get("label_accuracy") is None else f"{row['label_accuracy']:.3f}"
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--variants", default="base,half", help=f"comma-separated, of {', '.join(VARIANTS)}")
@@ -178,7 +183,7 @@ def main(argv=None) -> int:
         r["sampler"] = ev.get("sampler")
         rows.append(r)
         print(f"{name:14s} seed {seed}: {r['train_seconds']:6.0f} s  FID {r['fid']:.3f}  "
-              f"recognizable {r['recognizable']:.3f}  label accuracy {r.get('label_accuracy') or 0:.3f}",
+              f"recognizable {r['recognizable']:.3f}  label accuracy {_acc(r)}",
               flush=True)
     base = {r["seed"]: r["train_seconds"] for r in rows if r["variant"] == "base"}
     for r in rows:
@@ -194,7 +199,7 @@ def main(argv=None) -> int:
     print("\n| variant | seed | training s | vs base | FID | recognizable | label accuracy |\n|---|---:|---:|---:|---:|---:|---:|")
     for r in rows:
         print(f"| {r['variant']} | {r['seed']} | {r['train_seconds']:.0f} | {r.get('time_ratio', float('nan')):.2f} | "
-              f"{r['fid']:.3f} | {r['recognizable']:.3f} | {r.get('label_accuracy') or 0:.3f} |")
+              f"{r['fid']:.3f} | {r['recognizable']:.3f} | {_acc(r)} |")
     return 0
 
 

@@ -44,9 +44,11 @@ def test_conditional_models_draw_recognizable_requested_classes(name, mnist, fas
 def test_the_unconditional_model_draws_varied_recognizable_digits(mnist):
     if "mnist-uncond" not in PRETRAINED:
         pytest.skip("not shipped")
-    imgs = md.load("mnist-uncond", device="cpu").sample(40, seed=0)  # its card's own draw: dpmpp, 20 steps
+    diff = md.load("mnist-uncond", device="cpu")
+    assert diff.guide is not None and diff.config.sampling.guidance > 0  # autoguided by its own early weights
+    imgs = diff.sample(40, seed=0)  # its card's own draw: dpmpp, 20 steps, guided by guide.safetensors
     r = evaluate_images(imgs, "mnist", reference=False)
-    assert r["recognizable"] >= 0.5 and len({int(c) for c, n in enumerate(r["class_histogram"]) if n}) >= 7, r
+    assert r["recognizable"] >= 0.75 and len({int(c) for c, n in enumerate(r["class_histogram"]) if n}) >= 8, r
 
 
 def test_the_label_free_model_draws_recognizable_digits_of_every_kind(mnist):
