@@ -118,7 +118,8 @@ def test_each_shipped_model_samples_as_its_card_was_scored(name):
     labelled = bool(diff.num_classes)
     drawn = diff.plan(labelled=labelled)
     card = (DIR / name / "README.md").read_text()
-    report = {**drawn.report(), "guidance": drawn.guidance if labelled else None}
+    guide = {"autoguide": diff.guide.source, "autoguide_step": diff.guide.step} if diff.guide is not None else {}
+    report = {**drawn.report(), "guidance": drawn.guidance if labelled or guide else None, **guide}
     assert f"images ({draw_description(report, diff.clustered)}) against" in card
     if diff.distilled:  # a student's own one-step draw
         assert (drawn.sampler, drawn.steps, drawn.spacing) == ("ddim", 1, "student")

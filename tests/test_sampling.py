@@ -164,7 +164,8 @@ def test_dpmpp_default_eta_depends_on_guidance(uncond, cond):
     autoguidance; ddim stays deterministic; an explicit eta always wins."""
     assert P(uncond, sampler="dpmpp").eta == 2.0 and P(cond, sampler="dpmpp").eta == 2.0  # labels or not
     assert P(cond, sampler="dpmpp", guidance=0.5).eta == 0.5
-    assert P(cond.autoguided(cond), sampler="dpmpp").eta == 0.0
+    assert P(cond.autoguided(cond), sampler="dpmpp", guidance=1.0).eta == 0.0
+    assert P(cond.autoguided(cond), sampler="dpmpp").eta == 2.0  # W = 0: the model alone, drawn as one
     assert P(cond, sampler="ddim").eta == 0.0
     assert P(cond, sampler="dpmpp", eta=0.3).eta == 0.3
 
@@ -173,6 +174,18 @@ def test_dpmpp_default_eta_depends_on_guidance(uncond, cond):
     assert (draw(uncond) == draw(uncond, eta=2.0, spacing="logsnr-capped")).all()
     assert not (draw(uncond) == draw(uncond, eta=0.0)).all()
     assert (draw(cond, label=3, guidance=1.0) == draw(cond, label=3, guidance=1.0, eta=0.5)).all()
+
+
+def test_an_autoguided_model_keeps_its_guidance_without_labels(uncond):
+    """Autoguidance needs no labels: an autoguided model's own weight applies to unlabelled draws
+    (sample and inpaint), where another model's weight is left out; guidance=0 is the model alone."""
+    from mnist_diffusion.config import SamplingConfig as S
+    own = uncond.autoguided(uncond).with_sampling(S(sampler="dpmpp", steps=20, guidance=1.5))
+    drawn = own.plan(labelled=False)
+    assert (drawn.guidance, drawn.autoguided, drawn.eta) == (1.5, True, 0.0)
+    assert own.plan(labelled=False, task="inpaint").autoguided
+    alone = own.plan(labelled=False, guidance=0)
+    assert (alone.guidance, alone.autoguided, alone.eta) == (0.0, False, 2.0)
 
 
 # -- every caller runs the planner's plan for its task ---------------------------------------------------

@@ -134,9 +134,10 @@ class SamplingPlan:
 def options_for(denoiser: Denoiser, *, labelled: bool, **given) -> SamplingConfig:
     """The options of one draw: the model's own (its config's sampling section) with the `given`
     ones (None = not given) put over them. The model's guidance weight is for draws with labels (or
-    clusters); an unlabelled, unguided draw leaves it out rather than failing."""
+    clusters), or for any draw of an autoguided model; an unlabelled draw of another model leaves it
+    out rather than failing."""
     options = denoiser.config.sampling.override(**given)
-    if given.get("guidance") is None and options.guidance and not labelled:
+    if given.get("guidance") is None and options.guidance and not labelled and denoiser.guide is None:
         options = dataclasses.replace(options, guidance=0.0)
     return options
 
@@ -190,8 +191,8 @@ def _switches(sampler: str, schedule: Schedule, timesteps: tuple[int, ...], inte
 
 
 def _sample_plan(denoiser: Denoiser, options: SamplingConfig, names: str) -> SamplingPlan:
-    schedule, autoguided = denoiser.schedule, denoiser.guide is not None
     sampler, guidance = options.sampler, float(options.guidance)
+    schedule, autoguided = denoiser.schedule, denoiser.guide is not None and bool(guidance)  # W = 0: the model alone
     if denoiser.capabilities.distilled and guidance:
         raise ValueError(f"this distilled student has its teacher's guidance {denoiser.capabilities.built_in_guidance:g} "
                          f"built in; it takes no further guidance (leave {option_name('guidance', names)} out)")
@@ -242,7 +243,7 @@ def _inpaint_plan(denoiser: Denoiser, options: SamplingConfig) -> SamplingPlan:
                         eta=1.0 if options.sampler == "ddpm" else float(options.eta or 0.0), clip=options.clip,
                         guidance=guidance, guidance_interval=None, first_order_switches=options.first_order_switches,
                         switches=(), corrector=0, guided_timesteps=seq if guidance else (),
-                        autoguided=denoiser.guide is not None, task="inpaint")
+                        autoguided=denoiser.guide is not None and bool(guidance), task="inpaint")
 
 
 def _invert_plan(denoiser: Denoiser, options: SamplingConfig) -> SamplingPlan:
