@@ -79,6 +79,11 @@ def test_onnx_export_of_a_random_model_matches_pytorch(tmp_path):
             want = diff.model.float()(torch.from_numpy(x), torch.from_numpy(feeds["t"]).long(),
                                       *([torch.from_numpy(feeds["label"]).long()] if conditional else [])).numpy()
         assert np.abs(got - want).max() <= 1e-4 and np.abs(want).mean() > 0.05
+    # an autoguided model (held in memory: its guide has no step) is exported without its guide, and says so
+    guided = diff.autoguided(_random(data, seed=3))
+    report = export_onnx(guided, tmp_path / "auto")
+    assert report["autoguide"].startswith("not exported: drawn without its guide")
+    assert report["max_abs_difference"] <= 1e-4 and "autoguide" not in export_onnx(diff, tmp_path / "plain")
     # the check catches a file that is not this network
     with pytest.raises(md.ConfigError, match="disagrees with PyTorch"):
         check(_random(PRESETS["tiny"], seed=1), onnx_bytes(_random(PRESETS["tiny"], seed=2)))

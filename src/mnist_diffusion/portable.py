@@ -278,14 +278,14 @@ def export_onnx(diff, output: str | os.PathLike, *, source: Optional[str] = None
     out = check_folder(output, "onnx")
     # one network per export: an autoguided model (a folder with guide.safetensors) is drawn without
     # its guide, and plan.json says so
-    guided_by = diff.guide.step if getattr(diff, "guide", None) is not None else None
-    diff = diff.without_guide() if guided_by is not None else diff
+    guide = getattr(diff, "guide", None)
+    diff = diff.without_guide() if guide is not None else diff
     payload = onnx_bytes(diff)
     report = check(diff, payload)
     report.update({"bytes": len(payload), "sha256": hashlib.sha256(payload).hexdigest(), "source": source,
                    "source_sha256": diff.source_sha256,
-                   **({"autoguide": f"not exported: drawn without the step-{guided_by} guide"}
-                      if guided_by is not None else {})})
+                   **({"autoguide": f"not exported: drawn without its guide (step {guide.step})"}
+                      if guide is not None else {})})
     plan = {**sampling_plan(diff), "export": report}
     out.mkdir(parents=True, exist_ok=True)
     stage = Path(tempfile.mkdtemp(prefix=f".{out.name}.onnx-", dir=out.parent))
